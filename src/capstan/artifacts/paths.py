@@ -1,0 +1,32 @@
+"""Artifact path normalisation (pure)."""
+
+from __future__ import annotations
+
+from capstan.errors import InvalidParameterValue
+
+
+def normalize_path(path: str, *, field_name: str = "path", allow_empty: bool = False) -> str:
+    """Return ``path`` as clean relative POSIX segments; reject absolute paths, ``..`` and control characters."""
+    if "\x00" in path or any(ord(ch) < 32 for ch in path):
+        raise InvalidParameterValue(f"{field_name}: control characters are not allowed in {path!r}")
+    if path.startswith("/") or path.startswith("\\") or (len(path) > 1 and path[1] == ":"):
+        raise InvalidParameterValue(f"{field_name}: absolute paths are not allowed: {path!r}")
+    parts = []
+    for part in path.replace("\\", "/").split("/"):
+        if part in ("", "."):
+            continue
+        if part == "..":
+            raise InvalidParameterValue(f"{field_name}: '..' is not allowed in {path!r}")
+        parts.append(part)
+    clean = "/".join(parts)
+    if not clean and not allow_empty:
+        raise InvalidParameterValue(f"{field_name}: must not be empty")
+    return clean
+
+
+def join(prefix: str, path: str) -> str:
+    """Join a normalised prefix and a relative path."""
+    rel = normalize_path(path, allow_empty=True)
+    if not prefix:
+        return rel
+    return f"{prefix}/{rel}" if rel else prefix

@@ -1,0 +1,26 @@
+"""The event-log contract: append-only, readable by object."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Protocol
+
+from capstan.events.records import Event
+
+
+class EventLog(Protocol):
+    """Every subsystem writes its transitions here; `capstan events KIND/ID` and the API read them back."""
+
+    def append(self, kind: str, object_id: str, reason: str, message: str = "", *, type: str = "Normal",
+               project: str = "", data: Mapping[str, object] | None = None, time: int | None = None) -> Event:
+        """Append one event and return it (with its id and time)."""
+        ...
+
+    def append_many(self, events: Sequence[Event]) -> None:
+        """Append several events in one transaction (ids and, when 0, times are assigned by the log)."""
+        ...
+
+    def list(self, kind: str | None = None, object_id: str | None = None, *, since_id: int = 0,
+             limit: int = 1000, reason: str | None = None) -> tuple[Event, ...]:
+        """Events in id order, optionally for one object, after ``since_id``."""
+        ...

@@ -1,0 +1,1 @@
+"""Model flavors: saving, describing and loading models."""

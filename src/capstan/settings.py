@@ -1,0 +1,102 @@
+"""One typed settings object for the whole package.
+
+`Settings.from_env` is the only place that reads ``CAPSTAN_*`` environment variables; everything else receives a
+`Settings` instance as an argument.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from capstan.errors import InvalidParameterValue
+
+_SIZE_SUFFIXES = {"": 1, "b": 1, "k": 1024, "kb": 1024, "m": 1024**2, "mb": 1024**2, "g": 1024**3, "gb": 1024**3,
+                  "t": 1024**4, "tb": 1024**4}
+
+
+def parse_size(text: str, *, field_name: str = "size") -> int:
+    """Parse ``"512"``, ``"10MB"``, ``"2g"`` into bytes."""
+    raw = text.strip().lower()
+    digits = raw.rstrip("kmgtb")
+    suffix = raw[len(digits):]
+    try:
+        value = float(digits)
+    except ValueError:
+        raise InvalidParameterValue(f"{field_name}: {text!r} is not a size such as 512MB or 2GB") from None
+    if suffix not in _SIZE_SUFFIXES or value < 0:
+        raise InvalidParameterValue(f"{field_name}: {text!r} is not a size such as 512MB or 2GB")
+    return int(value * _SIZE_SUFFIXES[suffix])
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Where Capstan keeps its state and how it reaches a server.
+
+    Attributes:
+        home: root folder for local state (``CAPSTAN_HOME``, default ``~/.capstan``).
+        db_url: SQLAlchemy URL of the metadata store (``CAPSTAN_DB_URL``); SQLite under ``home`` by default,
+            ``postgresql+psycopg://...`` for PostgreSQL.
+        artifacts: artifact root (``CAPSTAN_ARTIFACTS``): a folder, or an fsspec URL such as ``s3://bucket/prefix``.
+        s3_endpoint: endpoint URL for S3-compatible artifact stores (``CAPSTAN_S3_ENDPOINT``).
+        url: a remote Capstan server (``CAPSTAN_URL``); ``None`` means the SDK writes to the local stores directly.
+        token: bearer token sent to ``url`` (``CAPSTAN_TOKEN``).
+        project: project (tenant) used when a call names none (``CAPSTAN_PROJECT``, default ``default``).
+        artifact_max_bytes: largest single artifact accepted (``CAPSTAN_ARTIFACT_MAX_BYTES``, default 5 GB).
+        metric_flush_interval_s: how often the SDK's background writer flushes buffered metrics.
+    """
+
+    home: Path
+    db_url: str
+    artifacts: str
+    s3_endpoint: str | None = None
+    url: str | None = None
+    token: str | None = None
+    project: str = "default"
+    artifact_max_bytes: int = 5 * 1024**3
+    metric_flush_interval_s: float = 0.2
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def for_home(cls, home: Path | str, **overrides: object) -> Settings:
+        """Settings rooted at ``home`` with the embedded defaults (SQLite file and a local artifact folder)."""
+        root = Path(home).expanduser().resolve()
+        base = cls(home=root, db_url=f"sqlite:///{root / 'capstan.db'}", artifacts=str(root / "artifacts"))
+        return replace(base, **overrides)  # type: ignore[arg-type]  # overrides are checked by the dataclass
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from ``CAPSTAN_*`` variables (``os.environ`` when ``environ`` is omitted)."""
+        env = os.environ if environ is None else environ
+        home = Path(env.get("CAPSTAN_HOME") or "~/.capstan").expanduser().resolve()
+        settings = cls.for_home(home)
+        overrides: dict[str, object] = {}
+        if env.get("CAPSTAN_DB_URL"):
+            overrides["db_url"] = env["CAPSTAN_DB_URL"]
+        if env.get("CAPSTAN_ARTIFACTS"):
+            overrides["artifacts"] = env["CAPSTAN_ARTIFACTS"]
+        if env.get("CAPSTAN_S3_ENDPOINT"):
+            overrides["s3_endpoint"] = env["CAPSTAN_S3_ENDPOINT"]
+        if env.get("CAPSTAN_URL"):
+            overrides["url"] = env["CAPSTAN_URL"].rstrip("/")
+        if env.get("CAPSTAN_TOKEN"):
+            overrides["token"] = env["CAPSTAN_TOKEN"]
+        if env.get("CAPSTAN_PROJECT"):
+            overrides["project"] = env["CAPSTAN_PROJECT"]
+        if env.get("CAPSTAN_ARTIFACT_MAX_BYTES"):
+            overrides["artifact_max_bytes"] = parse_size(
+                env["CAPSTAN_ARTIFACT_MAX_BYTES"], field_name="CAPSTAN_ARTIFACT_MAX_BYTES")
+        if env.get("CAPSTAN_METRIC_FLUSH_INTERVAL"):
+            try:
+                overrides["metric_flush_interval_s"] = float(env["CAPSTAN_METRIC_FLUSH_INTERVAL"])
+            except ValueError:
+                raise InvalidParameterValue("CAPSTAN_METRIC_FLUSH_INTERVAL: expected seconds as a number") from None
+        extra = {k: v for k, v in env.items() if k.startswith("CAPSTAN_")}
+        return replace(settings, extra=extra, **overrides)  # type: ignore[arg-type]  # keys are field names
+
+    @property
+    def is_sqlite(self) -> bool:
+        """True when the metadata store is an SQLite database."""
+        return self.db_url.startswith("sqlite")

@@ -1,0 +1,1 @@
+"""The metadata store: schema, migrations and SQL adapters of every store contract."""

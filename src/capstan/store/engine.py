@@ -1,0 +1,119 @@
+"""Opening the metadata store: engine creation, SQLite tuning and automatic migrations."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, inspect, text
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.pool import NullPool
+
+from capstan.errors import StoreUnavailable
+from capstan.settings import Settings
+
+MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+
+
+def _sqlite_on_connect(dbapi_conn: Any, _record: Any) -> None:
+    # WAL lets readers run beside one writer; NORMAL sync keeps commits durable across a process crash while
+    # avoiding an fsync per transaction (see docs/decisions/0002-metadata-store.md).
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA busy_timeout=60000")
+    cur.close()
+
+
+def _sqlite_begin(conn: Any) -> None:
+    # Take the write lock at BEGIN so two writers never deadlock upgrading a read lock; busy_timeout then queues them.
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def create_store_engine(settings: Settings, *, migrate: bool = True) -> Engine:
+    """Create the SQLAlchemy engine for ``settings.db_url`` and bring its schema up to date."""
+    url = settings.db_url
+    if url.startswith("sqlite"):
+        db_path = url.split("///", 1)[1] if "///" in url else ""
+        if db_path and db_path != ":memory:":
+            Path(db_path).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": 60, "check_same_thread": False},
+                               poolclass=NullPool if db_path in ("", ":memory:") else None)
+        event.listen(engine, "connect", _sqlite_on_connect)
+        # pysqlite's own transaction handling is switched off so that BEGIN IMMEDIATE is ours to issue.
+        event.listen(engine, "connect", lambda c, _r: setattr(c, "isolation_level", None))
+        event.listen(engine, "begin", _sqlite_begin)
+    else:
+        engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    if migrate:
+        upgrade(engine, settings, only_if_needed=True)
+    return engine
+
+
+@contextlib.contextmanager
+def _migration_lock(engine: Engine, settings: Settings) -> Iterator[None]:
+    """Serialise migrations across processes (file lock for SQLite, advisory lock for PostgreSQL)."""
+    if engine.dialect.name == "sqlite":
+        settings.home.mkdir(parents=True, exist_ok=True)
+        lock_path = settings.home / ".migrate.lock"
+        with open(lock_path, "w") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+    else:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT pg_advisory_lock(7351202)"))
+            conn.commit()
+            try:
+                yield
+            finally:
+                conn.execute(text("SELECT pg_advisory_unlock(7351202)"))
+                conn.commit()
+
+
+def _alembic_config(engine: Engine) -> Any:
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.attributes["engine"] = engine
+    return cfg
+
+
+def script_heads() -> set[str]:
+    """Revision ids of every migration branch head shipped with this version."""
+    from alembic.script import ScriptDirectory
+
+    cfg = _alembic_config(create_engine("sqlite://"))
+    return set(ScriptDirectory.from_config(cfg).get_heads())
+
+
+def current_revisions(engine: Engine) -> set[str]:
+    """Revision ids recorded in the database (empty for a fresh database)."""
+    try:
+        with engine.connect() as conn:
+            if not inspect(conn).has_table("alembic_version"):
+                return set()
+            return {row[0] for row in conn.execute(text("SELECT version_num FROM alembic_version"))}
+    except OperationalError as exc:
+        raise StoreUnavailable(f"cannot open the metadata store {engine.url!r}: {exc.orig}") from None
+
+
+def upgrade(engine: Engine, settings: Settings, *, only_if_needed: bool = False) -> bool:
+    """Apply every pending migration; returns True when anything was applied."""
+    heads = script_heads()
+    if only_if_needed and current_revisions(engine) == heads:
+        return False
+    from alembic import command
+
+    with _migration_lock(engine, settings):
+        if current_revisions(engine) == heads:
+            return False
+        command.upgrade(_alembic_config(engine), "heads")
+    return True

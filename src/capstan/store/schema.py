@@ -1,0 +1,292 @@
+"""SQLAlchemy Core tables of the metadata store (foundation tables).
+
+Times are integer milliseconds since the epoch (MLflow's convention). Metric keys are interned in `metric_keys`
+and metric points live in a compact table keyed by integers, which keeps a point near 30 bytes on disk.
+Other subsystems (pipelines, queue) define their tables on the same `metadata` object in their own modules and
+ship their own Alembic branch.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+metadata = MetaData(naming_convention=NAMING)
+
+projects = Table(
+    "projects", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(256), nullable=False, unique=True),
+    Column("description", Text, nullable=False, default=""),
+    Column("created_at", BigInteger, nullable=False),
+)
+
+experiments = Table(
+    "experiments", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("project_id", Integer, ForeignKey("projects.id"), nullable=False),
+    Column("name", String(256), nullable=False),
+    Column("artifact_location", Text, nullable=False),
+    Column("lifecycle_stage", String(16), nullable=False, default="active"),
+    Column("created_at", BigInteger, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+    Column("deleted_at", BigInteger, nullable=True),
+    UniqueConstraint("project_id", "name"),
+)
+
+experiment_tags = Table(
+    "experiment_tags", metadata,
+    Column("experiment_id", Integer, ForeignKey("experiments.id"), nullable=False),
+    Column("key", String(250), nullable=False),
+    Column("value", Text, nullable=False),
+    PrimaryKeyConstraint("experiment_id", "key"),
+)
+
+runs = Table(
+    "runs", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("uuid", String(32), nullable=False, unique=True),
+    Column("experiment_id", Integer, ForeignKey("experiments.id"), nullable=False),
+    Column("name", String(250), nullable=False, default=""),
+    Column("user_id", String(256), nullable=False, default=""),
+    Column("status", String(16), nullable=False),
+    Column("start_time", BigInteger, nullable=True),
+    Column("end_time", BigInteger, nullable=True),
+    Column("lifecycle_stage", String(16), nullable=False, default="active"),
+    Column("deleted_at", BigInteger, nullable=True),
+    Column("artifact_uri", Text, nullable=False),
+    Column("source", Text, nullable=False, default=""),
+    Column("git_commit", String(64), nullable=False, default=""),
+    Index(None, "experiment_id", "start_time"),
+)
+
+params = Table(
+    "params", metadata,
+    Column("run_id", Integer, ForeignKey("runs.id"), nullable=False),
+    Column("key", String(250), nullable=False),
+    Column("value", Text, nullable=False),
+    PrimaryKeyConstraint("run_id", "key"),
+)
+
+run_tags = Table(
+    "run_tags", metadata,
+    Column("run_id", Integer, ForeignKey("runs.id"), nullable=False),
+    Column("key", String(250), nullable=False),
+    Column("value", Text, nullable=False),
+    PrimaryKeyConstraint("run_id", "key"),
+)
+
+metric_keys = Table(
+    "metric_keys", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("key", String(250), nullable=False, unique=True),
+)
+
+# One row per metric point. The whole row is the primary key (a clustered WITHOUT ROWID table on SQLite), so an
+# identical re-logged point is absorbed, as in MLflow, and no separate index is needed.
+metrics = Table(
+    "metrics", metadata,
+    Column("run_id", Integer, nullable=False),
+    Column("key_id", Integer, nullable=False),
+    Column("step", BigInteger, nullable=False),
+    Column("timestamp", BigInteger, nullable=False),
+    Column("value", Float, nullable=False),
+    Column("is_nan", Boolean, nullable=False, default=False),
+    PrimaryKeyConstraint("run_id", "key_id", "step", "timestamp", "value", "is_nan"),
+    sqlite_with_rowid=False,
+)
+
+latest_metrics = Table(
+    "latest_metrics", metadata,
+    Column("run_id", Integer, nullable=False),
+    Column("key_id", Integer, nullable=False),
+    Column("step", BigInteger, nullable=False),
+    Column("timestamp", BigInteger, nullable=False),
+    Column("value", Float, nullable=False),
+    Column("is_nan", Boolean, nullable=False, default=False),
+    PrimaryKeyConstraint("run_id", "key_id"),
+    Index(None, "key_id", "value"),
+)
+
+run_outputs = Table(
+    "run_outputs", metadata,
+    Column("run_id", Integer, ForeignKey("runs.id"), nullable=False),
+    Column("model_id", String(64), nullable=False),
+    Column("step", BigInteger, nullable=False, default=0),
+    PrimaryKeyConstraint("run_id", "model_id"),
+)
+
+run_inputs = Table(
+    "run_inputs", metadata,
+    Column("run_id", Integer, ForeignKey("runs.id"), nullable=False),
+    Column("kind", String(16), nullable=False),  # "dataset" or "model"
+    Column("ref", String(256), nullable=False),  # dataset digest or model id
+    Column("payload", Text, nullable=False, default="{}"),  # JSON
+    PrimaryKeyConstraint("run_id", "kind", "ref"),
+)
+
+logged_models = Table(
+    "logged_models", metadata,
+    Column("id", String(64), primary_key=True),
+    Column("experiment_id", Integer, ForeignKey("experiments.id"), nullable=False),
+    Column("name", String(256), nullable=False),
+    Column("artifact_location", Text, nullable=False),
+    Column("status", String(32), nullable=False),
+    Column("status_message", Text, nullable=False, default=""),
+    Column("model_type", String(256), nullable=False, default=""),
+    Column("source_run_uuid", String(32), nullable=True),
+    Column("created_at", BigInteger, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+    Column("lifecycle_stage", String(16), nullable=False, default="active"),
+    Column("params", Text, nullable=False, default="{}"),  # JSON object
+    Column("tags", Text, nullable=False, default="{}"),  # JSON object
+    Index(None, "experiment_id"),
+)
+
+registered_models = Table(
+    "registered_models", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("project_id", Integer, ForeignKey("projects.id"), nullable=False),
+    Column("name", String(256), nullable=False, unique=True),
+    Column("description", Text, nullable=False, default=""),
+    Column("created_at", BigInteger, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+)
+
+registered_model_tags = Table(
+    "registered_model_tags", metadata,
+    Column("model_id", Integer, ForeignKey("registered_models.id"), nullable=False),
+    Column("key", String(250), nullable=False),
+    Column("value", Text, nullable=False),
+    PrimaryKeyConstraint("model_id", "key"),
+)
+
+model_versions = Table(
+    "model_versions", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("model_id", Integer, ForeignKey("registered_models.id"), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("source", Text, nullable=False),
+    Column("storage_location", Text, nullable=False),
+    Column("run_uuid", String(32), nullable=True),
+    Column("run_link", Text, nullable=False, default=""),
+    Column("logged_model_id", String(64), nullable=True),
+    Column("description", Text, nullable=False, default=""),
+    Column("status", String(32), nullable=False, default="READY"),
+    Column("stage", String(32), nullable=False, default="None"),
+    Column("user_id", String(256), nullable=False, default=""),
+    Column("created_at", BigInteger, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+    UniqueConstraint("model_id", "version"),
+)
+
+model_version_tags = Table(
+    "model_version_tags", metadata,
+    Column("version_id", Integer, ForeignKey("model_versions.id"), nullable=False),
+    Column("key", String(250), nullable=False),
+    Column("value", Text, nullable=False),
+    PrimaryKeyConstraint("version_id", "key"),
+)
+
+model_aliases = Table(
+    "model_aliases", metadata,
+    Column("model_id", Integer, ForeignKey("registered_models.id"), nullable=False),
+    Column("alias", String(256), nullable=False),
+    Column("version", Integer, nullable=False),
+    PrimaryKeyConstraint("model_id", "alias"),
+)
+
+# Content-addressed artifacts: `blobs` holds each distinct content once; `artifact_entries` maps logical paths
+# (e.g. "3/<run uuid>/artifacts/model/MLmodel") to blobs. A blob no entry references is garbage.
+blobs = Table(
+    "blobs", metadata,
+    Column("digest", String(64), primary_key=True),
+    Column("size", BigInteger, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+)
+
+artifact_entries = Table(
+    "artifact_entries", metadata,
+    Column("path", String(1024), primary_key=True),
+    Column("digest", String(64), nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Index(None, "digest"),
+)
+
+events = Table(
+    "events", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("time", BigInteger, nullable=False),
+    Column("project", String(256), nullable=False, default=""),
+    Column("kind", String(64), nullable=False),
+    Column("object_id", String(256), nullable=False),
+    Column("type", String(16), nullable=False),  # Normal / Warning
+    Column("reason", String(64), nullable=False),
+    Column("message", Text, nullable=False, default=""),
+    Column("data", Text, nullable=False, default="{}"),  # JSON object
+    Index(None, "kind", "object_id", "id"),
+)
+
+users = Table(
+    "users", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(256), nullable=False, unique=True),
+    Column("is_admin", Boolean, nullable=False, default=False),
+    Column("disabled", Boolean, nullable=False, default=False),
+    Column("created_at", BigInteger, nullable=False),
+)
+
+tokens = Table(
+    "tokens", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("user_id", Integer, ForeignKey("users.id"), nullable=False),
+    Column("name", String(256), nullable=False, default=""),
+    Column("prefix", String(16), nullable=False),
+    Column("hash", String(64), nullable=False, unique=True),
+    Column("created_at", BigInteger, nullable=False),
+    Column("expires_at", BigInteger, nullable=True),
+    Column("revoked_at", BigInteger, nullable=True),
+    Column("last_used_at", BigInteger, nullable=True),
+)
+
+project_members = Table(
+    "project_members", metadata,
+    Column("project_id", Integer, ForeignKey("projects.id"), nullable=False),
+    Column("user_id", Integer, ForeignKey("users.id"), nullable=False),
+    Column("role", String(16), nullable=False),
+    PrimaryKeyConstraint("project_id", "user_id"),
+)
+
+audit_log = Table(
+    "audit_log", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("time", BigInteger, nullable=False),
+    Column("user", String(256), nullable=False),
+    Column("action", String(256), nullable=False),
+    Column("target", Text, nullable=False, default=""),
+    Column("project", String(256), nullable=False, default=""),
+    Column("status", Integer, nullable=False),
+    Column("detail", Text, nullable=False, default="{}"),
+    Index(None, "time"),
+)

@@ -1,0 +1,1 @@
+"""Experiment tracking: records, search-filter parsing, the SDK and its backends."""
