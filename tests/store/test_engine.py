@@ -24,3 +24,16 @@ def test_sqlite_uses_wal(settings: Settings) -> None:
     with engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
     engine.dispose()
+
+
+def test_migrations_produce_exactly_the_declared_schema(backend_settings: Settings) -> None:
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from capstan.store.tables import all_metadata
+
+    engine = create_store_engine(backend_settings)
+    with engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), all_metadata())
+    engine.dispose()
+    assert diff == [], f"schema and migrations disagree; write a migration: {diff}"

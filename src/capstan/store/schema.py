@@ -198,6 +198,7 @@ model_versions = Table(
     Column("created_at", BigInteger, nullable=False),
     Column("updated_at", BigInteger, nullable=False),
     UniqueConstraint("model_id", "version"),
+    Index(None, "run_uuid"),
 )
 
 model_version_tags = Table(

@@ -206,6 +206,9 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('id', name=op.f('pk_model_versions')),
     sa.UniqueConstraint('model_id', 'version', name=op.f('uq_model_versions_model_id_version'))
     )
+    with op.batch_alter_table('model_versions', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_model_versions_run_uuid'), ['run_uuid'], unique=False)
+
     op.create_table('registered_model_tags',
     sa.Column('model_id', sa.Integer(), nullable=False),
     sa.Column('key', sa.String(length=250), nullable=False),
@@ -283,6 +286,9 @@ def downgrade() -> None:
 
     op.drop_table('runs')
     op.drop_table('registered_model_tags')
+    with op.batch_alter_table('model_versions', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_model_versions_run_uuid'))
+
     op.drop_table('model_versions')
     op.drop_table('model_aliases')
     with op.batch_alter_table('logged_models', schema=None) as batch_op:
