@@ -37,3 +37,13 @@ def test_migrations_produce_exactly_the_declared_schema(backend_settings: Settin
         diff = compare_metadata(MigrationContext.configure(conn), all_metadata())
     engine.dispose()
     assert diff == [], f"schema and migrations disagree; write a migration: {diff}"
+
+
+def test_head_scan_agrees_with_alembic() -> None:
+    from alembic.script import ScriptDirectory
+    from sqlalchemy import create_engine
+
+    from capstan.store.engine import _alembic_config
+
+    alembic_heads = ScriptDirectory.from_config(_alembic_config(create_engine("sqlite://"))).get_heads()
+    assert script_heads() == frozenset(alembic_heads)

@@ -548,3 +548,14 @@ def test_concurrent_processes_get_distinct_version_numbers(env: Env) -> None:
         numbers += json.loads(out)
     assert sorted(numbers) == list(range(1, 21))
     assert len(env.store.search_model_versions(filter_string="name = 'race'").items) == 20
+
+
+def test_search_model_versions_within_one_project(env: Env) -> None:
+    s = env.store
+    s.create_registered_model("ours", project="team-a")
+    s.create_registered_model("theirs", project="team-b")
+    s.create_model_version("ours", source="s3://b/ours")
+    s.create_model_version("theirs", source="s3://b/theirs")
+    assert [v.name for v in s.search_model_versions(project="team-a").items] == ["ours"]
+    assert [v.name for v in s.search_model_versions(project="nobody").items] == []
+    assert {v.name for v in s.search_model_versions().items} == {"ours", "theirs"}

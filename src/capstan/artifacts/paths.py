@@ -30,3 +30,22 @@ def join(prefix: str, path: str) -> str:
     if not prefix:
         return rel
     return f"{prefix}/{rel}" if rel else prefix
+
+
+ARTIFACTS_SCHEME = "mlflow-artifacts:"
+
+
+def path_from_uri(uri: str, *, field_name: str = "artifact_uri") -> str:
+    """The ArtifactStore path behind an ``mlflow-artifacts:`` URI.
+
+    ``mlflow-artifacts:/3/<run>/artifacts`` and ``mlflow-artifacts://host:port/3/<run>/artifacts`` both give
+    ``3/<run>/artifacts``. Any other scheme (``s3://``, ``file:``, a local path) is not stored by the
+    ArtifactStore and is rejected with `InvalidParameterValue`.
+    """
+    if not uri.startswith(ARTIFACTS_SCHEME):
+        raise InvalidParameterValue(f"{field_name}: {uri!r} is not an {ARTIFACTS_SCHEME} URI")
+    rest = uri[len(ARTIFACTS_SCHEME):]
+    if rest.startswith("//"):
+        # mlflow-artifacts://host:port/path: the authority names the server, not part of the path.
+        _authority, _, rest = rest[2:].partition("/")
+    return normalize_path(rest.lstrip("/"), field_name=field_name, allow_empty=True)

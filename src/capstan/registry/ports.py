@@ -50,8 +50,10 @@ class RegistryStore(Protocol):
     def delete_model_version(self, name: str, version: int) -> None: ...
 
     def search_model_versions(self, *, filter_string: str = "", max_results: int = 10000,
-                              order_by: Sequence[str] = (), page_token: str | None = None) -> Page[ModelVersion]:
-        """Filter on ``name``, ``version``, ``run_id``, ``source_path``, ``tags.<key>``."""
+                              order_by: Sequence[str] = (), page_token: str | None = None,
+                              project: str | None = None) -> Page[ModelVersion]:
+        """Filter on ``name``, ``version``, ``run_id``, ``source_path``, ``tags.<key>``; ``project`` limits the
+        search to one project's models."""
         ...
 
     def get_latest_versions(self, name: str, stages: Sequence[str] = ()) -> tuple[ModelVersion, ...]: ...

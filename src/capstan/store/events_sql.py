@@ -20,6 +20,11 @@ class SqlEventLog:
         self._engine = engine
         self._clock = clock
 
+    @property
+    def engine(self) -> Engine:
+        """The engine the log writes to (stores on the same engine append inside their own transactions)."""
+        return self._engine
+
     def append(self, kind: str, object_id: str, reason: str, message: str = "", *, type: str = NORMAL,
                project: str = "", data: Mapping[str, object] | None = None, time: int | None = None) -> Event:
         """Append one event and return it (with its id and time)."""

@@ -303,7 +303,8 @@ class SqlRegistryStore:
                    {"version": number, "aliases_removed": aliases})
 
     def search_model_versions(self, *, filter_string: str = "", max_results: int = 10000,
-                              order_by: Sequence[str] = (), page_token: str | None = None) -> Page[ModelVersion]:
+                              order_by: Sequence[str] = (), page_token: str | None = None,
+                              project: str | None = None) -> Page[ModelVersion]:
         """Filter on ``name``, ``version``/``version_number``, ``run_id``, ``source_path``, ``tags.<key>``;
         order by ``name``, ``version_number``, ``creation_timestamp``, ``last_updated_timestamp`` (default
         ``last_updated_timestamp DESC, name ASC, version_number DESC``, as MLflow)."""
@@ -316,6 +317,8 @@ class SqlRegistryStore:
             dialect = conn.dialect.name
             query = (select(mv, rm.c.name.label("model_name"))
                      .join(rm, rm.c.id == mv.c.model_id).where(mv.c.stage != DELETED_STAGE))
+            if project is not None:
+                query = query.join(projects, projects.c.id == rm.c.project_id).where(projects.c.name == project)
             for term in terms:
                 query = query.where(self._version_clause(term, dialect))
             query = query.order_by(*self._version_order(orders, dialect)).limit(max_results + 1).offset(offset)

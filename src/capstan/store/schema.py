@@ -52,6 +52,7 @@ experiments = Table(
     Column("updated_at", BigInteger, nullable=False),
     Column("deleted_at", BigInteger, nullable=True),
     UniqueConstraint("project_id", "name"),
+    sqlite_autoincrement=True,  # ids are never reused: artifact paths and links embed them
 )
 
 experiment_tags = Table(
@@ -78,6 +79,7 @@ runs = Table(
     Column("source", Text, nullable=False, default=""),
     Column("git_commit", String(64), nullable=False, default=""),
     Index(None, "experiment_id", "start_time"),
+    sqlite_autoincrement=True,  # ids are never reused: artifact paths and links embed them
 )
 
 params = Table(
@@ -171,6 +173,7 @@ registered_models = Table(
     Column("description", Text, nullable=False, default=""),
     Column("created_at", BigInteger, nullable=False),
     Column("updated_at", BigInteger, nullable=False),
+    sqlite_autoincrement=True,  # ids are never reused: artifact paths and links embed them
 )
 
 registered_model_tags = Table(
@@ -199,6 +202,7 @@ model_versions = Table(
     Column("updated_at", BigInteger, nullable=False),
     UniqueConstraint("model_id", "version"),
     Index(None, "run_uuid"),
+    sqlite_autoincrement=True,  # ids are never reused: artifact paths and links embed them
 )
 
 model_version_tags = Table(

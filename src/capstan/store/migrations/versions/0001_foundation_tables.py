@@ -118,7 +118,8 @@ def upgrade() -> None:
     sa.Column('deleted_at', sa.BigInteger(), nullable=True),
     sa.ForeignKeyConstraint(['project_id'], ['projects.id'], name=op.f('fk_experiments_project_id_projects')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_experiments')),
-    sa.UniqueConstraint('project_id', 'name', name=op.f('uq_experiments_project_id_name'))
+    sa.UniqueConstraint('project_id', 'name', name=op.f('uq_experiments_project_id_name')),
+    sqlite_autoincrement=True
     )
     op.create_table('project_members',
     sa.Column('project_id', sa.Integer(), nullable=False),
@@ -137,7 +138,8 @@ def upgrade() -> None:
     sa.Column('updated_at', sa.BigInteger(), nullable=False),
     sa.ForeignKeyConstraint(['project_id'], ['projects.id'], name=op.f('fk_registered_models_project_id_projects')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_registered_models')),
-    sa.UniqueConstraint('name', name=op.f('uq_registered_models_name'))
+    sa.UniqueConstraint('name', name=op.f('uq_registered_models_name')),
+    sqlite_autoincrement=True
     )
     op.create_table('tokens',
     sa.Column('id', sa.Integer(), autoincrement=True, nullable=False),
@@ -204,7 +206,8 @@ def upgrade() -> None:
     sa.Column('updated_at', sa.BigInteger(), nullable=False),
     sa.ForeignKeyConstraint(['model_id'], ['registered_models.id'], name=op.f('fk_model_versions_model_id_registered_models')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_model_versions')),
-    sa.UniqueConstraint('model_id', 'version', name=op.f('uq_model_versions_model_id_version'))
+    sa.UniqueConstraint('model_id', 'version', name=op.f('uq_model_versions_model_id_version')),
+    sqlite_autoincrement=True
     )
     with op.batch_alter_table('model_versions', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_model_versions_run_uuid'), ['run_uuid'], unique=False)
@@ -232,7 +235,8 @@ def upgrade() -> None:
     sa.Column('git_commit', sa.String(length=64), nullable=False),
     sa.ForeignKeyConstraint(['experiment_id'], ['experiments.id'], name=op.f('fk_runs_experiment_id_experiments')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_runs')),
-    sa.UniqueConstraint('uuid', name=op.f('uq_runs_uuid'))
+    sa.UniqueConstraint('uuid', name=op.f('uq_runs_uuid')),
+    sqlite_autoincrement=True
     )
     with op.batch_alter_table('runs', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_runs_experiment_id_start_time'), ['experiment_id', 'start_time'], unique=False)

@@ -1,0 +1,147 @@
+"""The server's FastAPI application: routers, JSON errors, auth, audit, metrics and health.
+
+``create_app(settings)`` builds the app for one process; ``app_from_env`` is the import-string factory uvicorn's
+worker processes use (``capstan.server.app:app_from_env``). Nothing heavy is imported at module level: the server
+path never loads numpy, scikit-learn or mlflow.
+
+Request path (outermost first): metrics -> authentication and audit -> catch-all 500 -> FastAPI's error handlers
+-> the route. Routes: ``/health``, ``/metrics``, the native API under ``/api/v1`` (OpenAPI document at
+``/api/v1/openapi.json``, interactive docs at ``/api/v1/docs``) and the MLflow-compatible API.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
+
+from fastapi import Request
+from starlette.responses import Response
+
+from capstan.settings import Settings
+
+if TYPE_CHECKING:
+    from fastapi import APIRouter, FastAPI
+
+    from capstan.services import Services
+
+log = logging.getLogger("capstan.server")
+
+API_V1_PREFIX = "/api/v1"
+BIND_HOST_VARIABLE = "CAPSTAN_SERVER_HOST"
+"""Read (through `Settings.extra`) by `app_from_env`: the address the server is bound to, which decides whether
+single-user mode is possible. When it is unset the app assumes a network-reachable address (auth required)."""
+
+
+def create_app(settings: Settings, *, services: Services | None = None, bind_host: str = "127.0.0.1") -> FastAPI:
+    """Build the server application.
+
+    Args:
+        settings: where the stores are.
+        services: already-open stores; opened from ``settings`` (and closed at shutdown) when omitted.
+        bind_host: the address the server listens on. A loopback address with no users configured allows
+            single-user mode; anything else requires credentials. In-process use (tests) defaults to loopback.
+    """
+    from fastapi import FastAPI
+
+    from capstan.auth.audit import AuditWriter
+    from capstan.server import admin_api, api_v1, mlflow_api
+    from capstan.server.errors import CatchAllMiddleware, install_error_handlers
+    from capstan.server.metrics import MetricsMiddleware, RouteTemplates, ServerMetrics
+    from capstan.server.security import Authenticator, SecurityMiddleware
+    from capstan.services import Services
+
+    own_services = services is None
+    svc = Services.open(settings) if services is None else services
+    metrics = ServerMetrics()
+    uninstrument = metrics.instrument_engine(svc.engine)
+    audit = AuditWriter(svc.auth)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            audit.close()
+            uninstrument()
+            if own_services:
+                svc.close()
+
+    app = FastAPI(title="Capstan", version=_version(), openapi_url=f"{API_V1_PREFIX}/openapi.json",
+                  docs_url=f"{API_V1_PREFIX}/docs", redoc_url=None, swagger_ui_oauth2_redirect_url=None,
+                  lifespan=lifespan)
+    app.state.settings = settings
+    app.state.services = svc
+    app.state.metrics = metrics
+    app.state.audit_writer = audit
+    app.state.authenticator = Authenticator(svc.auth, bind_host=bind_host, clock=svc.clock)
+    install_error_handlers(app)
+
+    templates = RouteTemplates()
+    app.add_api_route("/health", _health, methods=["GET"], include_in_schema=False)
+    app.add_api_route("/metrics", _metrics, methods=["GET"], include_in_schema=False)
+    # MLflow's routes come first: they carry the hot logging traffic, and their prefixes overlap with nothing else.
+    included: list[tuple[APIRouter, str]] = [(router, "") for router in mlflow_api.routers]
+    included += [(api_v1.router, API_V1_PREFIX), (admin_api.router, API_V1_PREFIX)]
+    for router, prefix in included:
+        app.include_router(router, prefix=prefix)
+        templates.add_router(router.routes, prefix)
+
+    # add_middleware wraps the app built so far, so the last one added is the outermost.
+    app.add_middleware(CatchAllMiddleware)
+    app.add_middleware(SecurityMiddleware, authenticator=app.state.authenticator, audit=audit,
+                       clock=svc.clock, route_label=templates.label)
+    app.add_middleware(MetricsMiddleware, metrics=metrics, templates=templates)
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """Factory for ``uvicorn capstan.server.app:app_from_env --factory`` and for ``capstan server --workers N``.
+
+    Settings come from ``CAPSTAN_*`` variables; ``CAPSTAN_SERVER_HOST`` names the bound address (``capstan
+    server`` sets it for its workers).
+    """
+    settings = Settings.from_env()
+    return create_app(settings, bind_host=settings.extra.get(BIND_HOST_VARIABLE, "0.0.0.0"))
+
+
+def _health(request: Request) -> Response:
+    """``{"status": "ok"}`` when the metadata store answers; 503 otherwise."""
+    from starlette.responses import JSONResponse
+
+    services: Services = request.app.state.services
+    try:
+        # A raw DBAPI round trip: no SQLAlchemy transaction, so no SQLite write lock is taken for a probe.
+        raw = services.engine.raw_connection()
+        try:
+            cursor = raw.cursor()
+            cursor.execute("SELECT 1")
+            cursor.fetchall()
+            cursor.close()
+        finally:
+            raw.close()
+    except Exception as exc:  # noqa: BLE001  # any store failure means "unhealthy", reported in the body
+        log.warning("health check failed: %s", exc)
+        return JSONResponse({"status": "unavailable", "error_code": "TEMPORARILY_UNAVAILABLE",
+                             "message": f"metadata store unreachable: {type(exc).__name__}"}, status_code=503)
+    return JSONResponse({"status": "ok"})
+
+
+def _metrics(request: Request) -> Response:
+    """Prometheus text exposition of this process's metrics (needs a credential when auth is on)."""
+    from capstan.server.metrics import CONTENT_TYPE, ServerMetrics
+    from capstan.server.security import current_principal
+
+    current_principal(request)
+    metrics: ServerMetrics = request.app.state.metrics
+    return Response(metrics.render(), media_type=CONTENT_TYPE)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("capstan")
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree without installation
+        return "0.0.0"

@@ -1,0 +1,164 @@
+"""Running the server on uvicorn, with TCP_NODELAY on every accepted connection.
+
+asyncio turns Nagle's algorithm off only for sockets whose protocol number is TCP. uvicorn binds its listening
+socket itself with ``socket.socket(family)`` (protocol number 0) whenever it hands sockets to workers, so in
+multi-worker mode (uvicorn#3149) the accepted connections keep Nagle on and every small response that is written
+in two parts (headers, then body) waits for the client's delayed ACK: ~40 ms per request. The protocol classes
+below set TCP_NODELAY in ``connection_made`` whatever the socket's origin, in every worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from typing import Any
+
+import click
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from capstan.settings import Settings
+
+
+def set_nodelay(transport: asyncio.BaseTransport) -> bool:
+    """Switch Nagle's algorithm off on ``transport``'s TCP socket; returns whether it applied."""
+    sock = transport.get_extra_info("socket")
+    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return False
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except OSError:
+        return False
+    return True
+
+
+class NoDelayH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol with TCP_NODELAY set on each connection."""
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]  # as uvicorn's
+        set_nodelay(transport)
+        super().connection_made(transport)
+
+
+try:
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+except ImportError:  # httptools is optional; h11 is used without it
+    NoDelayHttpToolsProtocol: type[asyncio.Protocol] | None = None
+else:
+
+    class _NoDelayHttpTools(HttpToolsProtocol):
+        """uvicorn's httptools protocol with TCP_NODELAY set on each connection."""
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]  # as uvicorn's
+            set_nodelay(transport)
+            super().connection_made(transport)
+
+    NoDelayHttpToolsProtocol = _NoDelayHttpTools
+
+
+def protocol_class() -> type[asyncio.Protocol]:
+    """The fastest available HTTP/1.1 protocol class, with TCP_NODELAY."""
+    return NoDelayHttpToolsProtocol or NoDelayH11Protocol
+
+
+def settings_environment(settings: Settings, host: str) -> dict[str, str]:
+    """``CAPSTAN_*`` variables that make `Settings.from_env` in a worker process rebuild ``settings``."""
+    env = {
+        "CAPSTAN_HOME": str(settings.home),
+        "CAPSTAN_DB_URL": settings.db_url,
+        "CAPSTAN_ARTIFACTS": settings.artifacts,
+        "CAPSTAN_PROJECT": settings.project,
+        "CAPSTAN_ARTIFACT_MAX_BYTES": str(settings.artifact_max_bytes),
+        "CAPSTAN_SERVER_HOST": host,
+    }
+    if settings.s3_endpoint:
+        env["CAPSTAN_S3_ENDPOINT"] = settings.s3_endpoint
+    return env
+
+
+def describe(settings: Settings, host: str, port: int, workers: int, *, auth_required: bool,
+             users_exist: bool) -> list[str]:
+    """The start-up lines: where the server listens, its stores, and its auth mode."""
+    from sqlalchemy.engine import make_url
+
+    shown_host = f"[{host}]" if ":" in host else host
+    plural = "s" if workers != 1 else ""
+    lines = [f"capstan server listening on http://{shown_host}:{port} ({workers} worker{plural})",
+             f"  metadata store: {make_url(settings.db_url).render_as_string(hide_password=True)}",
+             f"  artifacts:      {settings.artifacts}"]
+    if not auth_required:
+        lines.append("  auth:           single-user mode (loopback only, no users): every call acts as 'local'."
+                     " Create a user to require tokens.")
+    elif users_exist:
+        lines.append("  auth:           required (Authorization: Bearer <token>, or basic auth with user and token)")
+    else:
+        lines.append("  auth:           required, but no users exist yet: run `capstan users create NAME --admin`"
+                     " and `capstan tokens create --user NAME`")
+    return lines
+
+
+def _bind(config: Any, host: str, port: int) -> socket.socket:
+    """uvicorn's bind, with its logged error turned into one ``error: ...`` line."""
+    import logging
+
+    messages: list[str] = []
+
+    class Capture(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            messages.append(record.getMessage())
+
+    logger = logging.getLogger("uvicorn.error")
+    handler, propagate = Capture(level=logging.ERROR), logger.propagate
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        sock: socket.socket = config.bind_socket()
+    except SystemExit:
+        reason = messages[-1] if messages else "the address cannot be bound"
+        raise click.ClickException(f"cannot listen on {host}:{port}: {reason}") from None
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
+    return sock
+
+
+def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8080, workers: int = 1, *,
+          access_log: bool = False, log_level: str = "warning") -> None:
+    """Serve the Capstan API until interrupted.
+
+    The listening socket is bound here, before anything is printed, so a port that is taken fails at once;
+    ``port=0`` picks a free port (the start-up line says which). With ``workers > 1`` uvicorn starts that many
+    worker processes, each building the app with `capstan.server.app.app_from_env`.
+    """
+    import uvicorn
+    from uvicorn.supervisors import Multiprocess
+
+    from capstan.auth.policy import auth_required
+    from capstan.server.app import app_from_env, create_app
+    from capstan.services import Services
+
+    if workers < 1:
+        raise click.BadParameter("must be at least 1", param_hint="--workers")
+    services = Services.open(settings)  # applies pending migrations once, before any worker starts
+    users_exist = services.auth.users_exist()
+    options: dict[str, Any] = {"host": host, "port": port, "http": protocol_class(), "access_log": access_log,
+                               "log_level": log_level, "lifespan": "on", "timeout_graceful_shutdown": 10}
+    if workers == 1:
+        config = uvicorn.Config(create_app(settings, services=services, bind_host=host), **options)
+    else:
+        services.close()
+        os.environ.update(settings_environment(settings, host))
+        config = uvicorn.Config(f"{app_from_env.__module__}:{app_from_env.__name__}", factory=True,
+                                workers=workers, **options)
+    sock = _bind(config, host, port)
+    bound_port = sock.getsockname()[1]
+    required = auth_required(bind_host=host, users_exist=users_exist)
+    for line in describe(settings, host, bound_port, workers, auth_required=required, users_exist=users_exist):
+        click.echo(line)
+    if workers == 1:
+        try:
+            uvicorn.Server(config).run(sockets=[sock])
+        finally:
+            services.close()
+    else:
+        Multiprocess(config, sockets=[sock]).run()

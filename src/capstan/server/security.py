@@ -1,0 +1,314 @@
+"""Authentication, authorization and the audit log for the HTTP server.
+
+Every request except ``GET /health`` passes `SecurityMiddleware`, which resolves the caller into a `Principal`
+(or answers 401) and, once the response is sent, queues an audit entry for mutating calls. Handlers then call
+`require` with the permission they need and the project of the object they touch:
+
+    principal = require(request, "write", project, target=f"run/{run_id}")
+
+Credentials: ``Authorization: Bearer <token>`` (MLflow's ``MLFLOW_TRACKING_TOKEN``, Capstan's ``CAPSTAN_TOKEN``)
+or HTTP basic auth with the user name and a token as the password (``MLFLOW_TRACKING_USERNAME``/``PASSWORD``).
+
+Token lookups are cached in-process for `CACHE_TTL_S` (one second), so a token that is revoked, or a user that is
+disabled, stops working within a second in every server process, and at once in the process that served the
+admin API call that made the change.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import threading
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.requests import Request
+
+from capstan.auth.audit import AuditWriter
+from capstan.auth.policy import LOCAL_PRINCIPAL, Permission, Principal, auth_required, authorize
+from capstan.auth.records import AuditEntry, Credential
+from capstan.auth.tokens import display_prefix, hash_secret
+from capstan.clock import Clock
+from capstan.errors import CapstanError, Unauthenticated
+from capstan.store.auth_sql import TOUCH_INTERVAL_MS, SqlAuthStore
+
+log = logging.getLogger("capstan.server.security")
+
+CACHE_TTL_S = 1.0
+CACHE_MAX_ENTRIES = 10_000
+PROJECT_HEADER = "x-capstan-project"
+DEFAULT_PROJECT = "default"
+PUBLIC_PATHS = frozenset({"/health"})
+MUTATING_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+PRINCIPAL_KEY = "capstan.principal"
+PROJECT_KEY = "capstan.audit_project"
+TARGET_KEY = "capstan.audit_target"
+PERMISSIONS_KEY = "capstan.permissions"
+
+_MISSING = ("authentication required: send 'Authorization: Bearer <token>' (CAPSTAN_TOKEN or MLFLOW_TRACKING_TOKEN)"
+            " or HTTP basic auth with your user name and a token as the password")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class _Cached:
+    principal: Principal | None  # None: the credential is invalid, ``reason`` says why
+    reason: str
+    expires_at: int | None  # token expiry (ms), re-checked on every hit
+    valid_until: float  # monotonic time after which the entry must be re-read
+
+
+def _parse_authorization(header: str | None) -> tuple[str, str | None]:
+    """``(token, basic_user)`` from an Authorization header; `Unauthenticated` when it is absent or malformed."""
+    if not header:
+        raise Unauthenticated(_MISSING)
+    scheme, _, value = header.strip().partition(" ")
+    value = value.strip()
+    if scheme.lower() == "bearer" and value:
+        return value, None
+    if scheme.lower() == "basic" and value:
+        try:
+            decoded = base64.b64decode(value, validate=True).decode()
+        except (binascii.Error, UnicodeDecodeError):
+            raise Unauthenticated("malformed basic auth credential") from None
+        user, sep, token = decoded.partition(":")
+        if not sep or not token:
+            raise Unauthenticated("basic auth needs your user name and a token as the password")
+        return token, user
+    raise Unauthenticated(_MISSING)
+
+
+class Authenticator:
+    """Turns an Authorization header into a `Principal`, caching lookups briefly.
+
+    ``fast`` answers from memory when it can; ``authenticate`` may query the store and is meant to run in a
+    worker thread. Both raise `Unauthenticated` for a missing, unknown, expired or revoked credential.
+    """
+
+    def __init__(self, store: SqlAuthStore, *, bind_host: str, clock: Clock,
+                 monotonic: Callable[[], float] = time.monotonic, ttl_s: float = CACHE_TTL_S) -> None:
+        self._store = store
+        self.bind_host = bind_host
+        self._clock = clock
+        self._monotonic = monotonic
+        self._ttl = ttl_s
+        self._lock = threading.Lock()
+        self._cache: dict[str, _Cached] = {}
+        self._required: tuple[bool, float] | None = None
+
+    def invalidate(self) -> None:
+        """Forget every cached lookup (after users, roles or tokens changed through this process)."""
+        with self._lock:
+            self._cache.clear()
+            self._required = None
+
+    def auth_required(self) -> bool:
+        """Whether credentials are needed right now (re-checked at most once per cache period)."""
+        now = self._monotonic()
+        cached = self._required
+        if cached is not None and cached[1] > now:
+            return cached[0]
+        required = auth_required(bind_host=self.bind_host, users_exist=self._store.users_exist())
+        self._required = (required, now + self._ttl)
+        return required
+
+    def fast(self, header: str | None) -> Principal | None:
+        """The principal if it can be decided without I/O, else None (call `authenticate`)."""
+        cached_mode = self._required
+        if cached_mode is None or cached_mode[1] <= self._monotonic():
+            return None
+        if not cached_mode[0]:
+            return LOCAL_PRINCIPAL
+        token, user = _parse_authorization(header)
+        entry = self._cache.get(self._key(token, user))
+        if entry is None or entry.valid_until <= self._monotonic():
+            return None
+        return self._check(entry, token)
+
+    def authenticate(self, header: str | None) -> Principal:
+        """The principal for ``header``, reading the store when the cache cannot answer."""
+        if not self.auth_required():
+            return LOCAL_PRINCIPAL
+        token, user = _parse_authorization(header)
+        key = self._key(token, user)
+        entry = self._cache.get(key)
+        if entry is None or entry.valid_until <= self._monotonic():
+            entry = self._load(token, user)
+            with self._lock:
+                if len(self._cache) >= CACHE_MAX_ENTRIES:
+                    self._cache.clear()
+                self._cache[key] = entry
+        return self._check(entry, token)
+
+    def _load(self, token: str, user: str | None) -> _Cached:
+        valid_until = self._monotonic() + self._ttl
+        cred = self._store.credential(token)
+        if cred is None or (user is not None and user != cred.user):
+            reason = "invalid user name or token" if user is not None else "invalid token"
+            return _Cached(None, reason, None, valid_until)
+        if cred.disabled:
+            return _Cached(None, f"user {cred.user!r} is disabled", None, valid_until)
+        if cred.revoked_at is not None:
+            return _Cached(None, f"token {display_prefix(token)}... has been revoked", None, valid_until)
+        self._touch(cred)
+        return _Cached(Principal(cred.user, is_admin=cred.is_admin, roles=cred.roles), "", cred.expires_at,
+                       valid_until)
+
+    def _touch(self, cred: Credential) -> None:
+        now = self._clock()
+        if cred.last_used_at is None or now - cred.last_used_at >= TOUCH_INTERVAL_MS:
+            try:
+                self._store.touch_token(cred.token_id)
+            except Exception:  # last-used bookkeeping must never fail a request
+                log.warning("could not record the last use of token %d", cred.token_id, exc_info=True)
+
+    def _check(self, entry: _Cached, token: str) -> Principal:
+        if entry.principal is None:
+            raise Unauthenticated(entry.reason)
+        if entry.expires_at is not None and entry.expires_at <= self._clock():
+            raise Unauthenticated(f"token {display_prefix(token)}... has expired")
+        return entry.principal
+
+    @staticmethod
+    def _key(token: str, user: str | None) -> str:
+        return hash_secret(token) if user is None else f"{hash_secret(token)}:{user}"
+
+
+# -- what handlers call -------------------------------------------------------------------------------------
+def _state(request: Request) -> dict[str, Any]:
+    state: dict[str, Any] = request.scope.setdefault("state", {})
+    return state
+
+
+def current_principal(request: Request) -> Principal:
+    """The authenticated caller of ``request`` (resolving it now when no middleware did)."""
+    state = _state(request)
+    principal = state.get(PRINCIPAL_KEY)
+    if isinstance(principal, Principal):
+        return principal
+    authenticator: Authenticator = request.app.state.authenticator
+    principal = authenticator.authenticate(request.headers.get("authorization"))
+    state[PRINCIPAL_KEY] = principal
+    return principal
+
+
+def require(request: Request, permission: Permission, project: str | None, *,
+            target: str | None = None) -> Principal:
+    """Check that the caller holds ``permission`` in ``project`` and return it.
+
+    ``project=None`` names a server-level object (users, tokens, the audit log): only server admins pass. The
+    project (and ``target``, e.g. ``"run/<id>"``, when given) is recorded for the audit log even when the check
+    fails. Raises `Unauthenticated` (401) or `PermissionDenied` (403); the app turns both into JSON errors.
+    """
+    state = _state(request)
+    if project is not None:
+        state[PROJECT_KEY] = project
+    if target is not None:
+        state[TARGET_KEY] = target
+    state.setdefault(PERMISSIONS_KEY, set()).add(permission)
+    principal = current_principal(request)
+    authorize(principal, permission, project)
+    return principal
+
+
+def request_project(request: Request) -> str:
+    """The project a call acts in: the ``X-Capstan-Project`` header, or ``default``."""
+    return request.headers.get(PROJECT_HEADER, "").strip() or DEFAULT_PROJECT
+
+
+# -- the middleware -----------------------------------------------------------------------------------------
+class SecurityMiddleware:
+    """ASGI middleware: authenticate every non-public request and audit mutating ones.
+
+    A POST/PUT/PATCH/DELETE is audited unless its handler declared it read-only by requiring nothing but
+    ``read`` (MLflow's search endpoints are POSTs that change nothing). Rejected attempts are audited too.
+    """
+
+    def __init__(self, app: ASGIApp, *, authenticator: Authenticator, audit: AuditWriter, clock: Clock,
+                 route_label: Callable[[Scope], str]) -> None:
+        self.app = app
+        self._auth = authenticator
+        self._audit = audit
+        self._clock = clock
+        self._route_label = route_label
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in PUBLIC_PATHS:
+            await self.app(scope, receive, send)
+            return
+        from starlette.concurrency import run_in_threadpool
+
+        state: dict[str, Any] = scope.setdefault("state", {})
+        header = _header(scope, b"authorization")
+        try:
+            principal = self._auth.fast(header)
+            if principal is None:
+                principal = await run_in_threadpool(self._auth.authenticate, header)
+        except Unauthenticated as exc:
+            await _send_json(send, exc.http_status, exc.to_dict(),
+                             extra_headers=[(b"www-authenticate", b'Bearer realm="capstan"')])
+            if scope["method"] in MUTATING_METHODS:
+                self._record(scope, state, "anonymous", exc.http_status, error=exc.message)
+            return
+        except CapstanError as exc:  # e.g. the store is unreachable: answer with the error's own status
+            log.warning("cannot authenticate %s %s: %s", scope["method"], scope["path"], exc.message)
+            await _send_json(send, exc.http_status, exc.to_dict())
+            return
+        state[PRINCIPAL_KEY] = principal
+        if scope["method"] not in MUTATING_METHODS:
+            await self.app(scope, receive, send)
+            return
+
+        status = 500  # what the audit says when the app fails before starting a response
+
+        async def send_with_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_status)
+        finally:
+            permissions = state.get(PERMISSIONS_KEY)
+            if not permissions or permissions - {"read"} or status in (401, 403):
+                self._record(scope, state, principal.name, status)
+
+    def _record(self, scope: Scope, state: dict[str, Any], user: str, status: int, *, error: str = "") -> None:
+        detail: dict[str, object] = {"path": scope["path"]}
+        client = scope.get("client")
+        if client:
+            detail["client"] = client[0]
+        if error:
+            detail["error"] = error
+        self._audit.submit(AuditEntry(
+            time=self._clock(), user=user, action=f"{scope['method']} {self._route_label(scope)}",
+            target=str(state.get(TARGET_KEY) or scope["path"]), project=str(state.get(PROJECT_KEY) or ""),
+            status=status, detail=detail))
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", ()):
+        if key == name:
+            return bytes(value).decode("latin-1")
+    return None
+
+
+async def _send_json(send: Send, status: int, body: dict[str, str],
+                     extra_headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    import orjson
+
+    payload = orjson.dumps(body)
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()),
+               *(extra_headers or [])]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": payload})

@@ -1,0 +1,327 @@
+"""SQL side of tracking searches: parsed filters/order_by to SQLAlchemy Core, and batched loading of run data.
+
+`search_runs` compiles to one SELECT over ``runs`` with an EXISTS per metric/param/tag condition and one outer
+join per metric/param/tag sort key; the page's params, tags, latest metrics, inputs and outputs are then loaded
+with one query each (chunked IN lists), never one query per run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import orjson
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    and_,
+    case,
+    exists,
+    false,
+    not_,
+    or_,
+    select,
+    true,
+)
+
+from capstan.errors import InvalidParameterValue
+from capstan.store.schema import (
+    experiment_tags,
+    experiments,
+    latest_metrics,
+    params,
+    projects,
+    run_tags,
+    runs,
+)
+from capstan.store.tracking_tx import RawTx
+from capstan.tracking.records import (
+    DatasetInput,
+    Experiment,
+    Metric,
+    ModelOutput,
+    Run,
+    RunData,
+    RunInfo,
+)
+from capstan.tracking.search_filter import ATTRIBUTE, METRIC, PARAM, TAG, Comparison, OrderKey
+
+CHUNK = 500
+NAN = float("nan")
+
+RUN_COLUMNS = (runs.c.id, runs.c.uuid, runs.c.name, runs.c.experiment_id, runs.c.user_id, runs.c.status,
+               runs.c.start_time, runs.c.end_time, runs.c.artifact_uri, runs.c.lifecycle_stage, runs.c.source,
+               runs.c.git_commit)
+EXPERIMENT_COLUMNS = (experiments.c.id, experiments.c.name, experiments.c.artifact_location,
+                      experiments.c.lifecycle_stage, experiments.c.created_at, experiments.c.updated_at,
+                      projects.c.name.label("project"))
+
+_RUN_ATTRIBUTES: Mapping[str, Any] = {
+    "run_id": runs.c.uuid, "run_name": runs.c.name, "status": runs.c.status, "user_id": runs.c.user_id,
+    "artifact_uri": runs.c.artifact_uri, "lifecycle_stage": runs.c.lifecycle_stage,
+    "start_time": runs.c.start_time, "end_time": runs.c.end_time,
+}
+_NULLABLE_RUN_ATTRIBUTES = frozenset({"start_time", "end_time"})
+_EXPERIMENT_ATTRIBUTES: Mapping[str, Any] = {
+    "name": experiments.c.name, "experiment_id": experiments.c.id, "creation_time": experiments.c.created_at,
+    "last_update_time": experiments.c.updated_at,
+}
+
+
+def chunks(items: Sequence[Any], size: int = CHUNK) -> Iterable[Sequence[Any]]:
+    """Consecutive slices of at most ``size`` items."""
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+RUN_SQL_COLUMNS = ("r.id, r.uuid, r.name, r.experiment_id, r.user_id, r.status, r.start_time, r.end_time, "
+                   "r.artifact_uri, r.lifecycle_stage, r.source, r.git_commit")
+"""`RUN_COLUMNS` as SQL text over ``runs r``."""
+EXPERIMENT_SQL_COLUMNS = "e.id, e.name, e.artifact_location, e.lifecycle_stage, e.created_at, e.updated_at, p.name"
+"""`EXPERIMENT_COLUMNS` as SQL text over ``experiments e JOIN projects p``."""
+
+
+def run_info(row: Sequence[Any]) -> RunInfo:
+    """A `RunInfo` from a row selected with `RUN_COLUMNS`."""
+    return RunInfo(row[1], row[2], str(row[3]), row[4], row[5], row[6], row[7], row[8], row[9], row[10], row[11])
+
+
+def experiment_record(row: Sequence[Any], tags: Mapping[str, str]) -> Experiment:
+    """An `Experiment` from a row selected with `EXPERIMENT_COLUMNS`."""
+    return Experiment(str(row[0]), row[1], row[2], row[3], row[4], row[5], row[6], dict(tags))
+
+
+# ---------------------------------------------------------------------------------------------- comparisons
+
+
+def _glob_from_like(pattern: str) -> str:
+    """Translate a LIKE pattern (``%``, ``_``, backslash escapes) into an equivalent case-sensitive GLOB."""
+    out: list[str] = []
+    escaped = False
+    for ch in pattern:
+        if escaped:
+            out.append(f"[{ch}]" if ch in "*?[" else ch)
+            escaped = False
+        elif ch == "\\":
+            escaped = True
+        elif ch == "%":
+            out.append("*")
+        elif ch == "_":
+            out.append("?")
+        elif ch in "*?[":
+            out.append(f"[{ch}]")
+        else:
+            out.append(ch)
+    if escaped:
+        out.append("\\")
+    return "".join(out)
+
+
+def compare(column: Any, op: str, value: Any, dialect: str) -> ColumnElement[bool]:
+    """``column <op> value`` with the same semantics on SQLite and PostgreSQL (LIKE is case-sensitive on both,
+    ILIKE case-insensitive on both, backslash escapes in patterns)."""
+    if op == "=":
+        return column == value  # type: ignore[no-any-return]  # a SQL expression, not a Python bool
+    if op == "!=":
+        return column != value  # type: ignore[no-any-return]  # a SQL expression, not a Python bool
+    if op == ">":
+        return column > value  # type: ignore[no-any-return]  # a SQL expression, not a Python bool
+    if op == ">=":
+        return column >= value  # type: ignore[no-any-return]  # a SQL expression, not a Python bool
+    if op == "<":
+        return column < value  # type: ignore[no-any-return]  # a SQL expression, not a Python bool
+    if op == "<=":
+        return column <= value  # type: ignore[no-any-return]  # a SQL expression, not a Python bool
+    if op == "LIKE":
+        if dialect == "sqlite":
+            return column.op("GLOB")(_glob_from_like(str(value)))  # type: ignore[no-any-return]  # SQL expr
+        return column.like(str(value), escape="\\")  # type: ignore[no-any-return]  # SQL expression
+    if op == "ILIKE":
+        if dialect == "sqlite":  # SQLite's LIKE already ignores case
+            return column.like(str(value), escape="\\")  # type: ignore[no-any-return]  # SQL expression
+        return column.ilike(str(value), escape="\\")  # type: ignore[no-any-return]  # SQL expression
+    if op == "IN":
+        return column.in_(list(value))  # type: ignore[no-any-return]  # SQL expression
+    if op == "NOT IN":
+        return column.not_in(list(value))  # type: ignore[no-any-return]  # SQL expression
+    raise InvalidParameterValue(f"filter_string: unsupported operator {op!r}")
+
+
+def _string_order(column: Any, dialect: str) -> Any:
+    # Byte order on both backends: PostgreSQL would otherwise sort by the database's locale.
+    return column.collate("C") if dialect == "postgresql" else column
+
+
+# ---------------------------------------------------------------------------------------------- run search
+
+
+def run_search_query(*, experiment_ids: Sequence[int], stages: Sequence[str], filters: Sequence[Comparison],
+                     order: Sequence[OrderKey], key_ids: Mapping[str, int], dialect: str, limit: int,
+                     offset: int) -> Select[Any] | None:
+    """The SELECT of one `search_runs` page (``limit`` rows from ``offset``) or None when nothing can match
+    (a filter on a metric key that was never logged)."""
+    conditions: list[ColumnElement[bool]] = [runs.c.experiment_id.in_(list(experiment_ids)),
+                                             runs.c.lifecycle_stage.in_(list(stages))]
+    for cmp in filters:
+        if cmp.kind == METRIC:
+            key_id = key_ids.get(cmp.key)
+            if key_id is None:
+                return None
+            conditions.append(_metric_exists(cmp, key_id))
+        elif cmp.kind in (PARAM, TAG):
+            table = params if cmp.kind == PARAM else run_tags
+            where = [table.c.run_id == runs.c.id, table.c.key == cmp.key]
+            if cmp.op == "IS NULL":
+                conditions.append(not_(exists().where(*where)))
+                continue
+            if cmp.op != "IS NOT NULL":
+                where.append(compare(table.c.value, cmp.op, cmp.value, dialect))
+            conditions.append(exists().where(*where))
+        else:
+            conditions.append(compare(_RUN_ATTRIBUTES[cmp.key], cmp.op, cmp.value, dialect))
+
+    query = select(*RUN_COLUMNS)
+    order_by: list[Any] = []
+    ordered_start = False
+    for index, key in enumerate(order):
+        if key.kind == ATTRIBUTE:
+            column = _RUN_ATTRIBUTES[key.key]
+            ordered_start = ordered_start or key.key == "start_time"
+            if key.key in _NULLABLE_RUN_ATTRIBUTES:
+                order_by.append(case((column.is_(None), 1), else_=0))
+            else:
+                column = _string_order(column, dialect)
+            order_by.append(column.asc() if key.ascending else column.desc())
+        elif key.kind == METRIC:
+            key_id = key_ids.get(key.key)
+            if key_id is None:
+                continue  # no run has this metric: the clause orders nothing
+            lm = latest_metrics.alias(f"om{index}")
+            query = query.outerjoin(lm, and_(lm.c.run_id == runs.c.id, lm.c.key_id == key_id))
+            order_by.append(case((lm.c.is_nan == true(), 1), (lm.c.run_id.is_(None), 2), else_=0))
+            order_by.append(lm.c.value.asc() if key.ascending else lm.c.value.desc())
+        else:
+            source = params if key.kind == PARAM else run_tags
+            alias = source.alias(f"o{key.kind[0]}{index}")
+            query = query.outerjoin(alias, and_(alias.c.run_id == runs.c.id, alias.c.key == key.key))
+            value = _string_order(alias.c.value, dialect)
+            order_by.append(case((alias.c.run_id.is_(None), 1), else_=0))
+            order_by.append(value.asc() if key.ascending else value.desc())
+    if not ordered_start:
+        order_by.append(case((runs.c.start_time.is_(None), 1), else_=0))
+        order_by.append(runs.c.start_time.desc())
+    order_by.append(runs.c.uuid.asc())
+    return query.where(*conditions).order_by(*order_by).limit(limit).offset(offset)
+
+
+def _metric_exists(cmp: Comparison, key_id: int) -> ColumnElement[bool]:
+    lm = latest_metrics.alias("fm")
+    value_cond = compare(lm.c.value, cmp.op, cmp.value, "any")
+    # A NaN is stored as 0 with is_nan set: it satisfies only '!=', like every comparison with NaN.
+    nan_rule = or_(value_cond, lm.c.is_nan == true()) if cmp.op == "!=" else and_(value_cond, lm.c.is_nan == false())
+    return exists().where(lm.c.run_id == runs.c.id, lm.c.key_id == key_id, nan_rule)
+
+
+def load_runs(tx: RawTx, rows: Sequence[Sequence[Any]]) -> list[Run]:
+    """Full `Run` records for ``rows`` (selected with `RUN_COLUMNS`), in the same order, with five queries per
+    chunk of runs."""
+    if not rows:
+        return []
+    ids = [row[0] for row in rows]
+    run_params: dict[int, dict[str, str]] = {i: {} for i in ids}
+    tags: dict[int, dict[str, str]] = {i: {} for i in ids}
+    metrics: dict[int, list[Metric]] = {i: [] for i in ids}
+    datasets: dict[int, list[DatasetInput]] = {i: [] for i in ids}
+    models_in: dict[int, list[str]] = {i: [] for i in ids}
+    outputs: dict[int, list[ModelOutput]] = {i: [] for i in ids}
+    for part in chunks(ids):
+        marks = tx.marks(len(part))
+        for run_id, key, value in tx.all(f"SELECT run_id, key, value FROM params WHERE run_id IN ({marks})", part):
+            run_params[run_id][key] = value
+        for run_id, key, value in tx.all(f"SELECT run_id, key, value FROM run_tags WHERE run_id IN ({marks})", part):
+            tags[run_id][key] = value
+        for run_id, key, value, is_nan, timestamp, step in tx.all(
+                "SELECT m.run_id, k.key, m.value, m.is_nan, m.timestamp, m.step FROM latest_metrics m "
+                f"JOIN metric_keys k ON k.id = m.key_id WHERE m.run_id IN ({marks})", part):
+            metrics[run_id].append(Metric(key, NAN if is_nan else float(value), timestamp, step))
+        for run_id, kind, ref, payload in tx.all(
+                f"SELECT run_id, kind, ref, payload FROM run_inputs WHERE run_id IN ({marks})", part):
+            if kind == "model":
+                models_in[run_id].append(ref)
+            else:
+                datasets[run_id].append(dataset_from_payload(payload))
+        for run_id, model_id, step in tx.all(
+                f"SELECT run_id, model_id, step FROM run_outputs WHERE run_id IN ({marks})", part):
+            outputs[run_id].append(ModelOutput(model_id, step))
+    out = []
+    for row in rows:
+        rid = row[0]
+        metrics[rid].sort(key=lambda m: m.key)
+        datasets[rid].sort(key=lambda d: (d.name, d.digest))
+        models_in[rid].sort()
+        outputs[rid].sort(key=lambda o: o.model_id)
+        out.append(Run(run_info(row), RunData(tuple(metrics[rid]), run_params[rid], tags[rid]), tuple(datasets[rid]),
+                       tuple(models_in[rid]), tuple(outputs[rid])))
+    return out
+
+
+def dataset_payload(dataset: DatasetInput) -> str:
+    """The JSON stored in ``run_inputs.payload`` for a dataset input."""
+    return orjson.dumps({"name": dataset.name, "digest": dataset.digest, "source_type": dataset.source_type,
+                         "source": dataset.source, "schema": dataset.schema, "profile": dataset.profile,
+                         "tags": dict(dataset.tags)}).decode()
+
+
+def dataset_from_payload(payload: str) -> DatasetInput:
+    """Inverse of `dataset_payload`."""
+    data = orjson.loads(payload)
+    return DatasetInput(data.get("name", ""), data.get("digest", ""), data.get("source_type", ""),
+                        data.get("source", ""), data.get("schema", ""), data.get("profile", ""),
+                        dict(data.get("tags") or {}))
+
+
+# ---------------------------------------------------------------------------------------------- experiments
+
+
+def experiment_search_query(*, project: str | None, stages: Sequence[str], filters: Sequence[Comparison],
+                            order: Sequence[OrderKey], dialect: str, limit: int, offset: int) -> Select[Any]:
+    """The SELECT of one `search_experiments` page."""
+    query = select(*EXPERIMENT_COLUMNS).join(projects, projects.c.id == experiments.c.project_id)
+    conditions: list[ColumnElement[bool]] = [experiments.c.lifecycle_stage.in_(list(stages))]
+    if project is not None:
+        conditions.append(projects.c.name == project)
+    for cmp in filters:
+        if cmp.kind == TAG:
+            where = [experiment_tags.c.experiment_id == experiments.c.id, experiment_tags.c.key == cmp.key]
+            if cmp.op == "IS NULL":
+                conditions.append(not_(exists().where(*where)))
+                continue
+            if cmp.op != "IS NOT NULL":
+                where.append(compare(experiment_tags.c.value, cmp.op, cmp.value, dialect))
+            conditions.append(exists().where(*where))
+        elif cmp.key == "experiment_id":
+            value = tuple(int(v) for v in cmp.value) if isinstance(cmp.value, tuple) else int(str(cmp.value))
+            conditions.append(compare(experiments.c.id, cmp.op, value, dialect))
+        else:
+            conditions.append(compare(_EXPERIMENT_ATTRIBUTES[cmp.key], cmp.op, cmp.value, dialect))
+    keys = list(order) or [OrderKey(ATTRIBUTE, "creation_time", False), OrderKey(ATTRIBUTE, "experiment_id", True)]
+    order_by: list[Any] = []
+    for key in keys:
+        column = _EXPERIMENT_ATTRIBUTES[key.key]
+        if key.key == "name":
+            column = _string_order(column, dialect)
+        order_by.append(column.asc() if key.ascending else column.desc())
+    if not any(key.key == "experiment_id" for key in keys):
+        order_by.append(experiments.c.id.asc())
+    return query.where(*conditions).order_by(*order_by).limit(limit).offset(offset)
+
+
+def experiment_tags_for(tx: RawTx, ids: Sequence[int]) -> dict[int, dict[str, str]]:
+    """Tags of several experiments, one query per chunk."""
+    out: dict[int, dict[str, str]] = {i: {} for i in ids}
+    for part in chunks(list(ids)):
+        for exp_id, key, value in tx.all(
+                f"SELECT experiment_id, key, value FROM experiment_tags WHERE experiment_id IN ({tx.marks(len(part))})",
+                part):
+            out[exp_id][key] = value
+    return out

@@ -1,0 +1,1 @@
+"""Reusable test helpers (importable as ``helpers.*`` because ``tests/`` is on ``sys.path`` under pytest)."""
