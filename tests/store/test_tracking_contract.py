@@ -609,8 +609,12 @@ def test_purge_deleted(bench: Bench) -> None:
     bench.clock.advance(1000)
     store.delete_experiment(drop_exp)
     bench.clock.advance(10)
+    # A dry run reports exactly what the real purge then removes, and removes nothing itself.
+    preview = store.purge_deleted(older_than_ms=500, dry_run=True)
+    assert [r.info.run_id for r in store.search_runs([keep_exp], view_type="DELETED_ONLY").items] == [dropped_run]
     # Only what was deleted at least 500 ms ago.
     partial = store.purge_deleted(older_than_ms=500)
+    assert partial == preview
     assert (partial.experiments, partial.runs) == (0, 1)
     assert sorted(partial.artifact_prefixes) == sorted([f"{keep_exp}/models/{model.model_id}/artifacts",
                                                         f"{keep_exp}/{dropped_run}/artifacts"])

@@ -17,12 +17,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 import click
 
 from capstan.cli.context import cli_services, cli_settings
-from capstan.errors import InvalidParameterValue
 
 if TYPE_CHECKING:
     from capstan.artifacts.store import ArtifactStore
     from capstan.services import Services
-    from capstan.tracking.records import PurgeReport
 
 
 # -- output helpers -----------------------------------------------------------------------------------------
@@ -471,8 +469,7 @@ def gc(older_than: str | None, dry_run: bool) -> None:
 
     age_ms = parse_duration(older_than, field_name="--older-than") if older_than else None
     services = cli_services()
-    purge = _purge_preview if dry_run else _purge
-    report = purge(services, age_ms)
+    report = services.tracking.purge_deleted(older_than_ms=age_ms, dry_run=dry_run)
     keep = services.registry.referenced_artifact_prefixes()
     delete, kept, files = _artifact_plan(services.artifacts, report.artifact_prefixes, keep)
     verb = "would remove" if dry_run else "removed"
@@ -490,45 +487,6 @@ def gc(older_than: str | None, dry_run: bool) -> None:
         return
     freed = services.artifacts.collect_garbage()
     click.echo(f"freed {freed.blobs_removed} stored blob(s), {_format_bytes(freed.bytes_freed)}")
-
-
-def _purge(services: Services, age_ms: int | None) -> PurgeReport:
-    return services.tracking.purge_deleted(older_than_ms=age_ms)
-
-
-def _purge_preview(services: Services, age_ms: int | None) -> PurgeReport:
-    """What `purge_deleted` would remove, read without changing anything (the same selection rules: soft-deleted
-    experiments with everything in them, soft-deleted runs and logged models, deleted at or before the cutoff)."""
-    from sqlalchemy import and_, or_, select
-
-    from capstan.artifacts.paths import path_from_uri
-    from capstan.store.schema import experiments, logged_models, runs
-    from capstan.tracking.records import PurgeReport
-
-    cutoff = None if age_ms is None else services.clock() - age_ms
-
-    def deleted(table: Any, time_column: Any) -> Any:
-        condition = table.c.lifecycle_stage == "deleted"
-        return condition if cutoff is None else and_(condition, time_column.is_not(None), time_column <= cutoff)
-
-    def prefix(uri: str) -> str | None:
-        try:
-            return path_from_uri(uri) or None
-        except InvalidParameterValue:
-            return None  # stored outside the artifact store (s3://, a local folder): not gc's to clean
-
-    with services.engine.connect() as conn:
-        exp_rows = conn.execute(select(experiments.c.id, experiments.c.artifact_location)
-                                .where(deleted(experiments, experiments.c.deleted_at))).all()
-        exp_ids = [row[0] for row in exp_rows]
-        run_rows = conn.execute(select(runs.c.artifact_uri).where(
-            or_(deleted(runs, runs.c.deleted_at), runs.c.experiment_id.in_(exp_ids)))).all()
-        model_rows = conn.execute(select(logged_models.c.artifact_location).where(
-            or_(deleted(logged_models, logged_models.c.updated_at), logged_models.c.experiment_id.in_(exp_ids)))).all()
-    roots = {p for p in (prefix(row[1]) for row in exp_rows) if p}
-    others = {p for p in (prefix(row[0]) for row in [*run_rows, *model_rows]) if p}
-    inside = sorted(p for p in others if not any(_covers(root, p) for root in roots))
-    return PurgeReport(experiments=len(exp_ids), runs=len(run_rows), artifact_prefixes=(*sorted(roots), *inside))
 
 
 def _orphan_blobs_preview(services: Services, delete: Sequence[str]) -> tuple[int, int]:

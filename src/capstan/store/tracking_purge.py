@@ -48,9 +48,10 @@ def _outside(prefixes: Iterable[str], roots: set[str]) -> list[str]:
     return [p for p in prefixes if not any(p == r or p.startswith(r + "/") for r in roots)]
 
 
-def purge_deleted(tx: RawTx, cutoff: int | None) -> PurgeReport:
+def purge_deleted(tx: RawTx, cutoff: int | None, *, dry_run: bool = False) -> PurgeReport:
     """Delete soft-deleted experiments (with all their runs and logged models), soft-deleted runs and logged models
-    — only those deleted at or before ``cutoff`` when it is given — and return the artifact prefixes they owned."""
+    — only those deleted at or before ``cutoff`` when it is given — and return the artifact prefixes they owned.
+    With ``dry_run`` the same selection is made and reported, and nothing is deleted."""
     exp_where = [experiments.c.lifecycle_stage == DELETED]
     run_where = [runs.c.lifecycle_stage == DELETED]
     model_where = [logged_models.c.lifecycle_stage == DELETED]
@@ -69,12 +70,13 @@ def purge_deleted(tx: RawTx, cutoff: int | None) -> PurgeReport:
     model_rows = tx.all(select(logged_models.c.id, logged_models.c.artifact_location).where(model_cond))
 
     run_ids = [r[0] for r in run_rows]
-    for child in _RUN_CHILDREN:
-        _delete_in(tx, child.c.run_id, run_ids)
-    _delete_in(tx, runs.c.id, run_ids)
-    _delete_in(tx, logged_models.c.id, [r[0] for r in model_rows])
-    _delete_in(tx, experiment_tags.c.experiment_id, exp_ids)
-    _delete_in(tx, experiments.c.id, exp_ids)
+    if not dry_run:
+        for child in _RUN_CHILDREN:
+            _delete_in(tx, child.c.run_id, run_ids)
+        _delete_in(tx, runs.c.id, run_ids)
+        _delete_in(tx, logged_models.c.id, [r[0] for r in model_rows])
+        _delete_in(tx, experiment_tags.c.experiment_id, exp_ids)
+        _delete_in(tx, experiments.c.id, exp_ids)
 
     exp_prefixes = {p for p in (_prefix(r[1]) for r in exp_rows) if p}
     others = {p for p in (_prefix(r[1]) for r in [*run_rows, *model_rows]) if p}

@@ -688,14 +688,15 @@ class SqlTrackingStore:
 
     # ------------------------------------------------------------------------------------------ gc
 
-    def purge_deleted(self, *, older_than_ms: int | None = None) -> PurgeReport:
+    def purge_deleted(self, *, older_than_ms: int | None = None, dry_run: bool = False) -> PurgeReport:
         """Permanently remove soft-deleted runs, experiments and logged models (those deleted at least
-        ``older_than_ms`` milliseconds ago when given) and return the ArtifactStore path prefixes they owned."""
+        ``older_than_ms`` milliseconds ago when given) and return the ArtifactStore path prefixes they owned.
+        ``dry_run`` reports the same selection without deleting anything."""
         if older_than_ms is not None and older_than_ms < 0:
             raise InvalidParameterValue(f"older_than_ms: must not be negative, got {older_than_ms}")
 
         def work(tx: RawTx, _pending: list[Event]) -> PurgeReport:
             cutoff = None if older_than_ms is None else self._clock() - older_than_ms
-            return purge_deleted(tx, cutoff)
+            return purge_deleted(tx, cutoff, dry_run=dry_run)
 
         return self._tx(work)

@@ -127,7 +127,8 @@ class TrackingStore(Protocol):
                              max_results: int = 100, page_token: str | None = None) -> Page[LoggedModel]: ...
 
     # -- garbage collection ----------------------------------------------------------------------------
-    def purge_deleted(self, *, older_than_ms: int | None = None) -> PurgeReport:
-        """Permanently remove soft-deleted runs and experiments (deleted before ``older_than_ms`` when given) and
-        return the artifact path prefixes they owned, so the caller can drop those artifact entries."""
+    def purge_deleted(self, *, older_than_ms: int | None = None, dry_run: bool = False) -> PurgeReport:
+        """Permanently remove soft-deleted runs and experiments (deleted at least ``older_than_ms`` ago when given)
+        and return the artifact path prefixes they owned, so the caller can drop those artifact entries.
+        ``dry_run`` returns the same report and removes nothing."""
         ...
