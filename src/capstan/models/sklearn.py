@@ -1,0 +1,124 @@
+"""The scikit-learn flavor, laid out as MLflow's ``mlflow.sklearn`` does so either tool can load the other's models.
+
+Serialisation formats: ``skops`` (safe; needs ``pip install skops``), ``cloudpickle`` and ``pickle``. The default is
+``skops`` when it is installed, else ``pickle``. Loading a pickle or cloudpickle file runs code from the file: only
+load models from sources you trust.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import pickle
+import platform
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from capstan.errors import InvalidParameterValue
+
+FLAVOR_NAME = "sklearn"
+FORMATS = ("skops", "pickle", "cloudpickle")
+_FILES = {"skops": "model.skops", "pickle": "model.pkl", "cloudpickle": "model.pkl"}
+
+
+@dataclass(frozen=True, slots=True)
+class SavedFlavor:
+    """What a flavor wrote: its own MLmodel entry, the ``python_function`` entry and pip requirements."""
+
+    flavor_conf: dict[str, Any]
+    pyfunc_conf: dict[str, Any]
+    requirements: tuple[str, ...] = ()
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def accepts(model: object) -> bool:
+    """True for scikit-learn estimators (including pipelines)."""
+    if importlib.util.find_spec("sklearn") is None:
+        return False
+    from sklearn.base import BaseEstimator
+
+    return isinstance(model, BaseEstimator)
+
+
+def default_format() -> str:
+    """``skops`` when installed, else ``pickle``."""
+    return "skops" if importlib.util.find_spec("skops") is not None else "pickle"
+
+
+def _import_skops() -> Any:
+    try:
+        import skops.io
+    except ImportError:
+        raise InvalidParameterValue(
+            "this model is stored in the skops format, which needs the skops package: pip install skops") from None
+    return skops.io
+
+
+def save(model: Any, path: Path, *, serialization_format: str | None = None) -> SavedFlavor:
+    """Write ``model`` into the model folder ``path``; returns the MLmodel entries."""
+    import sklearn
+
+    fmt = serialization_format or default_format()
+    if fmt not in FORMATS:
+        raise InvalidParameterValue(f"serialization_format: {fmt!r} is not one of {', '.join(FORMATS)}")
+    file = _FILES[fmt]
+    trusted: list[str] | None = None
+    requirements = [f"scikit-learn=={sklearn.__version__}"]
+    if fmt == "skops":
+        sio = _import_skops()
+        sio.dump(model, path / file)
+        # The caller built this model in-process, so its own types are trusted; recording them lets both Capstan
+        # and MLflow load it again (MLflow passes `skops_trusted_types` to skops.io.load).
+        trusted = list(sio.get_untrusted_types(file=path / file)) or None
+        requirements.append(_pin("skops"))
+    elif fmt == "cloudpickle":
+        try:
+            import cloudpickle  # type: ignore[import-untyped]  # optional dependency without type stubs
+        except ImportError:
+            raise InvalidParameterValue("serialization_format 'cloudpickle' needs: pip install cloudpickle") from None
+        with open(path / file, "wb") as fh:
+            cloudpickle.dump(model, fh)
+        requirements.append(_pin("cloudpickle"))
+    else:
+        with open(path / file, "wb") as fh:
+            pickle.dump(model, fh, protocol=pickle.DEFAULT_PROTOCOL)
+    requirements += [_pin("numpy"), _pin("scipy")]
+    flavor = {"code": None, "pickled_model": file, "serialization_format": fmt,
+              "sklearn_version": sklearn.__version__, "skops_trusted_types": trusted}
+    pyfunc = {"env": {"conda": "conda.yaml", "virtualenv": "python_env.yaml"}, "loader_module": "mlflow.sklearn",
+              "model_path": file, "predict_fn": "predict", "python_version": platform.python_version()}
+    return SavedFlavor(flavor, pyfunc, tuple(r for r in requirements if r))
+
+
+def load(path: Path, conf: Mapping[str, Any]) -> Any:
+    """Load the estimator from model folder ``path`` given its ``sklearn`` (or ``python_function``) entry."""
+    file = path / str(conf.get("pickled_model") or conf.get("model_path") or "model.pkl")
+    fmt = str(conf.get("serialization_format") or ("skops" if file.suffix == ".skops" else "pickle"))
+    if not file.is_file():
+        raise InvalidParameterValue(f"model folder {str(path)!r} has no model file {file.name!r}")
+    if fmt == "skops":
+        sio = _import_skops()
+        trusted = conf.get("skops_trusted_types") or None
+        return sio.load(file, trusted=list(trusted) if trusted else None)
+    if fmt == "cloudpickle":
+        try:
+            import cloudpickle
+        except ImportError:
+            raise InvalidParameterValue(
+                "this model is stored with cloudpickle, which needs: pip install cloudpickle") from None
+        with open(file, "rb") as fh:
+            return cloudpickle.load(fh)
+    if fmt == "pickle":
+        with open(file, "rb") as fh:
+            return pickle.load(fh)  # only load models you trust (documented), as with MLflow
+    raise InvalidParameterValue(f"model file {file.name!r} uses the unknown serialization format {fmt!r}")
+
+
+def _pin(dist: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"{dist}=={version(dist)}"
+    except PackageNotFoundError:
+        return ""

@@ -1,0 +1,44 @@
+"""``capstan quickstart`` end to end, in a subprocess with a fresh CAPSTAN_HOME (embedded SQLite, no server)."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from sklearn.base import BaseEstimator
+
+from capstan.settings import Settings
+from capstan.tracking.client import Client
+from helpers.server import capstan_command, clean_env
+
+
+def test_quickstart_on_a_fresh_home(tmp_path: Path) -> None:
+    home = tmp_path / "fresh"
+    result = subprocess.run([*capstan_command(), "quickstart"], env=clean_env(home), capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert "Traceback" not in result.stderr
+    for expected in ("Trained 4 models", "models:/quickstart@champion", f"CAPSTAN_HOME={home}",
+                     "capstan runs list --experiment quickstart", "capstan models show quickstart"):
+        assert expected in out, expected
+
+    with Client(settings=Settings.for_home(home)) as client:
+        runs = client.search_runs(experiment_names=["quickstart"],
+                                   order_by=["metrics.test_accuracy DESC", "metrics.log_loss ASC"])
+        assert len(runs) == 4 and all(r.info.status == "FINISHED" for r in runs)
+        best = runs[0]
+        assert {"alpha", "epochs"} <= set(best.data.params)
+        assert len(client.get_metric_history(best.info.run_id, "train_loss")) == 15  # one point per epoch
+        assert {a.path for a in client.list_artifacts(best.info.run_id)} >= {"confusion_matrix.json",
+                                                                            "feature_weights.csv"}
+        champion = client.get_model_version_by_alias("quickstart", "champion")
+        assert champion.run_id == best.info.run_id  # lineage: the best run -> the champion version
+        model = client.load_model("models:/quickstart@champion")
+        assert isinstance(model, BaseEstimator)
+
+    again = subprocess.run([*capstan_command(), "quickstart"], env=clean_env(home), capture_output=True, text=True,
+                           timeout=300)
+    assert again.returncode == 0, again.stderr
+    with Client(settings=Settings.for_home(home)) as client:
+        assert client.get_model_version_by_alias("quickstart", "champion").version == 2
