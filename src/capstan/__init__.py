@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from capstan.errors import CapstanError
     from capstan.models.pyfunc import PyFuncModel
+    from capstan.pipelines.dsl import Chunk, Resources, chunks, command_step, current_chunk, pipeline, step
+    from capstan.pipelines.state import Backoff
     from capstan.settings import Settings
     from capstan.tracking.client import Client
     from capstan.tracking.metric_writer import MetricFlushError
@@ -79,19 +81,33 @@ _LAZY: dict[str, str] = {
     "log_model": "capstan.tracking.sdk",
     "load_model": "capstan.tracking.sdk",
     "register_model": "capstan.tracking.sdk",
+    "step": "capstan.pipelines.dsl",
+    "pipeline": "capstan.pipelines.dsl",
+    "command_step": "capstan.pipelines.dsl",
+    "chunks": "capstan.pipelines.dsl",
+    "current_chunk": "capstan.pipelines.dsl",
+    "Chunk": "capstan.pipelines.dsl",
+    "Resources": "capstan.pipelines.dsl",
+    "Backoff": "capstan.pipelines.state",
 }
 
 __all__ = [
     "ActiveRun",
+    "Backoff",
     "CapstanError",
+    "Chunk",
     "Client",
     "MetricFlushError",
     "ModelInfo",
     "PyFuncModel",
+    "Resources",
     "Settings",
     "__version__",
     "active_run",
+    "chunks",
+    "command_step",
     "configure",
+    "current_chunk",
     "end_run",
     "flush",
     "get_settings",
@@ -105,11 +121,13 @@ __all__ = [
     "log_param",
     "log_params",
     "log_text",
+    "pipeline",
     "register_model",
     "set_experiment",
     "set_tag",
     "set_tags",
     "start_run",
+    "step",
 ]
 
 

@@ -19,7 +19,8 @@ def test_quickstart_on_a_fresh_home(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
     assert "Traceback" not in result.stderr
-    for expected in ("Trained 4 models", "models:/quickstart@champion", f"CAPSTAN_HOME={home}",
+    for expected in ("Prepared the data with pipeline wine_prep", "9 steps, 0 from cache",
+                     "after cleaning", "Trained 4 models", "models:/quickstart@champion", f"CAPSTAN_HOME={home}",
                      "capstan runs list --experiment quickstart", "capstan models show quickstart"):
         assert expected in out, expected
 
@@ -40,5 +41,6 @@ def test_quickstart_on_a_fresh_home(tmp_path: Path) -> None:
     again = subprocess.run([*capstan_command(), "quickstart"], env=clean_env(home), capture_output=True, text=True,
                            timeout=300)
     assert again.returncode == 0, again.stderr
+    assert "from cache" in again.stdout and "0 from cache" not in again.stdout  # the data-prep steps were reused
     with Client(settings=Settings.for_home(home)) as client:
         assert client.get_model_version_by_alias("quickstart", "champion").version == 2

@@ -100,5 +100,7 @@ def test_small_requests_are_fast_with_two_workers(tmp_path: Path) -> None:
                 b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
         for request in (get, post):
             times = _round_trips(port, request, 60)[10:]  # the first ones warm the worker up
-            # ~1 ms with TCP_NODELAY; Nagle plus the client's delayed ACK would make it ~40 ms.
-            assert statistics.median(times) < 20, f"median round trip {statistics.median(times):.1f} ms"
+            # ~1 ms with TCP_NODELAY; Nagle plus the client's delayed ACK makes every round trip >= ~40 ms. The lower
+            # quartile keeps the check meaningful on a loaded machine, where some round trips wait for a CPU.
+            quartile = statistics.quantiles(times, n=4)[0]
+            assert quartile < 25, f"lower-quartile round trip {quartile:.1f} ms (median {statistics.median(times):.1f})"

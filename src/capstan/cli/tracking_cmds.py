@@ -371,12 +371,16 @@ def models_show(name: str, as_json: bool) -> None:
 @click.option("--experiment", default="quickstart", show_default=True, help="Experiment to create the runs in.")
 @click.option("--model-name", default="quickstart", show_default=True, help="Registered model to create.")
 def quickstart_command(experiment: str, model_name: str) -> None:
-    """Train a small scikit-learn model with a few settings, track everything, register the best as
-    models:/quickstart@champion and show where to look. Needs no server and no network."""
+    """Prepare data with a pipeline (load, clean in 4 parallel chunks, split), train a small scikit-learn model
+    with a few settings on it, track everything, register the best as models:/quickstart@champion and show where
+    to look. Needs no server and no network; a second run reuses the cached pipeline steps."""
     from capstan.cli.context import cli_settings
+    from capstan.pipelines.quickstart import quickstart_prep
     from capstan.quickstart import run_quickstart
 
-    run_quickstart(cli_settings(), console=_console(), experiment=experiment, model_name=model_name)
+    settings, console = cli_settings(), _console()
+    run_quickstart(settings, console=console, experiment=experiment, model_name=model_name,
+                   data_stage=lambda: quickstart_prep(settings, console=console))
 
 
 def register(cli: click.Group) -> None:

@@ -46,8 +46,10 @@ def create_app(settings: Settings, *, services: Services | None = None, bind_hos
     from fastapi import FastAPI
 
     from capstan.auth.audit import AuditWriter
-    from capstan.server import admin_api, api_v1, mlflow_api
+    from capstan.pipelines.service import PipelineService
+    from capstan.server import admin_api, api_v1, mlflow_api, pipelines_api
     from capstan.server.errors import CatchAllMiddleware, install_error_handlers
+    from capstan.server.leader import LeaderLock
     from capstan.server.metrics import MetricsMiddleware, RouteTemplates, ServerMetrics
     from capstan.server.security import Authenticator, SecurityMiddleware
     from capstan.services import Services
@@ -59,10 +61,20 @@ def create_app(settings: Settings, *, services: Services | None = None, bind_hos
     audit = AuditWriter(svc.auth)
 
     @asynccontextmanager
-    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        from starlette.concurrency import run_in_threadpool
+
+        pipelines: PipelineService = app.state.pipelines  # read at start-up so tests may swap in their own
+        leader = LeaderLock(settings.home / "server-leader.lock")
+        is_leader = leader.try_acquire()
+        resumed = await run_in_threadpool(lambda: pipelines.start(schedules=is_leader, resume=is_leader))
+        if resumed:
+            log.info("resumed %d unfinished pipeline run(s): %s", len(resumed), ", ".join(resumed))
         try:
             yield
         finally:
+            await run_in_threadpool(pipelines.stop)
+            leader.release()
             audit.close()
             uninstrument()
             if own_services:
@@ -75,6 +87,7 @@ def create_app(settings: Settings, *, services: Services | None = None, bind_hos
     app.state.services = svc
     app.state.metrics = metrics
     app.state.audit_writer = audit
+    app.state.pipelines = PipelineService.from_services(svc)
     app.state.authenticator = Authenticator(svc.auth, bind_host=bind_host, clock=svc.clock)
     install_error_handlers(app)
 
@@ -83,7 +96,8 @@ def create_app(settings: Settings, *, services: Services | None = None, bind_hos
     app.add_api_route("/metrics", _metrics, methods=["GET"], include_in_schema=False)
     # MLflow's routes come first: they carry the hot logging traffic, and their prefixes overlap with nothing else.
     included: list[tuple[APIRouter, str]] = [(router, "") for router in mlflow_api.routers]
-    included += [(api_v1.router, API_V1_PREFIX), (admin_api.router, API_V1_PREFIX)]
+    included += [(api_v1.router, API_V1_PREFIX), (admin_api.router, API_V1_PREFIX),
+                 (pipelines_api.router, API_V1_PREFIX)]
     for router, prefix in included:
         app.include_router(router, prefix=prefix)
         templates.add_router(router.routes, prefix)

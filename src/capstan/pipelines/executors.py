@@ -1,0 +1,484 @@
+"""Local executors: a thread pool, a pool of warm worker processes, and a watcher that re-attaches to attempts
+left running by an orchestrator that died. All three report finished attempts as `Outcome` records on one queue.
+
+Starting an attempt is split in two so that the orchestrator can persist it in between: `ProcessExecutor.reserve`
+picks (or starts) the worker, whose pid goes into the attempt's row, and `ProcessExecutor.dispatch` sends the task.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, cast
+
+from capstan.pipelines.dsl import Step
+from capstan.pipelines.execution import (
+    CANCELLED,
+    INTERRUPTED,
+    OOM_KILLED,
+    WORKER_LOST,
+    ExecContext,
+    Outcome,
+    Task,
+    execute,
+    failed,
+    now_ms,
+)
+
+if TYPE_CHECKING:
+    from capstan.artifacts.store import ArtifactStore
+    from capstan.settings import Settings
+
+Deliver = Callable[[Outcome], None]
+"""Where executors hand finished attempts (`Outcome`) to the orchestrator."""
+
+
+def process_started_ms(pid: int) -> int | None:
+    """When process ``pid`` started (ms since the epoch), or None when it does not exist."""
+    try:
+        import psutil
+
+        return round(psutil.Process(pid).create_time() * 1000)
+    except Exception:  # noqa: BLE001  # psutil raises NoSuchProcess/AccessDenied/ZombieProcess: all mean "gone"
+        return None
+
+
+def process_alive(pid: int, started_ms: int | None) -> bool:
+    """True when ``pid`` runs and is the same process that started at ``started_ms`` (not a reused pid)."""
+    try:
+        import psutil
+
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return False
+        return started_ms is None or abs(round(proc.create_time() * 1000) - started_ms) <= 20
+    except Exception:  # noqa: BLE001  # NoSuchProcess / AccessDenied: treat as gone
+        return False
+
+
+def kill_tree(pid: int, grace_s: float) -> None:
+    """SIGTERM the process group led by ``pid``, then SIGKILL it after ``grace_s`` if still there."""
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except (ProcessLookupError, PermissionError):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGTERM)
+
+    def finish() -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+
+    if grace_s <= 0:
+        finish()
+        return
+    timer = threading.Timer(grace_s, finish)
+    timer.daemon = True
+    timer.start()
+
+
+class ThreadExecutor:
+    """Runs attempts on a thread pool inside the orchestrator's process. A Python step that times out or is
+    cancelled cannot be stopped: its result is ignored. Command steps run as child processes and are killed."""
+
+    def __init__(self, deliver: Deliver, *, settings: Settings | None, store: ArtifactStore | None,
+                 max_workers: int = 32, grace_s: float = 3.0) -> None:
+        self._deliver = deliver
+        self._local = threading.local()
+        self._settings = settings
+        self._store = store
+        self._max = max_workers
+        self._threads: list[threading.Thread] = []
+        self._idle = 0
+        self._lock = threading.Lock()
+        self._tasks: queue.SimpleQueue[tuple[Task, ExecContext] | None] = queue.SimpleQueue()
+        self._children: dict[str, subprocess.Popen[bytes]] = {}
+        self._grace = grace_s
+
+    def _on_child(self, key: str, proc: subprocess.Popen[bytes] | None) -> None:
+        if proc is None:
+            self._children.pop(key, None)
+        else:
+            self._children[key] = proc
+
+    def submit(self, task: Task, memory: Mapping[str, Any], step: Step | None = None) -> None:
+        """Start ``task`` (running ``step`` directly when given); its outcome arrives on the queue."""
+        ctx = ExecContext(self._settings, self._store, memory, self._on_child, step)
+        collect = getattr(self._local, "collect", None)
+        if collect is not None and not collect:
+            # Submitted by a step thread that is running the orchestrator's round: it runs this task next itself.
+            collect.append((task, ctx))
+            return
+        with self._lock:
+            if self._idle == 0 and len(self._threads) < self._max:
+                thread = threading.Thread(target=self._serve, name=f"capstan-step-{len(self._threads)}",
+                                          daemon=True)
+                self._threads.append(thread)
+                thread.start()
+            else:
+                self._idle -= 1
+        self._tasks.put((task, ctx))
+
+    def _serve(self) -> None:
+        item: tuple[Task, ExecContext] | None = None
+        while True:
+            if item is None:
+                item = self._tasks.get()
+                if item is None:
+                    return
+            task, ctx = item
+            started = now_ms()
+            try:
+                outcome = execute(task, ctx, in_worker=False)
+            except BaseException as exc:  # noqa: BLE001  # never lose an attempt: report the executor failure
+                outcome = failed(task, WORKER_LOST, f"{type(exc).__name__}: {exc}", started_at=started,
+                                 finished_at=now_ms())
+            collect: list[tuple[Task, ExecContext]] = []
+            self._local.collect = collect
+            try:
+                self._deliver(outcome)
+            finally:
+                self._local.collect = None
+            if collect:
+                item = collect[0]
+                continue
+            item = None
+            with self._lock:
+                self._idle += 1
+
+    def kill(self, key: str, reason: str) -> None:
+        """Kill the child process of a command step; a Python thread is left to finish and ignored."""
+        proc = self._children.get(key)
+        if proc is not None:
+            kill_tree(proc.pid, self._grace)
+
+    def shutdown(self) -> None:
+        """Stop accepting work; running threads finish in the background."""
+        for proc in list(self._children.values()):
+            kill_tree(proc.pid, 0)
+        for _ in self._threads:
+            self._tasks.put(None)
+
+
+@dataclass(slots=True)
+class Worker:
+    """One warm worker process."""
+
+    proc: subprocess.Popen[bytes]
+    conn: Any
+    pid: int
+    started_ms: int | None
+    task: Task | None = None
+    deliver: Deliver | None = None
+    on_started: Callable[[str], None] | None = None
+    task_started: int = 0
+    kill_reason: str | None = None
+    usable: bool = True
+    idle_since: float = 0.0
+    log_path: str = ""
+    results_path: str = ""
+
+
+class WorkerPool:
+    """Warm worker processes (``python -m capstan.pipelines.worker``), shared by every run of this process and
+    grown on demand. Each task carries where its outcome goes, so runs orchestrated side by side (the server)
+    share the pool."""
+
+    def __init__(self, settings: Settings, *, grace_s: float = 3.0, idle_timeout_s: float = 60.0) -> None:
+        self._settings = settings
+        self._grace = grace_s
+        self._idle_timeout = idle_timeout_s
+        self._lock = threading.Lock()
+        self._idle: list[Worker] = []
+        self._workers: dict[int, Worker] = {}
+        self._reaper: threading.Thread | None = None
+
+    def _reap(self) -> None:
+        # Close workers nobody used for a while, so a long-lived process does not keep idle interpreters.
+        while True:
+            time.sleep(min(5.0, self._idle_timeout / 2))
+            cutoff = time.monotonic() - self._idle_timeout
+            with self._lock:
+                stale = [w for w in self._idle if w.idle_since < cutoff]
+                for worker in stale:
+                    self._idle.remove(worker)
+                    worker.usable = False
+            for worker in stale:
+                with contextlib.suppress(OSError):
+                    worker.conn.send(None)
+
+    def size(self) -> int:
+        """Workers alive."""
+        with self._lock:
+            return len(self._workers)
+
+    def prewarm(self, count: int, preload: list[tuple[str, str | None]]) -> None:
+        """Start workers until ``count`` exist; new ones import ``preload`` modules right away."""
+        with self._lock:
+            missing = count - len(self._workers)
+        for _ in range(max(0, missing)):
+            worker = self._spawn(preload)
+            with self._lock:
+                self._idle.append(worker)
+
+    def _spawn(self, preload: list[tuple[str, str | None]]) -> Worker:
+        parent, child = socket.socketpair()
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "capstan.pipelines.worker", str(child.fileno())],
+                pass_fds=(child.fileno(),), start_new_session=True, stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        finally:
+            child.close()
+        from multiprocessing.connection import Connection
+
+        from capstan.pipelines.worker import worker_files
+
+        conn = Connection(parent.detach())
+        started = process_started_ms(proc.pid)
+        log_path, results_path = worker_files(self._settings.home, proc.pid, started)
+        conn.send({"settings": self._settings, "sys_path": list(sys.path), "cwd": os.getcwd(),
+                   "preload": preload, "log": log_path, "results": results_path})
+        worker = Worker(proc, conn, proc.pid, started, idle_since=time.monotonic(), log_path=log_path,
+                        results_path=results_path)
+        with self._lock:
+            self._workers[worker.pid] = worker
+            if self._reaper is None:
+                self._reaper = threading.Thread(target=self._reap, name="capstan-pool-reaper", daemon=True)
+                self._reaper.start()
+        threading.Thread(target=self._reader, args=(worker,), name=f"capstan-worker-{worker.pid}",
+                         daemon=True).start()
+        return worker
+
+    def reserve(self) -> Worker:
+        """An idle worker (started now if none is idle) set aside for the next `dispatch`."""
+        with self._lock:
+            while self._idle:
+                worker = self._idle.pop()
+                if worker.usable:
+                    return worker
+        return self._spawn([])
+
+    def dispatch(self, worker: Worker, task: Task, deliver: Deliver,
+                 on_started: Callable[[str], None] | None = None) -> None:
+        """Send ``task`` to a reserved worker; its outcome goes to ``deliver`` (and, for a task with a timeout,
+        the moment the worker begins it to ``on_started``)."""
+        worker.task = task
+        worker.deliver = deliver
+        worker.on_started = on_started
+        worker.task_started = now_ms()
+        try:
+            worker.conn.send(task)
+        except OSError:
+            worker.usable = False
+            kill_tree(worker.pid, 0)
+
+    def kill(self, key: str, reason: str) -> None:
+        """Stop the attempt ``key``: its worker (and the worker's children) get SIGTERM, then SIGKILL."""
+        with self._lock:
+            target = next((w for w in self._workers.values() if w.task is not None and w.task.key == key), None)
+            if target is None:
+                return
+            target.kill_reason = reason
+            target.usable = False
+        kill_tree(target.pid, self._grace)
+
+    def _reader(self, worker: Worker) -> None:
+        while True:
+            try:
+                outcome = worker.conn.recv()
+            except (EOFError, OSError):
+                break
+            if isinstance(outcome, tuple):
+                if outcome[0] == "started" and worker.on_started is not None:
+                    worker.on_started(outcome[1])
+                continue
+            with self._lock:
+                deliver = worker.deliver
+                worker.task = None
+                worker.deliver = None
+                if outcome.retire:
+                    worker.usable = False
+                elif worker.usable:
+                    worker.idle_since = time.monotonic()
+                    self._idle.append(worker)
+            if deliver is not None:
+                deliver(outcome)
+        code = worker.proc.wait()
+        with contextlib.suppress(OSError):
+            worker.conn.close()
+        with self._lock:
+            worker.usable = False
+            self._workers.pop(worker.pid, None)
+            with contextlib.suppress(ValueError):
+                self._idle.remove(worker)
+            task, reason, deliver = worker.task, worker.kill_reason, worker.deliver
+        if task is None or deliver is None:
+            return
+        if reason is None:
+            if code == -signal.SIGKILL:
+                reason, message = OOM_KILLED, (f"step {task.step_name!r}: worker {worker.pid} was killed by "
+                                               "SIGKILL (out of memory)")
+            else:
+                reason, message = WORKER_LOST, f"step {task.step_name!r}: worker {worker.pid} exited with {code}"
+        else:
+            message = f"step {task.step_name!r} stopped ({reason})"
+        deliver(failed(task, reason, message, started_at=worker.task_started, finished_at=now_ms(),
+                       exit_code=128 - code if code < 0 else code, retryable=reason != CANCELLED))
+
+    def close(self) -> None:
+        """Say goodbye to idle workers (they exit and remove their files). Busy workers are left to finish their
+        attempt: its result stays in their results file for the run's next orchestrator to adopt."""
+        with self._lock:
+            workers = list(self._workers.values())
+        for worker in workers:
+            if worker.task is None:
+                with contextlib.suppress(OSError):
+                    worker.conn.send(None)
+
+
+_POOLS: dict[tuple[str, str, str], WorkerPool] = {}
+_POOLS_LOCK = threading.Lock()
+
+
+def shared_pool(settings: Settings) -> WorkerPool:
+    """The worker pool of this process for ``settings``' stores."""
+    key = (str(settings.home), settings.db_url, settings.artifacts)
+    with _POOLS_LOCK:
+        pool = _POOLS.get(key)
+        if pool is None:
+            if not _POOLS:
+                import atexit
+
+                atexit.register(close_pools)  # workers say goodbye (and remove their files) on a normal exit
+            pool = _POOLS[key] = WorkerPool(settings)
+        return pool
+
+
+def close_pools() -> None:
+    """Stop every worker pool of this process (tests, server shutdown)."""
+    with _POOLS_LOCK:
+        pools = list(_POOLS.values())
+        _POOLS.clear()
+    for pool in pools:
+        pool.close()
+
+
+class ProcessExecutor:
+    """One run's use of the shared `WorkerPool`."""
+
+    def __init__(self, deliver: Deliver, *, settings: Settings, preload: list[tuple[str, str | None]],
+                 grace_s: float = 3.0, on_started: Callable[[str], None] | None = None) -> None:
+        self._deliver = deliver
+        self._on_started = on_started
+        self._pool = shared_pool(settings)
+        self._preload = preload
+        self._keys: set[str] = set()
+
+    def prewarm(self, count: int) -> None:
+        """Make sure ``count`` workers exist."""
+        self._pool.prewarm(count, self._preload)
+
+    def reserve(self) -> Worker:
+        """A worker for the next `dispatch`."""
+        return self._pool.reserve()
+
+    def dispatch(self, worker: Worker, task: Task) -> None:
+        """Send ``task`` to ``worker``."""
+        self._keys.add(task.key)
+        self._pool.dispatch(worker, task, self._deliver, self._on_started)
+
+    def kill(self, key: str, reason: str) -> None:
+        """Stop one attempt."""
+        self._pool.kill(key, reason)
+
+    def shutdown(self, *, kill: bool = False) -> None:
+        """With ``kill``, stop this run's attempts still running; the pool stays warm for later runs."""
+        if kill:
+            for key in list(self._keys):
+                self._pool.kill(key, CANCELLED)
+
+
+@dataclass(slots=True)
+class Attached:
+    """An attempt started by an earlier orchestrator whose worker may still be running."""
+
+    task: Task
+    pid: int
+    started_ms: int | None
+    started_at: int
+    kill_reason: str | None = None
+
+
+class AttachWatcher:
+    """Follows re-attached attempts: reports their result file when it appears, or an interruption when their
+    worker is gone without one."""
+
+    def __init__(self, deliver: Deliver, *, poll_s: float = 0.05, grace_s: float = 3.0) -> None:
+        self._deliver = deliver
+        self._poll = poll_s
+        self._grace = grace_s
+        self._items: dict[str, Attached] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def attach(self, item: Attached) -> None:
+        """Watch ``item`` until it finishes."""
+        with self._lock:
+            self._items[item.task.key] = item
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="capstan-attach", daemon=True)
+                self._thread.start()
+
+    def kill(self, key: str, reason: str) -> None:
+        """Stop a re-attached attempt."""
+        with self._lock:
+            item = self._items.get(key)
+            if item is None:
+                return
+            item.kill_reason = reason
+        kill_tree(item.pid, self._grace)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._poll):
+            with self._lock:
+                items = list(self._items.values())
+            for item in items:
+                outcome = self._check(item)
+                if outcome is not None:
+                    with self._lock:
+                        self._items.pop(item.task.key, None)
+                    self._deliver(outcome)
+
+    def _check(self, item: Attached) -> Outcome | None:
+        from capstan.pipelines.worker import find_result
+
+        path = item.task.result_file
+        found: Outcome | None = cast(Outcome | None, find_result(path, item.task.key)) if path else None
+        if found is not None:
+            return found
+        if process_alive(item.pid, item.started_ms):
+            return None
+        found = cast(Outcome | None, find_result(path, item.task.key)) if path else None
+        if found is not None:
+            return found
+        reason = item.kill_reason or INTERRUPTED
+        return failed(item.task, reason, f"step {item.task.step_name!r}: its worker {item.pid} ended without a "
+                      "result while the orchestrator was down" if reason == INTERRUPTED else
+                      f"step {item.task.step_name!r} stopped ({reason})",
+                      started_at=item.started_at, finished_at=now_ms(), retryable=reason != CANCELLED)
+
+    def stop(self) -> None:
+        """Stop watching."""
+        self._stop.set()

@@ -1,0 +1,723 @@
+"""The durable local orchestrator: drives one run's steps through the state machine.
+
+It works in *rounds*. A round takes the attempts that finished since the last one, decides every consequence with
+`capstan.pipelines.state` (successors become ready, cache hits, retries with backoff, failures and skips, map
+fan-out, admission of queued steps, timeouts, cancellation), writes all of it in one transaction, and only after
+the commit *acts*: sends tasks to executors, kills timed-out or cancelled attempts. A crash at any instant leaves
+the database describing what was decided; `capstan pipelines resume` continues from there.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import random
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from capstan.clock import Clock, system_clock
+from capstan.events.records import WARNING
+from capstan.pipelines import state as sm
+from capstan.pipelines import supervision
+from capstan.pipelines.admission import Admission, Capacity, Lease, LocalAdmission, ResourceRequest
+from capstan.pipelines.cache import cache_key
+from capstan.pipelines.execution import (
+    INTERRUPTED,
+    UNSCHEDULABLE,
+    Outcome,
+    Task,
+    thread_capture,
+)
+from capstan.pipelines.executors import (
+    AttachWatcher,
+    ProcessExecutor,
+    ThreadExecutor,
+    Worker,
+)
+from capstan.pipelines.graph import Graph
+from capstan.pipelines.serialize import OutputRef, list_ref, load_output
+from capstan.pipelines.state import StepState
+from capstan.pipelines.steprec import StepRec, importable, make_task, new_step_row
+from capstan.pipelines.storage import (
+    RUN_KIND,
+    STEP_KIND,
+    Batch,
+    RoundWriter,
+    RunRecord,
+    StepRecord,
+    event_row,
+    orchestrator_id,
+)
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+    from capstan.artifacts.store import ArtifactStore
+    from capstan.settings import Settings
+
+S = StepState
+_ABSENT = object()
+
+
+class Observer(Protocol):
+    """Told after every committed round (the live view implements it)."""
+
+    def update(self, orchestrator: Orchestrator) -> None:
+        """Something changed; read `Orchestrator.recs`."""
+        ...
+
+
+class Orchestrator:
+    """Runs (or continues) one pipeline run to a terminal status."""
+
+    def __init__(self, *, engine: Engine, store: ArtifactStore, settings: Settings, run: RunRecord, graph: Graph,
+                 steps: list[StepRecord], admission: Admission | None = None, clock: Clock = system_clock,
+                 observer: Observer | None = None, rng: random.Random | None = None, max_threads: int | None = None,
+                 grace_s: float = 3.0, poll_s: float = 0.25, heartbeat_s: float = 5.0) -> None:
+        self.run_record = run
+        self.run_id = run.id
+        self.project = run.project
+        self.graph = graph
+        self._engine = engine
+        self._store = store
+        self._settings = settings
+        self._clock = clock
+        self._observer = observer
+        self._rng = rng or random.Random()
+        self._admission: Admission = admission or LocalAdmission(Capacity.cached())
+        self._grace = grace_s
+        self._poll = poll_s
+        self._heartbeat = heartbeat_s
+        # Like concurrent.futures' default: enough threads to overlap I/O, few enough to keep GIL contention low.
+        self._max_threads = max_threads or min(32, (os.cpu_count() or 1) + 4)
+        self._writer = RoundWriter(engine)
+        self._out: queue.SimpleQueue[Outcome | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._error: BaseException | None = None
+        self._closed = False
+        self._threads: ThreadExecutor | None = None
+        self._procs: ProcessExecutor | None = None
+        self._watch: AttachWatcher | None = None
+        self._run_dir = Path(settings.home) / "pipelines" / "runs" / run.id
+        self._run_dir_text = str(self._run_dir)
+        self.recs: dict[str, StepRec] = {}
+        self._dependents: dict[str, list[str]] = {n: [] for n in graph.nodes}
+        self._ready: list[str] = []
+        self._queued: list[str] = []
+        self._retrying: set[str] = set()
+        self._running: dict[str, str] = {}
+        self._values: dict[str, Any] = {}
+        self._cancel = run.cancel_requested
+        self._cancel_message = "cancelled by request"
+        self._done = False
+        self._stale_files: set[str] = set()
+        self.final: dict[str, Any] = {}
+        self.started_at: int | None = run.started_at
+        self._open = 0
+        self._detached = False
+        self.status = run.status
+        self._now = clock()
+        self._last_poll = time.monotonic()
+        self._last_beat = time.monotonic()
+        self._load(steps)
+
+    # -- loading ----------------------------------------------------------------------------------------------
+    def _load(self, rows: list[StepRecord]) -> None:
+        by_id = {r.step_id: r for r in rows}
+        has_children = {r.parent for r in rows if r.parent is not None}
+        for node in list(self.graph.nodes.values()):
+            for dep in node.deps:
+                self._dependents[dep].append(node.id)
+            self._add_rec(StepRec.of(node, by_id.get(node.id)))
+        # Map nodes that were expanded before: recreate their children from the (persisted) item values.
+        for rec in list(self.recs.values()):
+            node = rec.node
+            if node.map is None or node.id not in has_children:
+                continue
+            items = self.graph.map_items(node, self._lookup)
+            for child in self.graph.add_children(node, items):
+                self._add_rec(StepRec.of(child, by_id.get(child.id)))
+
+    def _add_rec(self, rec: StepRec) -> None:
+        self.recs[rec.node.id] = rec
+        if rec.state not in sm.TERMINAL:
+            self._open += 1
+
+    def _lookup(self, node_id: str) -> Any:
+        if node_id in self._values:
+            return self._values[node_id]
+        output = self.recs[node_id].output
+        if output is None:
+            raise sm.InvalidTransition(f"step {node_id!r} has no output yet")
+        return load_output(output, project=self.project, store=lambda: self._store)
+
+    # -- the loop ---------------------------------------------------------------------------------------------
+    def run(self) -> str:
+        """Drive the run to a terminal status and return it."""
+        self._run_dir.mkdir(parents=True, exist_ok=True)
+        has_threads = any(n.step.options.isolation == "thread" for n in self.graph.nodes.values())
+        try:
+            if has_threads:
+                with thread_capture():
+                    self._loop()
+            else:
+                self._loop()
+        finally:
+            with self._lock:
+                self._closed = True
+                self._writer.close()
+            self._shutdown()
+        if self._done:
+            import contextlib
+            import shutil
+
+            shutil.rmtree(self._run_dir, ignore_errors=True)
+            for path in self._stale_files:  # files left by workers of an earlier orchestrator of this run
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+        return self.status
+
+    def records(self) -> list[StepRecord]:
+        """The steps as they now stand (what the database holds after the last round)."""
+        return [rec.record(self.run_id) for rec in self.recs.values()]
+
+    def detach(self) -> None:
+        """Stop orchestrating after the current round without cancelling anything (server shutdown): the run
+        stays ``running``, process workers finish their attempts, and a later resume picks everything up."""
+        self._detached = True
+
+    def offer(self, outcome: Outcome) -> None:
+        """Hand over a finished attempt (called on executor threads).
+
+        When no round is in progress the calling thread runs the round itself, so a chain of light steps moves on
+        without waking the orchestrator's thread; otherwise the outcome is queued for the next round."""
+        if self._closed or self._done or self._detached or self._error is not None or \
+                not self._lock.acquire(blocking=False):
+            self._out.put(outcome)
+            return
+        try:
+            outcomes = [outcome]
+            self._drain(outcomes)
+            self._round(outcomes)
+            wake = self._done or bool(self._retrying) or any(
+                self.recs[s].deadline is not None for s in self._running.values())
+        except BaseException as exc:  # noqa: BLE001  # handed to the orchestrator's thread, which re-raises it
+            self._error = exc
+            wake = True
+        finally:
+            self._lock.release()
+        if wake:
+            self._out.put(None)  # let the orchestrator's thread re-plan its wait (done, retry timers, timeouts)
+
+    def attempt_started(self, key: str) -> None:
+        """A worker began attempt ``key``: its timeout starts now."""
+        with self._lock:
+            sid = self._running.get(key)
+            if sid is None:
+                return
+            rec = self.recs[sid]
+            timeout = rec.node.step.options.timeout
+            if timeout is not None and rec.state is S.RUNNING:
+                rec.deadline = time.monotonic() + timeout
+        self._out.put(None)
+
+    def _drain(self, outcomes: list[Outcome]) -> None:
+        while True:
+            try:
+                item = self._out.get_nowait()
+            except queue.Empty:
+                return
+            if item is not None:
+                outcomes.append(item)
+
+    def _loop(self) -> None:
+        with self._lock:
+            self._start()
+            wait = self._wait_s()
+        last_checkpoint = time.monotonic()
+        while True:
+            outcomes: list[Outcome] = []
+            try:
+                item = self._out.get(timeout=wait)
+                if item is not None:
+                    outcomes.append(item)
+            except queue.Empty:
+                pass
+            except KeyboardInterrupt:
+                self._cancel, self._cancel_message = True, "interrupted"
+            with self._lock:
+                if self._error is not None:
+                    raise self._error
+                if self._done or self._detached:
+                    self._writer.checkpoint()
+                    return
+                if time.monotonic() - last_checkpoint > 1.0:
+                    self._writer.checkpoint()
+                    last_checkpoint = time.monotonic()
+                self._drain(outcomes)
+                try:
+                    self._round(outcomes)
+                except KeyboardInterrupt:
+                    self._writer.rollback()
+                    self._cancel, self._cancel_message = True, "interrupted"
+                    for outcome in outcomes:
+                        self._out.put(outcome)
+                if self._done:
+                    self._writer.checkpoint()
+                    return
+                wait = self._wait_s()
+
+    def _start(self) -> None:
+        now = self._now = self._clock()
+        batch = Batch.new()
+        resumed = self.run_record.started_at is not None
+        self.started_at = self.run_record.started_at or now
+        batch.run = {"id": self.run_id, "status": sm.RunStatus.RUNNING.value, "heartbeat_at": now,
+                     "started_at": self.started_at, "finished_at": None}
+        self.status = sm.RunStatus.RUNNING.value
+        self._event(batch, RUN_KIND, self.run_id, "PipelineRunResumed" if resumed else "PipelineRunStarted",
+                    f"pipeline {self.graph.pipeline.name!r} {'resumed' if resumed else 'started'} "
+                    f"by {orchestrator_id()}")
+        process_modules = {(n.step.module, n.step.file) for n in self.graph.nodes.values()
+                           if n.step.options.isolation == "process" and n.step.fn is not None}
+        n_process = sum(1 for n in self.graph.nodes.values() if n.step.options.isolation == "process")
+        if n_process:
+            self._procs = ProcessExecutor(self.offer, settings=self._settings, grace_s=self._grace,
+                                          on_started=self.attempt_started,
+                                          preload=[importable(m, f) for m, f in sorted(process_modules)])
+            self._procs.prewarm(min(n_process, max(1, len(os.sched_getaffinity(0)))))
+        for rec in self.recs.values():
+            if rec.state is S.RUNNING and rec.node.map is None:
+                supervision.recover_running(self, rec)
+            elif rec.state is S.QUEUED:
+                self._queued.append(rec.node.id)
+            elif rec.state is S.RETRYING:
+                self._retrying.add(rec.node.id)
+            elif rec.state is S.RUNNING and rec.node.map is not None:
+                for child in rec.node.children:
+                    if self.recs[child].state is S.RUNNING:
+                        rec.running_children += 1
+        for rec in self.recs.values():
+            if rec.state is S.PENDING:
+                self._evaluate_pending(rec, batch, now)
+        self._round([], batch)  # the start is committed together with the first steps it launches
+
+    def _wait_s(self) -> float:
+        wait = self._poll
+        now_mono = time.monotonic()
+        for sid in self._running.values():
+            deadline = self.recs[sid].deadline
+            if deadline is not None:
+                wait = min(wait, deadline - now_mono)
+        if self._retrying:
+            now = self._clock()
+            due = min(self.recs[s].next_attempt_at or now for s in self._retrying)
+            wait = min(wait, (due - now) / 1000)
+        return max(0.0, wait)
+
+    def _round(self, outcomes: list[Outcome], batch: Batch | None = None) -> None:
+        now = self._now = self._clock()
+        batch = batch or Batch.new()
+        effects: list[Callable[[], None]] = []
+        mono = time.monotonic()
+        if mono - self._last_poll >= self._poll:
+            self._last_poll = mono
+            if not self._cancel and self._writer.cancel_requested(self.run_id):
+                self._cancel = True
+        if mono - self._last_beat >= self._heartbeat:
+            self._last_beat = mono
+            batch.run = {"id": self.run_id, "heartbeat_at": now}
+        for outcome in outcomes:
+            self._on_outcome(outcome, batch, now)
+        supervision.check_timeouts(self, batch, now, effects)
+        if self._cancel:
+            supervision.cancel_all(self, batch, now, effects)
+        else:
+            for sid in sorted(self._retrying, key=lambda s: self.recs[s].node.seq):
+                rec = self.recs[sid]
+                if (rec.next_attempt_at or 0) <= now:
+                    self._retrying.discard(sid)
+                    self._set(rec, sm.Trigger.RETRY_DUE, batch)
+                    rec.next_attempt_at = None
+                    self._event(batch, STEP_KIND, sid, "StepQueued", f"attempt {rec.attempt + 1} queued")
+                    self._queued.append(sid)
+            self._process_ready(batch, now)
+            self._start_queued(batch, now, effects)
+        self._check_done(batch, now)
+        if batch:
+            self._commit(batch)
+        for effect in effects:
+            effect()
+        if self._observer is not None:
+            self._observer.update(self)
+
+    # -- transitions ------------------------------------------------------------------------------------------
+    def _set(self, rec: StepRec, trigger: sm.Trigger, batch: Batch) -> None:
+        old = rec.state
+        rec.state = sm.transition(old, trigger)
+        if (old in sm.TERMINAL) != (rec.state in sm.TERMINAL):
+            self._open += -1 if rec.state in sm.TERMINAL else 1
+        batch.steps[rec.node.id] = rec  # the row is rendered once, at commit
+
+    def _touch(self, rec: StepRec, batch: Batch) -> None:
+        batch.steps[rec.node.id] = rec
+
+    def _commit(self, batch: Batch) -> None:
+        run_id = self.run_id
+        batch.steps = {k: r.row(run_id) for k, r in batch.steps.items()}
+        self._writer.commit(batch)
+
+    def _event(self, batch: Batch, kind: str, sid: str, reason: str, message: str = "", *, warning: bool = False,
+               data: dict[str, Any] | None = None) -> None:
+        object_id = sid if kind == RUN_KIND else f"{self.run_id}/{sid}"
+        batch.events.append(event_row(self._now, self.project, kind, object_id, reason, message,
+                                      type=WARNING if warning else "Normal", data=data))
+
+    def _evaluate_pending(self, rec: StepRec, batch: Batch, now: int) -> None:
+        parent = self.recs.get(rec.node.parent) if rec.node.parent else None
+        if parent is not None and parent.state is not S.RUNNING:
+            return
+        deps = [self.recs[d].state for d in rec.node.deps]
+        verdict = sm.readiness(deps)
+        if verdict is sm.Readiness.READY:
+            self._ready.append(rec.node.id)
+        elif verdict is sm.Readiness.SKIP:
+            self._skip(rec, batch, now)
+        elif verdict is sm.Readiness.CANCEL:
+            self._set(rec, sm.Trigger.CANCEL, batch)
+            rec.finished_at = now
+            self._touch(rec, batch)
+        else:
+            rec.waiting = sum(1 for s in deps if s not in sm.DONE_OK)
+
+    def _process_ready(self, batch: Batch, now: int) -> None:
+        while self._ready:
+            ready, self._ready = self._ready, []
+            lookups: list[StepRec] = []
+            for sid in ready:
+                rec = self.recs[sid]
+                if rec.state is not S.PENDING:
+                    continue
+                if rec.node.map is not None:
+                    self._expand(rec, batch, now)
+                    continue
+                opts = rec.node.step.options
+                if opts.cache:
+                    digests = {d: self.recs[d].output.digest for d in rec.node.deps  # type: ignore[union-attr]
+                               if self.recs[d].output is not None}
+                    try:
+                        rec.cache_key = cache_key(project=self.project, code_hash=rec.node.step.code_hash,
+                                                  env=opts.env, args=rec.node.args, digests=digests)
+                    except KeyError:
+                        rec.cache_key = None
+                    if rec.cache_key and not self.run_record.no_cache:
+                        lookups.append(rec)
+                        continue
+                self._queue(rec, batch)
+            if not lookups:
+                continue
+            hits = self._writer.cache_lookup([r.cache_key for r in lookups if r.cache_key])
+            for rec in lookups:
+                hit = hits.get(rec.cache_key or "")
+                output = None
+                if hit is not None and hit["exists"]:
+                    output = OutputRef.from_columns(hit["output_format"], hit["output_inline"], hit["output_path"],
+                                                    hit["output_digest"], hit["output_size"], self.project)
+                if output is None or hit is None:
+                    self._queue(rec, batch)
+                    continue
+                self._set(rec, sm.Trigger.CACHE_HIT, batch)
+                rec.output = output
+                rec.cached_from = f"{hit['run_id']}/{hit['step_id']}"
+                rec.finished_at = now
+                self._touch(rec, batch)
+                self._event(batch, STEP_KIND, rec.node.id, "CacheHit",
+                            f"reused the output of {rec.cached_from} (key {rec.cache_key[:12]})",  # type: ignore[index]
+                            data={"cache_key": rec.cache_key, "from": rec.cached_from})
+                self._done_ok(rec, batch, now)
+
+    def _queue(self, rec: StepRec, batch: Batch) -> None:
+        self._set(rec, sm.Trigger.READY, batch)
+        self._event(batch, STEP_KIND, rec.node.id, "StepQueued", f"attempt {rec.attempt + 1} queued")
+        self._queued.append(rec.node.id)
+
+    def _expand(self, rec: StepRec, batch: Batch, now: int) -> None:
+        node = rec.node
+        try:
+            items = self.graph.map_items(node, self._lookup)
+        except Exception as exc:  # noqa: BLE001  # bad items (not a list, unreadable): the map node fails
+            self._set(rec, sm.Trigger.EXPAND, batch)
+            self._fail(rec, "BadMapItems", str(getattr(exc, "message", exc)), batch, now)
+            return
+        existing = set(node.children)
+        children = self.graph.add_children(node, items)
+        self._set(rec, sm.Trigger.EXPAND, batch)
+        rec.started_at = rec.started_at or now
+        self._touch(rec, batch)
+        self._event(batch, STEP_KIND, node.id, "MapExpanded", f"{len(children)} item(s)",
+                    data={"count": len(children)})
+        for child in children:
+            if child.id not in existing:
+                batch.new_steps.append(new_step_row(self.run_id, child))
+                self._add_rec(StepRec(child, S.PENDING))
+            child_rec = self.recs[child.id]
+            if child_rec.state is S.PENDING:
+                self._ready.append(child.id)
+        self._check_map(rec, batch, now)
+
+    def _request(self, rec: StepRec, key: str) -> ResourceRequest:
+        res = rec.node.step.options.resources
+        return ResourceRequest(key, res.cpu_for(rec.node.step.options.isolation), res.memory, res.gpu,
+                               res.gpu_flavor, self.project, (("run", self.run_id), ("step", rec.node.id)))
+
+    def _start_queued(self, batch: Batch, now: int, effects: list[Callable[[], None]]) -> None:
+        waiting: list[str] = []
+        for sid in self._queued:
+            rec = self.recs[sid]
+            if rec.state is not S.QUEUED:
+                continue
+            parent = self.recs[rec.node.parent] if rec.node.parent else None
+            limit = parent.node.map.max_parallel if parent is not None and parent.node.map else None
+            if parent is not None and limit is not None and parent.running_children >= limit:
+                waiting.append(sid)
+                continue
+            key = f"{self.run_id}/{sid}#{rec.attempt + 1}"
+            request = self._request(rec, key)
+            why = self._admission.check(request)
+            if why is not None:
+                self._fail(rec, UNSCHEDULABLE, f"step {rec.node.step.name!r} {why}", batch, now)
+                continue
+            lease = self._admission.try_acquire(request)
+            if lease is None:
+                waiting.append(sid)
+                continue
+            self._launch(rec, lease, batch, now, effects)
+        self._queued = waiting
+
+    def _task(self, rec: StepRec, lease: Lease | None, *, attempt: int, log: str | None = None,
+              results: str | None = None) -> Task:
+        return make_task(self.run_id, self.project, self._run_dir_text, rec, self.recs, lease, attempt=attempt,
+                         log=log, results=results)
+
+    def _launch(self, rec: StepRec, lease: Lease, batch: Batch, now: int,
+                effects: list[Callable[[], None]]) -> None:
+        step = rec.node.step
+        rec.attempt += 1
+        self._set(rec, sm.Trigger.START, batch)
+        rec.started_at = rec.started_at or now
+        rec.reason, rec.message = "", ""
+        rec.lease = lease
+        rec.attempt_started = now
+        self._touch(rec, batch)
+        isolation = step.options.isolation
+        pid = started_ms = None
+        if isolation == "process":
+            if self._procs is None:
+                self._procs = ProcessExecutor(self.offer, settings=self._settings, preload=[], grace_s=self._grace,
+                                              on_started=self.attempt_started)
+            worker: Worker = self._procs.reserve()
+            pid, started_ms = worker.pid, worker.started_ms
+            task = self._task(rec, lease, attempt=rec.attempt, log=worker.log_path, results=worker.results_path)
+            procs = self._procs
+            effects.append(lambda: procs.dispatch(worker, task))
+            rec.executor = "process"
+        else:
+            task = self._task(rec, lease, attempt=rec.attempt)
+            if self._threads is None:
+                self._threads = ThreadExecutor(self.offer, settings=self._settings, store=self._store,
+                                               max_workers=self._max_threads, grace_s=self._grace)
+            memory = {d: self._values[d] for d in rec.node.deps if d in self._values}
+            threads = self._threads
+            effects.append(lambda: threads.submit(task, memory, step))
+            rec.executor = "thread"
+        batch.attempts_new.append({
+            "run_id": self.run_id, "step_id": rec.node.id, "attempt": rec.attempt, "state": S.RUNNING.value,
+            "reason": "", "message": "", "isolation": isolation, "worker_pid": pid, "worker_started": started_ms,
+            "started_at": now, "finished_at": None, "duration_ms": None, "exit_code": None, "peak_memory": None,
+            "log_path": None})
+        self._event(batch, STEP_KIND, rec.node.id, "StepStarted", f"attempt {rec.attempt} ({isolation})",
+                    data={"attempt": rec.attempt, "worker_pid": pid})
+        timeout = step.options.timeout
+        # A worker process reports when it really begins (it may still be importing); threads begin at once.
+        rec.deadline = time.monotonic() + timeout if timeout is not None and isolation == "thread" else None
+        self._running[task.key] = rec.node.id
+        if rec.node.parent:
+            self.recs[rec.node.parent].running_children += 1
+
+    def _finish_attempt(self, rec: StepRec, batch: Batch, *, state: str, reason: str, message: str,
+                        finished_at: int, started_at: int | None = None, exit_code: int | None = None,
+                        peak_memory: int | None = None, log_path: str | None = None) -> None:
+        if rec.lease is not None:
+            self._admission.release(rec.lease)
+            rec.lease = None
+        rec.deadline = None
+        if rec.node.parent:
+            parent = self.recs[rec.node.parent]
+            parent.running_children = max(0, parent.running_children - 1)
+        begun = started_at if started_at is not None else rec.attempt_started
+        duration = finished_at - begun if begun is not None else None
+        rec.duration_ms = duration
+        batch.attempts_done.append({
+            "k_run": self.run_id, "k_step": rec.node.id, "k_attempt": rec.attempt, "state": state,
+            "reason": reason, "message": message[:4000], "finished_at": finished_at, "duration_ms": duration,
+            "exit_code": exit_code, "peak_memory": peak_memory, "log_path": log_path})
+
+    def _on_outcome(self, outcome: Outcome, batch: Batch, now: int) -> None:
+        sid = self._running.pop(outcome.key, None)
+        if sid is None:
+            return  # an attempt already decided (timed out or cancelled): its late result is ignored
+        rec = self.recs[sid]
+        if rec.state is not S.RUNNING or rec.attempt != outcome.attempt:
+            return
+        self._finish_attempt(rec, batch, state=S.SUCCEEDED.value if outcome.ok else S.FAILED.value,
+                             reason=outcome.reason, message=outcome.message, finished_at=outcome.finished_at,
+                             started_at=outcome.started_at, exit_code=outcome.exit_code,
+                             peak_memory=outcome.peak_memory, log_path=outcome.log_path)
+        if not outcome.ok:
+            self._event(batch, STEP_KIND, sid, outcome.reason or "AttemptFailed",
+                        f"attempt {rec.attempt}: {outcome.message}", warning=True,
+                        data={"attempt": rec.attempt, "exit_code": outcome.exit_code})
+            self._attempt_failed(rec, outcome.reason, outcome.message, outcome.retryable, batch, now)
+            return
+        self._set(rec, sm.Trigger.SUCCEED, batch)
+        rec.output = outcome.output
+        rec.finished_at = outcome.finished_at
+        self._touch(rec, batch)
+        if outcome.value is not None and rec.executor == "thread":
+            self._values[sid] = outcome.value
+        self._event(batch, STEP_KIND, sid, "StepSucceeded", f"attempt {rec.attempt} in {outcome.duration_ms} ms",
+                    data={"attempt": rec.attempt, "duration_ms": outcome.duration_ms,
+                          "peak_memory": outcome.peak_memory})
+        output = rec.output
+        if output is not None and rec.cache_key and rec.node.step.options.cache:
+            fmt, inline, path, digest, size = output.columns()
+            batch.cache.append({"key": rec.cache_key, "run_id": self.run_id, "step_id": sid, "output_format": fmt,
+                                "output_inline": inline, "output_path": path, "output_digest": digest,
+                                "output_size": size, "created_at": now})
+        for dep in rec.node.refs():
+            src = self.recs[dep]
+            if src.output is not None:
+                source_run = (src.cached_from or self.run_id).partition("/")[0]
+                batch.inputs.append({"run_id": self.run_id, "step_id": sid, "source_step": dep,
+                                     "source_run": source_run if src.cached_from else self.run_id,
+                                     "digest": src.output.digest, "path": src.output.path})
+        self._done_ok(rec, batch, now)
+
+    def _attempt_failed(self, rec: StepRec, reason: str, message: str, retryable: bool, batch: Batch,
+                        now: int) -> None:
+        opts = rec.node.step.options
+        decision = sm.after_failure(retries=opts.retries, retries_used=rec.retries_used, retryable=retryable,
+                                    interrupted=reason == INTERRUPTED, backoff=opts.retry_backoff, now_ms=now,
+                                    rand=self._rng.random())
+        if decision.state is S.RETRYING:
+            self._set(rec, sm.Trigger.RETRY, batch)
+            rec.retries_used = decision.retries_used
+            rec.next_attempt_at = decision.next_attempt_at
+            rec.reason, rec.message = reason, message
+            self._touch(rec, batch)
+            self._retrying.add(rec.node.id)
+            delay = (decision.next_attempt_at or now) - now
+            self._event(batch, STEP_KIND, rec.node.id, "RetryScheduled",
+                        f"attempt {rec.attempt + 1} in {delay / 1000:.2f}s after {reason}",
+                        data={"attempt": rec.attempt + 1, "delay_ms": delay, "after": reason})
+            return
+        self._fail(rec, reason, message, batch, now)
+
+    def _fail(self, rec: StepRec, reason: str, message: str, batch: Batch, now: int) -> None:
+        self._set(rec, sm.Trigger.FAIL, batch)
+        rec.reason, rec.message, rec.finished_at = reason, message, now
+        self._touch(rec, batch)
+        self._event(batch, STEP_KIND, rec.node.id, "StepFailed", f"{reason}: {message}", warning=True,
+                    data={"reason": reason, "attempt": rec.attempt})
+        self._after_terminal(rec, batch, now)
+
+    def _skip(self, rec: StepRec, batch: Batch, now: int) -> None:
+        failed_up = next((d for d in rec.node.deps if self.recs[d].state in (S.FAILED, S.SKIPPED)), "")
+        self._set(rec, sm.Trigger.UPSTREAM_FAILED, batch)
+        rec.reason, rec.message, rec.finished_at = "UpstreamFailed", f"upstream step {failed_up!r} did not succeed", now
+        self._touch(rec, batch)
+        self._event(batch, STEP_KIND, rec.node.id, "UpstreamFailed", rec.message, warning=True)
+        self._after_terminal(rec, batch, now)
+
+    def _done_ok(self, rec: StepRec, batch: Batch, now: int) -> None:
+        for dep_id in self._dependents.get(rec.node.id, ()):
+            child = self.recs[dep_id]
+            if child.state is S.PENDING:
+                child.waiting -= 1
+                if child.waiting == 0:
+                    self._ready.append(dep_id)
+        self._after_terminal(rec, batch, now)
+
+    def _after_terminal(self, rec: StepRec, batch: Batch, now: int) -> None:
+        if rec.state in (S.FAILED, S.SKIPPED, S.CANCELLED):
+            for dep_id in self._dependents.get(rec.node.id, ()):
+                child = self.recs[dep_id]
+                if child.state is S.PENDING:
+                    self._evaluate_pending(child, batch, now)
+        if rec.node.parent:
+            self._check_map(self.recs[rec.node.parent], batch, now)
+        for dep in rec.node.deps:
+            if dep in self._values and all(self.recs[c].state in sm.TERMINAL for c in self._dependents[dep]):
+                del self._values[dep]
+
+    def _check_map(self, rec: StepRec, batch: Batch, now: int) -> None:
+        if rec.state is not S.RUNNING:
+            return
+        states = [self.recs[c].state for c in rec.node.children]
+        verdict = sm.map_outcome(states)
+        if verdict is None:
+            return
+        if verdict is S.SUCCEEDED:
+            outputs = [self.recs[c].output for c in rec.node.children]
+            values = [self._values.pop(c, _ABSENT) for c in rec.node.children]
+            if all(v is not _ABSENT or (o is not None and o.inline is not None) for v, o in
+                   zip(values, outputs, strict=True)):
+                self._values[rec.node.id] = [
+                    v if v is not _ABSENT else self._lookup(c) for c, v in zip(rec.node.children, values,
+                                                                                 strict=True)]
+            self._set(rec, sm.Trigger.SUCCEED, batch)
+            rec.output = list_ref([o for o in outputs if o is not None], self.project)
+            rec.finished_at = now
+            self._touch(rec, batch)
+            self._event(batch, STEP_KIND, rec.node.id, "StepSucceeded", f"{len(states)} item(s) done")
+            self._done_ok(rec, batch, now)
+        elif verdict is S.FAILED:
+            bad = next(c for c in rec.node.children if self.recs[c].state in (S.FAILED, S.SKIPPED))
+            self._fail(rec, "ChildFailed", f"item {bad!r} failed: {self.recs[bad].reason}", batch, now)
+        else:
+            self._set(rec, sm.Trigger.CANCEL, batch)
+            rec.finished_at = now
+            self._touch(rec, batch)
+            self._after_terminal(rec, batch, now)
+
+    def _check_done(self, batch: Batch, now: int) -> None:
+        if self._open > 0:
+            return
+        status = sm.run_status((r.state for r in self.recs.values()), cancel_requested=self._cancel)
+        failed_step = next((r for r in self.recs.values() if r.state is S.FAILED and r.node.map is None), None) \
+            or next((r for r in self.recs.values() if r.state is S.FAILED), None)
+        if status is sm.RunStatus.FAILED and failed_step is not None:
+            message = f"step {failed_step.node.id!r} failed: {failed_step.reason}: {failed_step.message}"
+        elif status is sm.RunStatus.CANCELLED:
+            message = self._cancel_message
+        else:
+            message = ""
+        batch.run = {"id": self.run_id, "status": status.value, "finished_at": now, "message": message[:4000],
+                     "heartbeat_at": now}
+        self.final = {k: v for k, v in batch.run.items() if k != "id"}
+        reason = {"succeeded": "PipelineRunSucceeded", "failed": "PipelineRunFailed",
+                  "cancelled": "PipelineRunCancelled"}[status.value]
+        self._event(batch, RUN_KIND, self.run_id, reason, message, warning=status is not sm.RunStatus.SUCCEEDED)
+        self.status = status.value
+        self._done = True
+
+    def _shutdown(self) -> None:
+        if self._threads is not None:
+            self._threads.shutdown()
+        if self._procs is not None:
+            self._procs.shutdown(kill=self._cancel)
+        if self._watch is not None:
+            self._watch.stop()

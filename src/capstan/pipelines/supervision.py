@@ -1,0 +1,112 @@
+"""The orchestrator's supervision of attempts: recovering those a previous orchestrator left running, timeouts,
+and cancelling a run. Helpers of `capstan.pipelines.orchestrator.Orchestrator`, called with the round's lock held.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from capstan.pipelines import state as sm
+from capstan.pipelines.execution import CANCELLED, INTERRUPTED, TIMEOUT, failed
+from capstan.pipelines.executors import Attached, AttachWatcher, process_alive
+from capstan.pipelines.state import StepState
+from capstan.pipelines.steprec import StepRec
+from capstan.pipelines.storage import STEP_KIND, Batch
+
+if TYPE_CHECKING:
+    from capstan.pipelines.orchestrator import Orchestrator
+
+S = StepState
+
+
+def recover_running(orch: Orchestrator, rec: StepRec) -> None:
+    """A step the previous orchestrator left running: adopt its result, re-attach to its worker, or retry it."""
+    from capstan.pipelines.storage import PipelineStore
+    from capstan.pipelines.worker import find_result, worker_files
+
+    attempts = PipelineStore(orch._engine).attempts(orch.run_id, rec.node.id)
+    last = attempts[-1] if attempts else None
+    process = last is not None and last.isolation == "process" and bool(last.worker_pid)
+    files: tuple[str | None, str | None] = (None, None)
+    if last is not None and process and last.worker_pid:
+        files = worker_files(orch._settings.home, last.worker_pid, last.worker_started)
+        orch._stale_files.update(p for p in files if p)
+    task = orch._task(rec, None, attempt=rec.attempt, log=files[0], results=files[1])
+    orch._running[task.key] = rec.node.id
+    if last is not None and process and last.worker_pid:
+        adopted = find_result(task.result_file, task.key) if task.result_file else None
+        if adopted is not None:
+            orch._out.put(adopted)
+            return
+        if process_alive(last.worker_pid, last.worker_started):
+            if orch._watch is None:
+                orch._watch = AttachWatcher(orch._out.put, grace_s=orch._grace)
+            orch._watch.attach(Attached(task, last.worker_pid, last.worker_started, last.started_at))
+            rec.executor = "attached"
+            rec.attempt_started = last.started_at
+            timeout = rec.node.step.options.timeout
+            if timeout is not None:
+                elapsed = max(0.0, (orch._clock() - last.started_at) / 1000)
+                rec.deadline = time.monotonic() + max(0.0, timeout - elapsed)
+            rec.lease = orch._admission.try_acquire(orch._request(rec, task.key))
+            if rec.node.parent:
+                orch.recs[rec.node.parent].running_children += 1
+            return
+    started = last.started_at if last is not None else orch._clock()
+    rec.attempt_started = started
+    orch._out.put(failed(task, INTERRUPTED, f"attempt {rec.attempt} was interrupted: its orchestrator stopped",
+                         started_at=started, finished_at=orch._clock()))
+
+
+def killer(orch: Orchestrator, executor: str, key: str, reason: str) -> Callable[[], None]:
+    """An effect that stops attempt ``key`` on the executor that runs it."""
+    def kill() -> None:
+        target: Any = {"thread": orch._threads, "process": orch._procs, "attached": orch._watch}.get(executor)
+        if target is not None:
+            target.kill(key, reason)
+    return kill
+
+
+def check_timeouts(orch: Orchestrator, batch: Batch, now: int, effects: list[Callable[[], None]]) -> None:
+    """Fail (or retry) attempts past their deadline; killing them is an effect of the round."""
+    mono = time.monotonic()
+    for key, sid in list(orch._running.items()):
+        rec = orch.recs[sid]
+        if rec.deadline is None or rec.deadline > mono or rec.state is not S.RUNNING:
+            continue
+        del orch._running[key]
+        timeout = rec.node.step.options.timeout
+        message = f"attempt {rec.attempt} exceeded its timeout of {timeout:g}s"
+        orch._finish_attempt(rec, batch, state=S.FAILED.value, reason=TIMEOUT, message=message, finished_at=now,
+                             started_at=None)
+        orch._event(batch, STEP_KIND, sid, TIMEOUT, message, warning=True, data={"attempt": rec.attempt})
+        effects.append(killer(orch, rec.executor, key, TIMEOUT))
+        orch._attempt_failed(rec, TIMEOUT, message, True, batch, now)
+
+
+def cancel_all(orch: Orchestrator, batch: Batch, now: int, effects: list[Callable[[], None]]) -> None:
+    """Cancel every step that is not finished; running attempts are killed after the commit."""
+    running_by_step = {sid: key for key, sid in orch._running.items()}
+    message = orch._cancel_message
+    for rec in orch.recs.values():
+        if rec.state in sm.TERMINAL:
+            continue
+        sid = rec.node.id
+        key = running_by_step.get(sid)
+        if key is not None:
+            del orch._running[key]
+            orch._finish_attempt(rec, batch, state=S.CANCELLED.value, reason=CANCELLED, message=message,
+                                 finished_at=now)
+            effects.append(killer(orch, rec.executor, key, CANCELLED))
+        elif rec.lease is not None:
+            orch._admission.release(rec.lease)
+            rec.lease = None
+        orch._set(rec, sm.Trigger.CANCEL, batch)
+        rec.reason, rec.message, rec.finished_at = CANCELLED, message, now
+        orch._touch(rec, batch)
+        orch._event(batch, STEP_KIND, sid, "StepCancelled", message, warning=True)
+    orch._queued.clear()
+    orch._retrying.clear()
+    orch._ready.clear()

@@ -1,0 +1,166 @@
+"""A warm worker process: ``python -m capstan.pipelines.worker FD``.
+
+It receives tasks over the socket ``FD`` from the orchestrator and runs them one at a time. Its stdout and stderr
+stay pointed at one log file, emptied before each task (``capstan logs --follow`` reads it while the attempt runs;
+afterwards the attempt's output is uploaded to the artifact store). Each outcome is appended to the worker's
+results file *before* it is sent back. The worker lives in its own session: when the orchestrator is killed, a
+running attempt finishes, its result stays in the file, and a resumed orchestrator adopts it instead of running
+the step again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+
+def worker_files(home: str | os.PathLike[str], pid: int, started_ms: int | None) -> tuple[str, str]:
+    """(log file, results file) of the worker process ``pid`` started at ``started_ms``."""
+    base = Path(home) / "pipelines" / "workers" / f"{pid}-{started_ms or 0}"
+    return f"{base}.log", f"{base}.results"
+
+
+def find_result(results_path: str, key: str) -> Any:
+    """The outcome recorded for attempt ``key`` (``run/step#attempt``) in a results file, or None."""
+    from capstan.pipelines.execution import Outcome
+
+    try:
+        with open(results_path, "rb") as fh:
+            lines = fh.read().splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        try:
+            data = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            continue  # a line cut short by a crash
+        if f"{data['run_id']}/{data['step_id']}#{data['attempt']}" == key:
+            return Outcome.from_json(line)
+    return None
+
+
+def _limits() -> tuple[Any, ...]:
+    try:
+        import resource
+    except ImportError:
+        return ()
+    return tuple(resource.getrlimit(r) for r in (resource.RLIMIT_AS, resource.RLIMIT_DATA))
+
+
+def _environ_data() -> dict[Any, Any] | None:
+    data = getattr(os.environ, "_data", None)
+    return dict(data) if isinstance(data, dict) else None
+
+
+def _restore_environ(before: dict[Any, Any] | None, full: dict[str, str]) -> None:
+    data = getattr(os.environ, "_data", None)
+    if before is not None and data == before:
+        return
+    for key in [k for k in os.environ if k not in full]:
+        del os.environ[key]
+    for key, value in full.items():
+        if os.environ.get(key) != value:
+            os.environ[key] = value
+
+
+def run_one(task: Any, ctx: Any) -> Any:
+    """Run one task with its environment and an emptied log, restoring the process afterwards."""
+    import dataclasses
+
+    from capstan.pipelines.execution import execute
+
+    before = _environ_data()
+    full = dict(os.environ) if before is None else None
+    cwd = os.getcwd()
+    limits = _limits()
+    if task.env:
+        os.environ.update(task.env)
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os.ftruncate(1, 0)
+    try:
+        outcome = execute(task, ctx, in_worker=True)
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        if before is not None:
+            data = getattr(os.environ, "_data", None)
+            if data != before:
+                _restore_environ(before, {os.fsdecode(k): os.fsdecode(v) for k, v in before.items()})
+        else:
+            _restore_environ(None, full or {})
+        if os.getcwd() != cwd:
+            with contextlib.suppress(OSError):
+                os.chdir(cwd)
+    # The value itself stays here: it is stored already, and the orchestrator only needs where.
+    # A step that changed this process's resource limits (setrlimit in an OOM test) retires the worker.
+    return dataclasses.replace(outcome, value=None, retire=outcome.retire or _limits() != limits)
+
+
+def main(argv: list[str]) -> int:
+    """Serve tasks until the orchestrator closes the socket."""
+    from multiprocessing.connection import Connection
+
+    conn = Connection(int(argv[1]))
+    try:
+        init = conn.recv()
+    except (EOFError, OSError):
+        return 0
+    sys.path[:] = list(init["sys_path"])
+    with contextlib.suppress(OSError):
+        os.chdir(init["cwd"])
+    log_path, results_path = init["log"], init["results"]
+    Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+    log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_TRUNC, 0o644)
+    os.dup2(log_fd, 1)
+    os.dup2(log_fd, 2)
+    os.close(log_fd)
+    results = os.open(results_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            reconfigure(line_buffering=True)
+    from capstan.pipelines.execution import ExecContext, import_module_file
+
+    for module, file in init.get("preload", ()):
+        with contextlib.suppress(Exception):
+            import_module_file(module, file)
+    ctx = ExecContext(init["settings"])
+    # Only a deliberate goodbye (None) from the pool removes the worker's files: after an EOF the orchestrator may
+    # have died before reading the last result, which must then survive for `capstan pipelines resume`.
+    clean = False
+    while True:
+        try:
+            task = conn.recv()
+        except (EOFError, OSError):
+            break
+        if task is None:
+            clean = True
+            break
+        if task.timeout is not None:
+            conn.send(("started", task.key))  # the attempt's timeout counts from here, not from the dispatch
+        outcome = run_one(task, ctx)
+        os.write(results, outcome.to_json() + b"\n")
+        try:
+            conn.send(outcome)
+        except OSError:
+            break  # nobody got the result: it stays in the results file for a resumed orchestrator
+        if outcome.retire:
+            break  # the pool replaces this worker (its files stay: the orchestrator may not have read the result)
+    os.close(results)
+    if clean:
+        for path in (log_path, results_path):
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
