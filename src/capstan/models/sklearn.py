@@ -74,7 +74,7 @@ def save(model: Any, path: Path, *, serialization_format: str | None = None) -> 
         requirements.append(_pin("skops"))
     elif fmt == "cloudpickle":
         try:
-            import cloudpickle  # type: ignore[import-untyped]  # optional dependency without type stubs
+            import cloudpickle
         except ImportError:
             raise InvalidParameterValue("serialization_format 'cloudpickle' needs: pip install cloudpickle") from None
         with open(path / file, "wb") as fh:
