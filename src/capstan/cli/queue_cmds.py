@@ -1,7 +1,350 @@
-"""CLI commands (being written)."""
+"""CLI of the workload queue: ``capstan queue ...``, ``capstan why``, ``capstan usage`` and ``capstan simulate``.
+
+Commands open the local metadata store through `capstan.cli.context`; tables are aligned (Rich), ``--json``
+prints machine-readable output and errors are one ``error: ...`` line with a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
+from capstan.errors import CapstanError
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from capstan.queue.manager import QueueManager
+
+PIPE_WIDTH = 1000
+
+
+def _manager() -> QueueManager:
+    from capstan.cli.context import cli_services
+    from capstan.queue.manager import QueueManager
+    from capstan.queue.sql import SqlQueueStore
+
+    services = cli_services()
+    return QueueManager(SqlQueueStore(services.engine), clock=services.clock, events=services.events)
+
+
+def _echo_table(table: Table) -> None:
+    from rich.console import Console
+
+    console = Console(highlight=False)
+    if not console.is_terminal:
+        console = Console(highlight=False, width=PIPE_WIDTH)
+    console.print(table)
+
+
+def _table(*headers: str, right: tuple[str, ...] = ()) -> Table:
+    from rich import box
+    from rich.table import Table
+
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
+    for h in headers:
+        table.add_column(h, no_wrap=True, justify="right" if h in right else "left")
+    return table
+
+
+def _fail(exc: CapstanError) -> click.ClickException:
+    return click.ClickException(exc.message)
+
+
+def _json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+@click.group("queue")
+def queue_group() -> None:
+    """Workload queue: apply quotas, submit workloads, see queue status."""
+
+
+@queue_group.command("apply")
+@click.option("-f", "--file", "path", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Queue configuration YAML (flavors, cohorts, clusterQueues, localQueues, priorityClasses).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def apply_cmd(path: Path, as_json: bool) -> None:
+    """Validate and apply a queue configuration; queued workloads are kept."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise click.ClickException(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        from capstan.queue.config import load_yaml, parse_config
+
+        parse_config(load_yaml(text, source=str(path)))
+        mgr = _manager()
+        report = mgr.apply_config(text)
+    except CapstanError as exc:
+        raise _fail(exc) from None
+    cfg = mgr.config
+    summary = {"flavors": len(cfg.flavors), "cluster_queues": len(cfg.cluster_queues), "cohorts": len(cfg.cohorts),
+               "local_queues": len(cfg.local_queues), "priority_classes": len(cfg.priority_classes),
+               "kept": report.kept, "evicted": list(report.evicted), "orphaned": list(report.orphaned)}
+    if as_json:
+        _json(summary)
+        return
+    click.echo(f"applied {path}: {summary['flavors']} flavors, {summary['cluster_queues']} ClusterQueues, "
+               f"{summary['cohorts']} cohorts, {summary['local_queues']} LocalQueues, "
+               f"{summary['priority_classes']} priority classes; kept {report.kept} workloads")
+    if report.evicted:
+        click.echo(f"evicted (ClusterQueue removed, requeued): {', '.join(report.evicted)}")
+    if report.orphaned:
+        click.echo(f"inactive (LocalQueue removed, still queued): {', '.join(report.orphaned)}")
+
+
+@queue_group.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+def status_cmd(as_json: bool) -> None:
+    """Nominal, used, borrowed and lent quota per ClusterQueue and flavor, with counts and head of queue."""
+    try:
+        rows = _manager().status()
+    except CapstanError as exc:
+        raise _fail(exc) from None
+    if as_json:
+        _json([r.to_dict() for r in rows])
+        return
+    if not rows:
+        click.echo("no ClusterQueues; run `capstan queue apply -f FILE` first")
+        return
+    table = _table("CLUSTER QUEUE", "COHORT", "FLAVOR", "RESOURCE", "NOMINAL", "USED", "BORROWED", "LENT", "PENDING",
+                   "ADMITTED", "HEAD", right=("NOMINAL", "USED", "BORROWED", "LENT", "PENDING", "ADMITTED"))
+    for r in rows:
+        for i, line in enumerate(r.quota or ()):
+            nominal, used, borrowed, lent = r.quota_text(line)
+            first = i == 0
+            table.add_row(r.name if first else "", (r.cohort or "-") if first else "", line.flavor, line.resource,
+                          nominal, used, borrowed, lent, str(r.pending) if first else "",
+                          str(r.admitted) if first else "", (r.head or "-") if first else "")
+    _echo_table(table)
+
+
+@queue_group.command("submit")
+@click.argument("workload_id")
+@click.option("-q", "--queue", "local_queue", required=True, help="LocalQueue to submit to.")
+@click.option("--gpu", default=None, help="GPUs per pod, e.g. 1, 2 or 0.25 (shareable flavors only).")
+@click.option("--cpu", default=None, help="CPU per pod, e.g. 500m or 2.")
+@click.option("--memory", default=None, help="Memory per pod, e.g. 16Gi.")
+@click.option("--count", default=1, show_default=True, type=click.IntRange(min=1), help="Pods in the gang.")
+@click.option("--priority-class", default=None, help="WorkloadPriorityClass name.")
+@click.option("--user", default="", help="User to charge in usage reports.")
+@click.option("--no-cycle", is_flag=True, help="Only queue it; do not run an admission cycle.")
+@click.option("--json", "as_json", is_flag=True, help="Print the workload record as JSON.")
+def submit_cmd(workload_id: str, local_queue: str, gpu: str | None, cpu: str | None, memory: str | None,
+               count: int, priority_class: str | None, user: str, no_cycle: bool, as_json: bool) -> None:
+    """Queue a workload of COUNT identical pods and run an admission cycle (for tests and demos)."""
+    from capstan.queue.model import PodSet
+    from capstan.queue.quantity import parse_quantity
+
+    try:
+        requests = {}
+        for name, raw in (("gpu", gpu), ("cpu", cpu), ("memory", memory)):
+            if raw is not None:
+                requests[name] = parse_quantity(raw, path=f"--{name}")
+        if not any(requests.values()):
+            raise click.UsageError("give at least one of --gpu, --cpu, --memory")
+        mgr = _manager()
+        mgr.submit(workload_id, local_queue, [PodSet("main", count, requests)], priority_class=priority_class,
+                   user=user)
+        if not no_cycle:
+            mgr.run_until_stable()
+        record = mgr.get(workload_id)
+    except CapstanError as exc:
+        raise _fail(exc) from None
+    if as_json:
+        from capstan.queue.records import record_to_json
+
+        _json(record_to_json(record))
+        return
+    click.echo(f"{workload_id}: {record.state} ({record.reason.value}) {record.message}")
+
+
+@queue_group.command("list")
+@click.option("--state", type=click.Choice(["Pending", "Admitted", "Evicting"]), default=None,
+              help="Only workloads in this state.")
+@click.option("--json", "as_json", is_flag=True, help="Print the workloads as JSON.")
+def list_cmd(state: str | None, as_json: bool) -> None:
+    """Active workloads (pending, admitted, being evicted) in submission order."""
+    try:
+        records = _manager().workloads(state)
+    except CapstanError as exc:
+        raise _fail(exc) from None
+    if as_json:
+        from capstan.queue.records import record_to_json
+
+        _json([record_to_json(r) for r in records])
+        return
+    table = _table("WORKLOAD", "LOCAL QUEUE", "CLUSTER QUEUE", "PRIORITY", "STATE", "REASON", right=("PRIORITY",))
+    for r in records:
+        table.add_row(r.id, r.workload.queue, r.workload.cluster_queue, str(r.workload.priority), r.state,
+                      r.reason.value)
+    _echo_table(table)
+
+
+def _end(action: str, workload_id: str) -> None:
+    try:
+        mgr = _manager()
+        record = mgr.finish(workload_id) if action == "finish" else mgr.cancel(workload_id)
+        mgr.run_until_stable()
+    except CapstanError as exc:
+        raise _fail(exc) from None
+    click.echo(f"{workload_id}: {record.state}")
+
+
+@queue_group.command("finish")
+@click.argument("workload_id")
+def finish_cmd(workload_id: str) -> None:
+    """Mark an admitted workload finished, returning its quota (then run admission)."""
+    _end("finish", workload_id)
+
+
+@queue_group.command("cancel")
+@click.argument("workload_id")
+def cancel_cmd(workload_id: str) -> None:
+    """Withdraw a pending or admitted workload (then run admission)."""
+    _end("cancel", workload_id)
+
+
+@click.command("why")
+@click.argument("workload_id")
+@click.option("--json", "as_json", is_flag=True, help="Print the explanation as JSON.")
+def why_cmd(workload_id: str, as_json: bool) -> None:
+    """Explain a workload's state: position, reason code, blocking quota with numbers, holders and a hint."""
+    try:
+        explanation = _manager().why(workload_id)
+    except CapstanError as exc:
+        raise _fail(exc) from None
+    if as_json:
+        _json(explanation.to_dict())
+        return
+    click.echo(explanation.render())
+
+
+@click.command("usage")
+@click.option("--by", "by", type=click.Choice(["project", "queue", "user"]), default="project", show_default=True,
+              help="Group usage by project, LocalQueue or user.")
+@click.option("--since", default="7d", show_default=True, help="Window: 90s, 30m, 12h, 7d or 2w.")
+@click.option("--price", default=None, help="Price per resource-hour, e.g. gpu=2.5,cpu=0.05,memory=0.01.")
+@click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON.")
+def usage_cmd(by: str, since: str, price: str | None, as_json: bool) -> None:
+    """GPU-hours, CPU-hours and memory-GB-hours from admission records (cost showback)."""
+    from capstan.queue.usage import parse_prices, parse_since, usage_report
+
+    try:
+        mgr = _manager()
+        now = mgr.clock()
+        since_ms = parse_since(since, now_ms=now)
+        prices = parse_prices(price)
+        rows = usage_report(mgr.store.usage_since(since_ms), by=by, since_ms=since_ms, now_ms=now, prices=prices)
+    except CapstanError as exc:
+        raise _fail(exc) from None
+    if as_json:
+        _json([r.to_dict() for r in rows])
+        return
+    headers = [by.upper(), "WORKLOADS", "GPU-H", "CPU-H", "MEM-GB-H"] + (["COST"] if prices else [])
+    table = _table(*headers, right=("WORKLOADS", "GPU-H", "CPU-H", "MEM-GB-H", "COST"))
+    for r in rows:
+        cells = [r.key, str(r.workloads), f"{r.gpu_hours:.2f}", f"{r.cpu_hours:.2f}", f"{r.memory_gb_hours:.2f}"]
+        if prices:
+            cells.append(f"{r.cost or 0.0:.2f}")
+        table.add_row(*cells)
+    if not rows:
+        click.echo(f"no usage since {since}")
+        return
+    _echo_table(table)
+
+
+@click.command("simulate")
+@click.option("--trace", "trace_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Job trace CSV (job_id, submit_time_s, duration_s, num_gpus, cluster).")
+@click.option("--cluster", "cluster_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Queue configuration YAML; each trace cluster is a LocalQueue of it.")
+@click.option("--policy", "policies", multiple=True, default=("all",), show_default=True,
+              help="strict-fifo, best-effort-fifo, capstan-las, sjf-oracle or all (repeatable).")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Replay only the first N jobs.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per policy.")
+@click.option("--plot", "plot_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Write utilisation, JCT CDF and queue-length PNGs here.")
+def simulate_cmd(trace_path: Path, cluster_path: Path, policies: tuple[str, ...], limit: int | None, as_json: bool,
+                 plot_dir: Path | None) -> None:
+    """Replay a job trace in virtual time through the admission engine and compare policies."""
+    from capstan.queue.config import load_config, load_yaml
+    from capstan.queue.simulate import POLICIES, replay, sim_settings
+    from capstan.queue.trace import read_trace
+
+    names: list[str] = []
+    for p in policies:
+        for name in (POLICIES if p == "all" else [p]):
+            if name not in POLICIES:
+                raise click.UsageError(f"--policy: unknown policy {name!r} (choose from {', '.join(POLICIES)}, all)")
+            if name not in names:
+                names.append(name)
+    try:
+        config = load_config(cluster_path)
+        settings = sim_settings(load_yaml(cluster_path.read_text(encoding="utf-8")).get("simulation"))
+        jobs = read_trace(trace_path, limit=limit)
+        results = []
+        from rich.console import Console
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+        with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                      TimeElapsedColumn(), transient=True, disable=as_json,
+                      console=Console(stderr=True)) as progress:
+            for name in names:
+                task = progress.add_task(f"replaying {name}", total=len(jobs))
+
+                def tick(done: int, task_id: Any = task) -> None:
+                    if done % 500 == 0 or done == len(jobs):
+                        progress.update(task_id, completed=done)
+
+                results.append(replay(config, jobs, POLICIES[name], settings, progress=tick))
+                progress.update(task, completed=len(jobs))
+        if plot_dir is not None:
+            from capstan.queue.plots import write_plots
+
+            written = write_plots(results, plot_dir)
+    except CapstanError as exc:
+        raise _fail(exc) from None
+    if as_json:
+        _json([r.summary() for r in results])
+        return
+    table = _table("POLICY", "ORACLE", "JOBS", "AVG JCT", "P50 JCT", "P99 JCT", "AVG WAIT", "MAKESPAN", "GPU UTIL",
+                   "JAIN", "PREEMPT", "WASTED GPU-H", "WALL",
+                   right=("JOBS", "AVG JCT", "P50 JCT", "P99 JCT", "AVG WAIT", "MAKESPAN", "GPU UTIL", "JAIN",
+                          "PREEMPT", "WASTED GPU-H", "WALL"))
+    for r in results:
+        table.add_row(r.policy, "yes" if r.oracle else "no", str(r.jobs), _dur(r.avg_jct_s), _dur(r.p50_jct_s),
+                      _dur(r.p99_jct_s), _dur(r.avg_wait_s), _dur(r.makespan_s), f"{r.gpu_utilization:.1%}",
+                      f"{r.jain_fairness:.3f}", str(r.preemptions), f"{r.wasted_gpu_hours:.0f}", f"{r.wall_s:.1f}s")
+    _echo_table(table)
+    by_name = {r.policy: r for r in results}
+    for base in ("strict-fifo", "best-effort-fifo"):
+        if base in by_name and by_name[base].avg_jct_s:
+            ratios = ", ".join(f"{r.policy} {r.avg_jct_s / by_name[base].avg_jct_s:.2f}x"
+                               for r in results if r.policy != base)
+            if ratios:
+                click.echo(f"avg JCT vs {base}: {ratios}")
+    if plot_dir is not None:
+        click.echo(f"plots: {', '.join(str(p) for p in written)}")
+
+
+def _dur(seconds: float) -> str:
+    if seconds >= 86400:
+        return f"{seconds / 86400:.1f}d"
+    if seconds >= 3600:
+        return f"{seconds / 3600:.1f}h"
+    if seconds >= 60:
+        return f"{seconds / 60:.1f}m"
+    return f"{seconds:.0f}s"
+
 
 def register(cli: click.Group) -> None:
-    """Add this module's commands to ``cli``."""
+    """Add ``queue``, ``why``, ``usage`` and ``simulate`` to the ``capstan`` command group."""
+    cli.add_command(queue_group)
+    cli.add_command(why_cmd)
+    cli.add_command(usage_cmd)
+    cli.add_command(simulate_cmd)

@@ -1,0 +1,227 @@
+"""Flavor assignment: which flavor each pod set gets, whether that borrows, and where its GPUs go.
+
+Pure functions over a usage table and a device table; the engine calls them on its per-cycle copies.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from capstan.queue.model import (
+    FR,
+    ClusterQueue,
+    Fungibility,
+    GpuPlacement,
+    PodSet,
+    PodSetAssignment,
+    ResourceFlavor,
+    ResourceGroup,
+    Workload,
+)
+from capstan.queue.quantity import GPU_RESOURCES, MILLI, format_quantity
+from capstan.queue.state import Node, available, potential, slots_needed
+
+FIT = 0
+BORROW = 1
+PREEMPT = 2
+NOFIT = 3
+
+
+@dataclass(slots=True)
+class Attempt:
+    """The outcome of assigning flavors to a whole workload (internal to the queue package)."""
+
+    mode: int
+    pod_sets: list[PodSetAssignment] = field(default_factory=list)
+    usage: dict[FR, int] = field(default_factory=dict)
+    quota_failure: bool = False
+    message: str = ""
+    blocking: list[FR] = field(default_factory=list)
+    pods_fitting: int = -1
+    pods_wanted: int = 0
+    searched: bool = False
+
+
+def flavor_ineligible(flavor: ResourceFlavor, ps: PodSet, resources: list[str]) -> str | None:
+    """Why ``flavor`` cannot host pod set ``ps`` at all (labels, taints, fractional GPUs), or None."""
+    for key, value in ps.node_selector.items():
+        label = flavor.node_labels.get(key)
+        if label is not None and label != value:
+            return f"flavor {flavor.name} has {key}={label}, pod set {ps.name} selects {key}={value}"
+    for taint in flavor.taints:
+        # The flavor's own tolerations are added to the pods it admits, so they count as the pods' too.
+        if taint.effect in ("NoSchedule", "NoExecute") and not any(
+                t.tolerates(taint) for t in (*ps.tolerations, *flavor.tolerations)):
+            return f"flavor {flavor.name} has taint {taint.key}={taint.value}:{taint.effect} not tolerated"
+    for r in resources:
+        if r in GPU_RESOURCES:
+            amount = ps.requests.get(r, 0)
+            if amount % MILLI:
+                if amount > MILLI:
+                    return f"pod set {ps.name} asks {format_quantity(amount)} GPUs: a fraction must be below 1"
+                if flavor.sharing is None:
+                    return (f"flavor {flavor.name} is not shareable, pod set {ps.name} asks "
+                            f"{format_quantity(amount)} GPU")
+    return None
+
+
+def place_gpus(ps: PodSet, flavor: ResourceFlavor, free: list[int], resource: str) -> tuple[GpuPlacement, ...] | None:
+    """Place every pod's GPUs on the devices of ``flavor`` (mutating ``free`` on success); None when they don't fit.
+
+    Fractions go best-fit onto the device with the fewest free slots that still holds them, which keeps whole
+    devices free for whole-GPU pods; whole GPUs take the lowest-numbered entirely free devices.
+    """
+    share = ps.requests.get(resource, 0)
+    if share <= 0:
+        return ()
+    slots_per_gpu = flavor.sharing.slots_per_gpu if flavor.sharing else 1
+    trial = list(free)
+    placements: list[GpuPlacement] = []
+    mps: int | None = None
+    if flavor.sharing is not None and flavor.sharing.strategy == "mps":
+        mps = flavor.sharing.mps_thread_percentage
+        if mps is None:
+            mps = max(1, min(100, round(100 * min(share, MILLI) / MILLI)))
+    if share < MILLI:
+        need = slots_needed(share, slots_per_gpu)
+        for pod in range(ps.count):
+            best = -1
+            for d, slots in enumerate(trial):
+                if slots >= need and (best < 0 or slots < trial[best]):
+                    best = d
+            if best < 0:
+                return None
+            trial[best] -= need
+            placements.append(GpuPlacement(pod, (best,), share, mps))
+    else:
+        whole = share // MILLI
+        for pod in range(ps.count):
+            chosen = [d for d, slots in enumerate(trial) if slots == slots_per_gpu][:whole]
+            if len(chosen) < whole:
+                return None
+            for d in chosen:
+                trial[d] = 0
+            placements.append(GpuPlacement(pod, tuple(chosen), MILLI, mps if flavor.sharing else None))
+    free[:] = trial
+    return tuple(placements)
+
+
+def assign(cq: ClusterQueue, node: Node, groups: Mapping[str, ResourceGroup], flavors: Mapping[str, ResourceFlavor],
+           wl: Workload, usage: list[dict[FR, int]], devices: dict[str, list[int]], *,
+           can_preempt: bool, no_preempt_on: frozenset[str] = frozenset()) -> Attempt:
+    """Choose flavors for every pod set of ``wl`` in ``cq`` given current ``usage``; all pod sets or none.
+
+    ``devices`` is a scratch copy: placements are taken from it (so later pod sets see them).
+    ``no_preempt_on`` lists flavors where preemption was already found impossible.
+    """
+    acc: dict[FR, int] = {}
+    out = Attempt(FIT)
+    mine = usage[node.idx]
+    for ps in wl.pod_sets:
+        requested = [r for r, v in ps.requests.items() if v > 0]
+        by_group: dict[int, tuple[ResourceGroup, list[str]]] = {}
+        for r in requested:
+            group = groups.get(r)
+            if group is None:
+                return Attempt(NOFIT, message=f"ClusterQueue {cq.name} has no quota for {r}")
+            by_group.setdefault(id(group), (group, []))[1].append(r)
+        chosen_flavors: dict[str, str] = {}
+        gpu_places: tuple[GpuPlacement, ...] = ()
+        for group, resources in by_group.values():
+            pick: tuple[int, str, tuple[GpuPlacement, ...], list[int] | None] | None = None
+            fallback: tuple[int, str, tuple[GpuPlacement, ...], list[int] | None] | None = None
+            reasons: list[str] = []
+            for fq in group.flavors:
+                flavor = flavors[fq.flavor]
+                why = flavor_ineligible(flavor, ps, resources)
+                if why is not None:
+                    reasons.append(why)
+                    continue
+                mode = FIT
+                for r in resources:
+                    fr = (fq.flavor, r)
+                    need = acc.get(fr, 0) + ps.count * ps.requests[r]
+                    if need > potential(node, fr):
+                        reasons.append(f"needs {format_quantity(need, r)} {r} in flavor {fq.flavor}, at most "
+                                       f"{format_quantity(potential(node, fr), r)} can ever be available")
+                        mode = NOFIT
+                        break
+                    if need > available(node, fr, usage):
+                        out.quota_failure = True
+                        if fr not in out.blocking:
+                            out.blocking.append(fr)
+                        per_pod = ps.requests[r]
+                        fitting = max(0, available(node, fr, usage) - acc.get(fr, 0)) // per_pod
+                        out.pods_fitting = fitting if out.pods_fitting < 0 else min(out.pods_fitting, fitting)
+                        out.pods_wanted = max(out.pods_wanted, ps.count)
+                        mode = PREEMPT if can_preempt else NOFIT
+                        if not can_preempt:
+                            reasons.append(f"quota: {fq.flavor}/{r}")
+                            break
+                    elif mine.get(fr, 0) + need > node.subtree.get(fr, 0):
+                        mode = max(mode, BORROW)
+                if mode == NOFIT or (mode == PREEMPT and fq.flavor in no_preempt_on):
+                    continue
+                places: tuple[GpuPlacement, ...] = ()
+                new_free: list[int] | None = None
+                gpu_r = next((r for r in resources if r in GPU_RESOURCES), None)
+                if gpu_r is not None and fq.flavor in devices and mode != PREEMPT:
+                    new_free = list(devices[fq.flavor])
+                    placed = place_gpus(ps, flavor, new_free, gpu_r)
+                    if placed is None:
+                        reasons.append(f"no free {flavor.name} GPU slots for pod set {ps.name} (fragmented)")
+                        if not can_preempt:
+                            continue
+                        if fq.flavor in no_preempt_on:
+                            continue
+                        mode, new_free = PREEMPT, None
+                    else:
+                        places = placed
+                candidate = (mode, fq.flavor, places, new_free)
+                if mode == FIT:
+                    pick = candidate
+                    break
+                if mode == BORROW:
+                    if cq.when_can_borrow is Fungibility.BORROW:
+                        pick = candidate
+                        break
+                    if fallback is None or fallback[0] > BORROW:
+                        fallback = candidate
+                    continue
+                if cq.when_can_preempt is Fungibility.PREEMPT and fallback is None:
+                    pick = candidate
+                    break
+                if fallback is None:
+                    fallback = candidate
+            if pick is None:
+                pick = fallback
+            if pick is None:
+                return Attempt(NOFIT, quota_failure=out.quota_failure, blocking=out.blocking,
+                               message="; ".join(reasons) or "no flavor fits",
+                               pods_fitting=out.pods_fitting, pods_wanted=out.pods_wanted)
+            mode, flavor_name, places, new_free = pick
+            out.mode = max(out.mode, mode)
+            for r in resources:
+                chosen_flavors[r] = flavor_name
+                fr = (flavor_name, r)
+                acc[fr] = acc.get(fr, 0) + ps.count * ps.requests[r]
+            if new_free is not None:
+                devices[flavor_name] = new_free
+            if places:
+                gpu_places = places
+        ps_usage = {(chosen_flavors[r], r): ps.count * ps.requests[r] for r in requested}
+        out.pod_sets.append(PodSetAssignment(ps.name, ps.count, chosen_flavors, ps_usage, gpu_places))
+    out.usage = acc
+    return out
+
+
+def fits(node: Node, needed: Mapping[FR, int], usage: list[dict[FR, int]], *, allow_borrow: bool) -> bool:
+    """True when ``needed`` fits at ``node`` under ``usage`` (within its own quota unless borrowing is allowed)."""
+    mine = usage[node.idx]
+    for fr, q in needed.items():
+        if q > available(node, fr, usage):
+            return False
+        if not allow_borrow and mine.get(fr, 0) + q > node.subtree.get(fr, 0):
+            return False
+    return True

@@ -1,0 +1,193 @@
+"""Pending workloads, kept per ClusterQueue in admission order and grouped by request shape.
+
+Each ClusterQueue's queue is ordered by (priority descending, creation time, arrival sequence). Inside a queue
+workloads are grouped into *buckets* of identical request shape (pod counts, requests, selectors,
+tolerations). When a bucket's head cannot be admitted, nothing behind it in the same bucket can be either (same
+request, lower or equal priority, newer), so a best-effort cycle skips the whole bucket: a cycle costs
+O(ClusterQueues x shapes), not O(pending workloads).
+"""
+
+from __future__ import annotations
+
+import heapq
+from bisect import bisect_left, insort
+from collections.abc import Hashable, Iterator, Mapping
+
+from capstan.errors import ResourceAlreadyExists
+from capstan.queue.model import Workload
+
+SortKey = tuple[int, float, int]
+
+
+def shape_key(workload: Workload) -> Hashable:
+    """Workloads with equal keys request exactly the same resources in the same way."""
+    return tuple(
+        (ps.count, tuple(sorted(ps.requests.items())), tuple(sorted(ps.node_selector.items())), ps.tolerations)
+        for ps in workload.pod_sets)
+
+
+class ClusterQueuePending:
+    """One ClusterQueue's pending workloads."""
+
+    __slots__ = ("buckets", "keys", "vectors", "workloads")
+
+    def __init__(self) -> None:
+        self.buckets: dict[Hashable, list[tuple[SortKey, str]]] = {}
+        # Total request per resource of each shape (every workload of a bucket asks the same).
+        self.vectors: dict[Hashable, dict[str, int]] = {}
+        self.workloads: dict[str, Workload] = {}
+        self.keys: dict[str, tuple[Hashable, SortKey]] = {}
+
+    def __len__(self) -> int:
+        return len(self.workloads)
+
+    def cursor(self) -> Cursor:
+        """A fresh iterator over this queue in admission order that can skip whole buckets."""
+        return Cursor(self)
+
+    def ordered(self) -> list[Workload]:
+        """Every pending workload of the queue in admission order (O(n log n); for status and why)."""
+        entries = sorted(e for bucket in self.buckets.values() for e in bucket)
+        return [self.workloads[wid] for _key, wid in entries]
+
+    def head(self) -> Workload | None:
+        """The first workload in admission order."""
+        best = min((bucket[0] for bucket in self.buckets.values() if bucket), default=None)
+        return None if best is None else self.workloads[best[1]]
+
+
+class Cursor:
+    """Walks a `ClusterQueuePending` in order; `skip_bucket` drops the rest of the current head's bucket."""
+
+    __slots__ = ("_heap", "_lists", "_queue", "_shapes")
+
+    def __init__(self, queue: ClusterQueuePending) -> None:
+        self._queue = queue
+        self._shapes = [k for k, b in queue.buckets.items() if b]
+        self._lists = [queue.buckets[k] for k in self._shapes]
+        self._heap = [(b[0][0], i, 0) for i, b in enumerate(self._lists)]
+        heapq.heapify(self._heap)
+
+    def peek(self) -> Workload | None:
+        """The current head, or None when exhausted."""
+        if not self._heap:
+            return None
+        _key, i, pos = self._heap[0]
+        return self._queue.workloads[self._lists[i][pos][1]]
+
+    def shape(self) -> Hashable:
+        """The request shape of the current head (see `shape_key`)."""
+        return self._shapes[self._heap[0][1]]
+
+    def vector(self) -> dict[str, int]:
+        """Total request per resource of the current head."""
+        return self._queue.vectors[self._shapes[self._heap[0][1]]]
+
+    def advance(self) -> None:
+        """Move past the current head, keeping its bucket."""
+        _key, i, pos = heapq.heappop(self._heap)
+        bucket = self._lists[i]
+        if pos + 1 < len(bucket):
+            heapq.heappush(self._heap, (bucket[pos + 1][0], i, pos + 1))
+
+    def skip_bucket(self) -> None:
+        """Move past the current head and everything behind it with the same request shape."""
+        heapq.heappop(self._heap)
+
+    def exhausted(self) -> bool:
+        """True when nothing is left."""
+        return not self._heap
+
+
+class PendingQueues:
+    """Pending workloads of every ClusterQueue, plus the memo of queues known to be blocked."""
+
+    def __init__(self) -> None:
+        self._queues: dict[str, ClusterQueuePending] = {}
+        self._where: dict[str, str] = {}
+        self._blocked: dict[str, int] = {}
+        self._seq = 0
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+    def __contains__(self, workload_id: object) -> bool:
+        return workload_id in self._where
+
+    def push(self, workload: Workload, *, seq: int | None = None) -> None:
+        """Queue a workload in its ClusterQueue; ``seq`` keeps arrival order across re-queues when given."""
+        if workload.id in self._where:
+            raise ResourceAlreadyExists(f"workload {workload.id!r} is already pending")
+        if seq is None:
+            self._seq += 1
+            seq = self._seq
+        queue = self._queues.setdefault(workload.cluster_queue, ClusterQueuePending())
+        shape = shape_key(workload)
+        key: SortKey = (-workload.priority, workload.created, seq)
+        insort(queue.buckets.setdefault(shape, []), (key, workload.id))
+        if shape not in queue.vectors:
+            vector: dict[str, int] = {}
+            for ps in workload.pod_sets:
+                for r, v in ps.requests.items():
+                    vector[r] = vector.get(r, 0) + ps.count * v
+            queue.vectors[shape] = vector
+        queue.workloads[workload.id] = workload
+        queue.keys[workload.id] = (shape, key)
+        self._where[workload.id] = workload.cluster_queue
+        self._blocked.pop(workload.cluster_queue, None)
+
+    def remove(self, workload_id: str) -> Workload | None:
+        """Take a workload out (admitted, cancelled); returns it, or None when it was not pending."""
+        cq = self._where.pop(workload_id, None)
+        if cq is None:
+            return None
+        queue = self._queues[cq]
+        shape, key = queue.keys.pop(workload_id)
+        bucket = queue.buckets[shape]
+        del bucket[bisect_left(bucket, (key, workload_id))]
+        if not bucket:
+            del queue.buckets[shape]
+            del queue.vectors[shape]
+        return queue.workloads.pop(workload_id)
+
+    def get(self, workload_id: str) -> Workload | None:
+        """The pending workload with this id, or None."""
+        cq = self._where.get(workload_id)
+        return None if cq is None else self._queues[cq].workloads[workload_id]
+
+    def sequence(self, workload_id: str) -> int:
+        """The arrival sequence number of a pending workload."""
+        cq = self._where[workload_id]
+        return self._queues[cq].keys[workload_id][1][2]
+
+    def queue(self, cluster_queue: str) -> ClusterQueuePending | None:
+        """The pending queue of one ClusterQueue (None when nothing was ever queued there)."""
+        return self._queues.get(cluster_queue)
+
+    def cluster_queues(self) -> list[str]:
+        """Names of ClusterQueues with pending workloads, sorted."""
+        return sorted(name for name, q in self._queues.items() if q.workloads)
+
+    def workloads(self) -> Iterator[Workload]:
+        """Every pending workload (no particular order)."""
+        for queue in self._queues.values():
+            yield from queue.workloads.values()
+
+    def position(self, workload_id: str) -> int:
+        """1-based position of a pending workload in its ClusterQueue's admission order."""
+        cq = self._where[workload_id]
+        queue = self._queues[cq]
+        _shape, key = queue.keys[workload_id]
+        return 1 + sum(bisect_left(bucket, (key, workload_id)) for bucket in queue.buckets.values())
+
+    def mark_blocked(self, blocked: Mapping[str, int]) -> None:
+        """Remember queues that admitted nothing at a cohort-tree version (from `CycleResult.blocked`)."""
+        self._blocked.update(blocked)
+
+    def blocked_at(self, cluster_queue: str) -> int | None:
+        """The cohort-tree version at which the queue was last found blocked, if still valid."""
+        return self._blocked.get(cluster_queue)
+
+    def unblock_all(self) -> None:
+        """Forget every blocked mark (after a configuration change)."""
+        self._blocked.clear()

@@ -1,0 +1,56 @@
+"""PNG plots of simulator results (matplotlib, Agg backend, imported lazily)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from capstan.errors import InvalidParameterValue
+from capstan.queue.simulate import SimResult
+
+
+def write_plots(results: Sequence[SimResult], directory: Path | str) -> list[Path]:
+    """Write ``utilization.png``, ``jct_cdf.png`` and ``queue_length.png``; returns their paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(directory)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InvalidParameterValue(f"--plot: cannot create {out}: {exc.strerror}") from None
+    paths = []
+    specs = (("utilization.png", "GPU utilisation over time", "busy GPUs / capacity"),
+             ("jct_cdf.png", "Job completion time CDF", "fraction of jobs"),
+             ("queue_length.png", "Pending workloads over time", "pending workloads"))
+    for name, title, ylabel in specs:
+        fig, ax = plt.subplots(figsize=(9, 4.5))
+        for r in results:
+            label = r.policy + (" (oracle)" if r.oracle else "")
+            t = [(x - r.series["t"][0]) / 86400 for x in r.series["t"]] if r.series.get("t") else []
+            if name == "utilization.png":
+                ax.plot(t, [b / r.capacity_gpus if r.capacity_gpus else 0 for b in r.series["busy_gpus"]],
+                        label=label, linewidth=0.8)
+                ax.set_xlabel("days")
+            elif name == "queue_length.png":
+                ax.plot(t, r.series["pending"], label=label, linewidth=0.8)
+                ax.set_xlabel("days")
+            else:
+                n = len(r.jcts)
+                step = max(1, n // 2000)
+                xs = [v / 3600 for v in r.jcts[::step]]
+                ax.plot(xs, [(i * step + 1) / n for i in range(len(xs))], label=label)
+                ax.set_xscale("log")
+                ax.set_xlabel("JCT (hours, log scale)")
+        ax.set_title(title)
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        path = out / name
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths.append(path)
+    return paths

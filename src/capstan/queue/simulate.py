@@ -1,0 +1,452 @@
+"""Trace replay in virtual time through the admission engine (`capstan simulate`).
+
+The replay is event-driven: arrivals, completions and attained-service demotions are the only instants at which
+anything changes, and at each one the same `schedule` the queue manager uses runs until it decides nothing new.
+Each trace job becomes a one-pod workload asking ``num_gpus`` GPUs from the LocalQueue named by its ``cluster``.
+
+Policies (a policy never reads a job's true duration unless it is labelled ``oracle``):
+
+* ``strict-fifo``: Kueue ``StrictFIFO``, nominal quota only (no borrowing), no preemption.
+* ``best-effort-fifo``: Kueue's default, ``BestEffortFIFO`` with cohort borrowing, no preemption.
+* ``capstan-las``: Capstan's policy: least-attained-service priority levels (Tiresias-style: a job's priority
+  drops as the GPU-hours it has received cross thresholds), ``BestEffortFIFO`` backfill, cohort borrowing, and
+  preemption (lower priority within a queue, reclaim of borrowed quota, preemption while borrowing). Preempted
+  jobs resume from their last checkpoint after a restart overhead; the lost work is reported as wasted.
+* ``sjf-oracle`` (oracle): shortest job first by true duration, best-effort FIFO with borrowing, no preemption.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from capstan.errors import InvalidParameterValue
+from capstan.queue.engine import schedule
+from capstan.queue.model import (
+    Admission,
+    Admit,
+    ClusterQueue,
+    FlavorQuotas,
+    PodSet,
+    Preempt,
+    Preemption,
+    PreemptWithin,
+    QueueConfig,
+    QueueingStrategy,
+    ResourceGroup,
+    Workload,
+)
+from capstan.queue.pending import PendingQueues
+from capstan.queue.quantity import GPU_RESOURCES, MILLI
+from capstan.queue.state import ClusterState, Topology
+from capstan.queue.trace import TraceJob
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """A named way of configuring the queue for a replay."""
+
+    name: str
+    strategy: QueueingStrategy
+    borrowing: bool
+    preemption: Preemption
+    priority: str  # "fifo", "las" or "sjf"
+    oracle: bool = False
+    description: str = ""
+
+
+_PREEMPT_ALL = Preemption(PreemptWithin.LOWER_PRIORITY, PreemptWithin.ANY, PreemptWithin.LOWER_PRIORITY)
+
+POLICIES: dict[str, Policy] = {
+    "strict-fifo": Policy("strict-fifo", QueueingStrategy.STRICT_FIFO, False, Preemption(), "fifo",
+                          description="Kueue StrictFIFO, nominal quota only"),
+    "best-effort-fifo": Policy("best-effort-fifo", QueueingStrategy.BEST_EFFORT_FIFO, True, Preemption(), "fifo",
+                               description="Kueue default: BestEffortFIFO with cohort borrowing"),
+    "capstan-las": Policy("capstan-las", QueueingStrategy.BEST_EFFORT_FIFO, True, _PREEMPT_ALL, "las",
+                          description="least attained service + preemption + backfill + borrowing"),
+    "capstan-small-first": Policy("capstan-small-first", QueueingStrategy.BEST_EFFORT_FIFO, True, Preemption(),
+                                  "small", description="fewest GPUs first, backfill, borrowing"),
+    "sjf-oracle": Policy("sjf-oracle", QueueingStrategy.BEST_EFFORT_FIFO, True, Preemption(), "sjf", oracle=True,
+                         description="shortest job first by true duration (oracle reference)"),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class SimSettings:
+    """Knobs of the replay, read from the cluster file's ``simulation`` block."""
+
+    las_thresholds_gpu_hours: tuple[float, ...] = (8.0, 64.0)
+    checkpoint_interval_s: float = 900.0
+    restart_overhead_s: float = 60.0
+    requeue_backoff_s: float = 10.0
+    gpu_resource: str = "gpu"
+
+
+def sim_settings(raw: object) -> SimSettings:
+    """Validate the ``simulation`` block of a cluster file."""
+    if raw is None:
+        return SimSettings()
+    if not isinstance(raw, Mapping):
+        raise InvalidParameterValue("simulation: expected a mapping")
+    allowed = {"lasThresholdsGpuHours", "checkpointIntervalSeconds", "restartOverheadSeconds", "gpuResource",
+               "requeueBackoffSeconds"}
+    unknown = sorted(set(raw) - allowed)
+    if unknown:
+        raise InvalidParameterValue(f"simulation: unknown field {unknown[0]!r}")
+    base = SimSettings()
+
+    def number(key: str, default: float) -> float:
+        value = raw.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            raise InvalidParameterValue(f"simulation.{key}: expected a number >= 0, got {value!r}")
+        return float(value)
+
+    thresholds = raw.get("lasThresholdsGpuHours", list(base.las_thresholds_gpu_hours))
+    if not isinstance(thresholds, list) or not all(isinstance(t, int | float) and t > 0 for t in thresholds) \
+            or thresholds != sorted(thresholds):
+        raise InvalidParameterValue("simulation.lasThresholdsGpuHours: expected an ascending list of positive numbers")
+    resource = raw.get("gpuResource", base.gpu_resource)
+    if resource not in GPU_RESOURCES:
+        raise InvalidParameterValue(f"simulation.gpuResource: {resource!r} is not one of {sorted(GPU_RESOURCES)}")
+    return SimSettings(tuple(float(t) for t in thresholds),
+                       number("checkpointIntervalSeconds", base.checkpoint_interval_s),
+                       number("restartOverheadSeconds", base.restart_overhead_s),
+                       number("requeueBackoffSeconds", base.requeue_backoff_s), str(resource))
+
+
+def policy_config(config: QueueConfig, policy: Policy) -> QueueConfig:
+    """The configuration as ``policy`` runs it: strategy and preemption replaced, borrowing removed if off."""
+    cqs = []
+    for cq in config.cluster_queues:
+        groups = cq.resource_groups
+        if not policy.borrowing and cq.cohort is not None:
+            groups = tuple(ResourceGroup(g.covered_resources, tuple(
+                FlavorQuotas(fq.flavor, tuple(replace(rq, borrowing_limit=0) for rq in fq.resources))
+                for fq in g.flavors)) for g in groups)
+        cqs.append(replace(cq, resource_groups=groups, queueing_strategy=policy.strategy,
+                           preemption=policy.preemption))
+    return replace(config, cluster_queues=tuple(cqs), fair_sharing=False)
+
+
+@dataclass(slots=True)
+class _Job:
+    job: TraceJob
+    remaining: float
+    attained: float = 0.0  # GPU-seconds received so far
+    level: int = 0
+    start: float = -1.0
+    first_start: float = -1.0
+    finish: float = -1.0
+    gen: int = 0
+    seq: int = 0
+    preemptions: int = 0
+    restart: bool = False
+
+
+@dataclass(slots=True)
+class SimResult:
+    """Figures of one policy's replay."""
+
+    policy: str
+    oracle: bool
+    jobs: int
+    avg_jct_s: float
+    p50_jct_s: float
+    p99_jct_s: float
+    avg_wait_s: float
+    p50_wait_s: float
+    p99_wait_s: float
+    makespan_s: float
+    gpu_utilization: float
+    jain_fairness: float
+    preemptions: int
+    wasted_gpu_hours: float
+    capacity_gpus: int
+    wall_s: float = 0.0
+    per_queue: dict[str, dict[str, float]] = field(default_factory=dict)
+    series: dict[str, list[float]] = field(default_factory=dict)
+    jcts: list[float] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        """The JSON object ``capstan simulate --json`` prints for this policy."""
+        return {"policy": self.policy, "oracle": self.oracle, "jobs": self.jobs, "avg_jct_s": self.avg_jct_s,
+                "p50_jct_s": self.p50_jct_s, "p99_jct_s": self.p99_jct_s, "avg_wait_s": self.avg_wait_s,
+                "p50_wait_s": self.p50_wait_s, "p99_wait_s": self.p99_wait_s, "makespan_s": self.makespan_s,
+                "gpu_utilization": self.gpu_utilization, "jain_fairness": self.jain_fairness,
+                "preemptions": self.preemptions, "wasted_gpu_hours": self.wasted_gpu_hours,
+                "capacity_gpus": self.capacity_gpus, "wall_s": self.wall_s, "per_queue": self.per_queue}
+
+
+def percentile(sorted_values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile of an ascending sequence (0 for an empty one)."""
+    if not sorted_values:
+        return 0.0
+    rank = max(0, min(len(sorted_values) - 1, math.ceil(q / 100 * len(sorted_values)) - 1))
+    return float(sorted_values[rank])
+
+
+def jain(values: Sequence[float]) -> float:
+    """Jain's fairness index of non-negative values (1 = perfectly even)."""
+    if not values:
+        return 1.0
+    total = sum(values)
+    squares = sum(v * v for v in values)
+    return 1.0 if squares == 0 else total * total / (len(values) * squares)
+
+
+_FINISH, _DEMOTE, _ARRIVE, _REQUEUE = 0, 1, 2, 3
+
+
+def replay(config: QueueConfig, jobs: Sequence[TraceJob], policy: Policy, settings: SimSettings | None = None,
+           *, progress: Callable[[int], None] | None = None) -> SimResult:
+    """Replay ``jobs`` through the engine under ``policy`` and measure the outcome."""
+    import time as _time
+
+    started_wall = _time.perf_counter()
+    settings = settings or SimSettings()
+    gpu = settings.gpu_resource
+    cfg = policy_config(config, policy)
+    topo = Topology(cfg)
+    state = ClusterState(topo)
+    pending = PendingQueues()
+    thresholds = [t * 3600.0 for t in settings.las_thresholds_gpu_hours]
+    levels = len(thresholds) + 1
+    capacity = sum(v for pool in topo.root_pool.values() for r, v in pool.items() if r == gpu) // MILLI
+    lq_to_cq = {lq.name: lq.cluster_queue for lq in cfg.local_queues}
+    nominal_gpu: dict[str, int] = {}
+    for cq in cfg.cluster_queues:
+        nominal_gpu[cq.name] = _nominal(cq, gpu)
+    for job in jobs:
+        if job.queue not in lq_to_cq:
+            raise InvalidParameterValue(f"trace job {job.id}: cluster {job.queue!r} is not a LocalQueue of the "
+                                        f"cluster file (have: {', '.join(sorted(lq_to_cq))})")
+    state_jobs: dict[str, _Job] = {}
+    events: list[tuple[float, int, int, str, int]] = []
+    for seq, job in enumerate(jobs, start=1):
+        heapq.heappush(events, (job.submit, _ARRIVE, seq, job.id, 0))
+        state_jobs[job.id] = _Job(job, job.duration, seq=seq)
+
+    def priority(j: _Job) -> int:
+        if policy.priority == "las":
+            return 100 * (levels - j.level)
+        if policy.priority == "sjf":
+            return -int(j.job.duration)
+        if policy.priority == "small":
+            return -j.job.gpus
+        return 0
+
+    def workload(j: _Job) -> Workload:
+        cq = lq_to_cq[j.job.queue]
+        return Workload(j.job.id, j.job.queue, cq, (PodSet("main", 1, {gpu: j.job.gpus * MILLI}),),
+                        priority(j), j.job.submit)
+
+    busy = 0
+    busy_gpu_seconds = 0.0
+    wasted = 0.0
+    preemptions = 0
+    last_t = jobs[0].submit if jobs else 0.0
+    per_queue_gpu_s: dict[str, float] = {cq.name: 0.0 for cq in cfg.cluster_queues}
+    running_by_cq: dict[str, int] = {cq.name: 0 for cq in cfg.cluster_queues}
+    pending_by_cq: dict[str, int] = {cq.name: 0 for cq in cfg.cluster_queues}
+    # Per day: GPU-seconds each queue received and wanted (running + pending), and the seconds covered.
+    windows: dict[int, tuple[dict[str, float], dict[str, float], list[float]]] = {}
+    series_t: list[float] = []
+    series_busy: list[float] = []
+    series_pending: list[float] = []
+    done = 0
+    zero_jobs: list[_Job] = []
+
+    def stop(j: _Job, now: float) -> None:
+        nonlocal busy, wasted
+        ran = now - j.start
+        j.attained += ran * j.job.gpus
+        busy -= j.job.gpus
+        running_by_cq[lq_to_cq[j.job.queue]] -= j.job.gpus
+
+    while events:
+        now = events[0][0]
+        dt = now - last_t
+        if dt > 0:
+            busy_gpu_seconds += busy * dt
+            received, wanted, covered = windows.setdefault(int(last_t // 86400), ({}, {}, [0.0]))
+            covered[0] += dt
+            for name, used in running_by_cq.items():
+                if used:
+                    per_queue_gpu_s[name] += used * dt
+                    received[name] = received.get(name, 0.0) + used * dt
+                want = used + pending_by_cq[name]
+                if want:
+                    wanted[name] = wanted.get(name, 0.0) + want * dt
+            last_t = now
+        while events and events[0][0] == now:
+            _t, kind, _s, wid, gen = heapq.heappop(events)
+            j = state_jobs[wid]
+            if kind == _REQUEUE:
+                if gen == j.gen:
+                    pending.push(workload(j), seq=j.seq)
+                    pending_by_cq[lq_to_cq[j.job.queue]] += j.job.gpus
+                continue
+            if kind == _ARRIVE:
+                if j.job.gpus == 0:
+                    j.first_start = j.start = now
+                    j.finish = now + j.job.duration
+                    zero_jobs.append(j)
+                    done += 1
+                    continue
+                pending.push(workload(j), seq=j.seq)
+                pending_by_cq[lq_to_cq[j.job.queue]] += j.job.gpus
+            elif gen != j.gen:
+                continue
+            elif kind == _FINISH:
+                state.release(wid)
+                stop(j, now)
+                j.finish = now
+                j.gen += 1
+                done += 1
+                if progress is not None:
+                    progress(done)
+            else:  # demotion: attained service crossed a threshold while running
+                j.attained += (now - j.start) * j.job.gpus
+                j.start = now
+                j.level += 1
+                state.set_priority(wid, priority(j))
+                _schedule_demotion(events, j, now, thresholds)
+        for _round in range(10_000):
+            result = schedule(state, pending, now, explain=False)
+            pending.mark_blocked(result.blocked)
+            moved = False
+            for d in result.decisions:
+                if isinstance(d, Preempt):
+                    victim = state_jobs[d.victim]
+                    state.release(victim.job.id)
+                    ran = now - victim.start
+                    stop(victim, now)
+                    ckpt = settings.checkpoint_interval_s
+                    saved = (ran // ckpt) * ckpt if ckpt > 0 else ran
+                    saved = max(0.0, saved - (settings.restart_overhead_s if victim.restart else 0.0))
+                    victim.remaining = max(0.0, victim.remaining - saved)
+                    wasted += (ran - saved) * victim.job.gpus
+                    victim.gen += 1
+                    victim.preemptions += 1
+                    victim.restart = True
+                    preemptions += 1
+                    victim.level = _level(victim.attained, thresholds)
+                    # Like the queue manager, requeue evicted work after a backoff; the preemptor gets the
+                    # quota it freed before its victim can compete for it again.
+                    heapq.heappush(events, (now + settings.requeue_backoff_s, _REQUEUE, victim.seq, victim.job.id,
+                                            victim.gen))
+                    moved = True
+            for d in result.decisions:
+                if isinstance(d, Admit):
+                    wl = d.workload
+                    j = state_jobs[wl.id]
+                    pending.remove(wl.id)
+                    pending_by_cq[d.cluster_queue] -= j.job.gpus
+                    state.admit(Admission(wl, d.cluster_queue, d.pod_sets, d.usage, now))
+                    j.start = now
+                    if j.first_start < 0:
+                        j.first_start = now
+                    busy += j.job.gpus
+                    running_by_cq[d.cluster_queue] += j.job.gpus
+                    run_for = j.remaining + (settings.restart_overhead_s if j.restart else 0.0)
+                    if j.restart:
+                        j.remaining += settings.restart_overhead_s
+                    j.restart = False
+                    heapq.heappush(events, (now + run_for, _FINISH, j.seq, wl.id, j.gen))
+                    if policy.priority == "las":
+                        _schedule_demotion(events, j, now, thresholds)
+                    moved = True
+            if not moved:
+                break
+        else:
+            raise InvalidParameterValue(f"admission did not settle at t={now:g}s (preemption loop)")
+        series_t.append(now)
+        series_busy.append(float(busy))
+        series_pending.append(float(len(pending)))
+    if len(pending):
+        raise InvalidParameterValue(f"{len(pending)} workloads could never be admitted (do they fit the cluster?)")
+    return _result(policy, jobs, state_jobs, lq_to_cq, capacity, busy_gpu_seconds, wasted, preemptions, per_queue_gpu_s,
+                   nominal_gpu, windows, series_t, series_busy, series_pending, _time.perf_counter() - started_wall)
+
+
+def _nominal(cq: ClusterQueue, gpu: str) -> int:
+    return sum(rq.nominal for g in cq.resource_groups for fq in g.flavors for rq in fq.resources
+               if rq.resource == gpu) // MILLI
+
+
+def _level(attained: float, thresholds: Sequence[float]) -> int:
+    return sum(1 for t in thresholds if attained >= t)
+
+
+def _schedule_demotion(events: list[tuple[float, int, int, str, int]], j: _Job, now: float,
+                       thresholds: Sequence[float]) -> None:
+    if j.level >= len(thresholds):
+        return
+    need = thresholds[j.level] - j.attained
+    when = now + max(0.0, need) / j.job.gpus
+    if when < now + j.remaining:
+        heapq.heappush(events, (when, _DEMOTE, j.seq, j.job.id, j.gen))
+
+
+def _windowed_jain(windows: Mapping[int, tuple[dict[str, float], dict[str, float], list[float]]],
+                   nominal_gpu: Mapping[str, int], capacity: int) -> float:
+    """Jain's index over entitlement, per day, weighted by what queues were entitled to that day.
+
+    A queue's fair amount in a day is the lesser of what it wanted (running plus pending GPUs over time) and
+    its entitlement (nominal share of the pool times the time covered); its score is what it received over
+    that, capped at 1. Queues wanting nothing that day are left out.
+    """
+    total_nominal = sum(nominal_gpu.values())
+    if not total_nominal:
+        return 1.0
+    weighted = 0.0
+    weight = 0.0
+    for received, wanted, covered in windows.values():
+        scores = []
+        fair_total = 0.0
+        for name, want in wanted.items():
+            fair = min(want, nominal_gpu.get(name, 0) / total_nominal * capacity * covered[0])
+            if fair > 0:
+                scores.append(min(1.0, received.get(name, 0.0) / fair))
+                fair_total += fair
+        if scores:
+            weighted += jain(scores) * fair_total
+            weight += fair_total
+    return weighted / weight if weight else 1.0
+
+
+def _result(policy: Policy, jobs: Sequence[TraceJob], state_jobs: Mapping[str, _Job], lq_to_cq: Mapping[str, str],
+            capacity: int, busy_gpu_seconds: float, wasted: float, preemptions: int,
+            per_queue_gpu_s: Mapping[str, float], nominal_gpu: Mapping[str, int],
+            windows: Mapping[int, tuple[dict[str, float], dict[str, float], list[float]]], series_t: list[float],
+            series_busy: list[float], series_pending: list[float], wall: float) -> SimResult:
+    jcts = sorted(j.finish - j.job.submit for j in state_jobs.values())
+    waits = sorted(max(0.0, j.finish - j.job.submit - j.job.duration) for j in state_jobs.values())
+    first = min((j.submit for j in jobs), default=0.0)
+    last = max((j.finish for j in state_jobs.values()), default=0.0)
+    makespan = max(0.0, last - first)
+    n = len(jcts)
+    total_received = sum(per_queue_gpu_s.values())
+    total_nominal = sum(nominal_gpu.values())
+    per_queue: dict[str, dict[str, float]] = {}
+    for name, received in sorted(per_queue_gpu_s.items()):
+        entitlement = nominal_gpu.get(name, 0) / total_nominal if total_nominal else 0.0
+        share = received / total_received if total_received else 0.0
+        queue_jobs = [j for j in state_jobs.values() if lq_to_cq[j.job.queue] == name]
+        per_queue[name] = {"gpu_hours": received / 3600, "share": share, "entitlement": entitlement,
+                           "share_over_entitlement": share / entitlement if entitlement else 0.0,
+                           "jobs": float(len(queue_jobs))}
+    thin = max(1, len(series_t) // 2000)
+    return SimResult(
+        policy=policy.name, oracle=policy.oracle, jobs=n, avg_jct_s=sum(jcts) / n if n else 0.0,
+        p50_jct_s=percentile(jcts, 50), p99_jct_s=percentile(jcts, 99), avg_wait_s=sum(waits) / n if n else 0.0,
+        p50_wait_s=percentile(waits, 50), p99_wait_s=percentile(waits, 99), makespan_s=makespan,
+        gpu_utilization=busy_gpu_seconds / (capacity * makespan) if capacity and makespan else 0.0,
+        jain_fairness=_windowed_jain(windows, nominal_gpu, capacity), preemptions=preemptions,
+        wasted_gpu_hours=wasted / 3600,
+        capacity_gpus=capacity, wall_s=wall, per_queue=per_queue,
+        series={"t": series_t[::thin], "busy_gpus": series_busy[::thin], "pending": series_pending[::thin]},
+        jcts=jcts)
