@@ -27,9 +27,27 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _util import free_port, python, start, stop, table, tree_memory_mb, wait_healthy
+# Running `python bench/tracking.py` puts bench/ first on sys.path, where bench/queue.py would shadow the standard
+# library's `queue`. Drop that entry and load the shared helpers by file path instead.
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+
+
+def _load_util() -> Any:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("capstan_bench_util", _HERE / "_util.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_util = _load_util()
+free_port, python, start, stop = _util.free_port, _util.python, _util.start, _util.stop
+table, tree_memory_mb, wait_healthy = _util.table, _util.tree_memory_mb, _util.wait_healthy
 
 # ---------------------------------------------------------------------------------------------- workers
 

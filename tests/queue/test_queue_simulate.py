@@ -13,8 +13,9 @@ from capstan.errors import InvalidParameterValue
 from capstan.queue.simulate import POLICIES, SimSettings, jain, percentile, replay
 from capstan.queue.trace import TraceJob, read_trace
 
-REAL_TRACE = Path("/work/shared/data/traces/msft-itp-2021-jobs.csv")
 ROOT = Path(__file__).parents[2]
+# The project's shared material sits beside the checkout (../shared), in development and in CI.
+REAL_TRACE = ROOT.parent / "shared" / "data" / "traces" / "msft-itp-2021-jobs.csv"
 
 
 def synthetic() -> list[TraceJob]:
@@ -61,7 +62,7 @@ def test_unknown_queue_in_trace_is_an_error() -> None:
         replay(gpu_queues(("a", 4)), [TraceJob("x", 0, 10, 1, "zz")], POLICIES["strict-fifo"])
 
 
-@pytest.mark.skipif(not REAL_TRACE.exists(), reason="shared ITP trace not available")
+@pytest.mark.skipif(not REAL_TRACE.exists(), reason=f"shared ITP trace not found at {REAL_TRACE}")
 def test_cli_simulate_on_a_slice_of_the_real_trace(tmp_path: Path) -> None:
     from capstan.cli.main import cli
 
