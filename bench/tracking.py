@@ -210,7 +210,7 @@ def _server(kind: str, home: Path, workers: int | None) -> tuple[subprocess.Pope
             cmd += ["--workers", str(workers)]
         env: dict[str, str] = {}
     else:
-        cmd = [python(), "-m", "capstan.cli.main", "server", "--host", "127.0.0.1", "--port", str(port)]
+        cmd = [python(), "-m", "capstan", "server", "--host", "127.0.0.1", "--port", str(port)]
         if workers:
             cmd += ["--workers", str(workers)]
         env = {"CAPSTAN_HOME": str(home)}
