@@ -1,7 +1,8 @@
 """CLI of the workload queue: ``capstan queue ...``, ``capstan why``, ``capstan usage`` and ``capstan simulate``.
 
 Commands open the local metadata store through `capstan.cli.context`; tables are aligned (Rich), ``--json``
-prints machine-readable output and errors are one ``error: ...`` line with a non-zero exit.
+prints machine-readable output and errors are one ``error: ...`` line with a non-zero exit. With ``CAPSTAN_URL``
+set, ``why``, ``queue status`` and ``usage`` ask that server's ``/api/v1/queue`` instead (``CAPSTAN_TOKEN``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ if TYPE_CHECKING:
     from rich.table import Table
 
     from capstan.queue.manager import QueueManager
+    from capstan.queue.status import QueueStatus
 
 PIPE_WIDTH = 1000
 
@@ -56,6 +58,52 @@ def _fail(exc: CapstanError) -> click.ClickException:
 
 def _json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, default=str))
+
+
+# -- remote (CAPSTAN_URL): `why`, `queue status` and `usage` ask the server's /api/v1/queue ---------------------------
+def _remote() -> bool:
+    from capstan.cli.context import cli_settings
+
+    return bool(cli_settings().url)
+
+
+def _remote_get(path: str, params: dict[str, str] | None = None) -> Any:
+    """GET ``/api/v1/queue{path}`` on ``CAPSTAN_URL`` with ``CAPSTAN_TOKEN`` and ``CAPSTAN_PROJECT``."""
+    import httpx
+
+    from capstan.cli.context import cli_settings
+    from capstan.errors import error_from_body
+
+    settings = cli_settings()
+    headers = {"X-Capstan-Project": settings.project}
+    if settings.token:
+        headers["Authorization"] = f"Bearer {settings.token}"
+    try:
+        resp = httpx.get(f"{settings.url}/api/v1/queue{path}", params=params, headers=headers, timeout=60)
+    except httpx.HTTPError as exc:
+        raise click.ClickException(f"cannot reach {settings.url}: {exc}") from None
+    try:
+        body = resp.json()
+    except ValueError:
+        raise click.ClickException(f"{settings.url} answered {resp.status_code}: {resp.text[:200]}") from None
+    if resp.status_code >= 400:
+        raise error_from_body(str(body.get("error_code", "")), str(body.get("message", resp.text[:200])),
+                              resp.status_code)
+    return body
+
+
+def _status_rows(data: list[dict[str, Any]]) -> list[QueueStatus]:
+    """`QueueStatus` rows from the API's JSON (quantities in whole units) for the table."""
+    from capstan.queue.status import QueueStatus, QuotaLine
+
+    def milli(value: Any) -> int:
+        return round(float(value) * 1000)
+
+    return [QueueStatus(d["cluster_queue"], d.get("cohort"), d["strategy"], int(d["pending"]), int(d["admitted"]),
+                        d.get("head"), tuple(QuotaLine(q["flavor"], q["resource"], milli(q["nominal"]),
+                                                       milli(q["used"]), milli(q["borrowed"]), milli(q["lent"]))
+                                             for q in d["quota"]))
+            for d in data]
 
 
 @click.group("queue")
@@ -102,7 +150,7 @@ def apply_cmd(path: Path, as_json: bool) -> None:
 def status_cmd(as_json: bool) -> None:
     """Nominal, used, borrowed and lent quota per ClusterQueue and flavor, with counts and head of queue."""
     try:
-        rows = _manager().status()
+        rows = _status_rows(_remote_get("/status")["cluster_queues"]) if _remote() else _manager().status()
     except CapstanError as exc:
         raise _fail(exc) from None
     if as_json:
@@ -215,6 +263,16 @@ def cancel_cmd(workload_id: str) -> None:
 def why_cmd(workload_id: str, as_json: bool) -> None:
     """Explain a workload's state: position, reason code, blocking quota with numbers, holders and a hint."""
     try:
+        if _remote():
+            from urllib.parse import quote
+
+            data = _remote_get(f"/workloads/{quote(workload_id, safe='/')}/why")
+            text = data.pop("text")
+            if as_json:
+                _json(data)
+            else:
+                click.echo(text)
+            return
         explanation = _manager().why(workload_id)
     except CapstanError as exc:
         raise _fail(exc) from None
@@ -232,14 +290,19 @@ def why_cmd(workload_id: str, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON.")
 def usage_cmd(by: str, since: str, price: str | None, as_json: bool) -> None:
     """GPU-hours, CPU-hours and memory-GB-hours from admission records (cost showback)."""
-    from capstan.queue.usage import parse_prices, parse_since, usage_report
+    from capstan.queue.usage import UsageRow, parse_prices, parse_since, usage_report
 
     try:
-        mgr = _manager()
-        now = mgr.clock()
-        since_ms = parse_since(since, now_ms=now)
         prices = parse_prices(price)
-        rows = usage_report(mgr.store.usage_since(since_ms), by=by, since_ms=since_ms, now_ms=now, prices=prices)
+        if _remote():
+            params = {"by": by, "since": since, **({"price": price} if price else {})}
+            rows = [UsageRow(**r) for r in _remote_get("/usage", params)["rows"]]
+        else:
+            mgr = _manager()
+            now = mgr.clock()
+            since_ms = parse_since(since, now_ms=now)
+            rows = usage_report(mgr.store.usage_since(since_ms), by=by, since_ms=since_ms, now_ms=now,
+                                prices=prices)
     except CapstanError as exc:
         raise _fail(exc) from None
     if as_json:

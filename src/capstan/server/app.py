@@ -47,7 +47,7 @@ def create_app(settings: Settings, *, services: Services | None = None, bind_hos
 
     from capstan.auth.audit import AuditWriter
     from capstan.pipelines.service import PipelineService
-    from capstan.server import admin_api, api_v1, mlflow_api, pipelines_api
+    from capstan.server import admin_api, api_v1, mlflow_api, pipelines_api, queue_api
     from capstan.server.errors import CatchAllMiddleware, install_error_handlers
     from capstan.server.leader import LeaderLock
     from capstan.server.metrics import MetricsMiddleware, RouteTemplates, ServerMetrics
@@ -68,12 +68,14 @@ def create_app(settings: Settings, *, services: Services | None = None, bind_hos
         leader = LeaderLock(settings.home / "server-leader.lock")
         is_leader = leader.try_acquire()
         resumed = await run_in_threadpool(lambda: pipelines.start(schedules=is_leader, resume=is_leader))
+        app.state.queue.start(cycles=is_leader)  # workload queue: the leader requeues workloads after backoff
         if resumed:
             log.info("resumed %d unfinished pipeline run(s): %s", len(resumed), ", ".join(resumed))
         try:
             yield
         finally:
             await run_in_threadpool(pipelines.stop)
+            await run_in_threadpool(app.state.queue.stop)  # workload queue
             leader.release()
             audit.close()
             uninstrument()
@@ -89,6 +91,10 @@ def create_app(settings: Settings, *, services: Services | None = None, bind_hos
     app.state.audit_writer = audit
     app.state.pipelines = PipelineService.from_services(svc)
     app.state.authenticator = Authenticator(svc.auth, bind_host=bind_host, clock=svc.clock)
+    # -- workload queue: one locked manager per call, per-queue metrics on this app's registry --
+    app.state.queue = queue_api.ServerQueue(svc, lock_path=settings.home / "queue.lock")
+    app.state.queue.register_metrics(metrics.registry)
+    # -- end workload queue --
     install_error_handlers(app)
 
     templates = RouteTemplates()
@@ -97,7 +103,7 @@ def create_app(settings: Settings, *, services: Services | None = None, bind_hos
     # MLflow's routes come first: they carry the hot logging traffic, and their prefixes overlap with nothing else.
     included: list[tuple[APIRouter, str]] = [(router, "") for router in mlflow_api.routers]
     included += [(api_v1.router, API_V1_PREFIX), (admin_api.router, API_V1_PREFIX),
-                 (pipelines_api.router, API_V1_PREFIX)]
+                 (pipelines_api.router, API_V1_PREFIX), (queue_api.router, API_V1_PREFIX)]
     for router, prefix in included:
         app.include_router(router, prefix=prefix)
         templates.add_router(router.routes, prefix)
