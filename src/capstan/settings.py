@@ -31,6 +31,15 @@ def parse_size(text: str, *, field_name: str = "size") -> int:
     return int(value * _SIZE_SUFFIXES[suffix])
 
 
+def parse_gpus(text: str) -> tuple[int, str | None]:
+    """Parse ``CAPSTAN_GPUS``: ``"4"`` -> ``(4, None)``, ``"4xa100"`` -> ``(4, "a100")``."""
+    count, sep, model = text.strip().lower().partition("x")
+    model = model.strip()
+    if not count.strip().isdigit() or (sep and not model) or not all(c.isalnum() or c in "._-" for c in model):
+        raise InvalidParameterValue(f"CAPSTAN_GPUS: {text!r} is not a GPU count such as 4 or 4xa100")
+    return int(count), (model or None)
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """Where Capstan keeps its state and how it reaches a server.
@@ -46,6 +55,9 @@ class Settings:
         project: project (tenant) used when a call names none (``CAPSTAN_PROJECT``, default ``default``).
         artifact_max_bytes: largest single artifact accepted (``CAPSTAN_ARTIFACT_MAX_BYTES``, default 5 GB).
         metric_flush_interval_s: how often the SDK's background writer flushes buffered metrics.
+        declared_gpus: GPUs the local executor schedules on instead of detecting them (``CAPSTAN_GPUS``: ``4`` or
+            ``4xa100``; ``0`` means none); ``None`` detects them through NVML or ``nvidia-smi``.
+        declared_gpu_model: the model of the declared GPUs (``a100`` in ``4xa100``), matched by ``gpu_flavor``.
     """
 
     home: Path
@@ -57,6 +69,8 @@ class Settings:
     project: str = "default"
     artifact_max_bytes: int = 5 * 1024**3
     metric_flush_interval_s: float = 0.2
+    declared_gpus: int | None = None
+    declared_gpu_model: str | None = None
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -93,6 +107,8 @@ class Settings:
                 overrides["metric_flush_interval_s"] = float(env["CAPSTAN_METRIC_FLUSH_INTERVAL"])
             except ValueError:
                 raise InvalidParameterValue("CAPSTAN_METRIC_FLUSH_INTERVAL: expected seconds as a number") from None
+        if env.get("CAPSTAN_GPUS"):
+            overrides["declared_gpus"], overrides["declared_gpu_model"] = parse_gpus(env["CAPSTAN_GPUS"])
         extra = {k: v for k, v in env.items() if k.startswith("CAPSTAN_")}
         return replace(settings, extra=extra, **overrides)  # type: ignore[arg-type]  # keys are field names
 

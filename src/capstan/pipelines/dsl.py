@@ -144,12 +144,15 @@ class StepOptions:
     isolation: Isolation = "process"
     env: Mapping[str, str] = field(default_factory=dict)
     image: str | None = None
+    priority_class: str | None = None
+    queue: str | None = None
 
 
 def _make_options(where_: str, name: str, *, retries: int = 0, retry_backoff: Backoff | float | None = None,
                   timeout: float | None = None, cache: bool = True,
                   resources: Resources | Mapping[str, object] | None = None, isolation: str = "process",
-                  env: Mapping[str, str] | None = None, image: str | None = None) -> StepOptions:
+                  env: Mapping[str, str] | None = None, image: str | None = None,
+                  priority_class: str | None = None, queue: str | None = None) -> StepOptions:
     def bad(msg: str) -> PipelineDefinitionError:
         return PipelineDefinitionError(f"{where_}: step {name!r}: {msg}")
 
@@ -178,13 +181,17 @@ def _make_options(where_: str, name: str, *, retries: int = 0, retry_backoff: Ba
         raise bad("env must map strings to strings")
     if image is not None and not isinstance(image, str):
         raise bad(f"image={image!r} must be a string")
+    for option, value in (("priority_class", priority_class), ("queue", queue)):
+        if value is not None and (not isinstance(value, str) or not value.strip()):
+            raise bad(f"{option}={value!r} must be a non-empty string")
     try:
         res = Resources.of(resources)
     except InvalidParameterValue as exc:
         raise bad(exc.message) from None
     return StepOptions(name=name, retries=retries, retry_backoff=backoff,
                        timeout=None if timeout is None else float(timeout), cache=cache, resources=res,
-                       isolation=isolation, env=env_map, image=image)  # type: ignore[arg-type]  # checked above
+                       isolation=isolation, env=env_map, image=image,  # type: ignore[arg-type]  # checked above
+                       priority_class=priority_class, queue=queue)
 
 
 @dataclass(frozen=True, slots=True)
@@ -432,13 +439,15 @@ def step(fn: Callable[..., Any], /) -> Step: ...
 def step(*, name: str | None = None, retries: int = 0, retry_backoff: Backoff | float | None = None,
          timeout: float | None = None, cache: bool = True,
          resources: Resources | Mapping[str, object] | None = None, isolation: Isolation = "process",
-         env: Mapping[str, str] | None = None, image: str | None = None) -> Callable[[Callable[..., Any]], Step]: ...
+         env: Mapping[str, str] | None = None, image: str | None = None, priority_class: str | None = None,
+         queue: str | None = None) -> Callable[[Callable[..., Any]], Step]: ...
 
 
 def step(fn: Callable[..., Any] | None = None, /, *, name: str | None = None, retries: int = 0,
          retry_backoff: Backoff | float | None = None, timeout: float | None = None, cache: bool = True,
          resources: Resources | Mapping[str, object] | None = None, isolation: Isolation = "process",
-         env: Mapping[str, str] | None = None, image: str | None = None) -> Step | Callable[[Callable[..., Any]], Step]:
+         env: Mapping[str, str] | None = None, image: str | None = None, priority_class: str | None = None,
+         queue: str | None = None) -> Step | Callable[[Callable[..., Any]], Step]:
     """Make a function a pipeline step: ``@step`` or ``@step(retries=3, timeout=60, ...)``.
 
     Options: ``retries`` (extra attempts after a failure), ``retry_backoff`` (seconds, or a `Backoff` for the
@@ -446,7 +455,9 @@ def step(fn: Callable[..., Any] | None = None, /, *, name: str | None = None, re
     when code, parameters and inputs are unchanged; on by default), ``resources`` (``cpu``, ``memory``, ``gpu``
     which may be fractional, ``gpu_flavor``), ``isolation`` (``"process"``, the default, runs in a warm worker
     process; ``"thread"`` runs light steps in the orchestrator's process), ``env`` (extra environment, process
-    isolation) and ``image`` (the container image used when the pipeline runs on Kubernetes).
+    isolation), ``image`` (the container image used when the pipeline runs on Kubernetes), and for the workload
+    queue ``priority_class`` (a priority class of the queue configuration: ``low``, ``normal``, ``high`` by default)
+    and ``queue`` (a LocalQueue; default: the LocalQueue of the run's project).
     """
 
     def wrap(func: Callable[..., Any]) -> Step:
@@ -459,7 +470,8 @@ def step(fn: Callable[..., Any] | None = None, /, *, name: str | None = None, re
         line = code.co_firstlineno if code else 0
         opts = _make_options(where(file, line), name or str(getattr(func, "__name__", "step")), retries=retries,
                              retry_backoff=retry_backoff, timeout=timeout, cache=cache, resources=resources,
-                             isolation=isolation, env=env, image=image)
+                             isolation=isolation, env=env, image=image, priority_class=priority_class,
+                             queue=queue)
         if opts.env and opts.isolation == "thread":
             raise PipelineDefinitionError(
                 f"{where(file, line)}: step {opts.name!r}: env= needs isolation='process' (threads share one "
@@ -474,7 +486,8 @@ def step(fn: Callable[..., Any] | None = None, /, *, name: str | None = None, re
 def command_step(command: Sequence[str], *, name: str | None = None, retries: int = 0,
                  retry_backoff: Backoff | float | None = None, timeout: float | None = None, cache: bool = True,
                  resources: Resources | Mapping[str, object] | None = None, isolation: Isolation = "process",
-                 env: Mapping[str, str] | None = None, image: str | None = None) -> Step:
+                 env: Mapping[str, str] | None = None, image: str | None = None, priority_class: str | None = None,
+                 queue: str | None = None) -> Step:
     """A step that runs an executable: ``prep = command_step(["python", "prep.py", "--rows", "{rows}"])``.
 
     Call it with keyword arguments inside a pipeline (``prep(rows=rows)``); ``{name}`` placeholders in the command
@@ -496,7 +509,8 @@ def command_step(command: Sequence[str], *, name: str | None = None, retries: in
     script = len(argv) > 1 and os.path.basename(argv[0]).startswith("python") and not argv[1].startswith("-")
     default = os.path.splitext(os.path.basename(argv[1] if script else argv[0]))[0].replace(" ", "_")
     opts = _make_options(here, name or default, retries=retries, retry_backoff=retry_backoff, timeout=timeout,
-                         cache=cache, resources=resources, isolation=isolation, env=env, image=image)
+                         cache=cache, resources=resources, isolation=isolation, env=env, image=image,
+                         priority_class=priority_class, queue=queue)
     return Step(None, opts, file=file, line=line, command=argv)
 
 

@@ -22,7 +22,16 @@ from capstan.clock import Clock, system_clock
 from capstan.events.records import WARNING
 from capstan.pipelines import state as sm
 from capstan.pipelines import supervision
-from capstan.pipelines.admission import Admission, Capacity, Lease, LocalAdmission, ResourceRequest
+from capstan.pipelines.admission import (
+    PREEMPTED,
+    Admission,
+    Capacity,
+    Lease,
+    LocalAdmission,
+    Rejected,
+    ResourceRequest,
+    Waiting,
+)
 from capstan.pipelines.cache import cache_key
 from capstan.pipelines.execution import (
     INTERRUPTED,
@@ -109,6 +118,9 @@ class Orchestrator:
         self._queued: list[str] = []
         self._retrying: set[str] = set()
         self._running: dict[str, str] = {}
+        self._preempting: dict[str, str] = {}
+        self._releases: list[tuple[Lease, bool]] = []  # given back to the admission once per round
+        self._asking: dict[str, ResourceRequest] = {}  # the request of each waiting step, built once
         self._values: dict[str, Any] = {}
         self._cancel = run.cancel_requested
         self._cancel_message = "cancelled by request"
@@ -327,6 +339,8 @@ class Orchestrator:
             self._last_poll = mono
             if not self._cancel and self._writer.cancel_requested(self.run_id):
                 self._cancel = True
+            if not self._cancel:
+                self._check_revoked(batch, effects)
         if mono - self._last_beat >= self._heartbeat:
             self._last_beat = mono
             batch.run = {"id": self.run_id, "heartbeat_at": now}
@@ -346,6 +360,8 @@ class Orchestrator:
                     self._queued.append(sid)
             self._process_ready(batch, now)
             self._start_queued(batch, now, effects)
+        if self._releases:  # before the commit: a crash never leaves a finished step holding quota
+            self._admission.settle(self._take_releases(), [])
         self._check_done(batch, now)
         if batch:
             self._commit(batch)
@@ -469,33 +485,84 @@ class Orchestrator:
         self._check_map(rec, batch, now)
 
     def _request(self, rec: StepRec, key: str) -> ResourceRequest:
-        res = rec.node.step.options.resources
-        return ResourceRequest(key, res.cpu_for(rec.node.step.options.isolation), res.memory, res.gpu,
-                               res.gpu_flavor, self.project, (("run", self.run_id), ("step", rec.node.id)))
+        opts = rec.node.step.options
+        res = opts.resources
+        labels = [("run", self.run_id), ("step", rec.node.id)]
+        if opts.queue:
+            labels.append(("queue", opts.queue))
+        if opts.priority_class:
+            labels.append(("priority_class", opts.priority_class))
+        return ResourceRequest(key, res.cpu_for(opts.isolation), res.memory, res.gpu, res.gpu_flavor, self.project,
+                               tuple(labels))
 
     def _start_queued(self, batch: Batch, now: int, effects: list[Callable[[], None]]) -> None:
         waiting: list[str] = []
+        asks: list[tuple[StepRec, ResourceRequest]] = []
+        planned: dict[str, int] = {}
         for sid in self._queued:
             rec = self.recs[sid]
             if rec.state is not S.QUEUED:
                 continue
             parent = self.recs[rec.node.parent] if rec.node.parent else None
             limit = parent.node.map.max_parallel if parent is not None and parent.node.map else None
-            if parent is not None and limit is not None and parent.running_children >= limit:
-                waiting.append(sid)
-                continue
+            if parent is not None and limit is not None:
+                if parent.running_children + planned.get(parent.node.id, 0) >= limit:
+                    waiting.append(sid)
+                    continue
+                planned[parent.node.id] = planned.get(parent.node.id, 0) + 1
             key = f"{self.run_id}/{sid}#{rec.attempt + 1}"
-            request = self._request(rec, key)
-            why = self._admission.check(request)
-            if why is not None:
-                self._fail(rec, UNSCHEDULABLE, f"step {rec.node.step.name!r} {why}", batch, now)
+            request = self._asking.get(sid)
+            if request is None or request.key != key:
+                request = self._asking[sid] = self._request(rec, key)
+            asks.append((rec, request))
+        verdicts = self._admission.settle(self._take_releases(), [request for _rec, request in asks]) \
+            if asks else []
+        for (rec, _request), verdict in zip(asks, verdicts, strict=True):
+            if isinstance(verdict, Rejected):
+                self._fail(rec, UNSCHEDULABLE, f"step {rec.node.step.name!r} {verdict.message}", batch, now)
+            elif isinstance(verdict, Waiting):
+                waiting.append(rec.node.id)
+                self._note_waiting(rec, verdict, batch)
                 continue
-            lease = self._admission.try_acquire(request)
-            if lease is None:
-                waiting.append(sid)
-                continue
-            self._launch(rec, lease, batch, now, effects)
+            else:
+                self._launch(rec, verdict, batch, now, effects)
+            self._asking.pop(rec.node.id, None)
         self._queued = waiting
+
+    def _take_releases(self) -> list[tuple[Lease, bool]]:
+        releases, self._releases = self._releases, []
+        return releases
+
+    def _note_waiting(self, rec: StepRec, verdict: Waiting, batch: Batch) -> None:
+        """Show why a queued step waits (the queue's reason code and numbers) in its row, and as an event when the
+        reason changes."""
+        if not verdict.reason:
+            return
+        message = verdict.message + (f" (capstan why {verdict.workload})" if verdict.workload else "")
+        if (rec.reason, rec.message) == (verdict.reason, message):
+            return
+        changed = rec.reason != verdict.reason
+        rec.reason, rec.message = verdict.reason, message
+        self._touch(rec, batch)
+        if changed:
+            self._event(batch, STEP_KIND, rec.node.id, verdict.reason, message,
+                        data={"attempt": rec.attempt + 1, "workload": verdict.workload})
+
+    def _check_revoked(self, batch: Batch, effects: list[Callable[[], None]]) -> None:
+        """Stop attempts whose resources the admission took back (preempted): SIGTERM, grace period, SIGKILL.
+
+        The attempt stays running until its worker is gone; then `_on_outcome` returns the quota and requeues the
+        step (see `capstan.pipelines.state.after_failure`: a preemption does not use up the step's retries)."""
+        held = {rec.lease.key: (key, rec) for key, sid in self._running.items()
+                if (rec := self.recs[sid]).lease is not None and key not in self._preempting}
+        if not held:
+            return
+        for lease, why in self._admission.revoked([rec.lease for _key, rec in held.values() if rec.lease]):
+            key, rec = held[lease.key]
+            self._preempting[key] = why
+            self._event(batch, STEP_KIND, rec.node.id, PREEMPTED, f"attempt {rec.attempt}: {why}", warning=True,
+                        data={"attempt": rec.attempt, "workload": lease.workload})
+            effects.append(supervision.killer(self, rec.executor, key, PREEMPTED))
 
     def _task(self, rec: StepRec, lease: Lease | None, *, attempt: int, log: str | None = None,
               results: str | None = None) -> Task:
@@ -549,9 +616,9 @@ class Orchestrator:
 
     def _finish_attempt(self, rec: StepRec, batch: Batch, *, state: str, reason: str, message: str,
                         finished_at: int, started_at: int | None = None, exit_code: int | None = None,
-                        peak_memory: int | None = None, log_path: str | None = None) -> None:
+                        peak_memory: int | None = None, log_path: str | None = None, requeue: bool = False) -> None:
         if rec.lease is not None:
-            self._admission.release(rec.lease)
+            self._releases.append((rec.lease, requeue))  # returned in this round's `settle`
             rec.lease = None
         rec.deadline = None
         if rec.node.parent:
@@ -572,15 +639,19 @@ class Orchestrator:
         rec = self.recs[sid]
         if rec.state is not S.RUNNING or rec.attempt != outcome.attempt:
             return
+        why = self._preempting.pop(outcome.key, None)
+        preempted = why is not None and not outcome.ok  # an attempt that finished within its grace period counts
+        reason, message = (PREEMPTED, f"attempt {rec.attempt} was preempted: {why}") if preempted else \
+            (outcome.reason, outcome.message)
         self._finish_attempt(rec, batch, state=S.SUCCEEDED.value if outcome.ok else S.FAILED.value,
-                             reason=outcome.reason, message=outcome.message, finished_at=outcome.finished_at,
+                             reason=reason, message=message, finished_at=outcome.finished_at,
                              started_at=outcome.started_at, exit_code=outcome.exit_code,
-                             peak_memory=outcome.peak_memory, log_path=outcome.log_path)
+                             peak_memory=outcome.peak_memory, log_path=outcome.log_path, requeue=preempted)
         if not outcome.ok:
-            self._event(batch, STEP_KIND, sid, outcome.reason or "AttemptFailed",
-                        f"attempt {rec.attempt}: {outcome.message}", warning=True,
-                        data={"attempt": rec.attempt, "exit_code": outcome.exit_code})
-            self._attempt_failed(rec, outcome.reason, outcome.message, outcome.retryable, batch, now)
+            if not preempted:
+                self._event(batch, STEP_KIND, sid, reason or "AttemptFailed", f"attempt {rec.attempt}: {message}",
+                            warning=True, data={"attempt": rec.attempt, "exit_code": outcome.exit_code})
+            self._attempt_failed(rec, reason, message, outcome.retryable or preempted, batch, now)
             return
         self._set(rec, sm.Trigger.SUCCEED, batch)
         rec.output = outcome.output
@@ -609,9 +680,11 @@ class Orchestrator:
     def _attempt_failed(self, rec: StepRec, reason: str, message: str, retryable: bool, batch: Batch,
                         now: int) -> None:
         opts = rec.node.step.options
+        # A preempted attempt, like an interrupted one, did not fail: it does not use up the step's retries, and the
+        # queue's requeue backoff (not the step's) decides when it runs again.
         decision = sm.after_failure(retries=opts.retries, retries_used=rec.retries_used, retryable=retryable,
-                                    interrupted=reason == INTERRUPTED, backoff=opts.retry_backoff, now_ms=now,
-                                    rand=self._rng.random())
+                                    interrupted=reason in (INTERRUPTED, PREEMPTED), backoff=opts.retry_backoff,
+                                    now_ms=now, rand=self._rng.random())
         if decision.state is S.RETRYING:
             self._set(rec, sm.Trigger.RETRY, batch)
             rec.retries_used = decision.retries_used

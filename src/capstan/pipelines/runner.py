@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import socket
+import threading
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -89,7 +90,12 @@ class RunResult:
 
 
 class PipelineRunner:
-    """Creates runs and orchestrates them in this process."""
+    """Creates runs and orchestrates them in this process.
+
+    Every step attempt is admitted by ``admission``; by default that is the workload queue of the metadata store
+    (`capstan.queue.admission.QueueAdmission`), so pipeline steps share quota, priorities and preemption with every
+    other workload of this machine.
+    """
 
     def __init__(self, *, settings: Settings, engine: Engine, artifacts: ArtifactStore, clock: Clock = system_clock,
                  admission: Admission | None = None) -> None:
@@ -99,6 +105,7 @@ class PipelineRunner:
         self.clock = clock
         self.store = PipelineStore(engine, clock=clock)
         self.admission = admission
+        self._admission_lock = threading.Lock()
 
     @classmethod
     def open(cls, settings: Settings, *, clock: Clock = system_clock) -> PipelineRunner:
@@ -119,6 +126,15 @@ class PipelineRunner:
     def close(self) -> None:
         """Release database connections."""
         self.engine.dispose()
+
+    def ensure_admission(self) -> Admission:
+        """The admission port runs use: the one given, else the workload queue (opened on first use)."""
+        with self._admission_lock:  # runs orchestrated side by side (the server) share one
+            if self.admission is None:
+                from capstan.queue.admission import QueueAdmission
+
+                self.admission = QueueAdmission.open(self.settings, self.engine, clock=self.clock)
+            return self.admission
 
     # -- creating -----------------------------------------------------------------------------------------------
     def create_run(self, pipe: Pipeline, params: Mapping[str, Any] | None = None, *, ref: str, no_cache: bool = False,
@@ -189,7 +205,7 @@ class PipelineRunner:
     def _orchestrate(self, run: RunRecord, graph: Graph, steps: list[StepRecord],
                      observer: Observer | None) -> RunResult:
         orch = Orchestrator(engine=self.engine, store=self.artifacts, settings=self.settings, run=run, graph=graph,
-                            steps=steps, admission=self.admission, clock=self.clock, observer=observer)
+                            steps=steps, admission=self.ensure_admission(), clock=self.clock, observer=observer)
         orch.run()
         if not orch.final:  # detached (server shutdown): read what is stored
             return self.result(run.id)
@@ -295,6 +311,9 @@ class PipelineRunner:
                 for attempt in self.store.attempts(run.id, s.step_id)[-1:]:
                     if attempt.worker_pid and process_alive(attempt.worker_pid, attempt.worker_started):
                         kill_tree(attempt.worker_pid, 3.0)
+        admission = self.ensure_admission()
+        for s in active:
+            admission.withdraw(f"{run.id}/{s.step_id}#{s.attempt + 1}")  # queued or held workloads of the step
         from capstan.store.schema import events
 
         with self.engine.begin() as conn:

@@ -13,7 +13,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from capstan.errors import CapstanError
-from capstan.pipelines.admission import Capacity, LocalAdmission
 from capstan.pipelines.runner import PipelineRunner
 from capstan.pipelines.schedules import Scheduler
 from capstan.pipelines.storage import RunRecord
@@ -37,11 +36,12 @@ class _Track:
 
 
 class PipelineService:
-    """Background orchestration for the server: `submit` runs, `start`/`stop` with the app."""
+    """Background orchestration for the server: `submit` runs, `start`/`stop` with the app.
+
+    The runs share the runner's admission: by default the workload queue, which every step asks before it starts.
+    """
 
     def __init__(self, runner: PipelineRunner, *, max_runs: int = 4, scheduler_interval_s: float = 1.0) -> None:
-        if runner.admission is None:
-            runner.admission = LocalAdmission(Capacity.detect())  # shared: runs in one server share the machine
         self.runner = runner
         self.scheduler = Scheduler(runner, self.submit, clock=runner.clock, interval_s=scheduler_interval_s,
                                    on_tick=self.adopt_pending)

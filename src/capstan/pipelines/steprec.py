@@ -91,8 +91,10 @@ def make_task(run_id: str, project: str, run_dir: str, rec: StepRec, recs: dict[
     env.update({"CAPSTAN_RUN_ID": run_id, "CAPSTAN_STEP": node.id, "CAPSTAN_ATTEMPT": str(attempt)})
     if node.chunk is not None:
         env.update({"CHUNK_INDEX": str(node.chunk.index), "CHUNK_COUNT": str(node.chunk.count)})
-    if lease is not None and lease.devices:
-        env["CUDA_VISIBLE_DEVICES"] = ",".join(lease.devices)
+    if lease is not None:
+        if lease.devices:
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(lease.devices)
+        env.update(lease.env)  # the queue's placement (MPS share) and workload id
     base = f"{run_dir}/{quote(node.id, safe='')}.{attempt}"
     inputs = {}
     for dep in node.refs():

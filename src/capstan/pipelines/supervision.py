@@ -50,7 +50,7 @@ def recover_running(orch: Orchestrator, rec: StepRec) -> None:
             if timeout is not None:
                 elapsed = max(0.0, (orch._clock() - last.started_at) / 1000)
                 rec.deadline = time.monotonic() + max(0.0, timeout - elapsed)
-            rec.lease = orch._admission.try_acquire(orch._request(rec, task.key))
+            rec.lease = orch._admission.reclaim(orch._request(rec, task.key))
             if rec.node.parent:
                 orch.recs[rec.node.parent].running_children += 1
             return
@@ -103,6 +103,8 @@ def cancel_all(orch: Orchestrator, batch: Batch, now: int, effects: list[Callabl
         elif rec.lease is not None:
             orch._admission.release(rec.lease)
             rec.lease = None
+        elif rec.state in (S.QUEUED, S.RETRYING):
+            orch._admission.withdraw(f"{orch.run_id}/{sid}#{rec.attempt + 1}")  # its request may wait in a queue
         orch._set(rec, sm.Trigger.CANCEL, batch)
         rec.reason, rec.message, rec.finished_at = CANCELLED, message, now
         orch._touch(rec, batch)

@@ -100,6 +100,8 @@ class LiveView:
                 note = f"{done}/{len(node.children)} items" + (f", {cached} cached" if cached else "")
             elif rec.state is StepState.CACHED:
                 note = f"cache hit ({rec.cached_from})"
+            elif rec.state is StepState.QUEUED and rec.reason:
+                note = f"{rec.reason}: {rec.message}"[:100]  # why the workload queue has not admitted it yet
             elif rec.state is StepState.RETRYING and rec.next_attempt_at:
                 note = f"{rec.reason}; retry in {max(0, rec.next_attempt_at - now_ms) / 1000:.1f}s"
             elif rec.state in (StepState.FAILED, StepState.SKIPPED, StepState.CANCELLED):

@@ -43,10 +43,13 @@ def detect_gpus(declared: int | None = None, *, runner: Callable[[list[str]], st
     return sum(1 for line in out.splitlines() if line.strip().isdigit())
 
 
-def local_queue_yaml(*, cpus: float, memory: str, gpus: int, shared_slots: int = 0, mps: bool = False) -> str:
-    """A one-queue configuration for this machine: ``local`` with cpu, memory and (if any) gpu quota.
+def local_queue_yaml(*, cpus: float, memory: str, gpus: int, shared_slots: int = 0, mps: bool = False,
+                     name: str = "local", gpu_label: str | None = None) -> str:
+    """A one-queue configuration for this machine: ClusterQueue and LocalQueue ``name`` (default ``local``) with
+    cpu, memory and (if any) gpu quota.
 
     With ``shared_slots`` the GPU flavor is shareable (fractions such as 0.25 are admitted), ``mps`` adds MPS.
+    ``gpu_label`` labels the GPU flavor ``gpu: <label>`` (the GPU model, which a request's node selector may name).
     """
     gpu_flavor = ""
     gpu_group = ""
@@ -54,7 +57,8 @@ def local_queue_yaml(*, cpus: float, memory: str, gpus: int, shared_slots: int =
         sharing = ""
         if shared_slots:
             sharing = f", sharing: {{slotsPerGpu: {shared_slots}{', strategy: mps' if mps else ''}}}"
-        gpu_flavor = f"\n  - {{name: local-gpu, gpus: {gpus}{sharing}}}"
+        labels = f", nodeLabels: {{gpu: {gpu_label!r}}}" if gpu_label else ""
+        gpu_flavor = f"\n  - {{name: local-gpu, gpus: {gpus}{sharing}{labels}}}"
         gpu_group = ("\n      - coveredResources: [gpu]\n        flavors: [{name: local-gpu, resources: "
                      f"[{{name: gpu, nominalQuota: {gpus}}}]}}]")
     return f"""flavors:
@@ -65,14 +69,14 @@ priorityClasses:
   - {{name: high, value: 1000}}
 defaultPriorityClass: normal
 clusterQueues:
-  - name: local
+  - name: {name}
     preemption: {{withinClusterQueue: LowerPriority}}
     resourceGroups:
       - coveredResources: [cpu, memory]
         flavors: [{{name: local-cpu, resources: [{{name: cpu, nominalQuota: {cpus}}},
                                                 {{name: memory, nominalQuota: {memory}}}]}}]{gpu_group}
 localQueues:
-  - {{name: local, clusterQueue: local}}
+  - {{name: {name}, clusterQueue: {name}}}
 """
 
 

@@ -7,6 +7,7 @@ configurations without losing queued workloads. Time comes from an injected `Clo
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Protocol
@@ -32,6 +33,13 @@ from capstan.queue.store import QueueStore
 if TYPE_CHECKING:
     from capstan.queue.explain import Explanation
     from capstan.queue.status import QueueStatus
+
+
+@functools.lru_cache(maxsize=8)
+def _parsed(text: str) -> QueueConfig:
+    # Managers are rebuilt from the store for every locked session (the pipelines' admission, the server):
+    # parsing the same YAML once keeps that cheap. QueueConfig is immutable, so sharing it is safe.
+    return parse_config(load_yaml(text))
 
 
 class EventSink(Protocol):
@@ -98,7 +106,7 @@ class QueueManager:
         self.backoff = backoff
         text = store.load_config()
         self.config_text = text or ""
-        self.config = parse_config(load_yaml(text)) if text else QueueConfig()
+        self.config = _parsed(text) if text else QueueConfig()
         self._records: dict[str, WorkloadRecord] = {}
         self._seq = 0
         self._rebuild(store.active_workloads())
@@ -137,7 +145,7 @@ class QueueManager:
         Admitted workloads whose ClusterQueue disappeared are evicted and requeued; pending workloads whose
         LocalQueue disappeared stay pending with reason ``Inactive`` until a configuration brings it back.
         """
-        config = parse_config(load_yaml(text))
+        config = _parsed(text)
         now = self.clock()
         old = list(self._records.values())
         self.config = config
