@@ -12,6 +12,7 @@ Request path (outermost first): metrics -> authentication and audit -> catch-all
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
@@ -46,7 +47,6 @@ def create_app(settings: Settings, *, services: Services | None = None, bind_hos
     from fastapi import FastAPI
 
     from capstan.auth.audit import AuditWriter
-    from capstan.pipelines.service import PipelineService
     from capstan.server import admin_api, api_v1, mlflow_api, pipelines_api, queue_api
     from capstan.server.errors import CatchAllMiddleware, install_error_handlers
     from capstan.server.leader import LeaderLock
@@ -64,17 +64,20 @@ def create_app(settings: Settings, *, services: Services | None = None, bind_hos
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         from starlette.concurrency import run_in_threadpool
 
-        pipelines: PipelineService = app.state.pipelines  # read at start-up so tests may swap in their own
         leader = LeaderLock(settings.home / "server-leader.lock")
         is_leader = leader.try_acquire()
-        resumed = await run_in_threadpool(lambda: pipelines.start(schedules=is_leader, resume=is_leader))
+        # The pipeline service (a large import, and resuming runs) starts beside the server rather than before it,
+        # so /health answers at once; pipeline requests wait for `pipelines_ready`.
+        boot = threading.Thread(target=_start_pipelines, args=(app, svc, is_leader), name="capstan-pipelines-start",
+                                daemon=True)
+        boot.start()
         app.state.queue.start(cycles=is_leader)  # workload queue: the leader requeues workloads after backoff
-        if resumed:
-            log.info("resumed %d unfinished pipeline run(s): %s", len(resumed), ", ".join(resumed))
         try:
             yield
         finally:
-            await run_in_threadpool(pipelines.stop)
+            await run_in_threadpool(boot.join)
+            if app.state.pipelines is not None:
+                await run_in_threadpool(app.state.pipelines.stop)
             await run_in_threadpool(app.state.queue.stop)  # workload queue
             leader.release()
             audit.close()
@@ -89,7 +92,8 @@ def create_app(settings: Settings, *, services: Services | None = None, bind_hos
     app.state.services = svc
     app.state.metrics = metrics
     app.state.audit_writer = audit
-    app.state.pipelines = PipelineService.from_services(svc)
+    app.state.pipelines = None  # started with the app (see `_start_pipelines`); tests may set their own first
+    app.state.pipelines_ready = threading.Event()
     app.state.authenticator = Authenticator(svc.auth, bind_host=bind_host, clock=svc.clock)
     # -- workload queue: one locked manager per call, per-queue metrics on this app's registry --
     app.state.queue = queue_api.ServerQueue(svc, lock_path=settings.home / "queue.lock")
@@ -114,6 +118,23 @@ def create_app(settings: Settings, *, services: Services | None = None, bind_hos
                        clock=svc.clock, route_label=templates.label)
     app.add_middleware(MetricsMiddleware, metrics=metrics, templates=templates)
     return app
+
+
+def _start_pipelines(app: FastAPI, services: Services, is_leader: bool) -> None:
+    """Create (unless a test already set one) and start the pipeline service; the leader resumes and schedules."""
+    try:
+        if app.state.pipelines is None:
+            from capstan.pipelines.service import PipelineService
+
+            app.state.pipelines = PipelineService.from_services(services)
+        resumed = app.state.pipelines.start(schedules=is_leader, resume=is_leader)
+        if resumed:
+            log.info("resumed %d unfinished pipeline run(s): %s", len(resumed), ", ".join(resumed))
+    except Exception:  # a broken pipeline store must not take the tracking server down with it
+        log.exception("the pipeline service did not start; /api/v1/pipelines answers 503")
+        app.state.pipelines = None
+    finally:
+        app.state.pipelines_ready.set()
 
 
 def app_from_env() -> FastAPI:

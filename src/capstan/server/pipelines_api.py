@@ -6,7 +6,7 @@ submitted and scheduled runs in the server process. Pipeline references name fil
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Query, Request
@@ -14,8 +14,13 @@ from pydantic import BaseModel, Field
 from starlette.responses import Response
 
 from capstan.errors import InvalidParameterValue, StoreUnavailable
-from capstan.pipelines.service import PipelineService
 from capstan.server.security import request_project, require
+
+if TYPE_CHECKING:
+    from capstan.pipelines.service import PipelineService
+
+# How long a request made right after start-up waits for the pipeline service to finish starting.
+SERVICE_START_WAIT_S = 60.0
 
 router = APIRouter(prefix="/pipelines", tags=["pipelines"])
 
@@ -52,6 +57,9 @@ def _render(payload: Any, status_code: int = 200) -> Response:
 
 
 def _service(request: Request) -> PipelineService:
+    ready = getattr(request.app.state, "pipelines_ready", None)
+    if ready is not None and not ready.wait(SERVICE_START_WAIT_S):
+        raise StoreUnavailable("the pipeline service is still starting; try again shortly")
     service = getattr(request.app.state, "pipelines", None)
     if service is None:
         raise StoreUnavailable("pipelines are not enabled on this server")
