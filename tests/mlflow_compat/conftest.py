@@ -75,6 +75,10 @@ def mlflow_env(server_url: str) -> Iterator[Any]:
     finally:
         if mlflow.active_run() is not None:
             mlflow.end_run()
+        # The URIs are process-wide state of the mlflow module: reset them so later test packages that use mlflow
+        # against other servers do not send registry calls here.
+        mlflow.set_tracking_uri("")
+        mlflow.set_registry_uri("")
         for name, value in saved.items():
             if value is None:
                 os.environ.pop(name, None)

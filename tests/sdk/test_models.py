@@ -174,6 +174,7 @@ def test_models_the_real_mlflow_client_logged_into_a_capstan_server_load(
     x, _, model = iris
     name = unique("from-mlflow")
     mlflow.set_tracking_uri(server.url)
+    mlflow.set_registry_uri(server.url)
     try:
         mlflow.set_experiment(unique("mlflow-client"))
         with mlflow.start_run() as run:
@@ -184,6 +185,7 @@ def test_models_the_real_mlflow_client_logged_into_a_capstan_server_load(
         run_id = run.info.run_id
     finally:
         mlflow.set_tracking_uri("")
+        mlflow.set_registry_uri("")
     remote = capstan.Client(settings=Settings.for_home(tmp_path / "client", url=server.url))
     local = capstan.Client(settings=Settings.for_home(server.home))  # the server's own store, no HTTP
     try:
