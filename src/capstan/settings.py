@@ -13,22 +13,24 @@ from pathlib import Path
 
 from capstan.errors import InvalidParameterValue
 
-_SIZE_SUFFIXES = {"": 1, "b": 1, "k": 1024, "kb": 1024, "m": 1024**2, "mb": 1024**2, "g": 1024**3, "gb": 1024**3,
-                  "t": 1024**4, "tb": 1024**4}
+# Decimal units (k, M, G, T) as in SI and Kubernetes; binary units (Ki, Mi, Gi, Ti) for powers of 1024.
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3, "gb": 1000**3,
+               "t": 1000**4, "tb": 1000**4, "ki": 1024, "kib": 1024, "mi": 1024**2, "mib": 1024**2,
+               "gi": 1024**3, "gib": 1024**3, "ti": 1024**4, "tib": 1024**4}
 
 
-def parse_size(text: str, *, field_name: str = "size") -> int:
-    """Parse ``"512"``, ``"10MB"``, ``"2g"`` into bytes."""
+def parse_size(text: str, *, field_name: str = "size", what: str = "size") -> int:
+    """Bytes from ``"512"``, ``"10MB"``, ``"512Mi"``, ``"1.5g"`` (case-insensitive; MB = 10**6, MiB = 2**20)."""
     raw = text.strip().lower()
-    digits = raw.rstrip("kmgtb")
-    suffix = raw[len(digits):]
+    digits = raw.rstrip("kmgtib")
+    unit = raw[len(digits):]
     try:
         value = float(digits)
     except ValueError:
-        raise InvalidParameterValue(f"{field_name}: {text!r} is not a size such as 512MB or 2GB") from None
-    if suffix not in _SIZE_SUFFIXES or value < 0:
-        raise InvalidParameterValue(f"{field_name}: {text!r} is not a size such as 512MB or 2GB")
-    return int(value * _SIZE_SUFFIXES[suffix])
+        raise InvalidParameterValue(f"{field_name}: {text!r} is not a {what} such as 512Mi or 2GB") from None
+    if unit not in _SIZE_UNITS or value < 0:
+        raise InvalidParameterValue(f"{field_name}: {text!r} is not a {what} such as 512Mi or 2GB")
+    return int(value * _SIZE_UNITS[unit])
 
 
 def parse_gpus(text: str) -> tuple[int, str | None]:

@@ -27,10 +27,11 @@ def test_env_overrides(tmp_path: Path) -> None:
     assert s.db_url.startswith("postgresql") and not s.is_sqlite
     assert s.artifacts == "s3://bucket/prefix" and s.s3_endpoint == "http://127.0.0.1:9000"
     assert s.url == "http://127.0.0.1:8080" and s.token == "tok"
-    assert s.artifact_max_bytes == 10 * 1024 * 1024
+    assert s.artifact_max_bytes == 10 * 1000 * 1000
 
 
 def test_bad_size_names_the_variable(tmp_path: Path) -> None:
     with pytest.raises(InvalidParameterValue, match="CAPSTAN_ARTIFACT_MAX_BYTES"):
         Settings.from_env({"CAPSTAN_HOME": str(tmp_path), "CAPSTAN_ARTIFACT_MAX_BYTES": "lots"})
-    assert parse_size("2g") == 2 * 1024**3
+    assert parse_size("2g") == 2 * 1000**3
+    assert parse_size("512Mi") == 512 * 1024**2

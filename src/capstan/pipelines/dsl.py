@@ -26,14 +26,10 @@ from typing import Any, Literal, overload
 
 from capstan.errors import InvalidParameterValue
 from capstan.pipelines.state import Backoff
+from capstan.settings import parse_size
 
 Isolation = Literal["process", "thread"]
 ISOLATIONS: tuple[str, ...] = ("process", "thread")
-
-_MEMORY_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3, "gb": 1000**3,
-                 "t": 1000**4, "tb": 1000**4, "ki": 1024, "kib": 1024, "mi": 1024**2, "mib": 1024**2,
-                 "gi": 1024**3, "gib": 1024**3, "ti": 1024**4, "tib": 1024**4}
-
 
 class PipelineDefinitionError(InvalidParameterValue):
     """A pipeline or step that cannot be built: the message starts with the ``file:line`` it concerns."""
@@ -74,16 +70,7 @@ def parse_memory(value: object, *, field_name: str = "memory") -> int:
         return int(value)
     if not isinstance(value, str):
         raise InvalidParameterValue(f"{field_name}: {value!r} is not a memory size such as 512Mi or 2GB")
-    raw = value.strip().lower()
-    digits = raw.rstrip("kmgtib")
-    unit = raw[len(digits):]
-    try:
-        number = float(digits)
-    except ValueError:
-        raise InvalidParameterValue(f"{field_name}: {value!r} is not a memory size such as 512Mi or 2GB") from None
-    if unit not in _MEMORY_UNITS or number < 0:
-        raise InvalidParameterValue(f"{field_name}: {value!r} is not a memory size such as 512Mi or 2GB")
-    return int(number * _MEMORY_UNITS[unit])
+    return parse_size(value, field_name=field_name, what="memory size")
 
 
 @dataclass(frozen=True, slots=True)

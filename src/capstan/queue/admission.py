@@ -28,9 +28,7 @@ workload records, usage records and events commit together.
 
 from __future__ import annotations
 
-import fcntl
 import math
-import os
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -43,6 +41,7 @@ from capstan.clock import Clock, system_clock
 from capstan.errors import CapstanError, ResourceDoesNotExist
 from capstan.pipelines.admission import Capacity, Lease, Rejected, ResourceRequest, Verdict, Waiting, gpu_model_label
 from capstan.queue.executor import local_queue_yaml
+from capstan.queue.locking import FileLock
 from capstan.queue.manager import Backoff, EventSink, QueueManager
 from capstan.queue.model import PodSet, QueueConfig, Workload
 from capstan.queue.quantity import MILLI
@@ -107,30 +106,6 @@ def describe(request: ResourceRequest) -> str:
     if request.memory > 0:
         parts.append(f"{request.memory / 2**30:.1f} GiB of memory")
     return ", ".join(parts[:-1]) + (" and " if len(parts) > 1 else "") + parts[-1] if parts else "nothing"
-
-
-class _FileLock:
-    """An exclusive ``flock`` on a file for the duration of a ``with`` block (blocks until it is free)."""
-
-    def __init__(self, path: Path) -> None:
-        self._path = path
-        self._fd: int | None = None
-
-    def __enter__(self) -> None:
-        self._path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        except BaseException:
-            os.close(fd)
-            raise
-        self._fd = fd
-
-    def __exit__(self, *_exc: object) -> None:
-        if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
 
 
 class _WriteBehind:
@@ -247,7 +222,7 @@ class QueueAdmission:
         self.backoff = backoff or Backoff()
         self.default = default_config(capacity) if default is None else default
         self._lock = threading.Lock()
-        self._file_lock = _FileLock(lock_path) if lock_path is not None else None
+        self._file_lock = FileLock(lock_path) if lock_path is not None else None
         self._cached: tuple[QueueManager, str, dict[str, WorkloadRecord]] | None = None
         self._waiting: dict[str, str] = {}  # request key -> workload id, for requests answered `Waiting`
         self._devices = [index for index, _model in capacity.gpus]

@@ -13,9 +13,7 @@ admission when a preempted workload's requeue backoff has ended.
 
 from __future__ import annotations
 
-import fcntl
 import logging
-import os
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -29,6 +27,7 @@ from starlette.responses import Response
 
 from capstan.auth.policy import Principal, allows
 from capstan.errors import CapstanError, InvalidParameterValue, PermissionDenied, StoreUnavailable
+from capstan.queue.locking import FileLock
 from capstan.queue.manager import CycleReport, QueueManager
 from capstan.queue.metrics import QueueMetrics
 from capstan.queue.model import PodSet, QueueConfig, Toleration
@@ -52,30 +51,6 @@ BACKOFF_CHECK_INTERVAL_S = 5.0
 
 
 # -- the server's view of the queue -------------------------------------------------------------------------------
-class _FileLock:
-    """A blocking exclusive ``flock`` on a file, held for the duration of a ``with`` block."""
-
-    def __init__(self, path: Path) -> None:
-        self._path = path
-        self._fd: int | None = None
-
-    def __enter__(self) -> None:
-        self._path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        except BaseException:
-            os.close(fd)
-            raise
-        self._fd = fd
-
-    def __exit__(self, *_exc: object) -> None:
-        if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
-
-
 class ServerQueue:
     """The queue as one server process serves it: a locked manager per call, metrics, and a backoff loop.
 
@@ -91,7 +66,7 @@ class ServerQueue:
 
         self._services = services
         self._lock = threading.Lock()
-        self._file_lock = _FileLock(lock_path)
+        self._file_lock = FileLock(lock_path)
         self._store: SqlQueueStore | None = None
         self.interval_s = interval_s
         # Counters and the wait histogram live for the process; the gauges are re-read from the store per scrape.
