@@ -115,6 +115,16 @@ def assign(cq: ClusterQueue, node: Node, groups: Mapping[str, ResourceGroup], fl
     ``devices`` is a scratch copy: placements are taken from it (so later pod sets see them).
     ``no_preempt_on`` lists flavors where preemption was already found impossible.
     """
+    if len(wl.pod_sets) == 1:
+        ps = wl.pod_sets[0]
+        if len(ps.requests) == 1 and not ps.node_selector:
+            ((r, per_pod),) = ps.requests.items()
+            group = groups.get(r)
+            if per_pod > 0 and group is not None and len(group.flavors) == 1 and \
+                    not (r in GPU_RESOURCES and per_pod % MILLI):
+                flavor_name = group.flavors[0].flavor
+                if not flavors[flavor_name].taints and flavor_name not in devices:
+                    return _assign_one(node, ps, r, per_pod, flavor_name, usage, can_preempt, no_preempt_on)
     acc: dict[FR, int] = {}
     out = Attempt(FIT)
     mine = usage[node.idx]
@@ -132,27 +142,33 @@ def assign(cq: ClusterQueue, node: Node, groups: Mapping[str, ResourceGroup], fl
             pick: tuple[int, str, tuple[GpuPlacement, ...], list[int] | None] | None = None
             fallback: tuple[int, str, tuple[GpuPlacement, ...], list[int] | None] | None = None
             reasons: list[str] = []
+            # `flavor_ineligible` can only object to selectors, taints or fractional GPUs.
+            maybe_ineligible = bool(ps.node_selector) or any(
+                r in GPU_RESOURCES and ps.requests.get(r, 0) % MILLI for r in resources)
             for fq in group.flavors:
                 flavor = flavors[fq.flavor]
-                why = flavor_ineligible(flavor, ps, resources)
-                if why is not None:
-                    reasons.append(why)
-                    continue
+                if maybe_ineligible or flavor.taints:
+                    why = flavor_ineligible(flavor, ps, resources)
+                    if why is not None:
+                        reasons.append(why)
+                        continue
                 mode = FIT
                 for r in resources:
                     fr = (fq.flavor, r)
                     need = acc.get(fr, 0) + ps.count * ps.requests[r]
-                    if need > potential(node, fr):
+                    most = potential(node, fr)
+                    if need > most:
                         reasons.append(f"needs {format_quantity(need, r)} {r} in flavor {fq.flavor}, at most "
-                                       f"{format_quantity(potential(node, fr), r)} can ever be available")
+                                       f"{format_quantity(most, r)} can ever be available")
                         mode = NOFIT
                         break
-                    if need > available(node, fr, usage):
+                    free = available(node, fr, usage)
+                    if need > free:
                         out.quota_failure = True
                         if fr not in out.blocking:
                             out.blocking.append(fr)
                         per_pod = ps.requests[r]
-                        fitting = max(0, available(node, fr, usage) - acc.get(fr, 0)) // per_pod
+                        fitting = max(0, free - acc.get(fr, 0)) // per_pod
                         out.pods_fitting = fitting if out.pods_fitting < 0 else min(out.pods_fitting, fitting)
                         out.pods_wanted = max(out.pods_wanted, ps.count)
                         mode = PREEMPT if can_preempt else NOFIT
@@ -165,8 +181,8 @@ def assign(cq: ClusterQueue, node: Node, groups: Mapping[str, ResourceGroup], fl
                     continue
                 places: tuple[GpuPlacement, ...] = ()
                 new_free: list[int] | None = None
-                gpu_r = next((r for r in resources if r in GPU_RESOURCES), None)
-                if gpu_r is not None and fq.flavor in devices and mode != PREEMPT:
+                gpu_r = next((r for r in resources if r in GPU_RESOURCES), None) if fq.flavor in devices else None
+                if gpu_r is not None and mode != PREEMPT:
                     new_free = list(devices[fq.flavor])
                     placed = place_gpus(ps, flavor, new_free, gpu_r)
                     if placed is None:
@@ -214,6 +230,33 @@ def assign(cq: ClusterQueue, node: Node, groups: Mapping[str, ResourceGroup], fl
         out.pod_sets.append(PodSetAssignment(ps.name, ps.count, chosen_flavors, ps_usage, gpu_places))
     out.usage = acc
     return out
+
+
+def _assign_one(node: Node, ps: PodSet, resource: str, per_pod: int, flavor: str, usage: list[dict[FR, int]],
+                can_preempt: bool, no_preempt_on: frozenset[str]) -> Attempt:
+    """`assign` for the most common workload: one pod set asking one resource of a group with one flavor that has
+    no taints, no selector, no fractional GPU and no tracked devices. Same result, without the general loops."""
+    fr = (flavor, resource)
+    need = ps.count * per_pod
+    most = potential(node, fr)
+    if need > most:
+        return Attempt(NOFIT, message=f"needs {format_quantity(need, resource)} {resource} in flavor {flavor}, at "
+                                      f"most {format_quantity(most, resource)} can ever be available")
+    free = available(node, fr, usage)
+    if need > free:
+        fitting = max(0, free) // per_pod
+        if not can_preempt or flavor in no_preempt_on:
+            return Attempt(NOFIT, quota_failure=True, blocking=[fr], pods_fitting=fitting, pods_wanted=ps.count,
+                           message=f"quota: {flavor}/{resource}" if not can_preempt else "no flavor fits")
+        mode = PREEMPT
+    elif usage[node.idx].get(fr, 0) + need > node.subtree.get(fr, 0):
+        mode = BORROW
+    else:
+        mode = FIT
+    return Attempt(mode, [PodSetAssignment(ps.name, ps.count, {resource: flavor}, {fr: need})], {fr: need},
+                   quota_failure=mode == PREEMPT, blocking=[fr] if mode == PREEMPT else [],
+                   pods_fitting=max(0, free) // per_pod if mode == PREEMPT else -1,
+                   pods_wanted=ps.count if mode == PREEMPT else 0)
 
 
 def fits(node: Node, needed: Mapping[FR, int], usage: list[dict[FR, int]], *, allow_borrow: bool) -> bool:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Hashable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from capstan.queue.assign import BORROW, FIT, NOFIT, PREEMPT, Attempt, assign
 from capstan.queue.model import (
@@ -32,21 +32,36 @@ from capstan.queue.model import (
 from capstan.queue.pending import Cursor, PendingQueues
 from capstan.queue.preemption import dominant_share, find_victims
 from capstan.queue.quantity import GPU_RESOURCES, MILLI, format_quantity
-from capstan.queue.state import ClusterState, Node, Topology, add_usage, available
+from capstan.queue.state import ClusterState, Node, Topology, add_usage, available, max_available, nominal_room
 
 
 @dataclass(slots=True)
 class Scratch:
-    """Per-cycle copies of the mutable parts of the state."""
+    """Per-cycle copies of the mutable parts of the state.
+
+    ``usage`` starts as a list of the state's own tables; a cohort tree's tables are copied the first time the
+    cycle changes them (copy on write), and ``owned`` names the roots of the trees copied so far. Anything that
+    mutates ``usage`` calls `Scratch.own` first.
+    """
 
     usage: list[dict[FR, int]]
     devices: dict[str, list[int]]
     removed: set[str]
+    owned: set[str] = field(default_factory=set)
+
+    def own(self, topology: Topology, node: Node) -> None:
+        """Make the usage tables of ``node``'s cohort tree private to this scratch state."""
+        root = node.root.name
+        if root not in self.owned:
+            usage = self.usage
+            for i in topology.tree_nodes[root]:
+                usage[i] = dict(usage[i])
+            self.owned.add(root)
 
 
 def scratch_of(state: ClusterState) -> Scratch:
-    """Fresh scratch copies of a state's usage and device tables."""
-    return Scratch([dict(t) for t in state.usage], {k: list(v) for k, v in state.devices.items()}, set())
+    """Fresh scratch state over a state's usage and device tables (usage is copied on write, see `Scratch`)."""
+    return Scratch(list(state.usage), {k: list(v) for k, v in state.devices.items()}, set())
 
 
 def try_workload(state: ClusterState, scratch: Scratch, wl: Workload, *,
@@ -59,17 +74,19 @@ def try_workload(state: ClusterState, scratch: Scratch, wl: Workload, *,
     topo = state.topology
     cq = topo.cluster_queues[wl.cluster_queue]
     node = topo.cq_nodes[cq.name]
-    can_preempt = allow_preemption and (cq.preemption.enabled
-                                        or (topo.config.fair_sharing and node.parent is not None))
+    groups = topo.group_of[cq.name]
+    can_preempt = allow_preemption and topo.preempting[cq.name]
     excluded: frozenset[str] = frozenset()
     first: Attempt | None = None
     while True:
-        trial_devices = {k: list(v) for k, v in scratch.devices.items()}
-        attempt = assign(cq, node, topo.group_of[cq.name], topo.flavors, wl, scratch.usage, trial_devices,
+        # `assign` replaces a flavor's device list rather than changing it, so a shallow copy is enough.
+        trial_devices = dict(scratch.devices)
+        attempt = assign(cq, node, groups, topo.flavors, wl, scratch.usage, trial_devices,
                          can_preempt=can_preempt, no_preempt_on=excluded)
         if first is None:
             first = attempt
-        if attempt.mode in (FIT, BORROW):
+        if attempt.mode <= BORROW:  # FIT or BORROW
+            scratch.own(topo, node)
             add_usage(node, scratch.usage, attempt.usage, 1)
             scratch.devices = trial_devices
             return attempt, [Admit(wl, cq.name, tuple(attempt.pod_sets), attempt.usage, attempt.mode == BORROW)]
@@ -84,15 +101,20 @@ def try_workload(state: ClusterState, scratch: Scratch, wl: Workload, *,
                                          for v in victims]
             for v in victims:
                 scratch.removed.add(v.admission.id)
-            # Reserve the preemptor's quota so that no other head takes what the victims free.
+            # Reserve the preemptor's quota so that no other head takes what the victims free. `find_victims`
+            # returns private copies of this cohort tree's tables.
             add_usage(node, usage_after, attempt.usage, 1)
             scratch.usage = usage_after
+            scratch.owned.add(node.root.name)
             scratch.devices = devices_after
             names = ", ".join(v.admission.id for v in victims) or "workloads already being evicted"
             decisions.append(Pending(wl.id, cq.name, Reason.WAITING_FOR_PREEMPTION,
                                      f"waiting for {names} to be evicted"))
             return attempt, decisions
-        # No victims on these flavors: try the next flavors that could be freed by preemption.
+        # No victims on these flavors: try the next flavors that could be freed by preemption. With one pod set
+        # and groups of a single flavor there is none: the next assignment would skip the same flavors.
+        if len(wl.pod_sets) == 1 and all(len(groups[r].flavors) == 1 for r in attempt.pod_sets[0].flavors):
+            break
         excluded = excluded | {f for ps in attempt.pod_sets for f in ps.flavors.values()}
     first.mode = NOFIT
     return first, []
@@ -171,6 +193,37 @@ def holders(state: ClusterState, cq: ClusterQueue, frs: list[FR], limit: int = 5
     return tuple(text for _neg, text in found[:limit])
 
 
+class _Walk:
+    """One ClusterQueue's walk through its pending workloads during a cycle, with what the cycle caches for it."""
+
+    __slots__ = ("changes", "cq", "cursor", "failed", "fkeys", "name", "node", "preempting", "room", "room_at",
+                 "roomy", "roomy_at", "root", "share", "strict", "tracked", "version")
+
+    def __init__(self, name: str, cq: ClusterQueue, node: Node, cursor: Cursor, version: int, preempting: bool,
+                 tracked: bool) -> None:
+        self.name = name
+        self.cq = cq
+        self.node = node
+        self.root = node.root.name
+        self.cursor = cursor
+        self.version = version
+        self.preempting = preempting
+        self.tracked = tracked
+        self.strict = cq.queueing_strategy is QueueingStrategy.STRICT_FIFO
+        # Changes this cycle made to the queue's own usage table, and the figures derived from it alone: room
+        # below nominal quota per resource, or (fair sharing) the dominant resource share.
+        self.changes = 0
+        self.room_at = -1
+        self.room: dict[str, int] = {}
+        self.share = 0.0
+        # The tree epoch at which `roomy` (most of each resource any flavor has available) was computed.
+        self.roomy_at = -1
+        self.roomy: dict[str, int] = {}
+        # Requests that failed this cycle, and the failure key of each bucket (computed when first needed).
+        self.failed: list[tuple[Hashable, dict[str, int], int, float]] = []
+        self.fkeys: dict[int, Hashable] = {}
+
+
 def schedule(state: ClusterState, pending: PendingQueues, now: float, *, explain: bool = True) -> CycleResult:
     """Run one admission cycle. ``now`` is the injected time stamped on decisions' effects by the caller.
 
@@ -181,127 +234,177 @@ def schedule(state: ClusterState, pending: PendingQueues, now: float, *, explain
     fair = topo.config.fair_sharing
     scratch = scratch_of(state)
     decisions: list[Decision] = []
-    heap: list[tuple[tuple[float, int, float, int], str]] = []
-    cursors: dict[str, Cursor] = {}
+    # Entries: (borrows, -priority, created, counter, walk); the counter is unique, so walks are never compared
+    # and the pop order is fully determined.
+    heap: list[tuple[float, int, float, int, _Walk]] = []
+    walks: dict[str, _Walk] = {}
     progress: dict[str, bool] = {}
-    versions: dict[str, int] = {}
     counter = 0
-    # Per queue, requests that failed this cycle: a later head asking at least as much of everything, with the
-    # same placement constraints and no higher priority, fails as well (quota only shrinks during a cycle).
-    failures: dict[str, list[tuple[Hashable, dict[str, int], int, float]]] = {}
+    # Per queue, requests that failed this cycle (`_Walk.failed`): a later head asking at least as much of
+    # everything, with the same placement constraints and no higher priority, fails as well (quota only shrinks
+    # during a cycle).
     searched: set[str] = set()
-    fkeys: dict[tuple[str, Hashable], Hashable] = {}
-    preempting = {name: cq.preemption.enabled or (fair and cq.cohort is not None)
-                  for name, cq in topo.cluster_queues.items()}
+    preempting = topo.preempting
+    tracked = topo.tracked
+    stopped_local_queues = topo.stopped_local_queues
+    cq_nodes = topo.cq_nodes
+    # Per cohort tree, a counter of the changes this cycle made to the scratch usage: figures that depend on the
+    # whole tree are cached against it.
     epochs = dict.fromkeys(state.versions, 0)
-    max_available: dict[str, tuple[int, dict[str, int]]] = {}
-    tracked = {name for name, groups in topo.group_of.items()
-               if any(fq.flavor in state.devices for g in groups.values() for fq in g.flavors)}
 
-    def push(name: str) -> None:
+    def entry(walk: _Walk) -> tuple[float, int, float, int, _Walk] | None:
         nonlocal counter
-        head = cursors[name].peek()
-        if head is None:
-            return
+        cursor = walk.cursor
+        top = cursor.top()
+        if top is None:
+            return None
         counter += 1
-        node = topo.cq_nodes[name]
-        table = scratch.usage[node.idx]
+        first: float
+        if walk.room_at != walk.changes:
+            # The queue's own usage table changed (or this is the first look): refresh what depends on it alone.
+            if fair:
+                walk.share = dominant_share(topo, walk.node, scratch.usage[walk.node.idx])
+            elif walk.changes == 0:
+                walk.room = state.headroom(walk.name)[0]
+            else:
+                walk.room = nominal_room(topo, walk.name, scratch.usage[walk.node.idx])
+            walk.room_at = walk.changes
         if fair:
-            first = dominant_share(topo, node, table)
+            first = walk.share
         else:
             # As in Kueue, heads that fit within their queue's nominal quota go before heads that must borrow,
             # so quota freed by reclaiming goes to its owner rather than back to the borrower.
-            nominal = topo.nominal_by_resource[name]
-            flavors_of = topo.flavors_by_resource[name]
+            room = walk.room
             first = 0.0
-            for r, q in cursors[name].vector().items():
-                if q and sum(table.get((f, r), 0) for f in flavors_of.get(r, ())) + q > nominal.get(r, 0):
+            for r, q in cursor.vector().items():
+                if q and q > room.get(r, 0):
                     first = 1.0
                     break
-        heapq.heappush(heap, ((first, -head.priority, head.created, counter), name))
+        return (first, top[0], top[1], counter, walk)
 
+    def requeue(walk: _Walk) -> None:
+        # The popped entry is still at heap[0]: replace it with the queue's next head, or drop it.
+        nxt = entry(walk)
+        if nxt is None:
+            heapq.heappop(heap)
+        else:
+            heapq.heapreplace(heap, nxt)
+
+    tree_versions = state.versions
+    admit_versions = state.admit_versions
     for name in pending.cluster_queues():
         cq = topo.cluster_queues.get(name)
-        queue = pending.queue(name)
-        if cq is None or queue is None:
+        if cq is None:
             continue
-        version = state.version(name)
+        # `ClusterState.version`, inlined: this loop runs for every queue in every cycle.
+        node = cq_nodes[name]
+        root = node.root.name
+        version = tree_versions[root]
+        if preempting[name]:
+            version = (version << 32) + admit_versions[root]
         if pending.blocked_at(name) == version:
             continue
-        versions[name] = version
+        queue = pending.queue(name)
+        if queue is None:
+            continue
         progress[name] = False
-        cursors[name] = queue.cursor()
+        walk = walks[name] = _Walk(name, cq, node, queue.cursor(), version, preempting[name], name in tracked)
         if cq.stopped:
-            head = cursors[name].peek()
+            head = walk.cursor.peek()
             if explain and head is not None:
                 decisions.append(Pending(head.id, name, Reason.INACTIVE, f"ClusterQueue {name} is stopped"))
             continue
-        push(name)
+        first_entry = entry(walk)
+        if first_entry is not None:
+            heapq.heappush(heap, first_entry)
 
     while heap:
-        _key, name = heapq.heappop(heap)
-        cq = topo.cluster_queues[name]
-        cursor = cursors[name]
+        walk = heap[0][4]
+        name = walk.name
+        cursor = walk.cursor
         wl = cursor.peek()
         assert wl is not None
-        lq = topo.local_queues.get(wl.queue)
-        if not wl.active or (lq is not None and lq.stopped):
+        if not wl.active or wl.queue in stopped_local_queues:
             if explain:
                 why = "the workload is deactivated" if not wl.active else f"LocalQueue {wl.queue} is stopped"
                 decisions.append(Pending(wl.id, name, Reason.INACTIVE, why))
             cursor.advance()
-            push(name)
+            requeue(walk)
             continue
         vector = cursor.vector()
-        if not explain and (name in searched or not preempting[name]):
+        if not explain and (not walk.preempting or name in searched):
             # Cheap refusal: more of some resource than any flavor of the queue has available now.
-            root = topo.cq_nodes[name].root.name
-            cached = max_available.get(name)
-            if cached is None or cached[0] != epochs[root]:
-                cached = (epochs[root], _max_available(topo, name, scratch.usage))
-                max_available[name] = cached
-            roomy = cached[1]
-            if any(q > roomy.get(r, 0) for r, q in vector.items()):
-                if cq.queueing_strategy is QueueingStrategy.STRICT_FIFO:
+            epoch = epochs[walk.root]
+            if walk.roomy_at != epoch:
+                walk.roomy = state.headroom(name)[1] if epoch == 0 else max_available(topo, name, scratch.usage)
+                walk.roomy_at = epoch
+            roomy = walk.roomy
+            refused = False
+            for r, q in vector.items():
+                if q > roomy.get(r, 0):
+                    refused = True
+                    break
+            if refused:
+                if walk.strict:
+                    heapq.heappop(heap)
                     continue
                 cursor.skip_bucket()
-                push(name)
+                requeue(walk)
                 continue
-        shape = cursor.shape()
-        fkey = fkeys.get((name, shape))
-        if fkey is None:
-            fkey = fkeys[(name, shape)] = failure_key(wl, name in tracked)
-        if _dominated(failures.get(name, ()), fkey, vector, wl):
-            # A smaller or equal request of the same shape and at least this priority already failed here.
-            if cq.queueing_strategy is QueueingStrategy.STRICT_FIFO:
+        failed = walk.failed
+        fkey: Hashable = None
+        if failed:
+            bucket = cursor.bucket()
+            fkey = walk.fkeys.get(bucket)
+            if fkey is None:
+                fkey = walk.fkeys[bucket] = failure_key(wl, walk.tracked)
+            if _dominated(failed, fkey, vector, wl):
+                # A smaller or equal request of the same shape and at least this priority already failed here.
+                if walk.strict:
+                    heapq.heappop(heap)
+                    continue
+                cursor.skip_bucket()
+                requeue(walk)
                 continue
-            cursor.skip_bucket()
-            push(name)
-            continue
         attempt, made = try_workload(state, scratch, wl, allow_preemption=name not in searched)
         if attempt.searched:
             # Like Kueue's one nomination per queue and cycle: one victim search per queue per cycle.
             searched.add(name)
         if made:
-            epochs[topo.cq_nodes[name].root.name] += 1
+            epochs[walk.root] += 1
+            walk.changes += 1
+            for d in made:
+                if isinstance(d, Preempt):
+                    victim_walk = walks.get(d.cluster_queue)
+                    if victim_walk is not None:
+                        victim_walk.changes += 1
             decisions.extend(made)
             progress[name] = True
             cursor.advance()
-            if cq.queueing_strategy is QueueingStrategy.STRICT_FIFO and not isinstance(made[0], Admit):
+            if walk.strict and not isinstance(made[0], Admit):
+                heapq.heappop(heap)
                 continue
-            push(name)
+            requeue(walk)
             continue
-        failures.setdefault(name, []).append((fkey, vector, wl.priority, wl.created))
+        if fkey is None:
+            bucket = cursor.bucket()
+            fkey = walk.fkeys.get(bucket)
+            if fkey is None:
+                fkey = walk.fkeys[bucket] = failure_key(wl, walk.tracked)
+        failed.append((fkey, vector, wl.priority, wl.created))
         if explain:
-            decisions.append(pending_verdict(state, scratch.usage, cq, attempt, wl))
-        if cq.queueing_strategy is QueueingStrategy.STRICT_FIFO:
+            decisions.append(pending_verdict(state, scratch.usage, walk.cq, attempt, wl))
+        if walk.strict:
+            heapq.heappop(heap)
             continue
         cursor.skip_bucket()
-        push(name)
+        requeue(walk)
 
-    blocked = {name: versions[name] for name, moved in progress.items() if not moved}
-    del failures
-    return CycleResult(tuple(decisions), blocked)
+    blocked = {name: walks[name].version for name, moved in progress.items() if not moved}
+    # A queue that cannot preempt has now been walked to the end: every workload left was refused against no more
+    # usage than it will face once these admissions are applied (the assumption `blocked` rests on as well).
+    settled = {name: walks[name].version for name, moved in progress.items() if moved and not preempting[name]}
+    return CycleResult(tuple(decisions), blocked, settled)
 
 
 def failure_key(wl: Workload, per_pod_gpus: bool) -> Hashable:
@@ -311,14 +414,6 @@ def failure_key(wl: Workload, per_pod_gpus: bool) -> Hashable:
                   tuple(sorted((r, v if per_pod_gpus or v % MILLI else 0) for r, v in ps.requests.items()
                                if r in GPU_RESOURCES)))
                  for ps in wl.pod_sets)
-
-
-def _max_available(topo: Topology, name: str, usage: list[dict[FR, int]]) -> dict[str, int]:
-    node = topo.cq_nodes[name]
-    out: dict[str, int] = {}
-    for resource, flavors in topo.flavors_by_resource[name].items():
-        out[resource] = max(available(node, (f, resource), usage) for f in flavors)
-    return out
 
 
 def _dominated(failed: Iterable[tuple[Hashable, dict[str, int], int, float]], key: Hashable,

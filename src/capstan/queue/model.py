@@ -363,10 +363,14 @@ class CycleResult:
 
     ``blocked`` maps ClusterQueues that could admit nothing to the cohort-tree version they were examined at;
     the caller hands it to `PendingQueues.mark_blocked` so unchanged queues are skipped next cycle.
+    ``settled`` does the same for queues that did admit, cannot preempt, and have nothing left that could fit
+    once every decision of this cycle is applied; a caller that applies them all (the simulator) may mark those
+    blocked too, which saves the cycle that would only confirm it.
     """
 
     decisions: tuple[Decision, ...]
     blocked: Mapping[str, int] = field(default_factory=dict)
+    settled: Mapping[str, int] = field(default_factory=dict)
 
     @property
     def admitted(self) -> tuple[Admit, ...]:

@@ -10,7 +10,7 @@ O(ClusterQueues x shapes), not O(pending workloads).
 from __future__ import annotations
 
 import heapq
-from bisect import bisect_left, insort
+from bisect import bisect_left, bisect_right, insort
 from collections.abc import Hashable, Iterator, Mapping
 
 from capstan.errors import ResourceAlreadyExists
@@ -27,9 +27,13 @@ def shape_key(workload: Workload) -> Hashable:
 
 
 class ClusterQueuePending:
-    """One ClusterQueue's pending workloads."""
+    """One ClusterQueue's pending workloads.
 
-    __slots__ = ("buckets", "keys", "vectors", "workloads")
+    Besides the buckets, it keeps each bucket under a small integer id and the sorted list of bucket heads, so
+    that a cursor starts from a copy of that list instead of visiting every bucket.
+    """
+
+    __slots__ = ("_next_id", "buckets", "heads", "ids", "keys", "lists", "shapes", "vecs", "vectors", "workloads")
 
     def __init__(self) -> None:
         self.buckets: dict[Hashable, list[tuple[SortKey, str]]] = {}
@@ -37,6 +41,14 @@ class ClusterQueuePending:
         self.vectors: dict[Hashable, dict[str, int]] = {}
         self.workloads: dict[str, Workload] = {}
         self.keys: dict[str, tuple[Hashable, SortKey]] = {}
+        # Bucket ids (in creation order), and per id the bucket, its vector and its shape.
+        self.ids: dict[Hashable, int] = {}
+        self.lists: dict[int, list[tuple[SortKey, str]]] = {}
+        self.vecs: dict[int, dict[str, int]] = {}
+        self.shapes: dict[int, Hashable] = {}
+        # (-priority, created, sequence, bucket id, 0) of every bucket's head, sorted: a ready-made heap.
+        self.heads: list[tuple[int, float, int, int, int]] = []
+        self._next_id = 0
 
     def __len__(self) -> int:
         return len(self.workloads)
@@ -52,43 +64,101 @@ class ClusterQueuePending:
 
     def head(self) -> Workload | None:
         """The first workload in admission order."""
-        best = min((bucket[0] for bucket in self.buckets.values() if bucket), default=None)
-        return None if best is None else self.workloads[best[1]]
+        if not self.heads:
+            return None
+        top = self.heads[0]
+        return self.workloads[self.lists[top[3]][0][1]]
+
+    def add(self, workload: Workload, key: SortKey) -> None:
+        """Insert a workload under its sort key (`PendingQueues.push` checks it is not already pending)."""
+        shape = shape_key(workload)
+        self.workloads[workload.id] = workload
+        self.keys[workload.id] = (shape, key)
+        bid = self.ids.get(shape)
+        if bid is None:
+            bid = self.ids[shape] = self._next_id
+            self._next_id += 1
+            bucket: list[tuple[SortKey, str]] = []
+            self.buckets[shape] = self.lists[bid] = bucket
+            vector: dict[str, int] = {}
+            for ps in workload.pod_sets:
+                for r, v in ps.requests.items():
+                    vector[r] = vector.get(r, 0) + ps.count * v
+            self.vectors[shape] = self.vecs[bid] = vector
+            self.shapes[bid] = shape
+        else:
+            bucket = self.lists[bid]
+        entry = (key, workload.id)
+        index = bisect_right(bucket, entry)
+        bucket.insert(index, entry)
+        if index == 0:
+            if len(bucket) > 1:
+                old = bucket[1][0]
+                del self.heads[bisect_left(self.heads, (old[0], old[1], old[2], bid, 0))]
+            insort(self.heads, (key[0], key[1], key[2], bid, 0))
+
+    def drop(self, workload_id: str) -> Workload:
+        """Take out a pending workload of this queue and return it."""
+        shape, key = self.keys.pop(workload_id)
+        bid = self.ids[shape]
+        bucket = self.lists[bid]
+        index = bisect_left(bucket, (key, workload_id))
+        del bucket[index]
+        if index == 0:
+            del self.heads[bisect_left(self.heads, (key[0], key[1], key[2], bid, 0))]
+            if bucket:
+                new = bucket[0][0]
+                insort(self.heads, (new[0], new[1], new[2], bid, 0))
+        if not bucket:
+            del self.buckets[shape], self.vectors[shape], self.ids[shape]
+            del self.lists[bid], self.vecs[bid], self.shapes[bid]
+        return self.workloads.pop(workload_id)
 
 
 class Cursor:
-    """Walks a `ClusterQueuePending` in order; `skip_bucket` drops the rest of the current head's bucket."""
+    """Walks a `ClusterQueuePending` in order; `skip_bucket` drops the rest of the current head's bucket.
 
-    __slots__ = ("_heap", "_lists", "_queue", "_shapes")
+    A cursor is valid until its queue changes.
+    """
+
+    __slots__ = ("_heap", "_queue")
 
     def __init__(self, queue: ClusterQueuePending) -> None:
         self._queue = queue
-        self._shapes = [k for k, b in queue.buckets.items() if b]
-        self._lists = [queue.buckets[k] for k in self._shapes]
-        self._heap = [(b[0][0], i, 0) for i, b in enumerate(self._lists)]
-        heapq.heapify(self._heap)
+        # Entries: (-priority, created, sequence, bucket id, position in the bucket). The sorted list of heads
+        # is already a heap.
+        self._heap = list(queue.heads)
 
     def peek(self) -> Workload | None:
         """The current head, or None when exhausted."""
         if not self._heap:
             return None
-        _key, i, pos = self._heap[0]
-        return self._queue.workloads[self._lists[i][pos][1]]
+        top = self._heap[0]
+        return self._queue.workloads[self._queue.lists[top[3]][top[4]][1]]
+
+    def top(self) -> tuple[int, float, int, int, int] | None:
+        """The current head as (-priority, created, sequence, bucket id, position in the bucket), or None."""
+        return self._heap[0] if self._heap else None
+
+    def bucket(self) -> int:
+        """The id of the current head's bucket."""
+        return self._heap[0][3]
 
     def shape(self) -> Hashable:
         """The request shape of the current head (see `shape_key`)."""
-        return self._shapes[self._heap[0][1]]
+        return self._queue.shapes[self._heap[0][3]]
 
     def vector(self) -> dict[str, int]:
         """Total request per resource of the current head."""
-        return self._queue.vectors[self._shapes[self._heap[0][1]]]
+        return self._queue.vecs[self._heap[0][3]]
 
     def advance(self) -> None:
         """Move past the current head, keeping its bucket."""
-        _key, i, pos = heapq.heappop(self._heap)
-        bucket = self._lists[i]
+        _p, _c, _s, bid, pos = heapq.heappop(self._heap)
+        bucket = self._queue.lists[bid]
         if pos + 1 < len(bucket):
-            heapq.heappush(self._heap, (bucket[pos + 1][0], i, pos + 1))
+            key = bucket[pos + 1][0]
+            heapq.heappush(self._heap, (key[0], key[1], key[2], bid, pos + 1))
 
     def skip_bucket(self) -> None:
         """Move past the current head and everything behind it with the same request shape."""
@@ -107,6 +177,8 @@ class PendingQueues:
         self._where: dict[str, str] = {}
         self._blocked: dict[str, int] = {}
         self._seq = 0
+        # `cluster_queues()`, kept until a queue gains its first workload or loses its last one.
+        self._names: list[str] | None = None
 
     def __len__(self) -> int:
         return len(self._where)
@@ -122,17 +194,9 @@ class PendingQueues:
             self._seq += 1
             seq = self._seq
         queue = self._queues.setdefault(workload.cluster_queue, ClusterQueuePending())
-        shape = shape_key(workload)
-        key: SortKey = (-workload.priority, workload.created, seq)
-        insort(queue.buckets.setdefault(shape, []), (key, workload.id))
-        if shape not in queue.vectors:
-            vector: dict[str, int] = {}
-            for ps in workload.pod_sets:
-                for r, v in ps.requests.items():
-                    vector[r] = vector.get(r, 0) + ps.count * v
-            queue.vectors[shape] = vector
-        queue.workloads[workload.id] = workload
-        queue.keys[workload.id] = (shape, key)
+        if not queue.workloads:
+            self._names = None
+        queue.add(workload, (-workload.priority, workload.created, seq))
         self._where[workload.id] = workload.cluster_queue
         self._blocked.pop(workload.cluster_queue, None)
 
@@ -142,13 +206,10 @@ class PendingQueues:
         if cq is None:
             return None
         queue = self._queues[cq]
-        shape, key = queue.keys.pop(workload_id)
-        bucket = queue.buckets[shape]
-        del bucket[bisect_left(bucket, (key, workload_id))]
-        if not bucket:
-            del queue.buckets[shape]
-            del queue.vectors[shape]
-        return queue.workloads.pop(workload_id)
+        workload = queue.drop(workload_id)
+        if not queue.workloads:
+            self._names = None
+        return workload
 
     def get(self, workload_id: str) -> Workload | None:
         """The pending workload with this id, or None."""
@@ -166,7 +227,9 @@ class PendingQueues:
 
     def cluster_queues(self) -> list[str]:
         """Names of ClusterQueues with pending workloads, sorted."""
-        return sorted(name for name, q in self._queues.items() if q.workloads)
+        if self._names is None:
+            self._names = sorted(name for name, q in self._queues.items() if q.workloads)
+        return list(self._names)
 
     def workloads(self) -> Iterator[Workload]:
         """Every pending workload (no particular order)."""

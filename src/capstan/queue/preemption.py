@@ -87,14 +87,21 @@ def find_victims(topology: Topology, state: ClusterState, cq: ClusterQueue, node
     """
     pol = cq.preemption
     flavors = topology.flavors
-    work = topology.copy_tree(node, usage)
-    dev = {k: list(v) for k, v in devices.items()} if devices else {}
-    gone = skip | state.evicting
-    for wid in state.evicting:
-        adm = state.admissions.get(wid)
-        if adm is not None and wid not in skip:
-            add_usage(topology.cq_nodes[adm.cluster_queue], work, adm.usage, -1)
-            occupy_devices(dev, flavors, adm, 1)
+    evicting = state.evicting
+    if evicting:
+        work = topology.copy_tree(node, usage)
+        dev = {k: list(v) for k, v in devices.items()} if devices else {}
+        gone = skip | evicting
+        for wid in evicting:
+            adm = state.admissions.get(wid)
+            if adm is not None and wid not in skip:
+                add_usage(topology.cq_nodes[adm.cluster_queue], work, adm.usage, -1)
+                occupy_devices(dev, flavors, adm, 1)
+    else:
+        # Nothing to take out first: read the caller's tables directly (`_greedy` copies before it changes any).
+        work = usage
+        dev = dict(devices)
+        gone = skip
 
     def placements_ok(d: dict[str, list[int]]) -> bool:
         trial = {k: list(v) for k, v in d.items()}
@@ -108,59 +115,138 @@ def find_victims(topology: Topology, state: ClusterState, cq: ClusterQueue, node
     def fits_now(table: list[dict[FR, int]], d: dict[str, list[int]], allow_borrow: bool) -> bool:
         return fits(node, needed, table, allow_borrow=allow_borrow) and placements_ok(d)
 
-    if state.evicting and fits_now(work, dev, True):
+    if evicting and fits_now(work, dev, True):
         return [], work, dev
+
+    # What is missing, and how far above nominal the preemptor would be: the same for every attempt.
+    missing = {fr: q - available(node, fr, work) for fr, q in needed.items()}
+    mine = work[node.idx]
+    subtree = node.subtree
+    over_nominal = {fr: mine.get(fr, 0) + q - subtree.get(fr, 0) for fr, q in needed.items()}
+
+    # Kueue's attempts, in order: (level test for other queues' candidates or None for own queue only, policy,
+    # reason, whether the preemptor may borrow). Every attempt also takes candidates from the own queue.
+    wp = wl.priority
+    within = pol.within_cluster_queue
+    specs: list[tuple[Callable[[int], bool] | None, PreemptWithin, str, bool]] = []
+    if node.parent is not None:
+        if fair_sharing:
+            specs.append((_any_level, PreemptWithin.ANY, "InCohortFairSharing", True))
+        else:
+            reclaim = pol.reclaim_within_cohort
+            if reclaim is not PreemptWithin.NEVER and all(q <= subtree.get(fr, 0) for fr, q in needed.items()):
+                specs.append((lambda p: _priority_allowed(reclaim, p, wp), reclaim, "InCohortReclamation", False))
+            if pol.borrow_within_cohort is not PreemptWithin.NEVER:
+                limit = pol.borrow_max_priority_threshold
+                specs.append((lambda p: p < wp and (limit is None or p <= limit), PreemptWithin.LOWER_PRIORITY,
+                              "InCohortReclaimWhileBorrowing", True))
+
+    if not fair_sharing and within is not PreemptWithin.NEVER:
+        specs.append((None, within, "InClusterQueue", True))
+    if not specs:
+        return None
+
+    # Bounds: evicting a workload frees at most its own usage, so the preemptor cannot fit before the freed
+    # amounts cover what is missing (and, without borrowing, its own queue's excess over nominal). Most searches
+    # end here. First a bound from the whole tree's usage per priority, which costs nothing per queue: the other
+    # queues can free at most what they all hold at the levels an attempt may take.
+    levels_of = state.priority_usage
+    own_levels = levels_of[cq.name]
+    own_tables = [t for p, t in own_levels.items() if _priority_allowed(within, p, wp)]
+    own_free = {fr: sum(t.get(fr, 0) for t in own_tables) for fr in needed}
+    tree_levels = state.tree_priority_usage[node.root.name]
+    for level_ok, _policy, _reason, allow_borrow in specs:
+        if not allow_borrow and any(own_free[fr] < q for fr, q in over_nominal.items()):
+            continue
+        bound = dict(own_free)
+        if level_ok is not None:
+            for p, t in tree_levels.items():
+                if level_ok(p):
+                    for fr in needed:
+                        bound[fr] += t.get(fr, 0)
+            for p, t in own_levels.items():
+                if level_ok(p):
+                    for fr in needed:
+                        bound[fr] -= t.get(fr, 0)
+        if all(bound[fr] >= q for fr, q in missing.items()):
+            break
+    else:
+        return None
 
     # Queues above quota on a needed flavor-resource, most borrowed first: only they can lose workloads to
     # another queue, and an eviction never pushes a queue above quota, so the list holds for the whole search.
+    # A queue keeps losing workloads while it is above quota, so it frees at most its excess plus one workload.
     borrowers: list[tuple[int, str]] = []
-    if node.parent is not None:
+    caps: dict[str, dict[FR, int]] = {}
+    if any(level_ok is not None for level_ok, _p, _r, _b in specs):
+        cq_nodes = topology.cq_nodes
         for name in topology.tree_cqs[node.root.name]:
-            other = topology.cq_nodes[name]
+            if name == cq.name:
+                continue
+            other = cq_nodes[name]
             table = work[other.idx]
-            over = sum(max(0, table.get(fr, 0) - other.subtree.get(fr, 0)) for fr in needed)
-            if name != cq.name and over > 0:
+            over = 0
+            for fr in needed:
+                above = table.get(fr, 0) - other.subtree.get(fr, 0)
+                if above > 0:
+                    over += above
+            if over > 0:
                 borrowers.append((-over, name))
+                caps[name] = {fr: max(0, table.get(fr, 0) - other.subtree.get(fr, 0)) + state.largest(name, fr)
+                              for fr in needed}
+        if not borrowers:
+            specs = [spec for spec in specs if spec[0] is None]
     borrowers.sort()
     other_names = [name for _over, name in borrowers]
 
-    # A queue keeps losing workloads while it is above quota, so it frees at most its excess plus one workload.
-    caps = {name: {fr: max(0, work[topology.cq_nodes[name].idx].get(fr, 0)
-                           - topology.cq_nodes[name].subtree.get(fr, 0)) + state.largest(name, fr)
-                   for fr in needed} for name in other_names}
+    # Then the exact bounds: only queues above quota lose workloads to another queue, each at most its cap.
     stopped: set[str] = set()
-
-    def own(policy: PreemptWithin) -> Group:
-        return Group(state, [cq.name], lambda p: _priority_allowed(policy, p, wl.priority), policy, wl, gone,
-                     "InClusterQueue", None, stopped)
-
-    def others(test: Callable[[int], bool], policy: PreemptWithin, reason: str) -> Group:
-        return Group(state, other_names, test, policy, wl, gone, reason, caps, stopped)
-
-    attempts: list[tuple[list[Group], bool]] = []
-    within = pol.within_cluster_queue
-    if fair_sharing:
-        if other_names:
-            attempts.append(([others(lambda p: True, PreemptWithin.ANY, "InCohortFairSharing"), own(within)], True))
-    else:
-        within_nominal = all(q <= node.subtree.get(fr, 0) for fr, q in needed.items())
-        reclaim = pol.reclaim_within_cohort
-        if within_nominal and other_names and reclaim is not PreemptWithin.NEVER:
-            attempts.append(([others(lambda p: _priority_allowed(reclaim, p, wl.priority), reclaim,
-                                     "InCohortReclamation"), own(within)], False))
-        if other_names and pol.borrow_within_cohort is not PreemptWithin.NEVER:
-            limit = pol.borrow_max_priority_threshold
-            attempts.append(([others(lambda p: p < wl.priority and (limit is None or p <= limit),
-                                     PreemptWithin.LOWER_PRIORITY, "InCohortReclaimWhileBorrowing"), own(within)],
-                             True))
-        if within is not PreemptWithin.NEVER:
-            attempts.append(([own(within)], True))
-    for groups, allow_borrow in attempts:
+    own: Group | None = None
+    for level_ok, policy, reason, allow_borrow in specs:
+        if not allow_borrow and any(own_free[fr] < q for fr, q in over_nominal.items()):
+            continue
+        bound = dict(own_free)
+        if level_ok is not None:
+            for name in other_names:
+                cap = caps[name]
+                tables = [t for p, t in levels_of[name].items() if level_ok(p)]
+                for fr in needed:
+                    total = 0
+                    for t in tables:
+                        total += t.get(fr, 0)
+                    bound[fr] += min(total, cap[fr])
+        if any(bound[fr] < q for fr, q in missing.items()):
+            continue
+        if own is None:
+            own = Group(state, [cq.name], lambda p: _priority_allowed(within, p, wp), within, wl, gone,
+                        "InClusterQueue", None, stopped)
+        groups = [own] if level_ok is None else \
+            [Group(state, other_names, level_ok, policy, wl, gone, reason, caps, stopped), own]
         stopped.clear()
-        result = _greedy(topology, node, needed, groups, work, dev, allow_borrow, fair_sharing, fits_now)
+        result = _greedy(topology, node, needed, missing, over_nominal, groups, work, dev, allow_borrow,
+                         fair_sharing, fits_now)
         if result is not None:
             return result
     return None
+
+
+def _any_level(priority: int) -> bool:
+    del priority
+    return True
+
+
+def _apply(topology: Topology, usage: list[dict[FR, int]], devices: dict[str, list[int]],
+           admissions: Sequence[tuple[Admission, str]], sign: int) -> None:
+    """Add (``sign`` 1) or take out (-1) the usage and GPU slots of admissions, summed per ClusterQueue."""
+    per_queue: dict[str, dict[FR, int]] = {}
+    for adm, _reason in admissions:
+        total = per_queue.setdefault(adm.cluster_queue, {})
+        for fr, amount in adm.usage.items():
+            total[fr] = total.get(fr, 0) + amount
+        if devices:
+            occupy_devices(devices, topology.flavors, adm, -sign)
+    for name, total in per_queue.items():
+        add_usage(topology.cq_nodes[name], usage, total, sign)
 
 
 def _priority_allowed(policy: PreemptWithin, victim_priority: int, preemptor_priority: int) -> bool:
@@ -190,15 +276,6 @@ class Group:
         self.caps = caps
         self.stopped = stopped
 
-    def freeable(self, fr: FR) -> int:
-        """An upper bound on what evicting every candidate would free of ``fr``."""
-        total = 0
-        for name in self.names:
-            mine = sum(table.get(fr, 0) for prio, table in self.state.priority_usage[name].items()
-                       if self.level_ok(prio))
-            total += mine if self.caps is None else min(mine, self.caps[name][fr])
-        return total
-
     def __iter__(self) -> Iterator[tuple[Admission, str]]:
         levels = sorted({p for name in self.names for p in self.state.by_priority[name] if self.level_ok(p)})
         for prio in levels:
@@ -214,24 +291,18 @@ class Group:
                     yield adm, self.reason
 
 
-def _greedy(topology: Topology, node: Node, needed: Mapping[FR, int],
-            groups: list[Group], usage: list[dict[FR, int]], devices: dict[str, list[int]],
-            allow_borrow: bool, fair_sharing: bool,
+def _greedy(topology: Topology, node: Node, needed: Mapping[FR, int], missing: Mapping[FR, int],
+            over_nominal: Mapping[FR, int], groups: list[Group], usage: list[dict[FR, int]],
+            devices: dict[str, list[int]], allow_borrow: bool, fair_sharing: bool,
             fits_now: Callable[[list[dict[FR, int]], dict[str, list[int]], bool], bool],
             ) -> tuple[list[Victim], list[dict[FR, int]], dict[str, list[int]]] | None:
-    # Evicting a workload frees at most its own usage, so the preemptor cannot fit before the freed amounts
-    # cover what is missing: check that bound first, and only call the full fit test once it is met.
-    missing = {fr: q - available(node, fr, usage) for fr, q in needed.items()}
-    mine = usage[node.idx]
-    over_nominal = {fr: mine.get(fr, 0) + q - node.subtree.get(fr, 0) for fr, q in needed.items()}
-    if any(sum(g.freeable(fr) for g in groups) < missing[fr] for fr in needed):
-        return None
-    if not allow_borrow and any(sum(g.freeable(fr) for g in groups if g.caps is None) < over_nominal[fr]
-                                for fr in needed):
-        return None
+    # The caller has checked the bounds; the fit test runs once the freed amounts meet them. Usage tables depend
+    # only on what each ClusterQueue holds (a parent is charged what each child uses above its guarantee), not
+    # on the order changes arrive in, so evictions are applied to the copy one queue at a time.
     work = topology.copy_tree(node, usage)
     dev = {k: list(v) for k, v in devices.items()} if devices else {}
     flavors = topology.flavors
+    cq_nodes = topology.cq_nodes
     removed: list[tuple[Admission, str]] = []
     freed = dict.fromkeys(needed, 0)
     freed_own = dict.fromkeys(needed, 0)
@@ -240,12 +311,15 @@ def _greedy(topology: Topology, node: Node, needed: Mapping[FR, int],
     fitted = False
     stopped = groups[0].stopped
     for adm, reason in itertools.chain.from_iterable(groups):
-        victim_node = topology.cq_nodes[adm.cluster_queue]
+        victim_node = cq_nodes[adm.cluster_queue]
         mine_freed = freed_by_cq.setdefault(adm.cluster_queue, {})
         if victim_node is not node:
             base = usage[victim_node.idx]
-            borrowing = any(base.get(fr, 0) - mine_freed.get(fr, 0) > victim_node.subtree.get(fr, 0)
-                            for fr in adm.usage if fr in needed)
+            borrowing = False
+            for fr in adm.usage:
+                if fr in needed and base.get(fr, 0) - mine_freed.get(fr, 0) > victim_node.subtree.get(fr, 0):
+                    borrowing = True
+                    break
             if not borrowing:
                 stopped.add(adm.cluster_queue)
                 continue
@@ -262,18 +336,17 @@ def _greedy(topology: Topology, node: Node, needed: Mapping[FR, int],
         removed.append((adm, reason))
         for fr, amount in adm.usage.items():
             mine_freed[fr] = mine_freed.get(fr, 0) + amount
+        short = False
         for fr in needed:
             amount = adm.usage.get(fr, 0)
             freed[fr] += amount
             if victim_node is node:
                 freed_own[fr] += amount
-        if any(freed[fr] < missing[fr] for fr in needed):
+            if freed[fr] < missing[fr] or (not allow_borrow and freed_own[fr] < over_nominal[fr]):
+                short = True
+        if short:
             continue
-        if not allow_borrow and any(freed_own[fr] < over_nominal[fr] for fr in needed):
-            continue
-        for victim, _r in removed[applied:]:
-            add_usage(topology.cq_nodes[victim.cluster_queue], work, victim.usage, -1)
-            occupy_devices(dev, flavors, victim, 1)
+        _apply(topology, work, dev, removed[applied:], -1)
         applied = len(removed)
         if fits_now(work, dev, allow_borrow):
             fitted = True
@@ -282,13 +355,57 @@ def _greedy(topology: Topology, node: Node, needed: Mapping[FR, int],
         return None
     # Put back every victim that turns out not to be needed, newest choice first.
     kept: list[tuple[Admission, str]] = [removed[-1]]
+    # Without tracked devices the fit test is quota only, and putting back a workload lowers what the preemptor
+    # has available by at most the workload's own usage (each node passes up at most what it was given, and
+    # `available` moves by at most what its inputs move). So while every needed amount of a victim is within the
+    # slack, it certainly still fits: it goes back without a test (its usage is restored later, all at once).
+    # Only the other victims need the full test, which then resets the slack.
+    quick = not dev
+    slack: dict[FR, int] = {}
+    room: dict[FR, int] = {}
+    deferred: list[tuple[Admission, str]] = []
+
+    def measure() -> None:
+        mine_now = work[node.idx]
+        for fr, q in needed.items():
+            slack[fr] = available(node, fr, work) - q
+            room[fr] = node.subtree.get(fr, 0) - mine_now.get(fr, 0) - q
+
+    if quick:
+        measure()
     for adm, reason in reversed(removed[:-1]):
-        victim_node = topology.cq_nodes[adm.cluster_queue]
+        victim_node = cq_nodes[adm.cluster_queue]
+        if quick:
+            own_victim = victim_node is node
+            sure = True
+            for fr in needed:
+                amount = adm.usage.get(fr, 0)
+                if amount > slack[fr] or (own_victim and not allow_borrow and amount > room[fr]):
+                    sure = False
+                    break
+            if sure:
+                deferred.append((adm, reason))
+                for fr in needed:
+                    amount = adm.usage.get(fr, 0)
+                    slack[fr] -= amount
+                    if own_victim:
+                        room[fr] -= amount
+                continue
+            _apply(topology, work, dev, deferred, 1)
+            deferred.clear()
         add_usage(victim_node, work, adm.usage, 1)
         occupy_devices(dev, flavors, adm, -1)
         if fits_now(work, dev, allow_borrow):
+            if quick:
+                measure()
             continue
         add_usage(victim_node, work, adm.usage, -1)
         occupy_devices(dev, flavors, adm, 1)
         kept.append((adm, reason))
+    if len(deferred) > len(kept):
+        # Cheaper to start again from the tables before the search and take out only the victims kept.
+        work = topology.copy_tree(node, usage)
+        _apply(topology, work, dev, kept, -1)
+    else:
+        _apply(topology, work, dev, deferred, 1)
     return [Victim(a, r) for a, r in reversed(kept)], work, dev

@@ -224,10 +224,15 @@ def replay(config: QueueConfig, jobs: Sequence[TraceJob], policy: Policy, settin
             raise InvalidParameterValue(f"trace job {job.id}: cluster {job.queue!r} is not a LocalQueue of the "
                                         f"cluster file (have: {', '.join(sorted(lq_to_cq))})")
     state_jobs: dict[str, _Job] = {}
+    # Events are (time, kind, sequence, job id, generation), taken in tuple order. Arrivals are known upfront, so
+    # they stay in a sorted list merged with the heap of the events the replay creates (a smaller heap).
     events: list[tuple[float, int, int, str, int]] = []
+    arrivals: list[tuple[float, int, int, str, int]] = []
     for seq, job in enumerate(jobs, start=1):
-        heapq.heappush(events, (job.submit, _ARRIVE, seq, job.id, 0))
+        arrivals.append((job.submit, _ARRIVE, seq, job.id, 0))
         state_jobs[job.id] = _Job(job, job.duration, seq=seq)
+    arrivals.sort()
+    arrived = 0
 
     def priority(j: _Job) -> int:
         if policy.priority == "las":
@@ -266,8 +271,11 @@ def replay(config: QueueConfig, jobs: Sequence[TraceJob], policy: Policy, settin
         busy -= j.job.gpus
         running_by_cq[lq_to_cq[j.job.queue]] -= j.job.gpus
 
-    while events:
-        now = events[0][0]
+    while events or arrived < len(arrivals):
+        if arrived < len(arrivals) and (not events or arrivals[arrived] < events[0]):
+            now = arrivals[arrived][0]
+        else:
+            now = events[0][0]
         dt = now - last_t
         if dt > 0:
             busy_gpu_seconds += busy * dt
@@ -281,8 +289,16 @@ def replay(config: QueueConfig, jobs: Sequence[TraceJob], policy: Policy, settin
                 if want:
                     wanted[name] = wanted.get(name, 0.0) + want * dt
             last_t = now
-        while events and events[0][0] == now:
-            _t, kind, _s, wid, gen = heapq.heappop(events)
+        while True:
+            if arrived < len(arrivals) and (not events or arrivals[arrived] < events[0]):
+                if arrivals[arrived][0] != now:
+                    break
+                _t, kind, _s, wid, gen = arrivals[arrived]
+                arrived += 1
+            elif events and events[0][0] == now:
+                _t, kind, _s, wid, gen = heapq.heappop(events)
+            else:
+                break
             j = state_jobs[wid]
             if kind == _REQUEUE:
                 if gen == j.gen:
@@ -317,6 +333,7 @@ def replay(config: QueueConfig, jobs: Sequence[TraceJob], policy: Policy, settin
         for _round in range(10_000):
             result = schedule(state, pending, now, explain=False)
             pending.mark_blocked(result.blocked)
+            pending.mark_blocked(result.settled)  # every decision below is applied
             moved = False
             for d in result.decisions:
                 if isinstance(d, Preempt):

@@ -25,7 +25,7 @@ class Node:
     """A ClusterQueue or Cohort in the compiled tree (internal, mutable only while compiling)."""
 
     __slots__ = ("borrow_limit", "children", "guaranteed", "idx", "is_cq", "lend_limit", "name", "nominal",
-                 "parent", "root", "subtree", "weight")
+                 "parent", "path", "potentials", "root", "subtree", "weight")
 
     def __init__(self, name: str, idx: int, is_cq: bool, weight: float) -> None:
         self.name = name
@@ -40,6 +40,9 @@ class Node:
         self.lend_limit: dict[FR, int] = {}
         self.subtree: dict[FR, int] = {}
         self.guaranteed: dict[FR, int] = {}
+        # The nodes from the root down to this one, and `potential` per flavor-resource (filled on first use).
+        self.path: tuple[Node, ...] = (self,)
+        self.potentials: dict[FR, int] = {}
 
     def __repr__(self) -> str:
         return f"Node({'cq' if self.is_cq else 'cohort'}:{self.name})"
@@ -115,6 +118,10 @@ class Topology:
                 flavors_of.setdefault(resource, []).append(flavor)
             self.nominal_by_resource[name] = totals
             self.flavors_by_resource[name] = {r: tuple(fs) for r, fs in flavors_of.items()}
+        # The same as (flavor, resource) pairs, ready to look up usage with.
+        self.pairs_by_resource: dict[str, dict[str, tuple[FR, ...]]] = {
+            name: {r: tuple((f, r) for f in fs) for r, fs in by_resource.items()}
+            for name, by_resource in self.flavors_by_resource.items()}
         self.tree_cqs: dict[str, list[str]] = {}
         for name, node in self.cq_nodes.items():
             self.tree_cqs.setdefault(node.root.name, []).append(name)
@@ -122,6 +129,16 @@ class Topology:
         self.tree_nodes: dict[str, list[int]] = {}
         for node in self.nodes:
             self.tree_nodes.setdefault(node.root.name, []).append(node.idx)
+        # Constants every admission cycle reads: which queues may preempt, which place physical GPUs, which
+        # LocalQueues are stopped.
+        self.preempting: dict[str, bool] = {
+            cq.name: cq.preemption.enabled or (config.fair_sharing and cq.cohort is not None)
+            for cq in config.cluster_queues}
+        tracked_flavors = {f.name for f in config.flavors if f.gpus is not None}
+        self.tracked: frozenset[str] = frozenset(
+            name for name, groups in self.group_of.items()
+            if any(fq.flavor in tracked_flavors for g in groups.values() for fq in g.flavors))
+        self.stopped_local_queues: frozenset[str] = frozenset(lq.name for lq in config.local_queues if lq.stopped)
 
     def copy_tree(self, node: Node, usage: list[dict[FR, int]]) -> list[dict[FR, int]]:
         """A usage table whose entries for ``node``'s cohort tree are private copies (others are shared)."""
@@ -137,6 +154,7 @@ class Topology:
 
     def _compute(self, node: Node, root: Node) -> None:
         node.root = root
+        node.path = (*node.parent.path, node) if node.parent is not None else (node,)
         subtree = dict(node.nominal)
         for child in node.children:
             self._compute(child, root)
@@ -167,16 +185,22 @@ class ClusterState:
         # (which only matters to queues that may preempt: it adds candidates).
         self.versions: dict[str, int] = {node.name: 0 for node in topology.nodes if node.parent is None}
         self.admit_versions: dict[str, int] = dict.fromkeys(self.versions, 0)
-        self._preempting = {name: cq.preemption.enabled or (topology.config.fair_sharing and cq.cohort is not None)
-                            for name, cq in topology.cluster_queues.items()}
+        self._preempting = topology.preempting
         # Per ClusterQueue and flavor-resource: how many admissions use each amount (for the largest one).
         self.sizes: dict[str, dict[FR, dict[int, int]]] = {name: {} for name in topology.cq_nodes}
         # Admissions per ClusterQueue and priority (insertion order: oldest first) and their summed usage, so
         # victim searches walk candidates lazily, lowest priority and most recent first.
         self.by_priority: dict[str, dict[int, dict[str, Admission]]] = {name: {} for name in topology.cq_nodes}
         self.priority_usage: dict[str, dict[int, dict[FR, int]]] = {name: {} for name in topology.cq_nodes}
+        # The same sums over each whole cohort tree (root name -> priority -> usage), with the number of admissions
+        # per level: a victim search first checks these upper bounds, which cost nothing per queue.
+        self.tree_priority_usage: dict[str, dict[int, dict[FR, int]]] = {node.name: {} for node in topology.nodes
+                                                                          if node.parent is None}
+        self._tree_counts: dict[str, dict[int, int]] = {root: {} for root in self.tree_priority_usage}
         # Admitted workloads whose eviction is under way: still charged, never chosen as victims again.
         self.evicting: set[str] = set()
+        # Per ClusterQueue: `headroom` and the tree versions it was computed at.
+        self._headroom: dict[str, tuple[tuple[int, int], dict[str, int], dict[str, int]]] = {}
         # Free slots of each tracked physical GPU, per flavor.
         self.devices: dict[str, list[int]] = {}
         for flavor in topology.flavors.values():
@@ -190,6 +214,23 @@ class ClusterState:
         if self._preempting[cq]:
             return (self.versions[root] << 32) + self.admit_versions[root]
         return self.versions[root]
+
+    def headroom(self, cq: str) -> tuple[dict[str, int], dict[str, int]]:
+        """For a ClusterQueue: per resource, the room left below its nominal quota (over all its flavors), and the
+        most that any one of its flavors has available now (see `nominal_room`, `max_available`).
+
+        Computed on first use and kept until the usage of the queue's cohort tree changes (every admission and
+        release moves the tree's version); the engine reads it for trees a cycle has not changed yet.
+        """
+        root = self.topology.cq_nodes[cq].root.name
+        at = (self.versions[root], self.admit_versions[root])
+        cached = self._headroom.get(cq)
+        if cached is None or cached[0] != at:
+            node = self.topology.cq_nodes[cq]
+            cached = (at, nominal_room(self.topology, cq, self.usage[node.idx]),
+                      max_available(self.topology, cq, self.usage))
+            self._headroom[cq] = cached
+        return cached[1], cached[2]
 
     def largest(self, cq: str, fr: FR) -> int:
         """The largest amount of ``fr`` any single admitted workload of ``cq`` uses."""
@@ -233,13 +274,25 @@ class ClusterState:
         levels = self.by_priority[cq]
         totals = self.priority_usage[cq]
         sizes = self.sizes[cq]
+        root = self.topology.cq_nodes[cq].root.name
+        counts = self._tree_counts[root]
+        tree = self.tree_priority_usage[root]
+        left_at_level = counts.get(prio, 0) + sign
+        if left_at_level:
+            counts[prio] = left_at_level
+            tree_table = tree.setdefault(prio, {})
+            for fr, q in admission.usage.items():
+                tree_table[fr] = tree_table.get(fr, 0) + sign * q
+        else:
+            del counts[prio]
+            del tree[prio]
         for fr, q in admission.usage.items():
-            counts = sizes.setdefault(fr, {})
-            left = counts.get(q, 0) + sign
+            per_size = sizes.setdefault(fr, {})
+            left = per_size.get(q, 0) + sign
             if left:
-                counts[q] = left
+                per_size[q] = left
             else:
-                del counts[q]
+                del per_size[q]
         if sign > 0:
             levels.setdefault(prio, {})[admission.id] = admission
             table = totals.setdefault(prio, {})
@@ -292,31 +345,65 @@ def add_usage(node: Node, usage: list[dict[FR, int]], amounts: Mapping[FR, int],
 
 def available(node: Node, fr: FR, usage: list[dict[FR, int]]) -> int:
     """How much of ``fr`` a node could still use now, counting what it may borrow from its ancestors."""
-    used = usage[node.idx].get(fr, 0)
-    parent = node.parent
-    if parent is None:
-        return max(0, node.subtree.get(fr, 0) - used)
-    g = node.guaranteed.get(fr, 0)
-    local = max(0, g - used)
-    from_parent = available(parent, fr, usage)
-    limit = node.borrow_limit.get(fr)
-    if limit is not None:
-        stored = node.subtree.get(fr, 0) - g
-        from_parent = min(from_parent, stored - max(0, used - g) + limit)
-    return local + max(0, from_parent)
+    path = node.path
+    root = path[0]
+    # Walk down from the root: what the parent can give, capped by the borrowing limit, plus the guarantee.
+    free = max(0, root.subtree.get(fr, 0) - usage[root.idx].get(fr, 0))
+    for i in range(1, len(path)):
+        current = path[i]
+        used = usage[current.idx].get(fr, 0)
+        g = current.guaranteed.get(fr, 0)
+        limit = current.borrow_limit.get(fr)
+        if limit is not None:
+            free = min(free, current.subtree.get(fr, 0) - g - max(0, used - g) + limit)
+        free = max(0, g - used) + max(0, free)
+    return free
+
+
+def nominal_room(topology: Topology, cq: str, table: Mapping[FR, int]) -> dict[str, int]:
+    """Per resource, how much more a ClusterQueue (usage ``table``) can use before it exceeds its nominal quota,
+    counting all its flavors."""
+    out: dict[str, int] = {}
+    pairs = topology.pairs_by_resource[cq]
+    for resource, nominal in topology.nominal_by_resource[cq].items():
+        used = 0
+        for fr in pairs.get(resource, ()):
+            used += table.get(fr, 0)
+        out[resource] = nominal - used
+    return out
+
+
+def max_available(topology: Topology, cq: str, usage: list[dict[FR, int]]) -> dict[str, int]:
+    """Per resource, the most that any one flavor of a ClusterQueue has available now (see `available`)."""
+    node = topology.cq_nodes[cq]
+    out: dict[str, int] = {}
+    for resource, pairs in topology.pairs_by_resource[cq].items():
+        best = 0
+        for fr in pairs:
+            free = available(node, fr, usage)
+            if free > best:
+                best = free
+        out[resource] = best
+    return out
 
 
 def potential(node: Node, fr: FR) -> int:
     """The most of ``fr`` a node could ever use: what `available` gives on an empty cluster."""
+    cached = node.potentials.get(fr)
+    if cached is not None:
+        return cached
     parent = node.parent
     if parent is None:
-        return node.subtree.get(fr, 0)
-    g = node.guaranteed.get(fr, 0)
-    from_parent = potential(parent, fr)
-    limit = node.borrow_limit.get(fr)
-    if limit is not None:
-        from_parent = min(from_parent, node.subtree.get(fr, 0) - g + limit)
-    return g + max(0, from_parent)
+        value = node.subtree.get(fr, 0)
+    else:
+        g = node.guaranteed.get(fr, 0)
+        from_parent = potential(parent, fr)
+        limit = node.borrow_limit.get(fr)
+        if limit is not None:
+            from_parent = min(from_parent, node.subtree.get(fr, 0) - g + limit)
+        value = g + max(0, from_parent)
+    node.potentials[fr] = value
+    return value
 
 
 def occupy_devices(devices: dict[str, list[int]], flavors: Mapping[str, ResourceFlavor], admission: Admission,
