@@ -12,7 +12,7 @@ reserved, so no other head takes it; the preemptor is admitted in a later cycle 
 from __future__ import annotations
 
 import heapq
-from collections.abc import Hashable, Iterable
+from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from capstan.queue.assign import BORROW, FIT, NOFIT, PREEMPT, Attempt, assign
@@ -30,7 +30,7 @@ from capstan.queue.model import (
     Workload,
 )
 from capstan.queue.pending import Cursor, PendingQueues
-from capstan.queue.preemption import dominant_share, find_victims
+from capstan.queue.preemption import SearchReport, dominant_share, find_victims, still_futile
 from capstan.queue.quantity import GPU_RESOURCES, MILLI, format_quantity
 from capstan.queue.state import ClusterState, Node, Topology, add_usage, available, max_available, nominal_room
 
@@ -65,11 +65,13 @@ def scratch_of(state: ClusterState) -> Scratch:
 
 
 def try_workload(state: ClusterState, scratch: Scratch, wl: Workload, *,
-                 allow_preemption: bool = True) -> tuple[Attempt, list[Decision]]:
+                 allow_preemption: bool = True,
+                 report: list[SearchReport] | None = None) -> tuple[Attempt, list[Decision]]:
     """Try to admit one workload on the scratch state; returns the attempt and its decisions (applied to scratch).
 
     Decisions are an `Admit`, or `Preempt`s followed by a ``WaitingForPreemption`` `Pending`, or nothing (the
-    attempt then explains the failure).
+    attempt then explains the failure). ``report`` receives how a fruitless victim search was refused (see
+    `find_victims`), when the attempt made exactly one.
     """
     topo = state.topology
     cq = topo.cluster_queues[wl.cluster_queue]
@@ -94,7 +96,7 @@ def try_workload(state: ClusterState, scratch: Scratch, wl: Workload, *,
             break
         first.searched = attempt.searched = True
         found = find_victims(topo, state, cq, node, wl, attempt.usage, attempt.pod_sets, scratch.usage,
-                             scratch.devices, scratch.removed, topo.config.fair_sharing)
+                             scratch.devices, scratch.removed, topo.config.fair_sharing, report=report)
         if found is not None:
             victims, usage_after, devices_after = found
             decisions: list[Decision] = [Preempt(v.admission.id, v.admission.cluster_queue, wl.id, v.reason)
@@ -115,9 +117,16 @@ def try_workload(state: ClusterState, scratch: Scratch, wl: Workload, *,
         # and groups of a single flavor there is none: the next assignment would skip the same flavors.
         if len(wl.pod_sets) == 1 and all(len(groups[r].flavors) == 1 for r in attempt.pod_sets[0].flavors):
             break
+        if report is not None:
+            report.clear()
+            report = None
         excluded = excluded | {f for ps in attempt.pod_sets for f in ps.flavors.values()}
     first.mode = NOFIT
     return first, []
+
+
+# A victim search known to be refused (cycles without explanations only; never changed).
+FUTILE = Attempt(NOFIT, quota_failure=True, searched=True)
 
 
 def failure_reason(attempt: Attempt) -> Reason:
@@ -251,6 +260,12 @@ def schedule(state: ClusterState, pending: PendingQueues, now: float, *, explain
     # Per cohort tree, a counter of the changes this cycle made to the scratch usage: figures that depend on the
     # whole tree are cached against it.
     epochs = dict.fromkeys(state.versions, 0)
+    # Fruitless victim searches (see `CycleResult.futile`): per tree, the admissions and whether anything was
+    # preempted this cycle, and the searches whose refusal may outlive them.
+    memo = not explain and not state.evicting
+    tree_admits: dict[str, list[tuple[str, int, Mapping[FR, int]]]] = {root: [] for root in epochs}
+    tree_preempted: set[str] = set()
+    candidates: list[tuple[_Walk, Workload, SearchReport]] = []
 
     def entry(walk: _Walk) -> tuple[float, int, float, int, _Walk] | None:
         nonlocal counter
@@ -366,7 +381,20 @@ def schedule(state: ClusterState, pending: PendingQueues, now: float, *, explain
                 cursor.skip_bucket()
                 requeue(walk)
                 continue
-        attempt, made = try_workload(state, scratch, wl, allow_preemption=name not in searched)
+        made: list[Decision]
+        if memo and walk.preempting and not walk.tracked and name not in searched:
+            known = pending.futile_at(name)
+            if known is not None and known[1] is wl and known[0] == walk.version and walk.root not in tree_preempted:
+                # The same search was refused at this version, and this cycle has since only added usage.
+                attempt, made = FUTILE, []
+                candidates.append((walk, wl, known[2]))
+            else:
+                reports: list[SearchReport] = []
+                attempt, made = try_workload(state, scratch, wl, report=reports)
+                if reports and not made:
+                    candidates.append((walk, wl, reports[0]))
+        else:
+            attempt, made = try_workload(state, scratch, wl, allow_preemption=name not in searched)
         if attempt.searched:
             # Like Kueue's one nomination per queue and cycle: one victim search per queue per cycle.
             searched.add(name)
@@ -375,9 +403,12 @@ def schedule(state: ClusterState, pending: PendingQueues, now: float, *, explain
             walk.changes += 1
             for d in made:
                 if isinstance(d, Preempt):
+                    tree_preempted.add(walk.root)
                     victim_walk = walks.get(d.cluster_queue)
                     if victim_walk is not None:
                         victim_walk.changes += 1
+                elif isinstance(d, Admit):
+                    tree_admits[walk.root].append((name, d.workload.priority, d.usage))
             decisions.extend(made)
             progress[name] = True
             cursor.advance()
@@ -404,7 +435,30 @@ def schedule(state: ClusterState, pending: PendingQueues, now: float, *, explain
     # A queue that cannot preempt has now been walked to the end: every workload left was refused against no more
     # usage than it will face once these admissions are applied (the assumption `blocked` rests on as well).
     settled = {name: walks[name].version for name, moved in progress.items() if moved and not preempting[name]}
-    return CycleResult(tuple(decisions), blocked, settled)
+    futile: dict[str, tuple[int, Workload, SearchReport]] = {}
+    for walk, wl, report in candidates:
+        admitted = tree_admits[walk.root]
+        if walk.root not in tree_preempted:
+            later = still_futile(report, walk.name, admitted)
+            if later is not None:
+                # The version the queue will have once this cycle's admissions are applied.
+                futile[walk.name] = (walk.version + len(admitted), wl, later)
+    if memo:
+        # Searches remembered for the other queues of a tree that only admitted stay refused through these
+        # admissions too (when `still_futile` says so); carry them to the version the queues will have.
+        for root, admitted in tree_admits.items():
+            if not admitted or root in tree_preempted:
+                continue
+            for name in topo.tree_cqs[root]:
+                if name in futile or not preempting[name]:
+                    continue
+                known = pending.futile_at(name)
+                version = (tree_versions[root] << 32) + admit_versions[root]
+                if known is not None and known[0] == version:
+                    later = still_futile(known[2], name, admitted)
+                    if later is not None:
+                        futile[name] = (version + len(admitted), known[1], later)
+    return CycleResult(tuple(decisions), blocked, settled, futile)
 
 
 def failure_key(wl: Workload, per_pod_gpus: bool) -> Hashable:

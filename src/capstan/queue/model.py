@@ -9,6 +9,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the engine's record, only named here
+    from capstan.queue.preemption import SearchReport
 
 FR = tuple[str, str]
 """A (flavor, resource) pair: the unit quota and usage are accounted in."""
@@ -366,11 +370,16 @@ class CycleResult:
     ``settled`` does the same for queues that did admit, cannot preempt, and have nothing left that could fit
     once every decision of this cycle is applied; a caller that applies them all (the simulator) may mark those
     blocked too, which saves the cycle that would only confirm it.
+    ``futile`` (cycles without explanations only) maps ClusterQueues whose victim search was refused, in a way
+    this cycle's admissions cannot undo, to the version the queue will have once every decision is applied and
+    the workload searched for; such a caller hands it to `PendingQueues.mark_futile`, and the next cycle at that
+    version does not repeat the search.
     """
 
     decisions: tuple[Decision, ...]
     blocked: Mapping[str, int] = field(default_factory=dict)
     settled: Mapping[str, int] = field(default_factory=dict)
+    futile: Mapping[str, tuple[int, Workload, SearchReport]] = field(default_factory=dict)
 
     @property
     def admitted(self) -> tuple[Admit, ...]:

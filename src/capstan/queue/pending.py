@@ -12,9 +12,13 @@ from __future__ import annotations
 import heapq
 from bisect import bisect_left, bisect_right, insort
 from collections.abc import Hashable, Iterator, Mapping
+from typing import TYPE_CHECKING
 
 from capstan.errors import ResourceAlreadyExists
 from capstan.queue.model import Workload
+
+if TYPE_CHECKING:  # the engine's record, only named here
+    from capstan.queue.preemption import SearchReport
 
 SortKey = tuple[int, float, int]
 
@@ -176,6 +180,7 @@ class PendingQueues:
         self._queues: dict[str, ClusterQueuePending] = {}
         self._where: dict[str, str] = {}
         self._blocked: dict[str, int] = {}
+        self._futile: dict[str, tuple[int, Workload, SearchReport]] = {}
         self._seq = 0
         # `cluster_queues()`, kept until a queue gains its first workload or loses its last one.
         self._names: list[str] | None = None
@@ -251,6 +256,15 @@ class PendingQueues:
         """The cohort-tree version at which the queue was last found blocked, if still valid."""
         return self._blocked.get(cluster_queue)
 
+    def mark_futile(self, futile: Mapping[str, tuple[int, Workload, SearchReport]]) -> None:
+        """Remember refused victim searches (from `CycleResult.futile`)."""
+        self._futile.update(futile)
+
+    def futile_at(self, cluster_queue: str) -> tuple[int, Workload, SearchReport] | None:
+        """The version and workload of the queue's last remembered refused search (the engine checks both)."""
+        return self._futile.get(cluster_queue)
+
     def unblock_all(self) -> None:
-        """Forget every blocked mark (after a configuration change)."""
+        """Forget every blocked mark and remembered search (after a configuration change)."""
         self._blocked.clear()
+        self._futile.clear()

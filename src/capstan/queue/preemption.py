@@ -27,6 +27,7 @@ from capstan.queue.model import (
     ClusterQueue,
     PodSetAssignment,
     PreemptWithin,
+    ResourceFlavor,
     Workload,
 )
 from capstan.queue.quantity import GPU_RESOURCES
@@ -39,6 +40,45 @@ class Victim:
 
     admission: Admission
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class SearchReport:
+    """How a fruitless victim search was refused, for `still_futile`.
+
+    ``robust`` is set when every attempt was refused by one of the first bounds (the own queue's excess over
+    nominal, or the usage the whole cohort tree holds at the levels the attempt may take), with nothing being
+    evicted. ``refusals`` holds one entry per attempt: its level test (None for the own queue only), whether it
+    was the own-queue bound, the flavor-resource that fell short and by how much. ``within_ok`` tests the levels
+    the own queue may lose. ``grown`` is how much each bound has grown through admissions since.
+    """
+
+    robust: bool = False
+    refusals: tuple[tuple[Callable[[int], bool] | None, bool, FR, int], ...] = ()
+    within_ok: Callable[[int], bool] | None = None
+    grown: tuple[int, ...] = ()
+
+
+def still_futile(report: SearchReport, cq: str,
+                 admitted: Sequence[tuple[str, int, Mapping[FR, int]]]) -> SearchReport | None:
+    """The report of a search refused as ``report`` says, once these admissions (ClusterQueue, priority, usage)
+    have joined its cohort tree with nothing else changed; None when the search might now succeed.
+
+    Admissions only add usage, so what is missing never shrinks; each bound grows by at most the usage of the new
+    workloads it may take: at the levels its attempt allows anywhere, or the own queue's levels in ``cq``.
+    """
+    if not report.robust:
+        return None
+    within_ok = report.within_ok
+    grown = list(report.grown) or [0] * len(report.refusals)
+    for i, (level_ok, own_only, fr, short) in enumerate(report.refusals):
+        for name, priority, usage in admitted:
+            if (name == cq and within_ok is not None and within_ok(priority)) or (
+                    not own_only and level_ok is not None and level_ok(priority)):
+                grown[i] += usage.get(fr, 0)
+        if grown[i] >= short:
+            return None
+    return SearchReport(True, report.refusals, within_ok, tuple(grown))
 
 
 def _allowed(policy: PreemptWithin, victim: Workload, preemptor: Workload) -> bool:
@@ -78,12 +118,14 @@ def _with(table: Mapping[FR, int], delta: Mapping[FR, int], sign: int) -> dict[F
 
 def find_victims(topology: Topology, state: ClusterState, cq: ClusterQueue, node: Node, wl: Workload,
                  needed: Mapping[FR, int], pod_sets: Sequence[PodSetAssignment], usage: list[dict[FR, int]],
-                 devices: Mapping[str, list[int]], skip: set[str],
-                 fair_sharing: bool) -> tuple[list[Victim], list[dict[FR, int]], dict[str, list[int]]] | None:
+                 devices: Mapping[str, list[int]], skip: set[str], fair_sharing: bool, *,
+                 report: list[SearchReport] | None = None,
+                 ) -> tuple[list[Victim], list[dict[FR, int]], dict[str, list[int]]] | None:
     """Victims that let ``wl`` fit with ``needed`` usage, with the usage and devices after their eviction.
 
     ``skip`` holds admissions already evicted in this cycle; ``state.evicting`` those whose eviction is under
-    way (counted as gone, never chosen again). Returns None when no allowed set of victims suffices.
+    way (counted as gone, never chosen again). Returns None when no allowed set of victims suffices; then, when
+    the refusal is one that `still_futile` can reason about, a `SearchReport` is appended to ``report``.
     """
     pol = cq.preemption
     flavors = topology.flavors
@@ -103,26 +145,25 @@ def find_victims(topology: Topology, state: ClusterState, cq: ClusterQueue, node
         dev = dict(devices)
         gone = skip
 
-    def placements_ok(d: dict[str, list[int]]) -> bool:
-        trial = {k: list(v) for k, v in d.items()}
-        for ps_assign, ps in zip(pod_sets, wl.pod_sets, strict=True):
-            for r, flavor_name in ps_assign.flavors.items():
-                if r in GPU_RESOURCES and flavor_name in trial and \
-                        place_gpus(ps, flavors[flavor_name], trial[flavor_name], r) is None:
-                    return False
-        return True
-
     def fits_now(table: list[dict[FR, int]], d: dict[str, list[int]], allow_borrow: bool) -> bool:
-        return fits(node, needed, table, allow_borrow=allow_borrow) and placements_ok(d)
+        return fits(node, needed, table, allow_borrow=allow_borrow) and (
+            not d or _placements_ok(flavors, pod_sets, wl, d))
 
     if evicting and fits_now(work, dev, True):
         return [], work, dev
 
     # What is missing, and how far above nominal the preemptor would be: the same for every attempt.
-    missing = {fr: q - available(node, fr, work) for fr, q in needed.items()}
     mine = work[node.idx]
     subtree = node.subtree
-    over_nominal = {fr: mine.get(fr, 0) + q - subtree.get(fr, 0) for fr, q in needed.items()}
+    missing: dict[FR, int] = {}
+    over_nominal: dict[FR, int] = {}
+    within_nominal = True
+    for fr, q in needed.items():
+        nominal = subtree.get(fr, 0)
+        missing[fr] = q - available(node, fr, work)
+        over_nominal[fr] = mine.get(fr, 0) + q - nominal
+        if q > nominal:
+            within_nominal = False
 
     # Kueue's attempts, in order: (level test for other queues' candidates or None for own queue only, policy,
     # reason, whether the preemptor may borrow). Every attempt also takes candidates from the own queue.
@@ -134,7 +175,7 @@ def find_victims(topology: Topology, state: ClusterState, cq: ClusterQueue, node
             specs.append((_any_level, PreemptWithin.ANY, "InCohortFairSharing", True))
         else:
             reclaim = pol.reclaim_within_cohort
-            if reclaim is not PreemptWithin.NEVER and all(q <= subtree.get(fr, 0) for fr, q in needed.items()):
+            if reclaim is not PreemptWithin.NEVER and within_nominal:
                 specs.append((lambda p: _priority_allowed(reclaim, p, wp), reclaim, "InCohortReclamation", False))
             if pol.borrow_within_cohort is not PreemptWithin.NEVER:
                 limit = pol.borrow_max_priority_threshold
@@ -144,6 +185,8 @@ def find_victims(topology: Topology, state: ClusterState, cq: ClusterQueue, node
     if not fair_sharing and within is not PreemptWithin.NEVER:
         specs.append((None, within, "InClusterQueue", True))
     if not specs:
+        if report is not None and not evicting:
+            report.append(SearchReport(True))
         return None
 
     # Bounds: evicting a workload frees at most its own usage, so the preemptor cannot fit before the freed
@@ -152,12 +195,19 @@ def find_victims(topology: Topology, state: ClusterState, cq: ClusterQueue, node
     # queues can free at most what they all hold at the levels an attempt may take.
     levels_of = state.priority_usage
     own_levels = levels_of[cq.name]
-    own_tables = [t for p, t in own_levels.items() if _priority_allowed(within, p, wp)]
-    own_free = {fr: sum(t.get(fr, 0) for t in own_tables) for fr in needed}
+    own_free = dict.fromkeys(needed, 0)
+    for p, t in own_levels.items():
+        if _priority_allowed(within, p, wp):
+            for fr in needed:
+                own_free[fr] += t.get(fr, 0)
     tree_levels = state.tree_priority_usage[node.root.name]
+    refusals: list[tuple[Callable[[int], bool] | None, bool, FR, int]] = []
     for level_ok, _policy, _reason, allow_borrow in specs:
-        if not allow_borrow and any(own_free[fr] < q for fr, q in over_nominal.items()):
-            continue
+        if not allow_borrow:
+            short = next(((fr, q - own_free[fr]) for fr, q in over_nominal.items() if own_free[fr] < q), None)
+            if short is not None:
+                refusals.append((None, True, short[0], short[1]))
+                continue
         bound = dict(own_free)
         if level_ok is not None:
             for p, t in tree_levels.items():
@@ -168,9 +218,13 @@ def find_victims(topology: Topology, state: ClusterState, cq: ClusterQueue, node
                 if level_ok(p):
                     for fr in needed:
                         bound[fr] -= t.get(fr, 0)
-        if all(bound[fr] >= q for fr, q in missing.items()):
+        short = next(((fr, q - bound[fr]) for fr, q in missing.items() if bound[fr] < q), None)
+        if short is None:
             break
+        refusals.append((level_ok, False, short[0], short[1]))
     else:
+        if report is not None and not evicting:
+            report.append(SearchReport(True, tuple(refusals), lambda p: _priority_allowed(within, p, wp)))
         return None
 
     # Queues above quota on a needed flavor-resource, most borrowed first: only they can lose workloads to
@@ -232,6 +286,18 @@ def find_victims(topology: Topology, state: ClusterState, cq: ClusterQueue, node
 
 def _any_level(priority: int) -> bool:
     del priority
+    return True
+
+
+def _placements_ok(flavors: Mapping[str, ResourceFlavor], pod_sets: Sequence[PodSetAssignment], wl: Workload,
+                   devices: Mapping[str, list[int]]) -> bool:
+    """Whether every pod's GPUs can be placed on the tracked devices ``devices`` (left unchanged)."""
+    trial = {k: list(v) for k, v in devices.items()}
+    for ps_assign, ps in zip(pod_sets, wl.pod_sets, strict=True):
+        for r, flavor_name in ps_assign.flavors.items():
+            if r in GPU_RESOURCES and flavor_name in trial and \
+                    place_gpus(ps, flavors[flavor_name], trial[flavor_name], r) is None:
+                return False
     return True
 
 

@@ -334,6 +334,7 @@ def replay(config: QueueConfig, jobs: Sequence[TraceJob], policy: Policy, settin
             result = schedule(state, pending, now, explain=False)
             pending.mark_blocked(result.blocked)
             pending.mark_blocked(result.settled)  # every decision below is applied
+            pending.mark_futile(result.futile)
             moved = False
             for d in result.decisions:
                 if isinstance(d, Preempt):
