@@ -280,7 +280,7 @@ def schedule(state: ClusterState, pending: PendingQueues, now: float, *, explain
             if fair:
                 walk.share = dominant_share(topo, walk.node, scratch.usage[walk.node.idx])
             elif walk.changes == 0:
-                walk.room = state.headroom(walk.name)[0]
+                walk.room = state.nominal_headroom(walk.name)
             else:
                 walk.room = nominal_room(topo, walk.name, scratch.usage[walk.node.idx])
             walk.room_at = walk.changes
@@ -351,7 +351,7 @@ def schedule(state: ClusterState, pending: PendingQueues, now: float, *, explain
             # Cheap refusal: more of some resource than any flavor of the queue has available now.
             epoch = epochs[walk.root]
             if walk.roomy_at != epoch:
-                walk.roomy = state.headroom(name)[1] if epoch == 0 else max_available(topo, name, scratch.usage)
+                walk.roomy = state.max_headroom(name) if epoch == 0 else max_available(topo, name, scratch.usage)
                 walk.roomy_at = epoch
             roomy = walk.roomy
             refused = False
@@ -372,7 +372,7 @@ def schedule(state: ClusterState, pending: PendingQueues, now: float, *, explain
             bucket = cursor.bucket()
             fkey = walk.fkeys.get(bucket)
             if fkey is None:
-                fkey = walk.fkeys[bucket] = failure_key(wl, walk.tracked)
+                fkey = walk.fkeys[bucket] = shape_failure_key(cursor.shape(), walk.tracked)
             if _dominated(failed, fkey, vector, wl):
                 # A smaller or equal request of the same shape and at least this priority already failed here.
                 if walk.strict:
@@ -421,7 +421,7 @@ def schedule(state: ClusterState, pending: PendingQueues, now: float, *, explain
             bucket = cursor.bucket()
             fkey = walk.fkeys.get(bucket)
             if fkey is None:
-                fkey = walk.fkeys[bucket] = failure_key(wl, walk.tracked)
+                fkey = walk.fkeys[bucket] = shape_failure_key(cursor.shape(), walk.tracked)
         failed.append((fkey, vector, wl.priority, wl.created))
         if explain:
             decisions.append(pending_verdict(state, scratch.usage, walk.cq, attempt, wl))
@@ -459,6 +459,14 @@ def schedule(state: ClusterState, pending: PendingQueues, now: float, *, explain
                     if later is not None:
                         futile[name] = (version + len(admitted), known[1], later)
     return CycleResult(tuple(decisions), blocked, settled, futile)
+
+
+def shape_failure_key(shape: Hashable, per_pod_gpus: bool) -> Hashable:
+    """`failure_key` from a workload's `shape_key`, which holds the same parts already sorted."""
+    assert isinstance(shape, tuple)
+    return tuple((selector, tolerations, tuple((r, v if per_pod_gpus or v % MILLI else 0) for r, v in requests
+                                               if r in GPU_RESOURCES))
+                 for _count, requests, selector, tolerations in shape)
 
 
 def failure_key(wl: Workload, per_pod_gpus: bool) -> Hashable:

@@ -199,8 +199,9 @@ class ClusterState:
         self._tree_counts: dict[str, dict[int, int]] = {root: {} for root in self.tree_priority_usage}
         # Admitted workloads whose eviction is under way: still charged, never chosen as victims again.
         self.evicting: set[str] = set()
-        # Per ClusterQueue: `headroom` and the tree versions it was computed at.
-        self._headroom: dict[str, tuple[tuple[int, int], dict[str, int], dict[str, int]]] = {}
+        # Per ClusterQueue: the two halves of `headroom` and the tree version each was computed at.
+        self._nominal_headroom: dict[str, tuple[int, dict[str, int]]] = {}
+        self._max_headroom: dict[str, tuple[int, dict[str, int]]] = {}
         # Free slots of each tracked physical GPU, per flavor.
         self.devices: dict[str, list[int]] = {}
         for flavor in topology.flavors.values():
@@ -219,18 +220,29 @@ class ClusterState:
         """For a ClusterQueue: per resource, the room left below its nominal quota (over all its flavors), and the
         most that any one of its flavors has available now (see `nominal_room`, `max_available`).
 
-        Computed on first use and kept until the usage of the queue's cohort tree changes (every admission and
-        release moves the tree's version); the engine reads it for trees a cycle has not changed yet.
+        Each is computed on first use and kept until the usage of the queue's cohort tree changes (every admission
+        and release moves the tree's version); the engine reads them for trees a cycle has not changed yet.
         """
-        root = self.topology.cq_nodes[cq].root.name
-        at = (self.versions[root], self.admit_versions[root])
-        cached = self._headroom.get(cq)
+        return self.nominal_headroom(cq), self.max_headroom(cq)
+
+    def nominal_headroom(self, cq: str) -> dict[str, int]:
+        """The first half of `headroom` (cached the same way)."""
+        node = self.topology.cq_nodes[cq]
+        root = node.root.name
+        at = (self.versions[root] << 32) + self.admit_versions[root]
+        cached = self._nominal_headroom.get(cq)
         if cached is None or cached[0] != at:
-            node = self.topology.cq_nodes[cq]
-            cached = (at, nominal_room(self.topology, cq, self.usage[node.idx]),
-                      max_available(self.topology, cq, self.usage))
-            self._headroom[cq] = cached
-        return cached[1], cached[2]
+            cached = self._nominal_headroom[cq] = (at, nominal_room(self.topology, cq, self.usage[node.idx]))
+        return cached[1]
+
+    def max_headroom(self, cq: str) -> dict[str, int]:
+        """The second half of `headroom` (cached the same way)."""
+        root = self.topology.cq_nodes[cq].root.name
+        at = (self.versions[root] << 32) + self.admit_versions[root]
+        cached = self._max_headroom.get(cq)
+        if cached is None or cached[0] != at:
+            cached = self._max_headroom[cq] = (at, max_available(self.topology, cq, self.usage))
+        return cached[1]
 
     def largest(self, cq: str, fr: FR) -> int:
         """The largest amount of ``fr`` any single admitted workload of ``cq`` uses."""
