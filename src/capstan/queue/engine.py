@@ -205,8 +205,9 @@ def holders(state: ClusterState, cq: ClusterQueue, frs: list[FR], limit: int = 5
 class _Walk:
     """One ClusterQueue's walk through its pending workloads during a cycle, with what the cycle caches for it."""
 
-    __slots__ = ("changes", "cq", "cursor", "failed", "fkeys", "name", "node", "preempting", "room", "room_at",
-                 "roomy", "roomy_at", "root", "share", "strict", "tracked", "version")
+    __slots__ = ("changes", "cq", "cursor", "failed", "fkeys", "heads", "lists", "name", "node", "preempting",
+                 "room", "room_at", "roomy", "roomy_at", "root", "share", "strict", "tracked", "vecs", "version",
+                 "workloads")
 
     def __init__(self, name: str, cq: ClusterQueue, node: Node, cursor: Cursor, version: int, preempting: bool,
                  tracked: bool) -> None:
@@ -215,6 +216,11 @@ class _Walk:
         self.node = node
         self.root = node.root.name
         self.cursor = cursor
+        # The cursor's heap and its queue's tables, read directly in the engine's inner loop.
+        self.heads = cursor.heap
+        self.lists = cursor.queue.lists
+        self.vecs = cursor.queue.vecs
+        self.workloads = cursor.queue.workloads
         self.version = version
         self.preempting = preempting
         self.tracked = tracked
@@ -269,10 +275,9 @@ def schedule(state: ClusterState, pending: PendingQueues, now: float, *, explain
 
     def entry(walk: _Walk) -> tuple[float, int, float, int, _Walk] | None:
         nonlocal counter
-        cursor = walk.cursor
-        top = cursor.top()
-        if top is None:
+        if not walk.heads:
             return None
+        top = walk.heads[0]
         counter += 1
         first: float
         if walk.room_at != walk.changes:
@@ -291,7 +296,7 @@ def schedule(state: ClusterState, pending: PendingQueues, now: float, *, explain
             # so quota freed by reclaiming goes to its owner rather than back to the borrower.
             room = walk.room
             first = 0.0
-            for r, q in cursor.vector().items():
+            for r, q in walk.vecs[top[3]].items():
                 if q and q > room.get(r, 0):
                     first = 1.0
                     break
@@ -337,8 +342,8 @@ def schedule(state: ClusterState, pending: PendingQueues, now: float, *, explain
         walk = heap[0][4]
         name = walk.name
         cursor = walk.cursor
-        wl = cursor.peek()
-        assert wl is not None
+        top = walk.heads[0]
+        wl = walk.workloads[walk.lists[top[3]][top[4]][1]]
         if not wl.active or wl.queue in stopped_local_queues:
             if explain:
                 why = "the workload is deactivated" if not wl.active else f"LocalQueue {wl.queue} is stopped"
@@ -346,7 +351,7 @@ def schedule(state: ClusterState, pending: PendingQueues, now: float, *, explain
             cursor.advance()
             requeue(walk)
             continue
-        vector = cursor.vector()
+        vector = walk.vecs[top[3]]
         if not explain and (not walk.preempting or name in searched):
             # Cheap refusal: more of some resource than any flavor of the queue has available now.
             epoch = epochs[walk.root]
@@ -363,13 +368,13 @@ def schedule(state: ClusterState, pending: PendingQueues, now: float, *, explain
                 if walk.strict:
                     heapq.heappop(heap)
                     continue
-                cursor.skip_bucket()
+                heapq.heappop(walk.heads)  # skip the bucket
                 requeue(walk)
                 continue
         failed = walk.failed
         fkey: Hashable = None
         if failed:
-            bucket = cursor.bucket()
+            bucket = top[3]
             fkey = walk.fkeys.get(bucket)
             if fkey is None:
                 fkey = walk.fkeys[bucket] = shape_failure_key(cursor.shape(), walk.tracked)
@@ -378,7 +383,7 @@ def schedule(state: ClusterState, pending: PendingQueues, now: float, *, explain
                 if walk.strict:
                     heapq.heappop(heap)
                     continue
-                cursor.skip_bucket()
+                heapq.heappop(walk.heads)  # skip the bucket
                 requeue(walk)
                 continue
         made: list[Decision]

@@ -122,55 +122,55 @@ class ClusterQueuePending:
 class Cursor:
     """Walks a `ClusterQueuePending` in order; `skip_bucket` drops the rest of the current head's bucket.
 
-    A cursor is valid until its queue changes.
+    A cursor is valid until its queue changes. ``heap`` holds (-priority, created, sequence, bucket id, position
+    in the bucket) entries, the current head first; the admission engine reads it directly (read-only).
     """
 
-    __slots__ = ("_heap", "_queue")
+    __slots__ = ("heap", "queue")
 
     def __init__(self, queue: ClusterQueuePending) -> None:
-        self._queue = queue
-        # Entries: (-priority, created, sequence, bucket id, position in the bucket). The sorted list of heads
-        # is already a heap.
-        self._heap = list(queue.heads)
+        self.queue = queue
+        # The sorted list of bucket heads is already a heap.
+        self.heap: list[tuple[int, float, int, int, int]] = list(queue.heads)
 
     def peek(self) -> Workload | None:
         """The current head, or None when exhausted."""
-        if not self._heap:
+        if not self.heap:
             return None
-        top = self._heap[0]
-        return self._queue.workloads[self._queue.lists[top[3]][top[4]][1]]
+        top = self.heap[0]
+        return self.queue.workloads[self.queue.lists[top[3]][top[4]][1]]
 
     def top(self) -> tuple[int, float, int, int, int] | None:
-        """The current head as (-priority, created, sequence, bucket id, position in the bucket), or None."""
-        return self._heap[0] if self._heap else None
+        """The current head's heap entry, or None when exhausted."""
+        return self.heap[0] if self.heap else None
 
     def bucket(self) -> int:
         """The id of the current head's bucket."""
-        return self._heap[0][3]
+        return self.heap[0][3]
 
     def shape(self) -> Hashable:
         """The request shape of the current head (see `shape_key`)."""
-        return self._queue.shapes[self._heap[0][3]]
+        return self.queue.shapes[self.heap[0][3]]
 
     def vector(self) -> dict[str, int]:
         """Total request per resource of the current head."""
-        return self._queue.vecs[self._heap[0][3]]
+        return self.queue.vecs[self.heap[0][3]]
 
     def advance(self) -> None:
         """Move past the current head, keeping its bucket."""
-        _p, _c, _s, bid, pos = heapq.heappop(self._heap)
-        bucket = self._queue.lists[bid]
+        _p, _c, _s, bid, pos = heapq.heappop(self.heap)
+        bucket = self.queue.lists[bid]
         if pos + 1 < len(bucket):
             key = bucket[pos + 1][0]
-            heapq.heappush(self._heap, (key[0], key[1], key[2], bid, pos + 1))
+            heapq.heappush(self.heap, (key[0], key[1], key[2], bid, pos + 1))
 
     def skip_bucket(self) -> None:
         """Move past the current head and everything behind it with the same request shape."""
-        heapq.heappop(self._heap)
+        heapq.heappop(self.heap)
 
     def exhausted(self) -> bool:
         """True when nothing is left."""
-        return not self._heap
+        return not self.heap
 
 
 class PendingQueues:

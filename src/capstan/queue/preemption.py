@@ -134,10 +134,14 @@ def find_victims(topology: Topology, state: ClusterState, cq: ClusterQueue, node
         work = topology.copy_tree(node, usage)
         dev = {k: list(v) for k, v in devices.items()} if devices else {}
         gone = skip | evicting
+        root = node.root
         for wid in evicting:
             adm = state.admissions.get(wid)
             if adm is not None and wid not in skip:
-                add_usage(topology.cq_nodes[adm.cluster_queue], work, adm.usage, -1)
+                victim_node = topology.cq_nodes[adm.cluster_queue]
+                # Only this tree's tables are private copies; other trees do not bear on this search.
+                if victim_node.root is root:
+                    add_usage(victim_node, work, adm.usage, -1)
                 occupy_devices(dev, flavors, adm, 1)
     else:
         # Nothing to take out first: read the caller's tables directly (`_greedy` copies before it changes any).
