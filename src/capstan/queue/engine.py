@@ -206,8 +206,8 @@ class _Walk:
     """One ClusterQueue's walk through its pending workloads during a cycle, with what the cycle caches for it."""
 
     __slots__ = ("changes", "cq", "cursor", "failed", "fkeys", "heads", "lists", "name", "node", "preempting",
-                 "room", "room_at", "roomy", "roomy_at", "root", "share", "strict", "tracked", "vecs", "version",
-                 "workloads")
+                 "room", "room_at", "roomy", "roomy_at", "roomy_freed", "root", "share", "strict", "tracked", "vecs",
+                 "version", "workloads")
 
     def __init__(self, name: str, cq: ClusterQueue, node: Node, cursor: Cursor, version: int, preempting: bool,
                  tracked: bool) -> None:
@@ -231,9 +231,11 @@ class _Walk:
         self.room_at = -1
         self.room: dict[str, int] = {}
         self.share = 0.0
-        # The tree epoch at which `roomy` (most of each resource any flavor has available) was computed.
+        # The tree epoch at which `roomy` (most of each resource any flavor has available) was computed, and the
+        # count of frees in the tree then.
         self.roomy_at = -1
         self.roomy: dict[str, int] = {}
+        self.roomy_freed = 0
         # Requests that failed this cycle, and the failure key of each bucket (computed when first needed).
         self.failed: list[tuple[Hashable, dict[str, int], int, float]] = []
         self.fkeys: dict[int, Hashable] = {}
@@ -271,6 +273,8 @@ def schedule(state: ClusterState, pending: PendingQueues, now: float, *, explain
     memo = not explain and not state.evicting
     tree_admits: dict[str, list[tuple[str, int, Mapping[FR, int]]]] = {root: [] for root in epochs}
     tree_preempted: set[str] = set()
+    # Per tree, how many times this cycle quota was freed (by a preemption) in the scratch usage.
+    freed = dict.fromkeys(epochs, 0)
     candidates: list[tuple[_Walk, Workload, SearchReport]] = []
 
     def entry(walk: _Walk) -> tuple[float, int, float, int, _Walk] | None:
@@ -301,6 +305,11 @@ def schedule(state: ClusterState, pending: PendingQueues, now: float, *, explain
                     first = 1.0
                     break
         return (first, top[0], top[1], counter, walk)
+
+    def refresh_roomy(walk: _Walk, epoch: int) -> None:
+        walk.roomy = state.max_headroom(walk.name) if epoch == 0 else max_available(topo, walk.name, scratch.usage)
+        walk.roomy_at = epoch
+        walk.roomy_freed = freed[walk.root]
 
     def requeue(walk: _Walk) -> None:
         # The popped entry is still at heap[0]: replace it with the queue's next head, or drop it.
@@ -353,17 +362,24 @@ def schedule(state: ClusterState, pending: PendingQueues, now: float, *, explain
             continue
         vector = walk.vecs[top[3]]
         if not explain and (not walk.preempting or name in searched):
-            # Cheap refusal: more of some resource than any flavor of the queue has available now.
-            epoch = epochs[walk.root]
-            if walk.roomy_at != epoch:
-                walk.roomy = state.max_headroom(name) if epoch == 0 else max_available(topo, name, scratch.usage)
-                walk.roomy_at = epoch
-            roomy = walk.roomy
+            # Cheap refusal: more of some resource than any flavor of the queue has available now. Until something
+            # is preempted in the tree, usage only grows during a cycle, so the figures of an earlier epoch are an
+            # upper bound: a refusal by them stands, and only a head they let through needs them refreshed.
+            root = walk.root
+            epoch = epochs[root]
+            if walk.roomy_at != epoch and (walk.roomy_at < 0 or walk.roomy_freed != freed[root]):
+                refresh_roomy(walk, epoch)
             refused = False
             for r, q in vector.items():
-                if q > roomy.get(r, 0):
+                if q > walk.roomy.get(r, 0):
                     refused = True
                     break
+            if not refused and walk.roomy_at != epoch:
+                refresh_roomy(walk, epoch)
+                for r, q in vector.items():
+                    if q > walk.roomy.get(r, 0):
+                        refused = True
+                        break
             if refused:
                 if walk.strict:
                     heapq.heappop(heap)
@@ -406,14 +422,17 @@ def schedule(state: ClusterState, pending: PendingQueues, now: float, *, explain
         if made:
             epochs[walk.root] += 1
             walk.changes += 1
-            for d in made:
-                if isinstance(d, Preempt):
-                    tree_preempted.add(walk.root)
-                    victim_walk = walks.get(d.cluster_queue)
-                    if victim_walk is not None:
-                        victim_walk.changes += 1
-                elif isinstance(d, Admit):
-                    tree_admits[walk.root].append((name, d.workload.priority, d.usage))
+            first_made = made[0]
+            if isinstance(first_made, Admit):
+                tree_admits[walk.root].append((name, first_made.workload.priority, first_made.usage))
+            else:
+                # A preemption: the search's copy of the tree, with victims (and workloads being evicted) taken
+                # out, replaced the scratch tables, so any queue of the tree may have changed.
+                tree_preempted.add(walk.root)
+                freed[walk.root] += 1
+                for other in walks.values():
+                    if other.root == walk.root:
+                        other.changes += 1
             decisions.extend(made)
             progress[name] = True
             cursor.advance()
@@ -437,9 +456,10 @@ def schedule(state: ClusterState, pending: PendingQueues, now: float, *, explain
         requeue(walk)
 
     blocked = {name: walks[name].version for name, moved in progress.items() if not moved}
-    # A queue that cannot preempt has now been walked to the end: every workload left was refused against no more
-    # usage than it will face once these admissions are applied (the assumption `blocked` rests on as well).
-    settled = {name: walks[name].version for name, moved in progress.items() if moved and not preempting[name]}
+    # A queue walked to the end whose admissions only get harder with more usage (`Topology.monotone`): every
+    # workload left was refused against no more usage than it will face once these admissions are applied.
+    monotone = topo.monotone
+    settled = {name: walks[name].version for name, moved in progress.items() if moved and name in monotone}
     futile: dict[str, tuple[int, Workload, SearchReport]] = {}
     for walk, wl, report in candidates:
         admitted = tree_admits[walk.root]

@@ -367,9 +367,9 @@ class CycleResult:
 
     ``blocked`` maps ClusterQueues that could admit nothing to the cohort-tree version they were examined at;
     the caller hands it to `PendingQueues.mark_blocked` so unchanged queues are skipped next cycle.
-    ``settled`` does the same for queues that did admit, cannot preempt, and have nothing left that could fit
-    once every decision of this cycle is applied; a caller that applies them all (the simulator) may mark those
-    blocked too, which saves the cycle that would only confirm it.
+    ``settled`` does the same for queues that did admit and provably have nothing left that could fit once every
+    decision of this cycle is applied (`Topology.monotone` queues); a caller that applies them all (the
+    simulator) may mark those blocked too, which saves the cycle that would only confirm it.
     ``futile`` (cycles without explanations only) maps ClusterQueues whose victim search was refused, in a way
     this cycle's admissions cannot undo, to the version the queue will have once every decision is applied and
     the workload searched for; such a caller hands it to `PendingQueues.mark_futile`, and the next cycle at that

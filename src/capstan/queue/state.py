@@ -139,6 +139,14 @@ class Topology:
             name for name, groups in self.group_of.items()
             if any(fq.flavor in tracked_flavors for g in groups.values() for fq in g.flavors))
         self.stopped_local_queues: frozenset[str] = frozenset(lq.name for lq in config.local_queues if lq.stopped)
+        # Queues whose admissions can only get harder as usage grows: no preemption anywhere in their cohort tree
+        # (it frees quota within a cycle), one flavor per resource group and no tracked devices (so there is no
+        # choice of flavor or device that more usage could turn out better).
+        tree_preempts = {node.root.name for node in self.cq_nodes.values() if self.preempting[node.name]}
+        self.monotone: frozenset[str] = frozenset(
+            name for name, cq in self.cluster_queues.items()
+            if self.cq_nodes[name].root.name not in tree_preempts and name not in self.tracked
+            and all(len(g.flavors) == 1 for g in cq.resource_groups))
 
     def copy_tree(self, node: Node, usage: list[dict[FR, int]]) -> list[dict[FR, int]]:
         """A usage table whose entries for ``node``'s cohort tree are private copies (others are shared)."""
