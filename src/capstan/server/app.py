@@ -143,8 +143,12 @@ def app_from_env() -> FastAPI:
     Settings come from ``CAPSTAN_*`` variables; ``CAPSTAN_SERVER_HOST`` names the bound address (``capstan
     server`` sets it for its workers).
     """
+    from capstan.server.runner import freeze_startup_objects
+
     settings = Settings.from_env()
-    return create_app(settings, bind_host=settings.extra.get(BIND_HOST_VARIABLE, "0.0.0.0"))
+    app = create_app(settings, bind_host=settings.extra.get(BIND_HOST_VARIABLE, "0.0.0.0"))
+    freeze_startup_objects()
+    return app
 
 
 def _health(request: Request) -> Response:

@@ -61,6 +61,17 @@ def protocol_class() -> type[asyncio.Protocol]:
     return NoDelayHttpToolsProtocol or NoDelayH11Protocol
 
 
+def freeze_startup_objects() -> None:
+    """Move everything allocated so far (modules, routes, SQLAlchemy's tables) out of the garbage collector's reach.
+
+    Those objects live as long as the process. Left tracked, each full collection walks all ~70,000 of them,
+    which here pauses whichever request triggers it for 30-40 ms.
+    """
+    import gc
+
+    gc.freeze()
+
+
 def settings_environment(settings: Settings, host: str) -> dict[str, str]:
     """``CAPSTAN_*`` variables that make `Settings.from_env` in a worker process rebuild ``settings``."""
     env = {
@@ -156,6 +167,7 @@ def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8080, workers
     for line in describe(settings, host, bound_port, workers, auth_required=required, users_exist=users_exist):
         click.echo(line)
     if workers == 1:
+        freeze_startup_objects()
         try:
             uvicorn.Server(config).run(sockets=[sock])
         finally:
