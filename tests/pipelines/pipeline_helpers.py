@@ -11,7 +11,10 @@ from pathlib import Path
 from capstan.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
-MAIN = "from capstan.cli.main import main; main()"
+# The CLI as a user's terminal starts it: Ctrl-C raises KeyboardInterrupt. A test suite started in the background
+# by a shell without job control (`.ci/run &`, nohup) inherits SIGINT ignored, and Python keeps ignoring it.
+MAIN = ("import signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+        "from capstan.cli.main import main; main()")
 
 
 def write_pipeline(folder: Path, name: str, source: str) -> Path:
