@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import orjson
 import pytest
 from pipeline_helpers import capstan, popen_capstan, write_pipeline
 
@@ -180,3 +181,72 @@ def test_resume_refuses_a_live_orchestrator_and_a_finished_run(home: Settings, t
     assert proc.returncode == 130
     finished = capstan(home, "pipelines", "resume", run.id)
     assert finished.returncode == 1 and "has already cancelled" in finished.stderr
+
+
+ORPHAN = '''
+import os
+import signal
+
+import capstan.pipelines as cp
+
+
+@cp.step
+def first() -> int:
+    return 1
+
+
+@cp.step
+def kills_its_orchestrator(x: int, once: str) -> int:
+    if not os.path.exists(once):
+        open(once, "w").close()
+        os.kill(os.getppid(), signal.SIGKILL)  # the worker's parent is the orchestrator
+    return x + 1
+
+
+@cp.step
+def last(x: int) -> int:
+    return x + 1
+
+
+@cp.pipeline
+def orphan(once: str = "killed"):
+    return last(kills_its_orchestrator(first(), once))
+'''
+
+
+@pytest.mark.parametrize("result_kept", [True, False])
+def test_an_attempt_that_ended_while_its_orchestrator_was_down_gives_its_quota_back(
+        home: Settings, tmp_path: Path, result_kept: bool) -> None:
+    # The step's worker finishes after the orchestrator was killed (its result file is kept, or lost): the run
+    # records nothing of it, while the queue still has its workload admitted. Resume adopts the result (or retries
+    # the lost attempt); either way that workload must be finished, or its quota would stay taken and later steps
+    # of the run (or of any run) would wait for it forever.
+    file = write_pipeline(tmp_path / "code", "orphan", ORPHAN)
+    killed = capstan(home, "run", f"{file}:orphan", "-p", f"once={tmp_path / 'killed'}", "--json")
+    assert killed.returncode == -signal.SIGKILL
+    admitted = orjson.loads(capstan(home, "queue", "list", "--state", "Admitted", "--json").stdout)
+    assert [w["workload"]["id"].rsplit("/", 1)[1] for w in admitted] == ["kills_its_orchestrator"]
+    runner = PipelineRunner.open(home)
+    try:
+        (run,) = runner.store.list_runs()
+        if not result_kept:
+            (attempt,) = runner.store.attempts(run.id, "kills_its_orchestrator")
+            files = [p for p in (home.home / "pipelines" / "workers").iterdir()
+                     if p.name.startswith(f"{attempt.worker_pid}-")]
+            for path in files:
+                path.unlink()
+    finally:
+        runner.close()
+    resumed = capstan(home, "pipelines", "resume", run.id, "--json")
+    assert resumed.returncode == 0, resumed.stderr
+    runner = PipelineRunner.open(home)
+    try:
+        attempts = [(a.state, a.reason) for a in runner.store.attempts(run.id, "kills_its_orchestrator")]
+        if result_kept:
+            assert attempts == [("succeeded", "")], "the result was adopted, not run again"
+        else:
+            assert attempts == [("failed", "Interrupted"), ("succeeded", "")], "the lost attempt was retried"
+        assert runner.result(run.id).value() == 3
+    finally:
+        runner.close()
+    assert orjson.loads(capstan(home, "queue", "list", "--json").stdout) == []

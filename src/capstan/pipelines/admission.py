@@ -113,9 +113,10 @@ class Admission(Protocol):
         """One scheduling round: `release` each ``(lease, requeue)``, then `acquire_many` ``requests``."""
         ...
 
-    def reclaim(self, request: ResourceRequest) -> Lease | None:
+    def reclaim(self, request: ResourceRequest, *, held_only: bool = False) -> Lease | None:
         """The lease of an attempt that was already running when its orchestrator stopped (a resumed run): the one
-        it still holds, or a new one when it fits now."""
+        it still holds, or a new one when it fits now. With ``held_only`` (the attempt has ended, its result adopted
+        or lost) only the one it still holds, so that handling the attempt's end gives its quota back."""
         ...
 
     def release(self, lease: Lease, *, requeue: bool = False) -> None:
@@ -324,8 +325,10 @@ class LocalAdmission:
             self.release(lease)
         return self.acquire_many(requests)
 
-    def reclaim(self, request: ResourceRequest) -> Lease | None:
-        """Nothing survives the process here: a new lease if the request fits now."""
+    def reclaim(self, request: ResourceRequest, *, held_only: bool = False) -> Lease | None:
+        """Nothing survives the process here: a new lease if the request fits now (none with ``held_only``)."""
+        if held_only:
+            return Lease(request.key, request) if request.empty else None
         return self.try_acquire(request)
 
     def _acquire(self, request: ResourceRequest) -> Lease | None:

@@ -38,6 +38,9 @@ def recover_running(orch: Orchestrator, rec: StepRec) -> None:
     if last is not None and process and last.worker_pid:
         adopted = find_result(task.result_file, task.key) if task.result_file else None
         if adopted is not None:
+            # The step's workload may still be admitted in the queue: holding its lease makes the outcome's
+            # handling give the quota back, as for an attempt that finished under this orchestrator.
+            rec.lease = orch._admission.reclaim(orch._request(rec, task.key), held_only=True)
             orch._out.put(adopted)
             return
         if process_alive(last.worker_pid, last.worker_started):
@@ -56,6 +59,7 @@ def recover_running(orch: Orchestrator, rec: StepRec) -> None:
             return
     started = last.started_at if last is not None else orch._clock()
     rec.attempt_started = started
+    rec.lease = orch._admission.reclaim(orch._request(rec, task.key), held_only=True)  # as for an adopted result
     orch._out.put(failed(task, INTERRUPTED, f"attempt {rec.attempt} was interrupted: its orchestrator stopped",
                          started_at=started, finished_at=orch._clock()))
 

@@ -451,16 +451,17 @@ class QueueAdmission:
             return None
         return record if record.state in ACTIVE_STATES else None
 
-    def reclaim(self, request: ResourceRequest) -> Lease | None:
+    def reclaim(self, request: ResourceRequest, *, held_only: bool = False) -> Lease | None:
         """The lease of an attempt left running by a stopped orchestrator: its step's workload if it is still
-        admitted (or being preempted: the next `revoked` says so), else a new admission if one fits now."""
+        admitted (or being preempted: the next `revoked` says so), else a new admission if one fits now (unless
+        ``held_only``)."""
         if request.empty:
             return Lease(request.key, request)
         with self.session() as mgr:
             record = self._active_by_step(mgr).get(step_key(request))
             if record is not None and record.state in (ADMITTED, EVICTING):
                 return self._lease(request, record)
-        return self.try_acquire(request)
+        return None if held_only else self.try_acquire(request)
 
     def release(self, lease: Lease, *, requeue: bool = False) -> None:
         """The attempt ended: finish its workload (quota returned, usage closed), or, after a preemption
