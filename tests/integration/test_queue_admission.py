@@ -181,6 +181,10 @@ def test_withdraw_reclaim_and_a_step_that_ended_while_being_preempted(queue: Que
     # A resumed orchestrator re-attaches to the running attempt: it gets the lease its step still holds.
     again = queue.reclaim(req("a", gpu=2))
     assert again is not None and again.workload == "run1/a"
+    assert queue.reclaim(req("a", gpu=2), held_only=True) == again
+    # An attempt that ended while no orchestrator ran (its result adopted) takes only what its step still holds.
+    assert queue.reclaim(req("c", gpu=1), held_only=True) is None
+    assert queue.store.get_workload("run1/c") is None, "nothing was submitted for it"
     with queue.session() as mgr:
         mgr.submit("job-1", "default", [PodSet("main", 1, {"gpu": 1000})], priority_class="high")
         mgr.cycle()
@@ -261,3 +265,6 @@ def test_the_in_memory_adapter_speaks_the_same_port() -> None:
     assert local.revoked([first]) == []
     [again] = local.settle([(first, False)], [req("b", gpu=1)])
     assert isinstance(again, Lease) and local.reclaim(req("b", gpu=1)) == again
+    assert local.reclaim(req("b", gpu=1), held_only=True) == again
+    assert local.reclaim(req("d", gpu=1), held_only=True) is None
+    assert local.reclaim(req("d", cpu=0), held_only=True) == Lease("run1/d#1", req("d", cpu=0))

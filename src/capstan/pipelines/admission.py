@@ -326,9 +326,11 @@ class LocalAdmission:
         return self.acquire_many(requests)
 
     def reclaim(self, request: ResourceRequest, *, held_only: bool = False) -> Lease | None:
-        """Nothing survives the process here: a new lease if the request fits now (none with ``held_only``)."""
+        """Nothing survives the process here: the lease this process holds for the request, else a new one if it
+        fits now (none with ``held_only``)."""
         if held_only:
-            return Lease(request.key, request) if request.empty else None
+            held = self.leases.get(request.key)
+            return held if held is not None or not request.empty else Lease(request.key, request)
         return self.try_acquire(request)
 
     def _acquire(self, request: ResourceRequest) -> Lease | None:
