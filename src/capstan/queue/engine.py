@@ -240,6 +240,13 @@ class _Walk:
         self.failed: list[tuple[Hashable, dict[str, int], int, float]] = []
         self.fkeys: dict[int, Hashable] = {}
 
+    def failure_key(self, bucket: int) -> Hashable:
+        """The failure key of ``bucket`` (the cursor's current one), computed once per cycle."""
+        fkey = self.fkeys.get(bucket)
+        if fkey is None:
+            fkey = self.fkeys[bucket] = shape_failure_key(self.cursor.shape(), self.tracked)
+        return fkey
+
 
 def schedule(state: ClusterState, pending: PendingQueues, now: float, *, explain: bool = True) -> CycleResult:
     """Run one admission cycle. ``now`` is the injected time stamped on decisions' effects by the caller.
@@ -361,6 +368,7 @@ def schedule(state: ClusterState, pending: PendingQueues, now: float, *, explain
             requeue(walk)
             continue
         vector = walk.vecs[top[3]]
+        refused = False
         if not explain and (not walk.preempting or name in searched):
             # Cheap refusal: more of some resource than any flavor of the queue has available now. Until something
             # is preempted in the tree, usage only grows during a cycle, so the figures of an earlier epoch are an
@@ -369,7 +377,6 @@ def schedule(state: ClusterState, pending: PendingQueues, now: float, *, explain
             epoch = epochs[root]
             if walk.roomy_at != epoch and (walk.roomy_at < 0 or walk.roomy_freed != freed[root]):
                 refresh_roomy(walk, epoch)
-            refused = False
             for r, q in vector.items():
                 if q > walk.roomy.get(r, 0):
                     refused = True
@@ -380,28 +387,19 @@ def schedule(state: ClusterState, pending: PendingQueues, now: float, *, explain
                     if q > walk.roomy.get(r, 0):
                         refused = True
                         break
-            if refused:
-                if walk.strict:
-                    heapq.heappop(heap)
-                    continue
-                heapq.heappop(walk.heads)  # skip the bucket
-                requeue(walk)
-                continue
         failed = walk.failed
         fkey: Hashable = None
-        if failed:
-            bucket = top[3]
-            fkey = walk.fkeys.get(bucket)
-            if fkey is None:
-                fkey = walk.fkeys[bucket] = shape_failure_key(cursor.shape(), walk.tracked)
-            if _dominated(failed, fkey, vector, wl):
-                # A smaller or equal request of the same shape and at least this priority already failed here.
-                if walk.strict:
-                    heapq.heappop(heap)
-                    continue
-                heapq.heappop(walk.heads)  # skip the bucket
-                requeue(walk)
+        if not refused and failed:
+            fkey = walk.failure_key(top[3])
+            # A smaller or equal request of the same shape and at least this priority already failed here.
+            refused = _dominated(failed, fkey, vector, wl)
+        if refused:
+            if walk.strict:
+                heapq.heappop(heap)
                 continue
+            heapq.heappop(walk.heads)  # skip the bucket
+            requeue(walk)
+            continue
         made: list[Decision]
         if memo and walk.preempting and not walk.tracked and name not in searched:
             known = pending.futile_at(name)
@@ -442,10 +440,7 @@ def schedule(state: ClusterState, pending: PendingQueues, now: float, *, explain
             requeue(walk)
             continue
         if fkey is None:
-            bucket = cursor.bucket()
-            fkey = walk.fkeys.get(bucket)
-            if fkey is None:
-                fkey = walk.fkeys[bucket] = shape_failure_key(cursor.shape(), walk.tracked)
+            fkey = walk.failure_key(cursor.bucket())
         failed.append((fkey, vector, wl.priority, wl.created))
         if explain:
             decisions.append(pending_verdict(state, scratch.usage, walk.cq, attempt, wl))
