@@ -115,7 +115,11 @@ def _remote_follow(run_id: str, as_json: bool) -> dict[str, Any]:
     return data  # type: ignore[no-any-return]
 
 
-def _remote_outcome(data: dict[str, Any]) -> None:
+def _remote_finish(run_id: str, as_json: bool) -> None:
+    """Follow a run the server orchestrates until it ends, then report it like a local one."""
+    data = _remote_follow(run_id, as_json)
+    if as_json:
+        _echo_json(data)
     run = data["run"]
     if run["status"] == "succeeded":
         click.echo(f"run {run['id']} succeeded")
@@ -194,10 +198,7 @@ def register(cli: click.Group) -> None:
         if cli_settings().url:
             pipe.build(given)  # report bad parameters here, before anything reaches the server
             data = _http("POST", "/runs", json={"pipeline": ref, "params": given, "no_cache": no_cache})
-            final = _remote_follow(data["run"]["id"], as_json)
-            if as_json:
-                _echo_json(final)
-            _remote_outcome(final)
+            _remote_finish(data["run"]["id"], as_json)
             return
         runner = _runner()
         try:
@@ -301,10 +302,7 @@ def register(cli: click.Group) -> None:
     def _continue(run_id: str, action: str, as_json: bool) -> None:
         if cli_settings().url:
             data = _http("POST", f"/runs/{run_id}/{action}")
-            final = _remote_follow(data["run"]["id"], as_json)
-            if as_json:
-                _echo_json(final)
-            _remote_outcome(final)
+            _remote_finish(data["run"]["id"], as_json)
             return
         runner = _runner()
         try:
