@@ -3,6 +3,7 @@ orchestrated in the server, bad pipelines get a 4xx naming the place, unfinished
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -164,3 +165,13 @@ def test_real_server_orchestrates_submitted_runs(tmp_path: Path) -> None:
                 break
             time.sleep(0.2)
         assert status == "succeeded"
+        # `capstan run` with CAPSTAN_URL submits to the server and follows the run there.
+        via_cli = server.remote_cli("run", f"{file}:math", "-p", "x=1", "--json")
+        final = json.loads(via_cli.stdout)  # nothing but the JSON document on stdout
+        assert final["run"]["status"] == "succeeded" and final["run"]["source"] == "api"
+        text = server.remote_cli("run", f"{file}:math", "-p", "x=0")
+        assert f"run {text.stdout.split()[-2]} succeeded" in text.stdout
+        failing = server.remote_cli("run", f"{file}:math", "-p", "x=oops", check=False)
+        assert failing.returncode == 1 and "Traceback" not in failing.stderr
+        assert failing.stderr.startswith("error: ")
+        assert "parameter 'x' (int): 'oops' is not an integer" in failing.stderr

@@ -122,7 +122,8 @@ def _remote_finish(run_id: str, as_json: bool) -> None:
         _echo_json(data)
     run = data["run"]
     if run["status"] == "succeeded":
-        click.echo(f"run {run['id']} succeeded")
+        if not as_json:  # with --json, stdout holds the document alone (as for a local run)
+            click.echo(f"run {run['id']} succeeded")
         return
     failed = next((s for s in data["steps"] if s["state"] == "failed" and s["parent"] is None), None) or \
         next((s for s in data["steps"] if s["state"] == "failed"), None)
