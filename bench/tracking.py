@@ -277,7 +277,7 @@ def main() -> None:
     sizes_used: dict[str, dict[str, int]] = {}
 
     if args.startup_only:
-        _startup_report(tmp, args.startups)
+        _startup_report(tmp, args.startups, {})
         return
 
     def record(name: str, res: dict[str, float], sizes: dict[str, int]) -> None:
@@ -352,7 +352,7 @@ def main() -> None:
     print(table(other, ["measure", "peer / value", "capstan / value", "ratio"]))
     if not args.skip_servers and args.startups > 0:
         print()
-        _startup_report(tmp, args.startups)
+        _startup_report(tmp, args.startups, servers)
     print(f"\n* (d) searches the runs (c) created: {peer['c']} in-process, {server['c']} through servers.")
     if args.quick:
         print("--quick: sizes were reduced; (a)-(c) are per-operation times scaled to full size.")
@@ -362,18 +362,22 @@ def main() -> None:
                           {"mlflow": bpp_ml, "capstan": bpp_cap}}, indent=2))
 
 
-def _startup_report(tmp: Path, repeats: int) -> None:
-    """(f) on its own: repeated starts of both servers (fresh homes), then one start each for idle memory."""
+def _startup_report(tmp: Path, repeats: int, measured: dict[str, dict[str, float]]) -> None:
+    """(f) on its own: repeated starts of both servers (fresh homes). The start of the main run, when there was
+    one (``measured``, keyed like ``servers``), counts as one more; otherwise one more start reads idle memory."""
     print(f"(f) server start until healthy, {repeats} fresh starts per server", flush=True)
     rows = []
     for kind, n in (("mlflow", min(repeats, 2)), ("capstan", repeats)):
         times = _startups(kind, tmp, n)
-        proc, _url, healthy, rss, pss = _server(kind, tmp / f"idle-{kind}", None)
-        stop(proc)
-        times.append(healthy)
+        first = measured.get(f"{kind} server")
+        if first is None:
+            proc, _url, healthy, rss, pss = _server(kind, tmp / f"idle-{kind}", None)
+            stop(proc)
+            first = {"healthy_s": healthy, "rss_mb": rss, "pss_mb": pss}
+        times.append(first["healthy_s"])
         rows.append([f"{kind} server", f"median {statistics.median(times):.2f} s",
                      f"min {min(times):.2f} / max {max(times):.2f} s ({len(times)} starts)",
-                     f"RSS {rss:.0f} MB, PSS {pss:.0f} MB"])
+                     f"RSS {first['rss_mb']:.0f} MB, PSS {first['pss_mb']:.0f} MB"])
     print(table(rows, ["server", "healthy after", "spread", "idle memory"]))
     print(f"load average {os.getloadavg()[0]:.2f}")
 
