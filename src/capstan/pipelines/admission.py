@@ -330,7 +330,9 @@ class LocalAdmission:
         fits now (none with ``held_only``)."""
         if held_only:
             held = self.leases.get(request.key)
-            return held if held is not None or not request.empty else Lease(request.key, request)
+            if held is None and request.empty:
+                held = Lease(request.key, request)  # asks for nothing: granted without holding anything
+            return held
         return self.try_acquire(request)
 
     def _acquire(self, request: ResourceRequest) -> Lease | None:
