@@ -20,7 +20,7 @@ MODEL = "example-digits"
 
 
 def main() -> None:
-    x, y = load_digits(return_X_y=True, as_frame=True)
+    x, y = load_digits(return_X_y=True)  # numpy arrays: no pandas needed
     x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=0.25, random_state=0, stratify=y)
 
     best: tuple[float, str] | None = None
@@ -37,7 +37,7 @@ def main() -> None:
             accuracy = accuracy_score(y_test, model.predict(x_test))
             capstan.log_metric("test_accuracy", accuracy)
             capstan.log_dict({"classes": sorted(int(c) for c in set(y))}, "classes.json")
-            info = capstan.log_model(model, "model", input_example=x_test.head(3), serialization_format="pickle")
+            info = capstan.log_model(model, "model", input_example=x_test[:3], serialization_format="pickle")
             print(f"{run.run_name}: accuracy {accuracy:.3f} -> {info.model_uri}")
             if best is None or accuracy > best[0]:
                 best = (accuracy, info.model_uri)

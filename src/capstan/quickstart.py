@@ -31,13 +31,15 @@ EPOCHS = 15
 
 @dataclass(frozen=True, slots=True)
 class TrainingData:
-    """What the training stage needs: a train/test split (pandas objects) and a one-line description."""
+    """What the training stage needs: a train/test split (numpy arrays, or pandas objects where a data stage
+    returns them), a one-line description and the feature names (used to label per-feature artifacts)."""
 
     x_train: Any
     x_test: Any
     y_train: Any
     y_test: Any
     description: str
+    feature_names: tuple[str, ...] = ()
 
 
 class PreparedSplit(Protocol):
@@ -81,15 +83,26 @@ class QuickstartResult:
 
 
 def wine_data(seed: int = 7) -> TrainingData:
-    """scikit-learn's bundled wine dataset (178 samples, 13 features, 3 classes), split 70/30 stratified."""
+    """scikit-learn's bundled wine dataset (178 samples, 13 features, 3 classes), split 70/30 stratified, as numpy
+    arrays (pandas is not needed)."""
     from sklearn.datasets import load_wine
     from sklearn.model_selection import train_test_split
 
-    frame = load_wine(as_frame=True)
-    x_train, x_test, y_train, y_test = train_test_split(frame.data, frame.target, test_size=0.3,
-                                                        random_state=seed, stratify=frame.target)
+    wine = load_wine()
+    x_train, x_test, y_train, y_test = train_test_split(wine.data, wine.target, test_size=0.3,
+                                                        random_state=seed, stratify=wine.target)
     return TrainingData(x_train, x_test, y_train, y_test,
-                        f"wine: {len(frame.data)} samples, {frame.data.shape[1]} features, 3 classes")
+                        f"wine: {len(wine.data)} samples, {wine.data.shape[1]} features, 3 classes",
+                        tuple(wine.feature_names))
+
+
+def _feature_names(data: PreparedSplit, count: int) -> list[str]:
+    """The stage's feature names: its ``feature_names``, a DataFrame's columns, else ``x0``, ``x1``, ..."""
+    given = getattr(data, "feature_names", None)
+    if not given:
+        given = getattr(data.x_train, "columns", None)  # a pandas Index: no truth value, hence the two steps
+    names = [str(n) for n in given] if given is not None else []
+    return names if len(names) == count else [f"x{i}" for i in range(count)]
 
 
 def _train_one(client_run: Any, data: PreparedSplit, alpha: float, epochs: int) -> tuple[Any, dict[str, float]]:
@@ -126,7 +139,8 @@ def _train_one(client_run: Any, data: PreparedSplit, alpha: float, epochs: int) 
     client_run.log_dict({"labels": [int(v) for v in classes],
                          "matrix": confusion_matrix(data.y_test, predicted).tolist()}, "confusion_matrix.json")
     lines = ["feature,mean_abs_weight"] + [
-        f"{name},{float(np.abs(classifier.coef_[:, i]).mean()):.6f}" for i, name in enumerate(data.x_train.columns)]
+        f"{name},{float(np.abs(classifier.coef_[:, i]).mean()):.6f}"
+        for i, name in enumerate(_feature_names(data, classifier.coef_.shape[1]))]
     client_run.log_text("\n".join(lines) + "\n", "feature_weights.csv")
     return model, metrics
 
@@ -165,7 +179,7 @@ def run_quickstart(settings: Settings | None = None, *, console: Console | None 
                                        "scaler": "standard", "dataset": data.description.split(":", 1)[0]},
                                tags={BATCH_TAG: batch, "capstan.quickstart": "true"}) as run:
                 model, _metrics = _train_one(run, data, alpha, epochs)
-                info = run.log_model(model, "model", input_example=data.x_test.head(5),
+                info = run.log_model(model, "model", input_example=data.x_test[:5],
                                      serialization_format="pickle")  # pickle: no skops import on a fresh machine
                 run_ids.append(run.run_id)
                 model_ids[run.run_id] = info.model_id

@@ -42,6 +42,49 @@ def parse_gpus(text: str) -> tuple[int, str | None]:
     return int(count), (model or None)
 
 
+def parse_origins(text: str, *, field_name: str = "CAPSTAN_ALLOWED_ORIGINS") -> tuple[str, ...]:
+    """Comma-separated web origins (``https://ui.example.com,http://localhost:3000``), normalised to lower case
+    without a trailing slash; `InvalidParameterValue` naming ``field_name`` for anything that is not an origin."""
+    from urllib.parse import urlsplit
+
+    origins: list[str] = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        parts = urlsplit(item.rstrip("/"))
+        try:
+            parts.port  # noqa: B018  # raises ValueError for a port that is not a number
+        except ValueError:
+            parts = parts._replace(netloc="")
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.path or parts.query \
+                or parts.fragment or parts.username is not None:
+            raise InvalidParameterValue(f"{field_name}: {item!r} is not a web origin such as "
+                                        "https://ui.example.com or http://localhost:3000")
+        netloc = parts.netloc.lower()
+        default_port = ":80" if parts.scheme == "http" else ":443"
+        if netloc.endswith(default_port):  # browsers leave the default port out of the Origin header
+            netloc = netloc[:-len(default_port)]
+        origins.append(f"{parts.scheme}://{netloc}")
+    return tuple(origins)
+
+
+def parse_hosts(text: str, *, field_name: str = "CAPSTAN_ALLOWED_HOSTS") -> tuple[str, ...]:
+    """Comma-separated host names a server answers to (``capstan.example.com``, ``10.0.0.5:8080``, ``*`` for
+    any); `InvalidParameterValue` naming ``field_name`` for anything else."""
+    import re
+
+    pattern = re.compile(r"\*|(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(:\d{1,5})?")
+    hosts: list[str] = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        if not pattern.fullmatch(item):
+            raise InvalidParameterValue(f"{field_name}: {item!r} is not a host such as capstan.example.com, "
+                                        "10.0.0.5:8080 or *")
+        hosts.append(item.lower())
+    return tuple(hosts)
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """Where Capstan keeps its state and how it reaches a server.
@@ -60,6 +103,11 @@ class Settings:
         declared_gpus: GPUs the local executor schedules on instead of detecting them (``CAPSTAN_GPUS``: ``4`` or
             ``4xa100``; ``0`` means none); ``None`` detects them through NVML or ``nvidia-smi``.
         declared_gpu_model: the model of the declared GPUs (``a100`` in ``4xa100``), matched by ``gpu_flavor``.
+        allowed_origins: web origins besides the server's own whose browser requests the server accepts, with
+            CORS (``CAPSTAN_ALLOWED_ORIGINS``, comma-separated; ``capstan server --allowed-origin``).
+        allowed_hosts: ``Host`` header values the server answers to (``CAPSTAN_ALLOWED_HOSTS``; ``capstan server
+            --allowed-host``). A loopback server always accepts localhost, 127.0.0.1 and [::1] on its port; a
+            server on any other address accepts every host unless this is set.
     """
 
     home: Path
@@ -73,6 +121,8 @@ class Settings:
     metric_flush_interval_s: float = 0.2
     declared_gpus: int | None = None
     declared_gpu_model: str | None = None
+    allowed_origins: tuple[str, ...] = ()
+    allowed_hosts: tuple[str, ...] = ()
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -111,6 +161,10 @@ class Settings:
                 raise InvalidParameterValue("CAPSTAN_METRIC_FLUSH_INTERVAL: expected seconds as a number") from None
         if env.get("CAPSTAN_GPUS"):
             overrides["declared_gpus"], overrides["declared_gpu_model"] = parse_gpus(env["CAPSTAN_GPUS"])
+        if env.get("CAPSTAN_ALLOWED_ORIGINS"):
+            overrides["allowed_origins"] = parse_origins(env["CAPSTAN_ALLOWED_ORIGINS"])
+        if env.get("CAPSTAN_ALLOWED_HOSTS"):
+            overrides["allowed_hosts"] = parse_hosts(env["CAPSTAN_ALLOWED_HOSTS"])
         extra = {k: v for k, v in env.items() if k.startswith("CAPSTAN_")}
         return replace(settings, extra=extra, **overrides)  # type: ignore[arg-type]  # keys are field names
 

@@ -132,7 +132,7 @@ def test_rename_and_experiment_tags(bench: Bench) -> None:
         store.set_experiment_tag(a, "long", "x" * 20001)
     store.delete_experiment_tag(a, "k")
     assert "k" not in store.get_experiment(a).tags
-    with pytest.raises(ResourceDoesNotExist, match="No tag 'k'"):
+    with pytest.raises(ResourceDoesNotExist, match="No tag with name: k in experiment"):
         store.delete_experiment_tag(a, "k")
     with pytest.raises(ResourceDoesNotExist):
         store.rename_experiment("424242", "x")
@@ -314,7 +314,7 @@ def test_tags_can_be_deleted(bench: Bench) -> None:
     assert {k: v for k, v in store.get_run(run).data.tags.items() if k != "mlflow.runName"} == {"a": "3", "b": "2"}
     store.delete_tag(run, "a")
     assert "a" not in store.get_run(run).data.tags
-    with pytest.raises(ResourceDoesNotExist, match="No tag 'a'"):
+    with pytest.raises(ResourceDoesNotExist, match="No tag with name: a in run"):
         store.delete_tag(run, "a")
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from sqlalchemy import Engine, delete, func, select
+from sqlalchemy import Connection, Engine, delete, func, select
 
 from capstan.artifacts.paths import join, normalize_path
 from capstan.clock import Clock, system_clock
@@ -162,6 +162,7 @@ class ArtifactStore:
             self.fs.mv(tmp, final)
         now = self._clock()
         with self._engine.begin() as conn:
+            _check_file_slot(conn, path)
             insert_ignore(conn, blobs, [{"digest": digest, "size": size, "created_at": now}])
             upsert(conn, artifact_entries, [{"path": path, "digest": digest, "size": size, "created_at": now}],
                    keys=["path"], update=["digest", "size", "created_at"])
@@ -271,6 +272,26 @@ class ArtifactStore:
             removed += 1
             freed += int(size)
         return GcReport(removed, freed)
+
+
+def _check_file_slot(conn: Connection, path: str) -> None:
+    """Refuse to store a file where a folder is (files below ``path``) or below a file (an ancestor is one), so
+    a listing never shows the same name as both. The range ``[path/, path0)`` is every path below ``path``
+    (``0`` sorts right after ``/`` in byte order)."""
+    column: Any = artifact_entries.c.path
+    if conn.dialect.name == "postgresql":  # byte order, whatever the database's locale collation says
+        column = column.collate("C")
+    below = conn.execute(select(artifact_entries.c.path).where(
+        column >= f"{path}/", column < f"{path}0").limit(1)).first()
+    if below is not None:
+        raise InvalidParameterValue(f"path: {path!r} is a folder (it holds {below[0]!r}); a file cannot replace it")
+    parts = path.split("/")
+    ancestors = ["/".join(parts[:i]) for i in range(1, len(parts))]
+    if ancestors:
+        clash = conn.execute(select(artifact_entries.c.path).where(
+            artifact_entries.c.path.in_(ancestors)).limit(1)).first()
+        if clash is not None:
+            raise InvalidParameterValue(f"path: {clash[0]!r} is a file, so nothing can be stored below it")
 
 
 def _escape_like(text: str) -> str:

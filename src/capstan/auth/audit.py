@@ -5,6 +5,10 @@ entries for up to ``linger_s`` (50 ms) and writes them in one transaction. A bus
 commit per batch instead of a second write transaction per request (on SQLite that would contend for the write
 lock with the next request). An entry is stored at most ~50 ms after its response; a crash can lose that much.
 `flush` writes everything submitted so far at once and waits for it.
+
+Every entry passes `redact_entry` on its way to the store: a token secret in a path, a target or a detail (a
+``DELETE /api/v1/tokens/<secret>`` from an old client, a secret pasted into a query string) is cut down to its
+display prefix, so the audit log never holds a usable credential.
 """
 
 from __future__ import annotations
@@ -13,9 +17,11 @@ import logging
 import queue
 import threading
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Protocol
 
 from capstan.auth.records import AuditEntry
+from capstan.auth.tokens import redact_secrets
 
 log = logging.getLogger("capstan.audit")
 
@@ -27,6 +33,22 @@ class AuditSink(Protocol):
 
 
 _STOP = object()
+
+
+def _redact_value(value: object) -> object:
+    if isinstance(value, str):
+        return redact_secrets(value)
+    if isinstance(value, dict):
+        return {redact_secrets(str(k)): _redact_value(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_redact_value(v) for v in value]
+    return value
+
+
+def redact_entry(entry: AuditEntry) -> AuditEntry:
+    """``entry`` with anything shaped like a token secret removed from its action, target and detail."""
+    return replace(entry, action=redact_secrets(entry.action), target=redact_secrets(entry.target),
+                   detail={redact_secrets(str(k)): _redact_value(v) for k, v in entry.detail.items()})
 
 
 class AuditWriter:
@@ -106,6 +128,7 @@ class AuditWriter:
     def _write(self, entries: list[AuditEntry]) -> None:
         if not entries:
             return
+        entries = [redact_entry(e) for e in entries]
         for attempt in range(1, self._attempts + 1):
             try:
                 self._sink.record_audit(entries)

@@ -169,7 +169,14 @@ class _RemoteAdmin:
         return self._call("POST", "/tokens", json={"user": user, "name": name, "expires": expires})
 
     def revoke_token(self, ref: str) -> dict[str, Any]:
-        return dict(self._call("DELETE", f"/tokens/{ref}")["token"])
+        from urllib.parse import quote
+
+        from capstan.auth.tokens import display_prefix, looks_like_secret
+
+        ref = ref.strip()
+        if looks_like_secret(ref):  # a secret never goes into a URL: the server is asked by its prefix
+            ref = display_prefix(ref)
+        return dict(self._call("DELETE", f"/tokens/{quote(ref, safe='')}")["token"])
 
     def audit(self, user: str | None, since: str | None, project: str | None, limit: int) -> list[dict[str, Any]]:
         params = {k: v for k, v in (("user", user), ("since", since), ("project", project)) if v is not None}
@@ -204,15 +211,32 @@ def _admin() -> _Admin:
 @click.option("--access-log/--no-access-log", default=False, show_default=True, help="Log every request.")
 @click.option("--log-level", default="warning", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]), help="uvicorn's log level.")
-def server_cmd(host: str, port: int, workers: int, access_log: bool, log_level: str) -> None:
+@click.option("--allowed-origin", "allowed_origins", multiple=True, metavar="ORIGIN",
+              help="A web origin (https://ui.example.com) whose pages may call the server (CORS); repeatable. "
+                   "Adds to CAPSTAN_ALLOWED_ORIGINS.")
+@click.option("--allowed-host", "allowed_hosts", multiple=True, metavar="HOST",
+              help="A Host header value the server answers to (name or name:port, * for any); repeatable. "
+                   "Adds to CAPSTAN_ALLOWED_HOSTS.")
+def server_cmd(host: str, port: int, workers: int, access_log: bool, log_level: str,
+               allowed_origins: tuple[str, ...], allowed_hosts: tuple[str, ...]) -> None:
     """Serve the Capstan REST API (/api/v1), the MLflow-compatible API, /health and /metrics.
 
     A server on a loopback address with no users runs in single-user mode; otherwise every call except
-    /health needs a token (`capstan tokens create`).
+    /health needs a token (`capstan tokens create`). Browser pages of other origins are refused unless allowed
+    with --allowed-origin; a loopback server answers only to localhost, 127.0.0.1 and [::1] unless
+    --allowed-host names more.
     """
-    from capstan.server.runner import serve
+    from dataclasses import replace
 
-    serve(cli_settings(), host, port, workers, access_log=access_log, log_level=log_level)
+    from capstan.server.runner import serve
+    from capstan.settings import parse_hosts, parse_origins
+
+    settings = cli_settings()
+    origins = parse_origins(",".join(allowed_origins), field_name="--allowed-origin")
+    hosts = parse_hosts(",".join(allowed_hosts), field_name="--allowed-host")
+    settings = replace(settings, allowed_origins=settings.allowed_origins + origins,
+                       allowed_hosts=settings.allowed_hosts + hosts)
+    serve(settings, host, port, workers, access_log=access_log, log_level=log_level)
 
 
 # -- capstan users ------------------------------------------------------------------------------------------
@@ -332,7 +356,8 @@ def tokens_list(user: str | None, as_json: bool) -> None:
 @tokens.command("revoke")
 @click.argument("token_ref", metavar="TOKEN_ID_OR_PREFIX")
 def tokens_revoke(token_ref: str) -> None:
-    """Revoke a token by its id, its prefix (cap_...) or the secret itself."""
+    """Revoke a token by its id or its prefix (cap_...). Given the secret itself, only its prefix is sent to a
+    server (secrets never travel in URLs); against the local stores the secret names the token exactly."""
     token = _admin().revoke_token(token_ref)
     click.echo(f"revoked token {token['id']} ({token['prefix']}...) of user {token['user']}")
 

@@ -1,7 +1,8 @@
 """CLI for people: ``capstan experiments``, ``capstan runs``, ``capstan models`` and ``capstan quickstart``.
 
 Commands go through `capstan.Client`, so they work on the local stores or, with ``CAPSTAN_URL``, on a server.
-Tables are aligned (Rich); ``--json`` prints machine-readable output. Errors are one ``error: ...`` line.
+Tables go through `capstan.cli.tables.TextTable` (ids are never cut, columns fold before they would vanish);
+``--json`` prints machine-readable output. Errors are one ``error: ...`` line.
 """
 
 from __future__ import annotations
@@ -14,17 +15,16 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-if TYPE_CHECKING:
-    from rich.console import Console
-    from rich.table import Table
+from capstan.cli.tables import TextTable
+from capstan.cli.tables import console as _console
 
+if TYPE_CHECKING:
     from capstan.tracking.client import Client
     from capstan.tracking.records import Run
 
 SYSTEM_TAG_PREFIX = "mlflow."
 MAX_METRIC_COLUMNS = 4
 MAX_PARAM_COLUMNS = 3
-PIPE_WIDTH = 1000
 
 
 # -- helpers --------------------------------------------------------------------------------------------
@@ -35,24 +35,8 @@ def _client() -> Client:
     return Client(settings=cli_settings())
 
 
-def _console() -> Console:
-    from rich.console import Console
-
-    console = Console(highlight=False)
-    if not console.is_terminal:
-        # Piped output (files, other programs) gets natural-width tables instead of 80-column wrapping.
-        console = Console(highlight=False, width=PIPE_WIDTH)
-    return console
-
-
-def _table(*headers: str, title: str | None = None) -> Table:
-    from rich import box
-    from rich.table import Table
-
-    table = Table(box=box.SIMPLE_HEAD, title=title, title_justify="left", pad_edge=False, show_edge=False)
-    for header in headers:
-        table.add_column(header, no_wrap=True, overflow="ellipsis")
-    return table
+def _table(*headers: str, ids: tuple[str, ...] = (), title: str | None = None) -> TextTable:
+    return TextTable(*headers, ids=ids, title=title)
 
 
 def _time(ms: int | None) -> str:
@@ -97,6 +81,16 @@ VIEW_OPTION = click.option("--view", type=click.Choice(["active", "deleted", "al
 JSON_OPTION = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 
 
+def _tag_pairs(pairs: Sequence[str], option: str = "--tag") -> dict[str, str]:
+    tags: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint=option)
+        tags[key.strip()] = value
+    return tags
+
+
 # -- experiments ----------------------------------------------------------------------------------------
 @click.group("experiments")
 def experiments_group() -> None:
@@ -117,16 +111,63 @@ def experiments_list(view: str, filter_string: str, as_json: bool) -> None:
     if as_json:
         _echo_json({"experiments": [wire.experiment_to_json(e) for e in experiments]})
         return
-    table = _table("ID", "NAME", "STAGE", "CREATED", "LAST UPDATE", "TAGS")
+    table = _table("ID", "NAME", "STAGE", "CREATED", "LAST UPDATE", "TAGS", ids=("ID",))
     for exp in experiments:
         tags = ", ".join(f"{k}={v}" for k, v in sorted(exp.tags.items()) if not k.startswith(SYSTEM_TAG_PREFIX))
         table.add_row(exp.experiment_id, exp.name, exp.lifecycle_stage, _time(exp.creation_time),
                       _time(exp.last_update_time), tags)
     console = _console()
     if not experiments:
-        console.print("no experiments yet (try `capstan quickstart`)")
+        console.print("no experiments yet (try `capstan quickstart`)" if view == "active"
+                      else "no experiments match")
         return
-    console.print(table)
+    table.print(console)
+
+
+@experiments_group.command("create")
+@click.argument("name")
+@click.option("--tag", "tags", multiple=True, metavar="KEY=VALUE", help="Set a tag (repeatable).")
+@JSON_OPTION
+def experiments_create(name: str, tags: tuple[str, ...], as_json: bool) -> None:
+    """Create an experiment in the current project (the server picks its artifact location)."""
+    with _client() as client:
+        experiment_id = client.create_experiment(name, tags=_tag_pairs(tags))
+    if as_json:
+        _echo_json({"experiment_id": experiment_id, "name": name})
+        return
+    click.echo(f"experiment {name!r} created with id {experiment_id}")
+
+
+@experiments_group.command("rename")
+@click.argument("experiment_id", metavar="ID")
+@click.argument("new_name")
+def experiments_rename(experiment_id: str, new_name: str) -> None:
+    """Rename experiment ID to NEW_NAME."""
+    with _client() as client:
+        old = client.get_experiment(experiment_id).name
+        client.rename_experiment(experiment_id, new_name)
+    click.echo(f"experiment {experiment_id} renamed from {old!r} to {new_name!r}")
+
+
+@experiments_group.command("delete")
+@click.argument("experiment_id", metavar="ID")
+def experiments_delete(experiment_id: str) -> None:
+    """Soft-delete experiment ID and its runs; `capstan experiments restore ID` brings them back."""
+    with _client() as client:
+        name = client.get_experiment(experiment_id).name
+        client.delete_experiment(experiment_id)
+    click.echo(f"experiment {experiment_id} ({name!r}) and its runs deleted; undo with "
+               f"`capstan experiments restore {experiment_id}`")
+
+
+@experiments_group.command("restore")
+@click.argument("experiment_id", metavar="ID")
+def experiments_restore(experiment_id: str) -> None:
+    """Restore deleted experiment ID and the runs deleted with it."""
+    with _client() as client:
+        name = client.get_experiment(experiment_id).name
+        client.restore_experiment(experiment_id)
+    click.echo(f"experiment {experiment_id} ({name!r}) and its runs restored")
 
 
 # -- runs -----------------------------------------------------------------------------------------------
@@ -155,7 +196,8 @@ def _top_keys(mappings: Sequence[Mapping[str, Any]], limit: int) -> list[str]:
 
 @runs_group.command("list")
 @click.option("--experiment", "-e", "experiments", multiple=True, metavar="NAME",
-              help="Only runs of this experiment (repeatable). Default: every active experiment.")
+              help="Only runs of this experiment (repeatable). Default: every experiment of the project that "
+                   "--view covers (with --view deleted or all, deleted experiments too).")
 @click.option("--filter", "filter_string", default="",
               help="MLflow filter, e.g. \"metrics.accuracy > 0.9 AND params.model = 'rf'\".")
 @click.option("--order-by", "order_by", multiple=True, metavar="EXPR",
@@ -166,7 +208,10 @@ def _top_keys(mappings: Sequence[Mapping[str, Any]], limit: int) -> list[str]:
 @JSON_OPTION
 def runs_list(experiments: tuple[str, ...], filter_string: str, order_by: tuple[str, ...], max_results: int,
               view: str, as_json: bool) -> None:
-    """List runs with their status and main metrics and params."""
+    """List runs with their status and main metrics and params.
+
+    Deleting an experiment deletes its runs: `--view deleted` lists them (and runs deleted one by one),
+    `--view all` lists every run."""
     from capstan.tracking import backends_wire as wire
 
     with _client() as client:
@@ -185,27 +230,51 @@ def runs_list(experiments: tuple[str, ...], filter_string: str, order_by: tuple[
     metric_maps = [_metrics(r) for r in runs]
     metric_keys = _top_keys(metric_maps, MAX_METRIC_COLUMNS)
     param_keys = _top_keys([r.data.params for r in runs], MAX_PARAM_COLUMNS)
-    table = _table("RUN ID", "NAME", "EXPERIMENT", "STATUS", "STARTED", "DURATION",
-                   *(f"metrics.{k}" for k in metric_keys), *(f"params.{k}" for k in param_keys))
+    stage = view != "active"
+    table = _table("RUN ID", "NAME", "EXPERIMENT", "STATUS", *(("STAGE",) if stage else ()), "STARTED", "DURATION",
+                   *(f"metrics.{k}" for k in metric_keys), *(f"params.{k}" for k in param_keys), ids=("RUN ID",))
     for run, metrics in zip(runs, metric_maps, strict=True):
         info = run.info
         table.add_row(info.run_id, info.run_name, names.get(info.experiment_id, info.experiment_id), info.status,
+                      *((info.lifecycle_stage,) if stage else ()),
                       _time(info.start_time), _duration(info.start_time, info.end_time),
                       *(_number(metrics[k]) if k in metrics else "" for k in metric_keys),
                       *(run.data.params.get(k, "") for k in param_keys))
-    console.print(table)
+    table.print(console)
+
+
+def _metric_history(client: Client, run: Run, key: str, as_json: bool) -> None:
+    history = client.get_metric_history(run.info.run_id, key)
+    if not history:
+        known = ", ".join(sorted(m.key for m in run.data.metrics)) or "none"
+        raise click.ClickException(f"run {run.info.run_id} has no metric {key!r} (its metrics: {known})")
+    if as_json:
+        from capstan.tracking import backends_wire as wire
+
+        _echo_json({"run_id": run.info.run_id, "key": key, "metrics": [wire.metric_to_json(m) for m in history]})
+        return
+    table = TextTable("STEP", "TIMESTAMP", "VALUE", right=("STEP", "VALUE"),
+                      title=f"Metric {key} of run {run.info.run_id} ({len(history)} points)")
+    for metric in history:
+        table.add_row(str(metric.step), _time(metric.timestamp), _number(metric.value))
+    table.print(_console())
 
 
 @runs_group.command("show")
 @click.argument("run_id")
 @click.option("--system-tags", is_flag=True, help="Also show mlflow.* system tags.")
+@click.option("--metric", "metric_key", metavar="KEY", help="Show the full history of metric KEY instead.")
 @JSON_OPTION
-def runs_show(run_id: str, system_tags: bool, as_json: bool) -> None:
-    """Show one run: info, params, latest metrics, tags, artifacts and logged models."""
+def runs_show(run_id: str, system_tags: bool, metric_key: str | None, as_json: bool) -> None:
+    """Show one run: info, params, latest metrics, tags, artifacts and logged models, or with --metric KEY every
+    point of one metric (step, time, value)."""
     from capstan.tracking import backends_wire as wire
 
     with _client() as client:
         run = client.get_run(run_id)
+        if metric_key is not None:
+            _metric_history(client, run, metric_key, as_json)
+            return
         experiment = client.get_experiment(run.info.experiment_id)
         artifacts = client.list_artifacts(run_id)
         models = [client.get_logged_model(o.model_id) for o in run.outputs]
@@ -223,33 +292,62 @@ def runs_show(run_id: str, system_tags: bool, as_json: bool) -> None:
                          ("duration", _duration(info.start_time, info.end_time)), ("source", info.source or "-"),
                          ("git commit", info.git_commit or "-"), ("artifact uri", info.artifact_uri)):
         overview.add_row(field, value)
-    console.print(overview)
+    overview.print(console)
     if run.data.params:
         params = _table("PARAM", "VALUE", title="Params")
         for key, value in sorted(run.data.params.items()):
             params.add_row(key, value)
-        console.print(params)
+        params.print(console)
     if run.data.metrics:
-        metrics = _table("METRIC", "LATEST", "STEP", "TIME", title="Metrics")
+        metrics = _table("METRIC", "LATEST", "STEP", "TIME", title="Metrics (history: --metric KEY)")
         for metric in sorted(run.data.metrics, key=lambda m: m.key):
             metrics.add_row(metric.key, _number(metric.value), str(metric.step), _time(metric.timestamp))
-        console.print(metrics)
+        metrics.print(console)
     tags = {k: v for k, v in run.data.tags.items() if system_tags or not k.startswith(SYSTEM_TAG_PREFIX)}
     if tags:
         tag_table = _table("TAG", "VALUE", title="Tags")
         for key, value in sorted(tags.items()):
             tag_table.add_row(key, value)
-        console.print(tag_table)
+        tag_table.print(console)
     if artifacts:
         files = _table("PATH", "SIZE", title="Artifacts")
         for item in artifacts:
             files.add_row(item.path + ("/" if item.is_dir else ""), "" if item.size is None else f"{item.size:,}")
-        console.print(files)
+        files.print(console)
     if models:
-        model_table = _table("MODEL ID", "NAME", "STATUS", "URI", title="Logged models")
+        model_table = _table("MODEL ID", "NAME", "STATUS", "URI", ids=("MODEL ID", "URI"), title="Logged models")
         for model in models:
             model_table.add_row(model.model_id, model.name, model.status, f"models:/{model.model_id}")
-        console.print(model_table)
+        model_table.print(console)
+
+
+@runs_group.command("rename")
+@click.argument("run_id")
+@click.argument("new_name")
+def runs_rename(run_id: str, new_name: str) -> None:
+    """Set the name of run RUN_ID to NEW_NAME."""
+    with _client() as client:
+        old = client.get_run(run_id).info.run_name
+        client.rename_run(run_id, new_name)
+    click.echo(f"run {run_id} renamed from {old!r} to {new_name!r}")
+
+
+@runs_group.command("delete")
+@click.argument("run_id")
+def runs_delete(run_id: str) -> None:
+    """Soft-delete run RUN_ID; `capstan runs restore RUN_ID` brings it back."""
+    with _client() as client:
+        client.delete_run(run_id)
+    click.echo(f"run {run_id} deleted; undo with `capstan runs restore {run_id}`")
+
+
+@runs_group.command("restore")
+@click.argument("run_id")
+def runs_restore(run_id: str) -> None:
+    """Restore deleted run RUN_ID (restore its experiment first if that was deleted)."""
+    with _client() as client:
+        client.restore_run(run_id)
+    click.echo(f"run {run_id} restored")
 
 
 @runs_group.command("compare")
@@ -281,21 +379,23 @@ def runs_compare(run_ids: tuple[str, ...], diff_only: bool, as_json: bool) -> No
             out["metrics"][key] = {r.info.run_id: m.get(key) for r, m in zip(runs, metric_maps, strict=True)}
         _echo_json(out)
         return
-    table = _table("", "KEY", *(f"{r.info.run_name}\n{r.info.run_id[:12]}" for r in runs),
-                   title=f"Comparing {len(runs)} runs ('*' marks values that differ)")
-    shown = 0
-    for kind, key, values in rows:
-        name = f"{kind}.{key}"
-        if diff_only and not differs[name]:
-            continue
-        shown += 1
-        table.add_row("*" if differs[name] else "", name, *(v if v is not None else "-" for v in values),
-                      style="bold yellow" if differs[name] else None)
     console = _console()
+    shown = [(kind, key, values) for kind, key, values in rows if not diff_only or differs[f"{kind}.{key}"]]
     if not shown:
         console.print("the runs have identical params and metrics" if rows else "the runs have no params or metrics")
         return
-    console.print(table)
+    # Columns are headed [1], [2], ...; the legend gives each number's full run id, which a header would cut.
+    legend = TextTable("#", "RUN ID", "NAME", ids=("RUN ID",),
+                       title=f"Comparing {len(runs)} runs ('*' marks values that differ)")
+    for number, run in enumerate(runs, start=1):
+        legend.add_row(f"[{number}]", run.info.run_id, run.info.run_name)
+    legend.print(console)
+    table = _table("", "KEY", *(f"[{n}] {r.info.run_name}" for n, r in enumerate(runs, start=1)))
+    for kind, key, values in shown:
+        name = f"{kind}.{key}"
+        table.add_row("*" if differs[name] else "", name, *(v if v is not None else "-" for v in values),
+                      style="bold yellow" if differs[name] else None)
+    table.print(console)
 
 
 # -- models ---------------------------------------------------------------------------------------------
@@ -320,13 +420,13 @@ def models_list(filter_string: str, as_json: bool) -> None:
     if not models:
         console.print("no registered models yet (try `capstan quickstart`)")
         return
-    table = _table("NAME", "LATEST", "ALIASES", "UPDATED", "DESCRIPTION")
+    table = _table("NAME", "LATEST", "ALIASES", "UPDATED", "DESCRIPTION", ids=("NAME",))
     for model in models:
         latest = max((v.version for v in model.latest_versions), default=None)
         aliases = ", ".join(f"{a}=v{v}" for a, v in sorted(model.aliases.items()))
         table.add_row(model.name, f"v{latest}" if latest else "-", aliases or "-",
                       _time(model.last_updated_timestamp), model.description)
-    console.print(table)
+    table.print(console)
 
 
 @models_group.command("show")
@@ -352,18 +452,55 @@ def models_show(name: str, as_json: bool) -> None:
     overview.add_row("description", model.description or "-")
     overview.add_row("aliases", ", ".join(f"{a} -> v{v}" for a, v in sorted(model.aliases.items())) or "-")
     overview.add_row("tags", ", ".join(f"{k}={v}" for k, v in sorted(model.tags.items())) or "-")
-    console.print(overview)
+    overview.print(console)
     if not versions:
         console.print("no versions yet")
         return
-    table = _table("VERSION", "ALIASES", "CREATED", "RUN ID", "SOURCE", "STATUS", title="Versions")
+    table = _table("VERSION", "ALIASES", "CREATED", "RUN ID", "SOURCE", "STATUS", ids=("RUN ID",), title="Versions")
     for version in versions:
         table.add_row(str(version.version), ", ".join(version.aliases) or "-", _time(version.creation_timestamp),
                       version.run_id or "-", version.source, version.status)
-    console.print(table)
+    table.print(console)
     first_alias = next(iter(sorted(model.aliases)), None)
     uri = f"models:/{model.name}@{first_alias}" if first_alias else f"models:/{model.name}/{versions[0].version}"
-    console.print(f"load it with: capstan.load_model({uri!r})")
+    console.print(f"load it with: capstan.load_model({uri!r})", soft_wrap=True)
+
+
+@models_group.group("alias")
+def models_alias_group() -> None:
+    """Point an alias (models:/NAME@ALIAS) at a version, or remove it."""
+
+
+def _version_number(value: str) -> int:
+    text = value.strip()
+    digits = text[1:] if text[:1] in ("v", "V") else text
+    if not digits.isdigit() or int(digits) < 1:
+        raise click.BadParameter(f"{value!r} is not a version number such as 3 or v3", param_hint="VERSION")
+    return int(digits)
+
+
+@models_alias_group.command("set")
+@click.argument("name")
+@click.argument("alias")
+@click.argument("version")
+def models_alias_set(name: str, alias: str, version: str) -> None:
+    """Point ALIAS of registered model NAME at VERSION (3 or v3), moving it if it pointed elsewhere."""
+    number = _version_number(version)
+    with _client() as client:
+        previous = client.get_registered_model(name).aliases.get(alias)
+        client.set_registered_model_alias(name, alias, number)
+    moved = f" (was v{previous})" if previous is not None and previous != number else ""
+    click.echo(f"models:/{name}@{alias} -> v{number}{moved}")
+
+
+@models_alias_group.command("delete")
+@click.argument("name")
+@click.argument("alias")
+def models_alias_delete(name: str, alias: str) -> None:
+    """Remove ALIAS from registered model NAME (the version itself stays)."""
+    with _client() as client:
+        client.delete_registered_model_alias(name, alias)
+    click.echo(f"alias {alias!r} removed from {name!r}")
 
 
 # -- quickstart -----------------------------------------------------------------------------------------

@@ -247,6 +247,17 @@ class _Router(io.TextIOBase):
     def isatty(self) -> bool:
         return bool(self._original.isatty())
 
+    @property
+    def rich_proxied_file(self) -> Any:
+        """Where a Rich console writes from a thread that runs no step: the file beneath Rich's own redirect.
+
+        A Rich live display (a progress bar) replaces ``sys.stdout`` with a proxy that prints lines above the
+        display; the console finds the real file through this attribute. Without it, the console's frames went
+        through this router into that proxy, which printed them and redrew the display, without end."""
+        if getattr(self._local, "sink", None) is not None:
+            return self
+        return getattr(self._original, "rich_proxied_file", self._original)
+
     def fileno(self) -> int:
         return int(self._original.fileno())
 

@@ -19,63 +19,75 @@ if TYPE_CHECKING:
 
     from capstan.settings import Settings
 
-TARGET = "target"
-SPLIT = "split"
+
+def feature_names() -> tuple[str, ...]:
+    """The wine data's 13 feature names, in column order."""
+    from sklearn.datasets import load_wine
+
+    return tuple(load_wine().feature_names)
 
 
+# The steps pass plain numpy arrays (no pandas needed): one row per sample, the features in `feature_names` order,
+# then the class label; `split` appends a column that is 1.0 for test rows.
 @step(isolation="thread")
 def load_raw(seed: int = 7) -> Any:
     """The wine data with about 3 % of feature values missing and a few rows duplicated."""
     import numpy as np
     from sklearn.datasets import load_wine
 
-    frame = load_wine(as_frame=True).frame
+    wine = load_wine()
     rng = np.random.default_rng(seed)
-    features = [c for c in frame.columns if c != TARGET]
-    values = frame[features].to_numpy(dtype=float, copy=True)
-    values[rng.random(values.shape) < 0.03] = np.nan
-    frame[features] = values
-    duplicates = frame.sample(n=6, random_state=seed)
-    import pandas as pd
-
-    return pd.concat([frame, duplicates], ignore_index=True)
+    features = np.array(wine.data, dtype=float, copy=True)
+    features[rng.random(features.shape) < 0.03] = np.nan
+    rows = np.column_stack([features, wine.target.astype(float)])
+    duplicates = rows[rng.choice(len(rows), size=6, replace=False)]
+    return np.vstack([rows, duplicates])
 
 
 @step(isolation="thread")
 def profile(raw: Any) -> dict[str, dict[str, float]]:
     """Per-feature median and 1st/99th percentiles, used to fill and clip."""
-    features = [c for c in raw.columns if c != TARGET]
-    return {c: {"median": float(raw[c].median()), "low": float(raw[c].quantile(0.01)),
-                "high": float(raw[c].quantile(0.99))} for c in features}
+    import numpy as np
+
+    return {name: {"median": float(np.nanmedian(raw[:, i])), "low": float(np.nanquantile(raw[:, i], 0.01)),
+                   "high": float(np.nanquantile(raw[:, i], 0.99))} for i, name in enumerate(feature_names())}
 
 
 @step(isolation="thread")
 def clean_chunk(chunk: Chunk, raw: Any, stats: dict[str, dict[str, float]]) -> Any:
     """One chunk of rows with missing values filled by the median and outliers clipped."""
-    part = raw.iloc[list(chunk.slice(len(raw)))].copy()
-    for column, s in stats.items():
-        part[column] = part[column].fillna(s["median"]).clip(s["low"], s["high"])
+    import numpy as np
+
+    part = np.array(raw[list(chunk.slice(len(raw)))], dtype=float, copy=True)
+    for i, name in enumerate(feature_names()):
+        s = stats[name]
+        column = part[:, i]
+        column[np.isnan(column)] = s["median"]
+        np.clip(column, s["low"], s["high"], out=column)
     return part
 
 
 @step(isolation="thread")
 def combine(parts: list[Any]) -> Any:
     """The cleaned chunks in order, without duplicated rows."""
-    import pandas as pd
+    import numpy as np
 
-    return pd.concat(parts).drop_duplicates().reset_index(drop=True)
+    rows = np.vstack(parts)
+    _unique, first = np.unique(rows, axis=0, return_index=True)
+    return rows[np.sort(first)]
 
 
 @step(isolation="thread")
 def split(frame: Any, test_size: float = 0.3, seed: int = 7) -> Any:
-    """A stratified train/test split, marked in a ``split`` column."""
+    """A stratified train/test split, marked in a last column (1.0: test row)."""
+    import numpy as np
     from sklearn.model_selection import train_test_split
 
-    train, _test = train_test_split(frame.index, test_size=test_size, random_state=seed, stratify=frame[TARGET])
-    out = frame.copy()
-    out[SPLIT] = "test"
-    out.loc[train, SPLIT] = "train"
-    return out
+    _train, test = train_test_split(np.arange(len(frame)), test_size=test_size, random_state=seed,
+                                    stratify=frame[:, -1])
+    marked = np.column_stack([frame, np.zeros(len(frame))])
+    marked[test, -1] = 1.0
+    return marked
 
 
 @pipeline
@@ -98,6 +110,7 @@ class PreparedData:
     description: str
     run_id: str
     cached_steps: int
+    feature_names: tuple[str, ...] = ()
 
 
 def quickstart_prep(settings: Settings, *, console: Console | None = None, seed: int = 7) -> PreparedData:
@@ -114,14 +127,14 @@ def quickstart_prep(settings: Settings, *, console: Console | None = None, seed:
         frame = result.value()
     finally:
         runner.close()
-    features = [c for c in frame.columns if c not in (TARGET, SPLIT)]
-    train, test = frame[frame[SPLIT] == "train"], frame[frame[SPLIT] == "test"]
+    names = feature_names()
+    x, y, is_test = frame[:, :len(names)], frame[:, len(names)].astype(int), frame[:, -1] == 1.0
     cached = sum(1 for s in result.steps if s.state == "cached")
-    description = (f"wine: {len(frame)} samples after cleaning, {len(features)} features, 3 classes "
+    description = (f"wine: {len(frame)} samples after cleaning, {len(names)} features, 3 classes "
                    f"(prepared by pipeline run {result.run_id[:12]})")
     if console is not None:
         console.print(f"Prepared the data with pipeline [bold]wine_prep[/bold] (run {result.run_id}, "
                       f"{len(result.steps)} steps, {cached} from cache); see `capstan pipelines show "
                       f"{result.run_id}`.")
-    return PreparedData(train[features], test[features], train[TARGET], test[TARGET], description,
-                        result.run_id, cached)
+    return PreparedData(x[~is_test], x[is_test], y[~is_test], y[is_test], description, result.run_id, cached,
+                        names)

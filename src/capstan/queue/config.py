@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from capstan.errors import InvalidParameterValue
+from capstan.names import check_characters
 from capstan.queue.model import (
     ClusterQueue,
     Cohort,
@@ -73,7 +74,7 @@ def _name(obj: Mapping[str, Any], path: str, key: str = "name") -> str:
     value = obj.get(key)
     if not isinstance(value, str) or not value.strip():
         raise _fail(path, f"{key} is required and must be a non-empty string")
-    return value
+    return check_characters(value, f"{path}.{key}" if path else key)
 
 
 def _enum(value: object, path: str, enum: Any, default: Any) -> Any:

@@ -10,13 +10,13 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Query, Request
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from capstan.auth.durations import parse_duration
 from capstan.auth.policy import Principal, allows, check_role
 from capstan.errors import InvalidParameterValue
 from capstan.events.records import Event
-from capstan.server.security import Authenticator, current_principal, require
+from capstan.server.security import TARGET_KEY, Authenticator, current_principal, require
 from capstan.services import Services
 
 router = APIRouter(tags=["admin"])
@@ -44,7 +44,9 @@ def _since_ms(text: str | None, now: int) -> int | None:
     if text is None or not text.strip():
         return None
     text = text.strip()
-    if text.isdigit():
+    if text.isascii() and text.isdigit():
+        if len(text) > 18:  # beyond any real time in ms, and past what the store's 64-bit column holds
+            raise InvalidParameterValue(f"since: {text[:30]!r} is not a time in milliseconds (at most 18 digits)")
         return int(text)
     return now - parse_duration(text, field_name="since")
 
@@ -52,7 +54,7 @@ def _since_ms(text: str | None, now: int) -> int | None:
 # -- events -------------------------------------------------------------------------------------------------
 @router.get("/events")
 def list_events(request: Request, kind: str | None = None, object_id: str | None = None,
-                project: str | None = None, since_id: int = Query(0, ge=0),
+                project: str | None = None, since_id: int = Query(0, ge=0, le=2**63 - 1),
                 limit: int = Query(1000, ge=1, le=10_000)) -> dict[str, Any]:
     """Events in id order after ``since_id``; ``next_since_id`` continues the listing (``--follow``)."""
     if object_id is not None and kind is None:
@@ -82,12 +84,16 @@ def whoami(request: Request) -> dict[str, Any]:
 class UserCreate(BaseModel):
     """Body of ``POST /api/v1/users``."""
 
+    model_config = ConfigDict(strict=True)  # ``{"admin": 0.0}`` is not a boolean
+
     name: str = Field(min_length=1, max_length=256)
     admin: bool = False
 
 
 class UserUpdate(BaseModel):
     """Body of ``PATCH /api/v1/users/{name}``; omitted fields stay as they are."""
+
+    model_config = ConfigDict(strict=True)
 
     admin: bool | None = None
     disabled: bool | None = None
@@ -136,6 +142,8 @@ def update_user(request: Request, name: str, body: UserUpdate) -> dict[str, Any]
 class RoleGrant(BaseModel):
     """Body of ``PUT /api/v1/projects/{project}/members/{name}``."""
 
+    model_config = ConfigDict(strict=True)
+
     role: str
 
 
@@ -167,6 +175,8 @@ def revoke_role(request: Request, project: str, name: str) -> dict[str, Any]:
 # -- tokens -------------------------------------------------------------------------------------------------
 class TokenCreate(BaseModel):
     """Body of ``POST /api/v1/tokens``; ``user`` defaults to the caller, ``expires`` is a duration (``30d``)."""
+
+    model_config = ConfigDict(strict=True)
 
     user: str | None = None
     name: str = Field("", max_length=256)
@@ -212,15 +222,26 @@ def create_token(request: Request, body: TokenCreate) -> dict[str, Any]:
 
 @router.delete("/tokens/{ref}")
 def revoke_token(request: Request, ref: str) -> dict[str, Any]:
-    """Revoke a token by id, prefix or secret (server admins, or the token's owner)."""
+    """Revoke a token by id or display prefix (server admins, or the token's owner).
+
+    Clients should never put a secret in a URL (``capstan tokens revoke`` sends the prefix). A secret that arrives
+    anyway, from an older client, is still honoured, since it has leaked and revoking it is what the caller asked
+    for; the audit log and the access log record only its prefix.
+    """
     principal = current_principal(request)
     services = _services(request)
     token = services.auth.find_token(ref)
+    _state_target(request, f"token/{token.id}")
     if token.user != principal.name or principal.single_user:
         require(request, "admin", None, target=f"token/{token.id}")
     revoked = services.auth.revoke_token(str(token.id))
     _changed(request)
     return {"token": revoked.to_dict(services.clock())}
+
+
+def _state_target(request: Request, target: str) -> None:
+    """Name the audited object (instead of the request path, which may hold a token reference)."""
+    request.scope.setdefault("state", {})[TARGET_KEY] = target
 
 
 # -- audit log ----------------------------------------------------------------------------------------------

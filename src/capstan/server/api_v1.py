@@ -28,6 +28,7 @@ from capstan.server.api_v1_common import (
     services,
 )
 from capstan.server.api_v1_schemas import (
+    MAX_HISTORY_PAGE,
     MAX_PAGE,
     ExperimentCreate,
     ExperimentCreated,
@@ -162,7 +163,7 @@ def log_metrics_for_runs(request: Request, body: MetricsBatch) -> Response:
     """What the SDK's background metric writer sends: ``{"runs": {"<run id>": [metric, ...]}}``."""
     for run_id in body.runs:
         authorize_run(request, run_id, "write")
-    batches = {run_id: [Metric(m.key, m.value, m.timestamp, m.step) for m in points]
+    batches = {run_id: [Metric(m.key, m.number(), m.timestamp, m.step) for m in points]
                for run_id, points in body.runs.items()}
     services(request).tracking.log_metrics_for_runs(batches)
     return no_content()
@@ -205,14 +206,14 @@ def log_batch(request: Request, run_id: str, body: LogBatch) -> Response:
     """Re-logging a param with a different value is rejected (400), as in MLflow."""
     authorize_run(request, run_id, "write")
     services(request).tracking.log_batch(
-        run_id, metrics=[Metric(m.key, m.value, m.timestamp, m.step) for m in body.metrics],
+        run_id, metrics=[Metric(m.key, m.number(), m.timestamp, m.step) for m in body.metrics],
         params=[Param(p.key, p.value) for p in body.params], tags=[RunTag(t.key, t.value) for t in body.tags])
     return no_content()
 
 
 @runs.get("/runs/{run_id}/metrics/{key:path}", response_model=MetricHistory, summary="Metric history")
 def get_metric_history(request: Request, run_id: str, key: str,
-                       max_results: Annotated[int | None, Query(ge=1)] = None,
+                       max_results: Annotated[int | None, Query(ge=1, le=MAX_HISTORY_PAGE)] = None,
                        page_token: str | None = None) -> Response:
     """Every point of metric ``key`` ordered by step, then timestamp."""
     authorize_run(request, run_id, "read")

@@ -24,7 +24,8 @@ from capstan.server.api_v1_common import (
     render,
     services,
 )
-from capstan.server.api_v1_schemas import ArtifactList
+from capstan.server.api_v1_schemas import ArtifactList, VersionPath
+from capstan.server.model_sources import authorize_source, authorize_store_path
 from capstan.tracking.backends import ArtifactOwner
 from capstan.tracking.backends_local import resolve_artifact_root
 
@@ -50,8 +51,16 @@ def _authorize(request: Request, owner: ArtifactOwner, write: bool) -> None:
 
 
 def _root(request: Request, owner: ArtifactOwner, *, write: bool = False) -> str:
+    """The owner's store prefix, after checking the caller's rights on the owner *and* on the experiment whose
+    folder that prefix is in (a model version's files may belong to another project, and an older experiment's
+    location may point elsewhere)."""
     _authorize(request, owner, write)
-    return resolve_artifact_root(services(request), owner, for_write=write)
+    if owner.kind == "model_version":
+        name, version = owner.split_version()
+        authorize_source(request, services(request).registry.get_download_uri(name, version))
+    root = resolve_artifact_root(services(request), owner, for_write=write)
+    authorize_store_path(request, root, "write" if write else "read")
+    return root
 
 
 def _list(request: Request, owner: ArtifactOwner, path: str, recursive: bool) -> Response:
@@ -82,6 +91,8 @@ async def _upload(request: Request, owner: ArtifactOwner, path: str) -> Response
                                "(CAPSTAN_ARTIFACT_MAX_BYTES)")
 
     def prepare() -> str:
+        if path.endswith("/") or path.endswith("/."):
+            raise InvalidParameterValue(f"path: {path!r} names a folder; upload each file to its own path")
         rel = normalize_path(path)
         return join(_root(request, owner, write=True), rel)
 
@@ -149,7 +160,7 @@ async def upload_logged_model_artifact(request: Request, model_id: str, path: st
 # -- model versions (read-only) -------------------------------------------------------------------------
 @router.get("/registered-models/{name}/versions/{version}/artifacts", response_model=ArtifactList,
             summary="List a model version's files")
-def list_model_version_artifacts(request: Request, name: str, version: int, path: str = "",
+def list_model_version_artifacts(request: Request, name: str, version: VersionPath, path: str = "",
                                  recursive: Annotated[bool, Query()] = False) -> Response:
     if version < 1:
         raise InvalidParameterValue("version: must be a positive integer")
@@ -158,5 +169,5 @@ def list_model_version_artifacts(request: Request, name: str, version: int, path
 
 @router.get("/registered-models/{name}/versions/{version}/artifacts/{path:path}", responses=_BINARY_RESPONSE,
             response_class=Response, summary="Download a model version file")
-async def download_model_version_artifact(request: Request, name: str, version: int, path: str) -> Response:
+async def download_model_version_artifact(request: Request, name: str, version: VersionPath, path: str) -> Response:
     return await _download(request, ArtifactOwner.model_version(name, version), path)

@@ -21,7 +21,8 @@ from capstan.server.api_v1_common import (
     services,
 )
 from capstan.server.api_v1_schemas import (
-    MAX_PAGE,
+    MAX_MODELS_PAGE,
+    MAX_VERSIONS_PAGE,
     AliasSet,
     LoggedModelCreate,
     LoggedModelList,
@@ -37,7 +38,9 @@ from capstan.server.api_v1_schemas import (
     RegisteredModelOut,
     RegisteredModelUpdate,
     TagValue,
+    VersionPath,
 )
+from capstan.server.model_sources import authorize_source, record_version_on_logged_model
 from capstan.server.security import require
 from capstan.tracking import backends_wire as wire
 
@@ -100,7 +103,7 @@ def create_registered_model(request: Request, body: RegisteredModelCreate) -> Re
 @registry.get("/registered-models", response_model=RegisteredModelList, summary="Search registered models")
 def search_registered_models(request: Request, filter: str = "",
                              order_by: Annotated[list[str] | None, Query()] = None,
-                             max_results: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
+                             max_results: Annotated[int, Query(ge=1, le=MAX_MODELS_PAGE)] = 100,
                              page_token: str | None = None) -> Response:
     """Registered models of the request's project; ``filter`` like ``name LIKE 'fraud%'``."""
     project, _ = authorize_project(request, "read")
@@ -158,52 +161,25 @@ def delete_registered_model_tag(request: Request, name: str, key: str) -> Respon
 
 
 # -- versions -------------------------------------------------------------------------------------------
-def _authorize_source(request: Request, body: ModelVersionCreate) -> None:
-    """A version exposes its source's files to readers of the model, so the caller must be able to read them."""
-    from capstan.tracking.backends_local import ARTIFACT_SCHEME, artifact_path_from_uri
-
-    source = body.source
-    if body.run_id:
-        authorize_run(request, body.run_id, "read")
-    if body.model_id:
-        authorize_logged_model(request, body.model_id, "read")
-    if source.startswith("runs:/"):
-        run_id = source[len("runs:/"):].strip("/").split("/", 1)[0]
-        if not run_id:
-            raise InvalidParameterValue(f"source: {source!r} is not runs:/<run_id>/<path>")
-        authorize_run(request, run_id, "read")
-    elif source.startswith("models:/"):
-        rest = source[len("models:/"):].strip("/")
-        if "@" in rest:
-            authorize_registered_model(request, rest.rpartition("@")[0], "read")
-        elif "/" in rest:
-            authorize_registered_model(request, rest.rpartition("/")[0], "read")
-        elif rest:
-            authorize_logged_model(request, rest, "read")
-    elif source.startswith(ARTIFACT_SCHEME):
-        experiment_id = artifact_path_from_uri(source).split("/", 1)[0]
-        if not experiment_id:
-            raise InvalidParameterValue(f"source: {source!r} names no experiment")
-        authorize_experiment(request, experiment_id, "read")
-
-
 @registry.post("/registered-models/{name}/versions", response_model=ModelVersionOut, status_code=201,
                summary="Create a model version")
 def create_model_version(request: Request, name: str, body: ModelVersionCreate) -> Response:
     """The next version of ``name`` from ``source``: ``models:/<logged model id>``, ``runs:/<run>/<path>`` or an
     ``mlflow-artifacts:`` URI. Lineage (run, logged model) is recorded."""
+    # A version exposes its source's files to readers of the model, so the caller must be able to read them.
+    authorize_source(request, body.source, run_id=body.run_id, model_id=body.model_id)
     principal = authorize_registered_model(request, name, "write")
-    _authorize_source(request, body)
     version = services(request).registry.create_model_version(
         name, source=body.source, run_id=body.run_id, tags=body.tags, description=body.description,
         model_id=body.model_id, user_id=principal.name)
+    record_version_on_logged_model(services(request), version)
     return render(wire.model_version_to_json(version), 201)
 
 
 @registry.get("/model-versions", response_model=ModelVersionList, summary="Search model versions")
 def search_model_versions(request: Request, filter: str = "",
                           order_by: Annotated[list[str] | None, Query()] = None,
-                          max_results: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 10_000,
+                          max_results: Annotated[int, Query(ge=1, le=MAX_VERSIONS_PAGE)] = 10_000,
                           page_token: str | None = None) -> Response:
     """Versions of the request project's models; ``filter`` like ``name = 'fraud' AND run_id = '...'``."""
     project, _ = authorize_project(request, "read")
@@ -222,14 +198,14 @@ def search_model_versions(request: Request, filter: str = "",
 
 @registry.get("/registered-models/{name}/versions/{version}", response_model=ModelVersionOut,
               summary="Get a model version")
-def get_model_version(request: Request, name: str, version: int) -> Response:
+def get_model_version(request: Request, name: str, version: VersionPath) -> Response:
     authorize_registered_model(request, name, "read")
     return render(wire.model_version_to_json(services(request).registry.get_model_version(name, version)))
 
 
 @registry.patch("/registered-models/{name}/versions/{version}", response_model=ModelVersionOut,
                 summary="Change a model version's description")
-def update_model_version(request: Request, name: str, version: int, body: ModelVersionUpdate) -> Response:
+def update_model_version(request: Request, name: str, version: VersionPath, body: ModelVersionUpdate) -> Response:
     authorize_registered_model(request, name, "write")
     updated = services(request).registry.update_model_version(name, version, description=body.description)
     return render(wire.model_version_to_json(updated))
@@ -237,7 +213,7 @@ def update_model_version(request: Request, name: str, version: int, body: ModelV
 
 @registry.delete("/registered-models/{name}/versions/{version}", status_code=204, response_class=Response,
                  summary="Delete a model version")
-def delete_model_version(request: Request, name: str, version: int) -> Response:
+def delete_model_version(request: Request, name: str, version: VersionPath) -> Response:
     authorize_registered_model(request, name, "write")
     services(request).registry.delete_model_version(name, version)
     return no_content()
@@ -245,7 +221,7 @@ def delete_model_version(request: Request, name: str, version: int) -> Response:
 
 @registry.put("/registered-models/{name}/versions/{version}/tags/{key:path}", status_code=204,
               response_class=Response, summary="Set a model version tag")
-def set_model_version_tag(request: Request, name: str, version: int, key: str, body: TagValue) -> Response:
+def set_model_version_tag(request: Request, name: str, version: VersionPath, key: str, body: TagValue) -> Response:
     authorize_registered_model(request, name, "write")
     services(request).registry.set_model_version_tag(name, version, key, body.value)
     return no_content()
@@ -253,7 +229,7 @@ def set_model_version_tag(request: Request, name: str, version: int, key: str, b
 
 @registry.delete("/registered-models/{name}/versions/{version}/tags/{key:path}", status_code=204,
                  response_class=Response, summary="Delete a model version tag")
-def delete_model_version_tag(request: Request, name: str, version: int, key: str) -> Response:
+def delete_model_version_tag(request: Request, name: str, version: VersionPath, key: str) -> Response:
     authorize_registered_model(request, name, "write")
     services(request).registry.delete_model_version_tag(name, version, key)
     return no_content()

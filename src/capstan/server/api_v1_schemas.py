@@ -2,38 +2,88 @@
 
 Responses are rendered with orjson from the records (`capstan.tracking.backends_wire`); these models describe the
 same shapes. Non-finite metric values travel as the strings ``"NaN"``, ``"Infinity"`` and ``"-Infinity"``.
+
+Request bodies are strict (``true`` is a boolean, ``0.0`` is not; ``"5"`` is not an integer) and their limits are
+the stores' own constants, so the document promises exactly what the stores accept. Every integer is bounded to
+a signed 64-bit value (or the store's tighter limit): the database never sees a number it cannot hold.
 """
 
 from __future__ import annotations
 
+from typing import Annotated, Literal
+
+from fastapi import Path
 from pydantic import BaseModel, ConfigDict, Field
 
-MAX_PAGE = 50_000
+from capstan.names import NAME_PATTERN
+from capstan.store import registry_checks as registry_limits
+from capstan.store.tracking_validation import (
+    MAX_EXPERIMENT_TAG_VALUE_LENGTH,
+    MAX_INT32,
+    MAX_INT64,
+    MAX_KEY_LENGTH,
+    MAX_NAME_LENGTH,
+    MAX_PARAM_VALUE_LENGTH,
+    MAX_RUN_NAME_LENGTH,
+    MAX_SEARCH_RESULTS,
+    MAX_TAG_VALUE_LENGTH,
+)
+
+MAX_PAGE = MAX_SEARCH_RESULTS
+MAX_MODELS_PAGE = registry_limits.MAX_MODELS_PER_PAGE
+MAX_VERSIONS_PAGE = registry_limits.MAX_VERSIONS_PER_PAGE
+MAX_HISTORY_PAGE = MAX_INT32
+
+Timestamp = Annotated[int, Field(ge=0, le=MAX_INT64, description="milliseconds since the Unix epoch")]
+Step = Annotated[int, Field(ge=-MAX_INT64, le=MAX_INT64)]
+VersionNumber = Annotated[int, Field(ge=1, le=registry_limits.MAX_VERSION)]
+VersionPath = Annotated[int, Path(ge=1, le=registry_limits.MAX_VERSION, description="a model version number")]
+"""A ``{version}`` path parameter: a positive 64-bit integer."""
+Key = Annotated[str, Field(min_length=1, max_length=MAX_KEY_LENGTH)]
+TagKey = Annotated[str, Field(min_length=1, max_length=registry_limits.MAX_TAG_KEY_LENGTH)]
+RunTagValue = Annotated[str, Field(max_length=MAX_TAG_VALUE_LENGTH)]
+ExperimentTagValue = Annotated[str, Field(max_length=MAX_EXPERIMENT_TAG_VALUE_LENGTH)]
+RegistryTagValue = Annotated[str, Field(max_length=registry_limits.MAX_TAG_VALUE_LENGTH)]
+ExperimentName = Annotated[str, Field(min_length=1, max_length=MAX_NAME_LENGTH, pattern=NAME_PATTERN)]
+RunName = Annotated[str, Field(max_length=MAX_RUN_NAME_LENGTH, pattern=NAME_PATTERN)]
+ModelName = Annotated[str, Field(min_length=1, max_length=registry_limits.MAX_NAME_LENGTH, pattern=NAME_PATTERN)]
+MetricValue = float | Literal["NaN", "Infinity", "-Infinity"]
 
 
 class _In(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 # -- shared pieces ------------------------------------------------------------------------------------------
 class KeyValue(_In):
-    """A tag or parameter."""
+    """A run tag (a value of at most 8,000 characters)."""
 
-    key: str = Field(min_length=1, max_length=250)
-    value: str
+    key: Key
+    value: RunTagValue
+
+
+class ParamIn(_In):
+    """A parameter (a value of at most 6,000 characters)."""
+
+    key: Key
+    value: Annotated[str, Field(max_length=MAX_PARAM_VALUE_LENGTH)]
 
 
 class MetricIn(_In):
     """One metric point. ``value`` may be a number or ``"NaN"``, ``"Infinity"``, ``"-Infinity"``."""
 
-    key: str = Field(min_length=1, max_length=250)
-    value: float
-    timestamp: int
-    step: int = 0
+    key: Key
+    value: MetricValue
+    timestamp: Timestamp
+    step: Step = 0
+
+    def number(self) -> float:
+        """The value as a float (``"NaN"`` and the infinities included)."""
+        return float(self.value)
 
 
 class TagValue(_In):
-    """The value of a tag set with PUT."""
+    """The value of a tag set with PUT (the store of the tagged object checks its length)."""
 
     value: str
 
@@ -47,13 +97,13 @@ class MetricOut(BaseModel):
 
 # -- experiments --------------------------------------------------------------------------------------------
 class ExperimentCreate(_In):
-    name: str = Field(min_length=1, max_length=500)
+    name: ExperimentName
     artifact_location: str | None = None
-    tags: dict[str, str] = Field(default_factory=dict)
+    tags: dict[Key, ExperimentTagValue] = Field(default_factory=dict)
 
 
 class ExperimentUpdate(_In):
-    name: str = Field(min_length=1, max_length=500)
+    name: ExperimentName
 
 
 class ExperimentCreated(BaseModel):
@@ -79,18 +129,18 @@ class ExperimentList(BaseModel):
 # -- runs ---------------------------------------------------------------------------------------------------
 class RunCreate(_In):
     experiment_id: str = Field(min_length=1)
-    run_name: str | None = Field(default=None, max_length=250)
+    run_name: RunName | None = None
     tags: list[KeyValue] = Field(default_factory=list)
-    start_time: int | None = None
-    user_id: str = ""
+    start_time: Timestamp | None = None
+    user_id: str = Field(default="", max_length=MAX_NAME_LENGTH)
     source: str = ""
-    git_commit: str = ""
+    git_commit: str = Field(default="", max_length=64)
 
 
 class RunUpdate(_In):
-    status: str | None = None
-    end_time: int | None = None
-    run_name: str | None = Field(default=None, max_length=250)
+    status: Literal["RUNNING", "SCHEDULED", "FINISHED", "FAILED", "KILLED"] | None = None
+    end_time: Timestamp | None = None
+    run_name: RunName | None = None
 
 
 class RunSearch(_In):
@@ -104,7 +154,7 @@ class RunSearch(_In):
 
 class LogBatch(_In):
     metrics: list[MetricIn] = Field(default_factory=list)
-    params: list[KeyValue] = Field(default_factory=list)
+    params: list[ParamIn] = Field(default_factory=list)
     tags: list[KeyValue] = Field(default_factory=list)
 
 
@@ -116,7 +166,7 @@ class MetricsBatch(_In):
 
 class ModelOutputIn(_In):
     model_id: str = Field(min_length=1)
-    step: int = 0
+    step: Step = 0
 
 
 class RunOutputs(_In):
@@ -183,15 +233,15 @@ class MetricHistory(BaseModel):
 # -- logged models ------------------------------------------------------------------------------------------
 class LoggedModelCreate(_In):
     experiment_id: str = Field(min_length=1)
-    name: str | None = Field(default=None, max_length=256)
+    name: Annotated[str, Field(min_length=1, max_length=MAX_NAME_LENGTH, pattern=NAME_PATTERN)] | None = None
     source_run_id: str | None = None
-    model_type: str = ""
-    params: dict[str, str] = Field(default_factory=dict)
-    tags: dict[str, str] = Field(default_factory=dict)
+    model_type: str = Field(default="", max_length=256)
+    params: dict[Key, Annotated[str, Field(max_length=MAX_PARAM_VALUE_LENGTH)]] = Field(default_factory=dict)
+    tags: dict[Key, RunTagValue] = Field(default_factory=dict)
 
 
 class LoggedModelUpdate(_In):
-    status: str = Field(description="READY or FAILED")
+    status: Literal["READY", "FAILED"]
 
 
 class LoggedModelSearch(_In):
@@ -235,21 +285,21 @@ class ArtifactList(BaseModel):
 
 # -- registry -----------------------------------------------------------------------------------------------
 class RegisteredModelCreate(_In):
-    name: str = Field(min_length=1, max_length=256)
+    name: ModelName
     description: str = ""
-    tags: dict[str, str] = Field(default_factory=dict)
+    tags: dict[TagKey, RegistryTagValue] = Field(default_factory=dict)
 
 
 class RegisteredModelUpdate(_In):
-    name: str | None = Field(default=None, min_length=1, max_length=256, description="a new name")
+    name: ModelName | None = Field(default=None, description="a new name")
     description: str | None = None
 
 
 class ModelVersionCreate(_In):
     source: str = Field(min_length=1)
-    run_id: str | None = None
-    model_id: str | None = None
-    tags: dict[str, str] = Field(default_factory=dict)
+    run_id: str | None = Field(default=None, max_length=32)
+    model_id: str | None = Field(default=None, max_length=64)
+    tags: dict[TagKey, RegistryTagValue] = Field(default_factory=dict)
     description: str = ""
 
 
@@ -258,7 +308,7 @@ class ModelVersionUpdate(_In):
 
 
 class AliasSet(_In):
-    version: int = Field(ge=1)
+    version: VersionNumber
 
 
 class ModelVersionOut(BaseModel):

@@ -4,9 +4,11 @@
 worker processes use (``capstan.server.app:app_from_env``). Nothing heavy is imported at module level: the server
 path never loads numpy, scikit-learn or mlflow.
 
-Request path (outermost first): metrics -> authentication and audit -> catch-all 500 -> FastAPI's error handlers
--> the route. Routes: ``/health``, ``/metrics``, the native API under ``/api/v1`` (OpenAPI document at
-``/api/v1/openapi.json``, interactive docs at ``/api/v1/docs``) and the MLflow-compatible API.
+Request path (outermost first): metrics -> browser guard (Host, Origin, CORS, JSON content type) ->
+authentication and audit -> catch-all 500 -> FastAPI's error handlers
+-> the route. Routes: ``/`` (a page naming the server, `capstan.server.home`), ``/health``, ``/metrics``, the
+native API under ``/api/v1`` (OpenAPI document at ``/api/v1/openapi.json``, interactive docs at ``/api/v1/docs``
+with their Swagger UI files served locally) and the MLflow-compatible API.
 """
 
 from __future__ import annotations
@@ -47,11 +49,18 @@ def create_app(settings: Settings, *, services: Services | None = None, bind_hos
     from fastapi import FastAPI
 
     from capstan.auth.audit import AuditWriter
-    from capstan.server import admin_api, api_v1, mlflow_api, pipelines_api, queue_api
+    from capstan.auth.policy import is_loopback_host
+    from capstan.server import admin_api, api_v1, home, mlflow_api, pipelines_api, queue_api
     from capstan.server.errors import CatchAllMiddleware, install_error_handlers
     from capstan.server.leader import LeaderLock
     from capstan.server.metrics import MetricsMiddleware, RouteTemplates, ServerMetrics
-    from capstan.server.security import Authenticator, SecurityMiddleware
+    from capstan.server.security import (
+        Authenticator,
+        BrowserGuardMiddleware,
+        BrowserPolicy,
+        JsonRoutes,
+        SecurityMiddleware,
+    )
     from capstan.services import Services
 
     own_services = services is None
@@ -86,7 +95,7 @@ def create_app(settings: Settings, *, services: Services | None = None, bind_hos
                 svc.close()
 
     app = FastAPI(title="Capstan", version=_version(), openapi_url=f"{API_V1_PREFIX}/openapi.json",
-                  docs_url=f"{API_V1_PREFIX}/docs", redoc_url=None, swagger_ui_oauth2_redirect_url=None,
+                  docs_url=None, redoc_url=None, swagger_ui_oauth2_redirect_url=None,
                   lifespan=lifespan)
     app.state.settings = settings
     app.state.services = svc
@@ -104,6 +113,7 @@ def create_app(settings: Settings, *, services: Services | None = None, bind_hos
     templates = RouteTemplates()
     app.add_api_route("/health", _health, methods=["GET"], include_in_schema=False)
     app.add_api_route("/metrics", _metrics, methods=["GET"], include_in_schema=False)
+    home.install(app, version=app.version)  # GET / and /api/v1/docs with its Swagger UI files (no CDN)
     # MLflow's routes come first: they carry the hot logging traffic, and their prefixes overlap with nothing else.
     included: list[tuple[APIRouter, str]] = [(router, "") for router in mlflow_api.routers]
     included += [(api_v1.router, API_V1_PREFIX), (admin_api.router, API_V1_PREFIX),
@@ -116,6 +126,12 @@ def create_app(settings: Settings, *, services: Services | None = None, bind_hos
     app.add_middleware(CatchAllMiddleware)
     app.add_middleware(SecurityMiddleware, authenticator=app.state.authenticator, audit=audit,
                        clock=svc.clock, route_label=templates.label)
+    json_routes = JsonRoutes()
+    json_routes.add_routes(app.routes)
+    # Outside authentication: a CORS preflight carries no credential, and a cross-site request is refused unread.
+    app.add_middleware(BrowserGuardMiddleware, json_route=json_routes, policy=BrowserPolicy(
+        loopback=is_loopback_host(bind_host), allowed_hosts=settings.allowed_hosts,
+        allowed_origins=settings.allowed_origins))
     app.add_middleware(MetricsMiddleware, metrics=metrics, templates=templates)
     return app
 

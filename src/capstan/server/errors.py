@@ -4,13 +4,17 @@
 - FastAPI's request validation errors -> 400 ``INVALID_PARAMETER_VALUE`` naming the field;
 - Starlette's HTTP errors (unknown route, wrong method) -> their status with an MLflow error code;
 - anything else -> 500 ``INTERNAL_ERROR``, logged once with its traceback.
+
+`document_error_responses` makes the OpenAPI document say the same: FastAPI's generated ``422`` entries become
+the ``400`` this module answers, and every operation lists the error statuses it can return with the shared
+``Error`` body schema.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, MutableMapping, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
+from typing import TYPE_CHECKING, Any, Final
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -82,8 +86,91 @@ async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(error_body("INTERNAL_ERROR", INTERNAL_MESSAGE), status_code=500)
 
 
+ERROR_SCHEMA: Final[dict[str, Any]] = {
+    "title": "Error",
+    "type": "object",
+    "description": "Every error answer: an MLflow-style error code and a message naming the field or object.",
+    "properties": {"error_code": {"type": "string", "examples": ["INVALID_PARAMETER_VALUE"]},
+                   "message": {"type": "string"}},
+    "required": ["error_code", "message"],
+}
+ERROR_DESCRIPTIONS: Final[dict[int, str]] = {
+    400: "Invalid input (a malformed or out-of-range field, named in the message), a name already taken, or an "
+         "object in the wrong state",
+    401: "No credential, or an unknown, revoked or expired one",
+    403: "The caller's role does not allow this action in the object's project",
+    404: "The object (or the route) does not exist",
+    413: "The body is larger than the configured limit",
+    503: "The metadata store, or a service this route needs, is not available",
+}
+_METHODS = ("get", "put", "post", "delete", "patch", "options", "head", "trace")
+
+
+def _error_statuses(path: str, operation: Mapping[str, Any]) -> list[int]:
+    """The error statuses an operation can answer, besides those its route declares itself.
+
+    Every request is authenticated (401) and most are authorised against a project (403; ``/whoami`` only needs
+    a credential); any input may be invalid (400); a path naming an object may name a missing one (404); a raw
+    upload may exceed the size limit (413); any route may find the metadata store down (503).
+    """
+    statuses = [400, 401]
+    if not path.endswith("/whoami"):
+        statuses.append(403)
+    if "{" in path:
+        statuses.append(404)
+    body = operation.get("requestBody", {}).get("content", {})
+    if "application/octet-stream" in body:
+        statuses.append(413)
+    statuses.append(503)
+    return statuses
+
+
+def document_errors(schema: dict[str, Any], *, prefix: str = "/") -> dict[str, Any]:
+    """Rewrite an OpenAPI document (in place, and return it) so its error responses are the real ones.
+
+    For each operation under ``prefix``: FastAPI's ``422`` goes (validation errors answer ``400``), the
+    statuses of `_error_statuses` are added, and every 4xx/5xx response carries the ``Error`` schema.
+    """
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    components["Error"] = ERROR_SCHEMA
+    ref = {"$ref": "#/components/schemas/Error"}
+    for path, item in schema.get("paths", {}).items():
+        if not path.startswith(prefix):
+            continue
+        for method in _METHODS:
+            operation = item.get(method)
+            if operation is None:
+                continue
+            responses: dict[str, Any] = operation.setdefault("responses", {})
+            responses.pop("422", None)
+            for status in _error_statuses(path, operation):
+                responses.setdefault(str(status), {})
+            for status, response in responses.items():
+                if status.isdigit() and int(status) >= 400:
+                    response.setdefault("description", ERROR_DESCRIPTIONS.get(int(status), "An error"))
+                    response["content"] = {"application/json": {"schema": ref}}
+    for unused in ("HTTPValidationError", "ValidationError"):
+        components.pop(unused, None)
+    return schema
+
+
+def document_error_responses(app: FastAPI, *, prefix: str = "/") -> None:
+    """Make ``app.openapi()`` describe the error answers of `install_error_handlers` (see `document_errors`)."""
+    generate = app.openapi
+    done: list[int] = []
+
+    def openapi() -> dict[str, Any]:
+        schema = generate()  # cached by FastAPI until the routes change
+        if not done or done[0] != id(schema):
+            document_errors(schema, prefix=prefix)
+            done[:] = [id(schema)]
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented way to customise the document
+
+
 def install_error_handlers(app: FastAPI) -> None:
-    """Register the JSON error handlers on ``app``."""
+    """Register the JSON error handlers on ``app`` and document their answers in its OpenAPI document."""
     from fastapi.exceptions import RequestValidationError
     from starlette.exceptions import HTTPException
 
@@ -92,6 +179,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(HTTPException, _on_http_error)
     # Errors escaping the middlewares themselves; errors in handlers are caught by CatchAllMiddleware first.
     app.add_exception_handler(Exception, _on_unexpected)
+    document_error_responses(app)
 
 
 class CatchAllMiddleware:

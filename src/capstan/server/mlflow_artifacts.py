@@ -9,6 +9,7 @@ project. Uploads and downloads stream in chunks and are never held whole in memo
 from __future__ import annotations
 
 import mimetypes
+import re
 from collections.abc import Iterator, Mapping
 from typing import IO, TYPE_CHECKING, Any
 
@@ -16,7 +17,7 @@ from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response, StreamingResponse
 
-from capstan.artifacts.paths import join, normalize_path
+from capstan.artifacts.paths import experiment_segment, join, normalize_path
 from capstan.errors import ArtifactTooLarge, InvalidParameterValue
 from capstan.server.mlflow_common import (
     Call,
@@ -41,13 +42,27 @@ def _artifact_path(raw: str, *, allow_empty: bool = False) -> str:
 
 
 def authorize_path(call: Call, path: str, permission: Permission) -> str:
-    """Check ``permission`` on the project of the experiment that owns ``path``; returns the project."""
-    experiment_id = path.split("/", 1)[0]
-    if not experiment_id:
+    """Check ``permission`` on the project of the experiment that owns ``path``; returns the project.
+
+    The first segment must be the experiment id as the server writes it (``10``, never ``010``), so the
+    experiment that is authorised is the one whose folder is read or written."""
+    return call.authorize_experiment(experiment_segment(path), permission)
+
+
+_OWNER_ROOT = re.compile(r"^\d+/(?:[0-9a-f]{32}|models/m-[0-9a-f]{32})/artifacts$")
+
+
+def _upload_path(raw: str) -> str:
+    """The store path of an upload: a file below an owner's folder, never a folder itself."""
+    if raw.endswith("/") or raw.endswith("/."):
         raise InvalidParameterValue(
-            "Invalid value for parameter 'path': artifact paths start with an experiment id "
-            "(<experiment_id>/<run_id>/artifacts/...)")
-    return call.authorize_experiment(experiment_id, permission)
+            f"Invalid value for parameter 'path': {raw!r} names a folder; upload each file to its own path")
+    path = _artifact_path(raw)
+    if _OWNER_ROOT.match(path):
+        raise InvalidParameterValue(
+            f"Invalid value for parameter 'path': {raw!r} is the artifact folder of a run or logged model; "
+            "upload files below it")
+    return path
 
 
 def list_files(call: Call, root: str, sub: str, *, basenames: bool = False) -> list[dict[str, Any]]:
@@ -132,7 +147,7 @@ async def download_artifact(request: Request, params: Mapping[str, str]) -> Resp
 
 async def upload_artifact(request: Request, params: Mapping[str, str]) -> Response:
     """PUT mlflow-artifacts/artifacts/{path}: stream the body into the artifact store (413 past the limit)."""
-    path = _artifact_path(params.get("artifact_path", ""))
+    path = _upload_path(params.get("artifact_path", ""))
     call = Call(request, Fields({}), params)
     await run_in_threadpool(authorize_path, call, path, "write")
     store = call.artifacts

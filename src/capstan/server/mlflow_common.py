@@ -31,6 +31,8 @@ PROJECT_HEADER = "x-capstan-project"
 WORKSPACE_HEADER = "x-mlflow-workspace"
 DEFAULT_PROJECT = "default"
 _MISSING = object()
+MAX_INT64 = 2**63 - 1
+MIN_INT64 = -(2**63)
 
 
 class EndpointNotFound(CapstanError):
@@ -92,7 +94,11 @@ class Fields:
         return self._raw(keys)[1] is not _MISSING
 
     def _invalid(self, key: str, value: Any, expected: str) -> InvalidParameterValue:
-        shown = repr(value)
+        # JSON spelling, as MLflow's messages write it (``Invalid value "5" for parameter 'tags' supplied``).
+        try:
+            shown = orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
+        except TypeError:
+            shown = repr(value)
         if len(shown) > 100:
             shown = shown[:100] + "..."
         return InvalidParameterValue(
@@ -122,7 +128,8 @@ class Fields:
 
     def integer(self, key: str, *, default: int | None = None, required: bool = False,
                 minimum: int | None = None, maximum: int | None = None) -> int | None:
-        """An integer (int64 fields may be JSON numbers or decimal strings)."""
+        """An integer (int64 fields may be JSON numbers or decimal strings); never outside the signed 64-bit
+        range, whatever ``minimum`` and ``maximum`` say, so no store sees a number its columns cannot hold."""
         _, value = self._raw((key,))
         if value is _MISSING:
             if required:
@@ -132,6 +139,8 @@ class Fields:
         result = _as_int(value)
         if result is None:
             raise self._invalid(key, value, "an integer")
+        if not MIN_INT64 <= result <= MAX_INT64:
+            raise self._invalid(key, value, f"an integer from {MIN_INT64} to {MAX_INT64} (64 bits)")
         if minimum is not None and result < minimum:
             raise InvalidParameterValue(f"Invalid value {result} for parameter '{self.name(key)}': "
                                         f"must be at least {minimum}")
@@ -234,7 +243,10 @@ def _as_int(value: Any) -> int | None:
     if isinstance(value, str):
         text = value.strip()
         digits = text[1:] if text.startswith(("-", "+")) else text
-        return int(text) if digits.isascii() and digits.isdigit() else None
+        if not (digits.isascii() and digits.isdigit()):
+            return None
+        # Past 20 digits it is out of range anyway (and int() refuses past 4,300 digits).
+        return int(text) if len(digits) <= 20 else (MIN_INT64 - 1 if text.startswith("-") else MAX_INT64 + 1)
     return None
 
 

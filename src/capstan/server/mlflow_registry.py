@@ -15,6 +15,7 @@ from capstan.errors import InvalidParameterValue
 from capstan.registry.records import STAGES, ModelVersion, RegisteredModel
 from capstan.server.mlflow_common import Call, Fields, drop_none, render_pairs
 from capstan.server.mlflow_routing import Route
+from capstan.server.model_sources import authorize_source, download_uri, record_version_on_logged_model
 
 MAX_MODELS_PER_PAGE = 1000
 MAX_VERSIONS_PER_PAGE = 200_000
@@ -216,14 +217,12 @@ def create_model_version(call: Call) -> Mapping[str, Any]:
     tags = fields.key_values("tags")
     run_link = fields.string("run_link")
     description = fields.string("description")
+    # The new version exposes its source's files, so the caller must be able to read them, in whatever project.
+    authorize_source(call.request, source, run_id=run_id, model_id=model_id)
     call.authorize_registered_model(name, "write")
-    # The new version exposes its source's files, so the caller must be able to read that source.
-    if run_id is not None:
-        call.authorize_run(run_id, "read")
-    if model_id is not None:
-        call.authorize_logged_model(model_id, "read")
     version = call.registry.create_model_version(name, source=source, run_id=run_id, tags=tags, run_link=run_link,
                                                  description=description, model_id=model_id)
+    record_version_on_logged_model(call.request.app.state.services, version)
     return {"model_version": render_model_version(version)}
 
 
@@ -271,11 +270,12 @@ def search_model_versions(call: Call) -> Mapping[str, Any]:
 
 
 def get_download_uri(call: Call) -> Mapping[str, Any]:
-    """GET model-versions/get-download-uri: where the version's files are."""
+    """GET model-versions/get-download-uri: where the version's files are (read rights on the model and on the
+    project that owns those files are both checked)."""
     name = _name(call.fields)
     version = _version(call.fields)
     call.authorize_registered_model(name, "read")
-    return {"artifact_uri": call.registry.get_download_uri(name, version)}
+    return {"artifact_uri": download_uri(call.request, name, version)}
 
 
 def transition_stage(call: Call) -> Mapping[str, Any]:

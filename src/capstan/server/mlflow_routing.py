@@ -68,9 +68,10 @@ class Dispatcher:
 
     def __init__(self, prefix: str, routes: Iterable[Route]) -> None:
         self.prefix = prefix
+        self.routes: tuple[Route, ...] = tuple(routes)  # what it serves (the auth-matrix test enumerates these)
         self._exact: dict[str, dict[str, Target]] = {}
         templated: dict[str, dict[str, Target]] = {}
-        for route in routes:
+        for route in self.routes:
             if (route.handler is None) == (route.raw is None):
                 raise ValueError(f"route {route.method} {route.path}: give exactly one of handler and raw")
             table = templated if "{" in route.path else self._exact

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Query, Request
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
 from capstan.errors import InvalidParameterValue, StoreUnavailable
@@ -30,6 +30,8 @@ RUN_STATUSES = ("pending", "running", "succeeded", "failed", "cancelled")
 class RunSubmit(BaseModel):
     """A run to start: ``pipeline`` is ``FILE[:FUNC]`` (or ``module:func``) on the server."""
 
+    model_config = ConfigDict(strict=True)  # a boolean is true or false, not 0.0
+
     pipeline: str = Field(min_length=1, max_length=4096)
     params: dict[str, Any] = Field(default_factory=dict)
     no_cache: bool = False
@@ -37,6 +39,8 @@ class RunSubmit(BaseModel):
 
 class ScheduleCreate(BaseModel):
     """A cron schedule of a pipeline."""
+
+    model_config = ConfigDict(strict=True)  # a boolean is true or false, not 0.0
 
     name: str = Field(min_length=1, max_length=256)
     pipeline: str = Field(min_length=1, max_length=4096)
@@ -47,6 +51,8 @@ class ScheduleCreate(BaseModel):
 
 class Backfill(BaseModel):
     """Start the slots of a schedule between two ISO times (inclusive)."""
+
+    model_config = ConfigDict(strict=True)  # a boolean is true or false, not 0.0
 
     start: str = Field(alias="from", min_length=1)
     end: str = Field(alias="to", min_length=1)

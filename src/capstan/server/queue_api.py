@@ -170,7 +170,7 @@ class _QueueCollector:
 class TolerationBody(BaseModel):
     """A pod toleration, as in Kubernetes."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     key: str = ""
     operator: Literal["Equal", "Exists"] = "Equal"
@@ -181,7 +181,7 @@ class TolerationBody(BaseModel):
 class PodSetBody(BaseModel):
     """``count`` identical pods; ``requests`` maps a resource to a quantity (``2``, ``0.25``, ``500m``, ``16Gi``)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     name: str = Field(default="main", min_length=1, max_length=256)
     count: int = Field(default=1, ge=1, le=100_000)
@@ -193,7 +193,7 @@ class PodSetBody(BaseModel):
 class WorkloadSubmit(BaseModel):
     """A workload to queue: all of its pod sets are admitted together or not at all."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     id: str = Field(min_length=1, max_length=512)
     queue: str = Field(min_length=1, max_length=256, description="LocalQueue")

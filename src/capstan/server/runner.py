@@ -5,11 +5,17 @@ socket itself with ``socket.socket(family)`` (protocol number 0) whenever it han
 multi-worker mode (uvicorn#3149) the accepted connections keep Nagle on and every small response that is written
 in two parts (headers, then body) waits for the client's delayed ACK: ~40 ms per request. The protocol classes
 below set TCP_NODELAY in ``connection_made`` whatever the socket's origin, in every worker.
+
+Logging goes through `log_config`: uvicorn's own configuration plus a filter on every handler that cuts anything
+shaped like a token secret down to its display prefix, so neither the access log (``--access-log``) nor the
+server's error log ever prints a usable credential that a client put into a URL.
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
+import logging
 import os
 import socket
 from typing import Any
@@ -17,6 +23,7 @@ from typing import Any
 import click
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from capstan.auth.tokens import redact_secrets
 from capstan.settings import Settings
 
 
@@ -61,6 +68,32 @@ def protocol_class() -> type[asyncio.Protocol]:
     return NoDelayHttpToolsProtocol or NoDelayH11Protocol
 
 
+class RedactSecretsFilter(logging.Filter):
+    """Replaces token-shaped strings in a log record's message and arguments (never drops a record)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str):
+            record.msg = redact_secrets(record.msg)
+        if isinstance(record.args, tuple):
+            record.args = tuple(redact_secrets(a) if isinstance(a, str) else a for a in record.args)
+        elif isinstance(record.args, dict):
+            record.args = {k: redact_secrets(v) if isinstance(v, str) else v for k, v in record.args.items()}
+        return True
+
+
+def log_config(log_level: str = "warning") -> dict[str, Any]:
+    """uvicorn's logging configuration with `RedactSecretsFilter` on every handler, and Capstan's own loggers
+    (``capstan.*``) sent through the same redacting handler at ``log_level``."""
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["filters"] = {"redact_secrets": {"()": f"{__name__}.RedactSecretsFilter"}}
+    for handler in config["handlers"].values():
+        handler["filters"] = [*handler.get("filters", []), "redact_secrets"]
+    config["loggers"]["capstan"] = {"handlers": ["default"], "level": log_level.upper(), "propagate": False}
+    return config
+
+
 def freeze_startup_objects() -> None:
     """Move everything allocated so far (modules, routes, SQLAlchemy's tables) out of the garbage collector's reach.
 
@@ -84,6 +117,10 @@ def settings_environment(settings: Settings, host: str) -> dict[str, str]:
     }
     if settings.s3_endpoint:
         env["CAPSTAN_S3_ENDPOINT"] = settings.s3_endpoint
+    if settings.allowed_origins:
+        env["CAPSTAN_ALLOWED_ORIGINS"] = ",".join(settings.allowed_origins)
+    if settings.allowed_hosts:
+        env["CAPSTAN_ALLOWED_HOSTS"] = ",".join(settings.allowed_hosts)
     return env
 
 
@@ -153,7 +190,8 @@ def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8080, workers
     services = Services.open(settings)  # applies pending migrations once, before any worker starts
     users_exist = services.auth.users_exist()
     options: dict[str, Any] = {"host": host, "port": port, "http": protocol_class(), "access_log": access_log,
-                               "log_level": log_level, "lifespan": "on", "timeout_graceful_shutdown": 10}
+                               "log_level": log_level, "log_config": log_config(log_level), "lifespan": "on",
+                               "timeout_graceful_shutdown": 10}
     if workers == 1:
         config = uvicorn.Config(create_app(settings, services=services, bind_host=host), **options)
     else:

@@ -19,9 +19,10 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+import re
 import threading
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,7 +42,7 @@ CACHE_TTL_S = 1.0
 CACHE_MAX_ENTRIES = 10_000
 PROJECT_HEADER = "x-capstan-project"
 DEFAULT_PROJECT = "default"
-PUBLIC_PATHS = frozenset({"/health"})
+PUBLIC_PATHS = frozenset({"/health", "/"})  # "/" only names the server and links to the docs
 MUTATING_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 PRINCIPAL_KEY = "capstan.principal"
@@ -312,3 +313,206 @@ async def _send_json(send: Send, status: int, body: dict[str, str],
                *(extra_headers or [])]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": payload})
+
+
+# -- browsers: Host, Origin, CORS and JSON bodies ------------------------------------------------------------
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "[::1]"})
+CORS_METHODS = "GET, HEAD, POST, PUT, PATCH, DELETE"
+CORS_MAX_AGE_S = 600
+BODY_METHODS = MUTATING_METHODS
+_HEADER_TOKEN = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
+
+
+def _host_name(host: str) -> str:
+    """``localhost`` from ``localhost:8080``, ``[::1]`` from ``[::1]:8080`` (lower case)."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        end = host.find("]")
+        return host[:end + 1] if end > 0 else host
+    return host.partition(":")[0]
+
+
+def _origin_netloc(origin: str) -> str | None:
+    """``host[:port]`` of a browser's ``Origin`` header (``None`` for ``null`` and anything malformed)."""
+    scheme, sep, rest = origin.strip().lower().partition("://")
+    if not sep or scheme not in ("http", "https") or not rest or "/" in rest:
+        return None
+    return rest
+
+
+class JsonRoutes:
+    """Which requests carry a JSON body: FastAPI routes with a body model, and MLflow endpoints served by a JSON
+    handler. Artifact uploads (raw bytes), the queue's YAML configuration and other raw routes are not."""
+
+    def __init__(self) -> None:
+        self._patterns: list[tuple[frozenset[str], re.Pattern[str]]] = []
+        self._dispatchers: list[Any] = []
+
+    def add_routes(self, routes: Iterable[Any], prefix: str = "") -> None:
+        """Record the JSON routes among ``routes`` (an app's or router's ``.routes``) included under ``prefix``."""
+        from starlette.routing import compile_path
+
+        from capstan.server.mlflow_routing import Dispatcher
+
+        for route in routes:
+            nested = getattr(route, "original_router", None)
+            if nested is not None:
+                context = getattr(route, "include_context", None)
+                self.add_routes(nested.routes, prefix + str(getattr(context, "prefix", "") or ""))
+                continue
+            owner = getattr(getattr(route, "endpoint", None), "__self__", None)
+            if isinstance(owner, Dispatcher):
+                self._dispatchers.append(owner)
+            elif getattr(route, "body_field", None) is not None and isinstance(getattr(route, "path", None), str):
+                self._patterns.append((frozenset(route.methods), compile_path(prefix + route.path)[0]))
+
+    def __call__(self, method: str, path: str) -> bool:
+        """True when ``method path`` is served by a handler that parses a JSON body."""
+        for dispatcher in self._dispatchers:
+            if path.startswith(dispatcher.prefix + "/"):
+                try:
+                    target, _ = dispatcher.resolve(method, path[len(dispatcher.prefix):])
+                except CapstanError:
+                    return False
+                return target.route.handler is not None
+        return any(method in methods and regex.match(path) for methods, regex in self._patterns)
+
+
+@dataclass(frozen=True, slots=True)
+class BrowserPolicy:
+    """What `BrowserGuardMiddleware` accepts.
+
+    Attributes:
+        loopback: the server is bound to a loopback address (the Host header is then always checked).
+        allowed_hosts: further ``Host`` values (``name`` matches any port, ``name:port`` only that port; ``*``
+            turns the check off). Empty on a non-loopback bind: any host.
+        allowed_origins: web origins besides the server's own that browsers may call from (``scheme://host[:port]``).
+    """
+
+    loopback: bool
+    allowed_hosts: tuple[str, ...] = ()
+    allowed_origins: tuple[str, ...] = ()
+
+    def host_allowed(self, host: str, server_host: str | None) -> bool:
+        """Whether a request with ``Host: host`` is answered (``server_host``: the address the socket is bound to)."""
+        if "*" in self.allowed_hosts or (not self.loopback and not self.allowed_hosts):
+            return True
+        host = host.strip().lower()
+        name = _host_name(host)
+        if name in LOOPBACK_NAMES or (server_host is not None and name == _host_name(server_host)):
+            return True
+        # An entry with a port matches that host and port only; a bare name matches it on any port.
+        return any(host == allowed if _host_name(allowed) != allowed else name == allowed
+                   for allowed in self.allowed_hosts)
+
+    def origin_allowed(self, origin: str, host: str) -> bool:
+        """Whether a browser page at ``origin`` may call the server reached as ``host``: its own origin, or one
+        of ``allowed_origins``."""
+        netloc = _origin_netloc(origin)
+        if netloc is None:
+            return False
+        if netloc == host.strip().lower():
+            return True
+        normalized = origin.strip().lower().rstrip("/")
+        return normalized in self.allowed_origins
+
+
+def _is_json(content_type: str) -> bool:
+    media = content_type.partition(";")[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
+class BrowserGuardMiddleware:
+    """ASGI middleware that keeps web pages from driving the server through the user's browser.
+
+    - ``Host``: a loopback server answers only to ``localhost``, ``127.0.0.1``, ``[::1]`` (any port) and its
+      ``allowed_hosts``, which defeats DNS rebinding; a server on another address checks the header only when
+      ``allowed_hosts`` is set. Refused: 400.
+    - ``Origin``: a browser request from a page that is neither the server's own origin nor an allowed origin is
+      refused (403), as is a request that ``Sec-Fetch-Site`` marks cross-site or same-site with no origin to
+      check (top-level GET navigations excepted). Clients outside browsers send neither header.
+    - CORS: a preflight (``OPTIONS`` with ``Access-Control-Request-Method``) from an allowed origin answers 204
+      with the ``Access-Control-*`` headers; responses to allowed cross-origin calls carry
+      ``Access-Control-Allow-Origin``.
+    - JSON: a body sent to a JSON route must be ``application/json`` (415 otherwise), so an HTML form or a
+      ``text/plain`` fetch can never reach a JSON handler.
+
+    Starlette's TrustedHostMiddleware and CORSMiddleware are not used: they answer in plain text, neither
+    refuses a disallowed origin's actual request, and TrustedHost cannot tell a loopback server's names apart.
+    """
+
+    def __init__(self, app: ASGIApp, *, policy: BrowserPolicy, json_route: Callable[[str, str], bool]) -> None:
+        self.app = app
+        self._policy = policy
+        self._json_route = json_route
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in PUBLIC_PATHS:
+            await self.app(scope, receive, send)
+            return
+        host = _header(scope, b"host") or ""
+        server = scope.get("server")
+        if not self._policy.host_allowed(host, str(server[0]) if server else None):
+            await _send_json(send, 400, {"error_code": "INVALID_PARAMETER_VALUE", "message": (
+                f"Host: {host!r} is not a name this server answers to; a server bound to a loopback address "
+                "answers to localhost, 127.0.0.1 and [::1] (allow others with --allowed-host or "
+                "CAPSTAN_ALLOWED_HOSTS)")})
+            return
+        method = scope["method"]
+        origin = _header(scope, b"origin")
+        cross_origin = False
+        if origin is not None:
+            if not self._policy.origin_allowed(origin, host):
+                await _send_json(send, 403, {"error_code": "PERMISSION_DENIED", "message": (
+                    f"Origin: cross-origin request from {origin!r} refused; allow a web origin with "
+                    "--allowed-origin or CAPSTAN_ALLOWED_ORIGINS")}, extra_headers=[(b"vary", b"Origin")])
+                return
+            cross_origin = _origin_netloc(origin) != host.strip().lower()
+            if method == "OPTIONS" and _header(scope, b"access-control-request-method") is not None:
+                await self._preflight(scope, send, origin)
+                return
+        elif _header(scope, b"sec-fetch-site") in ("cross-site", "same-site") and not (
+                method in ("GET", "HEAD") and _header(scope, b"sec-fetch-mode") == "navigate"):
+            await _send_json(send, 403, {"error_code": "PERMISSION_DENIED", "message": (
+                "Sec-Fetch-Site: cross-site request refused (it names no allowed origin)")})
+            return
+        if method in BODY_METHODS and _has_body(scope) and self._json_route(method, scope["path"]):
+            content_type = _header(scope, b"content-type") or ""
+            if not _is_json(content_type):
+                shown = content_type or "none"
+                await _send_json(send, 415, {"error_code": "BAD_REQUEST", "message": (
+                    f"Content-Type: this endpoint takes a JSON body; send 'Content-Type: application/json' "
+                    f"(got {shown!r})")})
+                return
+        if not cross_origin:
+            await self.app(scope, receive, send)
+            return
+        assert origin is not None
+
+        async def send_with_cors(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [(k, v) for k, v in message.get("headers", ()) if k.lower() != b"vary"]
+                message["headers"] = [*headers, (b"access-control-allow-origin", origin.encode("latin-1")),
+                                      (b"vary", b"Origin")]
+            await send(message)
+
+        await self.app(scope, receive, send_with_cors)
+
+    async def _preflight(self, scope: Scope, send: Send, origin: str) -> None:
+        requested = _header(scope, b"access-control-request-headers") or ""
+        names = [name.strip().lower() for name in requested.split(",") if name.strip()]
+        allowed = ", ".join(name for name in names if _HEADER_TOKEN.fullmatch(name))
+        headers = [(b"access-control-allow-origin", origin.encode("latin-1")),
+                   (b"access-control-allow-methods", CORS_METHODS.encode()),
+                   (b"access-control-max-age", str(CORS_MAX_AGE_S).encode()), (b"vary", b"Origin")]
+        if allowed:
+            headers.append((b"access-control-allow-headers", allowed.encode("latin-1")))
+        await send({"type": "http.response.start", "status": 204, "headers": headers})
+        await send({"type": "http.response.body", "body": b""})
+
+
+def _has_body(scope: Scope) -> bool:
+    length = _header(scope, b"content-length")
+    if length is not None:
+        return length.strip() not in ("", "0")
+    return _header(scope, b"transfer-encoding") is not None

@@ -11,9 +11,10 @@ from sqlalchemy import Connection, Engine, Row, func, insert, select, update
 
 from capstan.auth.policy import check_role
 from capstan.auth.records import AuditEntry, Credential, IssuedToken, Membership, Token, User
-from capstan.auth.tokens import TOKEN_MARK, display_prefix, generate_secret, hash_secret
+from capstan.auth.tokens import TOKEN_MARK, display_prefix, generate_secret, hash_secret, redact_secrets
 from capstan.clock import Clock, system_clock
 from capstan.errors import InvalidParameterValue, ResourceAlreadyExists, ResourceDoesNotExist
+from capstan.names import check_characters
 from capstan.store.schema import audit_log, project_members, projects, tokens, users
 from capstan.store.sql_helpers import insert_ignore
 
@@ -32,7 +33,7 @@ def _check_user_name(name: str) -> str:
 def _check_project(project: str) -> str:
     if not project or len(project) > 256 or project != project.strip():
         raise InvalidParameterValue(f"project: {project!r} must be 1-256 characters without outer spaces")
-    return project
+    return check_characters(project, "project")
 
 
 class SqlAuthStore:
@@ -174,13 +175,15 @@ class SqlAuthStore:
         elif ref.startswith(TOKEN_MARK) and len(ref) > len(TOKEN_MARK):
             query = query.where(tokens.c.prefix.startswith(ref, autoescape=True))
         else:
-            raise InvalidParameterValue(f"token: {ref!r} is neither a token id nor a token prefix such as cap_1a2B3c4D")
+            raise InvalidParameterValue(
+                f"token: {redact_secrets(ref)!r} is neither a token id nor a token prefix such as cap_1a2B3c4D")
         with self._engine.connect() as conn:
             rows = conn.execute(query.limit(2)).all()
+        shown = redact_secrets(ref)  # an error message must not echo a secret back (it ends up in logs)
         if not rows:
-            raise ResourceDoesNotExist(f"token {ref!r} does not exist")
+            raise ResourceDoesNotExist(f"token {shown!r} does not exist")
         if len(rows) > 1:
-            raise InvalidParameterValue(f"token: prefix {ref!r} matches several tokens; use the token id")
+            raise InvalidParameterValue(f"token: prefix {shown!r} matches several tokens; use the token id")
         return self._token(rows[0])
 
     def revoke_token(self, ref: str) -> Token:

@@ -9,7 +9,9 @@ import posixpath
 import re
 from collections.abc import Mapping
 
+from capstan.artifacts.paths import has_relative_references, is_local_uri
 from capstan.errors import InvalidParameterValue
+from capstan.names import check_characters
 from capstan.registry.records import STAGES
 from capstan.store.registry_filter import decode_page_token
 
@@ -25,6 +27,7 @@ MAX_NAME_LENGTH = 256
 MAX_TAG_KEY_LENGTH = 250
 MAX_TAG_VALUE_LENGTH = 100_000
 MAX_ALIAS_LENGTH = 255
+MAX_VERSION = 2**63 - 1  # the version column is a signed 64-bit integer
 
 _TAG_KEY = re.compile(r"^[/\w.\- :]*$")
 _ALIAS = re.compile(r"^[\w\-]*$")
@@ -48,7 +51,7 @@ def model_name(name: object, *, field_name: str = "name") -> str:
                                     f"{posixpath.normpath(name)!r} when treated as a path")
     if len(name) > MAX_NAME_LENGTH:
         raise InvalidParameterValue(f"{field_name}: longer than {MAX_NAME_LENGTH} characters")
-    return name
+    return check_characters(name, field_name)
 
 
 def project_name(name: object) -> str:
@@ -57,7 +60,7 @@ def project_name(name: object) -> str:
         raise InvalidParameterValue("project: missing value; a registered model belongs to a project")
     if len(name) > MAX_NAME_LENGTH:
         raise InvalidParameterValue(f"project: longer than {MAX_NAME_LENGTH} characters")
-    return name
+    return check_characters(name, "project")
 
 
 def tag_key(key: object) -> str:
@@ -99,12 +102,15 @@ def version(value: object) -> int:
         raise InvalidParameterValue(f"version: must be an integer, got {value!r}")
     if isinstance(value, int):
         number = value
-    elif isinstance(value, str) and value.strip().isdigit():
-        number = int(value.strip())
+    elif isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
+        text = value.strip()
+        number = int(text) if len(text) <= 20 else MAX_VERSION + 1  # int() refuses past 4,300 digits
     else:
         raise InvalidParameterValue(f"version: must be an integer, got {value!r}")
     if number < 1:
         raise InvalidParameterValue(f"version: must be 1 or more, got {number}")
+    if number > MAX_VERSION:
+        raise InvalidParameterValue(f"version: must be at most {MAX_VERSION} (a 64-bit integer), got {number}")
     return number
 
 
@@ -157,3 +163,29 @@ def version_fields(*, source: object, run_id: object, model_id: object, user_id:
                                     f"got {model_id!r}")
     if not isinstance(user_id, str) or len(user_id) > MAX_NAME_LENGTH:
         raise InvalidParameterValue(f"user_id: must be a string of at most {MAX_NAME_LENGTH} characters")
+    model_version_source(source)
+
+
+def model_version_source(source: str) -> str:
+    """A model-version source the server may hand out and read through (MLflow's rules, stricter on local paths).
+
+    Refused: control characters; a local path or ``file:`` URI (every run and logged model of this server keeps
+    its files in the artifact store, so no local path can be inside one); and any URI with ``..``/``.`` path
+    segments, encoded traversal (``..%2f``) or NUL, whatever its scheme (``mlflow-artifacts:``, ``s3:``,
+    ``dbfs:``...). The messages keep MLflow's wording, which its clients look for.
+    """
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in source):
+        raise InvalidParameterValue(f"Invalid model version source: {source!r}. source: control characters are "
+                                    "not allowed")
+    if is_local_uri(source):
+        raise InvalidParameterValue(
+            f"Invalid model version source: '{source}'. To use a local path as a model version source, the path "
+            "has to be inside the artifact directory of the run it came from, and runs on this server keep their "
+            "artifacts in its artifact store: give runs:/<run_id>/<path>, models:/<model_id> or the run's "
+            "mlflow-artifacts: URI instead")
+    if has_relative_references(source):
+        raise InvalidParameterValue(
+            f"Invalid model version source: '{source}'. If supplying a source as an http, https, local file "
+            "path, ftp, object store or mlflow-artifacts URI, give an absolute path without relative path "
+            "references ('..', '.', encoded '..%2f') or NUL characters")
+    return source

@@ -16,12 +16,23 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 import orjson
 
 from capstan.errors import InvalidParameterValue
+from capstan.tracking.search_limits import (
+    INT64_MAX,
+    MAX_FILTER_LENGTH,
+    MAX_ORDER_BY_LENGTH,
+    check_filter_list_values,
+    check_filter_term_count,
+    check_int64,
+    check_order_by_count,
+    check_search_text,
+)
 
 Kind = Literal["attribute", "tag"]
 ATTRIBUTE: Kind = "attribute"
@@ -34,7 +45,7 @@ _TOKEN = re.compile(
   | (?P<str>'(?:''|[^'])*')
   | (?P<dq>"(?:""|[^"])*")
   | (?P<bt>`[^`]*`)
-  | (?P<num>-?\d+(?:\.\d+)?(?![\w.]))
+  | (?P<num>-?[0-9]+(?:\.[0-9]+)?(?![\w.]))
   | (?P<op>!=|<>|<=|>=|=|<|>)
   | (?P<lpar>\()
   | (?P<rpar>\))
@@ -76,13 +87,17 @@ def _bad(message: str, field_name: str = "filter_string") -> InvalidParameterVal
     return InvalidParameterValue(f"{field_name}: {message}")
 
 
+def _shown(text: str) -> str:
+    return repr(text) if len(text) <= 200 else f"{text[:200]!r}... ({len(text)} characters)"
+
+
 def _tokenize(text: str, field_name: str) -> list[_Tok]:
     tokens: list[_Tok] = []
     pos = 0
     while pos < len(text):
         match = _TOKEN.match(text, pos)
         if match is None:
-            raise _bad(f"unexpected character {text[pos]!r} at position {pos} in {text!r}", field_name)
+            raise _bad(f"unexpected character {text[pos]!r} at position {pos} in {_shown(text)}", field_name)
         kind = match.lastgroup
         assert kind is not None
         if kind != "ws":
@@ -129,7 +144,7 @@ class _Parser:
     def take(self, what: str) -> _Tok:
         tok = self.peek()
         if tok is None:
-            raise _bad(f"expected {what} at the end of {self.text!r}")
+            raise _bad(f"expected {what} at the end of {_shown(self.text)}")
         self.i += 1
         return tok
 
@@ -138,12 +153,19 @@ class _Parser:
 
     def parse(self) -> tuple[Comparison, ...]:
         terms = [self.comparison()]
+        list_values = len(terms[0].value) if isinstance(terms[0].value, tuple) else 0
+        check_filter_list_values(list_values)
         while (tok := self.peek()) is not None:
             if self.word(tok) != "AND":
                 hint = " (only AND is supported)" if self.word(tok) == "OR" else ""
                 raise _bad(f"unexpected {tok.text!r} at position {tok.pos}{hint}")
             self.i += 1
-            terms.append(self.comparison())
+            check_filter_term_count(len(terms) + 1)
+            term = self.comparison()
+            if isinstance(term.value, tuple):
+                list_values += len(term.value)
+                check_filter_list_values(list_values)
+            terms.append(term)
         return tuple(terms)
 
     def comparison(self) -> Comparison:
@@ -186,7 +208,7 @@ class _Parser:
         if tok.kind == "num":
             if "." in tok.text:
                 raise _bad(f"expected an integer or a quoted string, got {tok.text!r}")
-            return int(tok.text)
+            return check_int64(int(tok.text), f"filter_string: {tok.text!r}")
         raise _bad(f"expected a quoted string or a number at position {tok.pos}, got {tok.text!r}")
 
 
@@ -194,11 +216,15 @@ def parse_filter(text: str | None) -> tuple[Comparison, ...]:
     """Parse an MLflow-style filter string into AND-ed comparisons; an empty string matches everything."""
     if text is None or not text.strip():
         return ()
+    check_search_text(text, "filter_string", max_length=MAX_FILTER_LENGTH)
     return _Parser(text).parse()
 
 
 def parse_order_by(clause: str) -> OrderBy:
     """Parse one ``order_by`` clause such as ``"name ASC"`` or ``"version_number DESC"``."""
+    if not isinstance(clause, str):
+        raise _bad(f"each clause must be a string such as 'name ASC', got {clause!r}", "order_by")
+    check_search_text(clause, "order_by", max_length=MAX_ORDER_BY_LENGTH)
     toks = _tokenize(clause, "order_by")
     if not toks or len(toks) > 2:
         raise _bad(f"expected '<field> [ASC|DESC]', got {clause!r}", "order_by")
@@ -212,6 +238,16 @@ def parse_order_by(clause: str) -> OrderBy:
             raise _bad(f"direction must be ASC or DESC, got {toks[1].text!r}", "order_by")
         ascending = direction == "ASC"
     return OrderBy(key, ascending)
+
+
+def parse_order_by_list(clauses: Sequence[str] | None) -> list[OrderBy]:
+    """Parse a whole ``order_by`` list, refusing more than
+    `~capstan.tracking.search_limits.MAX_ORDER_BY_TERMS` clauses."""
+    if isinstance(clauses, str):
+        raise _bad(f"must be a list of strings such as ['name ASC'], got the string {clauses[:60]!r}", "order_by")
+    items = list(clauses or ())
+    check_order_by_count(len(items))
+    return [parse_order_by(clause) for clause in items]
 
 
 def like_to_glob(pattern: str) -> str:
@@ -255,6 +291,6 @@ def decode_page_token(token: str | None) -> int:
         offset = data["offset"]
     except (binascii.Error, ValueError, TypeError, KeyError, orjson.JSONDecodeError):
         raise InvalidParameterValue(f"page_token: invalid page token {token!r}") from None
-    if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
+    if not isinstance(offset, int) or isinstance(offset, bool) or not 0 <= offset <= INT64_MAX:
         raise InvalidParameterValue(f"page_token: invalid page token {token!r}")
     return offset

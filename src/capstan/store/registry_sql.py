@@ -23,7 +23,7 @@ from capstan.errors import InvalidParameterValue, ResourceAlreadyExists, Resourc
 from capstan.events.ports import EventLog
 from capstan.registry.records import ModelVersion, RegisteredModel
 from capstan.store import registry_checks as checks
-from capstan.store.registry_filter import Comparison, OrderBy, encode_page_token, parse_filter, parse_order_by
+from capstan.store.registry_filter import Comparison, OrderBy, encode_page_token, parse_filter, parse_order_by_list
 from capstan.store.registry_sql_query import (
     DELETED_STAGE,
     comparison_clause,
@@ -157,7 +157,7 @@ class SqlRegistryStore:
         ``creation_timestamp``, ``last_updated_timestamp`` (alias ``timestamp``); default ``name ASC``."""
         checks.max_results(max_results, checks.MAX_MODELS_PER_PAGE)
         terms = parse_filter(filter_string)
-        orders = [parse_order_by(clause) for clause in order_by or ()]
+        orders = parse_order_by_list(order_by)
         offset = checks.page_offset(page_token)
         with self._engine.connect() as conn:
             dialect = conn.dialect.name
@@ -310,7 +310,7 @@ class SqlRegistryStore:
         ``last_updated_timestamp DESC, name ASC, version_number DESC``, as MLflow)."""
         checks.max_results(max_results, checks.MAX_VERSIONS_PER_PAGE)
         terms = parse_filter(filter_string)
-        orders = [parse_order_by(clause) for clause in order_by or ()] or [
+        orders = parse_order_by_list(order_by) or [
             OrderBy("last_updated_timestamp", False), OrderBy("name", True), OrderBy("version_number", False)]
         offset = checks.page_offset(page_token)
         with self._engine.connect() as conn:

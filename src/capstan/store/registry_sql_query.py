@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
@@ -15,6 +16,7 @@ from sqlalchemy.sql.elements import ColumnClause
 
 from capstan.errors import InvalidParameterValue
 from capstan.store.registry_filter import Comparison, OrderBy, check_like_pattern, like_to_glob
+from capstan.tracking.search_limits import check_int64
 
 DELETED_STAGE = "Deleted_Internal"
 """Stage of a deleted version's tombstone (the row stays so that its number is never reused)."""
@@ -39,9 +41,9 @@ def comparison_clause(column: Any, term: Comparison, dialect: str, allowed: Coll
         raise InvalidParameterValue(f"filter_string: a list is only valid with IN or NOT IN ({_field(term)})")
     if numeric:
         if isinstance(value, str):
-            if not value.strip().lstrip("-").isdigit():
+            if not re.fullmatch(r"\s*-?[0-9]+\s*", value):
                 raise InvalidParameterValue(f"filter_string: {_field(term)} needs an integer, got {value!r}")
-            value = int(value)
+            value = check_int64(int(value), f"filter_string: {_field(term)}")
     elif not isinstance(value, str):
         raise InvalidParameterValue(f"filter_string: {_field(term)} needs a quoted string value, got {value!r}")
     if op in ("LIKE", "ILIKE"):

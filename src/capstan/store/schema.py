@@ -165,6 +165,22 @@ logged_models = Table(
     Index(None, "experiment_id"),
 )
 
+# Metric points logged with a ``model_id`` (MLflow 3): what ``LoggedModel.metrics`` lists. Own migration branch
+# (``logged_model_metrics``).
+logged_model_metrics = Table(
+    "logged_model_metrics", metadata,
+    Column("model_id", String(64), nullable=False),
+    Column("run_uuid", String(32), nullable=False),
+    Column("key", String(250), nullable=False),
+    Column("step", BigInteger, nullable=False),
+    Column("timestamp", BigInteger, nullable=False),
+    Column("value", Float, nullable=False),
+    Column("is_nan", Boolean, nullable=False, default=False),
+    Column("dataset_name", String(500), nullable=False, default=""),
+    Column("dataset_digest", String(36), nullable=False, default=""),
+    PrimaryKeyConstraint("model_id", "run_uuid", "key", "step", "timestamp"),
+)
+
 registered_models = Table(
     "registered_models", metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),

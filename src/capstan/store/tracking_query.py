@@ -1,8 +1,9 @@
 """SQL side of tracking searches: parsed filters/order_by to SQLAlchemy Core, and batched loading of run data.
 
-`search_runs` compiles to one SELECT over ``runs`` with an EXISTS per metric/param/tag condition and one outer
-join per metric/param/tag sort key; the page's params, tags, latest metrics, inputs and outputs are then loaded
-with one query each (chunked IN lists), never one query per run.
+`search_runs` compiles to one SELECT over ``runs`` alone: an EXISTS per metric/param/tag condition and correlated
+scalar subqueries per metric/param/tag sort key, never a join per key (SQLite caps a join at 64 tables and crashed on
+wide ones). The parsers bound both counts (`capstan.tracking.search_limits`). The page's params, tags, latest
+metrics, inputs and outputs are then loaded with one query each (chunked IN lists), never one query per run.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from sqlalchemy import (
     case,
     exists,
     false,
+    func,
     not_,
     or_,
     select,
@@ -183,7 +185,7 @@ def run_search_query(*, experiment_ids: Sequence[int], stages: Sequence[str], fi
     query = select(*RUN_COLUMNS)
     order_by: list[Any] = []
     ordered_start = False
-    for index, key in enumerate(order):
+    for key in order:
         if key.kind == ATTRIBUTE:
             column = _RUN_ATTRIBUTES[key.key]
             ordered_start = ordered_start or key.key == "start_time"
@@ -196,16 +198,18 @@ def run_search_query(*, experiment_ids: Sequence[int], stages: Sequence[str], fi
             key_id = key_ids.get(key.key)
             if key_id is None:
                 continue  # no run has this metric: the clause orders nothing
-            lm = latest_metrics.alias(f"om{index}")
-            query = query.outerjoin(lm, and_(lm.c.run_id == runs.c.id, lm.c.key_id == key_id))
-            order_by.append(case((lm.c.is_nan == true(), 1), (lm.c.run_id.is_(None), 2), else_=0))
-            order_by.append(lm.c.value.asc() if key.ascending else lm.c.value.desc())
+            point = and_(latest_metrics.c.run_id == runs.c.id, latest_metrics.c.key_id == key_id)
+            # 0 for a number, 1 for NaN, 2 when the run lacks the metric: NaNs and gaps sort last either way.
+            rank = select(case((latest_metrics.c.is_nan == true(), 1), else_=0)).where(point).scalar_subquery()
+            metric_value = select(latest_metrics.c.value).where(point).scalar_subquery()
+            order_by.append(func.coalesce(rank, 2))
+            order_by.append(metric_value.asc() if key.ascending else metric_value.desc())
         else:
             source = params if key.kind == PARAM else run_tags
-            alias = source.alias(f"o{key.kind[0]}{index}")
-            query = query.outerjoin(alias, and_(alias.c.run_id == runs.c.id, alias.c.key == key.key))
-            value = _string_order(alias.c.value, dialect)
-            order_by.append(case((alias.c.run_id.is_(None), 1), else_=0))
+            text = select(source.c.value).where(source.c.run_id == runs.c.id, source.c.key == key.key)
+            present = exists().where(source.c.run_id == runs.c.id, source.c.key == key.key)
+            value = _string_order(text.scalar_subquery(), dialect)
+            order_by.append(case((present, 0), else_=1))
             order_by.append(value.asc() if key.ascending else value.desc())
     if not ordered_start:
         order_by.append(case((runs.c.start_time.is_(None), 1), else_=0))

@@ -43,6 +43,7 @@ from capstan.store.tracking_validation import (
     MAX_INT64,
     MAX_RUN_NAME_LENGTH,
     MetricRow,
+    check_artifact_location,
     check_batch_limits,
     check_dataset,
     check_max_results,
@@ -240,11 +241,15 @@ class SqlTrackingStore:
 
     def create_experiment(self, name: str, *, project: str, artifact_location: str | None = None,
                           tags: Mapping[str, str] | None = None) -> str:
-        """Create an experiment in ``project`` (created on demand); returns its id."""
+        """Create an experiment in ``project`` (created on demand); returns its id.
+
+        ``artifact_location`` is checked by `check_artifact_location`: empty gives ``mlflow-artifacts:/<id>``, a
+        relative path ``p`` gives ``mlflow-artifacts:/<id>/p``, a storage URI is kept; anything that could point
+        into another experiment's tree or onto the server's disk is refused."""
         check_name(name, "name")
         check_name(project, "project")
         tag_rows = check_tag_mapping(tags, limit=MAX_EXPERIMENT_TAG_VALUE_LENGTH)
-        location = artifact_location.strip() if artifact_location else ""
+        location, sub_path = check_artifact_location(artifact_location)
 
         def work(tx: RawTx, pending: list[Event]) -> str:
             now = self._clock()
@@ -258,8 +263,8 @@ class SqlTrackingStore:
                 "INSERT INTO experiments (project_id, name, artifact_location, lifecycle_stage, created_at, "
                 "updated_at) VALUES (?, ?, ?, 'active', ?, ?)", (project_id, name, location, now, now))
             if not location:
-                tx.run("UPDATE experiments SET artifact_location = ? WHERE id = ?",
-                       (f"mlflow-artifacts:/{exp_id}", exp_id))
+                assigned = f"mlflow-artifacts:/{exp_id}/{sub_path}" if sub_path else f"mlflow-artifacts:/{exp_id}"
+                tx.run("UPDATE experiments SET artifact_location = ? WHERE id = ?", (assigned, exp_id))
             tx.many("INSERT INTO experiment_tags (experiment_id, key, value) VALUES (?, ?, ?)",
                     [(exp_id, k, v) for k, v in tag_rows.items()])
             self._event(pending, "experiment", str(exp_id), "ExperimentCreated",
@@ -379,7 +384,7 @@ class SqlTrackingStore:
         def work(tx: RawTx, _pending: list[Event]) -> None:
             exp_id = self._active_experiment_row(tx, experiment_id)[0]
             if not tx.run("DELETE FROM experiment_tags WHERE experiment_id = ? AND key = ?", (exp_id, key)):
-                raise ResourceDoesNotExist(f"No tag '{key}' on experiment '{experiment_id}'")
+                raise ResourceDoesNotExist(f"No tag with name: {key} in experiment with id {experiment_id}")
 
         self._tx(work)
 
@@ -536,7 +541,7 @@ class SqlTrackingStore:
         def work(tx: RawTx, _pending: list[Event]) -> None:
             rid = self._active_run_id(tx, run_id)
             if not tx.run("DELETE FROM run_tags WHERE run_id = ? AND key = ?", (rid, key)):
-                raise ResourceDoesNotExist(f"No tag '{key}' on run '{run_id}'")
+                raise ResourceDoesNotExist(f"No tag with name: {key} in run with id {run_id}")
 
         self._tx(work)
 

@@ -13,7 +13,9 @@ import random
 import re
 from collections.abc import Mapping, Sequence
 
+from capstan.artifacts.paths import has_relative_references, is_local_uri, normalize_path, uri_scheme
 from capstan.errors import InvalidParameterValue
+from capstan.names import check_characters
 from capstan.tracking.records import RUN_STATUSES, VIEW_TYPES, DatasetInput, Metric, Param, RunTag
 
 MAX_KEY_LENGTH = 250
@@ -167,12 +169,13 @@ def check_batch_limits(metrics: int, params: int, tags: int) -> None:
 
 
 def check_name(name: object, field_name: str, *, limit: int = MAX_NAME_LENGTH) -> str:
-    """A non-empty experiment, project or run name that fits its column."""
+    """A non-empty experiment, project or run name that fits its column and holds no control or bidi-override
+    character (`capstan.names.check_characters`)."""
     if not isinstance(name, str) or not name.strip():
         raise InvalidParameterValue(f"{field_name}: a non-empty name is required")
     if len(name) > limit:
         raise InvalidParameterValue(f"{field_name}: {len(name)} characters is longer than the limit of {limit}")
-    return name
+    return check_characters(name, field_name)
 
 
 def check_logged_model_name(name: str) -> str:
@@ -235,12 +238,54 @@ def check_dataset(dataset: DatasetInput, field_name: str) -> DatasetInput:
     return dataset
 
 
+MAX_ARTIFACT_LOCATION_LENGTH = 4000
+_SERVER_SCHEMES = ("mlflow-artifacts", "runs", "models")
+
+
+def check_artifact_location(location: str | None) -> tuple[str, str]:
+    """Where a new experiment keeps its artifacts: ``("", "")`` to let the server assign
+    ``mlflow-artifacts:/<id>``, ``("", sub)`` for a relative location (resolved by the server to
+    ``mlflow-artifacts:/<id>/<sub>``, inside the experiment's own tree), or ``(uri, "")`` for external storage
+    (``s3://bucket/prefix``) that clients write to directly.
+
+    Refused, so that no experiment's runs can write into another experiment's tree or onto the server's disk:
+    ``mlflow-artifacts:``, ``runs:`` and ``models:`` URIs (the server assigns those), absolute local paths and
+    ``file:`` URIs, relative paths that climb out (``../../etc``), and URIs with ``..``, encoded traversal, NUL or
+    control characters.
+    """
+    text = (location or "").strip()
+    if not text:
+        return "", ""
+    field_name = "artifact_location"
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in text):
+        raise InvalidParameterValue(f"{field_name}: control characters are not allowed in {text!r}")
+    if len(text) > MAX_ARTIFACT_LOCATION_LENGTH:
+        raise InvalidParameterValue(f"{field_name}: longer than {MAX_ARTIFACT_LOCATION_LENGTH} characters")
+    scheme = uri_scheme(text)
+    if scheme in _SERVER_SCHEMES:
+        raise InvalidParameterValue(
+            f"{field_name}: {scheme}: locations are assigned by the server; leave it empty, give a path relative "
+            "to the experiment's own artifact folder or a storage URI such as s3://bucket/prefix")
+    if is_local_uri(text):
+        if scheme == "file" or text.startswith(("/", "\\")) or (len(text) > 1 and text[1] == ":"):
+            raise InvalidParameterValue(
+                f"{field_name}: {text!r} is a path on the server's disk, which the server does not hand out; "
+                "leave it empty, give a path relative to the experiment's own artifact folder or a storage URI "
+                "such as s3://bucket/prefix")
+        return "", normalize_path(text, field_name=field_name)
+    if has_relative_references(text):
+        raise InvalidParameterValue(
+            f"{field_name}: {text!r} holds relative path references ('..', '.', encoded '..%2f') or NUL; give an "
+            "absolute storage URI")
+    return text, ""
+
+
 def parse_experiment_id(experiment_id: object, field_name: str = "experiment_id") -> int | None:
     """The integer behind an experiment id; None when it is a well-formed id too large to exist."""
     text = str(experiment_id).strip() if isinstance(experiment_id, (str, int)) else ""
     if isinstance(experiment_id, bool) or not text.isdigit() or not text.isascii():
         raise InvalidParameterValue(f"{field_name}: {experiment_id!r} is not a valid experiment id (an integer)")
-    number = int(text)
+    number = int(text) if len(text) <= 20 else MAX_INT64  # int() refuses past 4,300 digits
     return number if number <= MAX_INT32 else None
 
 

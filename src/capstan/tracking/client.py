@@ -157,8 +157,9 @@ class Client:
                     experiment_names: Sequence[str] | None = None, order_by: Sequence[str] = (),
                     max_results: int = 1000, view_type: str = "ACTIVE_ONLY") -> list[Run]:
         """Runs matching an MLflow filter string (``"metrics.acc > 0.9 AND params.model = 'rf'"``), ordered by
-        ``order_by`` (``["metrics.acc DESC"]``). Without experiment ids or names, every active experiment of the
-        project is searched."""
+        ``order_by`` (``["metrics.acc DESC"]``). Without experiment ids or names, every experiment of the project
+        that ``view_type`` covers is searched: the active ones for ``ACTIVE_ONLY``, deleted ones too for
+        ``DELETED_ONLY`` and ``ALL`` (deleting an experiment deletes its runs, so they show up there)."""
         ids = [experiment_ids] if isinstance(experiment_ids, str) else list(experiment_ids or ())
         for name in experiment_names or ():
             exp = self._backend.get_experiment_by_name(name)
@@ -166,7 +167,9 @@ class Client:
                 raise ResourceDoesNotExist(f"experiment {name!r} does not exist")
             ids.append(exp.experiment_id)
         if experiment_ids is None and not experiment_names:
-            ids = [e.experiment_id for e in self.search_experiments(max_results=100_000)]
+            experiments_view = "ACTIVE_ONLY" if view_type == "ACTIVE_ONLY" else "ALL"
+            ids = [e.experiment_id for e in self.search_experiments(view_type=experiments_view,
+                                                                    max_results=100_000)]
             if not ids:
                 return []
         return _paged(lambda token, limit: self._backend.search_runs(

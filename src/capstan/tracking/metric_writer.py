@@ -7,7 +7,9 @@
 - `MetricWriter.flush` writes everything added so far and returns once it is durable (used at run end);
   `MetricWriter.close` also runs at interpreter exit through `atexit`.
 - A failed write is retried ``attempts`` times with exponential backoff (an error a retry cannot fix, such as a
-  deleted run, is not retried). If it still fails, the points are reported
+  deleted run, is not retried). When the store refuses a batch as bad input, its halves are written separately,
+  down to single points, so one bad point never takes the valid points of its batch with it. Points that still fail
+  are reported
   loudly (``logging.error`` plus a warning on stderr) and a `MetricFlushError` naming them is raised from the next
   `flush`/`close` (hence from ``end_run``). Nothing is dropped silently.
 """
@@ -156,23 +158,36 @@ class MetricWriter:
                 self._write_chunk(chunk)
 
     def _write_chunk(self, chunk: list[tuple[str, Metric]]) -> None:
-        batches: dict[str, list[Metric]] = {}
-        for run_id, metric in chunk:
-            batches.setdefault(run_id, []).append(metric)
+        failed: list[tuple[str, Metric]] = []
+        last: list[tuple[BaseException, int]] = []
+        self._write_part(chunk, failed, last)
+        if failed:
+            self._report(_by_run(failed), *last[-1])
+
+    def _write_part(self, part: list[tuple[str, Metric]], failed: list[tuple[str, Metric]],
+                    last: list[tuple[BaseException, int]]) -> None:
+        """Write ``part``; when the store refuses it as bad input, write each half on its own, so one bad point
+        is isolated (and reported) while the good points around it are stored."""
         delay = self._backoff_s
         for attempt in range(1, self._attempts + 1):
             try:
-                self._sink(batches)
+                self._sink(_by_run(part))
             except Exception as exc:  # noqa: BLE001  # every failure is retried, then reported loudly
+                if len(part) > 1 and _bad_input(exc):
+                    middle = len(part) // 2
+                    self._write_part(part[:middle], failed, last)
+                    self._write_part(part[middle:], failed, last)
+                    return
                 if attempt < self._attempts and not _permanent(exc):
                     log.warning("writing %d metric points failed (attempt %d of %d): %s; retrying in %.1fs",
-                                len(chunk), attempt, self._attempts, exc, delay)
+                                len(part), attempt, self._attempts, exc, delay)
                     self._sleep(delay)
                     delay *= 2
                     continue
-                self._report(batches, exc, attempt)
+                failed.extend(part)
+                last.append((exc, attempt))
                 return
-            self.points_written += len(chunk)
+            self.points_written += len(part)
             return
 
     def _report(self, batches: Mapping[str, Sequence[Metric]], exc: BaseException, attempts: int) -> None:
@@ -203,6 +218,18 @@ class MetricWriter:
                 return
             self._pending_error = None
         raise error
+
+
+def _by_run(points: Sequence[tuple[str, Metric]]) -> dict[str, list[Metric]]:
+    batches: dict[str, list[Metric]] = {}
+    for run_id, metric in points:
+        batches.setdefault(run_id, []).append(metric)
+    return batches
+
+
+def _bad_input(exc: BaseException) -> bool:
+    """The store refused the points themselves (a bad key or value), as opposed to the run or the store."""
+    return isinstance(exc, CapstanError) and exc.code == "INVALID_PARAMETER_VALUE"
 
 
 def _permanent(exc: BaseException) -> bool:

@@ -9,11 +9,11 @@ as FINISHED after their metrics are flushed.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import math
 import numbers
 import os
-import re
 import sys
 import tempfile
 import threading
@@ -26,14 +26,16 @@ from typing import Any
 
 from capstan.errors import CapstanError, InvalidParameterValue, InvalidState, ResourceDoesNotExist
 from capstan.settings import Settings
+from capstan.store import tracking_validation as validation
 from capstan.tracking.backends import ArtifactOwner, TrackingBackend, iter_local_files, open_backend
 from capstan.tracking.metric_writer import MetricFlushError, MetricWriter
 from capstan.tracking.records import DELETED, TERMINAL_STATUSES, Experiment, Metric, Param, Run, RunInfo, RunTag
 from capstan.tracking.sdk_models import ModelInfo
 
 DEFAULT_EXPERIMENT = "Default"
-_NAME_RE = re.compile(r"^[/\w.\- :]*$")
-MAX_KEY_LENGTH = 250
+METRIC_FLUSH_TAG = "capstan.metrics.unstored"
+"""Tag set on a run whose buffered metric points could not be stored when it ended (the run ends FAILED)."""
+MAX_KEY_LENGTH = validation.MAX_KEY_LENGTH
 
 
 def _now_ms() -> int:
@@ -45,17 +47,11 @@ _MAX_CACHED_KEYS = 10_000
 
 
 def check_key(key: str, what: str = "metric") -> str:
-    """Validate a metric, param or tag key the way MLflow does (the message names the field)."""
+    """Validate a metric, param or tag key with the store's own rules (`capstan.store.tracking_validation.check_key`),
+    so a key the store would refuse fails here, at the call; the message names the field (``metric key: ...``)."""
     if type(key) is str and key in _VALID_KEYS:
         return key
-    if not isinstance(key, str) or not key:
-        raise InvalidParameterValue(f"{what} key: must be a non-empty string, got {key!r}")
-    if len(key) > MAX_KEY_LENGTH:
-        raise InvalidParameterValue(f"{what} key: {key[:40]!r}... is longer than {MAX_KEY_LENGTH} characters")
-    if not _NAME_RE.match(key):
-        raise InvalidParameterValue(
-            f"{what} key: {key!r} may only contain letters, digits, underscores, dashes, periods, spaces, "
-            "colons and slashes")
+    validation.check_key(key, f"{what} key")
     if len(_VALID_KEYS) < _MAX_CACHED_KEYS:
         _VALID_KEYS.add(key)
     return key
@@ -66,15 +62,13 @@ def check_metric(key: str, value: Any, step: int | None, timestamp: int | None) 
     check_key(key)
     if type(value) is float:  # the common case, checked first because this runs on every log_metric call
         number = value
-    elif isinstance(value, str | bytes) or not isinstance(value, numbers.Real):
+    elif isinstance(value, str | bytes | bool) or not isinstance(value, numbers.Real):
         raise InvalidParameterValue(f"metric {key!r}: value {value!r} is not a number")
     else:
         number = float(value)
-    if step is not None and type(step) is not int and (
-            isinstance(step, bool) or not isinstance(step, numbers.Integral)):
-        raise InvalidParameterValue(f"metric {key!r}: step {step!r} is not an integer")
-    return Metric(key=key, value=number, timestamp=int(timestamp) if timestamp is not None else _now_ms(),
-                  step=int(step) if step is not None else 0)
+    stored_step = validation.check_step(step, f"metric {key!r}: step") if step is not None else 0
+    ts = validation.check_time(timestamp, f"metric {key!r}: timestamp") if timestamp is not None else _now_ms()
+    return Metric(key=key, value=number, timestamp=ts, step=stored_step)
 
 
 def artifact_files(local_path: str | os.PathLike[str], artifact_path: str | None, *,
@@ -407,6 +401,10 @@ class _ProcessState:
             self.flush(run.run_id)
         except MetricFlushError as exc:
             flush_error = exc
+            if status == "FINISHED":  # points were lost: the run did not finish as the caller logged it
+                status = "FAILED"
+                with contextlib.suppress(CapstanError):
+                    self.backend.log_batch(run.run_id, tags=[RunTag(METRIC_FLUSH_TAG, str(exc)[:1000])])
         try:
             run.info = self.backend.update_run(run.run_id, status=status, end_time=_now_ms())
         except CapstanError as exc:

@@ -27,6 +27,17 @@ from typing import TypeVar
 import orjson
 
 from capstan.errors import InvalidParameterValue
+from capstan.tracking.search_limits import (
+    INT64_MAX,
+    MAX_FILTER_LENGTH,
+    MAX_ORDER_BY_LENGTH,
+    check_filter_list_values,
+    check_filter_term_count,
+    check_finite,
+    check_int64,
+    check_order_by_count,
+    check_search_text,
+)
 
 METRIC = "metric"
 PARAM = "param"
@@ -129,9 +140,14 @@ LOGGED_MODELS = Grammar(
 
 _BARE_KEY = re.compile(r"[\w./:\-]+")
 _WORD = re.compile(r"[A-Za-z_]\w*")
-_NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?(?![\w.])")
+_NUMBER = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?(?![\w.])")
 _SPACE = re.compile(r"\s*")
 _TOKEN_HINT = re.compile(r"\w+|'[^']*'?|\"[^\"]*\"?|`[^`]*`?|[=!<>]+|\S")
+
+
+def _shown(text: str) -> str:
+    """``text`` quoted for an error message, cut short when long."""
+    return repr(text) if len(text) <= 200 else f"{text[:200]!r}... ({len(text)} characters)"
 
 
 class _Scanner:
@@ -162,7 +178,7 @@ class _Scanner:
             token = self.token_here()
         found = f"found {token!r}" if token else "found the end of the string"
         return InvalidParameterValue(
-            f"{self.field_name}: expected {expected} at position {self.pos}, {found} in {self.text!r}")
+            f"{self.field_name}: expected {expected} at position {self.pos}, {found} in {_shown(self.text)}")
 
     def read_quoted(self) -> str:
         """Read a '...', "..." or `...` token (a doubled quote stands for itself) and return its content."""
@@ -183,7 +199,7 @@ class _Scanner:
             i += 1
         self.pos = start
         raise InvalidParameterValue(
-            f"{self.field_name}: unterminated quote {quote} starting at position {start} in {self.text!r}")
+            f"{self.field_name}: unterminated quote {quote} starting at position {start} in {_shown(self.text)}")
 
     def read_word(self) -> str | None:
         self.skip_space()
@@ -341,12 +357,12 @@ def _comparison(scanner: _Scanner, grammar: Grammar) -> Comparison:
         if isinstance(value, str):
             raise InvalidParameterValue(
                 f"{field_name}: {raw!r} needs a number, got the string {value!r}")
-        if kind == METRIC:
-            return Comparison(kind, key, op, value)
         text = scanner.last_number_text(value_start)
-        if not value.is_integer() or not re.fullmatch(r"[+-]?\d+", text):
+        if kind == METRIC:
+            return Comparison(kind, key, op, check_finite(value, f"{field_name}: {raw!r}", text))
+        if not re.fullmatch(r"[+-]?[0-9]+", text):
             raise InvalidParameterValue(f"{field_name}: {raw!r} needs an integer (milliseconds), got {text!r}")
-        return Comparison(kind, key, op, int(text))
+        return Comparison(kind, key, op, check_int64(int(text), f"{field_name}: {raw!r}"))
     if not isinstance(value, str):
         text = scanner.last_number_text(value_start)
         if key in grammar.integer_string_attributes:
@@ -355,13 +371,24 @@ def _comparison(scanner: _Scanner, grammar: Grammar) -> Comparison:
             f"{field_name}: {raw!r} needs a quoted string value such as '{text}', got {text}")
     if key in grammar.integer_string_attributes and kind == ATTRIBUTE:
         value = _integer_text(value, raw, field_name)
+    if op in ("LIKE", "ILIKE"):
+        _check_like_pattern(value, raw, field_name)
     return Comparison(kind, key, op, value)
 
 
+def _check_like_pattern(pattern: str, raw: str, field_name: str) -> None:
+    # PostgreSQL refuses a pattern ending in a lone escape character; refuse it everywhere alike.
+    trailing = len(pattern) - len(pattern.rstrip("\\"))
+    if trailing % 2:
+        raise InvalidParameterValue(
+            f"{field_name}: the {raw!r} pattern {pattern!r} ends with a lone escape character '\\'; "
+            "write '\\\\' for a literal backslash")
+
+
 def _integer_text(text: str, raw: str, field_name: str) -> str:
-    if not re.fullmatch(r"\s*[+-]?\d+\s*", text):
+    if not re.fullmatch(r"\s*[+-]?[0-9]+\s*", text):
         raise InvalidParameterValue(f"{field_name}: {raw!r} must be an integer id, got {text!r}")
-    return str(int(text))
+    return str(check_int64(int(text), f"{field_name}: {raw!r}"))
 
 
 def parse_filter(text: str | None, grammar: Grammar = RUNS, *,
@@ -369,10 +396,17 @@ def parse_filter(text: str | None, grammar: Grammar = RUNS, *,
     """Parse an AND-ed MLflow filter string; an empty or blank string means no filter."""
     if not text or not text.strip():
         return ()
+    check_search_text(text, field_name, max_length=MAX_FILTER_LENGTH)
     scanner = _Scanner(text, field_name)
     out: list[Comparison] = []
+    list_values = 0
     while True:
-        out.append(_comparison(scanner, grammar))
+        check_filter_term_count(len(out) + 1, field_name)
+        comparison = _comparison(scanner, grammar)
+        if isinstance(comparison.value, tuple):
+            list_values += len(comparison.value)
+            check_filter_list_values(list_values, field_name)
+        out.append(comparison)
         if scanner.at_end():
             return tuple(out)
         save = scanner.pos
@@ -382,19 +416,26 @@ def parse_filter(text: str | None, grammar: Grammar = RUNS, *,
             if word is not None and word.upper() == "OR":
                 raise InvalidParameterValue(
                     f"{field_name}: 'OR' is not supported at position {save}; only AND-ed comparisons are "
-                    f"allowed in {text!r}")
+                    f"allowed in {_shown(text)}")
             raise scanner.fail("AND")
 
 
 def parse_order_by(clauses: Sequence[str] | None, grammar: Grammar = RUNS, *,
                    field_name: str = "order_by") -> tuple[OrderKey, ...]:
-    """Parse ``["metrics.acc DESC", "start_time"]``-style clauses; duplicates are rejected."""
+    """Parse ``["metrics.acc DESC", "start_time"]``-style clauses; duplicates are rejected, and so are more than
+    `~capstan.tracking.search_limits.MAX_ORDER_BY_TERMS` clauses."""
+    if isinstance(clauses, str):
+        raise InvalidParameterValue(f"{field_name}: must be a list of strings such as ['metrics.acc DESC'], "
+                                    f"got the string {clauses[:60]!r}")
+    clauses = list(clauses or ())
+    check_order_by_count(len(clauses), field_name)
     out: list[OrderKey] = []
     seen: set[tuple[str, str]] = set()
-    for index, clause in enumerate(clauses or ()):
+    for index, clause in enumerate(clauses):
         name = f"{field_name}[{index}]"
         if not isinstance(clause, str) or not clause.strip():
             raise InvalidParameterValue(f"{name}: must be a non-empty string such as 'metrics.acc DESC'")
+        check_search_text(clause, name, max_length=MAX_ORDER_BY_LENGTH)
         scanner = _Scanner(clause, name)
         entity, key, raw = scanner.read_identifier()
         kind, key = _resolve(entity, key, raw, grammar, name, for_order=True)
@@ -427,7 +468,7 @@ def decode_page_token(token: str | None, *, field_name: str = "page_token") -> i
         offset = data["offset"]
     except (binascii.Error, ValueError, TypeError, KeyError, orjson.JSONDecodeError):
         raise InvalidParameterValue(f"{field_name}: {token!r} is not a valid page token") from None
-    if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
+    if not isinstance(offset, int) or isinstance(offset, bool) or not 0 <= offset <= INT64_MAX:
         raise InvalidParameterValue(f"{field_name}: {token!r} is not a valid page token")
     return offset
 
