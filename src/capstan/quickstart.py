@@ -166,7 +166,7 @@ def run_quickstart(settings: Settings | None = None, *, console: Console | None 
     stage = data_stage or wine_data
     columns = (SpinnerColumn(), TextColumn("{task.description:<44}"), BarColumn(), TaskProgressColumn(),
                TimeElapsedColumn())
-    with Progress(*columns, console=out) as progress:
+    with Progress(*columns, console=out, refresh_per_second=4) as progress:
         task = progress.add_task("preparing data", total=len(grid) + 3)
         data = stage()
         progress.advance(task)
@@ -217,14 +217,16 @@ def _report(out: Console, settings: Settings, result: QuickstartResult, ranked: 
     from rich.table import Table
 
     table = Table(title=f"Runs in experiment {experiment!r} (id {result.experiment_id})", title_justify="left")
-    for header in ("run id", "name", "alpha", "test accuracy", "f1 (macro)", "log loss"):
+    narrow = out.width < 110  # an 80-column terminal: short run ids (the full ones are printed below)
+    for header in ("run id", "name", "alpha", "test acc" if narrow else "test accuracy", "f1 (macro)", "log loss"):
         table.add_column(header, no_wrap=True,
                          justify="left" if header in ("run id", "name") else "right")
     for run in ranked:
         metrics = {m.key: m.value for m in run.data.metrics}
         best = run.info.run_id == result.best_run_id
         scores = (f"{metrics.get(key, float('nan')):.3f}" for key in ("test_accuracy", "f1_macro", "log_loss"))
-        table.add_row(run.info.run_id, run.info.run_name + (" ★" if best else ""), run.data.params.get("alpha", ""),
+        run_id = run.info.run_id[:8] if narrow else run.info.run_id
+        table.add_row(run_id, run.info.run_name + (" ★" if best else ""), run.data.params.get("alpha", ""),
                       *scores, style="bold green" if best else None)
     out.print()
     out.print(f"Trained {len(result.run_ids)} models on {data.description}.")

@@ -7,10 +7,12 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from capstan.auth.tokens import TOKEN_MARK
 from capstan.errors import InvalidParameterValue
 
 # Decimal units (k, M, G, T) as in SI and Kubernetes; binary units (Ki, Mi, Gi, Ti) for powers of 1024.
@@ -85,6 +87,72 @@ def parse_hosts(text: str, *, field_name: str = "CAPSTAN_ALLOWED_HOSTS") -> tupl
     return tuple(hosts)
 
 
+_DB_URL = re.compile(r"([A-Za-z][A-Za-z0-9]*)(\+[A-Za-z0-9_]+)?://(.*)", re.S)
+DB_URL_HINT = "sqlite:///path/to/capstan.db or postgresql+psycopg://user@host/db"
+
+
+def redact_url(url: str) -> str:
+    """``url`` with the password of its user part replaced by ``***`` (for error messages)."""
+    return re.sub(r"^([^@/]*//)?([^:@/]*):[^@/]*@", lambda m: f"{m.group(1) or ''}{m.group(2)}:***@", url)
+
+
+def check_db_url(url: str, *, field_name: str = "CAPSTAN_DB_URL") -> str:
+    """A metadata-store URL Capstan can open: SQLite or PostgreSQL (``postgresql://`` and ``postgres://`` mean
+    the psycopg 3 driver Capstan ships with); `InvalidParameterValue` naming ``field_name`` otherwise."""
+    match = _DB_URL.fullmatch(url.strip())
+    if match is None:
+        raise InvalidParameterValue(f"{field_name}: {redact_url(url)!r} is not a database URL; use {DB_URL_HINT}")
+    dialect, driver, rest = match.group(1).lower(), (match.group(2) or "")[1:].lower(), match.group(3)
+    if dialect == "sqlite" and driver in ("", "pysqlite"):
+        return url.strip()
+    if dialect in ("postgresql", "postgres"):
+        if driver in ("", "psycopg"):
+            return f"postgresql+psycopg://{rest}"
+        raise InvalidParameterValue(f"{field_name}: the PostgreSQL driver {driver!r} is not supported; use "
+                                    "postgresql+psycopg://user@host/db (psycopg 3, installed with Capstan)")
+    raise InvalidParameterValue(f"{field_name}: {dialect}{'+' + driver if driver else ''} databases are not "
+                                f"supported; use {DB_URL_HINT}")
+
+
+_TOKEN = re.compile(re.escape(TOKEN_MARK) + r"[A-Za-z0-9_-]{40}")
+
+
+def check_token(token: str, *, field_name: str = "CAPSTAN_TOKEN") -> str:
+    """A Capstan token secret (``cap_`` and 40 URL-safe characters, as `capstan tokens create` prints it); the
+    message never repeats the value."""
+    text = token.strip()
+    if not _TOKEN.fullmatch(text):
+        raise InvalidParameterValue(
+            f"{field_name}: the value ({len(text)} characters) does not look like a Capstan token ({TOKEN_MARK} "
+            "and 40 more characters, as printed by `capstan tokens create`)")
+    return text
+
+
+# Artifact roots the artifact store is tested with, and the package each needs.
+_ARTIFACT_SCHEMES = {"file": None, "s3": ("s3fs", "pip install 'capstan[s3]'")}
+
+
+def check_artifacts(location: str, *, field_name: str = "CAPSTAN_ARTIFACTS") -> str:
+    """An artifact root Capstan can write to: a folder, ``file://...`` or ``s3://bucket/prefix`` (with s3fs
+    installed); `InvalidParameterValue` naming ``field_name`` and what to install or use otherwise."""
+    import importlib.util
+
+    scheme = location.split("://", 1)[0].lower() if "://" in location else "file"
+    if scheme not in _ARTIFACT_SCHEMES:
+        raise InvalidParameterValue(
+            f"{field_name}: {scheme}:// storage is not supported; use a local folder or s3://bucket/prefix (any "
+            "S3-compatible store, with CAPSTAN_S3_ENDPOINT)")
+    needs = _ARTIFACT_SCHEMES[scheme]
+    if needs is not None:
+        try:
+            found = importlib.util.find_spec(needs[0]) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            raise InvalidParameterValue(f"{field_name}: {scheme}:// needs the {needs[0]} package: {needs[1]}")
+    return location
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """Where Capstan keeps its state and how it reaches a server.
@@ -140,15 +208,15 @@ class Settings:
         settings = cls.for_home(home)
         overrides: dict[str, object] = {}
         if env.get("CAPSTAN_DB_URL"):
-            overrides["db_url"] = env["CAPSTAN_DB_URL"]
+            overrides["db_url"] = check_db_url(env["CAPSTAN_DB_URL"])
         if env.get("CAPSTAN_ARTIFACTS"):
-            overrides["artifacts"] = env["CAPSTAN_ARTIFACTS"]
+            overrides["artifacts"] = check_artifacts(env["CAPSTAN_ARTIFACTS"])
         if env.get("CAPSTAN_S3_ENDPOINT"):
             overrides["s3_endpoint"] = env["CAPSTAN_S3_ENDPOINT"]
         if env.get("CAPSTAN_URL"):
             overrides["url"] = env["CAPSTAN_URL"].rstrip("/")
         if env.get("CAPSTAN_TOKEN"):
-            overrides["token"] = env["CAPSTAN_TOKEN"]
+            overrides["token"] = check_token(env["CAPSTAN_TOKEN"])
         if env.get("CAPSTAN_PROJECT"):
             overrides["project"] = env["CAPSTAN_PROJECT"]
         if env.get("CAPSTAN_ARTIFACT_MAX_BYTES"):

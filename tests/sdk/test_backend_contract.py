@@ -289,3 +289,36 @@ def test_registry_errors(backend: TrackingBackend) -> None:
         backend.get_model_version(name, 7)
     with pytest.raises(ResourceDoesNotExist):
         backend.set_alias(name, "champion", 7)
+
+
+# -- lifecycle the CLI exposes (rename, delete, restore; deleted experiments' runs) ------------------------
+def test_rename_run_sets_name_and_tag(backend: TrackingBackend) -> None:
+    _, run_id = new_run(backend, run_name="before")
+    info = backend.update_run(run_id, run_name="after")
+    run = backend.get_run(run_id)
+    assert info.run_name == run.info.run_name == run.data.tags["mlflow.runName"] == "after"
+
+
+def test_deleted_experiment_takes_its_runs_and_errors_name_the_restore_command(backend: TrackingBackend) -> None:
+    from capstan.tracking.client import Client
+
+    experiment_id, run_id = new_run(backend)
+    backend.delete_experiment(experiment_id)
+    assert backend.get_run(run_id).info.lifecycle_stage == "deleted"
+    with pytest.raises(InvalidState, match=f"`capstan experiments restore {experiment_id}`"):
+        backend.create_run(experiment_id)
+    with pytest.raises(InvalidState, match=f"`capstan experiments restore {experiment_id}`"):
+        backend.restore_run(run_id)
+    with pytest.raises(InvalidState, match=f"`capstan runs restore {run_id}`"):
+        backend.log_batch(run_id, params=[Param("late", "1")])
+    with pytest.raises(ResourceAlreadyExists, match=f"`capstan experiments restore {experiment_id}`"):
+        backend.create_experiment(backend.get_experiment(experiment_id).name)
+
+    client = Client(backend=backend)  # no experiment named: every experiment the view covers
+    assert run_id in {r.info.run_id for r in client.search_runs(view_type="DELETED_ONLY", max_results=100_000)}
+    assert run_id in {r.info.run_id for r in client.search_runs(view_type="ALL", max_results=100_000)}
+    assert run_id not in {r.info.run_id for r in client.search_runs(max_results=100_000)}
+
+    backend.restore_experiment(experiment_id)
+    assert backend.get_run(run_id).info.lifecycle_stage == "active"
+    assert run_id in {r.info.run_id for r in client.search_runs(max_results=100_000)}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import sys
 from pathlib import Path
 
 from sklearn.base import BaseEstimator
@@ -12,13 +13,34 @@ from capstan.tracking.client import Client
 from helpers.server import capstan_command, clean_env
 
 
+# `pip install . && capstan quickstart` must work with nothing else installed: pandas (a test extra) is made
+# unimportable, and the run checks at exit that nothing imported it.
+WITHOUT_PANDAS = """
+import sys
+
+class NoPandas:
+    def find_spec(self, name, path=None, target=None):
+        if name == "pandas" or name.startswith("pandas."):
+            raise ModuleNotFoundError(f"No module named {name!r}")
+        return None
+
+sys.meta_path.insert(0, NoPandas())
+from capstan.cli.main import main
+try:
+    main(sys.argv[1:])
+finally:
+    if "pandas" in sys.modules:
+        print("pandas was imported", file=sys.stderr)
+"""
+
+
 def test_quickstart_on_a_fresh_home(tmp_path: Path) -> None:
     home = tmp_path / "fresh"
-    result = subprocess.run([*capstan_command(), "quickstart"], env=clean_env(home), capture_output=True,
-                            text=True, timeout=300)
+    result = subprocess.run([sys.executable, "-c", WITHOUT_PANDAS, "quickstart"], env=clean_env(home),
+                            capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
-    assert "Traceback" not in result.stderr
+    assert "Traceback" not in result.stderr and "pandas was imported" not in result.stderr, result.stderr
     for expected in ("Prepared the data with pipeline wine_prep", "9 steps, 0 from cache",
                      "after cleaning", "Trained 4 models", "models:/quickstart@champion", f"CAPSTAN_HOME={home}",
                      "capstan runs list --experiment quickstart", "capstan models show quickstart"):
@@ -44,3 +66,14 @@ def test_quickstart_on_a_fresh_home(tmp_path: Path) -> None:
     assert "from cache" in again.stdout and "0 from cache" not in again.stdout  # the data-prep steps were reused
     with Client(settings=Settings.for_home(home)) as client:
         assert client.get_model_version_by_alias("quickstart", "champion").version == 2
+
+
+def test_wine_data_is_plain_numpy() -> None:
+    import numpy as np
+
+    from capstan.quickstart import wine_data
+
+    data = wine_data()
+    assert all(type(part) is np.ndarray for part in (data.x_train, data.x_test, data.y_train, data.y_test))
+    assert data.x_train.shape[1] == len(data.feature_names) == 13
+    assert len(data.x_train) + len(data.x_test) == 178

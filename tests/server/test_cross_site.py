@@ -56,7 +56,8 @@ def _error(response: httpx.Response, status: int, code: str, field: str) -> None
 @pytest.mark.parametrize("content_type, body", [
     ("text/plain", '{"experiment_id": "%s"}'),
     ("application/x-www-form-urlencoded", "experiment_id=%s"),
-    ("multipart/form-data; boundary=x", '--x\r\nContent-Disposition: form-data; name="experiment_id"\r\n\r\n%s\r\n--x--'),
+    ("multipart/form-data; boundary=x",
+     '--x\r\nContent-Disposition: form-data; name="experiment_id"\r\n\r\n%s\r\n--x--'),
 ])
 def test_json_routes_refuse_other_content_types(client: httpx.Client, content_type: str, body: str) -> None:
     experiment_id = _experiment(client)
@@ -160,8 +161,9 @@ def test_mlflow_client_keeps_working(server: ServerProcess, tmp_path: Path, monk
 
 
 def test_allowed_origins_and_hosts_settings() -> None:
-    settings = Settings.from_env({"CAPSTAN_HOME": "/tmp/x", "CAPSTAN_ALLOWED_ORIGINS": "https://UI.example:443/, "
-                                  "http://localhost:3000", "CAPSTAN_ALLOWED_HOSTS": "capstan.example.com,10.0.0.5:8080"})
+    settings = Settings.from_env({"CAPSTAN_HOME": "/tmp/x",
+                                  "CAPSTAN_ALLOWED_ORIGINS": "https://UI.example:443/, http://localhost:3000",
+                                  "CAPSTAN_ALLOWED_HOSTS": "capstan.example.com,10.0.0.5:8080"})
     assert settings.allowed_origins == ("https://ui.example", "http://localhost:3000")
     assert settings.allowed_hosts == ("capstan.example.com", "10.0.0.5:8080")
     with pytest.raises(InvalidParameterValue, match="CAPSTAN_ALLOWED_ORIGINS"):
@@ -181,11 +183,20 @@ def test_host_policy_off_loopback() -> None:
 
 
 def test_bad_allowed_origin_flag_is_one_line(tmp_path: Path) -> None:
-    from helpers.server import capstan_command, clean_env
     import subprocess
+
+    from helpers.server import capstan_command, clean_env
 
     result = subprocess.run([*capstan_command(), "server", "--port", "0", "--allowed-origin", "not an origin"],
                             env=clean_env(tmp_path), capture_output=True, text=True, timeout=60)
     assert result.returncode != 0
     assert result.stderr.strip().startswith("error:") and "--allowed-origin" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_worker_processes_get_the_same_lists(tmp_path: Path) -> None:
+    from capstan.server.runner import settings_environment
+
+    settings = Settings.for_home(tmp_path, allowed_origins=("https://ui.example",), allowed_hosts=("a.example",))
+    rebuilt = Settings.from_env(settings_environment(settings, "0.0.0.0"))
+    assert (rebuilt.allowed_origins, rebuilt.allowed_hosts) == (("https://ui.example",), ("a.example",))

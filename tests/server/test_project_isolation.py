@@ -285,3 +285,40 @@ def test_put_with_a_trailing_slash_does_not_create_a_file_over_a_folder(world: W
     listed = world.ok("bob", "GET", f"{MLFLOW}/artifacts/list", params={"run_id": world.run_b}).json()
     assert {(f["path"], f["is_dir"]) for f in listed["files"]} >= {("dir", True)}
     assert all(not (f["path"] == "" or f.get("file_size") == 2) for f in listed["files"])
+
+
+# -- rows written before these checks existed ----------------------------------------------------------------
+def test_older_rows_cannot_reach_another_project(world: World) -> None:
+    """A version with a local source and an experiment whose location points into pa, as an older server could
+    store them: the read-through and write routes still refuse."""
+    from sqlalchemy import select, update
+
+    from capstan.store.schema import experiments, model_versions, registered_models
+
+    exp = world.ok("bob", "POST", f"{MLFLOW}/experiments/create", json={"name": "legacy"}).json()["experiment_id"]
+    world.ok("bob", "POST", f"{MLFLOW}/registered-models/create", json={"name": "legacyB"})
+    world.ok("bob", "POST", f"{MLFLOW}/model-versions/create",
+             json={"name": "legacyB", "source": "s3://bucket/legacy"})
+    services = Services.open(Settings.for_home(world.server.home))
+    try:
+        with services.engine.begin() as conn:
+            model_id = conn.execute(select(registered_models.c.id)
+                                    .where(registered_models.c.name == "legacyB")).scalar_one()
+            conn.execute(update(model_versions).where(model_versions.c.model_id == model_id)
+                         .values(source="/etc", storage_location="/etc"))
+            conn.execute(update(experiments).where(experiments.c.id == int(exp))
+                         .values(artifact_location=f"mlflow-artifacts:/{world.exp_a}"))
+    finally:
+        services.close()
+    message = _error(world.call("bob", "GET", f"{MLFLOW}/model-versions/get-download-uri",
+                                params={"name": "legacyB", "version": "1"}), 400, "INVALID_PARAMETER_VALUE")
+    assert "/etc" in message
+    _error(world.call("bob", "GET", "/api/v1/registered-models/legacyB/versions/1/artifacts"),
+           400, "INVALID_PARAMETER_VALUE")
+    run = world.ok("bob", "POST", f"{MLFLOW}/runs/create", json={"experiment_id": exp}).json()["run"]["info"]
+    assert run["artifact_uri"].startswith(f"mlflow-artifacts:/{world.exp_a}/")
+    _error(world.call("bob", "PUT", f"/api/v1/runs/{run['run_id']}/artifacts/planted.txt", content=b"x"),
+           403, "PERMISSION_DENIED")
+    _error(world.call("bob", "GET", f"/api/v1/runs/{run['run_id']}/artifacts"), 403, "PERMISSION_DENIED")
+    _error(world.call("bob", "GET", f"{MLFLOW}/artifacts/list", params={"run_id": run["run_id"]}),
+           403, "PERMISSION_DENIED")

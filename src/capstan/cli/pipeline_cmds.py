@@ -231,15 +231,14 @@ def register(cli: click.Group) -> None:
         if as_json:
             _echo_json(rows)
             return
-        from rich.table import Table
+        from capstan.cli import tables
 
-        table = Table()
-        for header in ("run id", "pipeline", "status", "source", "created", "took", "message"):
-            table.add_column(header, no_wrap=header != "message")
+        table = tables.TextTable("run id", "pipeline", "status", "source", "created", "took", "message",
+                                 ids=("run id",))
         for r in rows:
             table.add_row(r["id"], r["pipeline"], r["status"], r["source"], _ms(r["created_at"]),
                           _took(r["started_at"], r["finished_at"]), (r["message"] or "")[:80])
-        _console().print(table)
+        table.print(tables.console())
 
     @pipelines.command("show")
     @click.argument("run_id")

@@ -321,15 +321,26 @@ def usage_cmd(by: str, since: str, price: str | None, as_json: bool) -> None:
     _echo_table(table)
 
 
+class _PolicyOption(click.Option):
+    """``--policy``: its help lists the simulator's policy registry, read only when help is shown (the simulator
+    is not imported for other commands)."""
+
+    def get_help_record(self, ctx: click.Context) -> tuple[str, str] | None:
+        from capstan.queue.simulate import POLICIES
+
+        self.help = f"{', '.join(POLICIES)} or all (repeatable)."
+        return super().get_help_record(ctx)
+
+
 @click.command("simulate")
 @click.option("--trace", "trace_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Job trace CSV (job_id, submit_time_s, duration_s, num_gpus, cluster).")
 @click.option("--cluster", "cluster_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Queue configuration YAML; each trace cluster is a LocalQueue of it.")
-@click.option("--policy", "policies", multiple=True, default=("all",), show_default=True,
-              help="strict-fifo, best-effort-fifo, capstan-las, sjf-oracle or all (repeatable).")
+@click.option("--policy", "policies", cls=_PolicyOption, multiple=True, default=("all",), show_default=True,
+              help="A simulator policy or all (repeatable).")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Replay only the first N jobs.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per policy.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array with one object per policy.")
 @click.option("--plot", "plot_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Write utilisation, JCT CDF and queue-length PNGs here.")
 def simulate_cmd(trace_path: Path, cluster_path: Path, policies: tuple[str, ...], limit: int | None, as_json: bool,
@@ -347,6 +358,10 @@ def simulate_cmd(trace_path: Path, cluster_path: Path, policies: tuple[str, ...]
             if name not in names:
                 names.append(name)
     try:
+        if plot_dir is not None:
+            from capstan.queue.plots import require_matplotlib
+
+            require_matplotlib()  # before the replay, which may take minutes
         config = load_config(cluster_path)
         settings = sim_settings(load_yaml(cluster_path.read_text(encoding="utf-8")).get("simulation"))
         jobs = read_trace(trace_path, limit=limit)

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from rich.console import Console
+    from rich.table import Table
 
 PIPE_WIDTH = 1000
 """Width of piped output without ``COLUMNS``: wide enough that rows are never wrapped."""
@@ -122,16 +123,18 @@ class TextTable:
         else:
             out.print(self._rich_table(widths))
 
-    def _rich_table(self, widths: Sequence[int]) -> object:
+    def _rich_table(self, widths: Sequence[int]) -> Table:
         from rich import box
         from rich.table import Table
+        from rich.text import Text
 
         table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
         for header, width, is_id, right in zip(self.headers, widths, self.ids, self.right, strict=True):
-            table.add_column(header, width=width, no_wrap=is_id, overflow="ignore" if is_id else "fold",
+            table.add_column(Text(header), width=width, no_wrap=is_id, overflow="ignore" if is_id else "fold",
                              justify="right" if right else "left")
         for cells, style in self.rows:
-            table.add_row(*cells, style=style)
+            # Text, not str: a cell is data, never Rich markup ("[red]" in a run name stays as typed).
+            table.add_row(*(Text(cell) for cell in cells), style=style)
         return table
 
     def _print_records(self, out: Console) -> None:
@@ -150,7 +153,7 @@ class TextTable:
                 grid.add_column(no_wrap=True, style="bold", min_width=key_width)
                 grid.add_column(overflow="fold")
                 for header, cell in zip(self.headers, cells, strict=True):
-                    grid.add_row(header.replace("\n", " "), Text(cell, style=style or ""))
+                    grid.add_row(Text(header.replace("\n", " ")), Text(cell, style=style or ""))
                 out.print(grid)
                 continue
             # Too narrow for key and id side by side: each value under its key, ids never wrapped by Rich.

@@ -463,7 +463,7 @@ def models_show(name: str, as_json: bool) -> None:
     table.print(console)
     first_alias = next(iter(sorted(model.aliases)), None)
     uri = f"models:/{model.name}@{first_alias}" if first_alias else f"models:/{model.name}/{versions[0].version}"
-    console.print(f"load it with: capstan.load_model({uri!r})", soft_wrap=True)
+    console.print(f"load it with: capstan.load_model({uri!r})", markup=False)  # wraps at the space, not in the call
 
 
 @models_group.group("alias")

@@ -19,6 +19,7 @@ STYLES = {
     "retrying": "magenta", "cached": "blue", "skipped": "dim red", "cancelled": "red",
 }
 MAX_ROWS = 40
+MAX_REDRAWS_PER_S = 4
 
 
 def _duration(ms: int | None) -> str:
@@ -32,7 +33,9 @@ def _duration(ms: int | None) -> str:
 
 
 class LiveView:
-    """`capstan.pipelines.orchestrator.Observer` that redraws a table of steps (at most ~8 times a second)."""
+    """`capstan.pipelines.orchestrator.Observer` that redraws a table of steps when a step changes state (at most
+    `MAX_REDRAWS_PER_S` times a second) and once a second for the clocks, fitted to the terminal's height, so a
+    long run in a terminal writes a bounded amount per second, not a stream of frames."""
 
     def __init__(self, console: Console, title: str) -> None:
         from rich.live import Live
@@ -41,7 +44,9 @@ class LiveView:
         self._title = title
         self._orch: Orchestrator | None = None
         self._started = time.monotonic()
-        self._live = Live(self, console=console, refresh_per_second=8, transient=False, redirect_stdout=False,
+        self._shown: tuple[object, ...] = ()
+        self._drawn_at = 0.0
+        self._live = Live(self, console=console, refresh_per_second=1, transient=False, redirect_stdout=False,
                           redirect_stderr=False)
 
     def __enter__(self) -> LiveView:
@@ -55,8 +60,19 @@ class LiveView:
             self._console.line()
 
     def update(self, orchestrator: Orchestrator) -> None:
-        """Remember the orchestrator; the Live thread renders from it."""
+        """Remember the orchestrator and redraw when a step changed state (throttled); the Live thread also
+        redraws once a second."""
         self._orch = orchestrator
+        now = time.monotonic()
+        if now - self._drawn_at < 1 / MAX_REDRAWS_PER_S:
+            return
+        try:
+            shown = (orchestrator.status, *(rec.state for rec in orchestrator.recs.values()))
+        except RuntimeError:  # another thread added map children meanwhile; the next update sees them
+            return
+        if shown != self._shown:
+            self._shown, self._drawn_at = shown, now
+            self._live.refresh()
 
     def __rich__(self) -> RenderableType:
         from rich.console import Group
@@ -78,16 +94,18 @@ class LiveView:
         for header in ("step", "state", "attempt", "duration", "note"):
             table.add_column(header, no_wrap=True, justify="right" if header in ("attempt", "duration") else "left")
         now_ms = int(time.time() * 1000)
+        # Keep the whole view on screen: title, three border lines, header, "more" row, bar and summary take 8.
+        max_rows = max(3, min(MAX_ROWS, self._console.height - 9)) if self._console.is_terminal else MAX_ROWS
         shown = 0
         hidden = 0
         for rec in recs:
             node = rec.node
             if node.parent is not None:
                 interesting = rec.state in (StepState.RUNNING, StepState.FAILED, StepState.RETRYING)
-                if not interesting or shown >= MAX_ROWS:
+                if not interesting or shown >= max_rows:
                     hidden += 1
                     continue
-            elif shown >= MAX_ROWS:
+            elif shown >= max_rows:
                 hidden += 1
                 continue
             shown += 1

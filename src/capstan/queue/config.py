@@ -19,6 +19,7 @@ Every error names the path of the offending field, e.g.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -98,8 +99,8 @@ def _weight(obj: Mapping[str, Any], path: str) -> float:
         weight = parse_quantity(raw, path=wpath) / 1000 if isinstance(raw, str) else float(raw)
     except (TypeError, ValueError):
         raise _fail(f"{path}.fairSharing.weight", f"{raw!r} is not a number") from None
-    if isinstance(raw, bool) or weight < 0:
-        raise _fail(f"{path}.fairSharing.weight", "must be a number >= 0")
+    if isinstance(raw, bool) or not math.isfinite(weight) or weight < 0:
+        raise _fail(f"{path}.fairSharing.weight", "must be a finite number >= 0")
     return weight
 
 

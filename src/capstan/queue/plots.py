@@ -5,12 +5,29 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from capstan.errors import InvalidParameterValue
+from capstan.errors import InvalidParameterValue, InvalidState
 from capstan.queue.simulate import SimResult
+
+PLOT_EXTRA = "plot"
+"""The optional-dependency extra that installs matplotlib (``pip install 'capstan[plot]'``)."""
+
+
+def require_matplotlib() -> None:
+    """Fail with one line naming the extra to install when matplotlib is missing (checked before simulating)."""
+    import importlib.util
+
+    try:
+        found = importlib.util.find_spec("matplotlib") is not None
+    except (ImportError, ValueError):
+        found = False
+    if not found:
+        raise InvalidState(f"--plot needs matplotlib, which is not installed: "
+                                f"pip install 'capstan[{PLOT_EXTRA}]'")
 
 
 def write_plots(results: Sequence[SimResult], directory: Path | str) -> list[Path]:
     """Write ``utilization.png``, ``jct_cdf.png`` and ``queue_length.png``; returns their paths."""
+    require_matplotlib()
     import matplotlib
 
     matplotlib.use("Agg")

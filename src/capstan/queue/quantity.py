@@ -19,6 +19,8 @@ _BINARY = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei"
 _DECIMAL = {"n": Decimal("1e-9"), "u": Decimal("1e-6"), "m": Decimal("1e-3"), "": Decimal(1),
             "k": Decimal("1e3"), "M": Decimal("1e6"), "G": Decimal("1e9"), "T": Decimal("1e12"),
             "P": Decimal("1e15"), "E": Decimal("1e18")}
+MAX_UNITS = Decimal("1e21")
+"""The largest quantity accepted, in whole units (about 867 EiB of memory): beyond it a value is a typo."""
 MEMORY_RESOURCES = frozenset({"memory", "ephemeral-storage"})
 GPU_RESOURCES = frozenset({"gpu", "nvidia.com/gpu", "amd.com/gpu"})
 
@@ -42,13 +44,23 @@ def parse_quantity(value: object, *, path: str = "quantity") -> int:
     else:
         raise InvalidParameterValue(f"{path}: {value!r} is not a quantity such as 500m, 2, 1.5 or 16Gi")
     if number < 0:
-        raise InvalidParameterValue(f"{path}: quantity {value!r} must not be negative")
+        raise InvalidParameterValue(f"{path}: quantity {_short(value)} must not be negative")
+    if number > MAX_UNITS:
+        raise InvalidParameterValue(f"{path}: quantity {_short(value)} is too large (at most {MAX_UNITS:.0e} units)")
     return int((number * MILLI).to_integral_value(rounding="ROUND_CEILING"))
+
+
+def _short(value: object) -> str:
+    """``value`` for a message, cut to a readable length (never echo a 400-digit number)."""
+    text = repr(value)
+    if len(text) <= 24:
+        return text
+    return text[:20] + ("...'" if text[0] in "'\"" else "...")
 
 
 def _parse_text(text: str, path: str) -> Decimal:
     def bad() -> InvalidParameterValue:
-        return InvalidParameterValue(f"{path}: {text!r} is not a quantity such as 500m, 2, 1.5 or 16Gi")
+        return InvalidParameterValue(f"{path}: {_short(text)} is not a quantity such as 500m, 2, 1.5 or 16Gi")
 
     if not text:
         raise bad()
@@ -67,6 +79,12 @@ def _parse_text(text: str, path: str) -> Decimal:
         raise bad() from None
     if not number.is_finite():
         raise bad()
+    if number and number.adjusted() > 40:  # keeps the arithmetic below within the decimal context's exponent range
+        if number < 0:
+            raise InvalidParameterValue(f"{path}: quantity {_short(text)} must not be negative")
+        raise InvalidParameterValue(f"{path}: quantity {_short(text)} is too large (at most {MAX_UNITS:.0e} units)")
+    if number and number.adjusted() < -40:
+        number = Decimal("1e-40").copy_sign(number)  # rounds to the same milli-unit either way
     return number * multiplier
 
 

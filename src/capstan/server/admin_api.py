@@ -16,6 +16,7 @@ from capstan.auth.durations import parse_duration
 from capstan.auth.policy import Principal, allows, check_role
 from capstan.errors import InvalidParameterValue
 from capstan.events.records import Event
+from capstan.server.errors import NAMES_AN_OBJECT
 from capstan.server.security import TARGET_KEY, Authenticator, current_principal, require
 from capstan.services import Services
 
@@ -189,7 +190,7 @@ def _own_user(principal: Principal) -> str:
     return principal.name
 
 
-@router.get("/tokens")
+@router.get("/tokens", responses=NAMES_AN_OBJECT)
 def list_tokens(request: Request, user: str | None = None,
                 all_users: bool = Query(False, alias="all")) -> dict[str, Any]:
     """Tokens of ``user`` (default: the caller); server admins may list anyone's, or everyone's with ``all``."""
@@ -206,7 +207,7 @@ def list_tokens(request: Request, user: str | None = None,
     return {"tokens": [t.to_dict(now) for t in services.auth.list_tokens(user)]}
 
 
-@router.post("/tokens")
+@router.post("/tokens", responses=NAMES_AN_OBJECT)
 def create_token(request: Request, body: TokenCreate) -> dict[str, Any]:
     """Issue a token; the response holds the secret, which is never shown again."""
     principal = current_principal(request)

@@ -47,6 +47,7 @@ from capstan.server.api_v1_schemas import (
     RunUpdate,
     TagValue,
 )
+from capstan.server.errors import NAMES_AN_OBJECT
 from capstan.server.security import require
 from capstan.tracking import backends_wire as wire
 from capstan.tracking.records import RUN_STATUSES, Metric, Param, RunTag
@@ -132,7 +133,8 @@ def delete_experiment_tag(request: Request, experiment_id: str, key: str) -> Res
 
 
 # -- runs -----------------------------------------------------------------------------------------------
-@runs.post("/runs", response_model=RunInfoEnvelope, status_code=201, summary="Create a run")
+@runs.post("/runs", response_model=RunInfoEnvelope, status_code=201, responses=NAMES_AN_OBJECT,
+           summary="Create a run")
 def create_run(request: Request, body: RunCreate) -> Response:
     """Create a RUNNING run. Its ``user_id`` is the authenticated user (the body's value in single-user mode)."""
     principal = authorize_experiment(request, body.experiment_id, "write")
@@ -145,7 +147,7 @@ def create_run(request: Request, body: RunCreate) -> Response:
     return render({"info": wire.run_info_to_json(info)}, 201)
 
 
-@runs.post("/runs/search", response_model=RunList, summary="Search runs")
+@runs.post("/runs/search", response_model=RunList, responses=NAMES_AN_OBJECT, summary="Search runs")
 def search_runs(request: Request, body: RunSearch) -> Response:
     """MLflow filter syntax (``metrics.acc > 0.9 AND params.model = 'rf'``) and ``order_by``
     (``["metrics.acc DESC"]``) over the given experiments."""
@@ -157,7 +159,7 @@ def search_runs(request: Request, body: RunSearch) -> Response:
     return render({"runs": [wire.run_to_json(r) for r in page.items], "next_page_token": page.next_page_token})
 
 
-@runs.post("/metrics/batch", status_code=204, response_class=Response,
+@runs.post("/metrics/batch", status_code=204, response_class=Response, responses=NAMES_AN_OBJECT,
            summary="Log metric points of several runs at once")
 def log_metrics_for_runs(request: Request, body: MetricsBatch) -> Response:
     """What the SDK's background metric writer sends: ``{"runs": {"<run id>": [metric, ...]}}``."""

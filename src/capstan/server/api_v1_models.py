@@ -40,6 +40,7 @@ from capstan.server.api_v1_schemas import (
     TagValue,
     VersionPath,
 )
+from capstan.server.errors import NAMES_AN_OBJECT
 from capstan.server.model_sources import authorize_source, record_version_on_logged_model
 from capstan.server.security import require
 from capstan.tracking import backends_wire as wire
@@ -51,7 +52,8 @@ LOGGED_MODEL_FINAL_STATUSES = ("READY", "FAILED")
 
 
 # -- logged models --------------------------------------------------------------------------------------
-@logged_models.post("", response_model=LoggedModelOut, status_code=201, summary="Create a logged model")
+@logged_models.post("", response_model=LoggedModelOut, status_code=201, responses=NAMES_AN_OBJECT,
+                    summary="Create a logged model")
 def create_logged_model(request: Request, body: LoggedModelCreate) -> Response:
     """A PENDING model with its own artifact folder ``<experiment location>/models/<model_id>/artifacts``;
     upload its files, then PATCH its status to READY."""
@@ -66,7 +68,8 @@ def create_logged_model(request: Request, body: LoggedModelCreate) -> Response:
     return render(wire.logged_model_to_json(model), 201)
 
 
-@logged_models.post("/search", response_model=LoggedModelList, summary="Search logged models")
+@logged_models.post("/search", response_model=LoggedModelList, responses=NAMES_AN_OBJECT,
+                    summary="Search logged models")
 def search_logged_models(request: Request, body: LoggedModelSearch) -> Response:
     for experiment_id in dict.fromkeys(body.experiment_ids):
         authorize_experiment(request, experiment_id, "read")

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from fastapi import Path
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from capstan.names import NAME_PATTERN
 from capstan.store import registry_checks as registry_limits
@@ -34,9 +34,21 @@ MAX_MODELS_PAGE = registry_limits.MAX_MODELS_PER_PAGE
 MAX_VERSIONS_PAGE = registry_limits.MAX_VERSIONS_PER_PAGE
 MAX_HISTORY_PAGE = MAX_INT32
 
-Timestamp = Annotated[int, Field(ge=0, le=MAX_INT64, description="milliseconds since the Unix epoch")]
-Step = Annotated[int, Field(ge=-MAX_INT64, le=MAX_INT64)]
-VersionNumber = Annotated[int, Field(ge=1, le=registry_limits.MAX_VERSION)]
+
+
+def _integral(value: object) -> object:
+    """JSON Schema counts ``5.0`` as an integer, so a strict integer field accepts it too (but not ``5.5``,
+    ``"5"`` or ``true``)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+Integer = Annotated[int, BeforeValidator(_integral)]
+"""A strict integer that also takes an integral JSON number such as ``5.0``."""
+Timestamp = Annotated[Integer, Field(ge=0, le=MAX_INT64, description="milliseconds since the Unix epoch")]
+Step = Annotated[Integer, Field(ge=-MAX_INT64, le=MAX_INT64)]
+VersionNumber = Annotated[Integer, Field(ge=1, le=registry_limits.MAX_VERSION)]
 VersionPath = Annotated[int, Path(ge=1, le=registry_limits.MAX_VERSION, description="a model version number")]
 """A ``{version}`` path parameter: a positive 64-bit integer."""
 Key = Annotated[str, Field(min_length=1, max_length=MAX_KEY_LENGTH)]
@@ -147,7 +159,7 @@ class RunSearch(_In):
     experiment_ids: list[str] = Field(min_length=1)
     filter: str = ""
     view_type: str = "ACTIVE_ONLY"
-    max_results: int = Field(default=1000, ge=1, le=MAX_PAGE)
+    max_results: Integer = Field(default=1000, ge=1, le=MAX_PAGE)
     order_by: list[str] = Field(default_factory=list)
     page_token: str | None = None
 
@@ -247,7 +259,7 @@ class LoggedModelUpdate(_In):
 class LoggedModelSearch(_In):
     experiment_ids: list[str] = Field(min_length=1)
     filter: str = ""
-    max_results: int = Field(default=100, ge=1, le=MAX_PAGE)
+    max_results: Integer = Field(default=100, ge=1, le=MAX_PAGE)
     page_token: str | None = None
 
 

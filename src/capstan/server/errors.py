@@ -13,6 +13,7 @@ the ``400`` this module answers, and every operation lists the error statuses it
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
@@ -72,13 +73,53 @@ async def _on_validation_error(_request: Request, exc: Exception) -> JSONRespons
     return JSONResponse(error_body("INVALID_PARAMETER_VALUE", validation_message(exc.errors())), status_code=400)
 
 
-async def _on_http_error(_request: Request, exc: Exception) -> JSONResponse:
+def _route_table(routes: Sequence[Any], prefix: str = "") -> list[tuple[re.Pattern[str], frozenset[str]]]:
+    """(path regex, methods) of every route, descending into included routers (as `RouteTemplates` does)."""
+    from starlette.routing import compile_path
+
+    table: list[tuple[re.Pattern[str], frozenset[str]]] = []
+    for route in routes:
+        path = getattr(route, "path", None)
+        if isinstance(getattr(route, "path_format", None), str) and isinstance(path, str):
+            # ``path`` keeps the convertors (``{path:path}`` matches several segments); ``path_format`` drops them.
+            table.append((compile_path(prefix + path)[0], frozenset(getattr(route, "methods", None) or ())))
+            continue
+        nested = getattr(route, "original_router", None) or getattr(route, "app", None)
+        nested_routes = getattr(nested, "routes", None)
+        if nested_routes is not None:
+            nested_prefix = getattr(getattr(route, "include_context", None), "prefix", None)
+            table += _route_table(nested_routes, prefix + str(nested_prefix if nested_prefix is not None
+                                                               else getattr(route, "path", "")))
+    return table
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves at the request's path. FastAPI adds one route per method and path, and
+    Starlette's own 405 names only the first matching route's methods in ``Allow``."""
+    state = request.app.state
+    table = getattr(state, "capstan_route_table", None)
+    if table is None:
+        table = _route_table(request.app.router.routes)
+        state.capstan_route_table = table
+    path = request.scope.get("path", "")
+    methods: set[str] = set()
+    for regex, route_methods in table:
+        if regex.match(path):
+            methods.update(route_methods)
+    return sorted(methods)
+
+
+async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:
     from starlette.exceptions import HTTPException
 
     assert isinstance(exc, HTTPException)
     code = _CODE_BY_STATUS.get(exc.status_code, "INTERNAL_ERROR" if exc.status_code >= 500 else "BAD_REQUEST")
-    return JSONResponse(error_body(code, str(exc.detail)), status_code=exc.status_code,
-                        headers=dict(exc.headers or {}))
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        methods = allowed_methods(request)
+        if methods:
+            headers["Allow"] = ", ".join(methods)
+    return JSONResponse(error_body(code, str(exc.detail)), status_code=exc.status_code, headers=headers)
 
 
 async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -103,6 +144,9 @@ ERROR_DESCRIPTIONS: Final[dict[int, str]] = {
     413: "The body is larger than the configured limit",
     503: "The metadata store, or a service this route needs, is not available",
 }
+NAMES_AN_OBJECT: Final[dict[int | str, dict[str, Any]]] = {
+    404: {"description": "An object the request names (in its body or query) does not exist"}}
+"""``responses=`` of a route whose body or query names existing objects (its 404 is not implied by a path)."""
 _METHODS = ("get", "put", "post", "delete", "patch", "options", "head", "trace")
 
 

@@ -115,6 +115,7 @@ def list_run_artifacts(call: Call) -> Mapping[str, Any]:
     if root is None:
         raise InvalidParameterValue(f"run '{run_id}' keeps its artifacts outside this server "
                                     f"({run.info.artifact_uri}); list them with the storage client")
+    authorize_path(call, root, "read")  # the folder's own experiment, should an older location point elsewhere
     return {"root_uri": run.info.artifact_uri, "files": list_files(call, root, fields.string("path"))}
 
 

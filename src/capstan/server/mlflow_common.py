@@ -179,11 +179,11 @@ class Fields:
         raise self._invalid(key, value, "true or false")
 
     def strings(self, key: str) -> list[str]:
-        """A repeated string field (a JSON array, or repeated query keys)."""
+        """A repeated string field (a JSON array, or repeated query keys); a bare JSON string is refused."""
         _, value = self._raw((key,))
         if value is _MISSING:
             return []
-        if isinstance(value, str):
+        if isinstance(value, str) and self._query:
             return [value]
         if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
             raise self._invalid(key, value, "a list of strings")

@@ -16,6 +16,7 @@ from capstan.server.mlflow_common import Call, drop_none, proxied_path, render_p
 from capstan.server.mlflow_routing import Route
 from capstan.server.mlflow_tracking import render_metric
 from capstan.tracking.records import LoggedModel
+from capstan.tracking.search_filter import DatasetFilter, LoggedModelOrder
 
 # LoggedModelStatus proto names (in proto order, so a numeric enum maps by position) and the store's names.
 STATUS_NAMES = ("LOGGED_MODEL_PENDING", "LOGGED_MODEL_READY", "LOGGED_MODEL_UPLOAD_FAILED")
@@ -130,16 +131,17 @@ def search_logged_models(call: Call) -> Mapping[str, Any]:
     fields = call.fields
     experiment_ids = fields.strings("experiment_ids")
     max_results = fields.integer("max_results", default=100, minimum=1, maximum=MAX_SEARCH_RESULTS) or 100
-    if fields.objects("order_by") or fields.objects("datasets"):
-        raise InvalidParameterValue(
-            "Parameters 'order_by' and 'datasets' of logged-models/search are not supported by this server; "
-            "use 'filter' instead")
+    order_by = [LoggedModelOrder(item.string("field_name", required=True), item.boolean("ascending", default=True),
+                                 item.string("dataset_name"), item.string("dataset_digest"))
+                for item in fields.objects("order_by")]
+    datasets = [DatasetFilter(item.string("dataset_name", required=True), item.string("dataset_digest"))
+                for item in fields.objects("datasets")]
     for experiment_id in dict.fromkeys(experiment_ids):
         call.authorize_experiment(experiment_id, "read")
     if not experiment_ids:
         return {"models": []}
     page = call.tracking.search_logged_models(experiment_ids, filter_string=fields.string("filter"),
-                                              max_results=max_results,
+                                              max_results=max_results, order_by=order_by, datasets=datasets,
                                               page_token=fields.optional_string("page_token"))
     result: dict[str, Any] = {"models": [render_logged_model(model) for model in page.items]}
     if page.next_page_token:

@@ -323,7 +323,22 @@ def log_metric(call: Call) -> Mapping[str, Any]:
     metric = _metric(call.fields)
     call.authorize_run(run_id, "write")
     _single("metrics[0].", lambda: call.tracking.log_batch(run_id, metrics=[metric]))
+    _link_to_logged_models(call, run_id, [(call.fields, metric)])
     return {}
+
+
+def _link_to_logged_models(call: Call, run_id: str, items: Sequence[tuple[Fields, Metric]]) -> None:
+    """Points sent with a ``model_id`` (MLflow 3) also become metrics of that logged model, which the caller
+    must be allowed to write."""
+    points = []
+    for fields, metric in items:
+        model_id = fields.optional_string("model_id")
+        if model_id is not None:
+            points.append((model_id, metric, fields.string("dataset_name"), fields.string("dataset_digest")))
+    for model_id in dict.fromkeys(point[0] for point in points):
+        call.authorize_logged_model(model_id, "write")
+    if points:
+        call.tracking.log_logged_model_metrics(run_id, points)
 
 
 def log_param(call: Call) -> Mapping[str, Any]:
@@ -366,6 +381,9 @@ def log_batch(call: Call) -> Mapping[str, Any]:
     call.authorize_run(run_id, "write")
     if metrics or params or tags:
         call.tracking.log_batch(run_id, metrics=metrics, params=params, tags=tags)
+    raw = fields.data.get("metrics")
+    if isinstance(raw, list) and any(type(item) is dict and item.get("model_id") for item in raw):
+        _link_to_logged_models(call, run_id, list(zip(fields.objects("metrics"), metrics, strict=True)))
     return {}
 
 
@@ -393,7 +411,11 @@ def log_outputs(call: Call) -> Mapping[str, Any]:
     run_id = _run_id(fields)
     outputs = [(item.string("model_id", required=True), item.integer("step", default=0) or 0)
                for item in fields.objects("models")]
-    call.authorize_run(run_id, "write")
+    project = call.authorize_run(run_id, "write")
+    for model_id, _step in outputs:  # as /api/v1: a run's outputs stay inside its project
+        if call.experiment_project(call.tracking.get_logged_model(model_id).experiment_id) != project:
+            raise InvalidParameterValue(f"Invalid value for parameter 'models': logged model {model_id} "
+                                        "belongs to another project")
     call.tracking.log_outputs(run_id, outputs)
     return {}
 
@@ -401,9 +423,9 @@ def log_outputs(call: Call) -> Mapping[str, Any]:
 def search_runs(call: Call) -> Mapping[str, Any]:
     """POST runs/search: filter string, order_by, pagination over the named experiments."""
     fields = call.fields
-    experiment_ids = fields.strings("experiment_ids")
     view_type = fields.enum("run_view_type", VIEW_TYPES, default="ACTIVE_ONLY") or "ACTIVE_ONLY"
     max_results = fields.integer("max_results", default=1000, minimum=1, maximum=MAX_RUNS_PER_SEARCH) or 1000
+    experiment_ids = fields.strings("experiment_ids")
     for experiment_id in dict.fromkeys(experiment_ids):
         call.authorize_experiment(experiment_id, "read")
     if not experiment_ids:

@@ -32,6 +32,8 @@ from capstan.queue.manager import CycleReport, QueueManager
 from capstan.queue.metrics import QueueMetrics
 from capstan.queue.model import PodSet, QueueConfig, Toleration
 from capstan.queue.records import PENDING, WorkloadRecord, record_to_json
+from capstan.server.api_v1_schemas import Integer
+from capstan.server.errors import NAMES_AN_OBJECT
 from capstan.server.security import request_project, require
 
 if TYPE_CHECKING:
@@ -184,7 +186,7 @@ class PodSetBody(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     name: str = Field(default="main", min_length=1, max_length=256)
-    count: int = Field(default=1, ge=1, le=100_000)
+    count: Integer = Field(default=1, ge=1, le=100_000)
     requests: dict[str, int | float | str] = Field(min_length=1)
     node_selector: dict[str, str] = Field(default_factory=dict)
     tolerations: list[TolerationBody] = Field(default_factory=list)
@@ -326,7 +328,7 @@ async def apply_config(request: Request) -> Response:
     return _render(await run_in_threadpool(apply))
 
 
-@router.post("/workloads", status_code=201, summary="Submit a workload")
+@router.post("/workloads", status_code=201, responses=NAMES_AN_OBJECT, summary="Submit a workload")
 def submit_workload(request: Request, body: WorkloadSubmit) -> Response:
     """Queue a workload in a LocalQueue (write permission in that queue's project), then run admission.
 

@@ -1,8 +1,8 @@
 """Authentication, authorization and the audit log for the HTTP server.
 
-Every request except ``GET /health`` passes `SecurityMiddleware`, which resolves the caller into a `Principal`
-(or answers 401) and, once the response is sent, queues an audit entry for mutating calls. Handlers then call
-`require` with the permission they need and the project of the object they touch:
+Every request except ``GET /health`` and ``GET /`` passes `SecurityMiddleware`, which resolves the caller into a
+`Principal` (or answers 401) and, once the response is sent, queues an audit entry for mutating calls. Handlers
+then call `require` with the permission they need and the project of the object they touch:
 
     principal = require(request, "write", project, target=f"run/{run_id}")
 
@@ -12,6 +12,10 @@ or HTTP basic auth with the user name and a token as the password (``MLFLOW_TRAC
 Token lookups are cached in-process for `CACHE_TTL_S` (one second), so a token that is revoked, or a user that is
 disabled, stops working within a second in every server process, and at once in the process that served the
 admin API call that made the change.
+
+Outside it, `BrowserGuardMiddleware` keeps web pages from using the server through the user's browser: it checks
+the ``Host`` header (DNS rebinding), refuses foreign ``Origin``s and cross-site ``Sec-Fetch-Site`` requests,
+answers CORS preflights for allowed origins, and requires ``application/json`` on routes that parse JSON bodies.
 """
 
 from __future__ import annotations
@@ -317,6 +321,7 @@ async def _send_json(send: Send, status: int, body: dict[str, str],
 
 # -- browsers: Host, Origin, CORS and JSON bodies ------------------------------------------------------------
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "[::1]"})
+UNGUARDED_PATHS = frozenset({"/health"})  # probes (Kubernetes, load balancers) send whatever Host they like
 CORS_METHODS = "GET, HEAD, POST, PUT, PATCH, DELETE"
 CORS_MAX_AGE_S = 600
 BODY_METHODS = MUTATING_METHODS
@@ -447,7 +452,7 @@ class BrowserGuardMiddleware:
         self._json_route = json_route
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in PUBLIC_PATHS:
+        if scope["type"] != "http" or scope["path"] in UNGUARDED_PATHS:
             await self.app(scope, receive, send)
             return
         host = _header(scope, b"host") or ""

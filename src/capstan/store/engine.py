@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import os
 import re
 from collections.abc import Iterator
 from functools import cache
@@ -11,11 +12,11 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, inspect, text
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlalchemy.pool import NullPool
 
-from capstan.errors import StoreUnavailable
-from capstan.settings import Settings
+from capstan.errors import InvalidParameterValue, StoreUnavailable
+from capstan.settings import Settings, check_db_url, redact_url
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 
@@ -36,13 +37,66 @@ def _sqlite_begin(conn: Any) -> None:
     conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+def _field(settings: Settings, variable: str, attribute: str) -> str:
+    """How an error names a setting: its environment variable when it came from there."""
+    return variable if variable in settings.extra else attribute
+
+
+def ensure_home(settings: Settings) -> Path:
+    """Create ``settings.home`` (and its parents) if needed; a home that is a file, cannot be created or is not
+    writable is an `InvalidParameterValue` naming ``CAPSTAN_HOME``."""
+    home = settings.home
+    name = _field(settings, "CAPSTAN_HOME", "home")
+    if home.exists() and not home.is_dir():
+        raise InvalidParameterValue(f"{name}: {home} is a file, not a folder")
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InvalidParameterValue(f"{name}: cannot create the folder {home}: {exc.strerror or exc}") from None
+    if not os.access(home, os.W_OK | os.X_OK):
+        raise InvalidParameterValue(f"{name}: the folder {home} is not writable")
+    return home
+
+
+def _sqlite_folder(settings: Settings, db_path: str) -> None:
+    """The folder of an SQLite file must exist; only the home (and folders inside it) is created."""
+    folder = Path(db_path).expanduser().absolute().parent
+    if folder == settings.home or settings.home in folder.parents:
+        ensure_home(settings)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InvalidParameterValue(f"{_field(settings, 'CAPSTAN_DB_URL', 'db_url')}: cannot create the folder "
+                                        f"{folder}: {exc.strerror or exc}") from None
+    elif not folder.is_dir():
+        name = _field(settings, "CAPSTAN_DB_URL", "db_url")
+        what = "is not a folder" if folder.exists() else "does not exist"
+        raise InvalidParameterValue(f"{name}: the folder {folder} {what}; create it first, or leave {name} unset "
+                                    f"to keep the database in CAPSTAN_HOME ({settings.home})")
+
+
 def create_store_engine(settings: Settings, *, migrate: bool = True) -> Engine:
-    """Create the SQLAlchemy engine for ``settings.db_url`` and bring its schema up to date."""
-    url = settings.db_url
+    """Create the SQLAlchemy engine for ``settings.db_url`` and bring its schema up to date.
+
+    Bad settings are one-line `InvalidParameterValue` errors naming the variable: an unsupported or unparsable
+    URL, an SQLite file in a folder that does not exist (only CAPSTAN_HOME is created), a home that is a file."""
+    name = _field(settings, "CAPSTAN_DB_URL", "db_url")
+    url = check_db_url(settings.db_url, field_name=name)
+    try:
+        engine = _create_engine(settings, url)
+    except (ArgumentError, ImportError) as exc:  # a URL SQLAlchemy cannot parse, or a driver that is missing
+        reason = " ".join(str(exc).replace(url, redact_url(url)).split())
+        raise InvalidParameterValue(f"{name}: cannot open {redact_url(url)!r}: {reason}") from None
+    if migrate:
+        upgrade(engine, settings, only_if_needed=True)
+    return engine
+
+
+def _create_engine(settings: Settings, url: str) -> Engine:
     if url.startswith("sqlite"):
         db_path = url.split("///", 1)[1] if "///" in url else ""
         if db_path and db_path != ":memory:":
-            Path(db_path).parent.mkdir(parents=True, exist_ok=True)
+            _sqlite_folder(settings, db_path)
         engine = create_engine(url, connect_args={"timeout": 60, "check_same_thread": False},
                                poolclass=NullPool if db_path in ("", ":memory:") else None)
         event.listen(engine, "connect", _sqlite_on_connect)
@@ -51,8 +105,6 @@ def create_store_engine(settings: Settings, *, migrate: bool = True) -> Engine:
         event.listen(engine, "begin", _sqlite_begin)
     else:
         engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
-    if migrate:
-        upgrade(engine, settings, only_if_needed=True)
     return engine
 
 
@@ -60,7 +112,7 @@ def create_store_engine(settings: Settings, *, migrate: bool = True) -> Engine:
 def _migration_lock(engine: Engine, settings: Settings) -> Iterator[None]:
     """Serialise migrations across processes (file lock for SQLite, advisory lock for PostgreSQL)."""
     if engine.dialect.name == "sqlite":
-        settings.home.mkdir(parents=True, exist_ok=True)
+        ensure_home(settings)
         lock_path = settings.home / ".migrate.lock"
         with open(lock_path, "w") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
@@ -119,7 +171,8 @@ def current_revisions(engine: Engine) -> set[str]:
                 return set()
             return {row[0] for row in conn.execute(text("SELECT version_num FROM alembic_version"))}
     except OperationalError as exc:
-        raise StoreUnavailable(f"cannot open the metadata store {engine.url!r}: {exc.orig}") from None
+        reason = " ".join(str(exc.orig).split())  # the driver's message can span lines; the CLI prints one
+        raise StoreUnavailable(f"cannot open the metadata store {engine.url!r}: {reason}") from None
 
 
 def upgrade(engine: Engine, settings: Settings, *, only_if_needed: bool = False) -> bool:

@@ -11,7 +11,7 @@ import re
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import ColumnElement, String
+from sqlalchemy import BigInteger, ColumnElement, String, type_coerce
 from sqlalchemy.sql.elements import ColumnClause
 
 from capstan.errors import InvalidParameterValue
@@ -30,6 +30,8 @@ def comparison_clause(column: Any, term: Comparison, dialect: str, allowed: Coll
                       numeric: bool = False) -> ColumnElement[bool]:
     """``column <op> value`` for one parsed filter term, after checking its operator and value type."""
     op, value = term.op, term.value
+    if numeric:  # compared as BIGINT: PostgreSQL would cast a literal to an INTEGER column's type and overflow
+        column = type_coerce(column, BigInteger)
     if op not in allowed:
         raise InvalidParameterValue(f"filter_string: invalid comparator {op!r} for {_field(term)}; valid "
                                     f"comparators are {', '.join(sorted(allowed))}")

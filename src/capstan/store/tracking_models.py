@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
 from sqlalchemy import select, update
 
 from capstan.errors import InvalidParameterValue, ResourceDoesNotExist
-from capstan.store.schema import logged_models
+from capstan.store.schema import logged_model_metrics, logged_models
 from capstan.store.tracking_tx import RawTx
 from capstan.store.tracking_validation import (
     check_logged_model_name,
@@ -23,7 +23,7 @@ from capstan.store.tracking_validation import (
     check_tag_mapping,
     generate_run_name,
 )
-from capstan.tracking.records import ACTIVE, DELETED, LoggedModel, Param
+from capstan.tracking.records import ACTIVE, DELETED, LoggedModel, Metric, Param
 from capstan.tracking.search_filter import ATTRIBUTE, METRIC, PARAM, TAG, Comparison, matches
 
 _COLUMNS = (logged_models.c.id, logged_models.c.experiment_id, logged_models.c.name,
@@ -85,8 +85,42 @@ def _row(tx: RawTx, model_id: str) -> Sequence[Any]:
 
 
 def get_model(tx: RawTx, model_id: str) -> LoggedModel:
-    """An active logged model."""
-    return _record(_row(tx, model_id))
+    """An active logged model with the metric points logged for it."""
+    record = _record(_row(tx, model_id))
+    return replace(record, metrics=metrics_for(tx, [model_id]).get(model_id, ()))
+
+
+_LINKED_METRIC_SQL = (
+    "INSERT INTO logged_model_metrics (model_id, run_uuid, key, step, timestamp, value, is_nan, dataset_name, "
+    "dataset_digest) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (model_id, run_uuid, key, step, timestamp) "
+    "DO UPDATE SET value = excluded.value, is_nan = excluded.is_nan, dataset_name = excluded.dataset_name, "
+    "dataset_digest = excluded.dataset_digest")
+
+LinkedMetricRow = tuple[str, str, str, int, int, float, bool, str, str]
+"""(model_id, run uuid, key, step, timestamp, stored value, is_nan, dataset_name, dataset_digest)."""
+
+
+def add_metrics(tx: RawTx, rows: Sequence[LinkedMetricRow]) -> None:
+    """Record metric points for logged models (a point re-logged at the same run, key, step and time replaces
+    the earlier value)."""
+    require_models(tx, sorted({row[0] for row in rows}))
+    tx.many(_LINKED_METRIC_SQL, list(rows))
+
+
+def metrics_for(tx: RawTx, model_ids: Sequence[str]) -> dict[str, tuple[Metric, ...]]:
+    """Metric points of each model, ordered by key, step and timestamp."""
+    if not model_ids:
+        return {}
+    t = logged_model_metrics
+    found: dict[str, list[Metric]] = {}
+    ids = list(model_ids)
+    for start in range(0, len(ids), 500):
+        for row in tx.all(select(t.c.model_id, t.c.key, t.c.value, t.c.is_nan, t.c.timestamp, t.c.step)
+                          .where(t.c.model_id.in_(ids[start:start + 500]))
+                          .order_by(t.c.model_id, t.c.key, t.c.step, t.c.timestamp, t.c.run_uuid)):
+            found.setdefault(row[0], []).append(Metric(row[1], float("nan") if row[3] else float(row[2]),
+                                                       int(row[4]), int(row[5])))
+    return {model_id: tuple(points) for model_id, points in found.items()}
 
 
 def require_models(tx: RawTx, model_ids: Sequence[str]) -> None:
@@ -172,5 +206,6 @@ def search_models(tx: RawTx, experiment_ids: Sequence[int], filters: Sequence[Co
     rows = tx.all(select(*_COLUMNS).where(logged_models.c.experiment_id.in_(list(experiment_ids)),
                                           logged_models.c.lifecycle_stage == ACTIVE)
                   .order_by(logged_models.c.created_at.desc(), logged_models.c.id))
-    found = [_record(r) for r in rows]
+    linked = metrics_for(tx, [r[0] for r in rows])
+    found = [replace(_record(r), metrics=linked.get(r[0], ())) for r in rows]
     return [m for m in found if all(matches(c, _field(m, c)) for c in filters)]

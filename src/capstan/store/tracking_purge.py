@@ -13,6 +13,7 @@ from capstan.store.schema import (
     experiment_tags,
     experiments,
     latest_metrics,
+    logged_model_metrics,
     logged_models,
     metrics,
     params,
@@ -74,6 +75,7 @@ def purge_deleted(tx: RawTx, cutoff: int | None, *, dry_run: bool = False) -> Pu
         for child in _RUN_CHILDREN:
             _delete_in(tx, child.c.run_id, run_ids)
         _delete_in(tx, runs.c.id, run_ids)
+        _delete_in(tx, logged_model_metrics.c.model_id, [r[0] for r in model_rows])
         _delete_in(tx, logged_models.c.id, [r[0] for r in model_rows])
         _delete_in(tx, experiment_tags.c.experiment_id, exp_ids)
         _delete_in(tx, experiments.c.id, exp_ids)

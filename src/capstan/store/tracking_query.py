@@ -8,11 +8,14 @@ metrics, inputs and outputs are then loaded with one query each (chunked IN list
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from sqlalchemy import (
+    BigInteger,
     ColumnElement,
     Select,
     and_,
@@ -24,6 +27,7 @@ from sqlalchemy import (
     or_,
     select,
     true,
+    type_coerce,
 )
 
 from capstan.errors import InvalidParameterValue
@@ -31,6 +35,7 @@ from capstan.store.schema import (
     experiment_tags,
     experiments,
     latest_metrics,
+    logged_model_metrics,
     params,
     projects,
     run_tags,
@@ -40,13 +45,24 @@ from capstan.store.tracking_tx import RawTx
 from capstan.tracking.records import (
     DatasetInput,
     Experiment,
+    LoggedModel,
     Metric,
     ModelOutput,
     Run,
     RunData,
     RunInfo,
 )
-from capstan.tracking.search_filter import ATTRIBUTE, METRIC, PARAM, TAG, Comparison, OrderKey
+from capstan.tracking.search_filter import (
+    ATTRIBUTE,
+    METRIC,
+    PARAM,
+    TAG,
+    Comparison,
+    DatasetFilter,
+    ModelOrderKey,
+    OrderKey,
+    matches,
+)
 
 CHUNK = 500
 NAN = float("nan")
@@ -305,7 +321,8 @@ def experiment_search_query(*, project: str | None, stages: Sequence[str], filte
             conditions.append(exists().where(*where))
         elif cmp.key == "experiment_id":
             value = tuple(int(v) for v in cmp.value) if isinstance(cmp.value, tuple) else int(str(cmp.value))
-            conditions.append(compare(experiments.c.id, cmp.op, value, dialect))
+            # Compared as BIGINT: PostgreSQL would cast an out-of-range literal to the INTEGER column's type and fail.
+            conditions.append(compare(type_coerce(experiments.c.id, BigInteger), cmp.op, value, dialect))
         else:
             conditions.append(compare(_EXPERIMENT_ATTRIBUTES[cmp.key], cmp.op, cmp.value, dialect))
     keys = list(order) or [OrderKey(ATTRIBUTE, "creation_time", False), OrderKey(ATTRIBUTE, "experiment_id", True)]
@@ -329,3 +346,107 @@ def experiment_tags_for(tx: RawTx, ids: Sequence[int]) -> dict[int, dict[str, st
                 part):
             out[exp_id][key] = value
     return out
+
+
+# ---------------------------------------------------------------------------------------------- logged models
+
+
+@dataclass(frozen=True, slots=True)
+class ModelPoint:
+    """One metric point logged for a logged model, with the dataset it was measured on."""
+
+    key: str
+    value: float
+    timestamp: int
+    step: int
+    run_id: str
+    dataset_name: str
+    dataset_digest: str
+
+
+def logged_model_points(tx: RawTx, model_ids: Sequence[str]) -> dict[str, list[ModelPoint]]:
+    """Every metric point of each model (one query per chunk of models)."""
+    t = logged_model_metrics
+    out: dict[str, list[ModelPoint]] = {}
+    for part in chunks(list(model_ids)):
+        for row in tx.all(select(t.c.model_id, t.c.key, t.c.value, t.c.is_nan, t.c.timestamp, t.c.step,
+                                 t.c.run_uuid, t.c.dataset_name, t.c.dataset_digest)
+                          .where(t.c.model_id.in_(list(part)))):
+            out.setdefault(row[0], []).append(ModelPoint(
+                row[1], NAN if row[3] else float(row[2]), int(row[4]), int(row[5]), row[6], row[7] or "",
+                row[8] or ""))
+    return out
+
+
+def _on_datasets(point: ModelPoint, datasets: Sequence[DatasetFilter]) -> bool:
+    return any(point.dataset_name == d.dataset_name and (not d.dataset_digest or point.dataset_digest ==
+                                                         d.dataset_digest) for d in datasets)
+
+
+def filter_models_by_metrics(models: Sequence[LoggedModel], points: Mapping[str, Sequence[ModelPoint]],
+                             filters: Sequence[Comparison], datasets: Sequence[DatasetFilter]) -> list[LoggedModel]:
+    """The models that satisfy every metric comparison, as MLflow 3 defines it: some point of the metric (any
+    step, any run) matches, counting only points on one of ``datasets`` when any are given. With ``datasets`` and
+    no metric comparison, a model needs at least one point on one of the datasets."""
+    out = []
+    for model in models:
+        own = points.get(model.model_id, ())
+        if datasets:
+            own = [p for p in own if _on_datasets(p, datasets)]
+            if not own:
+                continue
+        if all(any(p.key == cmp.key and matches(cmp, p.value) for p in own) for cmp in filters):
+            out.append(model)
+    return out
+
+
+def _latest(points: Sequence[ModelPoint], key: ModelOrderKey) -> ModelPoint | None:
+    chosen = [p for p in points if p.key == key.key
+              and (not key.dataset_name or p.dataset_name == key.dataset_name)
+              and (not key.dataset_digest or p.dataset_digest == key.dataset_digest)]
+    if not chosen:
+        return None
+    # MLflow's pick: the newest timestamp, then the highest step, then the smallest run id.
+    chosen.sort(key=lambda p: p.run_id)
+    return max(chosen, key=lambda p: (p.timestamp, p.step))
+
+
+_MODEL_ATTRIBUTE_VALUES: Mapping[str, Callable[[LoggedModel], str | int | None]] = {
+    "model_id": lambda m: m.model_id, "experiment_id": lambda m: int(m.experiment_id), "name": lambda m: m.name,
+    "artifact_location": lambda m: m.artifact_location, "creation_timestamp": lambda m: m.creation_timestamp,
+    "last_updated_timestamp": lambda m: m.last_updated_timestamp, "status": lambda m: m.status,
+    "status_message": lambda m: m.status_message, "model_type": lambda m: m.model_type,
+    "source_run_id": lambda m: m.source_run_id,
+}
+
+
+def order_models(models: Sequence[LoggedModel], points: Mapping[str, Sequence[ModelPoint]],
+                 order: Sequence[ModelOrderKey]) -> list[LoggedModel]:
+    """``models`` sorted by ``order`` (then newest first, then by id, unless those keys were given). Missing
+    values sort last in either direction; a NaN metric sorts after every number and before a missing one."""
+    keys = list(order)
+    if not any(k.kind == ATTRIBUTE and k.key == "creation_timestamp" for k in keys):
+        keys.append(ModelOrderKey(ATTRIBUTE, "creation_timestamp", False))
+    if not any(k.kind == ATTRIBUTE and k.key == "model_id" for k in keys):
+        keys.append(ModelOrderKey(ATTRIBUTE, "model_id", True))
+    items = list(models)
+    # Stable sorts from the last key to the first give the lexicographic order; each key sorts by value (in its
+    # direction) and then, ascending, by rank, so gaps stay last whatever the direction.
+    for key in reversed(keys):
+        ranked: list[tuple[int, Any, LoggedModel]] = []
+        for model in items:
+            if key.kind == METRIC:
+                point = _latest(points.get(model.model_id, ()), key)
+                if point is None:
+                    ranked.append((2, 0.0, model))
+                elif math.isnan(point.value):
+                    ranked.append((1, 0.0, model))
+                else:
+                    ranked.append((0, point.value, model))
+            else:
+                value = _MODEL_ATTRIBUTE_VALUES[key.key](model)
+                ranked.append((1, 0, model) if value is None else (0, value, model))
+        ranked.sort(key=lambda item: item[1], reverse=not key.ascending)
+        ranked.sort(key=lambda item: item[0])
+        items = [item[2] for item in ranked]
+    return items

@@ -31,7 +31,10 @@ from capstan.store.tracking_query import (
     experiment_record,
     experiment_search_query,
     experiment_tags_for,
+    filter_models_by_metrics,
     load_runs,
+    logged_model_points,
+    order_models,
     run_info,
     run_search_query,
 )
@@ -80,9 +83,13 @@ from capstan.tracking.search_filter import (
     LOGGED_MODELS,
     METRIC,
     RUNS,
+    DatasetFilter,
+    LoggedModelOrder,
+    check_dataset_filters,
     decode_page_token,
     encode_page_token,
     parse_filter,
+    parse_logged_model_order,
     parse_order_by,
 )
 
@@ -216,7 +223,8 @@ class SqlTrackingStore:
     def _active_experiment_row(self, tx: RawTx, experiment_id: str) -> tuple[Any, ...]:
         row = self._experiment_row(tx, experiment_id)
         if row[3] != ACTIVE:
-            raise InvalidState(f"Experiment '{experiment_id}' is deleted; restore it first")
+            raise InvalidState(f"Experiment '{experiment_id}' is deleted; restore it first with "
+                               f"`capstan experiments restore {experiment_id}`")
         return row
 
     @staticmethod
@@ -234,7 +242,8 @@ class SqlTrackingStore:
         if row is None:
             raise ResourceDoesNotExist(f"Run '{run_id}' not found")
         if row[1] != ACTIVE:
-            raise InvalidState(f"Run '{run_id}' is deleted; restore it before writing to it")
+            raise InvalidState(f"Run '{run_id}' is deleted; restore it before writing to it with "
+                               f"`capstan runs restore {run_id}`")
         return int(row[0])
 
     # ------------------------------------------------------------------------------------------ experiments
@@ -254,10 +263,11 @@ class SqlTrackingStore:
         def work(tx: RawTx, pending: list[Event]) -> str:
             now = self._clock()
             project_id = self._project_id(tx, project, now)
-            taken = tx.one("SELECT lifecycle_stage FROM experiments WHERE project_id = ? AND name = ?",
+            taken = tx.one("SELECT id, lifecycle_stage FROM experiments WHERE project_id = ? AND name = ?",
                            (project_id, name))
             if taken is not None:
-                state = " (deleted; restore or purge it first)" if taken[0] == DELETED else ""
+                state = (f" (deleted; restore it with `capstan experiments restore {taken[0]}` or purge it with "
+                         "`capstan gc`)" if taken[1] == DELETED else "")
                 raise ResourceAlreadyExists(f"Experiment '{name}' already exists in project '{project}'{state}")
             exp_id = tx.insert_id(
                 "INSERT INTO experiments (project_id, name, artifact_location, lifecycle_stage, created_at, "
@@ -446,7 +456,8 @@ class SqlTrackingStore:
             row = self._run_row(tx, run_id)
             info = run_info(row)
             if info.lifecycle_stage != ACTIVE:
-                raise InvalidState(f"Run '{run_id}' is deleted; restore it before updating it")
+                raise InvalidState(f"Run '{run_id}' is deleted; restore it before updating it with "
+                                   f"`capstan runs restore {run_id}`")
             new_status = status or info.status
             new_end = info.end_time if end_time is None else end_time
             new_name = run_name or info.run_name
@@ -484,7 +495,7 @@ class SqlTrackingStore:
             stage = tx.one("SELECT lifecycle_stage FROM experiments WHERE id = ?", (row[3],))
             if stage is None or stage[0] != ACTIVE:
                 raise InvalidState(f"Run '{run_id}' belongs to deleted experiment '{row[3]}'; restore the "
-                                   "experiment instead")
+                                   f"experiment instead with `capstan experiments restore {row[3]}`")
             tx.run("UPDATE runs SET lifecycle_stage = ?, deleted_at = NULL WHERE id = ?", (ACTIVE, row[0]))
             self._event(pending, "run", row[1], "RunRestored", f"run '{row[2]}' restored", row[12])
 
@@ -666,6 +677,27 @@ class SqlTrackingStore:
             checked[k] = v
         self._tx(lambda tx, _pending: lm.add_params(tx, model_id, checked, self._clock()))
 
+    def log_logged_model_metrics(self, run_id: str, points: Sequence[tuple[str, Metric, str, str]]) -> None:
+        """Link metric points logged by an active run to logged models (MLflow's ``model_id`` on a metric):
+        ``points`` are ``(model_id, metric, dataset_name, dataset_digest)``; they show in ``LoggedModel.metrics``."""
+        rows: list[lm.LinkedMetricRow] = []
+        for index, (model_id, metric, dataset_name, dataset_digest) in enumerate(points):
+            field_name = f"metrics[{index}]"
+            if not isinstance(model_id, str) or not model_id or len(model_id) > 64:
+                raise InvalidParameterValue(f"{field_name}.model_id: must be a logged model id, got {model_id!r}")
+            key, value, is_nan, timestamp, step = check_metric(metric, field_name)
+            if len(dataset_name) > 500 or len(dataset_digest) > 36:
+                raise InvalidParameterValue(f"{field_name}.dataset_name/dataset_digest: longer than 500/36 "
+                                            "characters")
+            rows.append((model_id, run_id, key, step, timestamp, value, is_nan, dataset_name, dataset_digest))
+
+        def work(tx: RawTx, _pending: list[Event]) -> None:
+            self._active_run_id(tx, run_id)
+            if rows:
+                lm.add_metrics(tx, rows)
+
+        self._tx(work)
+
     def delete_logged_model_tag(self, model_id: str, key: str) -> None:
         """Remove one tag; a missing tag is `ResourceDoesNotExist`."""
         self._tx(lambda tx, _pending: lm.delete_tag(tx, model_id, key, self._clock()))
@@ -675,16 +707,27 @@ class SqlTrackingStore:
         self._tx(lambda tx, _pending: lm.soft_delete(tx, model_id, self._clock()))
 
     def search_logged_models(self, experiment_ids: Sequence[str], *, filter_string: str = "",
-                             max_results: int = 100, page_token: str | None = None) -> Page[LoggedModel]:
-        """Active logged models of the experiments, newest first, filtered on attributes (name, model_id,
-        model_type, status, source_run_id, creation_timestamp, last_updated_timestamp), params and tags."""
+                             max_results: int = 100, page_token: str | None = None,
+                             order_by: Sequence[LoggedModelOrder] = (),
+                             datasets: Sequence[DatasetFilter] = ()) -> Page[LoggedModel]:
+        """Active logged models of the experiments, filtered on attributes (name, model_id, model_type, status,
+        source_run_id, creation_timestamp, last_updated_timestamp), params, tags and metrics (some point matches;
+        only points on ``datasets`` count when given), ordered by ``order_by`` and then newest first."""
         check_max_results(max_results)
         filters = parse_filter(filter_string, LOGGED_MODELS)
+        order = parse_logged_model_order(order_by)
+        wanted = check_dataset_filters(datasets)
         offset = decode_page_token(page_token)
         exp_ids = [n for n in (parse_experiment_id(e, "experiment_ids") for e in experiment_ids) if n is not None]
+        metric_filters = [c for c in filters if c.kind == METRIC]
+        other_filters = [c for c in filters if c.kind != METRIC]
 
         def work(tx: RawTx) -> Page[LoggedModel]:
-            found = lm.search_models(tx, exp_ids, filters)
+            found = lm.search_models(tx, exp_ids, other_filters)
+            points = logged_model_points(tx, [m.model_id for m in found]) if found else {}
+            if metric_filters or wanted:
+                found = filter_models_by_metrics(found, points, metric_filters, wanted)
+            found = order_models(found, points, order)
             page = found[offset:offset + max_results]
             token = encode_page_token(offset + max_results) if len(found) > offset + max_results else None
             return Page(tuple(page), token)

@@ -277,7 +277,8 @@ def resolve_artifact_root(services: Services, owner: ArtifactOwner, *, for_write
     if owner.kind == "run":
         info = services.tracking.get_run(owner.id).info
         if for_write and info.lifecycle_stage == DELETED:
-            raise InvalidState(f"run {owner.id} is deleted; restore it before logging artifacts")
+            raise InvalidState(f"run {owner.id} is deleted; restore it before logging artifacts with "
+                               f"`capstan runs restore {owner.id}`")
         return artifact_path_from_uri(info.artifact_uri)
     if owner.kind == "logged_model":
         return artifact_path_from_uri(services.tracking.get_logged_model(owner.id).artifact_location)

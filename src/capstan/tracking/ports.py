@@ -9,7 +9,7 @@ writing to a deleted run or a finished-and-deleted object raises `InvalidState`.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from capstan.tracking.records import (
     DatasetInput,
@@ -23,6 +23,9 @@ from capstan.tracking.records import (
     RunInfo,
     RunTag,
 )
+
+if TYPE_CHECKING:
+    from capstan.tracking.search_filter import DatasetFilter, LoggedModelOrder
 
 
 class TrackingStore(Protocol):
@@ -119,12 +122,18 @@ class TrackingStore(Protocol):
         """Add params to a logged model; changing an existing param's value raises `InvalidParameterValue`."""
         ...
 
+    def log_logged_model_metrics(self, run_id: str, points: Sequence[tuple[str, Metric, str, str]]) -> None:
+        """Link metric points of a run to logged models: ``(model_id, metric, dataset_name, dataset_digest)``."""
+        ...
+
     def delete_logged_model_tag(self, model_id: str, key: str) -> None: ...
 
     def delete_logged_model(self, model_id: str) -> None: ...
 
     def search_logged_models(self, experiment_ids: Sequence[str], *, filter_string: str = "",
-                             max_results: int = 100, page_token: str | None = None) -> Page[LoggedModel]: ...
+                             max_results: int = 100, page_token: str | None = None,
+                             order_by: Sequence[LoggedModelOrder] = (),
+                             datasets: Sequence[DatasetFilter] = ()) -> Page[LoggedModel]: ...
 
     # -- garbage collection ----------------------------------------------------------------------------
     def purge_deleted(self, *, older_than_ms: int | None = None, dry_run: bool = False) -> PurgeReport:

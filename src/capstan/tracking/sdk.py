@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import json
 import math
 import numbers
 import os
@@ -219,8 +218,15 @@ class ActiveRun:
         self._state.log_bytes(self.run_id, text.encode(), artifact_file)
 
     def log_dict(self, data: Any, artifact_file: str) -> None:
-        """Store ``data`` as JSON in the artifact file ``artifact_file``."""
-        self._state.log_bytes(self.run_id, json.dumps(data, indent=2, default=str).encode(), artifact_file)
+        """Store ``data`` as JSON in the artifact file ``artifact_file``.
+
+        Raises:
+            InvalidParameterValue: part of ``data`` is not plain JSON (the message names its key, e.g.
+                ``a.b[2]``); nothing is stored.
+        """
+        from capstan.tracking.json_values import dumps_json
+
+        self._state.log_bytes(self.run_id, dumps_json(data).encode(), artifact_file)
 
     def log_model(self, model: Any, name: str, *, input_example: Any = None, signature: Any = None,
                   registered_model_name: str | None = None, serialization_format: str | None = None) -> ModelInfo:
@@ -315,7 +321,8 @@ class _ProcessState:
             if exp is None:
                 raise ResourceDoesNotExist(f"experiment {name!r} does not exist")
         if exp.lifecycle_stage == DELETED:
-            raise InvalidState(f"experiment {name!r} is deleted; restore it or choose another name")
+            raise InvalidState(f"experiment {name!r} (id {exp.experiment_id}) is deleted; restore it with "
+                               f"`capstan experiments restore {exp.experiment_id}` or choose another name")
         self._experiment_ids[name] = exp.experiment_id
         return exp
 
@@ -376,7 +383,8 @@ class _ProcessState:
     def _resume(self, run_id: str, parent: str | None) -> ActiveRun:
         run = self.backend.get_run(run_id)
         if run.info.lifecycle_stage == DELETED:
-            raise InvalidState(f"run {run_id} is deleted; restore it before resuming")
+            raise InvalidState(f"run {run_id} is deleted; restore it before resuming with "
+                               f"`capstan runs restore {run_id}`")
         info = self.backend.update_run(run_id, status="RUNNING")
         return ActiveRun(self, info, parent_run_id=parent)
 

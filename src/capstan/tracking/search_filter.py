@@ -35,6 +35,7 @@ from capstan.tracking.search_limits import (
     check_filter_term_count,
     check_finite,
     check_int64,
+    check_datasets_count,
     check_order_by_count,
     check_search_text,
 )
@@ -452,6 +453,107 @@ def parse_order_by(clauses: Sequence[str] | None, grammar: Grammar = RUNS, *,
         seen.add((kind, key))
         out.append(OrderKey(kind, key, ascending))
     return tuple(out)
+
+
+@dataclass(frozen=True, slots=True)
+class LoggedModelOrder:
+    """One ``order_by`` entry of a logged-model search, as MLflow 3 sends it: a ``field_name`` (an attribute such
+    as ``creation_timestamp`` or ``metrics.<key>``) and, for a metric, the dataset whose values count."""
+
+    field_name: str
+    ascending: bool = True
+    dataset_name: str = ""
+    dataset_digest: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class DatasetFilter:
+    """One ``datasets`` entry of a logged-model search: metric filters then only look at points logged for a
+    dataset of this name (and digest, when given)."""
+
+    dataset_name: str
+    dataset_digest: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ModelOrderKey:
+    """A checked `LoggedModelOrder`: ``kind`` is `ATTRIBUTE` or `METRIC`; ``key`` a canonical attribute name or
+    a metric key."""
+
+    kind: str
+    key: str
+    ascending: bool = True
+    dataset_name: str = ""
+    dataset_digest: str = ""
+
+
+LOGGED_MODEL_ORDER_ATTRIBUTES = frozenset({
+    "model_id", "experiment_id", "name", "artifact_location", "creation_timestamp", "last_updated_timestamp",
+    "status", "status_message", "model_type", "source_run_id"})
+"""Attributes a logged-model search can order by."""
+_LOGGED_MODEL_ORDER_ALIASES = {"creation_time": "creation_timestamp", "creation_timestamp_ms": "creation_timestamp",
+                               "last_updated_time": "last_updated_timestamp",
+                               "last_updated_timestamp_ms": "last_updated_timestamp"}
+
+
+def parse_logged_model_order(entries: Sequence[LoggedModelOrder], *,
+                             field_name: str = "order_by") -> tuple[ModelOrderKey, ...]:
+    """Check a logged-model search's ``order_by``: attributes or ``metrics.<key>`` (a dataset only for a metric,
+    a digest only with a dataset name), no duplicates, at most
+    `~capstan.tracking.search_limits.MAX_ORDER_BY_TERMS` entries."""
+    entries = list(entries)
+    check_order_by_count(len(entries), field_name)
+    out: list[ModelOrderKey] = []
+    seen: set[tuple[str, str, str, str]] = set()
+    for index, entry in enumerate(entries):
+        name = f"{field_name}[{index}]"
+        text = entry.field_name
+        if not isinstance(text, str) or not text.strip():
+            raise InvalidParameterValue(f"{name}.field_name: must be a non-empty string such as 'metrics.acc'")
+        check_search_text(text, f"{name}.field_name", max_length=MAX_ORDER_BY_LENGTH)
+        for part, value in (("dataset_name", entry.dataset_name), ("dataset_digest", entry.dataset_digest)):
+            check_search_text(value, f"{name}.{part}", max_length=MAX_ORDER_BY_LENGTH)
+        entity, dot, rest = text.strip().partition(".")
+        if not dot:
+            key = _LOGGED_MODEL_ORDER_ALIASES.get(entity, entity)
+            if key not in LOGGED_MODEL_ORDER_ATTRIBUTES:
+                valid = ", ".join(sorted(LOGGED_MODEL_ORDER_ATTRIBUTES))
+                raise InvalidParameterValue(
+                    f"{name}.field_name: cannot order logged models by {text!r}; use metrics.<key> or one of "
+                    f"{valid}")
+            if entry.dataset_name or entry.dataset_digest:
+                raise InvalidParameterValue(
+                    f"{name}: dataset_name and dataset_digest apply only to a metric, not to {text!r}")
+            kind = ATTRIBUTE
+        else:
+            if _RUN_ENTITIES.get(entity.lower()) != METRIC or not rest:
+                raise InvalidParameterValue(
+                    f"{name}.field_name: cannot order logged models by {text!r}; only attributes and "
+                    "metrics.<key> are supported")
+            if entry.dataset_digest and not entry.dataset_name:
+                raise InvalidParameterValue(f"{name}: dataset_digest needs dataset_name as well")
+            kind, key = METRIC, rest
+        marker = (kind, key, entry.dataset_name, entry.dataset_digest)
+        if marker in seen:
+            raise InvalidParameterValue(f"{name}: {text!r} appears more than once in {field_name}")
+        seen.add(marker)
+        out.append(ModelOrderKey(kind, key, bool(entry.ascending), entry.dataset_name, entry.dataset_digest))
+    return tuple(out)
+
+
+def check_dataset_filters(datasets: Sequence[DatasetFilter], *,
+                          field_name: str = "datasets") -> tuple[DatasetFilter, ...]:
+    """Check a logged-model search's ``datasets``: each names a dataset, at most
+    `~capstan.tracking.search_limits.MAX_SEARCH_DATASETS` of them."""
+    items = tuple(datasets)
+    check_datasets_count(len(items), field_name)
+    for index, item in enumerate(items):
+        name = f"{field_name}[{index}]"
+        if not isinstance(item.dataset_name, str) or not item.dataset_name:
+            raise InvalidParameterValue(f"{name}.dataset_name: must be specified")
+        check_search_text(item.dataset_name, f"{name}.dataset_name", max_length=MAX_ORDER_BY_LENGTH)
+        check_search_text(item.dataset_digest, f"{name}.dataset_digest", max_length=MAX_ORDER_BY_LENGTH)
+    return items
 
 
 def encode_page_token(offset: int) -> str:
