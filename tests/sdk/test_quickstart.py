@@ -12,7 +12,6 @@ from capstan.settings import Settings
 from capstan.tracking.client import Client
 from helpers.server import capstan_command, clean_env
 
-
 # `pip install . && capstan quickstart` must work with nothing else installed: pandas (a test extra) is made
 # unimportable, and the run checks at exit that nothing imported it.
 WITHOUT_PANDAS = """

@@ -54,9 +54,11 @@ class LiveView:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        if self._orch is None:  # nothing ran (the command failed first): leave no "starting ..." line behind
+            self._live.transient = True
         self._live.refresh()
         self._live.__exit__(None, None, None)
-        if not self._console.is_terminal:
+        if not self._console.is_terminal and self._orch is not None:
             self._console.line()
 
     def update(self, orchestrator: Orchestrator) -> None:

@@ -55,7 +55,7 @@ def _since_ms(text: str | None, now: int) -> int | None:
 # -- events -------------------------------------------------------------------------------------------------
 @router.get("/events")
 def list_events(request: Request, kind: str | None = None, object_id: str | None = None,
-                project: str | None = None, since_id: int = Query(0, ge=0, le=2**63 - 1),
+                project: str | None = None, since_id: int = Query(0, ge=0, lt=2**63),
                 limit: int = Query(1000, ge=1, le=10_000)) -> dict[str, Any]:
     """Events in id order after ``since_id``; ``next_since_id`` continues the listing (``--follow``)."""
     if object_id is not None and kind is None:
@@ -87,7 +87,7 @@ class UserCreate(BaseModel):
 
     model_config = ConfigDict(strict=True)  # ``{"admin": 0.0}`` is not a boolean
 
-    name: str = Field(min_length=1, max_length=256)
+    name: str = Field(min_length=1, max_length=256, pattern=r"^[A-Za-z0-9][A-Za-z0-9._@+-]*$")  # the store's rule
     admin: bool = False
 
 

@@ -44,12 +44,15 @@ def _integral(value: object) -> object:
     return value
 
 
-Integer = Annotated[int, BeforeValidator(_integral)]
-"""A strict integer that also takes an integral JSON number such as ``5.0``."""
-Timestamp = Annotated[Integer, Field(ge=0, le=MAX_INT64, description="milliseconds since the Unix epoch")]
-Step = Annotated[Integer, Field(ge=-MAX_INT64, le=MAX_INT64)]
-VersionNumber = Annotated[Integer, Field(ge=1, le=registry_limits.MAX_VERSION)]
-VersionPath = Annotated[int, Path(ge=1, le=registry_limits.MAX_VERSION, description="a model version number")]
+INTEGRAL = BeforeValidator(_integral)
+"""Put last in ``Annotated[int, Field(...), INTEGRAL]`` (after the bounds, or they leave the JSON schema)."""
+# 64-bit bounds are written as exclusive powers of two: FastAPI's document holds bounds as floats, and 2**63 is
+# one exactly (2**63 - 1 is not; `capstan.server.errors.document_errors` turns them back into integers).
+INT64_END = MAX_INT64 + 1
+Timestamp = Annotated[int, Field(ge=0, lt=INT64_END, description="milliseconds since the Unix epoch"), INTEGRAL]
+Step = Annotated[int, Field(gt=-INT64_END, lt=INT64_END), INTEGRAL]
+VersionNumber = Annotated[int, Field(ge=1, lt=INT64_END), INTEGRAL]
+VersionPath = Annotated[int, Path(ge=1, lt=INT64_END, description="a model version number")]
 """A ``{version}`` path parameter: a positive 64-bit integer."""
 Key = Annotated[str, Field(min_length=1, max_length=MAX_KEY_LENGTH)]
 TagKey = Annotated[str, Field(min_length=1, max_length=registry_limits.MAX_TAG_KEY_LENGTH)]
@@ -159,7 +162,7 @@ class RunSearch(_In):
     experiment_ids: list[str] = Field(min_length=1)
     filter: str = ""
     view_type: str = "ACTIVE_ONLY"
-    max_results: Integer = Field(default=1000, ge=1, le=MAX_PAGE)
+    max_results: Annotated[int, Field(ge=1, le=MAX_PAGE), INTEGRAL] = 1000
     order_by: list[str] = Field(default_factory=list)
     page_token: str | None = None
 
@@ -259,7 +262,7 @@ class LoggedModelUpdate(_In):
 class LoggedModelSearch(_In):
     experiment_ids: list[str] = Field(min_length=1)
     filter: str = ""
-    max_results: Integer = Field(default=100, ge=1, le=MAX_PAGE)
+    max_results: Annotated[int, Field(ge=1, le=MAX_PAGE), INTEGRAL] = 100
     page_token: str | None = None
 
 

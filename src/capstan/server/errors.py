@@ -173,7 +173,8 @@ def document_errors(schema: dict[str, Any], *, prefix: str = "/") -> dict[str, A
     """Rewrite an OpenAPI document (in place, and return it) so its error responses are the real ones.
 
     For each operation under ``prefix``: FastAPI's ``422`` goes (validation errors answer ``400``), the
-    statuses of `_error_statuses` are added, and every 4xx/5xx response carries the ``Error`` schema.
+    statuses of `_error_statuses` are added, and every 4xx/5xx response carries the ``Error`` schema. Integral
+    numeric bounds are written as integers.
     """
     components = schema.setdefault("components", {}).setdefault("schemas", {})
     components["Error"] = ERROR_SCHEMA
@@ -195,7 +196,27 @@ def document_errors(schema: dict[str, Any], *, prefix: str = "/") -> dict[str, A
                     response["content"] = {"application/json": {"schema": ref}}
     for unused in ("HTTPValidationError", "ValidationError"):
         components.pop(unused, None)
+    _integral_bounds(schema)
     return schema
+
+
+_BOUNDS = frozenset({"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"})
+
+
+def _integral_bounds(node: Any) -> None:
+    """FastAPI's document models hold numeric bounds as floats; write integral ones as integers again, so a
+    64-bit bound (``exclusiveMaximum: 2**63``) reads exactly."""
+    stack = [node]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            for key, value in item.items():
+                if key in _BOUNDS and isinstance(value, float) and value.is_integer():
+                    item[key] = int(value)
+                else:
+                    stack.append(value)
+        elif isinstance(item, list):
+            stack.extend(item)
 
 
 def document_error_responses(app: FastAPI, *, prefix: str = "/") -> None:

@@ -32,7 +32,7 @@ from capstan.queue.manager import CycleReport, QueueManager
 from capstan.queue.metrics import QueueMetrics
 from capstan.queue.model import PodSet, QueueConfig, Toleration
 from capstan.queue.records import PENDING, WorkloadRecord, record_to_json
-from capstan.server.api_v1_schemas import Integer
+from capstan.server.api_v1_schemas import INTEGRAL
 from capstan.server.errors import NAMES_AN_OBJECT
 from capstan.server.security import request_project, require
 
@@ -186,7 +186,7 @@ class PodSetBody(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     name: str = Field(default="main", min_length=1, max_length=256)
-    count: Integer = Field(default=1, ge=1, le=100_000)
+    count: Annotated[int, Field(ge=1, le=100_000), INTEGRAL] = 1
     requests: dict[str, int | float | str] = Field(min_length=1)
     node_selector: dict[str, str] = Field(default_factory=dict)
     tolerations: list[TolerationBody] = Field(default_factory=list)
