@@ -1,7 +1,7 @@
 """Property-based checks of the HTTP APIs against a real server: no 5xx, and answers that match the document.
 
 - ``/api/v1``: schemathesis reads the server's own OpenAPI document and runs every built-in check on each
-  operation (a fixed seed, a few examples each). Two settings, explained in docs/decisions/0009-api-conformance.md:
+  operation (a fixed seed, a few examples each). Two settings, explained in docs/decisions/0010-api-conformance.md:
   a 400 or 404 may answer a schema-valid request (a filter's grammar, a deleted experiment or a name already
   taken cannot be said in JSON Schema), and `documented_limits` makes sure such a 400 is never about something the
   document could have said (a length, an integer range, a type).

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import itertools
+import os
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -38,7 +39,9 @@ from capstan.tracking.search_limits import (
     MAX_ORDER_BY_TERMS,
     MAX_SEARCH_DATASETS,
 )
-from conftest import PG_URL, pg_skip_reason
+
+PG_URL = os.environ.get("CAPSTAN_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+"""The same server as ``tests/conftest.py`` uses (a module-scoped fixture cannot use its function-scoped one)."""
 
 SPECIAL = ("it's", "back\\slash", "50%_off")
 """The value of param ``special`` on runs 0, 1 and 2."""
@@ -62,11 +65,12 @@ def _settings(kind: str, home: Path) -> Iterator[Settings]:
     if kind == "sqlite":
         yield Settings.for_home(home)
         return
-    reason = pg_skip_reason()
-    if reason:
-        pytest.skip(reason)
-    schema_name = f"capstan_{uuid.uuid4().hex[:12]}"
     raw = PG_URL.replace("postgresql+psycopg", "postgresql")
+    try:
+        psycopg.connect(raw, connect_timeout=3).close()
+    except psycopg.Error as exc:
+        pytest.skip(f"PostgreSQL not reachable at {PG_URL}: {exc}")
+    schema_name = f"capstan_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(raw, autocommit=True) as conn:
         conn.execute(f'CREATE SCHEMA "{schema_name}"')
     yield Settings.for_home(home, db_url=f"{PG_URL}?options=-csearch_path%3D{schema_name}")

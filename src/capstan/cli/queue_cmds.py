@@ -24,12 +24,19 @@ if TYPE_CHECKING:
 PIPE_WIDTH = 1000
 
 
-def _manager() -> QueueManager:
+def _manager(*, machine_default: bool = True) -> QueueManager:
+    """The queue of the local store. With ``machine_default``, a home where nothing was applied first gets this
+    machine's generated default queue, the one pipelines would use (so `queue status` and `why` show it)."""
     from capstan.cli.context import cli_services
     from capstan.queue.manager import QueueManager
     from capstan.queue.sql import SqlQueueStore
 
     services = cli_services()
+    if machine_default:
+        from capstan.queue.admission import QueueAdmission
+
+        with QueueAdmission.open(services.settings, services.engine, clock=services.clock).session():
+            pass  # the session stores the default configuration when none was applied (or the machine changed)
     return QueueManager(SqlQueueStore(services.engine), clock=services.clock, events=services.events)
 
 
@@ -121,18 +128,30 @@ def apply_cmd(path: Path, as_json: bool) -> None:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise click.ClickException(f"{path}: cannot read: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise click.ClickException(f"{path}: not UTF-8 text (a binary or UTF-16 file?)") from None
     try:
         from capstan.queue.config import load_yaml, parse_config
 
-        parse_config(load_yaml(text, source=str(path)))
-        mgr = _manager()
+        parsed = parse_config(load_yaml(text, source=str(path)))
+        if not parsed.cluster_queues:
+            raise click.ClickException(f"{path}: defines no clusterQueues, so no workload could ever be admitted; "
+                                       "nothing was applied (see examples/queues/teams.yaml)")
+        mgr = _manager(machine_default=False)
         report = mgr.apply_config(text)
+        unserved = mgr.unserved_projects({"default", *_projects_with_work(mgr)})
     except CapstanError as exc:
         raise _fail(exc) from None
     cfg = mgr.config
+    warnings = [f"project {p!r} has no LocalQueue and there is no LocalQueue named 'default': its pipelines "
+                f"will fail as Unschedulable (add e.g. `- {{name: {p}, clusterQueue: {cfg.cluster_queues[0].name}, "
+                f"project: {p}}}` to localQueues)" for p in unserved]
     summary = {"flavors": len(cfg.flavors), "cluster_queues": len(cfg.cluster_queues), "cohorts": len(cfg.cohorts),
                "local_queues": len(cfg.local_queues), "priority_classes": len(cfg.priority_classes),
-               "kept": report.kept, "evicted": list(report.evicted), "orphaned": list(report.orphaned)}
+               "kept": report.kept, "evicted": list(report.evicted), "orphaned": list(report.orphaned),
+               "warnings": warnings}
+    for warning in warnings:
+        click.echo(f"warning: {warning}", err=True)
     if as_json:
         _json(summary)
         return
@@ -143,6 +162,19 @@ def apply_cmd(path: Path, as_json: bool) -> None:
         click.echo(f"evicted (ClusterQueue removed, requeued): {', '.join(report.evicted)}")
     if report.orphaned:
         click.echo(f"inactive (LocalQueue removed, still queued): {', '.join(report.orphaned)}")
+
+
+def _projects_with_work(mgr: QueueManager) -> set[str]:
+    """Projects that have queued workloads or pipeline runs in the local store."""
+    from sqlalchemy import select
+
+    from capstan.cli.context import cli_services
+    from capstan.pipelines.tables import pipeline_runs
+
+    projects = {r.workload.project for r in mgr.workloads()}
+    with cli_services().engine.connect() as conn:
+        projects.update(row[0] for row in conn.execute(select(pipeline_runs.c.project).distinct()))
+    return projects
 
 
 @queue_group.command("status")
@@ -157,7 +189,7 @@ def status_cmd(as_json: bool) -> None:
         _json([r.to_dict() for r in rows])
         return
     if not rows:
-        click.echo("no ClusterQueues; run `capstan queue apply -f FILE` first")
+        click.echo("no ClusterQueues: the applied configuration defines none; run `capstan queue apply -f FILE`")
         return
     table = _table("CLUSTER QUEUE", "COHORT", "FLAVOR", "RESOURCE", "NOMINAL", "USED", "BORROWED", "LENT", "PENDING",
                    "ADMITTED", "HEAD", right=("NOMINAL", "USED", "BORROWED", "LENT", "PENDING", "ADMITTED"))

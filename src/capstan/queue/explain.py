@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from capstan.queue.assign import BORROW, FIT, assign
@@ -11,6 +12,7 @@ from capstan.queue.model import (
     ClusterQueue,
     Pending,
     PodSet,
+    Preempt,
     QueueingStrategy,
     Reason,
     ResourceGroup,
@@ -117,12 +119,32 @@ def explain(state: ClusterState, pending: PendingQueues, record: WorkloadRecord)
     if made:
         last = made[-1]
         if isinstance(last, Pending):
-            return mk(position, length, Reason.WAITING_FOR_PREEMPTION, last.message)
+            names, message = _evictions(state, cq, made, last.message)
+            return mk(position, length, Reason.WAITING_FOR_PREEMPTION, message, holders_=names,
+                      hint_="admitted once these workloads have stopped and returned their quota; each one's "
+                            "executor reports the stop (`capstan queue list --state Evicting` shows them)")
         return mk(position, length, record.reason, "fits now; it is admitted at the next admission cycle")
     reason = failure_reason(attempt)
     return mk(position, length, reason, describe_failure(state, scratch.usage, cq, attempt, wl),
               blocking=blocking_numbers(state, scratch.usage, cq, attempt, wl),
               holders_=holders(state, cq, attempt.blocking), hint_=hint(state, cq, wl, reason))
+
+
+def _evictions(state: ClusterState, cq: ClusterQueue, made: Sequence[object],
+               message: str) -> tuple[tuple[str, ...], str]:
+    """The workloads a preemptor waits for: the victims it would evict now, else those being evicted in its cohort
+    tree (whose quota it is counting on), with a message naming them."""
+    victims = tuple(d.victim for d in made if isinstance(d, Preempt))
+    if victims:
+        return victims, message
+    topo = state.topology
+    root = topo.cq_nodes[cq.name].root
+    evicting = tuple(sorted(wid for wid in state.evicting
+                            if (adm := state.admissions.get(wid)) is not None
+                            and topo.cq_nodes[adm.cluster_queue].root is root))
+    if not evicting:
+        return (), message
+    return evicting, f"waiting for {', '.join(evicting)} to be evicted (preempted; not stopped yet)"
 
 
 def hint(state: ClusterState, cq: ClusterQueue, wl: Workload, reason: Reason) -> str | None:

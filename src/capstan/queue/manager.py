@@ -146,6 +146,9 @@ class QueueManager:
         LocalQueue disappeared stay pending with reason ``Inactive`` until a configuration brings it back.
         """
         config = _parsed(text)
+        if not config.cluster_queues:
+            raise InvalidParameterValue("the configuration defines no clusterQueues, so no workload could ever be "
+                                        "admitted; nothing was applied")
         now = self.clock()
         old = list(self._records.values())
         self.config = config
@@ -175,7 +178,16 @@ class QueueManager:
             updated.append(r)
         self._rebuild(updated)
         self._save(*updated)
-        return ApplyReport(len(updated) - len(evicted) - len(orphaned), tuple(evicted), tuple(orphaned))
+        moved = set(evicted) | set(orphaned)  # a workload can be both: its ClusterQueue and LocalQueue went away
+        return ApplyReport(sum(1 for r in updated if r.id not in moved), tuple(evicted), tuple(orphaned))
+
+    def unserved_projects(self, projects: Iterable[str]) -> list[str]:
+        """Those of ``projects`` whose pipelines would find no LocalQueue: none of their own, and no ``default``
+        LocalQueue to fall back to (the pipelines' rule, see `capstan.queue.admission`)."""
+        if self.config.local_queue("default") is not None:
+            return []
+        served = {q.project for q in self.config.local_queues}
+        return sorted({p for p in projects if p} - served)
 
     # ------------------------------------------------------------------------------------------ workloads
     def submit(self, workload_id: str, local_queue: str, pod_sets: Iterable[PodSet], *, priority_class: str | None

@@ -188,8 +188,8 @@ def document_errors(schema: dict[str, Any], *, prefix: str = "/") -> dict[str, A
                 continue
             responses: dict[str, Any] = operation.setdefault("responses", {})
             responses.pop("422", None)
-            for status in _error_statuses(path, operation):
-                responses.setdefault(str(status), {})
+            for code in _error_statuses(path, operation):
+                responses.setdefault(str(code), {})
             for status, response in responses.items():
                 if status.isdigit() and int(status) >= 400:
                     response.setdefault("description", ERROR_DESCRIPTIONS.get(int(status), "An error"))

@@ -14,7 +14,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlparse
 
-from sqlalchemy import Connection, Engine, and_, delete, exists, func, insert, select, update
+from sqlalchemy import Connection, Engine, and_, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -40,6 +40,7 @@ from capstan.store.schema import (
     runs,
 )
 from capstan.store.sql_helpers import insert_ignore, upsert
+from capstan.store.tracking_query import subplan_exists
 from capstan.tracking.records import Page
 
 rm = registered_models
@@ -517,7 +518,7 @@ class SqlRegistryStore:
         if term.kind == "tag":
             tag = registered_model_tags
             value_clause = comparison_clause(tag.c.value, term, dialect, checks.TAG_OPS)
-            return exists().where(tag.c.model_id == rm.c.id, tag.c.key == term.key, value_clause)
+            return subplan_exists(tag.c.model_id == rm.c.id, tag.c.key == term.key, value_clause)
         if term.key != "name":
             raise InvalidParameterValue(f"filter_string: invalid attribute {term.key!r} for registered models; "
                                         "valid attributes are 'name' and tags.<key>")
@@ -528,7 +529,7 @@ class SqlRegistryStore:
         if term.kind == "tag":
             tag = model_version_tags
             value_clause = comparison_clause(tag.c.value, term, dialect, checks.TAG_OPS)
-            return exists().where(tag.c.version_id == mv.c.id, tag.c.key == term.key, value_clause)
+            return subplan_exists(tag.c.version_id == mv.c.id, tag.c.key == term.key, value_clause)
         key = term.key
         if key == "name":
             return comparison_clause(rm.c.name, term, dialect, checks.STRING_OPS)

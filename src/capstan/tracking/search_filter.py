@@ -31,11 +31,11 @@ from capstan.tracking.search_limits import (
     INT64_MAX,
     MAX_FILTER_LENGTH,
     MAX_ORDER_BY_LENGTH,
+    check_datasets_count,
     check_filter_list_values,
     check_filter_term_count,
     check_finite,
     check_int64,
-    check_datasets_count,
     check_order_by_count,
     check_search_text,
 )
