@@ -63,7 +63,7 @@ def test_json_routes_refuse_other_content_types(client: httpx.Client, content_ty
     experiment_id = _experiment(client)
     response = client.post(f"{MLFLOW}/experiments/delete", content=body % experiment_id,
                            headers={"Content-Type": content_type})
-    _error(response, 415, "BAD_REQUEST", "Content-Type")
+    _error(response, 400, "INVALID_PARAMETER_VALUE", "Content-Type must be one of ['application/json']")
     assert _stage(client, experiment_id) == "active"
     native = client.post("/api/v1/experiments", content=b'{"name": "n"}', headers={"Content-Type": content_type})
     _error(native, 415, "BAD_REQUEST", "Content-Type")
@@ -72,8 +72,10 @@ def test_json_routes_refuse_other_content_types(client: httpx.Client, content_ty
 def test_json_body_without_content_type_is_refused(client: httpx.Client) -> None:
     experiment_id = _experiment(client)
     response = client.post(f"{MLFLOW}/experiments/delete", content=f'{{"experiment_id": "{experiment_id}"}}')
-    _error(response, 415, "BAD_REQUEST", "application/json")
+    _error(response, 400, "INVALID_PARAMETER_VALUE", "Content-Type header is missing")
     assert _stage(client, experiment_id) == "active"
+    native = client.post("/api/v1/experiments", content=b'{"name": "n"}')
+    _error(native, 415, "BAD_REQUEST", "application/json")
 
 
 def test_cross_origin_request_is_refused_before_it_acts(client: httpx.Client) -> None:

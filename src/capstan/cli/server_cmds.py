@@ -382,6 +382,8 @@ def audit(user: str | None, since: str | None, project: str | None, limit: int, 
 
 
 # -- capstan events -----------------------------------------------------------------------------------------
+EVENT_KINDS = ("experiment", "run", "model", "workload", "pipeline-run", "step", "schedule")
+"""Every kind of object the event log holds events for (tracking, registry, queue, pipelines, schedules)."""
 _EVENT_HEADERS = ("TIME", "TYPE", "REASON", "MESSAGE")
 _FOLLOW_WIDTHS = (19, 7, 22)
 
@@ -406,6 +408,8 @@ def events(ref: str, as_json: bool, follow: bool, limit: int, interval: float) -
     kind, _, object_id = ref.partition("/")
     if not kind:
         raise click.UsageError("KIND[/ID] must name a kind, e.g. run/<run id>")
+    if kind not in EVENT_KINDS:
+        raise click.UsageError(f"unknown event kind {kind!r} (kinds: {', '.join(EVENT_KINDS)}), e.g. run/<run id>")
     admin = _admin()
     found, since_id = admin.events(kind, object_id or None, 0, limit)
     with_object = not object_id

@@ -439,7 +439,7 @@ class BrowserGuardMiddleware:
     - CORS: a preflight (``OPTIONS`` with ``Access-Control-Request-Method``) from an allowed origin answers 204
       with the ``Access-Control-*`` headers; responses to allowed cross-origin calls carry
       ``Access-Control-Allow-Origin``.
-    - JSON: a body sent to a JSON route must be ``application/json`` (415 otherwise), so an HTML form or a
+    - JSON: a body sent to a JSON route must be ``application/json`` (415 otherwise; 400 on MLflow routes), so an HTML form or a
       ``text/plain`` fetch can never reach a JSON handler.
 
     Starlette's TrustedHostMiddleware and CORSMiddleware are not used: they answer in plain text, neither
@@ -484,10 +484,7 @@ class BrowserGuardMiddleware:
         if method in BODY_METHODS and _has_body(scope) and self._json_route(method, scope["path"]):
             content_type = _header(scope, b"content-type") or ""
             if not _is_json(content_type):
-                shown = content_type or "none"
-                await _send_json(send, 415, {"error_code": "BAD_REQUEST", "message": (
-                    f"Content-Type: this endpoint takes a JSON body; send 'Content-Type: application/json' "
-                    f"(got {shown!r})")})
+                await _send_json(send, *_content_type_refusal(scope["path"], content_type))
                 return
         if not cross_origin:
             await self.app(scope, receive, send)
@@ -514,6 +511,21 @@ class BrowserGuardMiddleware:
             headers.append((b"access-control-allow-headers", allowed.encode("latin-1")))
         await send({"type": "http.response.start", "status": 204, "headers": headers})
         await send({"type": "http.response.body", "body": b""})
+
+
+def _content_type_refusal(path: str, content_type: str) -> tuple[int, dict[str, str]]:
+    """The status and body that refuse a non-JSON body on a JSON route.
+
+    MLflow's REST routes answer as MLflow's own server does (400 ``INVALID_PARAMETER_VALUE`` with its wording), so
+    MLflow clients see the error they know; ``/api/v1`` answers 415 Unsupported Media Type.
+    """
+    if "/mlflow/" in path:
+        message = ("Bad Request. Content-Type header is missing." if not content_type
+                   else "Bad Request. Content-Type must be one of ['application/json'].")
+        return 400, {"error_code": "INVALID_PARAMETER_VALUE", "message": message}
+    shown = content_type or "none"
+    return 415, {"error_code": "BAD_REQUEST", "message": (
+        f"Content-Type: this endpoint takes a JSON body; send 'Content-Type: application/json' (got {shown!r})")}
 
 
 def _has_body(scope: Scope) -> bool:
