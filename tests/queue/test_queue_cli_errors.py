@@ -241,3 +241,23 @@ def test_why_while_waiting_for_evictions_names_the_holders_and_hints() -> None:
     assert why.hint is not None and "capstan queue list --state Evicting" in why.hint
     text = why.render()
     assert "Held by:   low" in text and "Hint:" in text
+
+
+# -- capstan events ---------------------------------------------------------------------------------------------
+def test_events_with_an_unknown_kind_fails_listing_the_kinds(tmp_path: Path) -> None:
+    line = one_line_error(capstan(tmp_path / "home", "events", "bogus-kind"))
+    assert "unknown event kind 'bogus-kind'" in line
+    for kind in ("run", "workload", "pipeline-run", "step", "schedule", "model", "experiment"):
+        assert kind in line
+    r = capstan(tmp_path / "home", "events", "workload")
+    assert r.returncode == 0, r.stderr
+
+
+def test_event_kinds_cover_every_writer() -> None:
+    from capstan.cli.server_cmds import EVENT_KINDS
+    from capstan.pipelines.schedules import SCHEDULE_KIND
+    from capstan.pipelines.storage import RUN_KIND, STEP_KIND
+    from capstan.store import registry_sql
+
+    writers = {RUN_KIND, STEP_KIND, SCHEDULE_KIND, registry_sql._EVENT_KIND, "workload", "run", "experiment"}
+    assert writers <= set(EVENT_KINDS)

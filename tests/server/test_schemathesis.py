@@ -26,7 +26,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.errors import Unsatisfiable
 from schemathesis.config import SchemathesisConfig
+from schemathesis.core.parameters import ParameterLocation
 from schemathesis.generation import GenerationMode
+from schemathesis.specs.openapi.checks import negative_data_rejection
 
 from capstan.server import mlflow_artifacts, mlflow_models, mlflow_registry, mlflow_tracking
 from capstan.server.mlflow_routing import Route
@@ -102,6 +104,17 @@ def documented_limits(_ctx: Any, response: Any, case: Any) -> bool | None:
     return None
 
 
+def _unreliable_checks(case: Any) -> list[Any]:
+    """A case made schema-violating only in its query string may not be: on the wire every query value is a
+    string, so ``order_by=true`` (a "boolean" where strings are expected) is a valid string. Such cases still get
+    every other check."""
+    meta = case.meta
+    negative = {location for location, info in meta.components.items() if info.mode.is_negative}
+    if meta.generation.mode.is_negative and negative == {ParameterLocation.QUERY}:
+        return [negative_data_rejection]
+    return []
+
+
 @pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE], ids=str)
 def test_api_v1_conforms_to_its_openapi_document(api_v1_schema: Any, api: Api, mode: GenerationMode) -> None:
     """Every operation of the document, a few schema-valid (or schema-violating) requests each, every check.
@@ -120,7 +133,7 @@ def test_api_v1_conforms_to_its_openapi_document(api_v1_schema: Any, api: Api, m
         @given(case=operation.as_strategy(generation_mode=mode))
         def check(case: Any) -> None:
             case.call_and_validate(base_url=api.url, headers=api.headers, additional_checks=[documented_limits],
-                                   timeout=30)
+                                   excluded_checks=_unreliable_checks(case), timeout=30)
 
         try:
             check()

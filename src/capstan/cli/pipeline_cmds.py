@@ -154,6 +154,18 @@ def _orchestrate(runner: PipelineRunner, title: str, run_id: str, action: Any, a
     return result
 
 
+def _warn_unenforced(graph: Any) -> None:
+    """Warn about memory requests that cannot be enforced: a thread step shares the orchestrator's process."""
+    from capstan.queue.quantity import MILLI, format_quantity
+
+    for name, step in sorted(graph.steps.items()):
+        memory = step.options.resources.memory
+        if memory and step.options.isolation == "thread":
+            click.echo(f"warning: step {name!r} (isolation='thread'): its memory request "
+                       f"{format_quantity(memory * MILLI, 'memory')} is used for queue admission only and is not "
+                       "enforced; use isolation='process' to enforce it", err=True)
+
+
 def _report(runner: PipelineRunner, result: RunResult, as_json: bool) -> None:
     from capstan.pipelines.logs import pick_attempt, read_log, tail
 
@@ -197,13 +209,14 @@ def register(cli: click.Group) -> None:
         given = parse_assignments(params)
         pipe, ref = load_pipeline(target)
         if cli_settings().url:
-            pipe.build(given)  # report bad parameters here, before anything reaches the server
+            _warn_unenforced(pipe.build(given))  # report bad parameters here, before anything reaches the server
             data = _http("POST", "/runs", json={"pipeline": ref, "params": given, "no_cache": no_cache})
             _remote_finish(data["run"]["id"], as_json)
             return
         runner = _runner()
         try:
             record, graph = runner.create_run(pipe, given, ref=ref, no_cache=no_cache, source="cli")
+            _warn_unenforced(graph)
             result = _orchestrate(runner, f"pipeline {pipe.name}", record.id,
                                   lambda view: runner.execute(record.id, graph=graph, observer=view), as_json)
             _report(runner, result, as_json)

@@ -64,6 +64,12 @@ def import_pipeline_module(target: str) -> tuple[Any, str | None]:
     looks_like_file = target.endswith(".py") or os.sep in target or path.exists()
     if looks_like_file:
         file = path.expanduser().resolve()
+        if file.is_dir():
+            scripts = sorted(p.name for p in file.glob("*.py"))[:5]
+            example = f"{target.rstrip(os.sep)}{os.sep}{scripts[0] if scripts else 'pipeline.py'}"
+            raise PipelineDefinitionError(
+                f"{target!r} is a directory, not a pipeline file; name the file, e.g. {example}"
+                + (f" (Python files here: {', '.join(scripts)})" if scripts else " (it holds no .py files)"))
         if not file.is_file():
             raise PipelineDefinitionError(f"pipeline file {target!r} does not exist")
         name = module_name_for(file)

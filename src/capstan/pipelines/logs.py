@@ -22,6 +22,11 @@ def pick_attempt(runner: PipelineRunner, run_id: str, step_id: str, attempt: int
         if step_id not in known:
             raise ResourceDoesNotExist(f"run {run_id} has no step {step_id!r} (steps: "
                                        f"{', '.join(sorted(known)[:20])})")
+        children = mapped_instances(step_id, known)
+        if children:
+            raise ResourceDoesNotExist(
+                f"step {step_id!r} of run {run_id} is mapped: its output is in its instances {children}; ask for "
+                f"one, e.g. `capstan logs {run_id} '{step_id}[0]'`")
         raise ResourceDoesNotExist(f"step {step_id!r} of run {run_id} has not started an attempt")
     if attempt is None:
         return attempts[-1]
@@ -30,6 +35,19 @@ def pick_attempt(runner: PipelineRunner, run_id: str, step_id: str, attempt: int
             return record
     raise ResourceDoesNotExist(f"step {step_id!r} of run {run_id} has no attempt {attempt} "
                                f"(attempts: {', '.join(str(a.attempt) for a in attempts)})")
+
+
+def mapped_instances(step_id: str, steps: set[str]) -> str:
+    """``name[0..3]``: the mapped instances of ``step_id`` among ``steps`` (listed one by one when not a range);
+    empty when it has none."""
+    prefix = f"{step_id}["
+    found = [s[len(prefix):-1] for s in steps if s.startswith(prefix) and s.endswith("]")]
+    indexes = sorted(int(i) for i in found if i.isdigit())
+    if not found:
+        return ""
+    if len(indexes) == len(found) and indexes == list(range(indexes[0], indexes[0] + len(indexes))):
+        return f"{step_id}[{indexes[0]}]" if len(indexes) == 1 else f"{step_id}[{indexes[0]}..{indexes[-1]}]"
+    return ", ".join(f"{prefix}{i}]" for i in sorted(found)[:20])
 
 
 def live_path(runner: PipelineRunner, record: AttemptRecord) -> Path:

@@ -89,6 +89,8 @@ def make_task(run_id: str, project: str, run_dir: str, rec: StepRec, recs: dict[
     node, step = rec.node, rec.node.step
     env = dict(step.options.env)
     env.update({"CAPSTAN_RUN_ID": run_id, "CAPSTAN_STEP": node.id, "CAPSTAN_ATTEMPT": str(attempt)})
+    if step.options.resources.memory:
+        env["CAPSTAN_MEMORY_REQUEST"] = str(step.options.resources.memory)  # enforced by a worker process (worker.py)
     if node.chunk is not None:
         env.update({"CHUNK_INDEX": str(node.chunk.index), "CHUNK_COUNT": str(node.chunk.count)})
     if lease is not None:

@@ -18,6 +18,11 @@ from typing import Any
 
 import orjson
 
+MEMORY_REQUEST_ENV = "CAPSTAN_MEMORY_REQUEST"
+"""Task environment variable with the step's ``memory`` request in bytes; a worker enforces it (see `run_one`)."""
+MEMORY_SLACK = 16 * 2**20
+"""Allowance on top of the request for Capstan's own work inside the attempt (bookkeeping, the result record)."""
+
 
 def worker_files(home: str | os.PathLike[str], pid: int, started_ms: int | None) -> tuple[str, str]:
     """(log file, results file) of the worker process ``pid`` started at ``started_ms``."""
@@ -68,11 +73,63 @@ def _restore_environ(before: dict[Any, Any] | None, full: dict[str, str]) -> Non
             os.environ[key] = value
 
 
+def _data_size() -> int | None:
+    """This process's private writable memory (``VmData``, what ``RLIMIT_DATA`` counts), or None off Linux."""
+    try:
+        with open("/proc/self/status", "rb") as fh:
+            for line in fh:
+                if line.startswith(b"VmData:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _limit_memory(task: Any, ctx: Any) -> tuple[int, tuple[int, int]] | None:
+    """Cap the attempt's memory at its request: ``RLIMIT_DATA`` = the worker's current data size + the request +
+    `MEMORY_SLACK`. Returns (request, previous limit) to restore, or None when nothing was limited (no request,
+    or no ``/proc`` to measure the baseline). Command steps inherit the limit."""
+    raw = (task.env or {}).get(MEMORY_REQUEST_ENV, "")
+    if not raw.isdigit() or int(raw) <= 0:
+        return None
+    try:
+        import resource
+    except ImportError:
+        return None
+    with contextlib.suppress(Exception):
+        ctx.store()  # open the artifact store (imports, connection pool) before measuring, not inside the budget
+    base = _data_size()
+    if base is None:
+        return None
+    request = int(raw)
+    soft, hard = resource.getrlimit(resource.RLIMIT_DATA)
+    limit = base + request + MEMORY_SLACK
+    if hard != resource.RLIM_INFINITY:
+        limit = min(limit, hard)
+    if soft != resource.RLIM_INFINITY and soft <= limit:
+        return None  # already stricter (set by whoever started the worker)
+    try:
+        resource.setrlimit(resource.RLIMIT_DATA, (limit, hard))
+    except (ValueError, OSError):
+        return None
+    return request, (soft, hard)
+
+
+def _restore_memory(previous: tuple[int, int]) -> None:
+    import resource
+
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_DATA, previous)
+
+
 def run_one(task: Any, ctx: Any) -> Any:
-    """Run one task with its environment and an emptied log, restoring the process afterwards."""
+    """Run one task with its environment and an emptied log, restoring the process afterwards.
+
+    A step with a ``memory`` request runs under ``RLIMIT_DATA`` (see `_limit_memory`): an allocation beyond it
+    raises ``MemoryError`` in the step, which fails as ``OOMKilled`` naming the request."""
     import dataclasses
 
-    from capstan.pipelines.execution import execute
+    from capstan.pipelines.execution import OOM_KILLED, execute
 
     before = _environ_data()
     full = dict(os.environ) if before is None else None
@@ -84,9 +141,12 @@ def run_one(task: Any, ctx: Any) -> Any:
         with contextlib.suppress(Exception):
             stream.flush()
     os.ftruncate(1, 0)
+    capped = _limit_memory(task, ctx)
     try:
         outcome = execute(task, ctx, in_worker=True)
     finally:
+        if capped is not None:
+            _restore_memory(capped[1])
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(Exception):
                 stream.flush()
@@ -99,6 +159,12 @@ def run_one(task: Any, ctx: Any) -> Any:
         if os.getcwd() != cwd:
             with contextlib.suppress(OSError):
                 os.chdir(cwd)
+    if capped is not None and outcome.reason == OOM_KILLED:
+        from capstan.queue.quantity import MILLI, format_quantity
+
+        wanted = format_quantity(capped[0] * MILLI, "memory")
+        outcome = dataclasses.replace(outcome, retire=True, message=f"MemoryError: step {task.step_name!r} "
+                                      f"({task.location}) exceeded its memory request of {wanted}")
     # The value itself stays here: it is stored already, and the orchestrator only needs where.
     # A step that changed this process's resource limits (setrlimit in an OOM test) retires the worker.
     return dataclasses.replace(outcome, value=None, retire=outcome.retire or _limits() != limits)

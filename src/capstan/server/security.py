@@ -439,8 +439,8 @@ class BrowserGuardMiddleware:
     - CORS: a preflight (``OPTIONS`` with ``Access-Control-Request-Method``) from an allowed origin answers 204
       with the ``Access-Control-*`` headers; responses to allowed cross-origin calls carry
       ``Access-Control-Allow-Origin``.
-    - JSON: a body sent to a JSON route must be ``application/json`` (415 otherwise; 400 on MLflow routes), so an HTML form or a
-      ``text/plain`` fetch can never reach a JSON handler.
+    - JSON: a body sent to a JSON route must be ``application/json`` (415 otherwise; 400 on MLflow routes, as
+      MLflow answers), so an HTML form or a ``text/plain`` fetch can never reach a JSON handler.
 
     Starlette's TrustedHostMiddleware and CORSMiddleware are not used: they answer in plain text, neither
     refuses a disallowed origin's actual request, and TrustedHost cannot tell a loopback server's names apart.
