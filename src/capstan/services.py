@@ -63,10 +63,8 @@ class Services:
 def check_artifact_root(settings: Settings) -> None:
     """Fail with one line naming ``CAPSTAN_ARTIFACTS`` when the artifact root cannot be used: an unsupported
     scheme, a missing filesystem package (``s3fs``), or a local folder that is a file or cannot be created."""
-    import os
     from pathlib import Path
 
-    from capstan.errors import InvalidParameterValue
     from capstan.settings import check_artifacts
 
     name = "CAPSTAN_ARTIFACTS" if "CAPSTAN_ARTIFACTS" in settings.extra else "artifacts"
@@ -74,15 +72,8 @@ def check_artifact_root(settings: Settings) -> None:
     if "://" in location and not location.startswith("file://"):
         return
     root = Path(location.removeprefix("file://")).expanduser()
-    if root.absolute() == settings.home / "artifacts" or settings.home in root.absolute().parents:
-        from capstan.store.engine import ensure_home
+    from capstan.store.engine import ensure_home, ensure_writable_folder
 
+    if root.absolute() == settings.home / "artifacts" or settings.home in root.absolute().parents:
         ensure_home(settings)  # the home is created (and checked) first, so its own errors name CAPSTAN_HOME
-    if root.exists() and not root.is_dir():
-        raise InvalidParameterValue(f"{name}: {root} is a file, not a folder")
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InvalidParameterValue(f"{name}: cannot create the folder {root}: {exc.strerror or exc}") from None
-    if not os.access(root, os.W_OK | os.X_OK):
-        raise InvalidParameterValue(f"{name}: the folder {root} is not writable")
+    ensure_writable_folder(root, name)

@@ -12,6 +12,7 @@ from capstan.pipelines.graph import Node
 from capstan.pipelines.serialize import OutputRef
 from capstan.pipelines.state import StepState
 from capstan.pipelines.storage import StepRecord
+from capstan.pipelines.worker import MEMORY_REQUEST_ENV
 
 
 @dataclass(slots=True)
@@ -90,7 +91,7 @@ def make_task(run_id: str, project: str, run_dir: str, rec: StepRec, recs: dict[
     env = dict(step.options.env)
     env.update({"CAPSTAN_RUN_ID": run_id, "CAPSTAN_STEP": node.id, "CAPSTAN_ATTEMPT": str(attempt)})
     if step.options.resources.memory:
-        env["CAPSTAN_MEMORY_REQUEST"] = str(step.options.resources.memory)  # enforced by a worker process (worker.py)
+        env[MEMORY_REQUEST_ENV] = str(step.options.resources.memory)  # enforced by a worker process
     if node.chunk is not None:
         env.update({"CHUNK_INDEX": str(node.chunk.index), "CHUNK_COUNT": str(node.chunk.count)})
     if lease is not None:

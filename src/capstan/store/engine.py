@@ -45,17 +45,21 @@ def _field(settings: Settings, variable: str, attribute: str) -> str:
 def ensure_home(settings: Settings) -> Path:
     """Create ``settings.home`` (and its parents) if needed; a home that is a file, cannot be created or is not
     writable is an `InvalidParameterValue` naming ``CAPSTAN_HOME``."""
-    home = settings.home
-    name = _field(settings, "CAPSTAN_HOME", "home")
-    if home.exists() and not home.is_dir():
-        raise InvalidParameterValue(f"{name}: {home} is a file, not a folder")
+    return ensure_writable_folder(settings.home, _field(settings, "CAPSTAN_HOME", "home"))
+
+
+def ensure_writable_folder(folder: Path, name: str) -> Path:
+    """Create ``folder`` (and its parents) if needed; one that is a file, cannot be created or is not writable is
+    an `InvalidParameterValue` naming the setting ``name`` it came from."""
+    if folder.exists() and not folder.is_dir():
+        raise InvalidParameterValue(f"{name}: {folder} is a file, not a folder")
     try:
-        home.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise InvalidParameterValue(f"{name}: cannot create the folder {home}: {exc.strerror or exc}") from None
-    if not os.access(home, os.W_OK | os.X_OK):
-        raise InvalidParameterValue(f"{name}: the folder {home} is not writable")
-    return home
+        raise InvalidParameterValue(f"{name}: cannot create the folder {folder}: {exc.strerror or exc}") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise InvalidParameterValue(f"{name}: the folder {folder} is not writable")
+    return folder
 
 
 def _sqlite_folder(settings: Settings, db_path: str) -> None:
