@@ -16,12 +16,9 @@ import click
 from capstan.errors import CapstanError
 
 if TYPE_CHECKING:
-    from rich.table import Table
-
+    from capstan.cli.tables import TextTable
     from capstan.queue.manager import QueueManager
     from capstan.queue.status import QueueStatus
-
-PIPE_WIDTH = 1000
 
 
 def _manager(*, machine_default: bool = True) -> QueueManager:
@@ -40,23 +37,21 @@ def _manager(*, machine_default: bool = True) -> QueueManager:
     return QueueManager(SqlQueueStore(services.engine), clock=services.clock, events=services.events)
 
 
-def _echo_table(table: Table) -> None:
-    from rich.console import Console
+def _echo_table(table: TextTable) -> None:
+    from capstan.cli.tables import console
 
-    console = Console(highlight=False)
-    if not console.is_terminal:
-        console = Console(highlight=False, width=PIPE_WIDTH)
-    console.print(table)
+    table.print(console())
 
 
-def _table(*headers: str, right: tuple[str, ...] = ()) -> Table:
-    from rich import box
-    from rich.table import Table
+def _table(*headers: str, right: tuple[str, ...] = ()) -> TextTable:
+    """A CLI table (`capstan.cli.tables`): workload ids are never cut, other columns fold before they vanish."""
+    from capstan.cli.tables import TextTable
 
-    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
-    for h in headers:
-        table.add_column(h, no_wrap=True, justify="right" if h in right else "left")
-    return table
+    return TextTable(*headers, ids=tuple(h for h in headers if h in _ID_HEADERS),
+                     right=tuple(h for h in right if h in headers))
+
+
+_ID_HEADERS = frozenset({"WORKLOAD", "HEAD"})
 
 
 def _fail(exc: CapstanError) -> click.ClickException:
