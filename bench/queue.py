@@ -50,7 +50,7 @@ def bench_cycle(pending_total: int = 100_000, repeats: int = 7) -> dict[str, flo
     from capstan.queue.config import load_yaml, parse_config
     from capstan.queue.model import Admission, PodSet, Workload
     from capstan.queue.pending import PendingQueues
-    from capstan.queue.quantity import parse_quantity
+    from capstan.resources.quantity import parse_quantity
     from capstan.queue.state import ClusterState, Topology
 
     rng = random.Random(7)

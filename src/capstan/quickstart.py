@@ -64,7 +64,7 @@ class PreparedSplit(Protocol):
 
 DataStage = Callable[[], PreparedSplit]
 """A zero-argument callable producing the train/test split, e.g.
-``lambda: quickstart_prep(settings, console=console)`` to run a data-preparation pipeline first."""
+``lambda: quickstart_prep(services.pipelines.get(), console=console)`` to run a data-preparation pipeline first."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,21 +11,14 @@ from pathlib import Path
 import pytest
 
 from capstan.errors import InvalidParameterValue
-from capstan.pipelines.admission import (
-    Capacity,
-    Lease,
-    Rejected,
-    ResourceRequest,
-    Waiting,
-    detect_gpus,
-    gpu_model_label,
-)
 from capstan.queue.admission import DEFAULT_MARKER, QueueAdmission, default_config, machine_capacity
 from capstan.queue.manager import Backoff, QueueManager
 from capstan.queue.model import PodSet
 from capstan.queue.records import ADMITTED, CANCELLED, EVICTING, FINISHED, PENDING
 from capstan.queue.sql import SqlQueueStore
 from capstan.queue.store import MemoryQueueStore
+from capstan.resources.admission import Lease, Rejected, ResourceRequest, Waiting
+from capstan.resources.machine import Capacity, detect_gpus, gpu_model_label
 from capstan.settings import Settings, parse_gpus
 from capstan.store.engine import create_store_engine
 
@@ -255,7 +248,7 @@ def test_a_machine_without_gpus_says_how_to_declare_some(no_gpus: QueueAdmission
 
 
 def test_the_in_memory_adapter_speaks_the_same_port() -> None:
-    from capstan.pipelines.admission import LocalAdmission
+    from capstan.resources.local import LocalAdmission
 
     local = LocalAdmission(Capacity(cpu=2, memory=4 * GIB, gpus=(("0", "NVIDIA A100"),)))
     first, second, never = local.settle([], [req("a", gpu=1), req("b", gpu=1), req("c", gpu=2)])

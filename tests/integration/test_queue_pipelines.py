@@ -29,6 +29,7 @@ from capstan.queue.sql import SqlQueueStore
 from capstan.settings import Settings
 from capstan.store.engine import create_store_engine
 from capstan.store.events_sql import SqlEventLog
+from helpers.pipelines import open_runner
 
 FLOW = '''
 import os
@@ -232,12 +233,14 @@ def test_usage_shows_gpu_hours_for_the_pipelines_project(sequential_run: Sequent
 @pytest.fixture
 def declared_one_gpu(tmp_path: Path) -> Iterator[tuple[Settings, Path, PipelineRunner]]:
     settings = Settings.for_home(tmp_path / "home", declared_gpus=1)
-    runner = PipelineRunner.open(settings)
-    runner.admission = QueueAdmission.open(settings, runner.engine, backoff=Backoff(base_s=0.5, max_s=2))
+    engine = create_store_engine(settings)
+    admission = QueueAdmission.open(settings, engine, backoff=Backoff(base_s=0.5, max_s=2))
+    runner = open_runner(settings, admission=admission)
     try:
         yield settings, write_pipeline(tmp_path / "code", "flow", FLOW), runner
     finally:
         runner.close()
+        engine.dispose()
         close_pools()
 
 

@@ -8,6 +8,7 @@ import pytest
 
 from capstan.pipelines.runner import PipelineRunner
 from capstan.settings import Settings
+from helpers.pipelines import open_runner
 
 
 @pytest.fixture
@@ -15,7 +16,7 @@ def runner(settings: Settings) -> Iterator[PipelineRunner]:
     """A runner over fresh local stores; its worker pool is stopped afterwards."""
     from capstan.pipelines.executors import close_pools
 
-    opened = PipelineRunner.open(settings)
+    opened = open_runner(settings)
     try:
         yield opened
     finally:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from capstan.pipelines.admission import Capacity, LocalAdmission, ResourceRequest
+from capstan.resources.admission import ResourceRequest
+from capstan.resources.local import LocalAdmission
+from capstan.resources.machine import Capacity
 
 GIB = 2**30
 

@@ -12,11 +12,11 @@ from fastapi.testclient import TestClient
 from pipeline_helpers import write_pipeline
 
 from capstan.pipelines.executors import close_pools
-from capstan.pipelines.runner import PipelineRunner
 from capstan.pipelines.service import PipelineService
 from capstan.server.app import create_app
 from capstan.services import Services
 from capstan.settings import Settings
+from helpers.pipelines import open_runner
 
 FLOW = '''
 import capstan.pipelines as cp
@@ -43,7 +43,7 @@ def math(x: int = 2):
 def service(settings: Settings) -> Iterator[tuple[TestClient, PipelineService]]:
     services = Services.open(settings)
     app = create_app(settings, services=services)
-    svc = PipelineService.from_services(services, scheduler_interval_s=0.2)
+    svc = PipelineService(services.pipelines.get(), scheduler_interval_s=0.2)
     app.state.pipelines = svc  # the app starts and stops it with its lifespan
     with TestClient(app) as client:
         yield client, svc
@@ -107,7 +107,7 @@ def test_the_server_resumes_its_unfinished_runs_after_a_restart(settings: Settin
     file = write_pipeline(tmp_path, "flow", FLOW)
     from capstan.pipelines.loader import load_pipeline
 
-    runner = PipelineRunner.open(settings)
+    runner = open_runner(settings)
     pipe, ref = load_pipeline(f"{file}:math")
     submitted, _ = runner.create_run(pipe, {"x": 1}, ref=ref, source="api")
     crashed, _ = runner.create_run(pipe, {"x": 2}, ref=ref, source="schedule")

@@ -15,8 +15,8 @@ from pipeline_helpers import capstan, popen_capstan, write_pipeline
 from capstan.cli import context
 from capstan.cli.main import main
 from capstan.pipelines.executors import close_pools, process_alive
-from capstan.pipelines.runner import PipelineRunner
 from capstan.settings import Settings
+from helpers.pipelines import open_runner
 
 ETL = '''
 import time
@@ -122,7 +122,7 @@ def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
 
 
 def stored_runs(settings: Settings) -> int:
-    runner = PipelineRunner.open(settings)
+    runner = open_runner(settings)
     try:
         return len(runner.store.list_runs()) + len(runner.store.schedules())
     finally:
@@ -184,7 +184,7 @@ def test_a_failed_run_names_the_step_and_shows_its_log(home: Settings, tmp_path:
     last = err.strip().splitlines()[-1]
     assert last.startswith("error: pipeline 'etl' failed at step 'load' (Exception): ValueError: too few rows")
     assert "capstan logs" in last
-    runner = PipelineRunner.open(home)
+    runner = open_runner(home)
     try:
         (run,) = runner.store.list_runs()
         assert run.status == "failed"
@@ -266,7 +266,7 @@ def test_cancel_stops_a_run_in_another_process(home: Settings, tmp_path: Path) -
     while not (marks / "nap.pid").exists() and time.monotonic() < deadline:
         time.sleep(0.05)
     pid = int((marks / "nap.pid").read_text())
-    runner = PipelineRunner.open(home)
+    runner = open_runner(home)
     try:
         (run,) = runner.store.list_runs()
     finally:
@@ -279,7 +279,7 @@ def test_cancel_stops_a_run_in_another_process(home: Settings, tmp_path: Path) -
     while process_alive(pid, None) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not process_alive(pid, None)
-    runner = PipelineRunner.open(home)
+    runner = open_runner(home)
     try:
         steps = runner.store.steps(run.id, "default")
         assert [(s.step_id, s.state, s.reason) for s in steps] == [("nap", "cancelled", "Cancelled")]

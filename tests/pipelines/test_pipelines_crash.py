@@ -15,8 +15,8 @@ import pytest
 from pipeline_helpers import capstan, popen_capstan, write_pipeline
 
 from capstan.pipelines.executors import close_pools
-from capstan.pipelines.runner import PipelineRunner
 from capstan.settings import Settings
+from helpers.pipelines import open_runner
 
 TWENTY = '''
 import time
@@ -60,7 +60,7 @@ def home(settings: Settings) -> Iterator[Settings]:
 
 
 def running(settings: Settings, step: str) -> bool:
-    runner = PipelineRunner.open(settings)
+    runner = open_runner(settings)
     try:
         runs = runner.store.list_runs()
         return bool(runs) and any(s.step_id == step and s.state == "running"
@@ -85,7 +85,7 @@ def start_and_kill(settings: Settings, file: Path, marks: Path, after: int, *par
         time.sleep(0.005)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    runner = PipelineRunner.open(settings)
+    runner = open_runner(settings)
     try:
         (run,) = runner.store.list_runs()
         assert run.status == "running", "a killed orchestrator leaves its run running"
@@ -95,7 +95,7 @@ def start_and_kill(settings: Settings, file: Path, marks: Path, after: int, *par
 
 
 def check_exactly_once(settings: Settings, run_id: str, marks: Path) -> None:
-    runner = PipelineRunner.open(settings)
+    runner = open_runner(settings)
     try:
         result = runner.result(run_id)
         assert result.status == "succeeded", result.run.message
@@ -127,7 +127,7 @@ def test_a_step_running_during_the_crash_is_re_attached(home: Settings, tmp_path
     # s08 sleeps 2.5 s; kill once s07 finished, i.e. while s08 runs in its worker.
     run_id = start_and_kill(home, file, marks, 0, "-p", "slow=s08", "-p", "slow_delay=2.5", when_running="s08")
     assert not (marks / "s08").exists()
-    runner = PipelineRunner.open(home)
+    runner = open_runner(home)
     try:
         assert {s.step_id: s.state for s in runner.store.steps(run_id, "default")}["s08"] == "running"
         result = runner.resume(run_id)
@@ -144,7 +144,7 @@ def test_thread_steps_finished_before_the_crash_are_not_rerun(home: Settings, tm
     marks = tmp_path / "marks"
     marks.mkdir()
     run_id = start_and_kill(home, file, marks, 9)
-    runner = PipelineRunner.open(home)
+    runner = open_runner(home)
     try:
         done_before = {s.step_id for s in runner.store.steps(run_id, "default") if s.state == "succeeded"}
         assert done_before
@@ -166,7 +166,7 @@ def test_resume_refuses_a_live_orchestrator_and_a_finished_run(home: Settings, t
         deadline = time.monotonic() + 60
         while not list(marks.iterdir()) and time.monotonic() < deadline:
             time.sleep(0.02)
-        runner = PipelineRunner.open(home)
+        runner = open_runner(home)
         (run,) = runner.store.list_runs()
         runner.close()
         busy = capstan(home, "pipelines", "resume", run.id)
@@ -226,7 +226,7 @@ def test_an_attempt_that_ended_while_its_orchestrator_was_down_gives_its_quota_b
     assert killed.returncode == -signal.SIGKILL
     admitted = orjson.loads(capstan(home, "queue", "list", "--state", "Admitted", "--json").stdout)
     assert [w["workload"]["id"].rsplit("/", 1)[1] for w in admitted] == ["kills_its_orchestrator"]
-    runner = PipelineRunner.open(home)
+    runner = open_runner(home)
     try:
         (run,) = runner.store.list_runs()
         if not result_kept:
@@ -239,7 +239,7 @@ def test_an_attempt_that_ended_while_its_orchestrator_was_down_gives_its_quota_b
         runner.close()
     resumed = capstan(home, "pipelines", "resume", run.id, "--json")
     assert resumed.returncode == 0, resumed.stderr
-    runner = PipelineRunner.open(home)
+    runner = open_runner(home)
     try:
         attempts = [(a.state, a.reason) for a in runner.store.attempts(run.id, "kills_its_orchestrator")]
         if result_kept:

@@ -17,6 +17,7 @@ from capstan.pipelines.storage import RUN_KIND, Batch, RoundWriter, ScheduleReco
 from capstan.settings import Settings
 from capstan.store.engine import current_revisions, script_heads
 from capstan.store.events_sql import SqlEventLog
+from helpers.pipelines import open_runner
 
 
 @cp.step(isolation="thread")
@@ -31,7 +32,7 @@ def tiny(x: int = 1):
 
 @pytest.fixture
 def backend_runner(backend_settings: Settings) -> Iterator[PipelineRunner]:
-    runner = PipelineRunner.open(backend_settings)
+    runner = open_runner(backend_settings)
     yield runner
     runner.close()
 

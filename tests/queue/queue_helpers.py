@@ -8,8 +8,8 @@ from capstan.queue.config import load_yaml, parse_config
 from capstan.queue.engine import schedule
 from capstan.queue.model import Admission, CycleResult, PodSet, QueueConfig, Toleration, Workload
 from capstan.queue.pending import PendingQueues
-from capstan.queue.quantity import parse_quantity
 from capstan.queue.state import ClusterState, Topology
+from capstan.resources.quantity import parse_quantity
 
 
 def config(text: str) -> QueueConfig:

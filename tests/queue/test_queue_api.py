@@ -19,6 +19,7 @@ from capstan.server.app import create_app
 from capstan.server.queue_api import ServerQueue
 from capstan.services import Services
 from capstan.settings import Settings
+from helpers.clock import FakeClock
 from helpers.server import ServerProcess, start_server
 
 CONFIG = """
@@ -282,16 +283,8 @@ def test_concurrent_submits_never_overcommit(api: Api) -> None:
 
 
 # -- in-process: the backoff loop and gauges after a configuration change -----------------------------------------
-class FakeClock:
-    def __init__(self) -> None:
-        self.ms = 1_800_000_000_000
-
-    def __call__(self) -> int:
-        return self.ms
-
-
 def test_backoff_loop_and_gauges_in_process(tmp_path: Path) -> None:
-    clock = FakeClock()
+    clock = FakeClock(1_800_000_000_000)
     settings = Settings.for_home(tmp_path / "home")
     services = Services.open(settings, clock=clock)
     app = create_app(settings, services=services)
@@ -305,12 +298,12 @@ def test_backoff_loop_and_gauges_in_process(tmp_path: Path) -> None:
             assert high["preempting"] == ["w/low"]
             requeued = client.post(f"{Q}/workloads/w/low/evicted").json()
             assert requeued["admitted"] == ["w/high"] and requeued["workload"]["workload"]["user"] == "local"
-            clock.ms += 1000
+            clock.advance(1000)
             assert client.post(f"{Q}/workloads/w/high/finish").json()["admitted"] == []  # still in its backoff
             why = client.get(f"{Q}/workloads/w/low/why").json()
             assert why["reason"] == "Preempted" and "backoff" in why["hint"]
             assert queue.tick() == []
-            clock.ms += 60_000
+            clock.advance(60_000)
             reports = queue.tick()
             assert [r.id for report in reports for r in report.admitted] == ["w/low"]
             assert queue.tick() == []

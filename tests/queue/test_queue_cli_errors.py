@@ -14,10 +14,10 @@ from click.testing import CliRunner
 from capstan.errors import InvalidParameterValue
 from capstan.queue.manager import QueueManager
 from capstan.queue.model import PodSet, Reason
-from capstan.queue.quantity import parse_quantity
 from capstan.queue.records import EVICTING
 from capstan.queue.store import MemoryQueueStore
 from capstan.queue.trace import read_trace
+from capstan.resources.quantity import parse_quantity
 
 ROOT = Path(__file__).parents[2]
 TEAMS = ROOT / "examples" / "queues" / "teams.yaml"

@@ -6,7 +6,7 @@ import pytest
 from queue_helpers import Cluster, config, wl
 
 from capstan.queue.model import PodSet, Reason, Workload
-from capstan.queue.quantity import parse_quantity
+from capstan.resources.quantity import parse_quantity
 
 SHARED = """
 flavors:

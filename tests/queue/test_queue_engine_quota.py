@@ -8,10 +8,11 @@ from queue_helpers import Cluster, gpu_queues, wl
 from capstan.queue.model import Reason
 
 # (case, queues, limits, already admitted [(id, cq, gpus)], new workload (cq, gpus), admitted?)
+# Quota cases also say whether the queues share a cohort.
 QUOTA_CASES = [
-    ("fits within nominal", [("a", 8), ("b", 8)], {}, [], ("a", 8), True),
-    ("exceeds nominal without cohort", [("a", 8)], {}, [], ("a", 9), False),
-    ("nominal used up by own queue", [("a", 4), ("b", 0)], {}, [("x", "a", 4)], ("a", 1), False),
+    ("fits within nominal", [("a", 8), ("b", 8)], {}, [], ("a", 8), True, True),
+    ("exceeds nominal without cohort", [("a", 8)], {}, [], ("a", 9), False, False),
+    ("nominal used up by own queue", [("a", 4), ("b", 0)], {}, [("x", "a", 4)], ("a", 1), True, False),
 ]
 
 BORROW_CASES = [
@@ -44,11 +45,11 @@ def run_case(queues: list[tuple[str, float]], limits: dict[str, str], existing: 
     return any(a.workload.id == "new" for a in result.admitted), cluster
 
 
-@pytest.mark.parametrize(("case", "queues", "limits", "existing", "new", "admitted"), QUOTA_CASES,
-                         ids=[c[0] for c in QUOTA_CASES])
-def test_quota(case: str, queues: list[tuple[str, float]], limits: dict[str, str],
-               existing: list[tuple[str, str, int]], new: tuple[str, int], admitted: bool) -> None:
-    got, _ = run_case(queues, limits, existing, new, cohort=case != "exceeds nominal without cohort")
+@pytest.mark.parametrize(("queues", "limits", "existing", "new", "cohort", "admitted"),
+                         [pytest.param(*rest, id=case) for case, *rest in QUOTA_CASES])
+def test_quota(queues: list[tuple[str, float]], limits: dict[str, str], existing: list[tuple[str, str, int]],
+               new: tuple[str, int], cohort: bool, admitted: bool) -> None:
+    got, _ = run_case(queues, limits, existing, new, cohort=cohort)
     assert got is admitted
 
 

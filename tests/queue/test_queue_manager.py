@@ -10,9 +10,10 @@ import pytest
 from capstan.errors import InvalidParameterValue, ResourceDoesNotExist
 from capstan.queue.manager import Backoff, QueueManager
 from capstan.queue.model import PodSet, Reason
-from capstan.queue.quantity import parse_quantity
 from capstan.queue.records import ADMITTED, EVICTING, PENDING
 from capstan.queue.store import MemoryQueueStore, QueueStore
+from capstan.resources.quantity import parse_quantity
+from helpers.clock import FakeClock
 
 TEAMS = """
 flavors:
@@ -41,14 +42,6 @@ localQueues:
   - {name: a-ml, clusterQueue: team-a, project: ml}
   - {name: b-vision, clusterQueue: team-b, project: vision}
 """
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.ms = 1_700_000_000_000
-
-    def __call__(self) -> int:
-        return self.ms
 
 
 class Events:
@@ -96,7 +89,7 @@ def test_lifecycle_usage_and_restart_from_store(store: QueueStore) -> None:
     assert mgr.get("b1").state == ADMITTED
     assert mgr.get("b2").state == ADMITTED  # borrowed 6 of team-a's idle quota
     assert mgr.get("b2").admission is not None
-    clock.ms += 3_600_000
+    clock.now += 3_600_000
     mgr.finish("b1")
     # A new manager over the same store sees the same state.
     again = QueueManager(store, clock=clock)
@@ -105,7 +98,7 @@ def test_lifecycle_usage_and_restart_from_store(store: QueueStore) -> None:
     assert again.state.used("team-b", ("a100", "gpu")) == 6000
     from capstan.queue.usage import usage_report
 
-    rows = usage_report(store.usage_since(0), by="user", since_ms=0, now_ms=clock.ms, prices={"gpu": 2.0})
+    rows = usage_report(store.usage_since(0), by="user", since_ms=0, now_ms=clock.now, prices={"gpu": 2.0})
     assert [(r.key, round(r.gpu_hours, 3), r.cost) for r in rows] == [("ann", 6.0, 12.0), ("bob", 6.0, 12.0)]
     assert ("workload", "b1", "Admitted") in events.seen and ("workload", "b1", "Finished") in events.seen
 
@@ -125,7 +118,7 @@ def test_preemption_requeues_with_backoff_and_why_explains(store: QueueStore) ->
     mgr.cycle()
     assert mgr.get("a-need").state == ADMITTED
     assert mgr.get("b-big").state == PENDING  # still in backoff
-    clock.ms += 6_000
+    clock.now += 6_000
     mgr.cycle()
     why = mgr.why("b-big")
     assert why.reason is Reason.WAITING_FOR_QUOTA

@@ -12,6 +12,7 @@ from capstan.queue.model import PodSet
 from capstan.queue.records import UsageRecord
 from capstan.queue.store import MemoryQueueStore
 from capstan.queue.usage import parse_prices, parse_since, usage_report
+from helpers.clock import FakeClock
 
 CONFIG = """
 flavors: [{name: a100}]
@@ -27,11 +28,11 @@ localQueues: [{name: team, clusterQueue: team}]
 def test_metrics_per_queue() -> None:
     registry = CollectorRegistry()
     metrics = QueueMetrics(registry)
-    clock = [1_000_000]
-    mgr = QueueManager(MemoryQueueStore(), clock=lambda: clock[0], metrics=metrics)
+    clock = FakeClock(1_000_000)
+    mgr = QueueManager(MemoryQueueStore(), clock=clock, metrics=metrics)
     mgr.apply_config(CONFIG)
     mgr.submit("low", "team", [PodSet("main", 1, {"gpu": 2000})], priority_class="low")
-    clock[0] += 30_000
+    clock.advance(30_000)
     mgr.cycle()
     mgr.submit("high", "team", [PodSet("main", 1, {"gpu": 2000})], priority_class="high")
     mgr.cycle()

@@ -1,7 +1,7 @@
 import pytest
 
 from capstan.errors import InvalidParameterValue
-from capstan.queue.quantity import format_quantity, parse_quantity
+from capstan.resources.quantity import format_quantity, parse_quantity
 
 
 @pytest.mark.parametrize(("text", "milli"), [

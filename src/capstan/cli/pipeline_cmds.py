@@ -27,9 +27,9 @@ class _Cancelled(click.ClickException):
 
 
 def _runner() -> PipelineRunner:
-    from capstan.pipelines.runner import PipelineRunner
+    from capstan.cli.context import cli_services
 
-    return PipelineRunner.open(cli_settings())
+    return cli_services().pipelines.get()
 
 
 def _console(stderr: bool = False) -> Any:
@@ -98,12 +98,12 @@ def _remote_follow(run_id: str, as_json: bool) -> dict[str, Any]:
             out.add_row(step["step"], step["state"], str(step["attempt"] or ""), note)
         return out
 
-    data = _http("GET", f"/runs/{run_id}")
+    data: dict[str, Any] = _http("GET", f"/runs/{run_id}")
     if as_json:
         while data["run"]["status"] not in TERMINAL:
             time.sleep(0.5)
             data = _http("GET", f"/runs/{run_id}")
-        return data  # type: ignore[no-any-return]
+        return data
     console = _console()
     with Live(table(data), console=console, refresh_per_second=4) as live:
         while data["run"]["status"] not in TERMINAL:
@@ -112,7 +112,7 @@ def _remote_follow(run_id: str, as_json: bool) -> dict[str, Any]:
             live.update(table(data))
     if not console.is_terminal:
         console.line()
-    return data  # type: ignore[no-any-return]
+    return data
 
 
 def _remote_finish(run_id: str, as_json: bool) -> None:
@@ -156,7 +156,7 @@ def _orchestrate(runner: PipelineRunner, title: str, run_id: str, action: Any, a
 
 def _warn_unenforced(graph: Any) -> None:
     """Warn about memory requests that cannot be enforced: a thread step shares the orchestrator's process."""
-    from capstan.queue.quantity import MILLI, format_quantity
+    from capstan.resources.quantity import MILLI, format_quantity
 
     for name, step in sorted(graph.steps.items()):
         memory = step.options.resources.memory

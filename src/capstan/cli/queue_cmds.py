@@ -25,16 +25,15 @@ def _manager(*, machine_default: bool = True) -> QueueManager:
     """The queue of the local store. With ``machine_default``, a home where nothing was applied first gets this
     machine's generated default queue, the one pipelines would use (so `queue status` and `why` show it)."""
     from capstan.cli.context import cli_services
+    from capstan.queue.admission import QueueAdmission
     from capstan.queue.manager import QueueManager
-    from capstan.queue.sql import SqlQueueStore
 
     services = cli_services()
-    if machine_default:
-        from capstan.queue.admission import QueueAdmission
-
-        with QueueAdmission.open(services.settings, services.engine, clock=services.clock).session():
+    admission = services.admission.get()
+    if machine_default and isinstance(admission, QueueAdmission):
+        with admission.session():
             pass  # the session stores the default configuration when none was applied (or the machine changed)
-    return QueueManager(SqlQueueStore(services.engine), clock=services.clock, events=services.events)
+    return QueueManager(services.queue.get(), clock=services.clock, events=services.events)
 
 
 def _echo_table(table: TextTable) -> None:
@@ -213,7 +212,7 @@ def submit_cmd(workload_id: str, local_queue: str, gpu: str | None, cpu: str | N
                count: int, priority_class: str | None, user: str, no_cycle: bool, as_json: bool) -> None:
     """Queue a workload of COUNT identical pods and run an admission cycle (for tests and demos)."""
     from capstan.queue.model import PodSet
-    from capstan.queue.quantity import parse_quantity
+    from capstan.resources.quantity import parse_quantity
 
     try:
         requests = {}

@@ -511,13 +511,13 @@ def quickstart_command(experiment: str, model_name: str) -> None:
     """Prepare data with a pipeline (load, clean in 4 parallel chunks, split), train a small scikit-learn model
     with a few settings on it, track everything, register the best as models:/quickstart@champion and show where
     to look. Needs no server and no network; a second run reuses the cached pipeline steps."""
-    from capstan.cli.context import cli_settings
+    from capstan.cli.context import cli_services
     from capstan.pipelines.quickstart import quickstart_prep
     from capstan.quickstart import run_quickstart
 
-    settings, console = cli_settings(), _console()
-    run_quickstart(settings, console=console, experiment=experiment, model_name=model_name,
-                   data_stage=lambda: quickstart_prep(settings, console=console))
+    services, console = cli_services(), _console()
+    run_quickstart(services.settings, console=console, experiment=experiment, model_name=model_name,
+                   data_stage=lambda: quickstart_prep(services.pipelines.get(), console=console))
 
 
 def register(cli: click.Group) -> None:

@@ -578,7 +578,9 @@ class Pipeline:
 
         if current_builder() is not None:
             return self.fn(*args, **kwargs)
-        from capstan.pipelines.runner import run_here
+        # Calling a pipeline outside a pipeline is an SDK entry point, like `capstan.start_run`: it runs here with the
+        # adapters of the composition root (the one import of `capstan.services` from this package).
+        from capstan.services import run_here
 
         bound = inspect.signature(self.fn).bind(*args, **kwargs)
         return run_here(self, dict(bound.arguments))

@@ -17,7 +17,7 @@ from capstan.pipelines.dsl import Chunk, chunks, pipeline, step
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from capstan.settings import Settings
+    from capstan.pipelines.runner import PipelineRunner
 
 
 def feature_names() -> tuple[str, ...]:
@@ -113,20 +113,14 @@ class PreparedData:
     feature_names: tuple[str, ...] = ()
 
 
-def quickstart_prep(settings: Settings, *, console: Console | None = None, seed: int = 7) -> PreparedData:
-    """Run `wine_prep` with the local stores of ``settings`` and return the train/test split."""
-    from capstan.pipelines.runner import PipelineRunner
-
-    runner = PipelineRunner.open(settings)
-    try:
-        result = runner.run(wine_prep, {"seed": seed}, ref="capstan.pipelines.quickstart:wine_prep",
-                            source="quickstart")
-        if not result.ok:
-            raise InvalidState(f"data preparation failed: {result.run.message} (run {result.run_id}; see "
-                               f"`capstan pipelines show {result.run_id}`)")
-        frame = result.value()
-    finally:
-        runner.close()
+def quickstart_prep(runner: PipelineRunner, *, console: Console | None = None, seed: int = 7) -> PreparedData:
+    """Run `wine_prep` with ``runner`` and return the train/test split."""
+    result = runner.run(wine_prep, {"seed": seed}, ref="capstan.pipelines.quickstart:wine_prep",
+                        source="quickstart")
+    if not result.ok:
+        raise InvalidState(f"data preparation failed: {result.run.message} (run {result.run_id}; see "
+                           f"`capstan pipelines show {result.run_id}`)")
+    frame = result.value()
     names = feature_names()
     x, y, is_test = frame[:, :len(names)], frame[:, len(names)].astype(int), frame[:, -1] == 1.0
     cached = sum(1 for s in result.steps if s.state == "cached")

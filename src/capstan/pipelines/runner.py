@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import socket
-import threading
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -37,7 +36,7 @@ if TYPE_CHECKING:
     from sqlalchemy import Connection, Engine
 
     from capstan.artifacts.store import ArtifactStore
-    from capstan.pipelines.admission import Admission
+    from capstan.resources.admission import Admission
     from capstan.settings import Settings
 
 STALE_HEARTBEAT_MS = 30_000
@@ -92,49 +91,27 @@ class RunResult:
 class PipelineRunner:
     """Creates runs and orchestrates them in this process.
 
-    Every step attempt is admitted by ``admission``; by default that is the workload queue of the metadata store
-    (`capstan.queue.admission.QueueAdmission`), so pipeline steps share quota, priorities and preemption with every
-    other workload of this machine.
+    Every step attempt is admitted by the ``admission`` the composition root provides (`capstan.services`): the
+    workload queue of the metadata store, so pipeline steps share quota, priorities and preemption with every other
+    workload of this machine.
     """
 
-    def __init__(self, *, settings: Settings, engine: Engine, artifacts: ArtifactStore, clock: Clock = system_clock,
-                 admission: Admission | None = None) -> None:
+    def __init__(self, *, settings: Settings, engine: Engine, artifacts: ArtifactStore,
+                 admission: Callable[[], Admission], clock: Clock = system_clock) -> None:
         self.settings = settings
         self.engine = engine
         self.artifacts = artifacts
         self.clock = clock
         self.store = PipelineStore(engine, clock=clock)
-        self.admission = admission
-        self._admission_lock = threading.Lock()
-
-    @classmethod
-    def open(cls, settings: Settings, *, clock: Clock = system_clock) -> PipelineRunner:
-        """Open the metadata and artifact stores named by ``settings`` (migrating the schema if needed)."""
-        from capstan.artifacts.store import ArtifactStore
-        from capstan.store.engine import create_store_engine
-
-        engine = create_store_engine(settings)
-        return cls(settings=settings, engine=engine, artifacts=ArtifactStore(settings, engine, clock=clock),
-                   clock=clock)
-
-    @classmethod
-    def from_services(cls, services: Any) -> PipelineRunner:
-        """Share an open `capstan.services.Services` bundle."""
-        return cls(settings=services.settings, engine=services.engine, artifacts=services.artifacts,
-                   clock=services.clock)
+        self._admission = admission
 
     def close(self) -> None:
         """Release database connections."""
         self.engine.dispose()
 
     def ensure_admission(self) -> Admission:
-        """The admission port runs use: the one given, else the workload queue (opened on first use)."""
-        with self._admission_lock:  # runs orchestrated side by side (the server) share one
-            if self.admission is None:
-                from capstan.queue.admission import QueueAdmission
-
-                self.admission = QueueAdmission.open(self.settings, self.engine, clock=self.clock)
-            return self.admission
+        """The admission port runs use, as the composition root (`capstan.services`) provides it."""
+        return self._admission()
 
     # -- creating -----------------------------------------------------------------------------------------------
     def create_run(self, pipe: Pipeline, params: Mapping[str, Any] | None = None, *, ref: str, no_cache: bool = False,
@@ -335,16 +312,3 @@ class PipelineRunner:
             rows.append(event_row(now, run.project, RUN_KIND, run.id, "PipelineRunCancelled", "cancelled by request",
                                   type="Warning"))
             conn.execute(events.insert(), rows)
-
-
-def run_here(pipe: Pipeline, params: Mapping[str, Any], *, settings: Settings | None = None,
-             no_cache: bool = False) -> RunResult:
-    """Run ``pipe`` in this process with the local stores (``Settings.from_env`` unless given)."""
-    from capstan.pipelines.loader import ref_for
-    from capstan.settings import Settings as SettingsType
-
-    runner = PipelineRunner.open(settings or SettingsType.from_env())
-    try:
-        return runner.run(pipe, params, ref=ref_for(pipe), no_cache=no_cache, source="sdk")
-    finally:
-        runner.close()

@@ -51,11 +51,6 @@ class PipelineService:
         self._futures: dict[str, Future[Any]] = {}
         self._lock = threading.Lock()
 
-    @classmethod
-    def from_services(cls, services: Any, **options: Any) -> PipelineService:
-        """A service over an open `capstan.services.Services` bundle."""
-        return cls(PipelineRunner.from_services(services), **options)
-
     def start(self, *, schedules: bool = True, resume: bool = True) -> list[str]:
         """Start orchestrating submitted runs; with ``resume`` pick up this server's unfinished runs, with
         ``schedules`` start the schedule loop. Returns the resumed run ids. Of several server workers, one resumes

@@ -1,6 +1,6 @@
 """The workload queue as the pipelines' admission port: every pipeline step is a queue workload.
 
-`QueueAdmission` implements `capstan.pipelines.admission.Admission` over a `QueueManager` persisted in the metadata
+`QueueAdmission` implements `capstan.resources.admission.Admission` over a `QueueManager` persisted in the metadata
 store. A step attempt's `ResourceRequest` becomes a workload of one pod set (count 1) with its CPU, memory and GPU
 (fractions allowed on shareable flavors), in the LocalQueue of the run's project (or the step's ``queue=``), with
 the step's ``priority_class=``. Each orchestration round submits what is new and runs one admission cycle; a
@@ -39,14 +39,15 @@ import orjson
 
 from capstan.clock import Clock, system_clock
 from capstan.errors import CapstanError, ResourceDoesNotExist
-from capstan.pipelines.admission import Capacity, Lease, Rejected, ResourceRequest, Verdict, Waiting, gpu_model_label
 from capstan.queue.executor import local_queue_yaml
 from capstan.queue.locking import FileLock
 from capstan.queue.manager import Backoff, EventSink, QueueManager
 from capstan.queue.model import PodSet, QueueConfig, Workload
-from capstan.queue.quantity import MILLI
 from capstan.queue.records import ACTIVE_STATES, ADMITTED, EVICTING, PENDING, UsageRecord, WorkloadRecord
 from capstan.queue.store import QueueStore
+from capstan.resources.admission import Lease, Rejected, ResourceRequest, Verdict, Waiting
+from capstan.resources.machine import Capacity, gpu_model_label
+from capstan.resources.quantity import MILLI
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection, Engine
@@ -197,7 +198,7 @@ class _EventRows:
 
 
 class QueueAdmission:
-    """`capstan.pipelines.admission.Admission` over the workload queue (see the module docstring).
+    """`capstan.resources.admission.Admission` over the workload queue (see the module docstring).
 
     Args:
         store: where the queue lives (`capstan.queue.sql.SqlQueueStore` over the metadata store).

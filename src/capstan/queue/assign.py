@@ -19,8 +19,8 @@ from capstan.queue.model import (
     ResourceGroup,
     Workload,
 )
-from capstan.queue.quantity import GPU_RESOURCES, MILLI, format_quantity
 from capstan.queue.state import Node, available, potential, slots_needed
+from capstan.resources.quantity import GPU_RESOURCES, MILLI, format_quantity
 
 FIT = 0
 BORROW = 1

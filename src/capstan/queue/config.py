@@ -44,7 +44,7 @@ from capstan.queue.model import (
     Taint,
     Toleration,
 )
-from capstan.queue.quantity import parse_quantity
+from capstan.resources.quantity import parse_quantity
 
 TOP_KEYS = {"flavors", "cohorts", "clusterQueues", "localQueues", "priorityClasses", "fairSharing",
             "defaultPriorityClass", "simulation"}

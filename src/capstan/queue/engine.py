@@ -31,8 +31,8 @@ from capstan.queue.model import (
 )
 from capstan.queue.pending import Cursor, PendingQueues
 from capstan.queue.preemption import SearchReport, dominant_share, find_victims, still_futile
-from capstan.queue.quantity import GPU_RESOURCES, MILLI, format_quantity
 from capstan.queue.state import ClusterState, Node, Topology, add_usage, available, max_available, nominal_room
+from capstan.resources.quantity import GPU_RESOURCES, MILLI, format_quantity
 
 
 @dataclass(slots=True)

@@ -19,9 +19,9 @@ from capstan.queue.model import (
     Workload,
 )
 from capstan.queue.pending import PendingQueues
-from capstan.queue.quantity import GPU_RESOURCES, MILLI, format_quantity
 from capstan.queue.records import ADMITTED, EVICTING, PENDING, WorkloadRecord
 from capstan.queue.state import ClusterState
+from capstan.resources.quantity import GPU_RESOURCES, MILLI, format_quantity
 
 
 @dataclass(frozen=True, slots=True)

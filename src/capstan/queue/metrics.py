@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from capstan.queue.quantity import MILLI
 from capstan.queue.records import ADMITTED, EVICTING, PENDING
+from capstan.resources.quantity import MILLI
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry

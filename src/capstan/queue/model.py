@@ -1,6 +1,6 @@
 """Immutable records of the workload queue: configuration objects, workloads and admission decisions.
 
-Quantities are integer milli-units (see `capstan.queue.quantity`). A flavor-resource pair, the unit quota is
+Quantities are integer milli-units (see `capstan.resources.quantity`). A flavor-resource pair, the unit quota is
 accounted in, is written ``FR = (flavor, resource)``.
 """
 

@@ -30,8 +30,8 @@ from capstan.queue.model import (
     ResourceFlavor,
     Workload,
 )
-from capstan.queue.quantity import GPU_RESOURCES
 from capstan.queue.state import ClusterState, Node, Topology, add_usage, available, occupy_devices
+from capstan.resources.quantity import GPU_RESOURCES
 
 
 @dataclass(frozen=True, slots=True)

@@ -40,9 +40,9 @@ from capstan.queue.model import (
     Workload,
 )
 from capstan.queue.pending import PendingQueues
-from capstan.queue.quantity import GPU_RESOURCES, MILLI
 from capstan.queue.state import ClusterState, Topology
 from capstan.queue.trace import TraceJob
+from capstan.resources.quantity import GPU_RESOURCES, MILLI
 
 
 @dataclass(frozen=True, slots=True)

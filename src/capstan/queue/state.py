@@ -18,7 +18,7 @@ from dataclasses import replace
 
 from capstan.errors import InvalidState, ResourceDoesNotExist
 from capstan.queue.model import FR, Admission, ClusterQueue, QueueConfig, ResourceFlavor, ResourceGroup
-from capstan.queue.quantity import GPU_RESOURCES, MILLI
+from capstan.resources.quantity import GPU_RESOURCES, MILLI
 
 
 class Node:

@@ -6,9 +6,9 @@ from dataclasses import dataclass
 
 from capstan.queue.model import FR
 from capstan.queue.pending import PendingQueues
-from capstan.queue.quantity import format_quantity
 from capstan.queue.records import ADMITTED, EVICTING, PENDING, WorkloadRecord
 from capstan.queue.state import ClusterState
+from capstan.resources.quantity import format_quantity
 
 
 @dataclass(frozen=True, slots=True)

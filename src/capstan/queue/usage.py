@@ -7,8 +7,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from capstan.errors import InvalidParameterValue
-from capstan.queue.quantity import GPU_RESOURCES, MILLI
 from capstan.queue.records import UsageRecord
+from capstan.resources.quantity import GPU_RESOURCES, MILLI
 
 GROUPINGS = ("project", "queue", "user")
 PRICE_KEYS = ("gpu", "cpu", "memory")

@@ -17,7 +17,9 @@ from capstan.errors import InvalidParameterValue, StoreUnavailable
 from capstan.server.security import request_project, require
 
 if TYPE_CHECKING:
+    from capstan.auth.policy import Permission
     from capstan.pipelines.service import PipelineService
+    from capstan.pipelines.storage import RunRecord
 
 # How long a request made right after start-up waits for the pipeline service to finish starting.
 SERVICE_START_WAIT_S = 60.0
@@ -72,10 +74,10 @@ def _service(request: Request) -> PipelineService:
     return service  # type: ignore[no-any-return]  # app.state is untyped
 
 
-def _run_of(request: Request, service: PipelineService, run_id: str, permission: str) -> Any:
+def _run_of(request: Request, service: PipelineService, run_id: str, permission: Permission) -> RunRecord:
     full = service.runner.store.resolve_run_id(run_id)
     run = service.runner.store.get_run(full)
-    require(request, permission, run.project, target=f"pipeline-run/{run.id}")  # type: ignore[arg-type]
+    require(request, permission, run.project, target=f"pipeline-run/{run.id}")
     return run
 
 

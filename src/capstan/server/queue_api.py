@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
     from prometheus_client.metrics_core import Metric
 
-    from capstan.queue.sql import SqlQueueStore
+    from capstan.queue.store import QueueStore
     from capstan.services import Services
 
 log = logging.getLogger("capstan.server.queue")
@@ -69,7 +69,6 @@ class ServerQueue:
         self._services = services
         self._lock = threading.Lock()
         self._file_lock = FileLock(lock_path)
-        self._store: SqlQueueStore | None = None
         self.interval_s = interval_s
         # Counters and the wait histogram live for the process; the gauges are re-read from the store per scrape.
         self.registry = CollectorRegistry(auto_describe=True)
@@ -77,13 +76,9 @@ class ServerQueue:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def store(self) -> SqlQueueStore:
-        """The SQL queue store over the server's engine (`StoreUnavailable` when the queue tables are missing)."""
-        if self._store is None:
-            from capstan.queue.sql import SqlQueueStore
-
-            self._store = SqlQueueStore(self._services.engine)
-        return self._store
+    def store(self) -> QueueStore:
+        """The queue store of the composition root (`StoreUnavailable` when the queue tables are missing)."""
+        return self._services.queue.get()
 
     @property
     def clock_ms(self) -> int:
@@ -244,7 +239,7 @@ def _check_id(workload_id: str) -> None:
 
 
 def _pod_sets(bodies: Sequence[PodSetBody]) -> list[PodSet]:
-    from capstan.queue.quantity import parse_quantity
+    from capstan.resources.quantity import parse_quantity
 
     sets = []
     for i, ps in enumerate(bodies):

@@ -1,0 +1,148 @@
+"""`LocalAdmission`: the `Admission` port over one machine's `Capacity`, in memory."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from capstan.resources.admission import Lease, Rejected, ResourceRequest, Verdict, Waiting
+from capstan.resources.machine import Capacity
+
+_EPS = 1e-9
+"""Slack for comparing fractional CPU and GPU amounts."""
+
+
+@dataclass(slots=True)
+class LocalAdmission:
+    """`Admission` over one machine's `Capacity` in memory: first come, first served, GPUs packed per device.
+
+    It never revokes a lease. Runs that share a `LocalAdmission` object share the machine; separate processes do
+    not see each other (the workload queue does).
+    """
+
+    capacity: Capacity
+    used_cpu: float = 0.0
+    used_memory: int = 0
+    gpu_free: dict[str, float] = field(default_factory=dict)
+    leases: dict[str, Lease] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not self.gpu_free:
+            self.gpu_free = {index: 1.0 for index, _model in self.capacity.gpus}
+
+    def _devices_for(self, request: ResourceRequest) -> list[str]:
+        return [i for i, model in self.capacity.gpus
+                if not request.gpu_flavor or not model or request.gpu_flavor.lower() in model.lower()]
+
+    def check(self, request: ResourceRequest) -> str | None:
+        """Why the request exceeds the whole machine, if it does."""
+        cap = self.capacity
+        if request.cpu > cap.cpu + _EPS:
+            return f"requests {request.cpu:g} CPUs; this machine has {cap.cpu:g}"
+        if cap.memory and request.memory > cap.memory:
+            return (f"requests {request.memory / 2**30:.1f} GiB of memory; this machine has "
+                    f"{cap.memory / 2**30:.1f} GiB")
+        if request.gpu > 0:
+            devices = self._devices_for(request)
+            flavor = f" of flavor {request.gpu_flavor!r}" if request.gpu_flavor else ""
+            if request.gpu > len(devices) + _EPS:
+                return f"requests {request.gpu:g} GPU(s){flavor}; this machine has {len(devices)}"
+        return None
+
+    def try_acquire(self, request: ResourceRequest) -> Lease | None:
+        """A lease when the request fits in what is free now (thread-safe: runs in one server share it)."""
+        with self.lock:
+            return self._acquire(request)
+
+    def acquire_many(self, requests: Sequence[ResourceRequest]) -> list[Verdict]:
+        """`check`, then `try_acquire`, for each request in order."""
+        out: list[Verdict] = []
+        for request in requests:
+            why = self.check(request)
+            if why is not None:
+                out.append(Rejected(request.key, why))
+                continue
+            lease = self.try_acquire(request)
+            out.append(lease if lease is not None else Waiting(request.key))
+        return out
+
+    def settle(self, releases: Sequence[tuple[Lease, bool]], requests: Sequence[ResourceRequest]) -> list[Verdict]:
+        """`release` each lease, then `acquire_many`."""
+        for lease, _requeue in releases:
+            self.release(lease)
+        return self.acquire_many(requests)
+
+    def reclaim(self, request: ResourceRequest, *, held_only: bool = False) -> Lease | None:
+        """Nothing survives the process here: the lease this process holds for the request, else a new one if it
+        fits now (none with ``held_only``)."""
+        if held_only:
+            held = self.leases.get(request.key)
+            if held is None and request.empty:
+                held = Lease(request.key, request)  # asks for nothing: granted without holding anything
+            return held
+        return self.try_acquire(request)
+
+    def _acquire(self, request: ResourceRequest) -> Lease | None:
+        if request.key in self.leases:
+            return self.leases[request.key]
+        cap = self.capacity
+        if self.used_cpu + request.cpu > cap.cpu + _EPS and self.used_cpu > 0:
+            return None
+        if cap.memory and self.used_memory + request.memory > cap.memory and self.used_memory > 0:
+            return None
+        devices: list[str] = []
+        if request.gpu > 0:
+            candidates = self._devices_for(request)
+            if request.gpu < 1:
+                fitting = [d for d in candidates if self.gpu_free.get(d, 0) + _EPS >= request.gpu]
+                if not fitting:
+                    return None
+                # Best fit: the device with the least free share that still fits keeps whole devices free.
+                devices = [min(fitting, key=lambda d: self.gpu_free[d])]
+            else:
+                whole = [d for d in candidates if self.gpu_free.get(d, 0) >= 1 - _EPS]
+                if len(whole) < int(request.gpu):
+                    return None
+                devices = whole[: int(request.gpu)]
+        share = request.gpu if request.gpu < 1 else 1.0
+        for d in devices:
+            self.gpu_free[d] -= share
+        self.used_cpu += request.cpu
+        self.used_memory += request.memory
+        lease = Lease(request.key, request, tuple(devices))
+        self.leases[request.key] = lease
+        return lease
+
+    def release(self, lease: Lease, *, requeue: bool = False) -> None:
+        """Give a lease back (idempotent); ``requeue`` makes no difference here."""
+        del requeue
+        with self.lock:
+            self._release(lease)
+
+    def _release(self, lease: Lease) -> None:
+        if self.leases.pop(lease.key, None) is None:
+            return
+        request = lease.request
+        self.used_cpu = max(0.0, self.used_cpu - request.cpu)
+        self.used_memory = max(0, self.used_memory - request.memory)
+        share = request.gpu if request.gpu < 1 else 1.0
+        for d in lease.devices:
+            self.gpu_free[d] = min(1.0, self.gpu_free.get(d, 0) + share)
+
+    def withdraw(self, key: str) -> None:
+        """Nothing waits inside the local adapter; a held lease under ``key`` is released."""
+        with self.lock:
+            lease = self.leases.get(key)
+            if lease is not None:
+                self._release(lease)
+
+    def revoked(self, leases: Sequence[Lease]) -> list[tuple[Lease, str]]:
+        """The local adapter never takes a lease back."""
+        del leases
+        return []
+
+    def in_use(self) -> Sequence[Lease]:
+        """Leases currently held."""
+        return list(self.leases.values())
