@@ -27,6 +27,26 @@ _OPERATIONS = frozenset({"select", "insert", "update", "delete", "begin"})
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
+class StatusRecorder:
+    """An ASGI ``send`` that passes every message on and keeps the HTTP status of the response it started.
+
+    ``status`` is ``default`` (500: what a request counts as when the app fails before responding) until the
+    ``http.response.start`` message goes through. The one status capture of the server's middlewares (metrics
+    and audit).
+    """
+
+    __slots__ = ("_send", "status")
+
+    def __init__(self, send: Send, default: int = 500) -> None:
+        self._send = send
+        self.status = default
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.status = int(message["status"])
+        await self._send(message)
+
+
 class RouteTemplates:
     """Maps the route a request matched to its full path template (``/api/v1/runs/{run_id}``).
 
@@ -149,17 +169,10 @@ class MetricsMiddleware:
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
-        status = 500
-
-        async def send_with_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = int(message["status"])
-            await send(message)
-
+        recorder = StatusRecorder(send)
         try:
-            await self.app(scope, receive, send_with_status)
+            await self.app(scope, receive, recorder)
         finally:
-            labels = (scope["method"], self._templates.label(scope), str(status))
+            labels = (scope["method"], self._templates.label(scope), str(recorder.status))
             self._metrics.requests.labels(*labels).inc()
             self._metrics.latency.labels(*labels).observe(time.perf_counter() - start)

@@ -26,7 +26,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +38,7 @@ from capstan.auth.records import AuditEntry, Credential
 from capstan.auth.tokens import display_prefix, hash_secret
 from capstan.clock import Clock
 from capstan.errors import CapstanError, Unauthenticated
+from capstan.server.metrics import ASGIApp, Message, Receive, Scope, Send, StatusRecorder
 from capstan.store.auth_sql import TOUCH_INTERVAL_MS, SqlAuthStore
 
 log = logging.getLogger("capstan.server.security")
@@ -56,12 +57,6 @@ PERMISSIONS_KEY = "capstan.permissions"
 
 _MISSING = ("authentication required: send 'Authorization: Bearer <token>' (CAPSTAN_TOKEN or MLFLOW_TRACKING_TOKEN)"
             " or HTTP basic auth with your user name and a token as the password")
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,20 +268,13 @@ class SecurityMiddleware:
             await self.app(scope, receive, send)
             return
 
-        status = 500  # what the audit says when the app fails before starting a response
-
-        async def send_with_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = int(message["status"])
-            await send(message)
-
+        recorder = StatusRecorder(send)  # 500 when the app fails before starting a response
         try:
-            await self.app(scope, receive, send_with_status)
+            await self.app(scope, receive, recorder)
         finally:
             permissions = state.get(PERMISSIONS_KEY)
-            if not permissions or permissions - {"read"} or status in (401, 403):
-                self._record(scope, state, principal.name, status)
+            if not permissions or permissions - {"read"} or recorder.status in (401, 403):
+                self._record(scope, state, principal.name, recorder.status)
 
     def _record(self, scope: Scope, state: dict[str, Any], user: str, status: int, *, error: str = "") -> None:
         detail: dict[str, object] = {"path": scope["path"]}

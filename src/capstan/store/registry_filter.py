@@ -8,23 +8,20 @@ Grammar (keywords are case-insensitive)::
     ident      := word | entity "." key | `quoted`            entity: attribute | tag | tags
     value      := 'string' | "string" | integer | "(" 'string' ("," 'string')* ")"
 
-Only the shape is checked here; which fields and operators an entity accepts is the store's business. No I/O.
+Only the shape is checked here; which fields and operators an entity accepts is the store's business. LIKE
+patterns and page tokens are `capstan.tracking.search_syntax`'s, shared with the tracking searches (re-exported
+here). No I/O.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-import orjson
-
 from capstan.errors import InvalidParameterValue
 from capstan.tracking.search_limits import (
-    INT64_MAX,
     MAX_FILTER_LENGTH,
     MAX_ORDER_BY_LENGTH,
     check_filter_list_values,
@@ -33,6 +30,10 @@ from capstan.tracking.search_limits import (
     check_order_by_count,
     check_search_text,
 )
+from capstan.tracking.search_syntax import check_like_pattern as check_like_pattern
+from capstan.tracking.search_syntax import decode_page_token as decode_page_token
+from capstan.tracking.search_syntax import encode_page_token as encode_page_token
+from capstan.tracking.search_syntax import like_to_glob as like_to_glob
 
 Kind = Literal["attribute", "tag"]
 ATTRIBUTE: Kind = "attribute"
@@ -248,49 +249,3 @@ def parse_order_by_list(clauses: Sequence[str] | None) -> list[OrderBy]:
     items = list(clauses or ())
     check_order_by_count(len(items))
     return [parse_order_by(clause) for clause in items]
-
-
-def like_to_glob(pattern: str) -> str:
-    """Translate a LIKE pattern (``%``, ``_``, backslash escapes) into an equivalent case-sensitive GLOB."""
-    out: list[str] = []
-    chars = iter(pattern)
-    for ch in chars:
-        if ch == "\\":
-            nxt = next(chars, None)
-            if nxt is None:
-                raise _bad(f"LIKE pattern {pattern!r} must not end with an escape character")
-            out.append(f"[{nxt}]" if nxt in "*?[" else nxt)
-        elif ch == "%":
-            out.append("*")
-        elif ch == "_":
-            out.append("?")
-        elif ch in "*?[":
-            out.append(f"[{ch}]")
-        else:
-            out.append(ch)
-    return "".join(out)
-
-
-def check_like_pattern(pattern: str) -> str:
-    """Reject a LIKE pattern that ends with a lone escape character (both databases refuse it)."""
-    like_to_glob(pattern)
-    return pattern
-
-
-def encode_page_token(offset: int) -> str:
-    """An opaque token for the page starting at ``offset``."""
-    return base64.urlsafe_b64encode(orjson.dumps({"offset": offset})).decode()
-
-
-def decode_page_token(token: str | None) -> int:
-    """The offset a token from `encode_page_token` stands for (0 for no token)."""
-    if not token:
-        return 0
-    try:
-        data = orjson.loads(base64.urlsafe_b64decode(token.encode()))
-        offset = data["offset"]
-    except (binascii.Error, ValueError, TypeError, KeyError, orjson.JSONDecodeError):
-        raise InvalidParameterValue(f"page_token: invalid page token {token!r}") from None
-    if not isinstance(offset, int) or isinstance(offset, bool) or not 0 <= offset <= INT64_MAX:
-        raise InvalidParameterValue(f"page_token: invalid page token {token!r}")
-    return offset

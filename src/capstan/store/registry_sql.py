@@ -23,7 +23,7 @@ from capstan.errors import InvalidParameterValue, ResourceAlreadyExists, Resourc
 from capstan.events.ports import EventLog
 from capstan.registry.records import ModelVersion, RegisteredModel
 from capstan.store import registry_checks as checks
-from capstan.store.registry_filter import Comparison, OrderBy, encode_page_token, parse_filter, parse_order_by_list
+from capstan.store.registry_filter import Comparison, OrderBy, parse_filter, parse_order_by_list
 from capstan.store.registry_sql_query import (
     DELETED_STAGE,
     comparison_clause,
@@ -42,6 +42,7 @@ from capstan.store.schema import (
 from capstan.store.sql_helpers import insert_ignore, upsert
 from capstan.store.tracking_query import subplan_exists
 from capstan.tracking.records import Page
+from capstan.tracking.search_syntax import encode_page_token
 
 rm = registered_models
 mv = model_versions

@@ -15,8 +15,9 @@ from sqlalchemy import BigInteger, ColumnElement, String, type_coerce
 from sqlalchemy.sql.elements import ColumnClause
 
 from capstan.errors import InvalidParameterValue
-from capstan.store.registry_filter import Comparison, OrderBy, check_like_pattern, like_to_glob
+from capstan.store.registry_filter import Comparison, OrderBy
 from capstan.tracking.search_limits import check_int64
+from capstan.tracking.search_syntax import check_like_pattern, like_to_glob
 
 DELETED_STAGE = "Deleted_Internal"
 """Stage of a deleted version's tombstone (the row stays so that its number is never reused)."""
@@ -49,7 +50,7 @@ def comparison_clause(column: Any, term: Comparison, dialect: str, allowed: Coll
     elif not isinstance(value, str):
         raise InvalidParameterValue(f"filter_string: {_field(term)} needs a quoted string value, got {value!r}")
     if op in ("LIKE", "ILIKE"):
-        pattern = check_like_pattern(str(value))
+        pattern = check_like_pattern(str(value), subject=repr(_field(term)))
         if dialect == "postgresql":
             return column.like(pattern) if op == "LIKE" else column.ilike(pattern)  # type: ignore[no-any-return]
         if op == "LIKE":

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 from sqlalchemy import (
@@ -64,6 +64,7 @@ from capstan.tracking.search_filter import (
     OrderKey,
     matches,
 )
+from capstan.tracking.search_syntax import check_like_pattern, like_to_glob
 
 CHUNK = 500
 NAN = float("nan")
@@ -100,6 +101,36 @@ EXPERIMENT_SQL_COLUMNS = "e.id, e.name, e.artifact_location, e.lifecycle_stage, 
 """`EXPERIMENT_COLUMNS` as SQL text over ``experiments e JOIN projects p``."""
 
 
+class ExperimentRow(NamedTuple):
+    """A row selected with `EXPERIMENT_COLUMNS` / `EXPERIMENT_SQL_COLUMNS`, by column name."""
+
+    id: int
+    name: str
+    artifact_location: str
+    lifecycle_stage: str
+    created_at: int
+    updated_at: int
+    project: str
+
+
+class RunRow(NamedTuple):
+    """A row selected with `RUN_SQL_COLUMNS` plus the project name (``SQL_RUN``), by column name."""
+
+    id: int
+    uuid: str
+    name: str
+    experiment_id: int
+    user_id: str
+    status: str
+    start_time: int | None
+    end_time: int | None
+    artifact_uri: str
+    lifecycle_stage: str
+    source: str
+    git_commit: str
+    project: str
+
+
 def run_info(row: Sequence[Any]) -> RunInfo:
     """A `RunInfo` from a row selected with `RUN_COLUMNS`."""
     return RunInfo(row[1], row[2], str(row[3]), row[4], row[5], row[6], row[7], row[8], row[9], row[10], row[11])
@@ -111,29 +142,6 @@ def experiment_record(row: Sequence[Any], tags: Mapping[str, str]) -> Experiment
 
 
 # ---------------------------------------------------------------------------------------------- comparisons
-
-
-def _glob_from_like(pattern: str) -> str:
-    """Translate a LIKE pattern (``%``, ``_``, backslash escapes) into an equivalent case-sensitive GLOB."""
-    out: list[str] = []
-    escaped = False
-    for ch in pattern:
-        if escaped:
-            out.append(f"[{ch}]" if ch in "*?[" else ch)
-            escaped = False
-        elif ch == "\\":
-            escaped = True
-        elif ch == "%":
-            out.append("*")
-        elif ch == "_":
-            out.append("?")
-        elif ch in "*?[":
-            out.append(f"[{ch}]")
-        else:
-            out.append(ch)
-    if escaped:
-        out.append("\\")
-    return "".join(out)
 
 
 def compare(column: Any, op: str, value: Any, dialect: str) -> ColumnElement[bool]:
@@ -153,12 +161,13 @@ def compare(column: Any, op: str, value: Any, dialect: str) -> ColumnElement[boo
         return column <= value  # type: ignore[no-any-return]  # a SQL expression, not a Python bool
     if op == "LIKE":
         if dialect == "sqlite":
-            return column.op("GLOB")(_glob_from_like(str(value)))  # type: ignore[no-any-return]  # SQL expr
-        return column.like(str(value), escape="\\")  # type: ignore[no-any-return]  # SQL expression
+            return column.op("GLOB")(like_to_glob(str(value)))  # type: ignore[no-any-return]  # SQL expr
+        return column.like(check_like_pattern(str(value)), escape="\\")  # type: ignore[no-any-return]  # SQL
     if op == "ILIKE":
+        pattern = check_like_pattern(str(value))
         if dialect == "sqlite":  # SQLite's LIKE already ignores case
-            return column.like(str(value), escape="\\")  # type: ignore[no-any-return]  # SQL expression
-        return column.ilike(str(value), escape="\\")  # type: ignore[no-any-return]  # SQL expression
+            return column.like(pattern, escape="\\")  # type: ignore[no-any-return]  # SQL expression
+        return column.ilike(pattern, escape="\\")  # type: ignore[no-any-return]  # SQL expression
     if op == "IN":
         return column.in_(list(value))  # type: ignore[no-any-return]  # SQL expression
     if op == "NOT IN":

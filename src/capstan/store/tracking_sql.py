@@ -26,6 +26,8 @@ from capstan.store import tracking_models as lm
 from capstan.store import tracking_sqltext as sql
 from capstan.store.tracking_purge import purge_deleted
 from capstan.store.tracking_query import (
+    ExperimentRow,
+    RunRow,
     chunks,
     dataset_payload,
     experiment_record,
@@ -86,12 +88,11 @@ from capstan.tracking.search_filter import (
     DatasetFilter,
     LoggedModelOrder,
     check_dataset_filters,
-    decode_page_token,
-    encode_page_token,
     parse_filter,
     parse_logged_model_order,
     parse_order_by,
 )
+from capstan.tracking.search_syntax import decode_page_token, encode_page_token
 
 T = TypeVar("T")
 
@@ -213,27 +214,27 @@ class SqlTrackingStore:
         return {k: self._key_ids[k] for k in keys if k in self._key_ids}
 
     @staticmethod
-    def _experiment_row(tx: RawTx, experiment_id: str) -> tuple[Any, ...]:
+    def _experiment_row(tx: RawTx, experiment_id: str) -> ExperimentRow:
         number = parse_experiment_id(experiment_id)
         row = None if number is None else tx.one(sql.SQL_EXPERIMENT, (number,))
         if row is None:
             raise ResourceDoesNotExist(f"Experiment '{experiment_id}' not found")
-        return row
+        return ExperimentRow._make(row)
 
-    def _active_experiment_row(self, tx: RawTx, experiment_id: str) -> tuple[Any, ...]:
+    def _active_experiment_row(self, tx: RawTx, experiment_id: str) -> ExperimentRow:
         row = self._experiment_row(tx, experiment_id)
-        if row[3] != ACTIVE:
+        if row.lifecycle_stage != ACTIVE:
             raise InvalidState(f"Experiment '{experiment_id}' is deleted; restore it first with "
                                f"`capstan experiments restore {experiment_id}`")
         return row
 
     @staticmethod
-    def _run_row(tx: RawTx, run_id: str) -> tuple[Any, ...]:
+    def _run_row(tx: RawTx, run_id: str) -> RunRow:
         """The run's `RUN_COLUMNS` plus its project name."""
         row = tx.one(sql.SQL_RUN, (run_id,)) if isinstance(run_id, str) and run_id else None
         if row is None:
             raise ResourceDoesNotExist(f"Run '{run_id}' not found")
-        return row
+        return RunRow._make(row)
 
     @staticmethod
     def _active_run_id(tx: RawTx, run_id: str) -> int:
@@ -241,10 +242,11 @@ class SqlTrackingStore:
         row = tx.one(sql.SQL_ACTIVE_RUN, (run_id,)) if isinstance(run_id, str) and run_id else None
         if row is None:
             raise ResourceDoesNotExist(f"Run '{run_id}' not found")
-        if row[1] != ACTIVE:
+        rid, lifecycle_stage = row
+        if lifecycle_stage != ACTIVE:
             raise InvalidState(f"Run '{run_id}' is deleted; restore it before writing to it with "
                                f"`capstan runs restore {run_id}`")
-        return int(row[0])
+        return int(rid)
 
     # ------------------------------------------------------------------------------------------ experiments
 
@@ -266,8 +268,9 @@ class SqlTrackingStore:
             taken = tx.one("SELECT id, lifecycle_stage FROM experiments WHERE project_id = ? AND name = ?",
                            (project_id, name))
             if taken is not None:
-                state = (f" (deleted; restore it with `capstan experiments restore {taken[0]}` or purge it with "
-                         "`capstan gc`)" if taken[1] == DELETED else "")
+                taken_id, taken_stage = taken
+                state = (f" (deleted; restore it with `capstan experiments restore {taken_id}` or purge it with "
+                         "`capstan gc`)" if taken_stage == DELETED else "")
                 raise ResourceAlreadyExists(f"Experiment '{name}' already exists in project '{project}'{state}")
             exp_id = tx.insert_id(
                 "INSERT INTO experiments (project_id, name, artifact_location, lifecycle_stage, created_at, "
@@ -292,7 +295,7 @@ class SqlTrackingStore:
         """The experiment with this id, whatever its lifecycle stage."""
         def work(tx: RawTx) -> Experiment:
             row = self._experiment_row(tx, experiment_id)
-            return experiment_record(row, experiment_tags_for(tx, [row[0]])[row[0]])
+            return experiment_record(row, experiment_tags_for(tx, [row.id])[row.id])
 
         return self._read(work)
 
@@ -300,7 +303,10 @@ class SqlTrackingStore:
         """The experiment called ``name`` in ``project`` (active or deleted), or None."""
         def work(tx: RawTx) -> Experiment | None:
             row = tx.one(sql.SQL_EXPERIMENT_BY_NAME, (project, name))
-            return None if row is None else experiment_record(row, experiment_tags_for(tx, [row[0]])[row[0]])
+            if row is None:
+                return None
+            exp = ExperimentRow._make(row)
+            return experiment_record(exp, experiment_tags_for(tx, [exp.id])[exp.id])
 
         return self._read(work)
 
@@ -332,7 +338,7 @@ class SqlTrackingStore:
 
         def work(tx: RawTx, pending: list[Event]) -> None:
             row = self._active_experiment_row(tx, experiment_id)
-            exp_id, old_name, project = row[0], row[1], row[6]
+            exp_id, old_name, project = row.id, row.name, row.project
             if old_name == new_name:
                 return
             if tx.one(sql.SQL_EXPERIMENT_BY_NAME, (project, new_name)) is not None:
@@ -359,8 +365,8 @@ class SqlTrackingStore:
 
     def _set_experiment_stage(self, tx: RawTx, pending: list[Event], experiment_id: str, stage: str) -> None:
         row = self._experiment_row(tx, experiment_id)
-        exp_id, name, project = row[0], row[1], row[6]
-        if row[3] == stage:
+        exp_id, name, project = row.id, row.name, row.project
+        if row.lifecycle_stage == stage:
             raise InvalidState(f"Experiment '{experiment_id}' is already {stage}")
         now = self._clock()
         deleted_at = now if stage == DELETED else None
@@ -383,7 +389,7 @@ class SqlTrackingStore:
         key, value = check_tag(key, value, "tag", limit=MAX_EXPERIMENT_TAG_VALUE_LENGTH)
 
         def work(tx: RawTx, _pending: list[Event]) -> None:
-            exp_id = self._active_experiment_row(tx, experiment_id)[0]
+            exp_id = self._active_experiment_row(tx, experiment_id).id
             tx.run("INSERT INTO experiment_tags (experiment_id, key, value) VALUES (?, ?, ?) "
                    "ON CONFLICT (experiment_id, key) DO UPDATE SET value = excluded.value", (exp_id, key, value))
 
@@ -392,7 +398,7 @@ class SqlTrackingStore:
     def delete_experiment_tag(self, experiment_id: str, key: str) -> None:
         """Remove a tag from an active experiment; a missing tag is `ResourceDoesNotExist`."""
         def work(tx: RawTx, _pending: list[Event]) -> None:
-            exp_id = self._active_experiment_row(tx, experiment_id)[0]
+            exp_id = self._active_experiment_row(tx, experiment_id).id
             if not tx.run("DELETE FROM experiment_tags WHERE experiment_id = ? AND key = ?", (exp_id, key)):
                 raise ResourceDoesNotExist(f"No tag with name: {key} in experiment with id {experiment_id}")
 
@@ -424,7 +430,7 @@ class SqlTrackingStore:
 
         def work(tx: RawTx, pending: list[Event]) -> RunInfo:
             exp = self._active_experiment_row(tx, experiment_id)
-            exp_id, exp_name, location, project = exp[0], exp[1], exp[2], exp[6]
+            exp_id, exp_name, location, project = exp.id, exp.name, exp.artifact_location, exp.project
             run_uuid = uuid.uuid4().hex
             artifact_uri = f"{location.rstrip('/')}/{run_uuid}/artifacts"
             rid = tx.insert_id(sql.SQL_INSERT_RUN, (run_uuid, exp_id, name, user_id, start, artifact_uri, source,
@@ -462,12 +468,12 @@ class SqlTrackingStore:
             new_end = info.end_time if end_time is None else end_time
             new_name = run_name or info.run_name
             tx.run("UPDATE runs SET status = ?, end_time = ?, name = ? WHERE id = ?",
-                   (new_status, new_end, new_name, row[0]))
+                   (new_status, new_end, new_name, row.id))
             if run_name:
-                tx.run(sql.SQL_UPSERT_TAG, (row[0], RUN_NAME_TAG, run_name))
+                tx.run(sql.SQL_UPSERT_TAG, (row.id, RUN_NAME_TAG, run_name))
             if new_status in TERMINAL_STATUSES and new_status != info.status:
                 self._event(pending, "run", info.run_id, _TERMINAL_REASONS[new_status],
-                            f"run '{new_name}' ended {new_status}", row[12],
+                            f"run '{new_name}' ended {new_status}", row.project,
                             {"status": new_status, "end_time": new_end},
                             type=WARNING if new_status == "FAILED" else NORMAL)
             return RunInfo(info.run_id, new_name, info.experiment_id, info.user_id, new_status, info.start_time,
@@ -479,10 +485,10 @@ class SqlTrackingStore:
         """Soft delete (idempotent): the run moves to the ``deleted`` lifecycle stage."""
         def work(tx: RawTx, pending: list[Event]) -> None:
             row = self._run_row(tx, run_id)
-            if row[9] == DELETED:
+            if row.lifecycle_stage == DELETED:
                 return
-            tx.run("UPDATE runs SET lifecycle_stage = ?, deleted_at = ? WHERE id = ?", (DELETED, self._clock(), row[0]))
-            self._event(pending, "run", row[1], "RunDeleted", f"run '{row[2]}' deleted", row[12])
+            tx.run("UPDATE runs SET lifecycle_stage = ?, deleted_at = ? WHERE id = ?", (DELETED, self._clock(), row.id))
+            self._event(pending, "run", row.uuid, "RunDeleted", f"run '{row.name}' deleted", row.project)
 
         self._tx(work)
 
@@ -490,14 +496,14 @@ class SqlTrackingStore:
         """Bring a soft-deleted run back (idempotent); its experiment must be active."""
         def work(tx: RawTx, pending: list[Event]) -> None:
             row = self._run_row(tx, run_id)
-            if row[9] == ACTIVE:
+            if row.lifecycle_stage == ACTIVE:
                 return
-            stage = tx.one("SELECT lifecycle_stage FROM experiments WHERE id = ?", (row[3],))
+            stage = tx.one("SELECT lifecycle_stage FROM experiments WHERE id = ?", (row.experiment_id,))
             if stage is None or stage[0] != ACTIVE:
-                raise InvalidState(f"Run '{run_id}' belongs to deleted experiment '{row[3]}'; restore the "
-                                   f"experiment instead with `capstan experiments restore {row[3]}`")
-            tx.run("UPDATE runs SET lifecycle_stage = ?, deleted_at = NULL WHERE id = ?", (ACTIVE, row[0]))
-            self._event(pending, "run", row[1], "RunRestored", f"run '{row[2]}' restored", row[12])
+                raise InvalidState(f"Run '{run_id}' belongs to deleted experiment '{row.experiment_id}'; restore "
+                                   f"the experiment instead with `capstan experiments restore {row.experiment_id}`")
+            tx.run("UPDATE runs SET lifecycle_stage = ?, deleted_at = NULL WHERE id = ?", (ACTIVE, row.id))
+            self._event(pending, "run", row.uuid, "RunRestored", f"run '{row.name}' restored", row.project)
 
         self._tx(work)
 
@@ -565,7 +571,7 @@ class SqlTrackingStore:
         limit = MAX_INT64 if max_results is None else max_results + 1
 
         def work(tx: RawTx) -> Page[Metric]:
-            rid = self._run_row(tx, run_id)[0]
+            rid = self._run_row(tx, run_id).id
             key_id = self._known_key_ids(tx, [key]).get(key)
             if key_id is None:
                 return Page(())
@@ -652,7 +658,7 @@ class SqlTrackingStore:
             exp = self._active_experiment_row(tx, experiment_id)
             if source_run_id:
                 self._run_row(tx, source_run_id)
-            return lm.insert_model(tx, exp[0], exp[2], checked, source_run_id or None, self._clock())
+            return lm.insert_model(tx, exp.id, exp.artifact_location, checked, source_run_id or None, self._clock())
 
         return self._tx(work)
 

@@ -1,4 +1,4 @@
-"""Pure parser for MLflow's tracking search syntax: ``filter_string``, ``order_by`` and page tokens.
+"""Pure parser for MLflow's tracking search syntax: ``filter_string`` and ``order_by``.
 
 Filter grammar (keywords case-insensitive)::
 
@@ -11,24 +11,20 @@ Filter grammar (keywords case-insensitive)::
 
 An identifier without an entity is an attribute (``status``, ``start_time``...). Which entities, attributes and
 operators are accepted depends on the `Grammar` (runs, experiments or logged models); every error is an
-`InvalidParameterValue` that names the offending token. This module does no I/O.
+`InvalidParameterValue` that names the offending token. LIKE patterns and page tokens are
+`capstan.tracking.search_syntax`'s (re-exported here). This module does no I/O.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-import orjson
-
 from capstan.errors import InvalidParameterValue
 from capstan.tracking.search_limits import (
-    INT64_MAX,
     MAX_FILTER_LENGTH,
     MAX_ORDER_BY_LENGTH,
     check_datasets_count,
@@ -39,6 +35,9 @@ from capstan.tracking.search_limits import (
     check_order_by_count,
     check_search_text,
 )
+from capstan.tracking.search_syntax import check_like_pattern, like
+from capstan.tracking.search_syntax import decode_page_token as decode_page_token
+from capstan.tracking.search_syntax import encode_page_token as encode_page_token
 
 METRIC = "metric"
 PARAM = "param"
@@ -373,17 +372,8 @@ def _comparison(scanner: _Scanner, grammar: Grammar) -> Comparison:
     if key in grammar.integer_string_attributes and kind == ATTRIBUTE:
         value = _integer_text(value, raw, field_name)
     if op in ("LIKE", "ILIKE"):
-        _check_like_pattern(value, raw, field_name)
+        check_like_pattern(value, field_name=field_name, subject=repr(raw))
     return Comparison(kind, key, op, value)
-
-
-def _check_like_pattern(pattern: str, raw: str, field_name: str) -> None:
-    # PostgreSQL refuses a pattern ending in a lone escape character; refuse it everywhere alike.
-    trailing = len(pattern) - len(pattern.rstrip("\\"))
-    if trailing % 2:
-        raise InvalidParameterValue(
-            f"{field_name}: the {raw!r} pattern {pattern!r} ends with a lone escape character '\\'; "
-            "write '\\\\' for a literal backslash")
 
 
 def _integer_text(text: str, raw: str, field_name: str) -> str:
@@ -554,50 +544,6 @@ def check_dataset_filters(datasets: Sequence[DatasetFilter], *,
         check_search_text(item.dataset_name, f"{name}.dataset_name", max_length=MAX_ORDER_BY_LENGTH)
         check_search_text(item.dataset_digest, f"{name}.dataset_digest", max_length=MAX_ORDER_BY_LENGTH)
     return items
-
-
-def encode_page_token(offset: int) -> str:
-    """The opaque token for the page that starts at ``offset``."""
-    return base64.b64encode(orjson.dumps({"offset": offset})).decode()
-
-
-def decode_page_token(token: str | None, *, field_name: str = "page_token") -> int:
-    """The offset inside a token from `encode_page_token`; a missing token means 0."""
-    if not token:
-        return 0
-    try:
-        data = orjson.loads(base64.b64decode(token.encode(), validate=True))
-        offset = data["offset"]
-    except (binascii.Error, ValueError, TypeError, KeyError, orjson.JSONDecodeError):
-        raise InvalidParameterValue(f"{field_name}: {token!r} is not a valid page token") from None
-    if not isinstance(offset, int) or isinstance(offset, bool) or not 0 <= offset <= INT64_MAX:
-        raise InvalidParameterValue(f"{field_name}: {token!r} is not a valid page token")
-    return offset
-
-
-def _like_regex(pattern: str, *, ignore_case: bool) -> re.Pattern[str]:
-    parts: list[str] = []
-    escaped = False
-    for ch in pattern:
-        if escaped:
-            parts.append(re.escape(ch))
-            escaped = False
-        elif ch == "\\":
-            escaped = True
-        elif ch == "%":
-            parts.append(".*")
-        elif ch == "_":
-            parts.append(".")
-        else:
-            parts.append(re.escape(ch))
-    if escaped:
-        parts.append(re.escape("\\"))
-    return re.compile("".join(parts), re.DOTALL | (re.IGNORECASE if ignore_case else 0))
-
-
-def like(value: str, pattern: str, *, ignore_case: bool = False) -> bool:
-    """SQL ``LIKE`` (``%``, ``_``, backslash escapes), case-sensitive unless ``ignore_case``."""
-    return _like_regex(pattern, ignore_case=ignore_case).fullmatch(value) is not None
 
 
 def matches(comparison: Comparison, actual: str | float | int | None) -> bool:
