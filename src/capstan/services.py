@@ -1,9 +1,20 @@
-"""Opening Capstan's local stores as one bundle, given a `Settings` object."""
+"""The composition root: every adapter Capstan uses, built once from one `Settings` object and passed down.
+
+`Services.open` is the one function that chooses adapters: the SQL stores over one engine, the artifact store, the
+workload queue as the admission every workload asks, and the pipeline runner over that admission. The CLI, the
+server, the SDK's local backend and the quickstart all get theirs from it; nothing below this module picks an adapter
+of another package.
+
+Parts that only some commands need (the queue, the admission, the pipeline runner) are built on first use, so a
+command that only reads runs does not import the pipeline engine; each is still built here, once per bundle.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from capstan.clock import Clock, system_clock
 from capstan.settings import Settings
@@ -12,29 +23,65 @@ if TYPE_CHECKING:
     from sqlalchemy import Engine
 
     from capstan.artifacts.store import ArtifactStore
+    from capstan.events.ports import EventLog
+    from capstan.pipelines.dsl import Pipeline
+    from capstan.pipelines.runner import PipelineRunner, RunResult
+    from capstan.queue.store import QueueStore
+    from capstan.registry.ports import RegistryStore
+    from capstan.resources.admission import Admission
     from capstan.store.auth_sql import SqlAuthStore
-    from capstan.store.events_sql import SqlEventLog
-    from capstan.store.registry_sql import SqlRegistryStore
-    from capstan.store.tracking_sql import SqlTrackingStore
+    from capstan.tracking.ports import TrackingStore
+
+T = TypeVar("T")
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
+class Deferred(Generic[T]):
+    """A part of the bundle built on first `get` (once, thread-safe) by the factory the composition root gave it."""
+
+    factory: Callable[[], T]
+    _value: list[T] = field(default_factory=list, repr=False, compare=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def get(self) -> T:
+        """The part, built by the first call."""
+        if not self._value:
+            with self._lock:
+                if not self._value:
+                    self._value.append(self.factory())
+        return self._value[0]
+
+    @property
+    def built(self) -> bool:
+        """Whether `get` has built the part yet."""
+        return bool(self._value)
+
+
+@dataclass(frozen=True, slots=True)
 class Services:
-    """The metadata store's adapters and the artifact store, sharing one engine."""
+    """The adapters of one process, each typed by the port it implements, sharing one engine and one clock."""
 
     settings: Settings
-    engine: Engine
-    events: SqlEventLog
-    artifacts: ArtifactStore
-    tracking: SqlTrackingStore
-    registry: SqlRegistryStore
-    auth: SqlAuthStore
     clock: Clock
+    engine: Engine
+    events: EventLog
+    artifacts: ArtifactStore
+    tracking: TrackingStore
+    registry: RegistryStore
+    auth: SqlAuthStore
+    queue: Deferred[QueueStore]
+    admission: Deferred[Admission]
+    pipelines: Deferred[PipelineRunner]
 
     @classmethod
-    def open(cls, settings: Settings, *, clock: Clock = system_clock, migrate: bool = True) -> Services:
-        """Connect to the stores named by ``settings``, applying pending migrations first."""
+    def open(cls, settings: Settings, *, clock: Clock = system_clock, migrate: bool = True,
+             admission: Admission | None = None) -> Services:
+        """Connect to the stores named by ``settings`` (applying pending migrations first) and wire every adapter.
+
+        ``admission`` replaces the workload queue as what pipeline steps ask before they start (tests and embedded
+        use pass a `capstan.resources.local.LocalAdmission`)."""
         from capstan.artifacts.store import ArtifactStore
+        from capstan.store.artifact_index_sql import SqlArtifactIndex
         from capstan.store.auth_sql import SqlAuthStore
         from capstan.store.engine import create_store_engine
         from capstan.store.events_sql import SqlEventLog
@@ -44,20 +91,57 @@ class Services:
         check_artifact_root(settings)
         engine = create_store_engine(settings, migrate=migrate)
         events = SqlEventLog(engine, clock=clock)
+        artifacts = ArtifactStore(settings, SqlArtifactIndex(engine, clock=clock))
+
+        def open_queue() -> QueueStore:
+            from capstan.queue.sql import SqlQueueStore
+
+            return SqlQueueStore(engine)
+
+        def open_admission() -> Admission:
+            if admission is not None:
+                return admission
+            from capstan.queue.admission import QueueAdmission
+
+            return QueueAdmission.open(settings, engine, clock=clock, events=events)
+
+        admissions = Deferred(open_admission)
+
+        def open_pipelines() -> PipelineRunner:
+            from capstan.pipelines.runner import PipelineRunner
+
+            return PipelineRunner(settings=settings, engine=engine, artifacts=artifacts, events=events,
+                                  clock=clock, admission=admissions.get)
+
         return cls(
             settings=settings,
+            clock=clock,
             engine=engine,
             events=events,
-            artifacts=ArtifactStore(settings, engine, clock=clock),
+            artifacts=artifacts,
             tracking=SqlTrackingStore(engine, clock=clock, events=events),
             registry=SqlRegistryStore(engine, clock=clock, events=events),
             auth=SqlAuthStore(engine, clock=clock),
-            clock=clock,
+            queue=Deferred(open_queue),
+            admission=admissions,
+            pipelines=Deferred(open_pipelines),
         )
 
     def close(self) -> None:
         """Release database connections."""
         self.engine.dispose()
+
+
+def run_here(pipe: Pipeline, params: Mapping[str, Any], *, settings: Settings | None = None,
+             no_cache: bool = False) -> RunResult:
+    """Run ``pipe`` in this process with the local stores (``Settings.from_env`` unless given)."""
+    from capstan.pipelines.loader import ref_for
+
+    services = Services.open(settings or Settings.from_env())
+    try:
+        return services.pipelines.get().run(pipe, params, ref=ref_for(pipe), no_cache=no_cache, source="sdk")
+    finally:
+        services.close()
 
 
 def check_artifact_root(settings: Settings) -> None:
@@ -67,7 +151,7 @@ def check_artifact_root(settings: Settings) -> None:
 
     from capstan.settings import check_artifacts
 
-    name = "CAPSTAN_ARTIFACTS" if "CAPSTAN_ARTIFACTS" in settings.extra else "artifacts"
+    name = settings.source_of("artifacts")
     location = check_artifacts(settings.artifacts, field_name=name)
     if "://" in location and not location.startswith("file://"):
         return

@@ -46,6 +46,9 @@ HALF_GPU = {"gpu": 0.5, "cpu": 0.1}
 def first(marks: str, hold: float) -> str:
     mark(marks, "first-start")
     time.sleep(hold)
+    deadline = time.time() + 60  # held (not timed) until the test has looked at the waiting second step
+    while not os.path.exists(os.path.join(marks, "release")) and time.time() < deadline:
+        time.sleep(0.05)
     mark(marks, "first-end")
     return "first"
 
@@ -178,6 +181,7 @@ def sequential_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sequent
         waiting, holder = wait_for("one admitted and one pending workload", both)
         why = capstan(settings, "why", waiting.id, env=env)
         assert why.returncode == 0, why.stderr
+        (folder / "release").touch()
         out, err = proc.communicate(timeout=90)
     finally:
         if proc.poll() is None:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from capstan.events.records import Event
+
+if TYPE_CHECKING:
+    from sqlalchemy import Connection
 
 
 class EventLog(Protocol):
@@ -18,6 +21,11 @@ class EventLog(Protocol):
 
     def append_many(self, events: Sequence[Event]) -> None:
         """Append several events in one transaction (ids and, when 0, times are assigned by the log)."""
+        ...
+
+    def append_within(self, conn: Connection, events: Sequence[Event]) -> None:
+        """Append ``events`` inside the caller's open transaction on the metadata store, so they commit (or roll
+        back) with the records they describe; ids and, when 0, times are assigned as by `append_many`."""
         ...
 
     def list(self, kind: str | None = None, object_id: str | None = None, *, since_id: int = 0,

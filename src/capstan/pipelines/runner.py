@@ -14,6 +14,7 @@ from sqlalchemy import update
 
 from capstan.clock import Clock, system_clock
 from capstan.errors import InvalidState
+from capstan.events.records import NORMAL, WARNING, Event
 from capstan.pipelines import state as sm
 from capstan.pipelines.dsl import Pipeline
 from capstan.pipelines.graph import Graph, decode
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
     from sqlalchemy import Connection, Engine
 
     from capstan.artifacts.store import ArtifactStore
+    from capstan.events.ports import EventLog
     from capstan.resources.admission import Admission
     from capstan.settings import Settings
 
@@ -97,10 +99,11 @@ class PipelineRunner:
     """
 
     def __init__(self, *, settings: Settings, engine: Engine, artifacts: ArtifactStore,
-                 admission: Callable[[], Admission], clock: Clock = system_clock) -> None:
+                 events: EventLog, admission: Callable[[], Admission], clock: Clock = system_clock) -> None:
         self.settings = settings
         self.engine = engine
         self.artifacts = artifacts
+        self.events = events
         self.clock = clock
         self.store = PipelineStore(engine, clock=clock)
         self._admission = admission
@@ -246,12 +249,11 @@ class PipelineRunner:
                                      cached_from=None))
             conn.execute(update(pipeline_runs).where(pipeline_runs.c.id == run_id).values(
                 status=sm.RunStatus.PENDING.value, cancel_requested=False, finished_at=None, message=""))
-            from capstan.store.schema import events
-
-            conn.execute(events.insert(), [event_row(now, run.project, RUN_KIND, run_id, "PipelineRunRetried",
-                                                     f"{len(reset)} step(s) reset: {', '.join(reset[:20])}")]
-                         + [event_row(now, run.project, STEP_KIND, f"{run_id}/{s}", "StepReset",
-                                      f"was {states[s].value}") for s in reset])
+            self.events.append_within(conn, [
+                Event(0, now, RUN_KIND, run_id, NORMAL, "PipelineRunRetried",
+                      f"{len(reset)} step(s) reset: {', '.join(reset[:20])}", run.project),
+                *(Event(0, now, STEP_KIND, f"{run_id}/{s}", NORMAL, "StepReset", f"was {states[s].value}",
+                        run.project) for s in reset)])
         return graph
 
     def cancel(self, run_id: str, *, wait_s: float = 30.0) -> RunRecord:
@@ -291,8 +293,6 @@ class PipelineRunner:
         admission = self.ensure_admission()
         for s in active:
             admission.withdraw(f"{run.id}/{s.step_id}#{s.attempt + 1}")  # queued or held workloads of the step
-        from capstan.store.schema import events
-
         with self.engine.begin() as conn:
             for s in active:
                 conn.execute(update(pipeline_steps).where(pipeline_steps.c.run_id == run.id,
@@ -307,8 +307,7 @@ class PipelineRunner:
                                 finished_at=now))
             conn.execute(update(pipeline_runs).where(pipeline_runs.c.id == run.id).values(
                 status=sm.RunStatus.CANCELLED.value, finished_at=now, message="cancelled by request"))
-            rows = [event_row(now, run.project, STEP_KIND, f"{run.id}/{s.step_id}", "StepCancelled",
-                              "cancelled by request", type="Warning") for s in active]
-            rows.append(event_row(now, run.project, RUN_KIND, run.id, "PipelineRunCancelled", "cancelled by request",
-                                  type="Warning"))
-            conn.execute(events.insert(), rows)
+            self.events.append_within(conn, [
+                *(Event(0, now, STEP_KIND, f"{run.id}/{s.step_id}", WARNING, "StepCancelled", "cancelled by request",
+                        run.project) for s in active),
+                Event(0, now, RUN_KIND, run.id, WARNING, "PipelineRunCancelled", "cancelled by request", run.project)])

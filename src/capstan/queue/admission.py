@@ -35,10 +35,9 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import orjson
-
 from capstan.clock import Clock, system_clock
-from capstan.errors import CapstanError, ResourceDoesNotExist
+from capstan.errors import CapstanError, InvalidState, ResourceDoesNotExist
+from capstan.events.records import Event
 from capstan.queue.executor import local_queue_yaml
 from capstan.queue.locking import FileLock
 from capstan.queue.manager import Backoff, EventSink, QueueManager
@@ -52,6 +51,7 @@ from capstan.resources.quantity import MILLI
 if TYPE_CHECKING:
     from sqlalchemy import Connection, Engine
 
+    from capstan.events.ports import EventLog
     from capstan.settings import Settings
 
 DEFAULT_MARKER = "# capstan: default queue of this machine (generated; `capstan queue apply` replaces it)\n"
@@ -182,19 +182,18 @@ class _WriteBehind:
                 self._store.close_usage(*change)
 
 
-class _EventRows:
-    """`EventSink` that keeps rows for the ``events`` table, written in the session's own transaction."""
+class _HeldEvents:
+    """`EventSink` that keeps events for the event log to append inside the session's own transaction."""
 
     def __init__(self, clock: Clock) -> None:
         self._clock = clock
-        self.rows: list[dict[str, Any]] = []
+        self.events: list[Event] = []
 
     def append(self, kind: str, object_id: str, reason: str, message: str = "", *, type: str = "Normal",
                project: str = "", data: Mapping[str, object] | None = None, time: int | None = None) -> None:
         """Keep one event."""
-        self.rows.append({"time": time or self._clock(), "project": project, "kind": kind, "object_id": object_id,
-                          "type": type, "reason": reason, "message": message,
-                          "data": orjson.dumps(dict(data or {}), default=str).decode()})
+        self.events.append(Event(0, time or self._clock(), kind, object_id, type, reason, message, project,
+                                 dict(data or {})))
 
 
 class QueueAdmission:
@@ -204,8 +203,8 @@ class QueueAdmission:
         store: where the queue lives (`capstan.queue.sql.SqlQueueStore` over the metadata store).
         capacity: this machine (used for the default configuration and to map GPU indices to devices).
         clock: milliseconds since the epoch.
-        events: the event log the queue writes its decisions to, for a store without transactions (the SQL store's
-            sessions write their events into the ``events`` table inside their own transaction).
+        events: the event log the queue writes its decisions to; with a store that has transactions (the SQL store)
+            each session's events are appended inside that transaction (`EventLog.append_within`).
         lock_path: a file locked around every call, shared with the other processes of this machine (None: only
             this process's threads are serialised, for an in-memory store).
         backoff: requeue delay after a preemption (default: 10 s, doubling, at most 10 min).
@@ -214,7 +213,7 @@ class QueueAdmission:
     """
 
     def __init__(self, store: QueueStore, *, capacity: Capacity, clock: Clock = system_clock,
-                 events: EventSink | None = None, lock_path: Path | None = None, backoff: Backoff | None = None,
+                 events: EventLog | None = None, lock_path: Path | None = None, backoff: Backoff | None = None,
                  default: str | None = None) -> None:
         self.store = store
         self.capacity = capacity
@@ -230,11 +229,14 @@ class QueueAdmission:
 
     @classmethod
     def open(cls, settings: Settings, engine: Engine, *, clock: Clock = system_clock,
-             events: EventSink | None = None, backoff: Backoff | None = None) -> QueueAdmission:
-        """The queue of the metadata store behind ``engine``, on this machine as ``settings`` describe it."""
+             events: EventLog | None = None, backoff: Backoff | None = None) -> QueueAdmission:
+        """The queue of the metadata store behind ``engine``, on this machine as ``settings`` describe it (its
+        decisions go to ``events``, by default the event log of the same store)."""
         from capstan.queue.sql import SqlQueueStore
+        from capstan.store.events_sql import SqlEventLog
 
-        return cls(SqlQueueStore(engine), capacity=machine_capacity(settings), clock=clock, events=events,
+        return cls(SqlQueueStore(engine), capacity=machine_capacity(settings), clock=clock,
+                   events=events or SqlEventLog(engine, clock=clock),
                    lock_path=Path(settings.home) / LOCK_FILE, backoff=backoff)
 
     # -- the manager ------------------------------------------------------------------------------------------------
@@ -250,19 +252,17 @@ class QueueAdmission:
             if begin is None:
                 yield self._manager(self.store, self.events)
                 return
-            sink = _EventRows(self.clock)
+            sink = _HeldEvents(self.clock)
             cached, self._cached = self._cached, None
             with begin() as conn:
                 pending = _WriteBehind(self.store)
                 mgr = self._reuse(cached, pending, sink) or self._manager(pending, sink)
                 yield mgr
                 pending.flush()
-                if sink.rows:
-                    from sqlalchemy import insert
-
-                    from capstan.store.schema import events
-
-                    conn.execute(insert(events), sink.rows)
+                if sink.events:
+                    if self.events is None:
+                        raise InvalidState("the queue's store has transactions but the queue has no event log")
+                    self.events.append_within(conn, sink.events)
             self._cached = (mgr, mgr.config_text, pending.snapshot(mgr.workloads()))
 
     def _reuse(self, cached: tuple[QueueManager, str, dict[str, WorkloadRecord]] | None, store: _WriteBehind,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import orjson
-from sqlalchemy import Engine, insert, select
+from sqlalchemy import Connection, Engine, insert, select
 
 from capstan.clock import Clock, system_clock
 from capstan.errors import InvalidParameterValue
@@ -39,10 +39,15 @@ class SqlEventLog:
         """Append several events in one transaction."""
         if not batch:
             return
-        now = self._clock()
-        rows = [self._row(self._check(e), default_time=now) for e in batch]
         with self._engine.begin() as conn:
-            conn.execute(insert(events), rows)
+            self.append_within(conn, batch)
+
+    def append_within(self, conn: Connection, batch: Sequence[Event]) -> None:
+        """Append several events inside the caller's transaction (they commit or roll back with it)."""
+        if not batch:
+            return
+        now = self._clock()
+        conn.execute(insert(events), [self._row(self._check(e), default_time=now) for e in batch])
 
     def list(self, kind: str | None = None, object_id: str | None = None, *, since_id: int = 0,
              limit: int = 1000, reason: str | None = None) -> tuple[Event, ...]:
