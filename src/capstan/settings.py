@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from capstan.auth.tokens import TOKEN_MARK
@@ -153,6 +153,26 @@ def check_artifacts(location: str, *, field_name: str = "CAPSTAN_ARTIFACTS") -> 
     return location
 
 
+ENV_VARIABLES: Mapping[str, str] = {
+    "home": "CAPSTAN_HOME",
+    "db_url": "CAPSTAN_DB_URL",
+    "artifacts": "CAPSTAN_ARTIFACTS",
+    "s3_endpoint": "CAPSTAN_S3_ENDPOINT",
+    "url": "CAPSTAN_URL",
+    "token": "CAPSTAN_TOKEN",
+    "project": "CAPSTAN_PROJECT",
+    "artifact_max_bytes": "CAPSTAN_ARTIFACT_MAX_BYTES",
+    "metric_flush_interval_s": "CAPSTAN_METRIC_FLUSH_INTERVAL",
+    "declared_gpus": "CAPSTAN_GPUS",
+    "declared_gpu_model": "CAPSTAN_GPUS",
+    "allowed_origins": "CAPSTAN_ALLOWED_ORIGINS",
+    "allowed_hosts": "CAPSTAN_ALLOWED_HOSTS",
+    "server_host": "CAPSTAN_SERVER_HOST",
+    "experiment": "CAPSTAN_EXPERIMENT",
+}
+"""The environment variable of each `Settings` field that has one (``CAPSTAN_GPUS`` sets two fields)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """Where Capstan keeps its state and how it reaches a server.
@@ -176,6 +196,13 @@ class Settings:
         allowed_hosts: ``Host`` header values the server answers to (``CAPSTAN_ALLOWED_HOSTS``; ``capstan server
             --allowed-host``). A loopback server always accepts localhost, 127.0.0.1 and [::1] on its port; a
             server on any other address accepts every host unless this is set.
+        server_host: the address a server worker process is bound to (``CAPSTAN_SERVER_HOST``, set by ``capstan
+            server --workers N`` for its workers); it decides whether single-user mode is possible. ``None``
+            means an address reachable from the network.
+        experiment: experiment of runs that name none (``CAPSTAN_EXPERIMENT``); ``None`` means ``Default``.
+        env_set: the ``CAPSTAN_*`` variables of `ENV_VARIABLES` that were set (even empty) when these settings
+            were read by `from_env`, so that an error about a value can name the variable the user set (see
+            `source_of`).
     """
 
     home: Path
@@ -191,7 +218,9 @@ class Settings:
     declared_gpu_model: str | None = None
     allowed_origins: tuple[str, ...] = ()
     allowed_hosts: tuple[str, ...] = ()
-    extra: Mapping[str, str] = field(default_factory=dict)
+    server_host: str | None = None
+    experiment: str | None = None
+    env_set: frozenset[str] = frozenset()
 
     @classmethod
     def for_home(cls, home: Path | str, **overrides: object) -> Settings:
@@ -233,8 +262,20 @@ class Settings:
             overrides["allowed_origins"] = parse_origins(env["CAPSTAN_ALLOWED_ORIGINS"])
         if env.get("CAPSTAN_ALLOWED_HOSTS"):
             overrides["allowed_hosts"] = parse_hosts(env["CAPSTAN_ALLOWED_HOSTS"])
-        extra = {k: v for k, v in env.items() if k.startswith("CAPSTAN_")}
-        return replace(settings, extra=extra, **overrides)  # type: ignore[arg-type]  # keys are field names
+        if env.get("CAPSTAN_SERVER_HOST"):
+            overrides["server_host"] = env["CAPSTAN_SERVER_HOST"]
+        if env.get("CAPSTAN_EXPERIMENT"):
+            overrides["experiment"] = env["CAPSTAN_EXPERIMENT"]
+        env_set = frozenset(name for name in ENV_VARIABLES.values() if name in env)
+        return replace(settings, env_set=env_set, **overrides)  # type: ignore[arg-type]  # keys are field names
+
+    def source_of(self, field_name: str) -> str:
+        """How an error names the setting ``field_name``: its environment variable (``CAPSTAN_ARTIFACTS``) when
+        that variable was set, the field name (``artifacts``) otherwise."""
+        variable = ENV_VARIABLES.get(field_name)
+        if variable is None:
+            raise ValueError(f"{field_name!r} is not a Settings field read from the environment")
+        return variable if variable in self.env_set else field_name
 
     @property
     def is_sqlite(self) -> bool:

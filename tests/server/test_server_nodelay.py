@@ -59,7 +59,7 @@ def test_worker_settings_round_trip(tmp_path: Path) -> None:
     assert (rebuilt.home, rebuilt.db_url, rebuilt.artifacts, rebuilt.project, rebuilt.artifact_max_bytes,
             rebuilt.s3_endpoint) == (settings.home, settings.db_url, settings.artifacts, "p1", 1234,
                                      "http://s3:9000")
-    assert rebuilt.extra["CAPSTAN_SERVER_HOST"] == "0.0.0.0"
+    assert rebuilt.server_host == "0.0.0.0"
 
 
 def _round_trips(port: int, request: bytes, count: int) -> list[float]:

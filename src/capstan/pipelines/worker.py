@@ -57,18 +57,15 @@ def _limits() -> tuple[Any, ...]:
     return tuple(resource.getrlimit(r) for r in (resource.RLIMIT_AS, resource.RLIMIT_DATA))
 
 
-def _environ_data() -> dict[Any, Any] | None:
-    data = getattr(os.environ, "_data", None)
-    return dict(data) if isinstance(data, dict) else None
-
-
-def _restore_environ(before: dict[Any, Any] | None, full: dict[str, str]) -> None:
-    data = getattr(os.environ, "_data", None)
-    if before is not None and data == before:
+def _restore_environ(before: dict[str, str]) -> None:
+    """Make ``os.environ`` (and so the C-level environment its setters and deleters update) equal ``before``
+    again: drop what a task added, put back what it changed or removed. Only public mapping operations are used;
+    ``os.environ`` decodes with ``surrogateescape``, so values that are not valid UTF-8 round-trip unchanged."""
+    if os.environ == before:
         return
-    for key in [k for k in os.environ if k not in full]:
+    for key in [k for k in os.environ if k not in before]:
         del os.environ[key]
-    for key, value in full.items():
+    for key, value in before.items():
         if os.environ.get(key) != value:
             os.environ[key] = value
 
@@ -131,8 +128,7 @@ def run_one(task: Any, ctx: Any) -> Any:
 
     from capstan.pipelines.execution import OOM_KILLED, execute
 
-    before = _environ_data()
-    full = dict(os.environ) if before is None else None
+    environ = dict(os.environ)
     cwd = os.getcwd()
     limits = _limits()
     if task.env:
@@ -150,12 +146,7 @@ def run_one(task: Any, ctx: Any) -> Any:
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(Exception):
                 stream.flush()
-        if before is not None:
-            data = getattr(os.environ, "_data", None)
-            if data != before:
-                _restore_environ(before, {os.fsdecode(k): os.fsdecode(v) for k, v in before.items()})
-        else:
-            _restore_environ(None, full or {})
+        _restore_environ(environ)
         if os.getcwd() != cwd:
             with contextlib.suppress(OSError):
                 os.chdir(cwd)

@@ -33,7 +33,7 @@ log = logging.getLogger("capstan.server")
 
 API_V1_PREFIX = "/api/v1"
 BIND_HOST_VARIABLE = "CAPSTAN_SERVER_HOST"
-"""Read (through `Settings.extra`) by `app_from_env`: the address the server is bound to, which decides whether
+"""Read (as `Settings.server_host`) by `app_from_env`: the address the server is bound to, which decides whether
 single-user mode is possible. When it is unset the app assumes a network-reachable address (auth required)."""
 
 
@@ -162,7 +162,7 @@ def app_from_env() -> FastAPI:
     from capstan.server.runner import freeze_startup_objects
 
     settings = Settings.from_env()
-    app = create_app(settings, bind_host=settings.extra.get(BIND_HOST_VARIABLE, "0.0.0.0"))
+    app = create_app(settings, bind_host=settings.server_host or "0.0.0.0")
     freeze_startup_objects()
     return app
 

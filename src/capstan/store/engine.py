@@ -37,15 +37,10 @@ def _sqlite_begin(conn: Any) -> None:
     conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def _field(settings: Settings, variable: str, attribute: str) -> str:
-    """How an error names a setting: its environment variable when it came from there."""
-    return variable if variable in settings.extra else attribute
-
-
 def ensure_home(settings: Settings) -> Path:
     """Create ``settings.home`` (and its parents) if needed; a home that is a file, cannot be created or is not
     writable is an `InvalidParameterValue` naming ``CAPSTAN_HOME``."""
-    return ensure_writable_folder(settings.home, _field(settings, "CAPSTAN_HOME", "home"))
+    return ensure_writable_folder(settings.home, settings.source_of("home"))
 
 
 def ensure_writable_folder(folder: Path, name: str) -> Path:
@@ -70,10 +65,10 @@ def _sqlite_folder(settings: Settings, db_path: str) -> None:
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise InvalidParameterValue(f"{_field(settings, 'CAPSTAN_DB_URL', 'db_url')}: cannot create the folder "
+            raise InvalidParameterValue(f"{settings.source_of('db_url')}: cannot create the folder "
                                         f"{folder}: {exc.strerror or exc}") from None
     elif not folder.is_dir():
-        name = _field(settings, "CAPSTAN_DB_URL", "db_url")
+        name = settings.source_of("db_url")
         what = "is not a folder" if folder.exists() else "does not exist"
         raise InvalidParameterValue(f"{name}: the folder {folder} {what}; create it first, or leave {name} unset "
                                     f"to keep the database in CAPSTAN_HOME ({settings.home})")
@@ -84,7 +79,7 @@ def create_store_engine(settings: Settings, *, migrate: bool = True) -> Engine:
 
     Bad settings are one-line `InvalidParameterValue` errors naming the variable: an unsupported or unparsable
     URL, an SQLite file in a folder that does not exist (only CAPSTAN_HOME is created), a home that is a file."""
-    name = _field(settings, "CAPSTAN_DB_URL", "db_url")
+    name = settings.source_of("db_url")
     url = check_db_url(settings.db_url, field_name=name)
     try:
         engine = _create_engine(settings, url)

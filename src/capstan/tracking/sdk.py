@@ -327,7 +327,7 @@ class _ProcessState:
         return exp
 
     def experiment_id(self, name: str | None) -> str:
-        name = name or self._experiment_name or self.settings.extra.get("CAPSTAN_EXPERIMENT") or DEFAULT_EXPERIMENT
+        name = name or self._experiment_name or self.settings.experiment or DEFAULT_EXPERIMENT
         cached = self._experiment_ids.get(name)
         return cached if cached is not None else self.experiment(name).experiment_id
 
