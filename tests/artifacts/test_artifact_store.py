@@ -13,17 +13,23 @@ from capstan.artifacts.paths import join, normalize_path
 from capstan.artifacts.store import ArtifactStore
 from capstan.errors import ArtifactTooLarge, InvalidParameterValue, ResourceDoesNotExist
 from capstan.settings import Settings
+from capstan.store.artifact_index_sql import SqlArtifactIndex
 from capstan.store.engine import create_store_engine
 from capstan.store.schema import blobs
 
 
+def _open(settings: Settings) -> ArtifactStore:
+    return ArtifactStore(settings, SqlArtifactIndex(create_store_engine(settings)))
+
+
 @pytest.fixture
 def store(backend_settings: Settings) -> ArtifactStore:
-    return ArtifactStore(backend_settings, create_store_engine(backend_settings))
+    return _open(backend_settings)
 
 
 def _blob_count(store: ArtifactStore) -> int:
-    with store._engine.connect() as conn:
+    assert isinstance(store.index, SqlArtifactIndex)
+    with store.index.engine.connect() as conn:
         return int(conn.execute(select(func.count()).select_from(blobs)).scalar_one())
 
 
@@ -57,7 +63,7 @@ def test_normalize_path() -> None:
 
 def test_size_limit_is_enforced_and_nothing_half_written(backend_settings: Settings) -> None:
     settings = replace(backend_settings, artifact_max_bytes=10)
-    store = ArtifactStore(settings, create_store_engine(settings))
+    store = _open(settings)
     with pytest.raises(ArtifactTooLarge):
         store.put_stream("big.bin", [b"12345", b"67890", b"x"])
     assert not store.exists("big.bin")

@@ -14,6 +14,7 @@ import pytest
 
 from capstan.artifacts.store import ArtifactStore
 from capstan.settings import Settings
+from capstan.store.artifact_index_sql import SqlArtifactIndex
 from capstan.store.engine import create_store_engine
 
 pytest.importorskip("s3fs", reason="s3fs is a test extra: pip install -e '.[test]'")
@@ -59,7 +60,7 @@ def test_s3_roundtrip_with_dedup_and_gc(s3_endpoint: str, tmp_path: Path, monkey
     fs.mkdir("capstan-test")
     settings = Settings.from_env({"CAPSTAN_HOME": str(tmp_path), "CAPSTAN_ARTIFACTS": "s3://capstan-test/prefix",
                                   "CAPSTAN_S3_ENDPOINT": s3_endpoint})
-    store = ArtifactStore(settings, create_store_engine(settings))
+    store = ArtifactStore(settings, SqlArtifactIndex(create_store_engine(settings)))
     first = store.put_stream("1/r1/artifacts/model.bin", [b"abc"] * 1000)
     second = store.put_bytes("1/r2/artifacts/copy.bin", b"abc" * 1000)
     assert first.digest == second.digest

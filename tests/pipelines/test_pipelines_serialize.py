@@ -22,13 +22,14 @@ from capstan.pipelines.serialize import (
     load_output,
 )
 from capstan.settings import Settings
+from capstan.store.artifact_index_sql import SqlArtifactIndex
 from capstan.store.engine import create_store_engine
 
 
 @pytest.fixture
 def store(settings: Settings) -> Iterator[ArtifactStore]:
     engine = create_store_engine(settings)
-    yield ArtifactStore(settings, engine)
+    yield ArtifactStore(settings, SqlArtifactIndex(engine))
     engine.dispose()
 
 

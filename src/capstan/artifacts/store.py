@@ -2,7 +2,9 @@
 
 Logical paths (``"3/<run uuid>/artifacts/model/MLmodel"``) map to blobs named by the sha256 of their content, so
 identical files across runs are stored once. Blobs live under an fsspec root (a local folder or ``s3://...``);
-the path -> blob mapping lives in the metadata store. Data always streams in chunks and is never held whole.
+the path -> blob mapping is kept by an `ArtifactIndex` (`capstan.artifacts.ports`; the metadata store's adapter is
+`SqlArtifactIndex`, module ``artifact_index_sql`` of the store package). This module only handles bytes: hashing,
+streaming, the size limit and path checks. Data always streams in chunks and is never held whole.
 """
 
 from __future__ import annotations
@@ -11,47 +13,19 @@ import hashlib
 import os
 import shutil
 import uuid
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from sqlalchemy import Connection, Engine, delete, func, select
-
 from capstan.artifacts.paths import join, normalize_path
-from capstan.clock import Clock, system_clock
+from capstan.artifacts.ports import ArtifactIndex
+from capstan.artifacts.records import ArtifactEntry, ArtifactListing, GcReport
 from capstan.errors import ArtifactTooLarge, InvalidParameterValue, ResourceDoesNotExist
 from capstan.settings import Settings
-from capstan.store.schema import artifact_entries, blobs
-from capstan.store.sql_helpers import insert_ignore, upsert
+
+__all__ = ["CHUNK", "ArtifactEntry", "ArtifactListing", "ArtifactStore", "BlobWriter", "GcReport"]
 
 CHUNK = 1024 * 1024
-
-
-@dataclass(frozen=True, slots=True)
-class ArtifactEntry:
-    """A stored file: its logical path, content digest and size in bytes."""
-
-    path: str
-    digest: str
-    size: int
-
-
-@dataclass(frozen=True, slots=True)
-class ArtifactListing:
-    """One row of a directory listing; ``path`` is relative to the listed prefix's root namespace."""
-
-    path: str
-    is_dir: bool
-    size: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class GcReport:
-    """What `ArtifactStore.collect_garbage` removed."""
-
-    blobs_removed: int
-    bytes_freed: int
 
 
 class BlobWriter:
@@ -92,13 +66,12 @@ class BlobWriter:
 
 
 class ArtifactStore:
-    """Streaming, deduplicating artifact storage over fsspec plus the metadata store."""
+    """Streaming, deduplicating artifact storage: blob bytes over fsspec, the path -> blob mapping in ``index``."""
 
-    def __init__(self, settings: Settings, engine: Engine, *, clock: Clock = system_clock) -> None:
+    def __init__(self, settings: Settings, index: ArtifactIndex) -> None:
         import fsspec
 
-        self._engine = engine
-        self._clock = clock
+        self.index = index
         self.max_bytes = settings.artifact_max_bytes
         location = settings.artifacts
         options: dict[str, Any] = {}
@@ -160,31 +133,16 @@ class ArtifactStore:
             os.replace(tmp, final)
         else:
             self.fs.mv(tmp, final)
-        now = self._clock()
-        with self._engine.begin() as conn:
-            _check_file_slot(conn, path)
-            insert_ignore(conn, blobs, [{"digest": digest, "size": size, "created_at": now}])
-            upsert(conn, artifact_entries, [{"path": path, "digest": digest, "size": size, "created_at": now}],
-                   keys=["path"], update=["digest", "size", "created_at"])
-        return ArtifactEntry(path, digest, size)
+        return self.index.record(path, digest, size)
 
     # -- reading --------------------------------------------------------------------------------------
     def stat(self, path: str) -> ArtifactEntry:
         """The entry stored at ``path``; `ResourceDoesNotExist` when there is none."""
-        path = normalize_path(path)
-        with self._engine.connect() as conn:
-            row = conn.execute(select(artifact_entries).where(artifact_entries.c.path == path)).first()
-        if row is None:
-            raise ResourceDoesNotExist(f"artifact {path!r} does not exist")
-        return ArtifactEntry(row.path, row.digest, row.size)
+        return self.index.stat(normalize_path(path))
 
     def exists(self, path: str) -> bool:
         """True when a file is stored at ``path``."""
-        try:
-            self.stat(path)
-        except ResourceDoesNotExist:
-            return False
-        return True
+        return self.index.exists(normalize_path(path))
 
     def open(self, path: str) -> IO[bytes]:
         """A readable binary stream of the file at ``path``."""
@@ -204,14 +162,10 @@ class ArtifactStore:
     def list(self, prefix: str, *, recursive: bool = False) -> list[ArtifactListing]:
         """Files and sub-folders directly below ``prefix`` (every file below it when ``recursive``)."""
         prefix = normalize_path(prefix, allow_empty=True)
-        like = f"{_escape_like(prefix)}/%" if prefix else "%"
-        with self._engine.connect() as conn:
-            rows = conn.execute(select(artifact_entries.c.path, artifact_entries.c.size)
-                                .where(artifact_entries.c.path.like(like, escape="\\"))
-                                .order_by(artifact_entries.c.path)).all()
         start = len(prefix) + 1 if prefix else 0
         out: dict[str, ArtifactListing] = {}
-        for full, size in rows:
+        for entry in self.index.files_below(prefix):
+            full, size = entry.path, entry.size
             rest = full[start:]
             if recursive or "/" not in rest:
                 out[full] = ArtifactListing(full, False, size)
@@ -244,55 +198,23 @@ class ArtifactStore:
     # -- deleting -------------------------------------------------------------------------------------
     def delete_prefix(self, prefix: str) -> int:
         """Forget every entry at or below ``prefix``; blobs stay until `collect_garbage`."""
-        prefix = normalize_path(prefix)
-        with self._engine.begin() as conn:
-            result = conn.execute(delete(artifact_entries).where(
-                (artifact_entries.c.path == prefix)
-                | artifact_entries.c.path.like(f"{_escape_like(prefix)}/%", escape="\\")))
-        return int(result.rowcount or 0)
+        return self.index.delete_prefix(normalize_path(prefix))
 
     def collect_garbage(self) -> GcReport:
         """Remove blobs that no entry references any more."""
-        referenced = select(artifact_entries.c.digest).distinct()
-        with self._engine.connect() as conn:
-            orphans = conn.execute(select(blobs.c.digest, blobs.c.size)
-                                   .where(blobs.c.digest.not_in(referenced))).all()
         removed = freed = 0
-        for digest, size in orphans:
-            with self._engine.begin() as conn:
-                # Re-check inside the transaction: an upload may have re-used this content meanwhile.
-                still_used = conn.execute(select(func.count()).select_from(artifact_entries)
-                                          .where(artifact_entries.c.digest == digest)).scalar_one()
-                if still_used:
-                    continue
-                conn.execute(delete(blobs).where(blobs.c.digest == digest))
-            blob = self._blob_path(digest)
-            if self.fs.exists(blob):
-                self.fs.rm(blob)
+        for blob in self.index.unreferenced_blobs():
+            # The index re-checks atomically: an upload may have re-used this content meanwhile.
+            if not self.index.forget_blob(blob.digest):
+                continue
+            path = self._blob_path(blob.digest)
+            if self.fs.exists(path):
+                self.fs.rm(path)
             removed += 1
-            freed += int(size)
+            freed += blob.size
         return GcReport(removed, freed)
 
+    def preview_garbage(self, deleting: Sequence[str] = ()) -> GcReport:
+        """What `collect_garbage` would free after `delete_prefix` of each of ``deleting`` (nothing is changed)."""
+        return self.index.preview_orphans([normalize_path(p) for p in deleting])
 
-def _check_file_slot(conn: Connection, path: str) -> None:
-    """Refuse to store a file where a folder is (files below ``path``) or below a file (an ancestor is one), so
-    a listing never shows the same name as both. The range ``[path/, path0)`` is every path below ``path``
-    (``0`` sorts right after ``/`` in byte order)."""
-    column: Any = artifact_entries.c.path
-    if conn.dialect.name == "postgresql":  # byte order, whatever the database's locale collation says
-        column = column.collate("C")
-    below = conn.execute(select(artifact_entries.c.path).where(
-        column >= f"{path}/", column < f"{path}0").limit(1)).first()
-    if below is not None:
-        raise InvalidParameterValue(f"path: {path!r} is a folder (it holds {below[0]!r}); a file cannot replace it")
-    parts = path.split("/")
-    ancestors = ["/".join(parts[:i]) for i in range(1, len(parts))]
-    if ancestors:
-        clash = conn.execute(select(artifact_entries.c.path).where(
-            artifact_entries.c.path.in_(ancestors)).limit(1)).first()
-        if clash is not None:
-            raise InvalidParameterValue(f"path: {clash[0]!r} is a file, so nothing can be stored below it")
-
-
-def _escape_like(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")

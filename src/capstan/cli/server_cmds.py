@@ -511,31 +511,11 @@ def gc(older_than: str | None, dry_run: bool) -> None:
                    + ", ".join(sorted(set(kept))))
     click.echo(f"{verb} {files} artifact file(s) under {len(report.artifact_prefixes)} prefix(es)")
     if dry_run:
-        count, size = _orphan_blobs_preview(services, delete)
-        click.echo(f"would free {count} stored blob(s), {_format_bytes(size)}")
+        preview = services.artifacts.preview_garbage(delete)
+        click.echo(f"would free {preview.blobs_removed} stored blob(s), {_format_bytes(preview.bytes_freed)}")
         return
     freed = services.artifacts.collect_garbage()
     click.echo(f"freed {freed.blobs_removed} stored blob(s), {_format_bytes(freed.bytes_freed)}")
-
-
-def _orphan_blobs_preview(services: Services, delete: Sequence[str]) -> tuple[int, int]:
-    """Blobs no entry would reference after deleting the ``delete`` paths (and those already unreferenced)."""
-    from sqlalchemy import func, or_, select
-
-    from capstan.store.schema import artifact_entries, blobs
-
-    def under(path: str) -> Any:
-        escaped = path.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        return or_(artifact_entries.c.path == path, artifact_entries.c.path.like(f"{escaped}/%", escape="\\"))
-
-    going = or_(*(under(p) for p in delete)) if delete else None
-    with services.engine.connect() as conn:
-        surviving = select(artifact_entries.c.digest)
-        if going is not None:
-            surviving = surviving.where(~going)
-        row = conn.execute(select(func.count(), func.coalesce(func.sum(blobs.c.size), 0))
-                           .where(blobs.c.digest.not_in(surviving.distinct()))).one()
-    return int(row[0]), int(row[1])
 
 
 # -- capstan db ---------------------------------------------------------------------------------------------

@@ -356,11 +356,12 @@ class ExecContext:
             with self._lock:
                 if self._store is None:
                     from capstan.artifacts.store import ArtifactStore
+                    from capstan.store.artifact_index_sql import SqlArtifactIndex
                     from capstan.store.engine import create_store_engine
 
                     assert self._settings is not None
                     engine = create_store_engine(self._settings, migrate=False)
-                    self._store = ArtifactStore(self._settings, engine)
+                    self._store = ArtifactStore(self._settings, SqlArtifactIndex(engine))
         return self._store
 
 
