@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Sequence
 
 import pytest
@@ -64,25 +63,91 @@ def test_failures_are_retried_then_reported(caplog: pytest.LogCaptureFixture) ->
     writer.close()
 
 
-def test_flush_without_entries_and_double_close() -> None:
-    writer = AuditWriter(Sink())
-    writer.flush()
-    writer.close()
-    writer.close()
+def writer_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "capstan-audit"]
 
 
-def test_entries_linger_briefly_to_share_a_commit() -> None:
+class Wake(threading.Event):
+    """The writer's wake-up event, recording each linger: ``lingering`` is set once its thread waits on it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lingering = threading.Event()
+        self.timeouts: list[float | None] = []
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.timeouts.append(timeout)
+        self.lingering.set()
+        return super().wait(timeout)
+
+
+def test_flush_before_any_entry_starts_nothing_and_close_is_idempotent() -> None:
+    before = writer_threads()
     sink = Sink()
-    writer = AuditWriter(sink, linger_s=0.2)
-    for i in range(20):
+    writer = AuditWriter(sink)
+    writer.flush(timeout=0)  # nothing submitted: returns at once, starts no thread, writes nothing
+    assert writer_threads() == before
+    writer.close()
+    writer.close()  # a second close is a no-op, not an error or a second stop
+    assert writer_threads() == before
+    assert sink.batches == [] and writer.lost == 0
+    writer.submit(entry(1))  # after close: written inline, before submit returns, still without a thread
+    assert sink.batches == [[entry(1)]]
+    assert writer_threads() == before
+
+
+def test_close_writes_what_is_queued_and_stops_the_thread() -> None:
+    before = writer_threads()
+    sink = Sink()
+    writer = AuditWriter(sink, linger_s=3600)  # the linger never runs out by itself: only close ends it
+    for i in range(3):
         writer.submit(entry(i))
-        time.sleep(0.001)
-    deadline = time.monotonic() + 5
-    while not sink.batches and time.monotonic() < deadline:
-        time.sleep(0.01)
-    time.sleep(0.05)
-    assert [len(b) for b in sink.batches] == [20]
+    (thread,) = [t for t in writer_threads() if t not in before]
+    writer.close()
+    assert [e.time for batch in sink.batches for e in batch] == [0, 1, 2]
+    assert not thread.is_alive()
+    writer.close()
+    assert [e.time for batch in sink.batches for e in batch] == [0, 1, 2]  # nothing written twice
+
+
+def test_entries_submitted_while_the_first_lingers_share_its_commit() -> None:
+    sink = Sink()
+    writer = AuditWriter(sink, linger_s=3600)
+    wake = writer._wake = Wake()  # observe the linger (AuditWriter has no seam for its wait)
+    writer.submit(entry(0))
+    assert wake.lingering.wait(10), "the writer thread never lingered on its first entry"
+    assert wake.timeouts == [3600]
+    assert sink.batches == []  # it lingers instead of writing the first entry alone
+    for i in range(1, 20):
+        writer.submit(entry(i))
+    writer.flush(timeout=10)  # a flush cuts the linger short: no waiting for the hour to pass
+    assert [[e.time for e in batch] for batch in sink.batches] == [list(range(20))]
+    writer.close()
+
+
+def test_a_flush_does_not_wait_for_the_linger_to_run_out() -> None:
+    sink = Sink()
+    writer = AuditWriter(sink, linger_s=3600)
     writer.submit(entry(20))
-    writer.flush(timeout=0.1)  # a flush does not wait for the linger to run out
-    assert sink.batches[-1][0].time == 20
+    writer.flush(timeout=10)  # if flush did not wake the writer, this would give up after 10 s with nothing written
+    assert [[e.time for e in batch] for batch in sink.batches] == [[20]]
+    writer.close()
+
+
+def test_the_linger_runs_out_by_itself_without_a_flush() -> None:
+    sink = Sink()
+    written = threading.Event()
+    record = sink.record_audit
+
+    def record_and_signal(entries: Sequence[AuditEntry]) -> None:
+        record(entries)
+        written.set()
+
+    sink.record_audit = record_and_signal  # type: ignore[method-assign]  # signal the write to the test thread
+    writer = AuditWriter(sink, linger_s=0.01)
+    wake = writer._wake = Wake()
+    writer.submit(entry(7))
+    assert written.wait(10), "an entry was never written without flush or close"
+    assert wake.timeouts == [0.01]  # it lingered for linger_s, not forever and not at all
+    assert [[e.time for e in batch] for batch in sink.batches] == [[7]]
     writer.close()

@@ -14,23 +14,16 @@ from capstan.settings import Settings
 from capstan.store.auth_sql import SqlAuthStore
 from capstan.store.engine import create_store_engine
 from capstan.store.schema import tokens
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_700_000_000_000
-
-    def __call__(self) -> int:
-        return self.now
+from helpers.clock import FakeClock
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock() -> FakeClock:
+    return FakeClock()
 
 
 @pytest.fixture
-def store(backend_settings: Settings, clock: Clock) -> Iterator[SqlAuthStore]:
+def store(backend_settings: Settings, clock: FakeClock) -> Iterator[SqlAuthStore]:
     engine = create_store_engine(backend_settings)
     yield SqlAuthStore(engine, clock=clock)
     engine.dispose()
@@ -93,7 +86,7 @@ def test_tokens_are_stored_hashed(store: SqlAuthStore, backend_settings: Setting
     assert store.credential("cap_unknown") is None
 
 
-def test_token_expiry_listing_and_revocation(store: SqlAuthStore, clock: Clock) -> None:
+def test_token_expiry_listing_and_revocation(store: SqlAuthStore, clock: FakeClock) -> None:
     store.create_user("alice")
     store.create_user("bob")
     first = store.create_token("alice", expires_in_ms=1000)
@@ -141,7 +134,7 @@ def test_ambiguous_prefix(store: SqlAuthStore, monkeypatch: pytest.MonkeyPatch) 
         store.find_token("cap_")
 
 
-def test_credential_carries_roles_and_touch(store: SqlAuthStore, clock: Clock) -> None:
+def test_credential_carries_roles_and_touch(store: SqlAuthStore, clock: FakeClock) -> None:
     store.create_user("ed")
     store.grant("ed", "p1", "editor")
     issued = store.create_token("ed")
@@ -151,7 +144,7 @@ def test_credential_carries_roles_and_touch(store: SqlAuthStore, clock: Clock) -
     assert store.list_tokens("ed")[0].last_used_at == clock.now
 
 
-def test_audit_log(store: SqlAuthStore, clock: Clock) -> None:
+def test_audit_log(store: SqlAuthStore, clock: FakeClock) -> None:
     base = clock.now
     store.record_audit([
         AuditEntry(base, "alice", "POST /api/v1/users", "user/bob", "", 200, {"client": "127.0.0.1"}),

@@ -9,11 +9,11 @@ from capstan.events.records import Event
 from capstan.settings import Settings
 from capstan.store.engine import create_store_engine
 from capstan.store.events_sql import SqlEventLog
+from helpers.clock import FakeClock
 
 
 def test_append_and_read_back_in_order(backend_settings: Settings) -> None:
-    ticks = iter(range(1000, 2000))
-    log = SqlEventLog(create_store_engine(backend_settings), clock=lambda: next(ticks))
+    log = SqlEventLog(create_store_engine(backend_settings), clock=FakeClock(1000, step=1))
     first = log.append("run", "abc", "RunCreated", "created", project="p", data={"n": 1})
     log.append("run", "other", "RunCreated")
     log.append_many([Event(0, 0, "run", "abc", "Warning", "RunFailed", "boom")])

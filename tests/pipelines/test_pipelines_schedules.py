@@ -21,6 +21,7 @@ from capstan.pipelines.schedules import (
     slots_between,
 )
 from capstan.store.events_sql import SqlEventLog
+from helpers.clock import FakeClock
 
 HOUR = 3_600_000
 T0 = parse_time("2024-05-01T00:30", field="t")
@@ -38,14 +39,6 @@ def stamp(scheduled_at: str, label: str) -> str:
 def nightly(scheduled_at: str = "", label: str = "x"):
     return stamp(scheduled_at, label)
 '''
-
-
-class Clock:
-    def __init__(self, now: int) -> None:
-        self.now = now
-
-    def __call__(self) -> int:
-        return self.now
 
 
 def test_cron_validation_is_one_line() -> None:
@@ -69,13 +62,13 @@ def test_due_slots_follow_the_catchup_setting() -> None:
         parse_time("yesterday", field="--from")
 
 
-def scheduler(runner: PipelineRunner, clock: Clock, started: list[str]) -> Scheduler:
+def scheduler(runner: PipelineRunner, clock: FakeClock, started: list[str]) -> Scheduler:
     return Scheduler(runner, started.append, clock=clock)
 
 
 def test_catchup_no_catchup_and_no_double_slot(runner: PipelineRunner, tmp_path: Path) -> None:
     file = write_pipeline(tmp_path / "code", "nightly", NIGHTLY)
-    clock = Clock(T0)
+    clock = FakeClock(T0)
     runner.clock = runner.store.clock = clock
     create_schedule(runner, "hourly", f"{file}:nightly", "0 * * * *", {"label": "a"}, catchup=True)
     create_schedule(runner, "latest", f"{file}:nightly", "0 * * * *", {"label": "b"}, catchup=False)
@@ -112,7 +105,7 @@ def test_catchup_no_catchup_and_no_double_slot(runner: PipelineRunner, tmp_path:
 
 def test_backfill_starts_only_missing_slots(runner: PipelineRunner, tmp_path: Path) -> None:
     file = write_pipeline(tmp_path / "code", "nightly", NIGHTLY)
-    clock = Clock(T0)
+    clock = FakeClock(T0)
     runner.clock = runner.store.clock = clock
     create_schedule(runner, "daily", f"{file}:nightly", "0 3 * * *", {}, catchup=False)
     started: list[str] = []
@@ -130,7 +123,7 @@ def test_backfill_starts_only_missing_slots(runner: PipelineRunner, tmp_path: Pa
 
 def test_a_schedule_of_a_broken_pipeline_records_the_failure(runner: PipelineRunner, tmp_path: Path) -> None:
     file = write_pipeline(tmp_path / "code", "nightly", NIGHTLY)
-    clock = Clock(T0)
+    clock = FakeClock(T0)
     runner.clock = runner.store.clock = clock
     create_schedule(runner, "fragile", f"{file}:nightly", "0 * * * *", {}, catchup=True)
     file.write_text("import nowhere_to_be_found\n")

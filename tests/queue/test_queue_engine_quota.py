@@ -12,6 +12,8 @@ from capstan.queue.model import Reason
 QUOTA_CASES = [
     ("fits within nominal", [("a", 8), ("b", 8)], {}, [], ("a", 8), True, True),
     ("exceeds nominal without cohort", [("a", 8)], {}, [], ("a", 9), False, False),
+    ("idle quota of other queues is not borrowable without a cohort", [("a", 4), ("b", 4)], {}, [], ("a", 6),
+     False, False),
     ("nominal used up by own queue", [("a", 4), ("b", 0)], {}, [("x", "a", 4)], ("a", 1), True, False),
 ]
 

@@ -20,18 +20,7 @@ from capstan.server.app import create_app
 from capstan.server.security import Authenticator, require
 from capstan.services import Services
 from capstan.settings import Settings
-
-
-class FakeTime:
-    def __init__(self) -> None:
-        self.ms = 1_800_000_000_000
-        self.mono = 1000.0
-
-    def clock(self) -> int:
-        return self.ms
-
-    def monotonic(self) -> float:
-        return self.mono
+from helpers.clock import FakeClock
 
 
 def _read_only_search(request: Request) -> dict[str, str]:
@@ -172,10 +161,9 @@ def test_non_loopback_bind_requires_auth_without_users(services: Services) -> No
 
 
 def test_authenticator_cache_expiry_and_revocation(services: Services) -> None:
-    fake = FakeTime()
-    fake.ms = services.clock()
+    fake = FakeClock(services.clock())
     services.auth.create_user("alice")
-    auth = Authenticator(services.auth, bind_host="127.0.0.1", clock=fake.clock, monotonic=fake.monotonic)
+    auth = Authenticator(services.auth, bind_host="127.0.0.1", clock=fake, monotonic=fake.monotonic)
     issued = services.auth.create_token("alice", expires_in_ms=60_000)
     header = f"Bearer {issued.secret}"
     assert auth.fast(header) is None  # nothing cached yet
@@ -193,7 +181,7 @@ def test_authenticator_cache_expiry_and_revocation(services: Services) -> None:
     header = f"Bearer {second.secret}"
     assert auth.authenticate(header).name == "alice"
     assert second.token.expires_at is not None
-    fake.ms = second.token.expires_at  # expiry is checked on every request, even from the cache
+    fake.now = second.token.expires_at  # expiry is checked on every request, even from the cache
     with pytest.raises(Unauthenticated, match="expired"):
         auth.fast(header)
 

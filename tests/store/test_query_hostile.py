@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import itertools
 import os
 import uuid
 from collections.abc import Callable, Iterator
@@ -39,6 +38,7 @@ from capstan.tracking.search_limits import (
     MAX_ORDER_BY_TERMS,
     MAX_SEARCH_DATASETS,
 )
+from helpers.clock import FakeClock
 
 PG_URL = os.environ.get("CAPSTAN_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 """The same server as ``tests/conftest.py`` uses (a module-scoped fixture cannot use its function-scoped one)."""
@@ -79,8 +79,7 @@ def _settings(kind: str, home: Path) -> Iterator[Settings]:
 
 
 def _populate(engine: Engine) -> World:
-    ticks = itertools.count(1_700_000_000_000)
-    clock = lambda: next(ticks)  # noqa: E731  # a strictly increasing fake clock keeps orderings deterministic
+    clock = FakeClock(1_700_000_000_000, step=1)  # strictly increasing: orderings stay deterministic
     tracking = SqlTrackingStore(engine, clock=clock)
     registry = SqlRegistryStore(engine, clock=clock)
     exp = tracking.create_experiment("hostile", project="default", tags={"note": "it's ✓"})

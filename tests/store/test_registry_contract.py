@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import json
 import subprocess
 import sys
@@ -20,6 +19,7 @@ from capstan.store import schema
 from capstan.store.engine import create_store_engine
 from capstan.store.events_sql import SqlEventLog
 from capstan.store.registry_sql import SqlRegistryStore
+from helpers.clock import FakeClock
 
 
 @dataclass
@@ -33,8 +33,7 @@ class Env:
 @pytest.fixture
 def env(backend_settings: Settings) -> Iterator[Env]:
     engine = create_store_engine(backend_settings)
-    ticks = itertools.count(1_000)
-    clock = lambda: next(ticks)  # noqa: E731  # a strictly increasing fake clock keeps orderings deterministic
+    clock = FakeClock(1_000, step=1)  # a strictly increasing fake clock keeps orderings deterministic
     events = SqlEventLog(engine, clock=clock)
     yield Env(engine, SqlRegistryStore(engine, clock=clock, events=events), events, backend_settings)
     engine.dispose()

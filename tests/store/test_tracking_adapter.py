@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-import time
 from typing import Any
 
 import pytest
@@ -43,20 +42,69 @@ def test_locked_database_is_retried_then_reported(settings: Settings, monkeypatc
     engine.dispose()
 
 
-def test_writer_waits_for_a_held_write_lock(settings: Settings) -> None:
+def test_writer_waits_for_a_held_write_lock(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A write that meets another connection's write lock queues behind it (SQLite's busy timeout): it neither
+    fails nor retries, and it lands once the lock is released. No wall-clock window decides the outcome: the test
+    releases the lock only after the writer's ``BEGIN IMMEDIATE`` has started."""
     engine = create_store_engine(settings)
     store = SqlTrackingStore(engine)
     run = store.create_run("0").run_id
+    with engine.connect() as conn:  # the wait relies on the busy timeout every store connection sets
+        assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar_one() >= 10_000
+
+    failed_attempts: list[BaseException] = []
+    real_once = tracking_tx.Transactor.once
+
+    def counted_once(self: tracking_tx.Transactor, work: Any, *, write: bool) -> Any:
+        try:
+            return real_once(self, work, write=write)
+        except BaseException as exc:
+            failed_attempts.append(exc)
+            raise
+
+    monkeypatch.setattr(tracking_tx.Transactor, "once", counted_once)
+    begun = threading.Event()
+
+    def trace(statement: str) -> None:
+        if threading.current_thread() is writer and statement.startswith("BEGIN IMMEDIATE"):
+            begun.set()
+
+    def on_checkout(dbapi_conn: Any, _record: Any, _proxy: Any) -> None:
+        dbapi_conn.set_trace_callback(trace)
+
+    event.listen(engine, "checkout", on_checkout)
     holder = sqlite3.connect(settings.db_url.split("///", 1)[1], isolation_level=None, check_same_thread=False)
     holder.execute("BEGIN IMMEDIATE")
-    released = threading.Timer(0.5, lambda: holder.execute("COMMIT"))
-    released.start()
-    started = time.monotonic()
-    store.log_batch(run, metrics=[Metric("m", 1.0, 1)])  # blocks until the other writer commits
-    assert time.monotonic() - started >= 0.4
-    released.join()
-    holder.close()
-    assert len(store.get_metric_history(run, "m").items) == 1
+    outcome: list[BaseException | None] = []
+    done = threading.Event()
+
+    def write() -> None:
+        try:
+            store.log_batch(run, metrics=[Metric("m", 1.0, 1)])
+            outcome.append(None)
+        except BaseException as exc:  # noqa: BLE001  # handed to the test thread
+            outcome.append(exc)
+        finally:
+            done.set()
+
+    writer = threading.Thread(target=write, name="tracking-writer", daemon=True)
+    try:
+        writer.start()
+        assert begun.wait(10), "the writer never started its write transaction"
+        # The other connection still holds the lock, so the write cannot finish whatever the timing. The grace
+        # period only gives a writer that does *not* wait (no busy timeout) the time to fail and be caught.
+        assert not done.wait(0.2)
+        assert failed_attempts == []
+        assert len(store.get_metric_history(run, "m").items) == 0  # readers are not blocked (WAL) and see nothing yet
+    finally:
+        holder.execute("COMMIT")
+        holder.close()
+    assert done.wait(30), "the writer did not finish after the lock was released"
+    writer.join()
+    event.remove(engine, "checkout", on_checkout)
+    assert outcome == [None]
+    assert failed_attempts == []  # it waited for the lock instead of failing ("database is locked") and retrying
+    assert [m.value for m in store.get_metric_history(run, "m").items] == [1.0]
     engine.dispose()
 
 

@@ -16,22 +16,7 @@ from capstan.store.events_sql import SqlEventLog
 from capstan.store.tracking_sql import SqlTrackingStore
 from capstan.tracking.ports import TrackingStore
 from capstan.tracking.records import DatasetInput, Metric, Param, Run, RunTag
-
-T0 = 1_700_000_000_000
-
-
-@dataclass
-class FakeClock:
-    """A settable millisecond clock."""
-
-    now: int = T0
-
-    def __call__(self) -> int:
-        return self.now
-
-    def advance(self, ms: int = 1) -> int:
-        self.now += ms
-        return self.now
+from helpers.clock import T0, FakeClock
 
 
 @dataclass
