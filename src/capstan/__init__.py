@@ -22,10 +22,8 @@ if TYPE_CHECKING:
     from capstan.models.pyfunc import PyFuncModel
     from capstan.pipelines.dsl import Chunk, Resources, chunks, command_step, current_chunk, pipeline, step
     from capstan.pipelines.state import Backoff
-    from capstan.settings import Settings
-    from capstan.tracking.client import Client
-    from capstan.tracking.metric_writer import MetricFlushError
-    from capstan.tracking.sdk import (
+    from capstan.sdk.client import Client
+    from capstan.sdk.fluent import (
         ActiveRun,
         active_run,
         configure,
@@ -48,7 +46,9 @@ if TYPE_CHECKING:
         set_tags,
         start_run,
     )
-    from capstan.tracking.sdk_models import ModelInfo
+    from capstan.sdk.fluent_models import ModelInfo
+    from capstan.sdk.metric_writer import MetricFlushError
+    from capstan.settings import Settings
 
 __version__ = "0.1.0"
 
@@ -56,31 +56,31 @@ __version__ = "0.1.0"
 _LAZY: dict[str, str] = {
     "Settings": "capstan.settings",
     "CapstanError": "capstan.errors",
-    "Client": "capstan.tracking.client",
-    "ActiveRun": "capstan.tracking.sdk",
-    "ModelInfo": "capstan.tracking.sdk_models",
-    "MetricFlushError": "capstan.tracking.metric_writer",
+    "Client": "capstan.sdk.client",
+    "ActiveRun": "capstan.sdk.fluent",
+    "ModelInfo": "capstan.sdk.fluent_models",
+    "MetricFlushError": "capstan.sdk.metric_writer",
     "PyFuncModel": "capstan.models.pyfunc",
-    "configure": "capstan.tracking.sdk",
-    "get_settings": "capstan.tracking.sdk",
-    "set_experiment": "capstan.tracking.sdk",
-    "start_run": "capstan.tracking.sdk",
-    "active_run": "capstan.tracking.sdk",
-    "end_run": "capstan.tracking.sdk",
-    "flush": "capstan.tracking.sdk",
-    "log_param": "capstan.tracking.sdk",
-    "log_params": "capstan.tracking.sdk",
-    "log_metric": "capstan.tracking.sdk",
-    "log_metrics": "capstan.tracking.sdk",
-    "set_tag": "capstan.tracking.sdk",
-    "set_tags": "capstan.tracking.sdk",
-    "log_artifact": "capstan.tracking.sdk",
-    "log_artifacts": "capstan.tracking.sdk",
-    "log_text": "capstan.tracking.sdk",
-    "log_dict": "capstan.tracking.sdk",
-    "log_model": "capstan.tracking.sdk",
-    "load_model": "capstan.tracking.sdk",
-    "register_model": "capstan.tracking.sdk",
+    "configure": "capstan.sdk.fluent",
+    "get_settings": "capstan.sdk.fluent",
+    "set_experiment": "capstan.sdk.fluent",
+    "start_run": "capstan.sdk.fluent",
+    "active_run": "capstan.sdk.fluent",
+    "end_run": "capstan.sdk.fluent",
+    "flush": "capstan.sdk.fluent",
+    "log_param": "capstan.sdk.fluent",
+    "log_params": "capstan.sdk.fluent",
+    "log_metric": "capstan.sdk.fluent",
+    "log_metrics": "capstan.sdk.fluent",
+    "set_tag": "capstan.sdk.fluent",
+    "set_tags": "capstan.sdk.fluent",
+    "log_artifact": "capstan.sdk.fluent",
+    "log_artifacts": "capstan.sdk.fluent",
+    "log_text": "capstan.sdk.fluent",
+    "log_dict": "capstan.sdk.fluent",
+    "log_model": "capstan.sdk.fluent",
+    "load_model": "capstan.sdk.fluent",
+    "register_model": "capstan.sdk.fluent",
     "step": "capstan.pipelines.dsl",
     "pipeline": "capstan.pipelines.dsl",
     "command_step": "capstan.pipelines.dsl",

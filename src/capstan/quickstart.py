@@ -154,8 +154,8 @@ def run_quickstart(settings: Settings | None = None, *, console: Console | None 
     from rich.console import Console
     from rich.progress import BarColumn, Progress, SpinnerColumn, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
-    from capstan.tracking import sdk
-    from capstan.tracking.client import Client
+    from capstan.sdk import fluent as sdk
+    from capstan.sdk.client import Client
 
     out = console or Console(highlight=False)
     if console is None and not out.is_terminal:

@@ -12,8 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from capstan.auth.tokens import TOKEN_MARK
 from capstan.errors import InvalidParameterValue
+from capstan.token_format import TOKEN_MARK, is_token_secret
 
 # Decimal units (k, M, G, T) as in SI and Kubernetes; binary units (Ki, Mi, Gi, Ti) for powers of 1024.
 _SIZE_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3, "gb": 1000**3,
@@ -114,14 +114,11 @@ def check_db_url(url: str, *, field_name: str = "CAPSTAN_DB_URL") -> str:
                                 f"supported; use {DB_URL_HINT}")
 
 
-_TOKEN = re.compile(re.escape(TOKEN_MARK) + r"[A-Za-z0-9_-]{40}")
-
-
 def check_token(token: str, *, field_name: str = "CAPSTAN_TOKEN") -> str:
     """A Capstan token secret (``cap_`` and 40 URL-safe characters, as `capstan tokens create` prints it); the
     message never repeats the value."""
     text = token.strip()
-    if not _TOKEN.fullmatch(text):
+    if not is_token_secret(text):
         raise InvalidParameterValue(
             f"{field_name}: the value ({len(text)} characters) does not look like a Capstan token ({TOKEN_MARK} "
             "and 40 more characters, as printed by `capstan tokens create`)")

@@ -18,9 +18,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from capstan.cli.tables import PIPE_WIDTH, TextTable, render
+from capstan.sdk.backends import ArtifactOwner
+from capstan.sdk.backends_local import LocalBackend
 from capstan.settings import Settings
-from capstan.tracking.backends import ArtifactOwner
-from capstan.tracking.backends_local import LocalBackend
 from capstan.tracking.records import Metric, Param, RunTag
 from helpers.server import capstan_command, clean_env
 

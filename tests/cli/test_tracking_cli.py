@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
+from capstan.sdk.backends import ArtifactOwner
+from capstan.sdk.backends_local import LocalBackend
 from capstan.settings import Settings
-from capstan.tracking.backends import ArtifactOwner
-from capstan.tracking.backends_local import LocalBackend
 from capstan.tracking.records import Metric, Param, RunTag
 from helpers.server import capstan_command, clean_env
 

@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 
 from capstan.errors import InvalidState
+from capstan.sdk.backends import TrackingBackend
+from capstan.sdk.backends_http import HttpBackend
+from capstan.sdk.backends_local import LocalBackend
 from capstan.settings import Settings
-from capstan.tracking.backends import TrackingBackend
-from capstan.tracking.backends_http import HttpBackend
-from capstan.tracking.backends_local import LocalBackend
 from capstan.tracking.records import Metric
 from helpers.server import ServerProcess, capstan_command, clean_env, start_server
 
@@ -159,7 +159,7 @@ def test_runs_show_metric_history(target: dict[str, Any]) -> None:
 
 
 def test_fluent_api_names_the_restore_command(tmp_path: Path) -> None:
-    from capstan.tracking import sdk
+    from capstan.sdk import fluent as sdk
 
     settings = Settings.for_home(tmp_path / "home")
     backend = LocalBackend(settings)

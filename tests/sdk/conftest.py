@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from capstan.sdk import fluent as sdk
+from capstan.sdk.backends import TrackingBackend
+from capstan.sdk.backends_http import HttpBackend
+from capstan.sdk.backends_local import LocalBackend
 from capstan.settings import Settings
-from capstan.tracking import sdk
-from capstan.tracking.backends import TrackingBackend
-from capstan.tracking.backends_http import HttpBackend
-from capstan.tracking.backends_local import LocalBackend
 from helpers.server import ServerProcess, start_server
 
 

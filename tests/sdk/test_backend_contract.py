@@ -15,7 +15,7 @@ from capstan.errors import (
     ResourceAlreadyExists,
     ResourceDoesNotExist,
 )
-from capstan.tracking.backends import ArtifactOwner, TrackingBackend
+from capstan.sdk.backends import ArtifactOwner, TrackingBackend
 from capstan.tracking.records import Metric, Param, RunTag
 
 NOW = 1_700_000_000_000
@@ -300,7 +300,7 @@ def test_rename_run_sets_name_and_tag(backend: TrackingBackend) -> None:
 
 
 def test_deleted_experiment_takes_its_runs_and_errors_name_the_restore_command(backend: TrackingBackend) -> None:
-    from capstan.tracking.client import Client
+    from capstan.sdk.client import Client
 
     experiment_id, run_id = new_run(backend)
     backend.delete_experiment(experiment_id)

@@ -12,11 +12,11 @@ import pytest
 
 import capstan
 from capstan.errors import InvalidParameterValue
+from capstan.sdk import fluent as sdk
+from capstan.sdk.backends_local import LocalBackend
+from capstan.sdk.metric_writer import MetricFlushError, MetricWriter
 from capstan.settings import Settings
 from capstan.store import tracking_validation
-from capstan.tracking import sdk
-from capstan.tracking.backends_local import LocalBackend
-from capstan.tracking.metric_writer import MetricFlushError, MetricWriter
 from capstan.tracking.records import Metric
 
 BAD_KEYS = ["a/../b", "./a", "a/", "a//b", "/a", "..", "bad*key", "tab\tkey", "", "x" * 251]

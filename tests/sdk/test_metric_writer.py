@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from capstan.errors import InvalidState, StoreUnavailable
+from capstan.sdk import fluent as sdk
+from capstan.sdk.metric_writer import MetricFlushError, MetricWriter
 from capstan.settings import Settings
-from capstan.tracking import sdk
-from capstan.tracking.metric_writer import MetricFlushError, MetricWriter
 from capstan.tracking.records import Metric
 from helpers.server import clean_env
 
@@ -231,7 +231,7 @@ def test_metrics_are_flushed_and_the_run_ended_at_interpreter_exit(tmp_path: Pat
                             timeout=120)
     assert result.returncode == 0, result.stderr
     run_id = result.stdout.strip()
-    from capstan.tracking.client import Client
+    from capstan.sdk.client import Client
 
     with Client(settings=Settings.for_home(home)) as client:
         history = client.get_metric_history(run_id, "loss")
@@ -242,7 +242,7 @@ def test_metrics_are_flushed_and_the_run_ended_at_interpreter_exit(tmp_path: Pat
 def test_a_flush_failure_at_exit_is_printed_not_swallowed(tmp_path: Path) -> None:
     script = textwrap.dedent("""
         import capstan
-        from capstan.tracking import sdk
+        from capstan.sdk import fluent as sdk
         run = capstan.start_run(experiment="atexit-fail")
         capstan.log_metric("loss", 1.0)
         sdk.process_backend().delete_run(run.run_id)

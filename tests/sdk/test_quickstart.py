@@ -8,8 +8,8 @@ from pathlib import Path
 
 from sklearn.base import BaseEstimator
 
+from capstan.sdk.client import Client
 from capstan.settings import Settings
-from capstan.tracking.client import Client
 from helpers.server import capstan_command, clean_env
 
 # `pip install . && capstan quickstart` must work with nothing else installed: pandas (a test extra) is made

@@ -13,11 +13,11 @@ import pytest
 import capstan
 from capstan.errors import InvalidParameterValue
 from capstan.names import check_characters, forbidden_character
+from capstan.sdk import fluent as sdk
 from capstan.services import Services
 from capstan.settings import Settings
 from capstan.store import registry_checks
 from capstan.store.tracking_validation import MAX_KEY_LENGTH, MAX_NAME_LENGTH, MAX_RUN_NAME_LENGTH
-from capstan.tracking import sdk
 from helpers.server import ServerProcess, start_server
 
 HUGE = "956969569694412872404172800"

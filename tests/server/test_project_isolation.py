@@ -14,9 +14,9 @@ import httpx
 import pytest
 
 from capstan.errors import InvalidParameterValue
+from capstan.sdk.client import Client
 from capstan.services import Services
 from capstan.settings import Settings
-from capstan.tracking.client import Client
 from helpers.server import ServerProcess, start_server
 
 MLFLOW = "/api/2.0/mlflow"

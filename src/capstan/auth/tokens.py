@@ -14,9 +14,9 @@ import hashlib
 import re
 import secrets
 
-TOKEN_MARK = "cap_"
+from capstan.token_format import TOKEN_MARK
+
 PREFIX_LEN = 12  # "cap_" and 8 random characters: enough to tell tokens apart in listings, useless to an attacker
-SECRET_CHARS = 40  # secrets.token_urlsafe(30)
 REDACT_MIN_CHARS = 16  # longer than any display prefix, far shorter than a secret: a truncated paste is caught too
 REDACTED = "...[redacted]"
 _SECRET_SHAPED = re.compile(re.escape(TOKEN_MARK) + "[A-Za-z0-9_-]{" + str(REDACT_MIN_CHARS) + ",}")

@@ -19,7 +19,7 @@ from capstan.cli.tables import TextTable
 from capstan.cli.tables import console as _console
 
 if TYPE_CHECKING:
-    from capstan.tracking.client import Client
+    from capstan.sdk.client import Client
     from capstan.tracking.records import Run
 
 SYSTEM_TAG_PREFIX = "mlflow."
@@ -30,7 +30,7 @@ MAX_PARAM_COLUMNS = 3
 # -- helpers --------------------------------------------------------------------------------------------
 def _client() -> Client:
     from capstan.cli.context import cli_settings
-    from capstan.tracking.client import Client
+    from capstan.sdk.client import Client
 
     return Client(settings=cli_settings())
 
@@ -103,7 +103,7 @@ def experiments_group() -> None:
 @JSON_OPTION
 def experiments_list(view: str, filter_string: str, as_json: bool) -> None:
     """List the experiments of the current project."""
-    from capstan.tracking import backends_wire as wire
+    from capstan.sdk import backends_wire as wire
 
     with _client() as client:
         experiments = client.search_experiments(filter_string, view_type=_view_type(view),
@@ -212,7 +212,7 @@ def runs_list(experiments: tuple[str, ...], filter_string: str, order_by: tuple[
 
     Deleting an experiment deletes its runs: `--view deleted` lists them (and runs deleted one by one),
     `--view all` lists every run."""
-    from capstan.tracking import backends_wire as wire
+    from capstan.sdk import backends_wire as wire
 
     with _client() as client:
         runs = client.search_runs(None if not experiments else [], filter_string,
@@ -249,7 +249,7 @@ def _metric_history(client: Client, run: Run, key: str, as_json: bool) -> None:
         known = ", ".join(sorted(m.key for m in run.data.metrics)) or "none"
         raise click.ClickException(f"run {run.info.run_id} has no metric {key!r} (its metrics: {known})")
     if as_json:
-        from capstan.tracking import backends_wire as wire
+        from capstan.sdk import backends_wire as wire
 
         _echo_json({"run_id": run.info.run_id, "key": key, "metrics": [wire.metric_to_json(m) for m in history]})
         return
@@ -268,7 +268,7 @@ def _metric_history(client: Client, run: Run, key: str, as_json: bool) -> None:
 def runs_show(run_id: str, system_tags: bool, metric_key: str | None, as_json: bool) -> None:
     """Show one run: info, params, latest metrics, tags, artifacts and logged models, or with --metric KEY every
     point of one metric (step, time, value)."""
-    from capstan.tracking import backends_wire as wire
+    from capstan.sdk import backends_wire as wire
 
     with _client() as client:
         run = client.get_run(run_id)
@@ -409,7 +409,7 @@ def models_group() -> None:
 @JSON_OPTION
 def models_list(filter_string: str, as_json: bool) -> None:
     """List registered models with their latest version and aliases."""
-    from capstan.tracking import backends_wire as wire
+    from capstan.sdk import backends_wire as wire
 
     with _client() as client:
         models = client.search_registered_models(filter_string, max_results=100_000)
@@ -434,7 +434,7 @@ def models_list(filter_string: str, as_json: bool) -> None:
 @JSON_OPTION
 def models_show(name: str, as_json: bool) -> None:
     """Show a registered model: its versions, lineage (run -> version), aliases and tags."""
-    from capstan.tracking import backends_wire as wire
+    from capstan.sdk import backends_wire as wire
 
     escaped = name.replace("'", "\\'")
     with _client() as client:

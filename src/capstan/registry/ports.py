@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Protocol
 
+from capstan.pages import Page
 from capstan.registry.records import ModelVersion, RegisteredModel
-from capstan.tracking.records import Page
 
 
 class RegistryStore(Protocol):

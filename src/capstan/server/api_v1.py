@@ -2,7 +2,7 @@
 
 This module serves experiments and runs and assembles `router` from the sub-routers: logged models and the model
 registry (`capstan.server.api_v1_models`) and artifacts (`capstan.server.api_v1_artifacts`). `HttpBackend`
-(`capstan.tracking.backends_http`) is its client. Bodies are described by `capstan.server.api_v1_schemas`;
+(`capstan.sdk.backends_http`) is its client. Bodies are described by `capstan.server.api_v1_schemas`;
 responses are rendered with orjson. Errors are ``{"error_code", "message"}`` with the error's HTTP status.
 """
 
@@ -14,6 +14,7 @@ from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
 from capstan.errors import InvalidParameterValue
+from capstan.sdk import backends_wire as wire
 from capstan.server import api_v1_artifacts, api_v1_models
 from capstan.server.api_v1_common import (
     authorize_experiment,
@@ -49,7 +50,6 @@ from capstan.server.api_v1_schemas import (
 )
 from capstan.server.errors import NAMES_AN_OBJECT
 from capstan.server.security import require
-from capstan.tracking import backends_wire as wire
 from capstan.tracking.records import RUN_STATUSES, Metric, Param, RunTag
 
 experiments = APIRouter(prefix="/experiments", tags=["experiments"])

@@ -17,6 +17,8 @@ from starlette.responses import Response, StreamingResponse
 from capstan.artifacts.paths import join, normalize_path
 from capstan.auth.policy import Permission
 from capstan.errors import ArtifactTooLarge, InvalidParameterValue
+from capstan.sdk.backends import ArtifactOwner
+from capstan.sdk.backends_local import resolve_artifact_root
 from capstan.server.api_v1_common import (
     authorize_logged_model,
     authorize_registered_model,
@@ -26,8 +28,6 @@ from capstan.server.api_v1_common import (
 )
 from capstan.server.api_v1_schemas import ArtifactList, VersionPath
 from capstan.server.model_sources import authorize_source, authorize_store_path
-from capstan.tracking.backends import ArtifactOwner
-from capstan.tracking.backends_local import resolve_artifact_root
 
 router = APIRouter(tags=["artifacts"])
 

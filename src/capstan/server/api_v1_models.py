@@ -8,6 +8,7 @@ from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
 from capstan.errors import InvalidParameterValue
+from capstan.sdk import backends_wire as wire
 from capstan.server.api_v1_common import (
     authorize_experiment,
     authorize_logged_model,
@@ -43,7 +44,6 @@ from capstan.server.api_v1_schemas import (
 from capstan.server.errors import NAMES_AN_OBJECT
 from capstan.server.model_sources import authorize_source, record_version_on_logged_model
 from capstan.server.security import require
-from capstan.tracking import backends_wire as wire
 
 logged_models = APIRouter(prefix="/logged-models", tags=["logged models"])
 registry = APIRouter(tags=["model registry"])

@@ -1,6 +1,6 @@
 """Pydantic models of Capstan's ``/api/v1`` request and response bodies (they make the OpenAPI document useful).
 
-Responses are rendered with orjson from the records (`capstan.tracking.backends_wire`); these models describe the
+Responses are rendered with orjson from the records (`capstan.sdk.backends_wire`); these models describe the
 same shapes. Non-finite metric values travel as the strings ``"NaN"``, ``"Infinity"`` and ``"-Infinity"``.
 
 Request bodies are strict (``true`` is a boolean, ``0.0`` is not; ``"5"`` is not an integer) and their limits are

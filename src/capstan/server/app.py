@@ -142,7 +142,7 @@ def _start_pipelines(app: FastAPI, services: Services, is_leader: bool) -> None:
         if app.state.pipelines is None:
             from capstan.pipelines.service import PipelineService
 
-            app.state.pipelines = PipelineService.from_services(services)
+            app.state.pipelines = PipelineService(services.pipelines.get())
         resumed = app.state.pipelines.start(schedules=is_leader, resume=is_leader)
         if resumed:
             log.info("resumed %d unfinished pipeline run(s): %s", len(resumed), ", ".join(resumed))

@@ -11,12 +11,13 @@ from sqlalchemy import Connection, Engine, Row, func, insert, select, update
 
 from capstan.auth.policy import check_role
 from capstan.auth.records import AuditEntry, Credential, IssuedToken, Membership, Token, User
-from capstan.auth.tokens import TOKEN_MARK, display_prefix, generate_secret, hash_secret, redact_secrets
+from capstan.auth.tokens import display_prefix, generate_secret, hash_secret, redact_secrets
 from capstan.clock import Clock, system_clock
 from capstan.errors import InvalidParameterValue, ResourceAlreadyExists, ResourceDoesNotExist
 from capstan.names import check_characters
 from capstan.store.schema import audit_log, project_members, projects, tokens, users
 from capstan.store.sql_helpers import insert_ignore
+from capstan.token_format import TOKEN_MARK
 
 _USER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,255}")
 TOUCH_INTERVAL_MS = 60_000  # write tokens.last_used_at at most once a minute per token

@@ -21,6 +21,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from capstan.clock import Clock, system_clock
 from capstan.errors import InvalidParameterValue, ResourceAlreadyExists, ResourceDoesNotExist, StoreUnavailable
 from capstan.events.ports import EventLog
+from capstan.pages import Page
 from capstan.registry.records import ModelVersion, RegisteredModel
 from capstan.store import registry_checks as checks
 from capstan.store.registry_filter import Comparison, OrderBy, parse_filter, parse_order_by_list
@@ -41,7 +42,6 @@ from capstan.store.schema import (
 )
 from capstan.store.sql_helpers import insert_ignore, upsert
 from capstan.store.tracking_query import subplan_exists
-from capstan.tracking.records import Page
 from capstan.tracking.search_syntax import encode_page_token
 
 rm = registered_models

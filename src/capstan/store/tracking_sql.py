@@ -22,6 +22,7 @@ from capstan.clock import Clock, system_clock
 from capstan.errors import InvalidParameterValue, InvalidState, ResourceAlreadyExists, ResourceDoesNotExist
 from capstan.events.ports import EventLog
 from capstan.events.records import NORMAL, WARNING, Event
+from capstan.pages import Page
 from capstan.store import tracking_models as lm
 from capstan.store import tracking_sqltext as sql
 from capstan.store.tracking_purge import purge_deleted
@@ -73,7 +74,6 @@ from capstan.tracking.records import (
     Experiment,
     LoggedModel,
     Metric,
-    Page,
     Param,
     PurgeReport,
     Run,

@@ -11,12 +11,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Protocol
 
+from capstan.pages import Page
 from capstan.tracking.records import (
     DatasetInput,
     Experiment,
     LoggedModel,
     Metric,
-    Page,
     Param,
     PurgeReport,
     Run,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import TypeVar
 
 T = TypeVar("T")
 
@@ -13,14 +13,6 @@ TERMINAL_STATUSES = ("FINISHED", "FAILED", "KILLED")
 ACTIVE = "active"
 DELETED = "deleted"
 VIEW_TYPES = ("ACTIVE_ONLY", "DELETED_ONLY", "ALL")
-
-
-@dataclass(frozen=True, slots=True)
-class Page(Generic[T]):
-    """One page of results and the opaque token for the next page (``None`` on the last page)."""
-
-    items: tuple[T, ...]
-    next_page_token: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

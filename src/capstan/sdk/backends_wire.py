@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from capstan.registry.records import ModelVersion, RegisteredModel
-from capstan.tracking.backends import ArtifactInfo
+from capstan.sdk.backends import ArtifactInfo
 from capstan.tracking.records import (
     DatasetInput,
     Experiment,

@@ -9,20 +9,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from capstan.errors import InvalidParameterValue, InvalidState, ResourceDoesNotExist
+from capstan.pages import Page
 from capstan.registry.records import ModelVersion, RegisteredModel
+from capstan.sdk.backends import ArtifactInfo, ArtifactOwner
 from capstan.settings import Settings
-from capstan.tracking.backends import ArtifactInfo, ArtifactOwner
-from capstan.tracking.records import (
-    DELETED,
-    Experiment,
-    LoggedModel,
-    Metric,
-    Page,
-    Param,
-    Run,
-    RunInfo,
-    RunTag,
-)
+from capstan.tracking.records import DELETED, Experiment, LoggedModel, Metric, Param, Run, RunInfo, RunTag
 
 if TYPE_CHECKING:
     from capstan.services import Services

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from capstan.errors import CapstanError, InvalidParameterValue, ResourceDoesNotExist
-from capstan.tracking.backends import ArtifactOwner, TrackingBackend
+from capstan.sdk.backends import ArtifactOwner, TrackingBackend
 
 
 @dataclass(frozen=True, slots=True)

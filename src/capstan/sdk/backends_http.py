@@ -15,20 +15,12 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from capstan.errors import CapstanError, InvalidParameterValue, RemoteError, StoreUnavailable, error_from_body
+from capstan.pages import Page
 from capstan.registry.records import ModelVersion, RegisteredModel
+from capstan.sdk import backends_wire as wire
+from capstan.sdk.backends import ArtifactInfo, ArtifactOwner
 from capstan.settings import Settings
-from capstan.tracking import backends_wire as wire
-from capstan.tracking.backends import ArtifactInfo, ArtifactOwner
-from capstan.tracking.records import (
-    Experiment,
-    LoggedModel,
-    Metric,
-    Page,
-    Param,
-    Run,
-    RunInfo,
-    RunTag,
-)
+from capstan.tracking.records import Experiment, LoggedModel, Metric, Param, Run, RunInfo, RunTag
 
 if TYPE_CHECKING:
     import httpx

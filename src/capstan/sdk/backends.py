@@ -2,9 +2,9 @@
 
 `TrackingBackend` is one Protocol with two adapters:
 
-- `capstan.tracking.backends_local.LocalBackend` writes to the local stores directly (`capstan.services.Services`);
+- `capstan.sdk.backends_local.LocalBackend` writes to the local stores directly (`capstan.services.Services`);
   no server is needed. Used when ``Settings.url`` (``CAPSTAN_URL``) is unset.
-- `capstan.tracking.backends_http.HttpBackend` talks to a Capstan server's ``/api/v1`` with ``httpx``.
+- `capstan.sdk.backends_http.HttpBackend` talks to a Capstan server's ``/api/v1`` with ``httpx``.
 
 Both pass the same contract suite (``tests/sdk/test_backend_contract.py``). `open_backend` picks one from settings.
 
@@ -22,17 +22,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol
 
 from capstan.errors import InvalidParameterValue
+from capstan.pages import Page
 from capstan.registry.records import ModelVersion, RegisteredModel
-from capstan.tracking.records import (
-    Experiment,
-    LoggedModel,
-    Metric,
-    Page,
-    Param,
-    Run,
-    RunInfo,
-    RunTag,
-)
+from capstan.tracking.records import Experiment, LoggedModel, Metric, Param, Run, RunInfo, RunTag
 
 if TYPE_CHECKING:
     from capstan.settings import Settings
@@ -220,10 +212,10 @@ class TrackingBackend(Protocol):
 def open_backend(settings: Settings) -> TrackingBackend:
     """The HTTP adapter when ``settings.url`` is set, else the local one (stores opened on first use)."""
     if settings.url:
-        from capstan.tracking.backends_http import HttpBackend
+        from capstan.sdk.backends_http import HttpBackend
 
         return HttpBackend(settings)
-    from capstan.tracking.backends_local import LocalBackend
+    from capstan.sdk.backends_local import LocalBackend
 
     return LocalBackend(settings)
 

@@ -24,12 +24,12 @@ from types import TracebackType
 from typing import Any
 
 from capstan.errors import CapstanError, InvalidParameterValue, InvalidState, ResourceDoesNotExist
+from capstan.sdk.backends import ArtifactOwner, TrackingBackend, iter_local_files, open_backend
+from capstan.sdk.fluent_models import ModelInfo
+from capstan.sdk.metric_writer import MetricFlushError, MetricWriter
 from capstan.settings import Settings
 from capstan.store import tracking_validation as validation
-from capstan.tracking.backends import ArtifactOwner, TrackingBackend, iter_local_files, open_backend
-from capstan.tracking.metric_writer import MetricFlushError, MetricWriter
 from capstan.tracking.records import DELETED, TERMINAL_STATUSES, Experiment, Metric, Param, Run, RunInfo, RunTag
-from capstan.tracking.sdk_models import ModelInfo
 
 DEFAULT_EXPERIMENT = "Default"
 METRIC_FLUSH_TAG = "capstan.metrics.unstored"
@@ -231,7 +231,7 @@ class ActiveRun:
     def log_model(self, model: Any, name: str, *, input_example: Any = None, signature: Any = None,
                   registered_model_name: str | None = None, serialization_format: str | None = None) -> ModelInfo:
         """Log a model as an output of this run (see `capstan.log_model`)."""
-        from capstan.tracking import sdk_models
+        from capstan.sdk import fluent_models as sdk_models
 
         return sdk_models.log_model(self._state.backend, model, name, experiment_id=self.experiment_id,
                                     run_id=self.run_id, input_example=input_example, signature=signature,
@@ -590,7 +590,7 @@ def log_model(model: Any, name: str, *, input_example: Any = None, signature: An
         return run.log_model(model, name, input_example=input_example, signature=signature,
                              registered_model_name=registered_model_name,
                              serialization_format=serialization_format)
-    from capstan.tracking import sdk_models
+    from capstan.sdk import fluent_models as sdk_models
 
     return sdk_models.log_model(_STATE.backend, model, name, experiment_id=_STATE.experiment_id(None),
                                 run_id=None, input_example=input_example, signature=signature,
@@ -601,7 +601,7 @@ def log_model(model: Any, name: str, *, input_example: Any = None, signature: An
 def load_model(model_uri: str, *, as_pyfunc: bool = False, dst_path: str | os.PathLike[str] | None = None) -> Any:
     """Load ``models:/NAME@ALIAS``, ``models:/NAME/VERSION``, ``models:/MODEL_ID``, ``runs:/RUN/PATH`` or a local
     model folder: the native model (a scikit-learn estimator), or a `PyFuncModel` with ``as_pyfunc=True``."""
-    from capstan.tracking import sdk_models
+    from capstan.sdk import fluent_models as sdk_models
 
     return sdk_models.load_model(_STATE.backend, model_uri, as_pyfunc=as_pyfunc,
                                  dst_path=None if dst_path is None else Path(dst_path))
@@ -609,6 +609,6 @@ def load_model(model_uri: str, *, as_pyfunc: bool = False, dst_path: str | os.Pa
 
 def register_model(model_uri: str, name: str, *, tags: Mapping[str, str] | None = None) -> Any:
     """Create a new version of registered model ``name`` (created if needed) from ``model_uri``."""
-    from capstan.tracking import sdk_models
+    from capstan.sdk import fluent_models as sdk_models
 
     return sdk_models.register_model(_STATE.backend, model_uri, name, tags=tags)

@@ -13,20 +13,12 @@ from types import TracebackType
 from typing import Any
 
 from capstan.errors import InvalidParameterValue, ResourceDoesNotExist
+from capstan.pages import Page
 from capstan.registry.records import ModelVersion, RegisteredModel
+from capstan.sdk.backends import ArtifactInfo, ArtifactOwner, TrackingBackend, open_backend
+from capstan.sdk.fluent_models import ModelInfo
 from capstan.settings import Settings
-from capstan.tracking.backends import ArtifactInfo, ArtifactOwner, TrackingBackend, open_backend
-from capstan.tracking.records import (
-    TERMINAL_STATUSES,
-    Experiment,
-    LoggedModel,
-    Metric,
-    Page,
-    Param,
-    Run,
-    RunTag,
-)
-from capstan.tracking.sdk_models import ModelInfo
+from capstan.tracking.records import TERMINAL_STATUSES, Experiment, LoggedModel, Metric, Param, Run, RunTag
 
 
 def _now_ms() -> int:
@@ -59,7 +51,7 @@ class Client:
             self._backend = open_backend(settings)
             self._owns_backend = True
         else:
-            from capstan.tracking import sdk
+            from capstan.sdk import fluent as sdk
 
             self._backend = sdk.process_backend()
         self._settings = settings
@@ -183,7 +175,7 @@ class Client:
     def log_metric(self, run_id: str, key: str, value: float, *, step: int = 0,
                    timestamp: int | None = None) -> None:
         """Log one metric point synchronously."""
-        from capstan.tracking.sdk import check_metric
+        from capstan.sdk.fluent import check_metric
 
         self._backend.log_batch(run_id, metrics=[check_metric(key, value, step, timestamp or _now_ms())])
 
@@ -211,7 +203,7 @@ class Client:
     def log_artifact(self, run_id: str, local_path: str | os.PathLike[str],
                      artifact_path: str | None = None) -> None:
         """Upload a file (or a folder, kept as a folder) into the run's artifacts below ``artifact_path``."""
-        from capstan.tracking.sdk import artifact_files
+        from capstan.sdk.fluent import artifact_files
 
         for rel, file in artifact_files(local_path, artifact_path, keep_folder=True):
             self._backend.upload_artifact(ArtifactOwner.run(run_id), rel, file)
@@ -219,7 +211,7 @@ class Client:
     def log_artifacts(self, run_id: str, local_dir: str | os.PathLike[str],
                       artifact_path: str | None = None) -> None:
         """Upload the contents of ``local_dir`` into the run's artifacts below ``artifact_path``."""
-        from capstan.tracking.sdk import artifact_files
+        from capstan.sdk.fluent import artifact_files
 
         for rel, file in artifact_files(local_dir, artifact_path, keep_folder=False):
             self._backend.upload_artifact(ArtifactOwner.run(run_id), rel, file)
@@ -258,7 +250,7 @@ class Client:
     def log_model(self, run_id: str, model: Any, name: str, *, input_example: Any = None, signature: Any = None,
                   registered_model_name: str | None = None, serialization_format: str | None = None) -> ModelInfo:
         """Log ``model`` as an output of run ``run_id`` (see `capstan.log_model`)."""
-        from capstan.tracking import sdk_models
+        from capstan.sdk import fluent_models as sdk_models
 
         run = self._backend.get_run(run_id)
         return sdk_models.log_model(self._backend, model, name, experiment_id=run.info.experiment_id,
@@ -269,14 +261,14 @@ class Client:
     def load_model(self, model_uri: str, *, as_pyfunc: bool = False,
                    dst_path: str | os.PathLike[str] | None = None) -> Any:
         """Load a model from ``models:/NAME@ALIAS``, ``models:/NAME/VERSION``, ``runs:/RUN/PATH`` or a folder."""
-        from capstan.tracking import sdk_models
+        from capstan.sdk import fluent_models as sdk_models
 
         return sdk_models.load_model(self._backend, model_uri, as_pyfunc=as_pyfunc,
                                      dst_path=None if dst_path is None else Path(dst_path))
 
     def download_model(self, model_uri: str, dst_path: str | os.PathLike[str]) -> Path:
         """Copy a model folder to ``dst_path``; returns the folder holding ``MLmodel``."""
-        from capstan.tracking import sdk_models
+        from capstan.sdk import fluent_models as sdk_models
 
         return sdk_models.download_model(self._backend, model_uri, Path(dst_path))
 
@@ -320,7 +312,7 @@ class Client:
     def register_model(self, model_uri: str, name: str, *, tags: Mapping[str, str] | None = None,
                        description: str = "") -> ModelVersion:
         """Create a new version of ``name`` (created if needed) from ``runs:/RUN/PATH`` or ``models:/MODEL_ID``."""
-        from capstan.tracking import sdk_models
+        from capstan.sdk import fluent_models as sdk_models
 
         result: ModelVersion = sdk_models.register_model(self._backend, model_uri, name, tags=tags,
                                                           description=description)
