@@ -14,7 +14,11 @@ from capstan.store.schema import events
 
 
 class SqlEventLog:
-    """`EventLog` over the metadata store's ``events`` table."""
+    """`EventLog` over the metadata store's ``events`` table: the one owner of that table's row format."""
+
+    INSERT_SQL = ("INSERT INTO events (time, kind, object_id, type, reason, message, project, data) "
+                  "VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
+    """For stores that write through raw DB-API cursors (`capstan.store.tracking_tx`): `raw_rows` fills it."""
 
     def __init__(self, engine: Engine, *, clock: Clock = system_clock) -> None:
         self._engine = engine
@@ -66,6 +70,12 @@ class SqlEventLog:
             for r in rows
         )
 
+    def raw_rows(self, batch: Sequence[Event]) -> Sequence[tuple[object, ...]]:
+        """``batch`` checked and laid out as `INSERT_SQL`'s parameters, for a store appending inside its own raw
+        transaction on the same database."""
+        now = self._clock()
+        return [tuple(self._row(self._check(event), default_time=now).values()) for event in batch]
+
     @staticmethod
     def _check(event: Event) -> Event:
         if event.type not in (NORMAL, WARNING):
@@ -76,6 +86,7 @@ class SqlEventLog:
 
     @staticmethod
     def _row(event: Event, *, default_time: int = 0) -> dict[str, object]:
+        # In the column order of INSERT_SQL, which `raw_rows` relies on.
         return {"time": event.time or default_time, "kind": event.kind, "object_id": event.object_id,
                 "type": event.type, "reason": event.reason, "message": event.message, "project": event.project,
                 "data": orjson.dumps(dict(event.data), default=str).decode()}

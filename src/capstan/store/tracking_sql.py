@@ -15,7 +15,6 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
-import orjson
 from sqlalchemy import Engine
 
 from capstan.clock import Clock, system_clock
@@ -25,6 +24,7 @@ from capstan.events.records import NORMAL, WARNING, Event
 from capstan.pages import Page
 from capstan.store import tracking_models as lm
 from capstan.store import tracking_sqltext as sql
+from capstan.store.events_sql import SqlEventLog
 from capstan.store.tracking_purge import purge_deleted
 from capstan.store.tracking_query import (
     ExperimentRow,
@@ -124,7 +124,8 @@ class SqlTrackingStore:
         self._events = events
         self._dialect = engine.dialect.name
         self._tr = Transactor(engine)
-        self._events_inline = events is not None and getattr(events, "engine", None) is engine
+        # A log on the same database gets the events inside the store's own transaction.
+        self._inline_log = events if isinstance(events, SqlEventLog) and events.engine is engine else None
         self._key_ids: dict[str, int] = {}
         self._defaults_ready = False
 
@@ -143,8 +144,8 @@ class SqlTrackingStore:
         def once(tx: RawTx) -> T:
             pending.clear()
             result = work(tx, pending)
-            if pending and self._events_inline:
-                tx.many(sql.SQL_INSERT_EVENT, [self._event_row(e) for e in pending])
+            if pending and self._inline_log is not None:
+                tx.many(SqlEventLog.INSERT_SQL, self._inline_log.raw_rows(pending))
             return result
 
         for attempt in range(3):
@@ -154,7 +155,7 @@ class SqlTrackingStore:
             except Exception as exc:
                 if not (retry_conflicts and attempt < 2 and self._tr.is_integrity_error(exc)):
                     raise
-        if pending and self._events is not None and not self._events_inline:
+        if pending and self._events is not None and self._inline_log is None:
             self._events.append_many(list(pending))
         return result
 
@@ -172,11 +173,6 @@ class SqlTrackingStore:
 
         self._tr.run(work)
         self._defaults_ready = True
-
-    @staticmethod
-    def _event_row(event: Event) -> tuple[Any, ...]:
-        return (event.time, event.project, event.kind, event.object_id, event.type, event.reason, event.message,
-                orjson.dumps(dict(event.data), default=str).decode())
 
     def _event(self, pending: list[Event], kind: str, object_id: str, reason: str, message: str, project: str,
                data: Mapping[str, object] | None = None, *, type: str = NORMAL) -> None:

@@ -38,8 +38,6 @@ SQL_UPSERT_LATEST = (
 SQL_UPSERT_TAG = ("INSERT INTO run_tags (run_id, key, value) VALUES (?, ?, ?) "
                   "ON CONFLICT (run_id, key) DO UPDATE SET value = excluded.value")
 SQL_INSERT_PARAM = "INSERT INTO params (run_id, key, value) VALUES (?, ?, ?)"
-SQL_INSERT_EVENT = ("INSERT INTO events (time, project, kind, object_id, type, reason, message, data) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
 SQL_INSERT_KEY = "INSERT INTO metric_keys (key) VALUES (?) ON CONFLICT DO NOTHING"
 
 
