@@ -13,15 +13,14 @@ import os
 import queue
 import random
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from capstan.clock import Clock, system_clock
+from capstan.clock import Clock, monotonic_of, system_clock
 from capstan.events.records import WARNING
+from capstan.pipelines import attempts, supervision
 from capstan.pipelines import state as sm
-from capstan.pipelines import supervision
 from capstan.pipelines.admission import (
     PREEMPTED,
     Admission,
@@ -40,12 +39,7 @@ from capstan.pipelines.execution import (
     Task,
     thread_capture,
 )
-from capstan.pipelines.executors import (
-    AttachWatcher,
-    ProcessExecutor,
-    ThreadExecutor,
-    Worker,
-)
+from capstan.pipelines.executors import AttachWatcher, ProcessExecutor, ThreadExecutor
 from capstan.pipelines.graph import Graph
 from capstan.pipelines.serialize import OutputRef, list_ref, load_output
 from capstan.pipelines.state import StepState
@@ -54,8 +48,11 @@ from capstan.pipelines.storage import (
     RUN_KIND,
     STEP_KIND,
     Batch,
+    CacheEntry,
     RoundWriter,
     RunRecord,
+    RunUpdate,
+    StepInput,
     StepRecord,
     event_row,
     orchestrator_id,
@@ -94,6 +91,7 @@ class Orchestrator:
         self._store = store
         self._settings = settings
         self._clock = clock
+        self._mono = monotonic_of(clock)  # deadlines, polls and heartbeats: a fake clock moves them
         self._observer = observer
         self._rng = rng or random.Random()
         self._admission: Admission = admission or LocalAdmission(Capacity.cached())
@@ -132,8 +130,7 @@ class Orchestrator:
         self._detached = False
         self.status = run.status
         self._now = clock()
-        self._last_poll = time.monotonic()
-        self._last_beat = time.monotonic()
+        self._last_poll = self._last_beat = self._mono()
         self._load(steps)
 
     # -- loading ----------------------------------------------------------------------------------------------
@@ -233,7 +230,7 @@ class Orchestrator:
             rec = self.recs[sid]
             timeout = rec.node.step.options.timeout
             if timeout is not None and rec.state is S.RUNNING:
-                rec.deadline = time.monotonic() + timeout
+                rec.deadline = self._mono() + timeout
         self._out.put(None)
 
     def _drain(self, outcomes: list[Outcome]) -> None:
@@ -249,7 +246,7 @@ class Orchestrator:
         with self._lock:
             self._start()
             wait = self._wait_s()
-        last_checkpoint = time.monotonic()
+        last_checkpoint = self._mono()
         while True:
             outcomes: list[Outcome] = []
             try:
@@ -266,9 +263,9 @@ class Orchestrator:
                 if self._done or self._detached:
                     self._writer.checkpoint()
                     return
-                if time.monotonic() - last_checkpoint > 1.0:
+                if self._mono() - last_checkpoint > 1.0:
                     self._writer.checkpoint()
-                    last_checkpoint = time.monotonic()
+                    last_checkpoint = self._mono()
                 self._drain(outcomes)
                 try:
                     self._round(outcomes)
@@ -287,8 +284,8 @@ class Orchestrator:
         batch = Batch.new()
         resumed = self.run_record.started_at is not None
         self.started_at = self.run_record.started_at or now
-        batch.run = {"id": self.run_id, "status": sm.RunStatus.RUNNING.value, "heartbeat_at": now,
-                     "started_at": self.started_at, "finished_at": None}
+        batch.update_run(RunUpdate(self.run_id, status=sm.RunStatus.RUNNING.value, heartbeat_at=now,
+                                   started_at=self.started_at, finished_at=None))
         self.status = sm.RunStatus.RUNNING.value
         self._event(batch, RUN_KIND, self.run_id, "PipelineRunResumed" if resumed else "PipelineRunStarted",
                     f"pipeline {self.graph.pipeline.name!r} {'resumed' if resumed else 'started'} "
@@ -319,7 +316,7 @@ class Orchestrator:
 
     def _wait_s(self) -> float:
         wait = self._poll
-        now_mono = time.monotonic()
+        now_mono = self._mono()
         for sid in self._running.values():
             deadline = self.recs[sid].deadline
             if deadline is not None:
@@ -334,7 +331,7 @@ class Orchestrator:
         now = self._now = self._clock()
         batch = batch or Batch.new()
         effects: list[Callable[[], None]] = []
-        mono = time.monotonic()
+        mono = self._mono()
         if mono - self._last_poll >= self._poll:
             self._last_poll = mono
             if not self._cancel and self._writer.cancel_requested(self.run_id):
@@ -343,7 +340,7 @@ class Orchestrator:
                 self._check_revoked(batch, effects)
         if mono - self._last_beat >= self._heartbeat:
             self._last_beat = mono
-            batch.run = {"id": self.run_id, "heartbeat_at": now}
+            batch.update_run(RunUpdate(self.run_id, heartbeat_at=now))  # on top of the start when in its round
         for outcome in outcomes:
             self._on_outcome(outcome, batch, now)
         supervision.check_timeouts(self, batch, now, effects)
@@ -376,14 +373,13 @@ class Orchestrator:
         rec.state = sm.transition(old, trigger)
         if (old in sm.TERMINAL) != (rec.state in sm.TERMINAL):
             self._open += -1 if rec.state in sm.TERMINAL else 1
-        batch.steps[rec.node.id] = rec  # the row is rendered once, at commit
+        batch.touched[rec.node.id] = rec  # the row is rendered once, at commit
 
     def _touch(self, rec: StepRec, batch: Batch) -> None:
-        batch.steps[rec.node.id] = rec
+        batch.touched[rec.node.id] = rec
 
     def _commit(self, batch: Batch) -> None:
-        run_id = self.run_id
-        batch.steps = {k: r.row(run_id) for k, r in batch.steps.items()}
+        batch.render(self.run_id)
         self._writer.commit(batch)
 
     def _event(self, batch: Batch, kind: str, sid: str, reason: str, message: str = "", *, warning: bool = False,
@@ -525,7 +521,7 @@ class Orchestrator:
                 self._note_waiting(rec, verdict, batch)
                 continue
             else:
-                self._launch(rec, verdict, batch, now, effects)
+                attempts.launch(self, rec, verdict, batch, now, effects)
             self._asking.pop(rec.node.id, None)
         self._queued = waiting
 
@@ -569,69 +565,6 @@ class Orchestrator:
         return make_task(self.run_id, self.project, self._run_dir_text, rec, self.recs, lease, attempt=attempt,
                          log=log, results=results)
 
-    def _launch(self, rec: StepRec, lease: Lease, batch: Batch, now: int,
-                effects: list[Callable[[], None]]) -> None:
-        step = rec.node.step
-        rec.attempt += 1
-        self._set(rec, sm.Trigger.START, batch)
-        rec.started_at = rec.started_at or now
-        rec.reason, rec.message = "", ""
-        rec.lease = lease
-        rec.attempt_started = now
-        self._touch(rec, batch)
-        isolation = step.options.isolation
-        pid = started_ms = None
-        if isolation == "process":
-            if self._procs is None:
-                self._procs = ProcessExecutor(self.offer, settings=self._settings, preload=[], grace_s=self._grace,
-                                              on_started=self.attempt_started)
-            worker: Worker = self._procs.reserve()
-            pid, started_ms = worker.pid, worker.started_ms
-            task = self._task(rec, lease, attempt=rec.attempt, log=worker.log_path, results=worker.results_path)
-            procs = self._procs
-            effects.append(lambda: procs.dispatch(worker, task))
-            rec.executor = "process"
-        else:
-            task = self._task(rec, lease, attempt=rec.attempt)
-            if self._threads is None:
-                self._threads = ThreadExecutor(self.offer, settings=self._settings, store=self._store,
-                                               max_workers=self._max_threads, grace_s=self._grace)
-            memory = {d: self._values[d] for d in rec.node.deps if d in self._values}
-            threads = self._threads
-            effects.append(lambda: threads.submit(task, memory, step))
-            rec.executor = "thread"
-        batch.attempts_new.append({
-            "run_id": self.run_id, "step_id": rec.node.id, "attempt": rec.attempt, "state": S.RUNNING.value,
-            "reason": "", "message": "", "isolation": isolation, "worker_pid": pid, "worker_started": started_ms,
-            "started_at": now, "finished_at": None, "duration_ms": None, "exit_code": None, "peak_memory": None,
-            "log_path": None})
-        self._event(batch, STEP_KIND, rec.node.id, "StepStarted", f"attempt {rec.attempt} ({isolation})",
-                    data={"attempt": rec.attempt, "worker_pid": pid})
-        timeout = step.options.timeout
-        # A worker process reports when it really begins (it may still be importing); threads begin at once.
-        rec.deadline = time.monotonic() + timeout if timeout is not None and isolation == "thread" else None
-        self._running[task.key] = rec.node.id
-        if rec.node.parent:
-            self.recs[rec.node.parent].running_children += 1
-
-    def _finish_attempt(self, rec: StepRec, batch: Batch, *, state: str, reason: str, message: str,
-                        finished_at: int, started_at: int | None = None, exit_code: int | None = None,
-                        peak_memory: int | None = None, log_path: str | None = None, requeue: bool = False) -> None:
-        if rec.lease is not None:
-            self._releases.append((rec.lease, requeue))  # returned in this round's `settle`
-            rec.lease = None
-        rec.deadline = None
-        if rec.node.parent:
-            parent = self.recs[rec.node.parent]
-            parent.running_children = max(0, parent.running_children - 1)
-        begun = started_at if started_at is not None else rec.attempt_started
-        duration = finished_at - begun if begun is not None else None
-        rec.duration_ms = duration
-        batch.attempts_done.append({
-            "k_run": self.run_id, "k_step": rec.node.id, "k_attempt": rec.attempt, "state": state,
-            "reason": reason, "message": message[:4000], "finished_at": finished_at, "duration_ms": duration,
-            "exit_code": exit_code, "peak_memory": peak_memory, "log_path": log_path})
-
     def _on_outcome(self, outcome: Outcome, batch: Batch, now: int) -> None:
         sid = self._running.pop(outcome.key, None)
         if sid is None:
@@ -643,7 +576,7 @@ class Orchestrator:
         preempted = why is not None and not outcome.ok  # an attempt that finished within its grace period counts
         reason, message = (PREEMPTED, f"attempt {rec.attempt} was preempted: {why}") if preempted else \
             (outcome.reason, outcome.message)
-        self._finish_attempt(rec, batch, state=S.SUCCEEDED.value if outcome.ok else S.FAILED.value,
+        attempts.finish(self, rec, batch, state=S.SUCCEEDED.value if outcome.ok else S.FAILED.value,
                              reason=reason, message=message, finished_at=outcome.finished_at,
                              started_at=outcome.started_at, exit_code=outcome.exit_code,
                              peak_memory=outcome.peak_memory, log_path=outcome.log_path, requeue=preempted)
@@ -665,16 +598,13 @@ class Orchestrator:
         output = rec.output
         if output is not None and rec.cache_key and rec.node.step.options.cache:
             fmt, inline, path, digest, size = output.columns()
-            batch.cache.append({"key": rec.cache_key, "run_id": self.run_id, "step_id": sid, "output_format": fmt,
-                                "output_inline": inline, "output_path": path, "output_digest": digest,
-                                "output_size": size, "created_at": now})
+            batch.cache.append(CacheEntry(rec.cache_key, self.run_id, sid, fmt, inline, path, digest, size, now))
         for dep in rec.node.refs():
             src = self.recs[dep]
             if src.output is not None:
                 source_run = (src.cached_from or self.run_id).partition("/")[0]
-                batch.inputs.append({"run_id": self.run_id, "step_id": sid, "source_step": dep,
-                                     "source_run": source_run if src.cached_from else self.run_id,
-                                     "digest": src.output.digest, "path": src.output.path})
+                batch.inputs.append(StepInput(self.run_id, sid, dep, source_run if src.cached_from else self.run_id,
+                                              src.output.digest, src.output.path))
         self._done_ok(rec, batch, now)
 
     def _attempt_failed(self, rec: StepRec, reason: str, message: str, retryable: bool, batch: Batch,
@@ -778,9 +708,9 @@ class Orchestrator:
             message = self._cancel_message
         else:
             message = ""
-        batch.run = {"id": self.run_id, "status": status.value, "finished_at": now, "message": message[:4000],
-                     "heartbeat_at": now}
-        self.final = {k: v for k, v in batch.run.items() if k != "id"}
+        done = RunUpdate(self.run_id, status=status.value, finished_at=now, message=message[:4000], heartbeat_at=now)
+        batch.update_run(done)  # on top of the start (and a heartbeat) when they are in this round
+        self.final = done.values()
         reason = {"succeeded": "PipelineRunSucceeded", "failed": "PipelineRunFailed",
                   "cancelled": "PipelineRunCancelled"}[status.value]
         self._event(batch, RUN_KIND, self.run_id, reason, message, warning=status is not sm.RunStatus.SUCCEEDED)

@@ -11,7 +11,7 @@ from capstan.pipelines.execution import Task
 from capstan.pipelines.graph import Node
 from capstan.pipelines.serialize import OutputRef
 from capstan.pipelines.state import StepState
-from capstan.pipelines.storage import StepRecord
+from capstan.pipelines.storage import StepRecord, StepRow
 from capstan.pipelines.worker import MEMORY_REQUEST_ENV
 
 
@@ -39,18 +39,15 @@ class StepRec:
     duration_ms: int | None = None
     attempt_started: int | None = None
 
-    def row(self, run_id: str) -> dict[str, Any]:
+    def row(self, run_id: str) -> StepRow:
         """The row's mutable columns (plus the key) for the round writer."""
         fmt = inline = path = digest = None
         size: int | None = None
         if self.output is not None:
             fmt, inline, path, digest, size = self.output.columns()
-        return {"k_run": run_id, "k_step": self.node.id, "state": self.state.value, "attempt": self.attempt,
-                "retries_used": self.retries_used, "reason": self.reason, "message": self.message[:4000],
-                "next_attempt_at": self.next_attempt_at, "cache_key": self.cache_key,
-                "cached_from": self.cached_from, "output_format": fmt, "output_inline": inline,
-                "output_path": path, "output_digest": digest, "output_size": size, "started_at": self.started_at,
-                "finished_at": self.finished_at}
+        return StepRow(run_id, self.node.id, self.state.value, self.attempt, self.retries_used, self.reason,
+                       self.message[:4000], self.next_attempt_at, self.cache_key, self.cached_from, fmt, inline,
+                       path, digest, size, self.started_at, self.finished_at)
 
     def record(self, run_id: str) -> StepRecord:
         """The step as a stored record."""

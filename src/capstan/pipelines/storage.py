@@ -8,10 +8,12 @@ commit per round instead of several per step.
 
 from __future__ import annotations
 
+import enum
+import operator
 import socket
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal, Protocol
 
 import orjson
 from sqlalchemy import Connection, Engine, and_, bindparam, delete, insert, select, update
@@ -34,10 +36,13 @@ from capstan.store.schema import events
 RUN_KIND = "pipeline-run"
 STEP_KIND = "step"
 
+# The SQL columns (or bind names) the round writer's typed rows fill.
 STEP_MUTABLE = ("state", "attempt", "retries_used", "reason", "message", "next_attempt_at", "cache_key",
                 "cached_from", "output_format", "output_inline", "output_path", "output_digest", "output_size",
                 "started_at", "finished_at")
 ATTEMPT_DONE = ("state", "reason", "message", "finished_at", "duration_ms", "exit_code", "peak_memory", "log_path")
+RUN_UPDATABLE = ("status", "heartbeat_at", "started_at", "finished_at", "message")
+_KEYS: Final = {"k_run": "run_id", "k_step": "step_id", "k_attempt": "attempt"}  # WHERE binds -> row fields
 
 
 _ORCHESTRATOR_ID: dict[int, str] = {}
@@ -197,53 +202,210 @@ def event_row(time: int, project: str, kind: str, object_id: str, reason: str, m
             "reason": reason, "message": message, "data": orjson.dumps(data or {}, default=str).decode()}
 
 
+class _Unset(enum.Enum):
+    UNSET = "unset"
+
+    def __repr__(self) -> str:
+        return "UNSET"
+
+
+UNSET: Final = _Unset.UNSET
+"""A `RunUpdate` field that is not written."""
+Unset = Literal[_Unset.UNSET]
+
+
+@dataclass(frozen=True, slots=True)
+class RunUpdate:
+    """Changes to one ``pipeline_runs`` row; a field left `UNSET` is not written (its column keeps its value)."""
+
+    run_id: str
+    status: str | Unset = UNSET
+    heartbeat_at: int | Unset = UNSET
+    started_at: int | Unset | None = UNSET
+    finished_at: int | Unset | None = UNSET
+    message: str | Unset = UNSET
+
+    def values(self) -> dict[str, Any]:
+        """The columns this update writes, by name."""
+        return {name: value for name in RUN_UPDATABLE if (value := getattr(self, name)) is not UNSET}
+
+    def then(self, later: RunUpdate) -> RunUpdate:
+        """This update followed by ``later`` of the same run: every field ``later`` sets wins, the rest stay."""
+        if later.run_id != self.run_id:
+            raise ValueError(f"updates of two runs: {self.run_id!r} and {later.run_id!r}")
+        return RunUpdate(self.run_id, **(self.values() | later.values()))
+
+
+@dataclass(frozen=True, slots=True)
+class StepRow:
+    """The mutable columns of one ``pipeline_steps`` row (and its key), as a round writes them."""
+
+    run_id: str
+    step_id: str
+    state: str
+    attempt: int
+    retries_used: int
+    reason: str
+    message: str
+    next_attempt_at: int | None
+    cache_key: str | None
+    cached_from: str | None
+    output_format: str | None
+    output_inline: str | None
+    output_path: str | None
+    output_digest: str | None
+    output_size: int | None
+    started_at: int | None
+    finished_at: int | None
+
+
+class StepSource(Protocol):
+    """Something a step's row is rendered from at commit (the orchestrator's in-memory step record)."""
+
+    def row(self, run_id: str) -> StepRow:
+        """The row as it now stands."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class StartedAttempt:
+    """A new ``pipeline_attempts`` row: an attempt that was just sent to its executor."""
+
+    run_id: str
+    step_id: str
+    attempt: int
+    isolation: str
+    worker_pid: int | None
+    worker_started: int | None
+    started_at: int
+    state: str = "running"
+    reason: str = ""
+    message: str = ""
+    finished_at: int | None = None
+    duration_ms: int | None = None
+    exit_code: int | None = None
+    peak_memory: int | None = None
+    log_path: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FinishedAttempt:
+    """How an attempt ended: the columns written to its ``pipeline_attempts`` row."""
+
+    run_id: str
+    step_id: str
+    attempt: int
+    state: str
+    reason: str
+    message: str
+    finished_at: int
+    duration_ms: int | None
+    exit_code: int | None
+    peak_memory: int | None
+    log_path: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class CacheEntry:
+    """A ``pipeline_cache`` row: where the output of a cacheable step is."""
+
+    key: str
+    run_id: str
+    step_id: str
+    output_format: str
+    output_inline: str | None
+    output_path: str | None
+    output_digest: str
+    output_size: int
+    created_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class StepInput:
+    """A ``pipeline_inputs`` row: a lineage edge from the output a step consumed."""
+
+    run_id: str
+    step_id: str
+    source_step: str
+    source_run: str
+    digest: str
+    path: str | None
+
+
 class _Compiled:
-    """A statement compiled once for the engine's dialect and run with the DB-API ``executemany``."""
+    """A statement compiled once for the engine's dialect and run with the DB-API ``executemany``.
+
+    Rows are typed records whose fields are named after the statement's binds (``k_run``, ``k_step`` and
+    ``k_attempt`` of a WHERE clause read ``run_id``, ``step_id`` and ``attempt``); plain dicts keyed by bind name
+    (event rows, new step rows, batches built by hand) are passed as they are.
+    """
 
     def __init__(self, stmt: Any, engine: Engine) -> None:
-        import operator
-
         compiled = stmt.compile(dialect=engine.dialect)
         self.sql = compiled.string
         self.positional = bool(compiled.positional)
         self.names: tuple[str, ...] = tuple(compiled.positiontup or ()) if self.positional else ()
+        binds = self.names if self.positional else tuple(compiled.binds)
+        fields = tuple(_KEYS.get(name, name) for name in binds)
+        self._pairs = tuple(zip(binds, fields, strict=True))
         self._getter: Callable[[dict[str, Any]], tuple[Any, ...]]
+        self._fields: Callable[[Any], tuple[Any, ...]]
         if len(self.names) > 1:
             self._getter = operator.itemgetter(*self.names)
+            self._fields = operator.attrgetter(*fields)
         else:
             name = self.names[0] if self.names else ""
+            attr = fields[0] if fields else ""
             self._getter = lambda row: (row[name],)
+            self._fields = lambda row: (getattr(row, attr),)
 
-    def run(self, cursor: Any, rows: Sequence[dict[str, Any]]) -> None:
+    def run(self, cursor: Any, rows: Sequence[Any]) -> None:
         if not rows:
             return
-        if self.positional:
-            cursor.executemany(self.sql, list(map(self._getter, rows)))
+        if isinstance(rows[0], dict):
+            if self.positional:
+                cursor.executemany(self.sql, list(map(self._getter, rows)))
+            else:
+                cursor.executemany(self.sql, rows)
+        elif self.positional:
+            cursor.executemany(self.sql, list(map(self._fields, rows)))
         else:
-            cursor.executemany(self.sql, rows)
+            pairs = self._pairs
+            cursor.executemany(self.sql, [{bind: getattr(row, attr) for bind, attr in pairs} for row in rows])
 
 
 @dataclass(slots=True)
 class Batch:
     """Changes decided in one scheduling round, written together."""
 
-    steps: dict[str, Any]  # step id -> the orchestrator's record, rendered to a row just before the commit
+    steps: dict[str, StepRow]  # step id -> its row
     new_steps: list[dict[str, Any]]
-    attempts_new: list[dict[str, Any]]
-    attempts_done: list[dict[str, Any]]
-    inputs: list[dict[str, Any]]
-    cache: list[dict[str, Any]]
+    attempts_new: list[StartedAttempt]
+    attempts_done: list[FinishedAttempt]
+    inputs: list[StepInput]
+    cache: list[CacheEntry]
     events: list[dict[str, Any]]
-    run: dict[str, Any] | None = None
+    run: RunUpdate | None = None
+    touched: dict[str, StepSource] = field(default_factory=dict)  # rendered to `steps` once, by `render`
 
     @classmethod
     def new(cls) -> Batch:
         """An empty batch."""
         return cls({}, [], [], [], [], [], [], None)
 
+    def update_run(self, update: RunUpdate) -> None:
+        """Add ``update`` to the run's changes (a later update's fields win; the others stay)."""
+        self.run = update if self.run is None else self.run.then(update)
+
+    def render(self, run_id: str) -> None:
+        """Render the rows of the touched steps (once per round, however often a step changed in it)."""
+        for step_id, source in self.touched.items():
+            self.steps[step_id] = source.row(run_id)
+        self.touched.clear()
+
     def __bool__(self) -> bool:
-        return bool(self.steps or self.new_steps or self.attempts_new or self.attempts_done or self.inputs
-                    or self.cache or self.events or self.run)
+        return bool(self.steps or self.touched or self.new_steps or self.attempts_new or self.attempts_done
+                    or self.inputs or self.cache or self.events or self.run)
 
 
 class _Statements:
@@ -357,8 +519,14 @@ class RoundWriter:
                           (run_id,))
         return bool(rows and rows[0][0])
 
-    def _update_run(self, cursor: Any, values: dict[str, Any]) -> None:
-        run_id = values.pop("id")
+    def _update_run(self, cursor: Any, change: RunUpdate | Mapping[str, Any]) -> None:
+        if isinstance(change, RunUpdate):
+            run_id, values = change.run_id, change.values()
+        else:  # a plain mapping of columns with the run's ``id``
+            values = dict(change)
+            run_id = values.pop("id")
+        if not values:
+            return
         columns = tuple(sorted(values))
         stmt = self._st.update_run.get(columns)
         if stmt is None:
@@ -368,7 +536,9 @@ class RoundWriter:
         stmt.run(cursor, [{**values, "k_id": run_id}])
 
     def commit(self, batch: Batch) -> None:
-        """Write ``batch`` in one transaction and commit it."""
+        """Write ``batch`` in one transaction and commit it (its touched steps must have been rendered)."""
+        if batch.touched:
+            raise ValueError("Batch.render(run_id) renders the touched steps before the commit")
         st = self._st
         cursor = self._cursor()
         try:

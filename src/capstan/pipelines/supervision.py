@@ -4,10 +4,10 @@ and cancelling a run. Helpers of `capstan.pipelines.orchestrator.Orchestrator`, 
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from capstan.pipelines import attempts
 from capstan.pipelines import state as sm
 from capstan.pipelines.execution import CANCELLED, INTERRUPTED, TIMEOUT, failed
 from capstan.pipelines.executors import Attached, AttachWatcher, process_alive
@@ -52,7 +52,7 @@ def recover_running(orch: Orchestrator, rec: StepRec) -> None:
             timeout = rec.node.step.options.timeout
             if timeout is not None:
                 elapsed = max(0.0, (orch._clock() - last.started_at) / 1000)
-                rec.deadline = time.monotonic() + max(0.0, timeout - elapsed)
+                rec.deadline = orch._mono() + max(0.0, timeout - elapsed)
             rec.lease = orch._admission.reclaim(orch._request(rec, task.key))
             if rec.node.parent:
                 orch.recs[rec.node.parent].running_children += 1
@@ -75,7 +75,7 @@ def killer(orch: Orchestrator, executor: str, key: str, reason: str) -> Callable
 
 def check_timeouts(orch: Orchestrator, batch: Batch, now: int, effects: list[Callable[[], None]]) -> None:
     """Fail (or retry) attempts past their deadline; killing them is an effect of the round."""
-    mono = time.monotonic()
+    mono = orch._mono()
     for key, sid in list(orch._running.items()):
         rec = orch.recs[sid]
         if rec.deadline is None or rec.deadline > mono or rec.state is not S.RUNNING:
@@ -83,7 +83,7 @@ def check_timeouts(orch: Orchestrator, batch: Batch, now: int, effects: list[Cal
         del orch._running[key]
         timeout = rec.node.step.options.timeout
         message = f"attempt {rec.attempt} exceeded its timeout of {timeout:g}s"
-        orch._finish_attempt(rec, batch, state=S.FAILED.value, reason=TIMEOUT, message=message, finished_at=now,
+        attempts.finish(orch, rec, batch, state=S.FAILED.value, reason=TIMEOUT, message=message, finished_at=now,
                              started_at=None)
         orch._event(batch, STEP_KIND, sid, TIMEOUT, message, warning=True, data={"attempt": rec.attempt})
         effects.append(killer(orch, rec.executor, key, TIMEOUT))
@@ -101,7 +101,7 @@ def cancel_all(orch: Orchestrator, batch: Batch, now: int, effects: list[Callabl
         key = running_by_step.get(sid)
         if key is not None:
             del orch._running[key]
-            orch._finish_attempt(rec, batch, state=S.CANCELLED.value, reason=CANCELLED, message=message,
+            attempts.finish(orch, rec, batch, state=S.CANCELLED.value, reason=CANCELLED, message=message,
                                  finished_at=now)
             effects.append(killer(orch, rec.executor, key, CANCELLED))
         elif rec.lease is not None:
