@@ -105,10 +105,18 @@ def home(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settin
     monkeypatch.setenv("COLUMNS", "200")
     for name in [k for k in __import__("os").environ if k.startswith("CAPSTAN_") and k != "CAPSTAN_HOME"]:
         monkeypatch.delenv(name)
-    context.cli_settings.cache_clear()
+    _reset_cli()
     yield settings
-    context.cli_settings.cache_clear()
+    _reset_cli()
     close_pools()
+
+
+def _reset_cli() -> None:
+    """A new CLI invocation: settings read again and the composition root's adapters opened again."""
+    if context.cli_services.cache_info().currsize:
+        context.cli_services().close()
+    context.cli_services.cache_clear()
+    context.cli_settings.cache_clear()
 
 
 def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:

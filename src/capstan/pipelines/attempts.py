@@ -8,11 +8,11 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from capstan.pipelines import state as sm
-from capstan.pipelines.admission import Lease
 from capstan.pipelines.executors import ProcessExecutor, ThreadExecutor, Worker
 from capstan.pipelines.state import StepState
 from capstan.pipelines.steprec import StepRec
 from capstan.pipelines.storage import STEP_KIND, Batch, FinishedAttempt, StartedAttempt
+from capstan.resources.admission import Lease
 
 if TYPE_CHECKING:
     from capstan.pipelines.orchestrator import Orchestrator

@@ -21,16 +21,6 @@ from capstan.clock import Clock, monotonic_of, system_clock
 from capstan.events.records import WARNING
 from capstan.pipelines import attempts, supervision
 from capstan.pipelines import state as sm
-from capstan.pipelines.admission import (
-    PREEMPTED,
-    Admission,
-    Capacity,
-    Lease,
-    LocalAdmission,
-    Rejected,
-    ResourceRequest,
-    Waiting,
-)
 from capstan.pipelines.cache import cache_key
 from capstan.pipelines.execution import (
     INTERRUPTED,
@@ -57,6 +47,7 @@ from capstan.pipelines.storage import (
     event_row,
     orchestrator_id,
 )
+from capstan.resources.admission import PREEMPTED, Admission, Lease, Rejected, ResourceRequest, Waiting
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -80,7 +71,7 @@ class Orchestrator:
     """Runs (or continues) one pipeline run to a terminal status."""
 
     def __init__(self, *, engine: Engine, store: ArtifactStore, settings: Settings, run: RunRecord, graph: Graph,
-                 steps: list[StepRecord], admission: Admission | None = None, clock: Clock = system_clock,
+                 steps: list[StepRecord], admission: Admission, clock: Clock = system_clock,
                  observer: Observer | None = None, rng: random.Random | None = None, max_threads: int | None = None,
                  grace_s: float = 3.0, poll_s: float = 0.25, heartbeat_s: float = 5.0) -> None:
         self.run_record = run
@@ -94,7 +85,7 @@ class Orchestrator:
         self._mono = monotonic_of(clock)  # deadlines, polls and heartbeats: a fake clock moves them
         self._observer = observer
         self._rng = rng or random.Random()
-        self._admission: Admission = admission or LocalAdmission(Capacity.cached())
+        self._admission = admission
         self._grace = grace_s
         self._poll = poll_s
         self._heartbeat = heartbeat_s

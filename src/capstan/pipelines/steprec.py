@@ -6,13 +6,13 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-from capstan.pipelines.admission import Lease
 from capstan.pipelines.execution import Task
 from capstan.pipelines.graph import Node
 from capstan.pipelines.serialize import OutputRef
 from capstan.pipelines.state import StepState
 from capstan.pipelines.storage import StepRecord, StepRow
 from capstan.pipelines.worker import MEMORY_REQUEST_ENV
+from capstan.resources.admission import Lease
 
 
 @dataclass(slots=True)

@@ -151,7 +151,7 @@ def run_one(task: Any, ctx: Any) -> Any:
             with contextlib.suppress(OSError):
                 os.chdir(cwd)
     if capped is not None and outcome.reason == OOM_KILLED:
-        from capstan.queue.quantity import MILLI, format_quantity
+        from capstan.resources.quantity import MILLI, format_quantity
 
         wanted = format_quantity(capped[0] * MILLI, "memory")
         outcome = dataclasses.replace(outcome, retire=True, message=f"MemoryError: step {task.step_name!r} "
