@@ -13,7 +13,7 @@ from capstan.errors import ResourceAlreadyExists, ResourceDoesNotExist
 from capstan.pipelines.runner import PipelineRunner
 from capstan.pipelines.state import StepState
 from capstan.pipelines.steprec import StepRec, new_step_row
-from capstan.pipelines.storage import RUN_KIND, Batch, RoundWriter, ScheduleRecord, event_row
+from capstan.pipelines.storage import RUN_KIND, Batch, RoundWriter, ScheduleRecord, pipeline_event
 from capstan.settings import Settings
 from capstan.store.engine import current_revisions, script_heads
 from capstan.store.events_sql import SqlEventLog
@@ -71,7 +71,7 @@ def test_round_batches_cache_and_claims(backend_runner: PipelineRunner) -> None:
                         "created_at": 5})
     batch.inputs.append({"run_id": run.id, "step_id": "one-2", "source_step": "one", "source_run": run.id,
                          "digest": "d" * 64, "path": None})
-    batch.events.append(event_row(5, run.project, "step", f"{run.id}/one", "StepSucceeded", "ok"))
+    batch.events.append(pipeline_event(5, run.project, "step", f"{run.id}/one", "StepSucceeded", "ok"))
     batch.new_steps.append(new_step_row(run.id, graph.nodes["one"]) | {"step_id": "extra", "parent": "one",
                                                                         "map_index": 0})
     batch.run = {"id": run.id, "status": "running", "heartbeat_at": 7}

@@ -28,8 +28,8 @@ from capstan.pipelines.storage import (
     PipelineStore,
     RunRecord,
     StepRecord,
-    event_row,
     orchestrator_id,
+    pipeline_event,
 )
 from capstan.pipelines.tables import pipeline_attempts, pipeline_runs, pipeline_steps
 
@@ -135,7 +135,7 @@ class PipelineRunner:
                "heartbeat_at": heartbeat,
                "created_at": now, "started_at": None, "finished_at": None, "message": ""}
         steps = [new_step_row(run_id, node) for node in graph.nodes.values()]
-        event = event_row(now, project, RUN_KIND, run_id, "PipelineRunCreated",
+        event = pipeline_event(now, project, RUN_KIND, run_id, "PipelineRunCreated",
                           f"pipeline {pipe.name!r} ({len(steps)} steps) from {source}",
                           data={"params": stored_params, "no_cache": no_cache})
         if conn is not None:

@@ -20,7 +20,7 @@ from sqlalchemy import Connection, Engine, and_, bindparam, delete, insert, sele
 
 from capstan.clock import Clock, system_clock
 from capstan.errors import InvalidParameterValue, ResourceAlreadyExists, ResourceDoesNotExist
-from capstan.events.records import NORMAL
+from capstan.events.records import NORMAL, Event
 from capstan.pipelines.serialize import OutputRef
 from capstan.pipelines.tables import (
     pipeline_attempts,
@@ -31,7 +31,7 @@ from capstan.pipelines.tables import (
     pipeline_schedules,
     pipeline_steps,
 )
-from capstan.store.schema import events
+from capstan.store.events_sql import SqlEventLog
 
 RUN_KIND = "pipeline-run"
 STEP_KIND = "step"
@@ -195,11 +195,10 @@ def _attempt(row: Any) -> AttemptRecord:
                          row.exit_code, row.peak_memory, row.log_path)
 
 
-def event_row(time: int, project: str, kind: str, object_id: str, reason: str, message: str = "", *,
-              type: str = NORMAL, data: dict[str, Any] | None = None) -> dict[str, Any]:
-    """A row of the shared ``events`` table, in the format `capstan.store.events_sql.SqlEventLog` reads."""
-    return {"time": time, "project": project, "kind": kind, "object_id": object_id, "type": type,
-            "reason": reason, "message": message, "data": orjson.dumps(data or {}, default=str).decode()}
+def pipeline_event(time: int, project: str, kind: str, object_id: str, reason: str, message: str = "", *,
+                   type: str = NORMAL, data: dict[str, Any] | None = None) -> Event:
+    """An event of a pipeline run or step, for the shared event log (which owns the ``events`` row format)."""
+    return Event(0, time, kind, object_id, type, reason, message, project, dict(data or {}))
 
 
 class _Unset(enum.Enum):
@@ -337,7 +336,7 @@ class _Compiled:
 
     Rows are typed records whose fields are named after the statement's binds (``k_run``, ``k_step`` and
     ``k_attempt`` of a WHERE clause read ``run_id``, ``step_id`` and ``attempt``); plain dicts keyed by bind name
-    (event rows, new step rows, batches built by hand) are passed as they are.
+    (new step rows, batches built by hand) are passed as they are.
     """
 
     def __init__(self, stmt: Any, engine: Engine) -> None:
@@ -384,7 +383,7 @@ class Batch:
     attempts_done: list[FinishedAttempt]
     inputs: list[StepInput]
     cache: list[CacheEntry]
-    events: list[dict[str, Any]]
+    events: list[Event]
     run: RunUpdate | None = None
     touched: dict[str, StepSource] = field(default_factory=dict)  # rendered to `steps` once, by `render`
 
@@ -427,9 +426,6 @@ class _Statements:
             .values({c: bindparam(c) for c in ATTEMPT_DONE}), engine)
         self.insert_input = _Compiled(insert(pipeline_inputs).values(
             {c.name: bindparam(c.name) for c in pipeline_inputs.columns}), engine)
-        self.insert_event = _Compiled(insert(events).inline().values(
-            {c: bindparam(c) for c in ("time", "project", "kind", "object_id", "type", "reason", "message",
-                                       "data")}), engine)
         from sqlalchemy.dialects import postgresql, sqlite
 
         dialect_insert: Any = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
@@ -441,6 +437,7 @@ class _Statements:
         self.upsert_cache = _Compiled(upsert_cache, engine)
         self.update_run = {}  # type: dict[tuple[str, ...], _Compiled]
         self.placeholder = "?" if engine.dialect.paramstyle == "qmark" else "%s"
+        self.insert_event = SqlEventLog.INSERT_SQL.replace("?", self.placeholder)
 
 
 _STATEMENTS: dict[tuple[str, str, str], _Statements] = {}
@@ -464,6 +461,7 @@ class RoundWriter:
         self._st = _STATEMENTS[key]
         self._sqlite = engine.dialect.name == "sqlite"
         self._in_tx = False
+        self._events = SqlEventLog(engine)
 
     @property
     def conn(self) -> Connection:
@@ -552,7 +550,8 @@ class RoundWriter:
             st.finish_attempt.run(cursor, batch.attempts_done)
             st.insert_input.run(cursor, batch.inputs)
             st.upsert_cache.run(cursor, batch.cache)
-            st.insert_event.run(cursor, batch.events)
+            if batch.events:
+                cursor.executemany(st.insert_event, self._events.raw_rows(batch.events))
             if batch.run:
                 self._update_run(cursor, batch.run)
             self._dbapi.commit()
@@ -586,15 +585,16 @@ class PipelineStore:
     def __init__(self, engine: Engine, *, clock: Clock = system_clock) -> None:
         self.engine = engine
         self.clock = clock
+        self._events = SqlEventLog(engine, clock=clock)
 
     # -- runs -------------------------------------------------------------------------------------------------
     def insert_run(self, conn: Connection, run: dict[str, Any], steps: Sequence[dict[str, Any]],
-                   event: dict[str, Any]) -> None:
+                   event: Event) -> None:
         """Insert a run with its steps and creation event inside ``conn``'s transaction."""
         conn.execute(insert(pipeline_runs), [run])
         if steps:
             conn.execute(insert(pipeline_steps), list(steps))
-        conn.execute(insert(events), [event])
+        self._events.append_within(conn, [event])
 
     def resolve_run_id(self, text: str) -> str:
         """A full run id from an id or a unique prefix of one."""
