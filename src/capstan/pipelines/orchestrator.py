@@ -44,8 +44,8 @@ from capstan.pipelines.storage import (
     RunUpdate,
     StepInput,
     StepRecord,
-    event_row,
     orchestrator_id,
+    pipeline_event,
 )
 from capstan.resources.admission import PREEMPTED, Admission, Lease, Rejected, ResourceRequest, Waiting
 
@@ -376,8 +376,8 @@ class Orchestrator:
     def _event(self, batch: Batch, kind: str, sid: str, reason: str, message: str = "", *, warning: bool = False,
                data: dict[str, Any] | None = None) -> None:
         object_id = sid if kind == RUN_KIND else f"{self.run_id}/{sid}"
-        batch.events.append(event_row(self._now, self.project, kind, object_id, reason, message,
-                                      type=WARNING if warning else "Normal", data=data))
+        batch.events.append(pipeline_event(self._now, self.project, kind, object_id, reason, message,
+                                           type=WARNING if warning else "Normal", data=data))
 
     def _evaluate_pending(self, rec: StepRec, batch: Batch, now: int) -> None:
         parent = self.recs.get(rec.node.parent) if rec.node.parent else None
