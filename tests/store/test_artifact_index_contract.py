@@ -67,6 +67,9 @@ def test_record_then_stat_and_exists(index: SqlArtifactIndex) -> None:
     assert index.exists("1/r/artifacts/a.txt")
     assert not index.exists("1/r/artifacts")
     assert not index.exists("1/r/artifacts/b.txt")
+    assert index.existing(["1/r/artifacts/a.txt", "1/r/artifacts", "1/r/artifacts/b.txt", "1/r/artifacts/a.txt"]) \
+        == {"1/r/artifacts/a.txt"}
+    assert index.existing([]) == frozenset()
     with pytest.raises(ResourceDoesNotExist):
         index.stat("1/r/artifacts/b.txt")
 

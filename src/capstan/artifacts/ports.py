@@ -42,6 +42,10 @@ class ArtifactIndex(Protocol):
         """True when a file is stored at ``path``."""
         ...
 
+    def existing(self, paths: Sequence[str]) -> frozenset[str]:
+        """Those of ``paths`` at which a file is stored (one lookup for many, e.g. a round of cache hits)."""
+        ...
+
     def files_below(self, prefix: str) -> list[ArtifactEntry]:
         """Every entry strictly below ``prefix`` (every entry for the empty prefix), ordered by path."""
         ...

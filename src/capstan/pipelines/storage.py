@@ -31,6 +31,7 @@ from capstan.pipelines.tables import (
     pipeline_schedules,
     pipeline_steps,
 )
+from capstan.store.artifact_index_sql import SqlArtifactIndex
 from capstan.store.events_sql import SqlEventLog
 
 RUN_KIND = "pipeline-run"
@@ -462,6 +463,7 @@ class RoundWriter:
         self._sqlite = engine.dialect.name == "sqlite"
         self._in_tx = False
         self._events = SqlEventLog(engine)
+        self._artifacts = SqlArtifactIndex(engine)  # the artifact index owns artifact_entries (cache hits check it)
 
     @property
     def conn(self) -> Connection:
@@ -503,13 +505,14 @@ class RoundWriter:
         if not keys:
             return {}
         cols = ("key", "run_id", "step_id", "output_format", "output_inline", "output_path", "output_digest",
-                "output_size", "exists")
+                "output_size")
         marks = ", ".join([self._st.placeholder] * len(keys))
         rows = self._read(
-            "SELECT c.key, c.run_id, c.step_id, c.output_format, c.output_inline, c.output_path, c.output_digest, "
-            "c.output_size, (c.output_path IS NULL OR a.path IS NOT NULL) FROM pipeline_cache c "
-            f"LEFT JOIN artifact_entries a ON a.path = c.output_path WHERE c.key IN ({marks})", tuple(keys))
-        return {row[0]: dict(zip(cols, row, strict=True)) for row in rows}
+            "SELECT key, run_id, step_id, output_format, output_inline, output_path, output_digest, output_size "
+            f"FROM pipeline_cache WHERE key IN ({marks})", tuple(keys))
+        entries = [dict(zip(cols, row, strict=True)) for row in rows]
+        stored = self._artifacts.existing([e["output_path"] for e in entries if e["output_path"] is not None])
+        return {e["key"]: {**e, "exists": e["output_path"] is None or e["output_path"] in stored} for e in entries}
 
     def cancel_requested(self, run_id: str) -> bool:
         """Whether someone asked to cancel the run."""

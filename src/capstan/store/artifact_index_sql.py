@@ -17,6 +17,9 @@ from capstan.errors import InvalidParameterValue, ResourceDoesNotExist
 from capstan.store.schema import artifact_entries, blobs
 from capstan.store.sql_helpers import insert_ignore, upsert
 
+_IN_CHUNK = 500
+"""Paths per ``IN (...)`` list: far below SQLite's bound-parameter limit."""
+
 
 class SqlArtifactIndex:
     """The artifact index in the ``artifact_entries`` and ``blobs`` tables; ``clock`` stamps ``created_at``."""
@@ -62,6 +65,19 @@ class SqlArtifactIndex:
         with self.engine.connect() as conn:
             row = conn.execute(select(artifact_entries.c.path).where(artifact_entries.c.path == path)).first()
         return row is not None
+
+    def existing(self, paths: Sequence[str]) -> frozenset[str]:
+        """Those of ``paths`` at which a file is stored."""
+        wanted = sorted(set(paths))
+        if not wanted:
+            return frozenset()
+        found: set[str] = set()
+        with self.engine.connect() as conn:
+            for start in range(0, len(wanted), _IN_CHUNK):
+                chunk = wanted[start:start + _IN_CHUNK]
+                found.update(conn.execute(select(artifact_entries.c.path)
+                                          .where(artifact_entries.c.path.in_(chunk))).scalars())
+        return frozenset(found)
 
     def files_below(self, prefix: str) -> list[ArtifactEntry]:
         """Every entry strictly below ``prefix`` (all of them for ``""``), ordered by path."""
