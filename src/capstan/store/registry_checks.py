@@ -13,14 +13,11 @@ from capstan.artifacts.paths import has_relative_references, is_local_uri
 from capstan.errors import InvalidParameterValue
 from capstan.names import check_characters
 from capstan.registry.records import STAGES
-from capstan.store.registry_filter import decode_page_token
+from capstan.tracking.search_syntax import decode_page_token
 
 __all__ = ["ACTIVE_STAGES", "STAGES"]
 
 ACTIVE_STAGES = ("Staging", "Production")
-STRING_OPS = frozenset({"=", "!=", "LIKE", "ILIKE", "IN", "NOT IN"})
-TAG_OPS = frozenset({"=", "!=", "LIKE", "ILIKE"})
-NUMERIC_OPS = frozenset({"=", "!=", "<", "<=", ">", ">="})
 MAX_MODELS_PER_PAGE = 1000
 MAX_VERSIONS_PER_PAGE = 200_000
 MAX_NAME_LENGTH = 256

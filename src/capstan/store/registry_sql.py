@@ -24,7 +24,17 @@ from capstan.events.ports import EventLog
 from capstan.pages import Page
 from capstan.registry.records import ModelVersion, RegisteredModel
 from capstan.store import registry_checks as checks
-from capstan.store.registry_filter import Comparison, OrderBy, parse_filter, parse_order_by_list
+from capstan.store.registry_filter import (
+    MODEL_TIEBREAK,
+    MODEL_VERSIONS,
+    REGISTERED_MODELS,
+    VERSION_DEFAULT_ORDER,
+    VERSION_TIEBREAK,
+    Comparison,
+    OrderBy,
+    parse_filter,
+    parse_order_by_list,
+)
 from capstan.store.registry_sql_query import (
     DELETED_STAGE,
     comparison_clause,
@@ -42,12 +52,25 @@ from capstan.store.schema import (
 )
 from capstan.store.sql_helpers import insert_ignore, upsert
 from capstan.store.tracking_query import subplan_exists
+from capstan.tracking.search_grammar import TAG
 from capstan.tracking.search_syntax import encode_page_token
 
 rm = registered_models
 mv = model_versions
 
 _CREATE_VERSION_ATTEMPTS = 5
+_MODEL_FILTER_COLUMNS: Mapping[str, ColumnElement[Any]] = {"name": rm.c.name}
+"""The column of each attribute `REGISTERED_MODELS` filters on."""
+_VERSION_FILTER_COLUMNS: Mapping[str, ColumnElement[Any]] = {
+    "name": rm.c.name, "run_id": mv.c.run_uuid, "source_path": mv.c.source, "version_number": mv.c.version}
+"""The column of each attribute `MODEL_VERSIONS` filters on."""
+_MODEL_ORDER_COLUMNS: Mapping[str, ColumnElement[Any]] = {
+    "name": rm.c.name, "creation_timestamp": rm.c.created_at, "last_updated_timestamp": rm.c.updated_at}
+"""The column of each attribute `REGISTERED_MODELS` orders by."""
+_VERSION_ORDER_COLUMNS: Mapping[str, ColumnElement[Any]] = {
+    "name": rm.c.name, "version_number": mv.c.version, "creation_timestamp": mv.c.created_at,
+    "last_updated_timestamp": mv.c.updated_at}
+"""The column of each attribute `MODEL_VERSIONS` orders by."""
 _CHUNK = 500
 _EVENT_KIND = "model"
 
@@ -158,8 +181,8 @@ class SqlRegistryStore:
         """Filter on ``name`` (=, !=, LIKE, ILIKE, IN, NOT IN) and ``tags.<key>``; order by ``name``,
         ``creation_timestamp``, ``last_updated_timestamp`` (alias ``timestamp``); default ``name ASC``."""
         checks.max_results(max_results, checks.MAX_MODELS_PER_PAGE)
-        terms = parse_filter(filter_string)
-        orders = parse_order_by_list(order_by)
+        terms = parse_filter(filter_string, REGISTERED_MODELS)
+        orders = parse_order_by_list(order_by, REGISTERED_MODELS)
         offset = checks.page_offset(page_token)
         with self._engine.connect() as conn:
             dialect = conn.dialect.name
@@ -311,9 +334,8 @@ class SqlRegistryStore:
         order by ``name``, ``version_number``, ``creation_timestamp``, ``last_updated_timestamp`` (default
         ``last_updated_timestamp DESC, name ASC, version_number DESC``, as MLflow)."""
         checks.max_results(max_results, checks.MAX_VERSIONS_PER_PAGE)
-        terms = parse_filter(filter_string)
-        orders = parse_order_by_list(order_by) or [
-            OrderBy("last_updated_timestamp", False), OrderBy("name", True), OrderBy("version_number", False)]
+        terms = parse_filter(filter_string, MODEL_VERSIONS)
+        orders = parse_order_by_list(order_by, MODEL_VERSIONS) or list(VERSION_DEFAULT_ORDER)
         offset = checks.page_offset(page_token)
         with self._engine.connect() as conn:
             dialect = conn.dialect.name
@@ -516,45 +538,30 @@ class SqlRegistryStore:
 
     @staticmethod
     def _model_clause(term: Comparison, dialect: str) -> ColumnElement[bool]:
-        if term.kind == "tag":
+        if term.kind == TAG:
             tag = registered_model_tags
-            value_clause = comparison_clause(tag.c.value, term, dialect, checks.TAG_OPS)
-            return subplan_exists(tag.c.model_id == rm.c.id, tag.c.key == term.key, value_clause)
-        if term.key != "name":
-            raise InvalidParameterValue(f"filter_string: invalid attribute {term.key!r} for registered models; "
-                                        "valid attributes are 'name' and tags.<key>")
-        return comparison_clause(rm.c.name, term, dialect, checks.STRING_OPS)
+            return subplan_exists(tag.c.model_id == rm.c.id, tag.c.key == term.key,
+                                  comparison_clause(tag.c.value, term, dialect))
+        return comparison_clause(_MODEL_FILTER_COLUMNS[term.key], term, dialect)
 
     @staticmethod
     def _version_clause(term: Comparison, dialect: str) -> ColumnElement[bool]:
-        if term.kind == "tag":
+        if term.kind == TAG:
             tag = model_version_tags
-            value_clause = comparison_clause(tag.c.value, term, dialect, checks.TAG_OPS)
-            return subplan_exists(tag.c.version_id == mv.c.id, tag.c.key == term.key, value_clause)
-        key = term.key
-        if key == "name":
-            return comparison_clause(rm.c.name, term, dialect, checks.STRING_OPS)
-        if key == "run_id":
-            return comparison_clause(mv.c.run_uuid, term, dialect, checks.STRING_OPS)
-        if key == "source_path":
-            return comparison_clause(mv.c.source, term, dialect, checks.TAG_OPS)
-        if key in ("version", "version_number"):
-            return comparison_clause(mv.c.version, term, dialect, checks.NUMERIC_OPS, numeric=True)
-        raise InvalidParameterValue(f"filter_string: invalid attribute {key!r} for model versions; valid "
-                                    "attributes are name, version_number, run_id, source_path and tags.<key>")
+            return subplan_exists(tag.c.version_id == mv.c.id, tag.c.key == term.key,
+                                  comparison_clause(tag.c.value, term, dialect))
+        return comparison_clause(_VERSION_FILTER_COLUMNS[term.key], term, dialect,
+                                 numeric=term.key == "version_number")
 
     @staticmethod
     def _model_order(orders: Sequence[OrderBy], dialect: str) -> list[ColumnElement[Any]]:
-        columns = {"name": rm.c.name, "creation_timestamp": rm.c.created_at,
-                   "last_updated_timestamp": rm.c.updated_at, "timestamp": rm.c.updated_at}
-        return order_clauses(orders, columns, dialect, tiebreak=[OrderBy("name", True)], entity="registered models")
+        return order_clauses(orders, _MODEL_ORDER_COLUMNS, dialect, tiebreak=MODEL_TIEBREAK,
+                             entity="registered models")
 
     @staticmethod
     def _version_order(orders: Sequence[OrderBy], dialect: str) -> list[ColumnElement[Any]]:
-        columns = {"name": rm.c.name, "version_number": mv.c.version, "version": mv.c.version,
-                   "creation_timestamp": mv.c.created_at, "last_updated_timestamp": mv.c.updated_at}
-        return order_clauses(orders, columns, dialect, entity="model versions",
-                            tiebreak=[OrderBy("name", True), OrderBy("version_number", False)])
+        return order_clauses(orders, _VERSION_ORDER_COLUMNS, dialect, tiebreak=VERSION_TIEBREAK,
+                             entity="model versions")
 
     # record assembly
 

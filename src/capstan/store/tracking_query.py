@@ -76,13 +76,13 @@ EXPERIMENT_COLUMNS = (experiments.c.id, experiments.c.name, experiments.c.artifa
                       experiments.c.lifecycle_stage, experiments.c.created_at, experiments.c.updated_at,
                       projects.c.name.label("project"))
 
-_RUN_ATTRIBUTES: Mapping[str, Any] = {
+_RUN_ATTRIBUTES: Mapping[str, ColumnElement[Any]] = {
     "run_id": runs.c.uuid, "run_name": runs.c.name, "status": runs.c.status, "user_id": runs.c.user_id,
     "artifact_uri": runs.c.artifact_uri, "lifecycle_stage": runs.c.lifecycle_stage,
     "start_time": runs.c.start_time, "end_time": runs.c.end_time,
 }
 _NULLABLE_RUN_ATTRIBUTES = frozenset({"start_time", "end_time"})
-_EXPERIMENT_ATTRIBUTES: Mapping[str, Any] = {
+_EXPERIMENT_ATTRIBUTES: Mapping[str, ColumnElement[Any]] = {
     "name": experiments.c.name, "experiment_id": experiments.c.id, "creation_time": experiments.c.created_at,
     "last_update_time": experiments.c.updated_at,
 }
@@ -144,34 +144,34 @@ def experiment_record(row: Sequence[Any], tags: Mapping[str, str]) -> Experiment
 # ---------------------------------------------------------------------------------------------- comparisons
 
 
-def compare(column: Any, op: str, value: Any, dialect: str) -> ColumnElement[bool]:
+def compare(column: ColumnElement[Any], op: str, value: object, dialect: str) -> ColumnElement[bool]:
     """``column <op> value`` with the same semantics on SQLite and PostgreSQL (LIKE is case-sensitive on both,
-    ILIKE case-insensitive on both, backslash escapes in patterns)."""
+    ILIKE case-insensitive on both, backslash escapes in patterns); ``IN``/``NOT IN`` take a tuple or list."""
     if op == "=":
-        return column == value  # type: ignore[no-any-return]  # a SQL expression, not a Python bool
+        return column == value
     if op == "!=":
-        return column != value  # type: ignore[no-any-return]  # a SQL expression, not a Python bool
+        return column != value
     if op == ">":
-        return column > value  # type: ignore[no-any-return]  # a SQL expression, not a Python bool
+        return column > value
     if op == ">=":
-        return column >= value  # type: ignore[no-any-return]  # a SQL expression, not a Python bool
+        return column >= value
     if op == "<":
-        return column < value  # type: ignore[no-any-return]  # a SQL expression, not a Python bool
+        return column < value
     if op == "<=":
-        return column <= value  # type: ignore[no-any-return]  # a SQL expression, not a Python bool
+        return column <= value
     if op == "LIKE":
         if dialect == "sqlite":
-            return column.op("GLOB")(like_to_glob(str(value)))  # type: ignore[no-any-return]  # SQL expr
-        return column.like(check_like_pattern(str(value)), escape="\\")  # type: ignore[no-any-return]  # SQL
+            return column.op("GLOB")(like_to_glob(str(value)))
+        return column.like(check_like_pattern(str(value)), escape="\\")
     if op == "ILIKE":
         pattern = check_like_pattern(str(value))
         if dialect == "sqlite":  # SQLite's LIKE already ignores case
-            return column.like(pattern, escape="\\")  # type: ignore[no-any-return]  # SQL expression
-        return column.ilike(pattern, escape="\\")  # type: ignore[no-any-return]  # SQL expression
-    if op == "IN":
-        return column.in_(list(value))  # type: ignore[no-any-return]  # SQL expression
-    if op == "NOT IN":
-        return column.not_in(list(value))  # type: ignore[no-any-return]  # SQL expression
+            return column.like(pattern, escape="\\")
+        return column.ilike(pattern, escape="\\")
+    if op in ("IN", "NOT IN"):
+        if not isinstance(value, (tuple, list)):
+            raise InvalidParameterValue(f"filter_string: {op} needs a list of values")
+        return column.in_(list(value)) if op == "IN" else column.not_in(list(value))
     raise InvalidParameterValue(f"filter_string: unsupported operator {op!r}")
 
 
@@ -184,7 +184,7 @@ def subplan_exists(*where: ColumnElement[bool]) -> ColumnElement[bool]:
     return select(literal_column("1")).where(*where).offset(0).exists()
 
 
-def _string_order(column: Any, dialect: str) -> Any:
+def _string_order(column: ColumnElement[Any], dialect: str) -> ColumnElement[Any]:
     # Byte order on both backends: PostgreSQL would otherwise sort by the database's locale.
     return column.collate("C") if dialect == "postgresql" else column
 

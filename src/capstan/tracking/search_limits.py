@@ -1,7 +1,7 @@
 """Complexity limits shared by every search query builder (runs, experiments, logged models, registered models,
 model versions) and the checks that enforce them.
 
-Both filter parsers (`capstan.tracking.search_filter` and `capstan.store.registry_filter`) call these checks, so
+The one search parser (`capstan.tracking.search_parser`, for every search's grammar) calls these checks, so
 every search path, whether it arrives through the MLflow REST API, ``/api/v1`` or the local SDK, is bounded the
 same way before any SQL is built. The numbers keep the generated SQL well inside what SQLite and PostgreSQL accept
 (SQLite's expression depth of 1000, its 64-table join limit and its bound-parameter limit). Pure: no I/O.
