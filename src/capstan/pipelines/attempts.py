@@ -1,5 +1,6 @@
-"""The orchestrator's attempts: launching one on its executor and recording how one ended, as typed rows of the
-round's `Batch`. Helpers of `capstan.pipelines.orchestrator.Orchestrator`, called with the round's lock held.
+"""The orchestrator's attempts: launching one on the executor of its step's isolation (through the
+`capstan.pipelines.executor_port.Executor` port) and recording how one ended, as typed rows of the round's `Batch`.
+Helpers of `capstan.pipelines.orchestrator.Orchestrator`, called with the round's lock held.
 """
 
 from __future__ import annotations
@@ -8,7 +9,6 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from capstan.pipelines import state as sm
-from capstan.pipelines.executors import ProcessExecutor, ThreadExecutor, Worker
 from capstan.pipelines.state import StepState
 from capstan.pipelines.steprec import StepRec
 from capstan.pipelines.storage import STEP_KIND, Batch, FinishedAttempt, StartedAttempt
@@ -32,32 +32,22 @@ def launch(orch: Orchestrator, rec: StepRec, lease: Lease, batch: Batch, now: in
     rec.attempt_started = now
     orch._touch(rec, batch)
     isolation = step.options.isolation
-    pid = started_ms = None
-    if isolation == "process":
-        if orch._procs is None:
-            orch._procs = ProcessExecutor(orch.offer, settings=orch._settings, preload=[], grace_s=orch._grace,
-                                          on_started=orch.attempt_started)
-        worker: Worker = orch._procs.reserve()
-        pid, started_ms = worker.pid, worker.started_ms
-        task = orch._task(rec, lease, attempt=rec.attempt, log=worker.log_path, results=worker.results_path)
-        procs = orch._procs
-        effects.append(lambda: procs.dispatch(worker, task))
-        rec.executor = "process"
+    executor = orch._executors[isolation]
+    placement = executor.place(lease)  # a warm worker set aside: its pid goes into the attempt's row
+    task = orch._task(rec, lease, attempt=rec.attempt, log=placement.log_path, results=placement.results_path)
+    if executor.in_process:
+        values = {d: orch._values[d] for d in rec.node.deps if d in orch._values}
+        effects.append(lambda: executor.start(task, placement, lease=lease, step=step, values=values))
     else:
-        task = orch._task(rec, lease, attempt=rec.attempt)
-        if orch._threads is None:
-            orch._threads = ThreadExecutor(orch.offer, settings=orch._settings, store=orch._store,
-                                           max_workers=orch._max_threads, grace_s=orch._grace)
-        memory = {d: orch._values[d] for d in rec.node.deps if d in orch._values}
-        threads = orch._threads
-        effects.append(lambda: threads.submit(task, memory, step))
-        rec.executor = "thread"
+        effects.append(lambda: executor.start(task, placement, lease=lease))
+    rec.executor = isolation
+    pid, started_ms = placement.worker_pid, placement.worker_started
     batch.attempts_new.append(StartedAttempt(orch.run_id, rec.node.id, rec.attempt, isolation, pid, started_ms, now))
     orch._event(batch, STEP_KIND, rec.node.id, "StepStarted", f"attempt {rec.attempt} ({isolation})",
                 data={"attempt": rec.attempt, "worker_pid": pid})
     timeout = step.options.timeout
     # A worker process reports when it really begins (it may still be importing); threads begin at once.
-    rec.deadline = orch._mono() + timeout if timeout is not None and isolation == "thread" else None
+    rec.deadline = orch._mono() + timeout if timeout is not None and not executor.reports_start else None
     orch._running[task.key] = rec.node.id
     if rec.node.parent:
         orch.recs[rec.node.parent].running_children += 1

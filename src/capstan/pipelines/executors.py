@@ -1,13 +1,16 @@
-"""Local executors: a thread pool, a pool of warm worker processes, and a watcher that re-attaches to attempts
-left running by an orchestrator that died. All three report finished attempts as `Outcome` records on one queue.
+"""The local adapters of the `capstan.pipelines.executor_port.Executor` port: `ThreadExecutor` (a thread pool in
+the orchestrator's process) and `ProcessExecutor` (a run's use of the shared pool of warm worker processes, which
+also re-attaches to attempts left running by an orchestrator that died, through an `AttachWatcher`). Both report
+finished attempts as `Outcome` records through the ``deliver`` callback they are built with.
 
-Starting an attempt is split in two so that the orchestrator can persist it in between: `ProcessExecutor.reserve`
-picks (or starts) the worker, whose pid goes into the attempt's row, and `ProcessExecutor.dispatch` sends the task.
+Starting an attempt is split in two so that the orchestrator can persist it in between: `ProcessExecutor.place`
+picks (or starts) the worker, whose pid goes into the attempt's row, and `ProcessExecutor.start` sends the task.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import queue
 import signal
@@ -16,10 +19,11 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
+from capstan.clock import Clock, monotonic_of, system_clock
 from capstan.pipelines.dsl import Step
 from capstan.pipelines.execution import (
     CANCELLED,
@@ -33,13 +37,23 @@ from capstan.pipelines.execution import (
     failed,
     now_ms,
 )
+from capstan.pipelines.executor_port import (
+    NO_VALUES,
+    NOWHERE,
+    Deliver,
+    Executor,
+    Placement,
+    Started,
+    interrupted,
+)
 
 if TYPE_CHECKING:
     from capstan.artifacts.store import ArtifactStore
+    from capstan.resources.admission import Lease
     from capstan.settings import Settings
 
-Deliver = Callable[[Outcome], None]
-"""Where executors hand finished attempts (`Outcome`) to the orchestrator."""
+__all__ = ["AttachWatcher", "Deliver", "ProcessExecutor", "ThreadExecutor", "WorkerPool", "close_pools",
+           "kill_tree", "local_executors", "process_alive", "process_started_ms", "shared_pool"]
 
 
 def process_started_ms(pid: int) -> int | None:
@@ -88,11 +102,20 @@ def kill_tree(pid: int, grace_s: float) -> None:
 
 
 class ThreadExecutor:
-    """Runs attempts on a thread pool inside the orchestrator's process. A Python step that times out or is
-    cancelled cannot be stopped: its result is ignored. Command steps run as child processes and are killed."""
+    """The `Executor` of ``thread`` isolation: attempts run on a thread pool inside the orchestrator's process.
+
+    A Python step that is stopped (timed out, cancelled) cannot be interrupted: it runs to its end and a failure is
+    reported with the stop's reason. Command steps run as child processes, which `stop` terminates. An outcome's
+    ``value`` is the step's return value (`in_process`); ``peak_memory`` is None for Python steps (they share the
+    orchestrator's process) and the child's peak for command steps. What a step thread prints reaches its log while
+    `capstan.pipelines.execution.thread_capture` is open (the orchestrator opens it for runs with thread steps)."""
+
+    isolation = "thread"
+    reports_start = False
+    in_process = True
 
     def __init__(self, deliver: Deliver, *, settings: Settings | None, store: ArtifactStore | None,
-                 max_workers: int = 32, grace_s: float = 3.0) -> None:
+                 max_workers: int = 32, grace_s: float = 3.0, clock: Clock = system_clock) -> None:
         self._deliver = deliver
         self._local = threading.local()
         self._settings = settings
@@ -103,7 +126,9 @@ class ThreadExecutor:
         self._lock = threading.Lock()
         self._tasks: queue.SimpleQueue[tuple[Task, ExecContext] | None] = queue.SimpleQueue()
         self._children: dict[str, subprocess.Popen[bytes]] = {}
+        self._stopped: dict[str, str] = {}
         self._grace = grace_s
+        self._clock = clock
 
     def _on_child(self, key: str, proc: subprocess.Popen[bytes] | None) -> None:
         if proc is None:
@@ -111,9 +136,18 @@ class ThreadExecutor:
         else:
             self._children[key] = proc
 
-    def submit(self, task: Task, memory: Mapping[str, Any], step: Step | None = None) -> None:
-        """Start ``task`` (running ``step`` directly when given); its outcome arrives on the queue."""
-        ctx = ExecContext(self._settings, self._store, memory, self._on_child, step)
+    def prepare(self, steps: Sequence[Step]) -> None:
+        """Nothing to get ready: threads start on demand."""
+
+    def place(self, lease: Lease | None) -> Placement:
+        """Threads have nothing to choose: the run's default files."""
+        return NOWHERE
+
+    def start(self, task: Task, placement: Placement, *, lease: Lease | None = None, step: Step | None = None,
+              values: Mapping[str, Any] = NO_VALUES) -> None:
+        """Run ``task`` on a pool thread (calling ``step`` directly when given, with upstream ``values`` from
+        memory); its outcome arrives through ``deliver``."""
+        ctx = ExecContext(self._settings, self._store, values, self._on_child, step)
         collect = getattr(self._local, "collect", None)
         if collect is not None and not collect:
             # Submitted by a step thread that is running the orchestrator's round: it runs this task next itself.
@@ -143,6 +177,11 @@ class ThreadExecutor:
             except BaseException as exc:  # noqa: BLE001  # never lose an attempt: report the executor failure
                 outcome = failed(task, WORKER_LOST, f"{type(exc).__name__}: {exc}", started_at=started,
                                  finished_at=now_ms())
+            if self._stopped:
+                reason = self._stopped.pop(task.key, None)
+                if reason is not None and not outcome.ok:
+                    outcome = dataclasses.replace(outcome, reason=reason, retryable=reason != CANCELLED,
+                                                  message=f"step {task.step_name!r} stopped ({reason})")
             collect: list[tuple[Task, ExecContext]] = []
             self._local.collect = collect
             try:
@@ -156,14 +195,25 @@ class ThreadExecutor:
             with self._lock:
                 self._idle += 1
 
-    def kill(self, key: str, reason: str) -> None:
-        """Kill the child process of a command step; a Python thread is left to finish and ignored."""
+    def stop(self, key: str, reason: str, *, grace_s: float | None = None) -> None:
+        """Terminate the child process of a command step (SIGTERM, SIGKILL after the grace period); a Python step
+        runs to its end. A failure of the attempt is reported with ``reason``."""
+        self._stopped[key] = reason
         proc = self._children.get(key)
         if proc is not None:
-            kill_tree(proc.pid, self._grace)
+            kill_tree(proc.pid, self._grace if grace_s is None else grace_s)
 
-    def shutdown(self) -> None:
-        """Stop accepting work; running threads finish in the background."""
+    def recover(self, task: Task, placement: Placement, started_at: int) -> Outcome | None:
+        """A thread died with its orchestrator: the attempt was interrupted."""
+        return interrupted(task, started_at, self._clock())
+
+    def placement_of(self, worker_pid: int | None, worker_started: int | None) -> Placement:
+        """Thread attempts name no worker."""
+        return NOWHERE
+
+    def shutdown(self, *, kill: bool = False) -> None:
+        """Stop accepting work; command children are killed (they would outlive nothing useful), running Python
+        threads finish in the background."""
         for proc in list(self._children.values()):
             kill_tree(proc.pid, 0)
         for _ in self._threads:
@@ -180,7 +230,7 @@ class Worker:
     started_ms: int | None
     task: Task | None = None
     deliver: Deliver | None = None
-    on_started: Callable[[str], None] | None = None
+    on_started: Started | None = None
     task_started: int = 0
     kill_reason: str | None = None
     usable: bool = True
@@ -194,8 +244,10 @@ class WorkerPool:
     grown on demand. Each task carries where its outcome goes, so runs orchestrated side by side (the server)
     share the pool."""
 
-    def __init__(self, settings: Settings, *, grace_s: float = 3.0, idle_timeout_s: float = 60.0) -> None:
+    def __init__(self, settings: Settings, *, grace_s: float = 3.0, idle_timeout_s: float = 60.0,
+                 clock: Clock = system_clock) -> None:
         self._settings = settings
+        self._mono = monotonic_of(clock)  # idle times: a fake clock moves them
         self._grace = grace_s
         self._idle_timeout = idle_timeout_s
         self._lock = threading.Lock()
@@ -207,7 +259,7 @@ class WorkerPool:
         # Close workers nobody used for a while, so a long-lived process does not keep idle interpreters.
         while True:
             time.sleep(min(5.0, self._idle_timeout / 2))
-            cutoff = time.monotonic() - self._idle_timeout
+            cutoff = self._mono() - self._idle_timeout
             with self._lock:
                 stale = [w for w in self._idle if w.idle_since < cutoff]
                 for worker in stale:
@@ -249,7 +301,7 @@ class WorkerPool:
         log_path, results_path = worker_files(self._settings.home, proc.pid, started)
         conn.send({"settings": self._settings, "sys_path": list(sys.path), "cwd": os.getcwd(),
                    "preload": preload, "log": log_path, "results": results_path})
-        worker = Worker(proc, conn, proc.pid, started, idle_since=time.monotonic(), log_path=log_path,
+        worker = Worker(proc, conn, proc.pid, started, idle_since=self._mono(), log_path=log_path,
                         results_path=results_path)
         with self._lock:
             self._workers[worker.pid] = worker
@@ -269,8 +321,7 @@ class WorkerPool:
                     return worker
         return self._spawn([])
 
-    def dispatch(self, worker: Worker, task: Task, deliver: Deliver,
-                 on_started: Callable[[str], None] | None = None) -> None:
+    def dispatch(self, worker: Worker, task: Task, deliver: Deliver, on_started: Started | None = None) -> None:
         """Send ``task`` to a reserved worker; its outcome goes to ``deliver`` (and, for a task with a timeout,
         the moment the worker begins it to ``on_started``)."""
         worker.task = task
@@ -283,15 +334,16 @@ class WorkerPool:
             worker.usable = False
             kill_tree(worker.pid, 0)
 
-    def kill(self, key: str, reason: str) -> None:
-        """Stop the attempt ``key``: its worker (and the worker's children) get SIGTERM, then SIGKILL."""
+    def kill(self, key: str, reason: str, grace_s: float | None = None) -> None:
+        """Stop the attempt ``key``: its worker (and the worker's children) get SIGTERM, then SIGKILL after
+        ``grace_s`` (None: the pool's grace period)."""
         with self._lock:
             target = next((w for w in self._workers.values() if w.task is not None and w.task.key == key), None)
             if target is None:
                 return
             target.kill_reason = reason
             target.usable = False
-        kill_tree(target.pid, self._grace)
+        kill_tree(target.pid, self._grace if grace_s is None else grace_s)
 
     def _reader(self, worker: Worker) -> None:
         while True:
@@ -310,7 +362,7 @@ class WorkerPool:
                 if outcome.retire:
                     worker.usable = False
                 elif worker.usable:
-                    worker.idle_since = time.monotonic()
+                    worker.idle_since = self._mono()
                     self._idle.append(worker)
             if deliver is not None:
                 deliver(outcome)
@@ -351,8 +403,8 @@ _POOLS: dict[tuple[str, str, str], WorkerPool] = {}
 _POOLS_LOCK = threading.Lock()
 
 
-def shared_pool(settings: Settings) -> WorkerPool:
-    """The worker pool of this process for ``settings``' stores."""
+def shared_pool(settings: Settings, clock: Clock = system_clock) -> WorkerPool:
+    """The worker pool of this process for ``settings``' stores (``clock`` times idle workers of a new pool)."""
     key = (str(settings.home), settings.db_url, settings.artifacts)
     with _POOLS_LOCK:
         pool = _POOLS.get(key)
@@ -361,7 +413,7 @@ def shared_pool(settings: Settings) -> WorkerPool:
                 import atexit
 
                 atexit.register(close_pools)  # workers say goodbye (and remove their files) on a normal exit
-            pool = _POOLS[key] = WorkerPool(settings)
+            pool = _POOLS[key] = WorkerPool(settings, clock=clock)
         return pool
 
 
@@ -375,38 +427,114 @@ def close_pools() -> None:
 
 
 class ProcessExecutor:
-    """One run's use of the shared `WorkerPool`."""
+    """The `Executor` of ``process`` isolation: one run's use of the shared `WorkerPool` of warm workers.
 
-    def __init__(self, deliver: Deliver, *, settings: Settings, preload: list[tuple[str, str | None]],
-                 grace_s: float = 3.0, on_started: Callable[[str], None] | None = None) -> None:
+    `prepare` starts warm workers importing the run's modules; `place` sets a worker aside (its pid and start time
+    go into the attempt's row, its files into the task); `start` sends the task. A worker reports when an attempt
+    with a timeout really begins (`reports_start`). Outcomes carry the worker's peak memory; a step beyond its
+    ``memory`` request fails as ``OOMKilled`` (``RLIMIT_DATA``), as does a worker killed by SIGKILL (exit code
+    137). Attempts of an earlier orchestrator are followed by an `AttachWatcher` (`recover`)."""
+
+    isolation = "process"
+    reports_start = True
+    in_process = False
+
+    def __init__(self, deliver: Deliver, *, settings: Settings, preload: list[tuple[str, str | None]] | None = None,
+                 grace_s: float = 3.0, on_started: Started | None = None, clock: Clock = system_clock) -> None:
         self._deliver = deliver
         self._on_started = on_started
-        self._pool = shared_pool(settings)
-        self._preload = preload
+        self._settings = settings
+        self._clock = clock
+        self._grace = grace_s
+        self._pool_ref: WorkerPool | None = None
+        self._preload = preload or []
         self._keys: set[str] = set()
+        self._watch: AttachWatcher | None = None
+
+    @property
+    def _pool(self) -> WorkerPool:
+        if self._pool_ref is None:
+            self._pool_ref = shared_pool(self._settings, self._clock)
+        return self._pool_ref
+
+    def prepare(self, steps: Sequence[Step]) -> None:
+        """Start warm workers (one per step, at most one per CPU) that import the steps' modules right away."""
+        if not steps:
+            return
+        from capstan.pipelines.steprec import importable
+
+        modules = {(s.module, s.file) for s in steps if s.fn is not None}
+        self._preload = [importable(m, f) for m, f in sorted(modules)]
+        self.prewarm(min(len(steps), max(1, len(os.sched_getaffinity(0)))))
 
     def prewarm(self, count: int) -> None:
         """Make sure ``count`` workers exist."""
         self._pool.prewarm(count, self._preload)
 
-    def reserve(self) -> Worker:
-        """A worker for the next `dispatch`."""
-        return self._pool.reserve()
+    def place(self, lease: Lease | None) -> Placement:
+        """An idle worker (started now if none is idle), set aside for the next `start`."""
+        worker = self._pool.reserve()
+        return Placement(worker.pid, worker.started_ms, worker.log_path, worker.results_path, worker)
 
-    def dispatch(self, worker: Worker, task: Task) -> None:
-        """Send ``task`` to ``worker``."""
+    def start(self, task: Task, placement: Placement, *, lease: Lease | None = None, step: Step | None = None,
+              values: Mapping[str, Any] = NO_VALUES) -> None:
+        """Send ``task`` to the worker `place` set aside."""
+        worker = placement.handle
+        assert isinstance(worker, Worker), "start() takes the placement of this executor's place()"
         self._keys.add(task.key)
         self._pool.dispatch(worker, task, self._deliver, self._on_started)
 
-    def kill(self, key: str, reason: str) -> None:
-        """Stop one attempt."""
-        self._pool.kill(key, reason)
+    def stop(self, key: str, reason: str, *, grace_s: float | None = None) -> None:
+        """Stop one attempt: its worker gets SIGTERM, then SIGKILL after the grace period."""
+        grace = self._grace if grace_s is None else grace_s
+        if self._pool_ref is not None:
+            self._pool_ref.kill(key, reason, grace)
+        if self._watch is not None:
+            self._watch.kill(key, reason, grace)
+
+    def placement_of(self, worker_pid: int | None, worker_started: int | None) -> Placement:
+        """The worker an attempt row names, with its log and results files."""
+        if not worker_pid:
+            return NOWHERE
+        from capstan.pipelines.worker import worker_files
+
+        log, results = worker_files(self._settings.home, worker_pid, worker_started)
+        return Placement(worker_pid, worker_started, log, results)
+
+    def recover(self, task: Task, placement: Placement, started_at: int) -> Outcome | None:
+        """Adopt the result the worker wrote to its results file, follow a worker that still runs the attempt, or
+        report the attempt interrupted."""
+        from capstan.pipelines.worker import find_result
+
+        pid = placement.worker_pid
+        if not pid:
+            return interrupted(task, started_at, self._clock())
+        adopted = cast(Outcome | None, find_result(task.result_file, task.key)) if task.result_file else None
+        if adopted is not None:
+            return adopted
+        if process_alive(pid, placement.worker_started):
+            if self._watch is None:
+                self._watch = AttachWatcher(self._deliver, grace_s=self._grace)
+            self._watch.attach(Attached(task, pid, placement.worker_started, started_at))
+            return None
+        return interrupted(task, started_at, self._clock())
 
     def shutdown(self, *, kill: bool = False) -> None:
         """With ``kill``, stop this run's attempts still running; the pool stays warm for later runs."""
-        if kill:
+        if kill and self._pool_ref is not None:
             for key in list(self._keys):
-                self._pool.kill(key, CANCELLED)
+                self._pool_ref.kill(key, CANCELLED)
+        if self._watch is not None:
+            self._watch.stop()
+
+
+def local_executors(deliver: Deliver, on_started: Started, *, settings: Settings, store: ArtifactStore,
+                    max_threads: int, grace_s: float, clock: Clock = system_clock) -> dict[str, Executor]:
+    """The executors of a local run, by isolation (nothing starts until they are used)."""
+    return {"thread": ThreadExecutor(deliver, settings=settings, store=store, max_workers=max_threads,
+                                     grace_s=grace_s, clock=clock),
+            "process": ProcessExecutor(deliver, settings=settings, grace_s=grace_s, on_started=on_started,
+                                       clock=clock)}
 
 
 @dataclass(slots=True)
@@ -441,14 +569,14 @@ class AttachWatcher:
                 self._thread = threading.Thread(target=self._loop, name="capstan-attach", daemon=True)
                 self._thread.start()
 
-    def kill(self, key: str, reason: str) -> None:
-        """Stop a re-attached attempt."""
+    def kill(self, key: str, reason: str, grace_s: float | None = None) -> None:
+        """Stop a re-attached attempt (SIGTERM, then SIGKILL after ``grace_s``; None: the watcher's default)."""
         with self._lock:
             item = self._items.get(key)
             if item is None:
                 return
             item.kill_reason = reason
-        kill_tree(item.pid, self._grace)
+        kill_tree(item.pid, self._grace if grace_s is None else grace_s)
 
     def _loop(self) -> None:
         while not self._stop.wait(self._poll):

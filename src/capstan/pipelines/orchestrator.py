@@ -13,7 +13,7 @@ import os
 import queue
 import random
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -29,11 +29,11 @@ from capstan.pipelines.execution import (
     Task,
     thread_capture,
 )
-from capstan.pipelines.executors import AttachWatcher, ProcessExecutor, ThreadExecutor
+from capstan.pipelines.executor_port import Deliver, Executor, Started
 from capstan.pipelines.graph import Graph
 from capstan.pipelines.serialize import OutputRef, list_ref, load_output
 from capstan.pipelines.state import StepState
-from capstan.pipelines.steprec import StepRec, importable, make_task, new_step_row
+from capstan.pipelines.steprec import StepRec, make_task, new_step_row
 from capstan.pipelines.storage import (
     RUN_KIND,
     STEP_KIND,
@@ -53,6 +53,7 @@ if TYPE_CHECKING:
     from sqlalchemy import Engine
 
     from capstan.artifacts.store import ArtifactStore
+    from capstan.pipelines.dsl import Step
     from capstan.settings import Settings
 
 S = StepState
@@ -67,13 +68,22 @@ class Observer(Protocol):
         ...
 
 
+ExecutorFactory = Callable[[Deliver, Started], Mapping[str, Executor]]
+"""Builds a run's executors by isolation, given where they report outcomes and attempt starts."""
+
+
 class Orchestrator:
-    """Runs (or continues) one pipeline run to a terminal status."""
+    """Runs (or continues) one pipeline run to a terminal status.
+
+    It reaches the steps' attempts only through the `capstan.pipelines.executor_port.Executor` port: one executor
+    per isolation, by default the local ones (`capstan.pipelines.executors.local_executors`), or those
+    ``executors`` builds."""
 
     def __init__(self, *, engine: Engine, store: ArtifactStore, settings: Settings, run: RunRecord, graph: Graph,
                  steps: list[StepRecord], admission: Admission, clock: Clock = system_clock,
                  observer: Observer | None = None, rng: random.Random | None = None, max_threads: int | None = None,
-                 grace_s: float = 3.0, poll_s: float = 0.25, heartbeat_s: float = 5.0) -> None:
+                 grace_s: float = 3.0, poll_s: float = 0.25, heartbeat_s: float = 5.0,
+                 executors: ExecutorFactory | None = None) -> None:
         self.run_record = run
         self.run_id = run.id
         self.project = run.project
@@ -96,9 +106,13 @@ class Orchestrator:
         self._lock = threading.Lock()
         self._error: BaseException | None = None
         self._closed = False
-        self._threads: ThreadExecutor | None = None
-        self._procs: ProcessExecutor | None = None
-        self._watch: AttachWatcher | None = None
+        if executors is None:
+            from capstan.pipelines.executors import local_executors
+
+            self._executors = local_executors(self.offer, self.attempt_started, settings=settings, store=store,
+                                              max_threads=self._max_threads, grace_s=grace_s, clock=clock)
+        else:
+            self._executors = dict(executors(self.offer, self.attempt_started))
         self._run_dir = Path(settings.home) / "pipelines" / "runs" / run.id
         self._run_dir_text = str(self._run_dir)
         self.recs: dict[str, StepRec] = {}
@@ -281,14 +295,13 @@ class Orchestrator:
         self._event(batch, RUN_KIND, self.run_id, "PipelineRunResumed" if resumed else "PipelineRunStarted",
                     f"pipeline {self.graph.pipeline.name!r} {'resumed' if resumed else 'started'} "
                     f"by {orchestrator_id()}")
-        process_modules = {(n.step.module, n.step.file) for n in self.graph.nodes.values()
-                           if n.step.options.isolation == "process" and n.step.fn is not None}
-        n_process = sum(1 for n in self.graph.nodes.values() if n.step.options.isolation == "process")
-        if n_process:
-            self._procs = ProcessExecutor(self.offer, settings=self._settings, grace_s=self._grace,
-                                          on_started=self.attempt_started,
-                                          preload=[importable(m, f) for m, f in sorted(process_modules)])
-            self._procs.prewarm(min(n_process, max(1, len(os.sched_getaffinity(0)))))
+        by_isolation: dict[str, list[Step]] = {}
+        for node in self.graph.nodes.values():
+            by_isolation.setdefault(node.step.options.isolation, []).append(node.step)
+        for isolation, steps in by_isolation.items():
+            executor = self._executors.get(isolation)
+            if executor is not None:
+                executor.prepare(steps)  # the process executor starts warm workers importing the steps' modules
         for rec in self.recs.values():
             if rec.state is S.RUNNING and rec.node.map is None:
                 supervision.recover_running(self, rec)
@@ -581,7 +594,7 @@ class Orchestrator:
         rec.output = outcome.output
         rec.finished_at = outcome.finished_at
         self._touch(rec, batch)
-        if outcome.value is not None and rec.executor == "thread":
+        if outcome.value is not None and (ran := self._executors.get(rec.executor)) is not None and ran.in_process:
             self._values[sid] = outcome.value
         self._event(batch, STEP_KIND, sid, "StepSucceeded", f"attempt {rec.attempt} in {outcome.duration_ms} ms",
                     data={"attempt": rec.attempt, "duration_ms": outcome.duration_ms,
@@ -709,9 +722,5 @@ class Orchestrator:
         self._done = True
 
     def _shutdown(self) -> None:
-        if self._threads is not None:
-            self._threads.shutdown()
-        if self._procs is not None:
-            self._procs.shutdown(kill=self._cancel)
-        if self._watch is not None:
-            self._watch.stop()
+        for executor in self._executors.values():
+            executor.shutdown(kill=self._cancel)

@@ -5,12 +5,12 @@ and cancelling a run. Helpers of `capstan.pipelines.orchestrator.Orchestrator`, 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from capstan.pipelines import attempts
 from capstan.pipelines import state as sm
-from capstan.pipelines.execution import CANCELLED, INTERRUPTED, TIMEOUT, failed
-from capstan.pipelines.executors import Attached, AttachWatcher, process_alive
+from capstan.pipelines.execution import CANCELLED, TIMEOUT
+from capstan.pipelines.executor_port import NOWHERE, interrupted
 from capstan.pipelines.state import StepState
 from capstan.pipelines.steprec import StepRec
 from capstan.pipelines.storage import STEP_KIND, Batch
@@ -22,54 +22,45 @@ S = StepState
 
 
 def recover_running(orch: Orchestrator, rec: StepRec) -> None:
-    """A step the previous orchestrator left running: adopt its result, re-attach to its worker, or retry it."""
+    """A step the previous orchestrator left running: adopt its result, re-attach to its worker, or retry it (the
+    executor of the attempt's isolation decides, `capstan.pipelines.executor_port.Executor.recover`)."""
     from capstan.pipelines.storage import PipelineStore
-    from capstan.pipelines.worker import find_result, worker_files
 
     attempts = PipelineStore(orch._engine).attempts(orch.run_id, rec.node.id)
     last = attempts[-1] if attempts else None
-    process = last is not None and last.isolation == "process" and bool(last.worker_pid)
-    files: tuple[str | None, str | None] = (None, None)
-    if last is not None and process and last.worker_pid:
-        files = worker_files(orch._settings.home, last.worker_pid, last.worker_started)
-        orch._stale_files.update(p for p in files if p)
-    task = orch._task(rec, None, attempt=rec.attempt, log=files[0], results=files[1])
+    executor = orch._executors.get(last.isolation) if last is not None else None
+    placement = executor.placement_of(last.worker_pid, last.worker_started) \
+        if executor is not None and last is not None else NOWHERE
+    orch._stale_files.update(p for p in (placement.log_path, placement.results_path) if p)
+    task = orch._task(rec, None, attempt=rec.attempt, log=placement.log_path, results=placement.results_path)
     orch._running[task.key] = rec.node.id
-    if last is not None and process and last.worker_pid:
-        adopted = find_result(task.result_file, task.key) if task.result_file else None
-        if adopted is not None:
-            # The step's workload may still be admitted in the queue: holding its lease makes the outcome's
-            # handling give the quota back, as for an attempt that finished under this orchestrator.
-            rec.lease = orch._admission.reclaim(orch._request(rec, task.key), held_only=True)
-            orch._out.put(adopted)
-            return
-        if process_alive(last.worker_pid, last.worker_started):
-            if orch._watch is None:
-                orch._watch = AttachWatcher(orch._out.put, grace_s=orch._grace)
-            orch._watch.attach(Attached(task, last.worker_pid, last.worker_started, last.started_at))
-            rec.executor = "attached"
-            rec.attempt_started = last.started_at
-            timeout = rec.node.step.options.timeout
-            if timeout is not None:
-                elapsed = max(0.0, (orch._clock() - last.started_at) / 1000)
-                rec.deadline = orch._mono() + max(0.0, timeout - elapsed)
-            rec.lease = orch._admission.reclaim(orch._request(rec, task.key))
-            if rec.node.parent:
-                orch.recs[rec.node.parent].running_children += 1
-            return
     started = last.started_at if last is not None else orch._clock()
     rec.attempt_started = started
-    rec.lease = orch._admission.reclaim(orch._request(rec, task.key), held_only=True)  # as for an adopted result
-    orch._out.put(failed(task, INTERRUPTED, f"attempt {rec.attempt} was interrupted: its orchestrator stopped",
-                         started_at=started, finished_at=orch._clock()))
+    outcome = executor.recover(task, placement, started) if executor is not None else \
+        interrupted(task, started, orch._clock())
+    if outcome is not None:
+        # An adopted result or an interruption: the step's workload may still be admitted in the queue; holding
+        # its lease makes the outcome's handling give the quota back, as for an attempt that finished here.
+        rec.lease = orch._admission.reclaim(orch._request(rec, task.key), held_only=True)
+        orch._out.put(outcome)
+        return
+    assert last is not None
+    rec.executor = last.isolation  # the executor follows the attempt now: it stops it and reports its outcome
+    timeout = rec.node.step.options.timeout
+    if timeout is not None:
+        elapsed = max(0.0, (orch._clock() - last.started_at) / 1000)
+        rec.deadline = orch._mono() + max(0.0, timeout - elapsed)
+    rec.lease = orch._admission.reclaim(orch._request(rec, task.key))
+    if rec.node.parent:
+        orch.recs[rec.node.parent].running_children += 1
 
 
 def killer(orch: Orchestrator, executor: str, key: str, reason: str) -> Callable[[], None]:
-    """An effect that stops attempt ``key`` on the executor that runs it."""
+    """An effect that stops attempt ``key`` on the executor that runs it (SIGTERM, then SIGKILL after the grace)."""
     def kill() -> None:
-        target: Any = {"thread": orch._threads, "process": orch._procs, "attached": orch._watch}.get(executor)
+        target = orch._executors.get(executor)
         if target is not None:
-            target.kill(key, reason)
+            target.stop(key, reason)
     return kill
 
 
