@@ -19,11 +19,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from capstan.clock import Clock, monotonic_of, system_clock
 from capstan.events.records import WARNING
-from capstan.pipelines import attempts, supervision
+from capstan.pipelines import attempts, planner, supervision
 from capstan.pipelines import state as sm
 from capstan.pipelines.cache import cache_key
 from capstan.pipelines.execution import (
-    INTERRUPTED,
     UNSCHEDULABLE,
     Outcome,
     Task,
@@ -351,14 +350,13 @@ class Orchestrator:
         if self._cancel:
             supervision.cancel_all(self, batch, now, effects)
         else:
-            for sid in sorted(self._retrying, key=lambda s: self.recs[s].node.seq):
+            for sid in planner.due_retries(self._retrying, self.recs, now) if self._retrying else ():
                 rec = self.recs[sid]
-                if (rec.next_attempt_at or 0) <= now:
-                    self._retrying.discard(sid)
-                    self._set(rec, sm.Trigger.RETRY_DUE, batch)
-                    rec.next_attempt_at = None
-                    self._event(batch, STEP_KIND, sid, "StepQueued", f"attempt {rec.attempt + 1} queued")
-                    self._queued.append(sid)
+                self._retrying.discard(sid)
+                self._set(rec, sm.Trigger.RETRY_DUE, batch)
+                rec.next_attempt_at = None
+                self._event(batch, STEP_KIND, sid, "StepQueued", f"attempt {rec.attempt + 1} queued")
+                self._queued.append(sid)
             self._process_ready(batch, now)
             self._start_queued(batch, now, effects)
         if self._releases:  # before the commit: a crash never leaves a finished step holding quota
@@ -496,20 +494,10 @@ class Orchestrator:
                                tuple(labels))
 
     def _start_queued(self, batch: Batch, now: int, effects: list[Callable[[], None]]) -> None:
-        waiting: list[str] = []
+        asking, waiting = planner.admissible(self._queued, self.recs)
         asks: list[tuple[StepRec, ResourceRequest]] = []
-        planned: dict[str, int] = {}
-        for sid in self._queued:
+        for sid in asking:
             rec = self.recs[sid]
-            if rec.state is not S.QUEUED:
-                continue
-            parent = self.recs[rec.node.parent] if rec.node.parent else None
-            limit = parent.node.map.max_parallel if parent is not None and parent.node.map else None
-            if parent is not None and limit is not None:
-                if parent.running_children + planned.get(parent.node.id, 0) >= limit:
-                    waiting.append(sid)
-                    continue
-                planned[parent.node.id] = planned.get(parent.node.id, 0) + 1
             key = f"{self.run_id}/{sid}#{rec.attempt + 1}"
             request = self._asking.get(sid)
             if request is None or request.key != key:
@@ -576,19 +564,20 @@ class Orchestrator:
         rec = self.recs[sid]
         if rec.state is not S.RUNNING or rec.attempt != outcome.attempt:
             return
-        why = self._preempting.pop(outcome.key, None)
-        preempted = why is not None and not outcome.ok  # an attempt that finished within its grace period counts
-        reason, message = (PREEMPTED, f"attempt {rec.attempt} was preempted: {why}") if preempted else \
-            (outcome.reason, outcome.message)
+        # An attempt preempted but finished within its grace period counts as a success.
+        verdict = planner.judge_outcome(ok=outcome.ok, reason=outcome.reason, message=outcome.message,
+                                        retryable=outcome.retryable, attempt=rec.attempt,
+                                        preempted=self._preempting.pop(outcome.key, None))
+        reason, message = verdict.reason, verdict.message
         attempts.finish(self, rec, batch, state=S.SUCCEEDED.value if outcome.ok else S.FAILED.value,
                              reason=reason, message=message, finished_at=outcome.finished_at,
                              started_at=outcome.started_at, exit_code=outcome.exit_code,
-                             peak_memory=outcome.peak_memory, log_path=outcome.log_path, requeue=preempted)
+                             peak_memory=outcome.peak_memory, log_path=outcome.log_path, requeue=verdict.requeue)
         if not outcome.ok:
-            if not preempted:
+            if not verdict.requeue:
                 self._event(batch, STEP_KIND, sid, reason or "AttemptFailed", f"attempt {rec.attempt}: {message}",
                             warning=True, data={"attempt": rec.attempt, "exit_code": outcome.exit_code})
-            self._attempt_failed(rec, reason, message, outcome.retryable or preempted, batch, now)
+            self._attempt_failed(rec, reason, message, verdict.retryable, batch, now)
             return
         self._set(rec, sm.Trigger.SUCCEED, batch)
         rec.output = outcome.output
@@ -616,9 +605,9 @@ class Orchestrator:
         opts = rec.node.step.options
         # A preempted attempt, like an interrupted one, did not fail: it does not use up the step's retries, and the
         # queue's requeue backoff (not the step's) decides when it runs again.
-        decision = sm.after_failure(retries=opts.retries, retries_used=rec.retries_used, retryable=retryable,
-                                    interrupted=reason in (INTERRUPTED, PREEMPTED), backoff=opts.retry_backoff,
-                                    now_ms=now, rand=self._rng.random())
+        decision = planner.after_failure(reason=reason, retryable=retryable, retries=opts.retries,
+                                         retries_used=rec.retries_used, backoff=opts.retry_backoff, now_ms=now,
+                                         rand=self._rng.random)
         if decision.state is S.RETRYING:
             self._set(rec, sm.Trigger.RETRY, batch)
             rec.retries_used = decision.retries_used

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from capstan.pipelines import attempts
+from capstan.pipelines import attempts, planner
 from capstan.pipelines import state as sm
 from capstan.pipelines.execution import CANCELLED, TIMEOUT
 from capstan.pipelines.executor_port import NOWHERE, interrupted
@@ -66,11 +66,8 @@ def killer(orch: Orchestrator, executor: str, key: str, reason: str) -> Callable
 
 def check_timeouts(orch: Orchestrator, batch: Batch, now: int, effects: list[Callable[[], None]]) -> None:
     """Fail (or retry) attempts past their deadline; killing them is an effect of the round."""
-    mono = orch._mono()
-    for key, sid in list(orch._running.items()):
+    for key, sid in planner.expired(orch._running, orch.recs, orch._mono()):
         rec = orch.recs[sid]
-        if rec.deadline is None or rec.deadline > mono or rec.state is not S.RUNNING:
-            continue
         del orch._running[key]
         timeout = rec.node.step.options.timeout
         message = f"attempt {rec.attempt} exceeded its timeout of {timeout:g}s"
