@@ -3,11 +3,11 @@ database, no executor, no clock."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from capstan.pipelines import planner
 from capstan.pipelines.execution import INTERRUPTED
-from capstan.pipelines.state import Backoff, StepState
+from capstan.pipelines.state import Backoff, Readiness, StepState
 from capstan.resources.admission import PREEMPTED
 
 S = StepState
@@ -25,6 +25,7 @@ class Node:
     seq: int = 0
     parent: str | None = None
     map: Map | None = None
+    deps: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -139,3 +140,40 @@ def test_queued_steps_ask_unless_their_map_runs_max_parallel_items() -> None:
 
 def test_nothing_queued_asks_for_nothing() -> None:
     assert planner.admissible([], {}) == ([], [])
+
+
+# -- pending steps -----------------------------------------------------------------------------------------------
+
+def upstream(*states: StepState) -> dict[str, Step]:
+    return steps(*(Step(Node(f"u{i}"), state) for i, state in enumerate(states)))
+
+
+def pending(recs: dict[str, Step], parent: str | None = None) -> Step:
+    return Step(Node("p", parent=parent, deps=[sid for sid in recs if sid.startswith("u")]))
+
+
+def test_a_step_whose_upstream_all_have_outputs_is_ready() -> None:
+    recs = upstream(S.SUCCEEDED, S.CACHED)
+    assert planner.pending_verdict(pending(recs), recs) == (Readiness.READY, 0)
+    assert planner.pending_verdict(pending({}), {}) == (Readiness.READY, 0)  # no upstream at all
+
+
+def test_a_step_waits_for_the_upstream_steps_without_output() -> None:
+    recs = upstream(S.SUCCEEDED, S.RUNNING, S.RETRYING)
+    assert planner.pending_verdict(pending(recs), recs) == (Readiness.WAIT, 2)
+
+
+def test_a_failed_or_skipped_upstream_skips_the_step_before_a_cancelled_one_cancels_it() -> None:
+    for bad in (S.FAILED, S.SKIPPED):
+        recs = upstream(S.CANCELLED, bad, S.RUNNING)
+        assert planner.pending_verdict(pending(recs), recs) == (Readiness.SKIP, 0)
+    recs = upstream(S.CANCELLED, S.SUCCEEDED)
+    assert planner.pending_verdict(pending(recs), recs) == (Readiness.CANCEL, 0)
+
+
+def test_an_item_of_a_map_that_is_not_running_is_left_to_its_map() -> None:
+    recs = upstream(S.SUCCEEDED)
+    recs["m"] = Step(Node("m", map=Map(None)), S.FAILED)
+    assert planner.pending_verdict(pending(recs, parent="m"), recs) is None
+    recs["m"].state = S.RUNNING
+    assert planner.pending_verdict(pending(recs, parent="m"), recs) == (Readiness.READY, 0)

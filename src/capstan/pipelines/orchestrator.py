@@ -391,11 +391,10 @@ class Orchestrator:
                                            type=WARNING if warning else "Normal", data=data))
 
     def _evaluate_pending(self, rec: StepRec, batch: Batch, now: int) -> None:
-        parent = self.recs.get(rec.node.parent) if rec.node.parent else None
-        if parent is not None and parent.state is not S.RUNNING:
+        decided = planner.pending_verdict(rec, self.recs)
+        if decided is None:
             return
-        deps = [self.recs[d].state for d in rec.node.deps]
-        verdict = sm.readiness(deps)
+        verdict, waiting = decided
         if verdict is sm.Readiness.READY:
             self._ready.append(rec.node.id)
         elif verdict is sm.Readiness.SKIP:
@@ -405,7 +404,7 @@ class Orchestrator:
             rec.finished_at = now
             self._touch(rec, batch)
         else:
-            rec.waiting = sum(1 for s in deps if s not in sm.DONE_OK)
+            rec.waiting = waiting
 
     def _process_ready(self, batch: Batch, now: int) -> None:
         while self._ready:

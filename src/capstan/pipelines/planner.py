@@ -1,6 +1,7 @@
 """Pure decisions of the orchestrator's round: what a finished attempt means, whether a failed step is retried or
-fails, which retrying steps are due, which running attempts are past their deadline, and which queued map items
-may ask for resources under their map's ``max_parallel``.
+fails, whether a pending step is ready, skipped or cancelled by its upstream steps, which retrying steps are due,
+which running attempts are past their deadline, and which queued map items may ask for resources under their map's
+``max_parallel``.
 
 No I/O, no clock reads and no randomness of its own: the time (``now_ms``, a monotonic ``now``) and the jitter
 draw are passed in, so tests call these functions directly. The step transitions themselves and the retry
@@ -52,6 +53,11 @@ class NodeView(Protocol):
     @property
     def map(self) -> MapView | None:
         """The map spec of a map node, else None."""
+        ...
+
+    @property
+    def deps(self) -> Sequence[str]:
+        """Upstream step ids."""
         ...
 
 
@@ -155,3 +161,19 @@ def admissible(queued: Sequence[str], steps: Mapping[str, StepView]) -> tuple[li
                 planned[parent_id] = planned.get(parent_id, 0) + 1
         asking.append(sid)
     return asking, waiting
+
+
+def pending_verdict(step: StepView, steps: Mapping[str, StepView]) -> tuple[sm.Readiness, int] | None:
+    """What its upstream steps mean for a pending step: None while it is an item of a map that is not running
+    (the map decides for its items), else its `capstan.pipelines.state.readiness` and, when it waits, for how
+    many upstream steps."""
+    parent_id = step.node.parent
+    if parent_id:
+        parent = steps.get(parent_id)
+        if parent is not None and parent.state is not sm.StepState.RUNNING:
+            return None
+    upstream = [steps[d].state for d in step.node.deps]
+    verdict = sm.readiness(upstream)
+    if verdict is sm.Readiness.WAIT:
+        return verdict, sum(1 for s in upstream if s not in sm.DONE_OK)
+    return verdict, 0
