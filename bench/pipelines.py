@@ -223,7 +223,7 @@ def capstan_runs(reps: int, workdir: Path) -> dict[str, dict[str, Any]]:
     """Warm medians and cold first runs of the four Capstan pipelines."""
     from capstan.pipelines.executors import close_pools
     from capstan.pipelines.loader import load_pipeline
-    from capstan.pipelines.runner import PipelineRunner
+    from capstan.services import Services
     from capstan.settings import Settings
 
     code = workdir / "capstan_dags.py"
@@ -234,7 +234,7 @@ def capstan_runs(reps: int, workdir: Path) -> dict[str, dict[str, Any]]:
             name = f"{shape}_{mode}"
             pipe, ref = load_pipeline(f"{code}:{name}")
             home = workdir / f"home-{name}"
-            runner = PipelineRunner.open(Settings.for_home(home))
+            runner = Services.open(Settings.for_home(home)).pipelines.get()
             t = time.perf_counter()
             cold = runner.run(pipe, {"salt": 0}, ref=ref)
             cold_s = time.perf_counter() - t
