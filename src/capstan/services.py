@@ -1,12 +1,13 @@
 """The composition root: every adapter Capstan uses, built once from one `Settings` object and passed down.
 
 `Services.open` is the one function that chooses adapters: the SQL stores over one engine, the artifact store, the
-workload queue as the admission every workload asks, and the pipeline runner over that admission. The CLI, the
-server, the SDK's local backend and the quickstart all get theirs from it; nothing below this module picks an adapter
-of another package.
+workload queue as the admission every workload asks, the executors that run pipeline steps (local threads and
+processes), and the pipeline runner over them. The CLI, the server, the SDK's local backend and the quickstart all
+get theirs from it; nothing below this module picks an adapter of another package.
 
-Parts that only some commands need (the queue, the admission, the pipeline runner) are built on first use, so a
-command that only reads runs does not import the pipeline engine; each is still built here, once per bundle.
+Parts that only some commands need (the queue, the admission, the executors, the pipeline runner) are built on first
+use, so a command that only reads runs does not import the pipeline engine; each is still built here, once per
+bundle.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
     from capstan.artifacts.store import ArtifactStore
     from capstan.events.ports import EventLog
     from capstan.pipelines.dsl import Pipeline
+    from capstan.pipelines.executor_port import ExecutorFactory
     from capstan.pipelines.runner import PipelineRunner, RunResult
     from capstan.queue.store import QueueStore
     from capstan.registry.ports import RegistryStore
@@ -71,6 +73,7 @@ class Services:
     auth: SqlAuthStore
     queue: Deferred[QueueStore]
     admission: Deferred[Admission]
+    executors: Deferred[ExecutorFactory]
     pipelines: Deferred[PipelineRunner]
 
     @classmethod
@@ -107,11 +110,18 @@ class Services:
 
         admissions = Deferred(open_admission)
 
+        def open_executors() -> ExecutorFactory:
+            from capstan.pipelines.executors import local_executor_factory
+
+            return local_executor_factory(settings=settings, store=artifacts, clock=clock)
+
+        executor_parts = Deferred(open_executors)
+
         def open_pipelines() -> PipelineRunner:
             from capstan.pipelines.runner import PipelineRunner
 
             return PipelineRunner(settings=settings, engine=engine, artifacts=artifacts, events=events,
-                                  clock=clock, admission=admissions.get)
+                                  clock=clock, admission=admissions.get, executors=executor_parts.get())
 
         return cls(
             settings=settings,
@@ -124,6 +134,7 @@ class Services:
             auth=SqlAuthStore(engine, clock=clock),
             queue=Deferred(open_queue),
             admission=admissions,
+            executors=executor_parts,
             pipelines=Deferred(open_pipelines),
         )
 

@@ -129,3 +129,8 @@ def interrupted(task: Task, started_at: int, finished_at: int) -> Outcome:
 
     return failed(task, INTERRUPTED, f"attempt {task.attempt} was interrupted: its orchestrator stopped",
                   started_at=started_at, finished_at=finished_at)
+
+
+ExecutorFactory = Callable[[Deliver, Started], Mapping[str, "Executor"]]
+"""Builds one run's executors by isolation, given where they report outcomes and attempt starts. The composition
+root (`capstan.services`) chooses it: the local thread and process executors today, a cluster's next."""

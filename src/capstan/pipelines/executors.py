@@ -42,6 +42,7 @@ from capstan.pipelines.executor_port import (
     NOWHERE,
     Deliver,
     Executor,
+    ExecutorFactory,
     Placement,
     Started,
     interrupted,
@@ -53,7 +54,8 @@ if TYPE_CHECKING:
     from capstan.settings import Settings
 
 __all__ = ["AttachWatcher", "Deliver", "ProcessExecutor", "ThreadExecutor", "WorkerPool", "close_pools",
-           "kill_tree", "local_executors", "process_alive", "process_started_ms", "shared_pool"]
+           "kill_tree", "local_executor_factory", "local_executors", "process_alive", "process_started_ms",
+           "shared_pool"]
 
 
 def process_started_ms(pid: int) -> int | None:
@@ -526,6 +528,19 @@ class ProcessExecutor:
                 self._pool_ref.kill(key, CANCELLED)
         if self._watch is not None:
             self._watch.stop()
+
+
+def local_executor_factory(*, settings: Settings, store: ArtifactStore, clock: Clock = system_clock,
+                           grace_s: float = 3.0, max_threads: int | None = None) -> ExecutorFactory:
+    """What the composition root hands the pipeline runner: each run gets the local thread and process executors
+    (threads: like concurrent.futures' default, enough to overlap I/O and few enough to keep GIL contention low)."""
+    threads = max_threads or min(32, (os.cpu_count() or 1) + 4)
+
+    def build(deliver: Deliver, on_started: Started) -> dict[str, Executor]:
+        return local_executors(deliver, on_started, settings=settings, store=store, max_threads=threads,
+                               grace_s=grace_s, clock=clock)
+
+    return build
 
 
 def local_executors(deliver: Deliver, on_started: Started, *, settings: Settings, store: ArtifactStore,

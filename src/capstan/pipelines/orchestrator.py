@@ -13,7 +13,7 @@ import os
 import queue
 import random
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -28,7 +28,7 @@ from capstan.pipelines.execution import (
     Task,
     thread_capture,
 )
-from capstan.pipelines.executor_port import Deliver, Executor, Started
+from capstan.pipelines.executor_port import ExecutorFactory
 from capstan.pipelines.graph import Graph
 from capstan.pipelines.serialize import OutputRef, list_ref, load_output
 from capstan.pipelines.state import StepState
@@ -67,16 +67,12 @@ class Observer(Protocol):
         ...
 
 
-ExecutorFactory = Callable[[Deliver, Started], Mapping[str, Executor]]
-"""Builds a run's executors by isolation, given where they report outcomes and attempt starts."""
-
-
 class Orchestrator:
     """Runs (or continues) one pipeline run to a terminal status.
 
     It reaches the steps' attempts only through the `capstan.pipelines.executor_port.Executor` port: one executor
-    per isolation, by default the local ones (`capstan.pipelines.executors.local_executors`), or those
-    ``executors`` builds."""
+    per isolation, those ``executors`` builds (the composition root passes
+    `capstan.pipelines.executors.local_executor_factory`), by default the local ones."""
 
     def __init__(self, *, engine: Engine, store: ArtifactStore, settings: Settings, run: RunRecord, graph: Graph,
                  steps: list[StepRecord], admission: Admission, clock: Clock = system_clock,

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 
     from capstan.artifacts.store import ArtifactStore
     from capstan.events.ports import EventLog
+    from capstan.pipelines.executor_port import ExecutorFactory
     from capstan.resources.admission import Admission
     from capstan.settings import Settings
 
@@ -99,11 +100,13 @@ class PipelineRunner:
     """
 
     def __init__(self, *, settings: Settings, engine: Engine, artifacts: ArtifactStore,
-                 events: EventLog, admission: Callable[[], Admission], clock: Clock = system_clock) -> None:
+                 events: EventLog, admission: Callable[[], Admission], executors: ExecutorFactory | None = None,
+                 clock: Clock = system_clock) -> None:
         self.settings = settings
         self.engine = engine
         self.artifacts = artifacts
         self.events = events
+        self.executors = executors
         self.clock = clock
         self.store = PipelineStore(engine, clock=clock)
         self._admission = admission
@@ -185,7 +188,8 @@ class PipelineRunner:
     def _orchestrate(self, run: RunRecord, graph: Graph, steps: list[StepRecord],
                      observer: Observer | None) -> RunResult:
         orch = Orchestrator(engine=self.engine, store=self.artifacts, settings=self.settings, run=run, graph=graph,
-                            steps=steps, admission=self.ensure_admission(), clock=self.clock, observer=observer)
+                            steps=steps, admission=self.ensure_admission(), clock=self.clock, observer=observer,
+                            executors=self.executors)
         orch.run()
         if not orch.final:  # detached (server shutdown): read what is stored
             return self.result(run.id)
