@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from sqlalchemy import Engine
 
     from capstan.artifacts.store import ArtifactStore
+    from capstan.auth.ports import AuthStore
     from capstan.events.ports import EventLog
     from capstan.pipelines.dsl import Pipeline
     from capstan.pipelines.executor_port import ExecutorFactory
@@ -31,7 +32,6 @@ if TYPE_CHECKING:
     from capstan.queue.store import QueueStore
     from capstan.registry.ports import RegistryStore
     from capstan.resources.admission import Admission
-    from capstan.store.auth_sql import SqlAuthStore
     from capstan.tracking.ports import TrackingStore
 
 T = TypeVar("T")
@@ -70,7 +70,7 @@ class Services:
     artifacts: ArtifactStore
     tracking: TrackingStore
     registry: RegistryStore
-    auth: SqlAuthStore
+    auth: AuthStore
     queue: Deferred[QueueStore]
     admission: Deferred[Admission]
     executors: Deferred[ExecutorFactory]

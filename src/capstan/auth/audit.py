@@ -27,7 +27,7 @@ log = logging.getLogger("capstan.audit")
 
 
 class AuditSink(Protocol):
-    """Where audit entries go (`capstan.store.auth_sql.SqlAuthStore`)."""
+    """Where audit entries go (the slice of `capstan.auth.ports.AuthStore` the writer needs)."""
 
     def record_audit(self, entries: Sequence[AuditEntry]) -> None: ...
 

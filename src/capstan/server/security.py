@@ -34,12 +34,13 @@ from starlette.requests import Request
 
 from capstan.auth.audit import AuditWriter
 from capstan.auth.policy import LOCAL_PRINCIPAL, Permission, Principal, auth_required, authorize
+from capstan.auth.ports import AuthStore
 from capstan.auth.records import AuditEntry, Credential
 from capstan.auth.tokens import display_prefix, hash_secret
 from capstan.clock import Clock
 from capstan.errors import CapstanError, Unauthenticated
 from capstan.server.metrics import ASGIApp, Message, Receive, Scope, Send, StatusRecorder
-from capstan.store.auth_sql import TOUCH_INTERVAL_MS, SqlAuthStore
+from capstan.store.auth_sql import TOUCH_INTERVAL_MS
 
 log = logging.getLogger("capstan.server.security")
 
@@ -94,7 +95,7 @@ class Authenticator:
     worker thread. Both raise `Unauthenticated` for a missing, unknown, expired or revoked credential.
     """
 
-    def __init__(self, store: SqlAuthStore, *, bind_host: str, clock: Clock,
+    def __init__(self, store: AuthStore, *, bind_host: str, clock: Clock,
                  monotonic: Callable[[], float] = time.monotonic, ttl_s: float = CACHE_TTL_S) -> None:
         self._store = store
         self.bind_host = bind_host
