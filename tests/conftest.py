@@ -63,4 +63,4 @@ def backend_settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings
     """Run a contract test once per metadata-store backend."""
     if request.param == "sqlite":
         return Settings.for_home(tmp_path / "home")
-    return request.getfixturevalue("pg_settings")  # type: ignore[no-any-return]
+    return request.getfixturevalue("pg_settings")  # type: ignore[no-any-return]  # untyped helper value

@@ -82,7 +82,7 @@ def test_refused_revoke_by_secret_leaves_no_secret_in_the_audit_log(server: Serv
     assert httpx.get(f"{server.url}/api/v1/whoami", headers=_bearer(bob), timeout=30).json()["name"] == "bob"
     entries = _audit(server, root)
     attempts = [e for e in entries if str(e["action"]).startswith("DELETE ")
-                and str(e["detail"].get("path", "")).startswith("/api/v1/tokens/")]  # type: ignore[attr-defined]
+                and str(e["detail"].get("path", "")).startswith("/api/v1/tokens/")]  # type: ignore[attr-defined]  # untyped JSON value
     assert {e["status"] for e in attempts} >= {401, 403}
     assert bob not in repr(entries)
     assert any(display_prefix(bob) in repr(e) for e in attempts)

@@ -88,7 +88,7 @@ def test_an_applied_configuration_is_never_replaced_and_maps_projects_to_local_q
         record = mgr.get("run1/a")
         assert (record.workload.queue, record.workload.project) == ("nlp", "nlp")
     named = queue.try_acquire(req("b", cpu=1, project="nlp", queue="vision"))
-    assert named is not None and queue.store.get_workload("run1/b").workload.queue == "vision"  # type: ignore[union-attr]
+    assert named is not None and queue.store.get_workload("run1/b").workload.queue == "vision"  # type: ignore[union-attr]  # present: this test created it
     orphan = queue.acquire_many([req("c", project="finance")])[0]
     assert isinstance(orphan, Rejected)
     assert orphan.message == ("cannot be queued: project 'finance' has no LocalQueue and there is no LocalQueue "
@@ -138,7 +138,7 @@ def test_requests_for_nothing_need_no_queue_and_asking_again_is_idempotent(queue
     queue.release(after)
     retry = queue.try_acquire(req("b", gpu=1, attempt=2))
     assert retry is not None and retry.workload == "run1/b#2"
-    assert queue.store.get_workload("run1/b").state == FINISHED  # type: ignore[union-attr]
+    assert queue.store.get_workload("run1/b").state == FINISHED  # type: ignore[union-attr]  # present: this test created it
 
 
 def test_preemption_revokes_the_lease_then_the_step_reuses_its_requeued_workload(queue: QueueAdmission) -> None:
@@ -161,7 +161,7 @@ def test_preemption_revokes_the_lease_then_the_step_reuses_its_requeued_workload
     assert resumed is not None and resumed.workload == "run1/train"
     assert dict(resumed.env)["CAPSTAN_RESTART_COUNT"] == "1"
     queue.release(resumed)
-    assert queue.store.get_workload("run1/train").state == FINISHED  # type: ignore[union-attr]
+    assert queue.store.get_workload("run1/train").state == FINISHED  # type: ignore[union-attr]  # present: this test created it
 
 
 def test_withdraw_reclaim_and_a_step_that_ended_while_being_preempted(queue: QueueAdmission) -> None:
@@ -170,7 +170,7 @@ def test_withdraw_reclaim_and_a_step_that_ended_while_being_preempted(queue: Que
     waiting = queue.acquire_many([req("b", gpu=2)])[0]
     assert isinstance(waiting, Waiting)
     queue.withdraw("run1/b#1")  # cancelled before admission
-    assert queue.store.get_workload("run1/b").state == CANCELLED  # type: ignore[union-attr]
+    assert queue.store.get_workload("run1/b").state == CANCELLED  # type: ignore[union-attr]  # present: this test created it
     # A resumed orchestrator re-attaches to the running attempt: it gets the lease its step still holds.
     again = queue.reclaim(req("a", gpu=2))
     assert again is not None and again.workload == "run1/a"
@@ -183,7 +183,7 @@ def test_withdraw_reclaim_and_a_step_that_ended_while_being_preempted(queue: Que
         mgr.cycle()
     # The attempt finished within its grace period: the workload is finished, not requeued.
     queue.release(again)
-    assert queue.store.get_workload("run1/a").state == FINISHED  # type: ignore[union-attr]
+    assert queue.store.get_workload("run1/a").state == FINISHED  # type: ignore[union-attr]  # present: this test created it
     with queue.session() as mgr:
         assert mgr.get("job-1").state == ADMITTED  # the release ran admission
 
@@ -199,7 +199,7 @@ def test_two_processes_share_the_queue_through_the_store(backend_settings: Setti
         waiting = two.acquire_many([other])[0]
         assert isinstance(waiting, Waiting) and waiting.reason == "WaitingForQuota"
         one.release(lease)  # returns the GPU and runs admission for everyone
-        assert SqlQueueStore(engine).get_workload("run2/b").state == ADMITTED  # type: ignore[union-attr]
+        assert SqlQueueStore(engine).get_workload("run2/b").state == ADMITTED  # type: ignore[union-attr]  # present: this test created it
         assert isinstance(two.acquire_many([other])[0], Lease)
         assert (Path(settings.home) / "queue.lock").exists()
         usage = SqlQueueStore(engine).usage_since(0)

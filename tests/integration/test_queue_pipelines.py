@@ -215,10 +215,10 @@ def test_gpu_steps_wait_for_quota_and_run_one_after_the_other(sequential_run: Se
     # Quota was returned after each step: nothing is active, every admission record is closed, in sequence.
     store = SqlQueueStore(run.engine)
     assert store.active_workloads() == []
-    assert {store.get_workload(w).state for w in (run.waiting.id, run.holder.id)} == {FINISHED}  # type: ignore[union-attr]
+    assert {store.get_workload(w).state for w in (run.waiting.id, run.holder.id)} == {FINISHED}  # type: ignore[union-attr]  # present: this test created it
     usage = sorted(store.usage_since(0), key=lambda u: u.start)
     assert len(usage) == 2 and all(u.end is not None for u in usage)
-    assert usage[0].end <= usage[1].start  # type: ignore[operator]
+    assert usage[0].end <= usage[1].start  # type: ignore[operator]  # both set once the workloads finished
 
 
 def test_usage_shows_gpu_hours_for_the_pipelines_project(sequential_run: SequentialRun) -> None:
@@ -260,7 +260,7 @@ def test_fractional_steps_share_one_gpu_at_the_same_time(declared_one_gpu: tuple
     assert {seen["half_a"]["workload"], seen["half_b"]["workload"]} == {f"{result.run_id}/half_a",
                                                                         f"{result.run_id}/half_b"}
     store = SqlQueueStore(runner.engine)
-    admission = store.get_workload(f"{result.run_id}/half_a").admission  # type: ignore[union-attr]
+    admission = store.get_workload(f"{result.run_id}/half_a").admission  # type: ignore[union-attr]  # present: this test created it
     assert admission is not None and admission.pod_sets[0].gpus[0].share == 500
     assert admission.pod_sets[0].flavors["gpu"] == "local-gpu"
 
@@ -357,5 +357,5 @@ def test_a_waiting_step_shows_its_reason_and_cancelling_the_run_withdraws_its_wo
         result: RunResult = future.result(timeout=60)
     assert result.status == "cancelled"
     store = SqlQueueStore(runner.engine)
-    assert store.get_workload(f"{run_id}/victim").state == "Cancelled"  # type: ignore[union-attr]
+    assert store.get_workload(f"{run_id}/victim").state == "Cancelled"  # type: ignore[union-attr]  # present: this test created it
     assert [r.id for r in store.active_workloads()] == ["train-1"]

@@ -192,7 +192,7 @@ def test_option_validation_names_the_definition() -> None:
         @cp.step(retries=-1)
         def f() -> None: ...
     with pytest.raises(PipelineDefinitionError, match="isolation='docker' must be 'process' or 'thread'"):
-        @cp.step(isolation="docker")  # type: ignore[call-overload]
+        @cp.step(isolation="docker")  # type: ignore[call-overload]  # an isolation the DSL must refuse
         def g() -> None: ...
     with pytest.raises(PipelineDefinitionError, match=r"resources\.gpu: 1\.5: fractions are allowed below one GPU"):
         @cp.step(resources={"gpu": 1.5})

@@ -225,8 +225,8 @@ def test_data_passing_lineage_logs_and_cache(runner: PipelineRunner, flow: Path,
     assert first.ok, first.run.message
     assert first.value() == {"sum": 10, "rows": 5}
     np.testing.assert_array_equal(first.output("make_array"), np.arange(5))
-    assert first.step("make_array").output.format == "npy"  # type: ignore[union-attr]
-    assert first.step("make_frame").output.format == "parquet"  # type: ignore[union-attr]
+    assert first.step("make_array").output.format == "npy"  # type: ignore[union-attr]  # present: this test created it
+    assert first.step("make_frame").output.format == "parquet"  # type: ignore[union-attr]  # present: this test created it
 
     (attempt,) = runner.store.attempts(first.run_id, "make_array")
     assert (attempt.isolation, attempt.exit_code) == ("process", 0)

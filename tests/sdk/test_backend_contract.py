@@ -27,7 +27,7 @@ def unique(prefix: str) -> str:
 
 def new_run(backend: TrackingBackend, **kwargs: object) -> tuple[str, str]:
     experiment_id = backend.create_experiment(unique("exp"))
-    info = backend.create_run(experiment_id, **kwargs)  # type: ignore[arg-type]
+    info = backend.create_run(experiment_id, **kwargs)  # type: ignore[arg-type]  # keyword arguments from a parametrized dict
     return experiment_id, info.run_id
 
 

@@ -103,11 +103,11 @@ def test_set_experiment_is_used_by_later_runs(fluent: Settings) -> None:
 def test_bad_input_fails_at_the_call(fluent: Settings) -> None:
     with capstan.start_run(experiment=unique("bad")) as run:
         with pytest.raises(InvalidParameterValue, match="not a number"):
-            capstan.log_metric("loss", "high")  # type: ignore[arg-type]
+            capstan.log_metric("loss", "high")  # type: ignore[arg-type]  # deliberately ill-typed input under test
         with pytest.raises(InvalidParameterValue, match="metric key"):
             capstan.log_metric("bad*key", 1.0)
         with pytest.raises(InvalidParameterValue, match="step"):
-            capstan.log_metric("loss", 1.0, step=1.5)  # type: ignore[arg-type]
+            capstan.log_metric("loss", 1.0, step=1.5)  # type: ignore[arg-type]  # deliberately ill-typed input under test
         capstan.log_param("p", "a")
         with pytest.raises(InvalidParameterValue, match="p"):
             capstan.log_param("p", "b")

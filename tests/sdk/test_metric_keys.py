@@ -60,7 +60,7 @@ def test_bad_values_steps_and_times_fail_at_the_call(fluent: Settings) -> None:
         for args, message in ((("loss", "high"), "not a number"), (("loss", True), "not a number"),
                               (("loss", 1.0, 1.5), "step"), (("loss", 1.0, 1, -5), "timestamp")):
             with pytest.raises(InvalidParameterValue, match=message):
-                capstan.log_metric(*args)  # type: ignore[arg-type]
+                capstan.log_metric(*args)  # type: ignore[arg-type]  # deliberately ill-typed input under test
         with pytest.raises(InvalidParameterValue, match="metric key"):
             capstan.log_metrics({"fine": 1.0, "a//b": 2.0}, step=1)  # the call is refused as a whole
         capstan.log_metric("loss", 0.25, step=1)

@@ -50,7 +50,7 @@ def point(i: int) -> Metric:
 def make(sink: RecordingSink, **kwargs: object) -> MetricWriter:
     options: dict[str, object] = {"interval_s": 60.0, "register_atexit": False, "sleep": lambda _s: None}
     options.update(kwargs)
-    return MetricWriter(sink, **options)  # type: ignore[arg-type]
+    return MetricWriter(sink, **options)  # type: ignore[arg-type]  # options from a test dict
 
 
 def test_add_returns_at_once_and_flush_makes_points_durable() -> None:

@@ -228,7 +228,7 @@ class Live:
     def version(self, fresh: bool = False, *, tag: bool = False, alias: bool = False,
                 project: str = PROJECT) -> tuple[str, int]:
         if not fresh:
-            return self._once(f"mv:{project}:{alias}",  # type: ignore[no-any-return]
+            return self._once(f"mv:{project}:{alias}",  # type: ignore[no-any-return]  # untyped helper value
                               lambda: self.version(True, alias=alias, project=project))
         name = self.model(True, project=project)
         run_id = self.run(project=project)
@@ -270,7 +270,7 @@ class Live:
             assert shown["run"]["status"] == "succeeded", shown
             return str(run_id), str(shown["steps"][0]["step"])
 
-        return self._once("pipeline-run", make)  # type: ignore[no-any-return]
+        return self._once("pipeline-run", make)  # type: ignore[no-any-return]  # untyped helper value
 
     def schedule(self, fresh: bool = False) -> str:
         if not fresh:

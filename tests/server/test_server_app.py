@@ -229,7 +229,7 @@ def test_audit_rules(client: TestClient, services: Services) -> None:
         ("anonymous", "POST <unmatched>", "/test/write", "", 401),
         ("root", "POST /test/boom", "/test/boom", "", 500),
     ]
-    assert entries[2]["detail"]["error"].startswith("authentication required")  # type: ignore[index]
+    assert entries[2]["detail"]["error"].startswith("authentication required")  # type: ignore[index]  # untyped JSON or driver value
 
 
 # -- admin API ----------------------------------------------------------------------------------------------

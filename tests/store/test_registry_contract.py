@@ -48,10 +48,10 @@ def _add_run(engine: Engine, *, experiment: int | None = None) -> tuple[str, str
                                       ).scalar()
             if project_id is None:
                 project_id = conn.execute(insert(schema.projects).values(
-                    name="default", description="", created_at=1)).inserted_primary_key[0]  # type: ignore[index]
+                    name="default", description="", created_at=1)).inserted_primary_key[0]  # type: ignore[index]  # untyped JSON or driver value
             experiment = int(conn.execute(insert(schema.experiments).values(
                 project_id=project_id, name=f"exp-{run_uuid[:6]}", artifact_location="", created_at=1,
-                updated_at=1)).inserted_primary_key[0])  # type: ignore[index]
+                updated_at=1)).inserted_primary_key[0])  # type: ignore[index]  # untyped JSON or driver value
         artifact_uri = f"mlflow-artifacts:/{experiment}/{run_uuid}/artifacts"
         conn.execute(insert(schema.runs).values(uuid=run_uuid, experiment_id=experiment, status="RUNNING",
                                                 artifact_uri=artifact_uri, start_time=1))
@@ -433,7 +433,7 @@ def test_search_model_versions(env: Env) -> None:
     s.create_model_version("iris_big", source="s3://bucket/big/1", tags={"data": "v1"})     # iris_big 1
 
     def versions(filter_string: str = "", **kw: object) -> list[tuple[str, int]]:
-        page = s.search_model_versions(filter_string=filter_string, **kw)  # type: ignore[arg-type]
+        page = s.search_model_versions(filter_string=filter_string, **kw)  # type: ignore[arg-type]  # keyword arguments from a parametrized dict
         return [(v.name, v.version) for v in page.items]
 
     assert versions() == [("iris_big", 1), ("iris", 3), ("iris", 2), ("iris", 1)]  # newest update first

@@ -83,7 +83,7 @@ def test_create_get_and_validate_experiments(bench: Bench) -> None:
     with pytest.raises(ResourceAlreadyExists, match="'exp' already exists in project 'team-a'"):
         store.create_experiment("exp", project="team-a")
     other = store.create_experiment("exp", project="team-b")
-    assert store.get_experiment_by_name("exp", project="team-b").experiment_id == other  # type: ignore[union-attr]
+    assert store.get_experiment_by_name("exp", project="team-b").experiment_id == other  # type: ignore[union-attr]  # present: this test created it
     assert store.get_experiment_by_name("nope", project="team-a") is None
     assert store.get_experiment_by_name("exp", project="no-such-project") is None
     with pytest.raises(ResourceDoesNotExist, match="Experiment '999' not found"):
@@ -263,11 +263,11 @@ def test_log_batch_params_tags_and_validation(bench: Bench) -> None:
 
     ok_metric = Metric("m", 1.0, T0)
     cases: list[tuple[dict[str, object], str]] = [
-        ({"metrics": [ok_metric] * 3 + [Metric("m", "x", T0)]}, r"^metrics\[3\]\.value: "),  # type: ignore[arg-type]
+        ({"metrics": [ok_metric] * 3 + [Metric("m", "x", T0)]}, r"^metrics\[3\]\.value: "),  # type: ignore[arg-type]  # deliberately ill-typed input under test
         ({"metrics": [Metric("m", True, T0)]}, r"^metrics\[0\]\.value: "),
-        ({"metrics": [Metric("m", None, T0)]}, r"^metrics\[0\]\.value: "),  # type: ignore[arg-type]
+        ({"metrics": [Metric("m", None, T0)]}, r"^metrics\[0\]\.value: "),  # type: ignore[arg-type]  # deliberately ill-typed input under test
         ({"metrics": [Metric("m", 1.0, -1)]}, r"^metrics\[0\]\.timestamp: "),
-        ({"metrics": [Metric("m", 1.0, T0, 1.5)]}, r"^metrics\[0\]\.step: "),  # type: ignore[arg-type]
+        ({"metrics": [Metric("m", 1.0, T0, 1.5)]}, r"^metrics\[0\]\.step: "),  # type: ignore[arg-type]  # deliberately ill-typed input under test
         ({"metrics": [Metric("bad?key", 1.0, T0)]}, r"^metrics\[0\]\.key: invalid name"),
         ({"metrics": [Metric("a//b", 1.0, T0)]}, r"^metrics\[0\]\.key: "),
         ({"metrics": [Metric("../up", 1.0, T0)]}, r"^metrics\[0\]\.key: "),
@@ -558,7 +558,7 @@ def test_logged_models(bench: Bench) -> None:
         store.create_logged_model("4242")
 
     def search(filter_string: str = "", **kwargs: object) -> list[str]:
-        page = store.search_logged_models([exp], filter_string=filter_string, **kwargs)  # type: ignore[arg-type]
+        page = store.search_logged_models([exp], filter_string=filter_string, **kwargs)  # type: ignore[arg-type]  # keyword arguments from a parametrized dict
         return [m.model_id for m in page.items]
 
     assert search() == [other.model_id, unnamed.model_id, model.model_id] or set(search()) == {
