@@ -13,31 +13,32 @@ import os
 import queue
 import random
 import threading
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from capstan.clock import Clock, monotonic_of, system_clock
 from capstan.events.records import WARNING
-from capstan.pipelines import attempts, planner, supervision
+from capstan.pipelines import planner
 from capstan.pipelines import state as sm
 from capstan.pipelines.cache import cache_key
 from capstan.pipelines.execution import (
+    CANCELLED,
+    TIMEOUT,
     UNSCHEDULABLE,
     Outcome,
-    Task,
     thread_capture,
 )
 from capstan.pipelines.executor_port import ExecutorFactory
 from capstan.pipelines.graph import Graph
 from capstan.pipelines.serialize import OutputRef, list_ref, load_output
 from capstan.pipelines.state import StepState
-from capstan.pipelines.steprec import StepRec, make_task, new_step_row
+from capstan.pipelines.steprec import StepRec, new_step_row
 from capstan.pipelines.storage import (
     RUN_KIND,
     STEP_KIND,
     Batch,
     CacheEntry,
+    PipelineStore,
     RoundWriter,
     RunRecord,
     RunUpdate,
@@ -46,13 +47,13 @@ from capstan.pipelines.storage import (
     orchestrator_id,
     pipeline_event,
 )
-from capstan.resources.admission import PREEMPTED, Admission, Lease, Rejected, ResourceRequest, Waiting
+from capstan.pipelines.supervisor import AttemptSupervisor, Effect, resource_request
+from capstan.resources.admission import Admission, Rejected, ResourceRequest, Waiting
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
 
     from capstan.artifacts.store import ArtifactStore
-    from capstan.pipelines.dsl import Step
     from capstan.settings import Settings
 
 S = StepState
@@ -70,9 +71,11 @@ class Observer(Protocol):
 class Orchestrator:
     """Runs (or continues) one pipeline run to a terminal status.
 
-    It reaches the steps' attempts only through the `capstan.pipelines.executor_port.Executor` port: one executor
-    per isolation, those ``executors`` builds (the composition root passes
-    `capstan.pipelines.executors.local_executor_factory`), by default the local ones."""
+    It keeps the round loop, the steps' records and the round's batch; the attempts (launching, stopping,
+    recovering, the executors' lifecycles) are its `capstan.pipelines.supervisor.AttemptSupervisor`'s, which
+    reaches them only through the `capstan.pipelines.executor_port.Executor` port: one executor per isolation,
+    those ``executors`` builds (the composition root passes `capstan.pipelines.executors.local_executor_factory`),
+    by default the local ones."""
 
     def __init__(self, *, engine: Engine, store: ArtifactStore, settings: Settings, run: RunRecord, graph: Graph,
                  steps: list[StepRecord], admission: Admission, clock: Clock = system_clock,
@@ -85,17 +88,12 @@ class Orchestrator:
         self.graph = graph
         self._engine = engine
         self._store = store
-        self._settings = settings
         self._clock = clock
-        self._mono = monotonic_of(clock)  # deadlines, polls and heartbeats: a fake clock moves them
+        self._mono = monotonic_of(clock)  # polls and heartbeats: a fake clock moves them
         self._observer = observer
         self._rng = rng or random.Random()
-        self._admission = admission
-        self._grace = grace_s
         self._poll = poll_s
         self._heartbeat = heartbeat_s
-        # Like concurrent.futures' default: enough threads to overlap I/O, few enough to keep GIL contention low.
-        self._max_threads = max_threads or min(32, (os.cpu_count() or 1) + 4)
         self._writer = RoundWriter(engine)
         self._out: queue.SimpleQueue[Outcome | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
@@ -104,26 +102,25 @@ class Orchestrator:
         if executors is None:
             from capstan.pipelines.executors import local_executors
 
-            self._executors = local_executors(self.offer, self.attempt_started, settings=settings, store=store,
-                                              max_threads=self._max_threads, grace_s=grace_s, clock=clock)
+            # Like concurrent.futures' default: enough threads to overlap I/O, few enough to keep GIL contention low.
+            threads = max_threads or min(32, (os.cpu_count() or 1) + 4)
+            by_isolation = local_executors(self.offer, self.attempt_started, settings=settings, store=store,
+                                           max_threads=threads, grace_s=grace_s, clock=clock)
         else:
-            self._executors = dict(executors(self.offer, self.attempt_started))
+            by_isolation = dict(executors(self.offer, self.attempt_started))
         self._run_dir = Path(settings.home) / "pipelines" / "runs" / run.id
-        self._run_dir_text = str(self._run_dir)
         self.recs: dict[str, StepRec] = {}
+        self._supervisor = AttemptSupervisor(run_id=run.id, project=run.project, run_dir=str(self._run_dir),
+                                           recs=self.recs, executors=by_isolation, admission=admission, clock=clock,
+                                           transition=self._set, event=self._event)
         self._dependents: dict[str, list[str]] = {n: [] for n in graph.nodes}
         self._ready: list[str] = []
         self._queued: list[str] = []
         self._retrying: set[str] = set()
-        self._running: dict[str, str] = {}
-        self._preempting: dict[str, str] = {}
-        self._releases: list[tuple[Lease, bool]] = []  # given back to the admission once per round
         self._asking: dict[str, ResourceRequest] = {}  # the request of each waiting step, built once
-        self._values: dict[str, Any] = {}
         self._cancel = run.cancel_requested
         self._cancel_message = "cancelled by request"
         self._done = False
-        self._stale_files: set[str] = set()
         self.final: dict[str, Any] = {}
         self.started_at: int | None = run.started_at
         self._open = 0
@@ -156,8 +153,9 @@ class Orchestrator:
             self._open += 1
 
     def _lookup(self, node_id: str) -> Any:
-        if node_id in self._values:
-            return self._values[node_id]
+        values = self._supervisor.values
+        if node_id in values:
+            return values[node_id]
         output = self.recs[node_id].output
         if output is None:
             raise sm.InvalidTransition(f"step {node_id!r} has no output yet")
@@ -180,13 +178,10 @@ class Orchestrator:
                 self._writer.close()
             self._shutdown()
         if self._done:
-            import contextlib
             import shutil
 
             shutil.rmtree(self._run_dir, ignore_errors=True)
-            for path in self._stale_files:  # files left by workers of an earlier orchestrator of this run
-                with contextlib.suppress(OSError):
-                    os.unlink(path)
+            self._supervisor.remove_stale_files()  # files left by workers of an earlier orchestrator of this run
         return self.status
 
     def records(self) -> list[StepRecord]:
@@ -211,8 +206,7 @@ class Orchestrator:
             outcomes = [outcome]
             self._drain(outcomes)
             self._round(outcomes)
-            wake = self._done or bool(self._retrying) or any(
-                self.recs[s].deadline is not None for s in self._running.values())
+            wake = self._done or bool(self._retrying) or self._supervisor.has_deadlines()
         except BaseException as exc:  # noqa: BLE001  # handed to the orchestrator's thread, which re-raises it
             self._error = exc
             wake = True
@@ -224,13 +218,8 @@ class Orchestrator:
     def attempt_started(self, key: str) -> None:
         """A worker began attempt ``key``: its timeout starts now."""
         with self._lock:
-            sid = self._running.get(key)
-            if sid is None:
+            if not self._supervisor.begun(key):
                 return
-            rec = self.recs[sid]
-            timeout = rec.node.step.options.timeout
-            if timeout is not None and rec.state is S.RUNNING:
-                rec.deadline = self._mono() + timeout
         self._out.put(None)
 
     def _drain(self, outcomes: list[Outcome]) -> None:
@@ -290,16 +279,10 @@ class Orchestrator:
         self._event(batch, RUN_KIND, self.run_id, "PipelineRunResumed" if resumed else "PipelineRunStarted",
                     f"pipeline {self.graph.pipeline.name!r} {'resumed' if resumed else 'started'} "
                     f"by {orchestrator_id()}")
-        by_isolation: dict[str, list[Step]] = {}
-        for node in self.graph.nodes.values():
-            by_isolation.setdefault(node.step.options.isolation, []).append(node.step)
-        for isolation, steps in by_isolation.items():
-            executor = self._executors.get(isolation)
-            if executor is not None:
-                executor.prepare(steps)  # the process executor starts warm workers importing the steps' modules
+        self._supervisor.prepare(node.step for node in self.graph.nodes.values())
         for rec in self.recs.values():
             if rec.state is S.RUNNING and rec.node.map is None:
-                supervision.recover_running(self, rec)
+                self._recover(rec)
             elif rec.state is S.QUEUED:
                 self._queued.append(rec.node.id)
             elif rec.state is S.RETRYING:
@@ -313,13 +296,19 @@ class Orchestrator:
                 self._evaluate_pending(rec, batch, now)
         self._round([], batch)  # the start is committed together with the first steps it launches
 
+    def _recover(self, rec: StepRec) -> None:
+        """A step the previous orchestrator left running: its supervisor adopts the attempt's result (handled in
+        the first round), follows it, or reports it interrupted."""
+        rows = PipelineStore(self._engine).attempts(self.run_id, rec.node.id)
+        outcome = self._supervisor.recover(rec, rows[-1] if rows else None)
+        if outcome is not None:
+            self._out.put(outcome)
+
     def _wait_s(self) -> float:
         wait = self._poll
-        now_mono = self._mono()
-        for sid in self._running.values():
-            deadline = self.recs[sid].deadline
-            if deadline is not None:
-                wait = min(wait, deadline - now_mono)
+        deadline = self._supervisor.next_deadline()
+        if deadline is not None:
+            wait = min(wait, deadline - self._mono())
         if self._retrying:
             now = self._clock()
             due = min(self.recs[s].next_attempt_at or now for s in self._retrying)
@@ -329,22 +318,23 @@ class Orchestrator:
     def _round(self, outcomes: list[Outcome], batch: Batch | None = None) -> None:
         now = self._now = self._clock()
         batch = batch or Batch.new()
-        effects: list[Callable[[], None]] = []
+        effects: list[Effect] = []
         mono = self._mono()
         if mono - self._last_poll >= self._poll:
             self._last_poll = mono
             if not self._cancel and self._writer.cancel_requested(self.run_id):
                 self._cancel = True
             if not self._cancel:
-                self._check_revoked(batch, effects)
+                self._supervisor.preempt(batch, effects)
         if mono - self._last_beat >= self._heartbeat:
             self._last_beat = mono
             batch.update_run(RunUpdate(self.run_id, heartbeat_at=now))  # on top of the start when in its round
         for outcome in outcomes:
             self._on_outcome(outcome, batch, now)
-        supervision.check_timeouts(self, batch, now, effects)
+        for rec, message in self._supervisor.expire(batch, now, effects):
+            self._attempt_failed(rec, TIMEOUT, message, True, batch, now)
         if self._cancel:
-            supervision.cancel_all(self, batch, now, effects)
+            self._cancel_all(batch, now, effects)
         else:
             for sid in planner.due_retries(self._retrying, self.recs, now) if self._retrying else ():
                 rec = self.recs[sid]
@@ -355,8 +345,7 @@ class Orchestrator:
                 self._queued.append(sid)
             self._process_ready(batch, now)
             self._start_queued(batch, now, effects)
-        if self._releases:  # before the commit: a crash never leaves a finished step holding quota
-            self._admission.settle(self._take_releases(), [])
+        self._supervisor.give_back()  # before the commit: a crash never leaves a finished step holding quota
         self._check_done(batch, now)
         if batch:
             self._commit(batch)
@@ -477,18 +466,7 @@ class Orchestrator:
                 self._ready.append(child.id)
         self._check_map(rec, batch, now)
 
-    def _request(self, rec: StepRec, key: str) -> ResourceRequest:
-        opts = rec.node.step.options
-        res = opts.resources
-        labels = [("run", self.run_id), ("step", rec.node.id)]
-        if opts.queue:
-            labels.append(("queue", opts.queue))
-        if opts.priority_class:
-            labels.append(("priority_class", opts.priority_class))
-        return ResourceRequest(key, res.cpu_for(opts.isolation), res.memory, res.gpu, res.gpu_flavor, self.project,
-                               tuple(labels))
-
-    def _start_queued(self, batch: Batch, now: int, effects: list[Callable[[], None]]) -> None:
+    def _start_queued(self, batch: Batch, now: int, effects: list[Effect]) -> None:
         asking, waiting = planner.admissible(self._queued, self.recs)
         asks: list[tuple[StepRec, ResourceRequest]] = []
         for sid in asking:
@@ -496,10 +474,9 @@ class Orchestrator:
             key = f"{self.run_id}/{sid}#{rec.attempt + 1}"
             request = self._asking.get(sid)
             if request is None or request.key != key:
-                request = self._asking[sid] = self._request(rec, key)
+                request = self._asking[sid] = resource_request(self.run_id, self.project, rec, key)
             asks.append((rec, request))
-        verdicts = self._admission.settle(self._take_releases(), [request for _rec, request in asks]) \
-            if asks else []
+        verdicts = self._supervisor.settle([request for _rec, request in asks]) if asks else []
         for (rec, _request), verdict in zip(asks, verdicts, strict=True):
             if isinstance(verdict, Rejected):
                 self._fail(rec, UNSCHEDULABLE, f"step {rec.node.step.name!r} {verdict.message}", batch, now)
@@ -508,13 +485,9 @@ class Orchestrator:
                 self._note_waiting(rec, verdict, batch)
                 continue
             else:
-                attempts.launch(self, rec, verdict, batch, now, effects)
+                self._supervisor.launch(rec, verdict, batch, now, effects)
             self._asking.pop(rec.node.id, None)
         self._queued = waiting
-
-    def _take_releases(self) -> list[tuple[Lease, bool]]:
-        releases, self._releases = self._releases, []
-        return releases
 
     def _note_waiting(self, rec: StepRec, verdict: Waiting, batch: Batch) -> None:
         """Show why a queued step waits (the queue's reason code and numbers) in its row, and as an event when the
@@ -531,43 +504,23 @@ class Orchestrator:
             self._event(batch, STEP_KIND, rec.node.id, verdict.reason, message,
                         data={"attempt": rec.attempt + 1, "workload": verdict.workload})
 
-    def _check_revoked(self, batch: Batch, effects: list[Callable[[], None]]) -> None:
-        """Stop attempts whose resources the admission took back (preempted): SIGTERM, grace period, SIGKILL.
-
-        The attempt stays running until its worker is gone; then `_on_outcome` returns the quota and requeues the
-        step (see `capstan.pipelines.state.after_failure`: a preemption does not use up the step's retries)."""
-        held = {rec.lease.key: (key, rec) for key, sid in self._running.items()
-                if (rec := self.recs[sid]).lease is not None and key not in self._preempting}
-        if not held:
-            return
-        for lease, why in self._admission.revoked([rec.lease for _key, rec in held.values() if rec.lease]):
-            key, rec = held[lease.key]
-            self._preempting[key] = why
-            self._event(batch, STEP_KIND, rec.node.id, PREEMPTED, f"attempt {rec.attempt}: {why}", warning=True,
-                        data={"attempt": rec.attempt, "workload": lease.workload})
-            effects.append(supervision.killer(self, rec.executor, key, PREEMPTED))
-
-    def _task(self, rec: StepRec, lease: Lease | None, *, attempt: int, log: str | None = None,
-              results: str | None = None) -> Task:
-        return make_task(self.run_id, self.project, self._run_dir_text, rec, self.recs, lease, attempt=attempt,
-                         log=log, results=results)
-
     def _on_outcome(self, outcome: Outcome, batch: Batch, now: int) -> None:
-        sid = self._running.pop(outcome.key, None)
-        if sid is None:
+        taken = self._supervisor.take(outcome.key)
+        if taken is None:
             return  # an attempt already decided (timed out or cancelled): its late result is ignored
+        sid, preempted = taken
         rec = self.recs[sid]
         if rec.state is not S.RUNNING or rec.attempt != outcome.attempt:
             return
         # An attempt preempted but finished within its grace period counts as a success.
         verdict = planner.judge_outcome(ok=outcome.ok, reason=outcome.reason, message=outcome.message,
                                         retryable=outcome.retryable, attempt=rec.attempt,
-                                        preempted=self._preempting.pop(outcome.key, None))
+                                        preempted=preempted)
         reason, message = verdict.reason, verdict.message
-        attempts.finish(self, rec, batch, state=S.SUCCEEDED.value if outcome.ok else S.FAILED.value,
-                             reason=reason, message=message, finished_at=outcome.finished_at,
-                             started_at=outcome.started_at, exit_code=outcome.exit_code,
-                             peak_memory=outcome.peak_memory, log_path=outcome.log_path, requeue=verdict.requeue)
+        self._supervisor.finish(rec, batch, state=S.SUCCEEDED.value if outcome.ok else S.FAILED.value,
+                              reason=reason, message=message, finished_at=outcome.finished_at,
+                              started_at=outcome.started_at, exit_code=outcome.exit_code,
+                              peak_memory=outcome.peak_memory, log_path=outcome.log_path, requeue=verdict.requeue)
         if not outcome.ok:
             if not verdict.requeue:
                 self._event(batch, STEP_KIND, sid, reason or "AttemptFailed", f"attempt {rec.attempt}: {message}",
@@ -578,8 +531,7 @@ class Orchestrator:
         rec.output = outcome.output
         rec.finished_at = outcome.finished_at
         self._touch(rec, batch)
-        if outcome.value is not None and (ran := self._executors.get(rec.executor)) is not None and ran.in_process:
-            self._values[sid] = outcome.value
+        self._supervisor.keep_value(rec, outcome.value)
         self._event(batch, STEP_KIND, sid, "StepSucceeded", f"attempt {rec.attempt} in {outcome.duration_ms} ms",
                     data={"attempt": rec.attempt, "duration_ms": outcome.duration_ms,
                           "peak_memory": outcome.peak_memory})
@@ -617,6 +569,20 @@ class Orchestrator:
             return
         self._fail(rec, reason, message, batch, now)
 
+    def _cancel_all(self, batch: Batch, now: int, effects: list[Effect]) -> None:
+        """Cancel every step that is not finished; running attempts are stopped after the commit."""
+        message = self._cancel_message
+        open_recs = [rec for rec in self.recs.values() if rec.state not in sm.TERMINAL]
+        self._supervisor.cancel(open_recs, batch, now, message, effects)
+        for rec in open_recs:
+            self._set(rec, sm.Trigger.CANCEL, batch)
+            rec.reason, rec.message, rec.finished_at = CANCELLED, message, now
+            self._touch(rec, batch)
+            self._event(batch, STEP_KIND, rec.node.id, "StepCancelled", message, warning=True)
+        self._queued.clear()
+        self._retrying.clear()
+        self._ready.clear()
+
     def _fail(self, rec: StepRec, reason: str, message: str, batch: Batch, now: int) -> None:
         self._set(rec, sm.Trigger.FAIL, batch)
         rec.reason, rec.message, rec.finished_at = reason, message, now
@@ -650,9 +616,10 @@ class Orchestrator:
                     self._evaluate_pending(child, batch, now)
         if rec.node.parent:
             self._check_map(self.recs[rec.node.parent], batch, now)
+        values = self._supervisor.values
         for dep in rec.node.deps:
-            if dep in self._values and all(self.recs[c].state in sm.TERMINAL for c in self._dependents[dep]):
-                del self._values[dep]
+            if dep in values and all(self.recs[c].state in sm.TERMINAL for c in self._dependents[dep]):
+                del values[dep]
 
     def _check_map(self, rec: StepRec, batch: Batch, now: int) -> None:
         if rec.state is not S.RUNNING:
@@ -663,10 +630,11 @@ class Orchestrator:
             return
         if verdict is S.SUCCEEDED:
             outputs = [self.recs[c].output for c in rec.node.children]
-            values = [self._values.pop(c, _ABSENT) for c in rec.node.children]
+            kept = self._supervisor.values
+            values = [kept.pop(c, _ABSENT) for c in rec.node.children]
             if all(v is not _ABSENT or (o is not None and o.inline is not None) for v, o in
                    zip(values, outputs, strict=True)):
-                self._values[rec.node.id] = [
+                kept[rec.node.id] = [
                     v if v is not _ABSENT else self._lookup(c) for c, v in zip(rec.node.children, values,
                                                                                  strict=True)]
             self._set(rec, sm.Trigger.SUCCEED, batch)
@@ -706,5 +674,4 @@ class Orchestrator:
         self._done = True
 
     def _shutdown(self) -> None:
-        for executor in self._executors.values():
-            executor.shutdown(kill=self._cancel)
+        self._supervisor.shutdown(kill=self._cancel)
