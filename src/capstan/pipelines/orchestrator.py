@@ -404,8 +404,8 @@ class Orchestrator:
                     continue
                 opts = rec.node.step.options
                 if opts.cache:
-                    digests = {d: self.recs[d].output.digest for d in rec.node.deps  # type: ignore[union-attr]
-                               if self.recs[d].output is not None}
+                    digests = {d: output.digest for d in rec.node.deps
+                               if (output := self.recs[d].output) is not None}
                     try:
                         rec.cache_key = cache_key(project=self.project, code_hash=rec.node.step.code_hash,
                                                   env=opts.env, args=rec.node.args, digests=digests)
@@ -432,9 +432,10 @@ class Orchestrator:
                 rec.cached_from = f"{hit['run_id']}/{hit['step_id']}"
                 rec.finished_at = now
                 self._touch(rec, batch)
+                key = rec.cache_key or ""  # set: only steps with a key were looked up
                 self._event(batch, STEP_KIND, rec.node.id, "CacheHit",
-                            f"reused the output of {rec.cached_from} (key {rec.cache_key[:12]})",  # type: ignore[index]
-                            data={"cache_key": rec.cache_key, "from": rec.cached_from})
+                            f"reused the output of {rec.cached_from} (key {key[:12]})",
+                            data={"cache_key": key, "from": rec.cached_from})
                 self._done_ok(rec, batch, now)
 
     def _queue(self, rec: StepRec, batch: Batch) -> None:
