@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from capstan.pipelines import planner
+from capstan.pipelines import state as sm
 from capstan.pipelines.execution import INTERRUPTED
 from capstan.pipelines.state import Backoff, Readiness, StepState
 from capstan.resources.admission import PREEMPTED
@@ -20,12 +21,27 @@ class Map:
 
 
 @dataclass
+class Options:
+    cache: bool = False
+
+
+@dataclass
+class Spec:
+    options: Options = field(default_factory=Options)
+
+
+CACHED_SPEC = Spec(Options(cache=True))
+
+
+@dataclass
 class Node:
     id: str
     seq: int = 0
     parent: str | None = None
     map: Map | None = None
     deps: list[str] = field(default_factory=list)
+    children: list[str] = field(default_factory=list)
+    step: Spec = field(default_factory=Spec)
 
 
 @dataclass
@@ -35,6 +51,9 @@ class Step:
     next_attempt_at: int | None = None
     deadline: float | None = None
     running_children: int = 0
+    waiting: int = 0
+    reason: str = ""
+    message: str = ""
 
 
 def steps(*items: Step) -> dict[str, Step]:
@@ -177,3 +196,140 @@ def test_an_item_of_a_map_that_is_not_running_is_left_to_its_map() -> None:
     assert planner.pending_verdict(pending(recs, parent="m"), recs) is None
     recs["m"].state = S.RUNNING
     assert planner.pending_verdict(pending(recs, parent="m"), recs) == (Readiness.READY, 0)
+
+
+# -- the cascade: released and re-evaluated dependents -------------------------------------------------------------
+
+def test_a_success_releases_its_pending_dependents_by_one_step() -> None:
+    recs = steps(Step(Node("a"), S.SUCCEEDED), Step(Node("last", deps=["a"]), waiting=1),
+                 Step(Node("more", deps=["a", "x"]), waiting=2), Step(Node("gone", deps=["a"]), S.SKIPPED))
+    assert planner.released(["last", "more", "gone"], recs) == [("last", 0), ("more", 1)]
+    assert planner.released([], recs) == []
+
+
+def test_a_step_that_did_not_succeed_has_its_pending_dependents_judged_lazily() -> None:
+    recs = steps(Step(Node("f"), S.FAILED), Step(Node("a", deps=["f"])), Step(Node("b", deps=["f", "a"])),
+                 Step(Node("done", deps=["f"]), S.SKIPPED))
+    walk = iter(planner.to_reevaluate(recs["f"], ["a", "b", "done"], recs))
+    assert next(walk) == ("a", (Readiness.SKIP, 0))
+    recs["b"].state = S.SKIPPED  # what skipping "a" cascaded to: "b" is passed over
+    assert list(walk) == []
+    recs["c"] = Step(Node("c", deps=["x"]))
+    recs["x"] = Step(Node("x"), S.CANCELLED)
+    assert list(planner.to_reevaluate(recs["x"], ["c"], recs)) == [("c", (Readiness.CANCEL, 0))]
+
+
+def test_a_success_has_nothing_to_reevaluate() -> None:
+    recs = steps(Step(Node("a"), S.SUCCEEDED), Step(Node("b", deps=["a"])))
+    assert list(planner.to_reevaluate(recs["a"], ["b"], recs)) == []
+
+
+def test_items_of_a_map_that_is_not_running_are_not_reevaluated() -> None:
+    recs = steps(Step(Node("f"), S.FAILED), Step(Node("m", map=Map(None)), S.FAILED),
+                 Step(Node("m[0]", parent="m", deps=["f"])))
+    assert list(planner.to_reevaluate(recs["f"], ["m[0]"], recs)) == []
+
+
+def test_a_skip_names_the_first_upstream_step_that_did_not_succeed() -> None:
+    recs = steps(Step(Node("ok"), S.SUCCEEDED), Step(Node("bad"), S.SKIPPED), Step(Node("worse"), S.FAILED),
+                 Step(Node("p", deps=["ok", "bad", "worse"])))
+    assert planner.upstream_failure(recs["p"], recs) == "upstream step 'bad' did not succeed"
+
+
+def test_kept_values_are_dropped_once_every_reader_is_terminal() -> None:
+    recs = steps(Step(Node("u"), S.SUCCEEDED), Step(Node("v"), S.SUCCEEDED), Step(Node("w"), S.SUCCEEDED),
+                 Step(Node("a", deps=["u", "v", "w"]), S.SUCCEEDED), Step(Node("b", deps=["v"]), S.RUNNING))
+    dependents = {"u": ["a"], "v": ["a", "b"], "w": ["a"]}
+    assert planner.droppable_values(recs["a"], {"u", "v"}, dependents, recs) == ["u"]
+
+
+# -- ready steps and the cache -------------------------------------------------------------------------------------
+
+def test_ready_steps_are_expanded_looked_up_or_queued_in_order() -> None:
+    recs = steps(Step(Node("m", map=Map(None))), Step(Node("plain")), Step(Node("keyed", step=CACHED_SPEC)),
+                 Step(Node("nokey", step=CACHED_SPEC)), Step(Node("gone"), S.QUEUED))
+    keys = {"keyed": "k1", "nokey": None}
+    asked: list[str] = []
+
+    def key_of(sid: str) -> str | None:
+        asked.append(sid)
+        return keys[sid]
+
+    plan = planner.plan_ready(["m", "plain", "gone", "keyed", "nokey", "keyed"], recs, no_cache=False,
+                              key_of=key_of)
+    assert plan == [("m", planner.EXPAND, None), ("plain", planner.QUEUE, None), ("keyed", planner.LOOKUP, "k1"),
+                    ("nokey", planner.QUEUE_KEYED, None)]
+    assert asked == ["keyed", "nokey"]  # keys only for cacheable steps, each once
+
+
+def test_a_run_that_ignores_the_cache_records_keys_without_looking_them_up() -> None:
+    recs = steps(Step(Node("keyed", step=CACHED_SPEC)))
+    assert planner.plan_ready(["keyed"], recs, no_cache=True, key_of=lambda sid: "k1") == [
+        ("keyed", planner.QUEUE_KEYED, "k1")]
+
+
+def test_only_hits_whose_output_still_exists_are_reused() -> None:
+    hit = {"exists": True, "run_id": "r0", "step_id": "s"}
+    hits = {"k1": hit, "k2": {**hit, "exists": False}}
+    assert planner.after_lookup([("a", "k1"), ("b", "k2"), ("c", "k3")], hits) == [("a", hit), ("b", None),
+                                                                                    ("c", None)]
+
+
+# -- maps and the run's end ----------------------------------------------------------------------------------------
+
+def a_map(*states: StepState, reasons: tuple[str, ...] = ()) -> dict[str, Step]:
+    children = [f"m[{i}]" for i in range(len(states))]
+    return steps(Step(Node("m", map=Map(None), children=children), S.RUNNING),
+                 *(Step(Node(c, parent="m"), state, reason=reasons[i] if i < len(reasons) else "")
+                   for i, (c, state) in enumerate(zip(children, states, strict=True))))
+
+
+def test_a_map_completes_only_when_every_item_is_terminal() -> None:
+    recs = a_map(S.SUCCEEDED, S.RUNNING)
+    assert planner.map_completion(recs["m"], recs) is None
+    recs = a_map(S.SUCCEEDED, S.CACHED)
+    assert planner.map_completion(recs["m"], recs) == planner.MapCompletion(S.SUCCEEDED, 2)
+    recs = a_map()
+    assert planner.map_completion(recs["m"], recs) == planner.MapCompletion(S.SUCCEEDED, 0)
+
+
+def test_a_map_fails_with_its_first_failed_or_skipped_item_else_is_cancelled() -> None:
+    recs = a_map(S.CANCELLED, S.SKIPPED, S.FAILED, reasons=("", "UpstreamFailed", "Exception"))
+    assert planner.map_completion(recs["m"], recs) == planner.MapCompletion(
+        S.FAILED, 3, "ChildFailed", "item 'm[1]' failed: UpstreamFailed")
+    recs = a_map(S.SUCCEEDED, S.CANCELLED)
+    assert planner.map_completion(recs["m"], recs) == planner.MapCompletion(S.CANCELLED, 2)
+
+
+def test_a_map_that_does_not_run_is_not_completed() -> None:
+    recs = a_map(S.SUCCEEDED)
+    recs["m"].state = S.CANCELLED
+    assert planner.map_completion(recs["m"], recs) is None
+
+
+def test_a_run_ends_only_when_no_step_is_open() -> None:
+    recs = steps(Step(Node("a"), S.SUCCEEDED), Step(Node("b"), S.CACHED))
+    assert planner.run_completion(1, recs.values(), cancel_requested=False, cancel_message="") is None
+    end = planner.run_completion(0, recs.values(), cancel_requested=False, cancel_message="x")
+    assert end == planner.RunCompletion(sm.RunStatus.SUCCEEDED, "", "PipelineRunSucceeded")
+    assert end is not None and not end.warning
+
+
+def test_a_failed_run_names_its_first_failed_ordinary_step() -> None:
+    recs = steps(Step(Node("m", map=Map(None)), S.FAILED, reason="ChildFailed", message="item"),
+                 Step(Node("a"), S.SKIPPED), Step(Node("b"), S.FAILED, reason="Exception", message="boom"))
+    end = planner.run_completion(0, recs.values(), cancel_requested=False, cancel_message="")
+    assert end == planner.RunCompletion(sm.RunStatus.FAILED, "step 'b' failed: Exception: boom", "PipelineRunFailed")
+    assert end.warning
+    recs.pop("b")
+    end = planner.run_completion(0, recs.values(), cancel_requested=False, cancel_message="")
+    assert end is not None and end.message == "step 'm' failed: ChildFailed: item"
+
+
+def test_a_cancelled_run_carries_the_cancel_message() -> None:
+    recs = steps(Step(Node("a"), S.FAILED, reason="Exception", message="boom"), Step(Node("b"), S.CANCELLED))
+    end = planner.run_completion(0, recs.values(), cancel_requested=False, cancel_message="interrupted")
+    assert end == planner.RunCompletion(sm.RunStatus.CANCELLED, "interrupted", "PipelineRunCancelled")
+    recs = steps(Step(Node("a"), S.SUCCEEDED))
+    end = planner.run_completion(0, recs.values(), cancel_requested=True, cancel_message="cancelled by request")
+    assert end is not None and end.status is sm.RunStatus.CANCELLED

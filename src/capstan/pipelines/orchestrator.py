@@ -377,9 +377,10 @@ class Orchestrator:
 
     def _evaluate_pending(self, rec: StepRec, batch: Batch, now: int) -> None:
         decided = planner.pending_verdict(rec, self.recs)
-        if decided is None:
-            return
-        verdict, waiting = decided
+        if decided is not None:
+            self._apply_verdict(rec, *decided, batch, now)
+
+    def _apply_verdict(self, rec: StepRec, verdict: sm.Readiness, waiting: int, batch: Batch, now: int) -> None:
         if verdict is sm.Readiness.READY:
             self._ready.append(rec.node.id)
         elif verdict is sm.Readiness.SKIP:
@@ -392,43 +393,35 @@ class Orchestrator:
             rec.waiting = waiting
 
     def _process_ready(self, batch: Batch, now: int) -> None:
+        # Two phases per batch of ready steps: the planner says what each needs (expansion, a cache look-up with
+        # its key, the queue); the look-up reads the database; the planner turns what it found into hits and queued
+        # steps. Hits release their dependents, which make the next batch.
         while self._ready:
             ready, self._ready = self._ready, []
-            lookups: list[StepRec] = []
-            for sid in ready:
+            lookups: list[tuple[str, str]] = []
+            for sid, action, key in planner.plan_ready(ready, self.recs, no_cache=self.run_record.no_cache,
+                                                       key_of=self._cache_key):
                 rec = self.recs[sid]
-                if rec.state is not S.PENDING:
-                    continue
-                if rec.node.map is not None:
+                if action == planner.EXPAND:
                     self._expand(rec, batch, now)
                     continue
-                opts = rec.node.step.options
-                if opts.cache:
-                    digests = {d: output.digest for d in rec.node.deps
-                               if (output := self.recs[d].output) is not None}
-                    try:
-                        rec.cache_key = cache_key(project=self.project, code_hash=rec.node.step.code_hash,
-                                                  env=opts.env, args=rec.node.args, digests=digests)
-                    except KeyError:
-                        rec.cache_key = None
-                    if rec.cache_key and not self.run_record.no_cache:
-                        lookups.append(rec)
+                if action != planner.QUEUE:
+                    rec.cache_key = key
+                    if action == planner.LOOKUP and key:
+                        lookups.append((sid, key))
                         continue
                 self._queue(rec, batch)
             if not lookups:
                 continue
-            hits = self._writer.cache_lookup([r.cache_key for r in lookups if r.cache_key])
-            for rec in lookups:
-                hit = hits.get(rec.cache_key or "")
-                output = None
-                if hit is not None and hit["exists"]:
-                    output = OutputRef.from_columns(hit["output_format"], hit["output_inline"], hit["output_path"],
-                                                    hit["output_digest"], hit["output_size"], self.project)
-                if output is None or hit is None:
+            hits = self._writer.cache_lookup([key for _sid, key in lookups])
+            for sid, hit in planner.after_lookup(lookups, hits):
+                rec = self.recs[sid]
+                if hit is None:
                     self._queue(rec, batch)
                     continue
                 self._set(rec, sm.Trigger.CACHE_HIT, batch)
-                rec.output = output
+                rec.output = OutputRef.from_columns(hit["output_format"], hit["output_inline"], hit["output_path"],
+                                                    hit["output_digest"], hit["output_size"], self.project)
                 rec.cached_from = f"{hit['run_id']}/{hit['step_id']}"
                 rec.finished_at = now
                 self._touch(rec, batch)
@@ -437,6 +430,17 @@ class Orchestrator:
                             f"reused the output of {rec.cached_from} (key {key[:12]})",
                             data={"cache_key": key, "from": rec.cached_from})
                 self._done_ok(rec, batch, now)
+
+    def _cache_key(self, sid: str) -> str | None:
+        """A cacheable step's key from its upstream outputs' digests (None when an output it reads is missing)."""
+        rec = self.recs[sid]
+        node = rec.node
+        digests = {d: output.digest for d in node.deps if (output := self.recs[d].output) is not None}
+        try:
+            return cache_key(project=self.project, code_hash=node.step.code_hash, env=node.step.options.env,
+                             args=node.args, digests=digests)
+        except KeyError:
+            return None
 
     def _queue(self, rec: StepRec, batch: Batch) -> None:
         self._set(rec, sm.Trigger.READY, batch)
@@ -593,43 +597,36 @@ class Orchestrator:
         self._after_terminal(rec, batch, now)
 
     def _skip(self, rec: StepRec, batch: Batch, now: int) -> None:
-        failed_up = next((d for d in rec.node.deps if self.recs[d].state in (S.FAILED, S.SKIPPED)), "")
+        message = planner.upstream_failure(rec, self.recs)
         self._set(rec, sm.Trigger.UPSTREAM_FAILED, batch)
-        rec.reason, rec.message, rec.finished_at = "UpstreamFailed", f"upstream step {failed_up!r} did not succeed", now
+        rec.reason, rec.message, rec.finished_at = "UpstreamFailed", message, now
         self._touch(rec, batch)
         self._event(batch, STEP_KIND, rec.node.id, "UpstreamFailed", rec.message, warning=True)
         self._after_terminal(rec, batch, now)
 
     def _done_ok(self, rec: StepRec, batch: Batch, now: int) -> None:
-        for dep_id in self._dependents.get(rec.node.id, ()):
-            child = self.recs[dep_id]
-            if child.state is S.PENDING:
-                child.waiting -= 1
-                if child.waiting == 0:
-                    self._ready.append(dep_id)
+        for dep_id, waiting in planner.released(self._dependents.get(rec.node.id, ()), self.recs):
+            self.recs[dep_id].waiting = waiting
+            if waiting == 0:
+                self._ready.append(dep_id)
         self._after_terminal(rec, batch, now)
 
     def _after_terminal(self, rec: StepRec, batch: Batch, now: int) -> None:
-        if rec.state in (S.FAILED, S.SKIPPED, S.CANCELLED):
-            for dep_id in self._dependents.get(rec.node.id, ()):
-                child = self.recs[dep_id]
-                if child.state is S.PENDING:
-                    self._evaluate_pending(child, batch, now)
+        for dep_id, (verdict, waiting) in planner.to_reevaluate(rec, self._dependents.get(rec.node.id, ()),
+                                                                self.recs):
+            self._apply_verdict(self.recs[dep_id], verdict, waiting, batch, now)
         if rec.node.parent:
             self._check_map(self.recs[rec.node.parent], batch, now)
         values = self._supervisor.values
-        for dep in rec.node.deps:
-            if dep in values and all(self.recs[c].state in sm.TERMINAL for c in self._dependents[dep]):
-                del values[dep]
+        if values:
+            for dep in planner.droppable_values(rec, values, self._dependents, self.recs):
+                values.pop(dep, None)
 
     def _check_map(self, rec: StepRec, batch: Batch, now: int) -> None:
-        if rec.state is not S.RUNNING:
+        done = planner.map_completion(rec, self.recs)
+        if done is None:
             return
-        states = [self.recs[c].state for c in rec.node.children]
-        verdict = sm.map_outcome(states)
-        if verdict is None:
-            return
-        if verdict is S.SUCCEEDED:
+        if done.state is S.SUCCEEDED:
             outputs = [self.recs[c].output for c in rec.node.children]
             kept = self._supervisor.values
             values = [kept.pop(c, _ABSENT) for c in rec.node.children]
@@ -642,11 +639,10 @@ class Orchestrator:
             rec.output = list_ref([o for o in outputs if o is not None], self.project)
             rec.finished_at = now
             self._touch(rec, batch)
-            self._event(batch, STEP_KIND, rec.node.id, "StepSucceeded", f"{len(states)} item(s) done")
+            self._event(batch, STEP_KIND, rec.node.id, "StepSucceeded", f"{done.count} item(s) done")
             self._done_ok(rec, batch, now)
-        elif verdict is S.FAILED:
-            bad = next(c for c in rec.node.children if self.recs[c].state in (S.FAILED, S.SKIPPED))
-            self._fail(rec, "ChildFailed", f"item {bad!r} failed: {self.recs[bad].reason}", batch, now)
+        elif done.state is S.FAILED:
+            self._fail(rec, done.reason, done.message, batch, now)
         else:
             self._set(rec, sm.Trigger.CANCEL, batch)
             rec.finished_at = now
@@ -654,24 +650,16 @@ class Orchestrator:
             self._after_terminal(rec, batch, now)
 
     def _check_done(self, batch: Batch, now: int) -> None:
-        if self._open > 0:
+        end = planner.run_completion(self._open, self.recs.values(), cancel_requested=self._cancel,
+                                     cancel_message=self._cancel_message)
+        if end is None:
             return
-        status = sm.run_status((r.state for r in self.recs.values()), cancel_requested=self._cancel)
-        failed_step = next((r for r in self.recs.values() if r.state is S.FAILED and r.node.map is None), None) \
-            or next((r for r in self.recs.values() if r.state is S.FAILED), None)
-        if status is sm.RunStatus.FAILED and failed_step is not None:
-            message = f"step {failed_step.node.id!r} failed: {failed_step.reason}: {failed_step.message}"
-        elif status is sm.RunStatus.CANCELLED:
-            message = self._cancel_message
-        else:
-            message = ""
-        done = RunUpdate(self.run_id, status=status.value, finished_at=now, message=message[:4000], heartbeat_at=now)
+        done = RunUpdate(self.run_id, status=end.status.value, finished_at=now, message=end.message[:4000],
+                         heartbeat_at=now)
         batch.update_run(done)  # on top of the start (and a heartbeat) when they are in this round
         self.final = done.values()
-        reason = {"succeeded": "PipelineRunSucceeded", "failed": "PipelineRunFailed",
-                  "cancelled": "PipelineRunCancelled"}[status.value]
-        self._event(batch, RUN_KIND, self.run_id, reason, message, warning=status is not sm.RunStatus.SUCCEEDED)
-        self.status = status.value
+        self._event(batch, RUN_KIND, self.run_id, end.reason, end.message, warning=end.warning)
+        self.status = end.status.value
         self._done = True
 
     def _shutdown(self) -> None:
