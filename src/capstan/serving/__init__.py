@@ -1,0 +1,1 @@
+"""Model serving: protocol codecs, batching, traffic and drift (pure cores), and the serving app."""
