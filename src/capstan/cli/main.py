@@ -17,6 +17,7 @@ COMMAND_MODULES = (
     "capstan.cli.tracking_cmds",
     "capstan.cli.pipeline_cmds",
     "capstan.cli.queue_cmds",
+    "capstan.cli.serve_cmds",
 )
 
 

@@ -1,0 +1,144 @@
+"""``capstan serve MODEL_URI``: one scikit-learn model served in the foreground by `capstan.serving.app`.
+
+The model is found through the SDK (`capstan.sdk.fluent_models`), so ``models:/NAME@ALIAS``, ``models:/NAME/VERSION``,
+``models:/NAME/latest``, ``models:/MODEL_ID`` and ``runs:/RUN_ID/PATH`` resolve against the local stores, or the
+server named by ``CAPSTAN_URL``; a local model folder (one holding an ``MLmodel`` file) is read directly. The app
+answers OIP v2, KServe v1 and MLflow scoring (``/invocations``) on one port, on uvicorn with TCP_NODELAY as
+``capstan server`` runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from capstan.cli.context import cli_settings
+from capstan.errors import InvalidParameterValue
+
+if TYPE_CHECKING:
+    from capstan.sdk.backends import TrackingBackend
+    from capstan.serving.model import SklearnServedModel
+
+MAX_BODY_BYTES = 64 * 1024 * 1024
+"""Largest request body the served model accepts (413 beyond)."""
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """Where a model URI points: its folder on this machine, and the name and version to serve it as."""
+
+    folder: Path
+    name: str
+    version: str
+
+
+def _resolve(backend: TrackingBackend, uri: str, dst: Path) -> ResolvedModel:
+    """Download the model at ``uri`` into ``dst`` (a local folder is used where it is) and name it."""
+    from capstan.sdk import fluent_models as sdk_models
+
+    if not uri.startswith(("models:/", "runs:/")):
+        local = Path(uri.removeprefix("file://"))
+        if not local.is_dir():
+            raise InvalidParameterValue(
+                f"model uri: {uri!r} is not models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN/PATH or a folder")
+        resolved = local.resolve()
+        return ResolvedModel(resolved, resolved.name, "1")
+    owner, path = sdk_models.resolve_model_uri(backend, uri)
+    if owner.kind == "model_version":
+        name, number = owner.split_version()
+        # Pinned to the version the alias (or "latest") named now, so the name and the files agree.
+        folder = sdk_models.download_model(backend, f"models:/{name}/{number}", dst)
+        return ResolvedModel(folder, name, str(number))
+    local = backend.download_artifacts(owner, path, dst)
+    if not (local / "MLmodel").is_file():
+        raise InvalidParameterValue(f"model uri: {uri!r} does not point at a model folder (no MLmodel file)")
+    if owner.kind == "logged_model":
+        name = backend.get_logged_model(owner.id).name
+    else:
+        name = path.rstrip("/").rpartition("/")[2] or owner.id
+    return ResolvedModel(local, name, "1")
+
+
+def load_served_model(backend: TrackingBackend, uri: str, name: str | None = None) -> SklearnServedModel:
+    """The scikit-learn model at ``uri`` as a `SklearnServedModel` named ``name`` (default: the registered model's
+    name, the logged model's name or the folder's name). Anything but the sklearn flavor is refused."""
+    from capstan.models.format import load_model_dir, read_mlmodel
+    from capstan.models.sklearn import FLAVOR_NAME
+    from capstan.serving.model import SklearnServedModel
+
+    tmp = Path(tempfile.mkdtemp(prefix="capstan-serve-"))
+    try:
+        found = _resolve(backend, uri, tmp)
+        flavors = sorted(read_mlmodel(found.folder)["flavors"])
+        if FLAVOR_NAME not in flavors:
+            raise InvalidParameterValue(
+                f"model {uri!r} is not a scikit-learn model (flavors: {', '.join(flavors) or 'none'}); "
+                "capstan serve serves the sklearn flavor")
+        estimator: Any = load_model_dir(found.folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    n_features = getattr(estimator, "n_features_in_", None)
+    if not isinstance(n_features, int):
+        raise InvalidParameterValue(f"model {uri!r} has no n_features_in_: it is not a fitted scikit-learn estimator")
+    return SklearnServedModel(name or found.name, found.version, estimator, n_features)
+
+
+@click.command("serve")
+@click.argument("model_uri")
+@click.option("--name", default=None,
+              help="Name clients use for the model (default: the registered model's name, or the folder's).")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535),
+              help="TCP port (0 picks a free one and prints it).")
+@click.option("--max-batch-size", default=0, show_default=True, type=click.IntRange(min=0),
+              help="Rows per batch of the adaptive batcher; 0 turns batching off.")
+@click.option("--max-batch-delay-ms", default=5.0, show_default=True, type=click.FloatRange(min=0),
+              help="How long a batch waits for more rows (with --max-batch-size > 0).")
+def serve_cmd(model_uri: str, name: str | None, host: str, port: int, max_batch_size: int,
+              max_batch_delay_ms: float) -> None:
+    """Serve one scikit-learn model in the foreground until Ctrl-C.
+
+    MODEL_URI is models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/PATH or a local model folder. The model
+    answers the Open Inference Protocol v2 (/v2/models/NAME/infer), KServe v1 (/v1/models/NAME:predict) and
+    MLflow scoring (/invocations) on one port.
+    """
+    import uvicorn
+
+    from capstan.sdk.backends import open_backend
+    from capstan.server.runner import _bind, freeze_startup_objects, log_config, protocol_class
+    from capstan.serving.app import BatchingOptions, serving_app
+
+    if name is not None and (not name or "/" in name):
+        raise click.BadParameter(f"{name!r} must be a non-empty name without '/'", param_hint="--name")
+    batching = (BatchingOptions(max_batch_size=max_batch_size, max_delay_ms=max_batch_delay_ms)
+                if max_batch_size > 0 else None)
+    backend = open_backend(cli_settings())
+    try:
+        model = load_served_model(backend, model_uri, name)
+    finally:
+        backend.close()
+    app = serving_app({model.name: model}, max_body_bytes=MAX_BODY_BYTES, batching=batching)
+    config = uvicorn.Config(app, host=host, port=port, http=protocol_class(), access_log=False,
+                            log_level="warning", log_config=log_config("warning"), lifespan="on",
+                            timeout_graceful_shutdown=10)
+    sock = _bind(config, host, port)
+    shown_host = f"[{host}]" if ":" in host else host
+    batch_note = f", batches of up to {max_batch_size} rows" if batching else ""
+    click.echo(f"capstan serve: model {model.name} version {model.version} ({model_uri}) listening on "
+               f"http://{shown_host}:{sock.getsockname()[1]}{batch_note}")
+    sys.stdout.flush()
+    freeze_startup_objects()
+    with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises the Ctrl-C it handled, once shut down
+        uvicorn.Server(config).run(sockets=[sock])
+
+
+def register(cli: click.Group) -> None:
+    """Add this module's commands to ``cli``."""
+    cli.add_command(serve_cmd)
