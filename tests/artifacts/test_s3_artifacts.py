@@ -16,16 +16,9 @@ from capstan.artifacts.store import ArtifactStore
 from capstan.settings import Settings
 from capstan.store.artifact_index_sql import SqlArtifactIndex
 from capstan.store.engine import create_store_engine
+from helpers.server import free_port
 
 pytest.importorskip("s3fs", reason="s3fs is a test extra: pip install -e '.[test]'")
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +26,7 @@ def s3_endpoint() -> Iterator[str]:
     server = shutil.which("moto_server") or str(Path(sys.executable).with_name("moto_server"))
     if not Path(server).exists():
         pytest.skip("moto_server is not installed (test extra)")
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([server, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"

@@ -87,9 +87,19 @@ class ServerProcess:
         return "".join(self.output)
 
 
-def _pump(stream: object, sink: list[str]) -> None:
+def pump(stream: object, sink: list[str]) -> None:
+    """Append every line of a text-mode pipe to ``sink`` (run it in a daemon thread)."""
     for line in iter(stream.readline, ""):  # type: ignore[attr-defined]  # a text-mode pipe
         sink.append(line)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 @contextmanager
@@ -103,7 +113,7 @@ def start_server(home: Path, *, host: str = "127.0.0.1", workers: int = 1, env: 
                                 "--workers", str(workers), *args],
                                env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     output: list[str] = []
-    threading.Thread(target=_pump, args=(process.stdout, output), daemon=True).start()
+    threading.Thread(target=pump, args=(process.stdout, output), daemon=True).start()
     server = ServerProcess("", home, full_env, process, output)
     try:
         deadline = time.monotonic() + timeout

@@ -25,7 +25,7 @@ from sklearn.linear_model import LogisticRegression
 
 from capstan.sdk.client import Client
 from capstan.settings import Settings
-from helpers.server import capstan_command, clean_env, start_server
+from helpers.server import capstan_command, clean_env, free_port, pump, start_server
 
 Array = npt.NDArray[Any]
 NAME = "iris-clf"
@@ -54,13 +54,6 @@ def logged(tmp_path_factory: pytest.TempPathFactory) -> Logged:
     return Logged(home, model, x, run.info.run_id)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @dataclass
 class Served:
     process: subprocess.Popen[str]
@@ -72,19 +65,14 @@ class Served:
         return f"http://127.0.0.1:{self.port}"
 
 
-def _pump(stream: Any, sink: list[str]) -> None:
-    for line in iter(stream.readline, ""):
-        sink.append(line)
-
-
 @contextmanager
 def serve(home: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 60) -> Iterator[Served]:
     """``capstan serve ARGS --port <free port>``, yielded once ``/v2/health/ready`` answers 200."""
-    port = _free_port()
+    port = free_port()
     process = subprocess.Popen([*capstan_command(), "serve", *args, "--port", str(port)], env=clean_env(home, env),
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     served = Served(process, port)
-    threading.Thread(target=_pump, args=(process.stdout, served.lines), daemon=True).start()
+    threading.Thread(target=pump, args=(process.stdout, served.lines), daemon=True).start()
     try:
         deadline = time.monotonic() + timeout
         while True:
@@ -217,12 +205,12 @@ def _fails(home: Path, args: Sequence[str]) -> str:
 
 
 def test_unknown_model_is_one_line_error(logged: Logged) -> None:
-    assert "nope" in _fails(logged.home, ["models:/nope@champion", "--port", str(_free_port())])
-    assert "missing" in _fails(logged.home, [f"models:/{NAME}@missing", "--port", str(_free_port())])
+    assert "nope" in _fails(logged.home, ["models:/nope@champion", "--port", str(free_port())])
+    assert "missing" in _fails(logged.home, [f"models:/{NAME}@missing", "--port", str(free_port())])
 
 
 def test_malformed_uri_is_one_line_error(logged: Logged, tmp_path: Path) -> None:
-    assert "VERSION" in _fails(logged.home, [f"models:/{NAME}/one", "--port", str(_free_port())])
+    assert "VERSION" in _fails(logged.home, [f"models:/{NAME}/one", "--port", str(free_port())])
     assert "is not models:/NAME@ALIAS" in _fails(logged.home, [str(tmp_path / "absent"), "--port", "0"])
     assert "no MLmodel" in _fails(logged.home, [str(tmp_path), "--port", "0"])
 

@@ -112,7 +112,7 @@ def serve_cmd(model_uri: str, name: str | None, host: str, port: int, max_batch_
     import uvicorn
 
     from capstan.sdk.backends import open_backend
-    from capstan.server.runner import _bind, freeze_startup_objects, log_config, protocol_class
+    from capstan.server.runner import bind_socket, freeze_startup_objects, uvicorn_options
     from capstan.serving.app import BatchingOptions, serving_app
 
     if name is not None and (not name or "/" in name):
@@ -125,10 +125,8 @@ def serve_cmd(model_uri: str, name: str | None, host: str, port: int, max_batch_
     finally:
         backend.close()
     app = serving_app({model.name: model}, max_body_bytes=MAX_BODY_BYTES, batching=batching)
-    config = uvicorn.Config(app, host=host, port=port, http=protocol_class(), access_log=False,
-                            log_level="warning", log_config=log_config("warning"), lifespan="on",
-                            timeout_graceful_shutdown=10)
-    sock = _bind(config, host, port)
+    config = uvicorn.Config(app, **uvicorn_options(host, port))
+    sock = bind_socket(config, host, port)
     shown_host = f"[{host}]" if ":" in host else host
     batch_note = f", batches of up to {max_batch_size} rows" if batching else ""
     click.echo(f"capstan serve: model {model.name} version {model.version} ({model_uri}) listening on "

@@ -145,7 +145,7 @@ def describe(settings: Settings, host: str, port: int, workers: int, *, auth_req
     return lines
 
 
-def _bind(config: Any, host: str, port: int) -> socket.socket:
+def bind_socket(config: Any, host: str, port: int) -> socket.socket:
     """uvicorn's bind, with its logged error turned into one ``error: ...`` line."""
     import logging
 
@@ -170,6 +170,13 @@ def _bind(config: Any, host: str, port: int) -> socket.socket:
     return sock
 
 
+def uvicorn_options(host: str, port: int, *, access_log: bool = False, log_level: str = "warning") -> dict[str, Any]:
+    """The `uvicorn.Config` options every Capstan server uses: TCP_NODELAY on each connection, secrets redacted from
+    the logs, the lifespan run, and a 10 s graceful shutdown."""
+    return {"host": host, "port": port, "http": protocol_class(), "access_log": access_log, "log_level": log_level,
+            "log_config": log_config(log_level), "lifespan": "on", "timeout_graceful_shutdown": 10}
+
+
 def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8080, workers: int = 1, *,
           access_log: bool = False, log_level: str = "warning") -> None:
     """Serve the Capstan API until interrupted.
@@ -189,9 +196,7 @@ def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8080, workers
         raise click.BadParameter("must be at least 1", param_hint="--workers")
     services = Services.open(settings)  # applies pending migrations once, before any worker starts
     users_exist = services.auth.users_exist()
-    options: dict[str, Any] = {"host": host, "port": port, "http": protocol_class(), "access_log": access_log,
-                               "log_level": log_level, "log_config": log_config(log_level), "lifespan": "on",
-                               "timeout_graceful_shutdown": 10}
+    options = uvicorn_options(host, port, access_log=access_log, log_level=log_level)
     if workers == 1:
         config = uvicorn.Config(create_app(settings, services=services, bind_host=host), **options)
     else:
@@ -199,7 +204,7 @@ def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8080, workers
         os.environ.update(settings_environment(settings, host))
         config = uvicorn.Config(f"{app_from_env.__module__}:{app_from_env.__name__}", factory=True,
                                 workers=workers, **options)
-    sock = _bind(config, host, port)
+    sock = bind_socket(config, host, port)
     bound_port = sock.getsockname()[1]
     required = auth_required(bind_host=host, users_exist=users_exist)
     for line in describe(settings, host, bound_port, workers, auth_required=required, users_exist=users_exist):
