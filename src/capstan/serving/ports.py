@@ -137,6 +137,10 @@ class RoutingTable:
 def routing_table(record: DeploymentRecord, replicas: Sequence[ReplicaRecord]) -> RoutingTable:
     """The routing table of ``record`` given its replicas (only ``ready`` ones with a URL receive traffic). Pure.
 
+    A replica serves whichever role currently names its model version (a replica is matched by version, not by the
+    role it was started for), so promoting the canary moves primary traffic onto the canary's running replicas at
+    once, with no gap.
+
     The canary gets ``spec.canary.traffic`` percent and the primary the rest; the shadow mirrors
     ``spec.shadow.traffic`` percent of requests.
     """
@@ -147,7 +151,7 @@ def routing_table(record: DeploymentRecord, replicas: Sequence[ReplicaRecord]) -
         if version is None:
             return None
         urls = tuple(sorted(r.url for r in replicas
-                            if r.role == role and r.state == "ready" and r.url and r.model_version == version))
+                            if r.state == "ready" and r.url and r.model_version == version))
         return VersionRoute(role, version, weight, urls)
 
     canary_share = spec.canary.traffic if spec.canary is not None else 0.0
