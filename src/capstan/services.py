@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from capstan.queue.store import QueueStore
     from capstan.registry.ports import RegistryStore
     from capstan.resources.admission import Admission
+    from capstan.serving.ports import DeploymentStore
     from capstan.tracking.ports import TrackingStore
 
 T = TypeVar("T")
@@ -71,6 +72,7 @@ class Services:
     tracking: TrackingStore
     registry: RegistryStore
     auth: AuthStore
+    deployments: DeploymentStore
     queue: Deferred[QueueStore]
     admission: Deferred[Admission]
     executors: Deferred[ExecutorFactory]
@@ -84,6 +86,7 @@ class Services:
         ``admission`` replaces the workload queue as what pipeline steps ask before they start (tests and embedded
         use pass a `capstan.resources.local.LocalAdmission`)."""
         from capstan.artifacts.store import ArtifactStore
+        from capstan.serving.deployments_sql import SqlDeploymentStore
         from capstan.store.artifact_index_sql import SqlArtifactIndex
         from capstan.store.auth_sql import SqlAuthStore
         from capstan.store.engine import create_store_engine
@@ -132,6 +135,7 @@ class Services:
             tracking=SqlTrackingStore(engine, clock=clock, events=events),
             registry=SqlRegistryStore(engine, clock=clock, events=events),
             auth=SqlAuthStore(engine, clock=clock),
+            deployments=SqlDeploymentStore(engine),
             queue=Deferred(open_queue),
             admission=admissions,
             executors=executor_parts,

@@ -10,7 +10,7 @@ Managed deployments have two halves that meet only here:
   mirrors a share to the shadow, and reports the demand it sees as `LoadReport` rows, from which the autoscaler
   decides (and a deployment scaled to zero is woken).
 
-Both go through `DeploymentStore` (SQL adapter: `capstan.store.deployments_sql`), so several server workers share one
+Both go through `DeploymentStore` (SQL adapter: `capstan.serving.deployments_sql`), so several server workers share one
 view, and a restarted server finds what was running.
 """
 

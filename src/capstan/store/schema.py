@@ -289,6 +289,7 @@ tokens = Table(
     Column("expires_at", BigInteger, nullable=True),
     Column("revoked_at", BigInteger, nullable=True),
     Column("last_used_at", BigInteger, nullable=True),
+    Column("scope", String(300), nullable=True),  # deployment:PROJECT/NAME (migration 0600)
 )
 
 project_members = Table(
@@ -310,4 +311,48 @@ audit_log = Table(
     Column("status", Integer, nullable=False),
     Column("detail", Text, nullable=False, default="{}"),
     Index(None, "time"),
+)
+
+# -- managed deployments (capstan.serving.deployments_sql; migration 0400) --------------------------------------------
+deployments = Table(
+    "deployments", metadata,
+    Column("project", String(256), nullable=False),
+    Column("name", String(63), nullable=False),
+    Column("spec", Text, nullable=False),  # DeploymentSpec.to_dict() as JSON
+    Column("previous", Text, nullable=True),  # the spec of the revision before, as JSON
+    Column("revision", Integer, nullable=False),
+    Column("versions", Text, nullable=False),  # JSON [[role, "models:/NAME/VERSION"], ...]
+    Column("desired_replicas", Integer, nullable=False),
+    Column("created_ms", BigInteger, nullable=False),
+    Column("updated_ms", BigInteger, nullable=False),
+    PrimaryKeyConstraint("project", "name"),
+)
+
+deployment_replicas = Table(
+    "deployment_replicas", metadata,
+    Column("id", String(64), primary_key=True),
+    Column("project", String(256), nullable=False),
+    Column("deployment", String(63), nullable=False),
+    Column("role", String(16), nullable=False),
+    Column("model_version", Text, nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("url", String(256), nullable=True),
+    Column("pid", Integer, nullable=True),
+    Column("restarts", Integer, nullable=False, default=0),
+    Column("started_ms", BigInteger, nullable=False),
+    Column("updated_ms", BigInteger, nullable=False),
+    Column("message", Text, nullable=False, default=""),
+    Index(None, "project", "deployment"),
+)
+
+deployment_load = Table(
+    "deployment_load", metadata,
+    Column("project", String(256), nullable=False),
+    Column("deployment", String(63), nullable=False),
+    Column("worker", String(128), nullable=False),
+    Column("in_flight", Integer, nullable=False),
+    Column("completed", Integer, nullable=False),
+    Column("waiting", Integer, nullable=False),
+    Column("time_ms", BigInteger, nullable=False),
+    PrimaryKeyConstraint("project", "deployment", "worker"),
 )
