@@ -13,6 +13,10 @@ admin     read, write, admin (incl. managing its members)
 A server admin holds every permission in every project and is the only one who may act on server-level objects
 (``project=None``: users, tokens of other users, the audit log). The single-user principal (a loopback-only server
 with no users) is a server admin.
+
+A token may be **scoped to one deployment** (`TokenScope`, written ``deployment:PROJECT/NAME``): it only narrows what
+its user may do, to ``read`` in that project on the deployment's inference routes (``/deployments/NAME/...``), and
+never grants anything the user does not hold.
 """
 
 from __future__ import annotations
@@ -36,6 +40,34 @@ ROLE_PERMISSIONS: Mapping[str, frozenset[str]] = {
 }
 
 SINGLE_USER_NAME = "local"
+DEPLOYMENT_ROUTES_PREFIX = "/deployments/"
+"""Where a deployment's inference routes live in ``capstan server`` (``/deployments/NAME/...``)."""
+_SCOPE_KIND = "deployment:"
+
+
+@dataclass(frozen=True, slots=True)
+class TokenScope:
+    """What a deployment-scoped token may reach: the inference routes of ``deployment`` in ``project``."""
+
+    project: str
+    deployment: str
+
+    def __str__(self) -> str:
+        return f"{_SCOPE_KIND}{self.project}/{self.deployment}"
+
+    def allows_path(self, path: str) -> bool:
+        """True when ``path`` is one of the deployment's routes (``/deployments/NAME`` or below it)."""
+        own = f"{DEPLOYMENT_ROUTES_PREFIX}{self.deployment}"
+        return path == own or path.startswith(own + "/")
+
+
+def parse_token_scope(text: str, *, field_name: str = "scope") -> TokenScope:
+    """``deployment:PROJECT/NAME`` as a `TokenScope`; `InvalidParameterValue` naming ``field_name`` otherwise."""
+    body = text.removeprefix(_SCOPE_KIND) if text.startswith(_SCOPE_KIND) else None
+    project, _, deployment = (body or "").partition("/")
+    if not project or not deployment or "/" in deployment or len(text) > 300:
+        raise InvalidParameterValue(f"{field_name}: must be deployment:PROJECT/NAME, got {text!r}")
+    return TokenScope(project, deployment)
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,12 +79,15 @@ class Principal:
         is_admin: a server admin (every permission everywhere).
         single_user: True when the server runs without authentication (loopback only, no users).
         roles: ``(project, role)`` pairs granted to the user.
+        scope: set when the caller used a deployment-scoped token: only ``read`` in that project is allowed (and
+            the server lets such a caller reach only the deployment's routes).
     """
 
     name: str
     is_admin: bool = False
     single_user: bool = False
     roles: tuple[tuple[str, str], ...] = ()
+    scope: TokenScope | None = None
 
     def role_in(self, project: str) -> str | None:
         """The role granted in ``project``, or None."""
@@ -87,6 +122,8 @@ def check_permission(permission: str) -> Permission:
 def allows(principal: Principal, permission: str, project: str | None) -> bool:
     """True when ``principal`` holds ``permission`` in ``project`` (``None``: a server-level object)."""
     check_permission(permission)
+    if principal.scope is not None and (permission != "read" or project != principal.scope.project):
+        return False
     if principal.is_admin:
         return True
     if project is None:
@@ -99,6 +136,9 @@ def authorize(principal: Principal, permission: str, project: str | None) -> Non
     """Raise `PermissionDenied` (403) unless ``principal`` holds ``permission`` in ``project``."""
     if allows(principal, permission, project):
         return
+    if principal.scope is not None:
+        raise PermissionDenied(f"the token of user {principal.name!r} is scoped to {principal.scope}; it may only "
+                               f"read that deployment")
     if project is None:
         raise PermissionDenied(f"user {principal.name!r} is not a server admin")
     role = principal.role_in(project)

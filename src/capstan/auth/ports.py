@@ -49,8 +49,10 @@ class AuthStore(Protocol):
         """Users with a role in ``project``, by name."""
         ...
 
-    def create_token(self, user: str, *, name: str = "", expires_in_ms: int | None = None) -> IssuedToken:
-        """Issue a token for ``user``; the returned secret is not stored and cannot be shown again."""
+    def create_token(self, user: str, *, name: str = "", expires_in_ms: int | None = None,
+                     scope: str | None = None) -> IssuedToken:
+        """Issue a token for ``user``; the returned secret is not stored and cannot be shown again. ``scope``
+        (``deployment:PROJECT/NAME``) narrows the token to that deployment's inference routes."""
         ...
 
     def list_tokens(self, user: str | None = None) -> tuple[Token, ...]:

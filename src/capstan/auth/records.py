@@ -36,6 +36,8 @@ class Token:
     expires_at: int | None
     revoked_at: int | None
     last_used_at: int | None
+    scope: str | None = None
+    """``deployment:PROJECT/NAME`` for a deployment-scoped token, else None (the user's full rights)."""
 
     def state(self, now: int) -> str:
         """``active``, ``expired`` or ``revoked`` at time ``now`` (ms)."""
@@ -49,7 +51,7 @@ class Token:
         """JSON form (without any secret)."""
         return {"id": self.id, "user": self.user, "name": self.name, "prefix": self.prefix,
                 "created_at": self.created_at, "expires_at": self.expires_at, "revoked_at": self.revoked_at,
-                "last_used_at": self.last_used_at, "state": self.state(now)}
+                "last_used_at": self.last_used_at, "scope": self.scope, "state": self.state(now)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,3 +107,4 @@ class Credential:
     revoked_at: int | None
     last_used_at: int | None
     roles: tuple[tuple[str, str], ...] = ()
+    scope: str | None = None

@@ -13,11 +13,11 @@ from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from capstan.auth.durations import parse_duration
-from capstan.auth.policy import Principal, allows, check_role
+from capstan.auth.policy import Principal, allows, check_role, parse_token_scope
 from capstan.errors import InvalidParameterValue
 from capstan.events.records import Event
 from capstan.server.errors import NAMES_AN_OBJECT
-from capstan.server.security import TARGET_KEY, Authenticator, current_principal, require
+from capstan.server.security import TARGET_KEY, Authenticator, current_principal, request_project, require
 from capstan.services import Services
 
 router = APIRouter(tags=["admin"])
@@ -182,6 +182,9 @@ class TokenCreate(BaseModel):
     user: str | None = None
     name: str = Field("", max_length=256)
     expires: str | None = None
+    deployment: str | None = Field(None, max_length=200,
+                                   description="Scope the token to this deployment of the request's project: it may "
+                                               "then only call /deployments/NAME/... (inference and feedback).")
 
 
 def _own_user(principal: Principal) -> str:
@@ -215,8 +218,12 @@ def create_token(request: Request, body: TokenCreate) -> dict[str, Any]:
     if user != principal.name or principal.single_user:
         require(request, "admin", None, target=f"user/{user}")
     expires = parse_duration(body.expires, field_name="expires") if body.expires else None
+    scope = None
+    if body.deployment is not None:
+        project = request_project(request)
+        scope = str(parse_token_scope(f"deployment:{project}/{body.deployment}", field_name="deployment"))
     services = _services(request)
-    issued = services.auth.create_token(user, name=body.name, expires_in_ms=expires)
+    issued = services.auth.create_token(user, name=body.name, expires_in_ms=expires, scope=scope)
     _changed(request)
     return {"token": issued.token.to_dict(services.clock()), "secret": issued.secret}
 

@@ -33,12 +33,12 @@ from typing import Any
 from starlette.requests import Request
 
 from capstan.auth.audit import AuditWriter
-from capstan.auth.policy import LOCAL_PRINCIPAL, Permission, Principal, auth_required, authorize
+from capstan.auth.policy import LOCAL_PRINCIPAL, Permission, Principal, auth_required, authorize, parse_token_scope
 from capstan.auth.ports import AuthStore
 from capstan.auth.records import AuditEntry, Credential
 from capstan.auth.tokens import display_prefix, hash_secret
 from capstan.clock import Clock
-from capstan.errors import CapstanError, Unauthenticated
+from capstan.errors import CapstanError, PermissionDenied, Unauthenticated
 from capstan.server.metrics import ASGIApp, Message, Receive, Scope, Send, StatusRecorder
 from capstan.store.auth_sql import TOUCH_INTERVAL_MS
 
@@ -161,8 +161,9 @@ class Authenticator:
         if cred.revoked_at is not None:
             return _Cached(None, f"token {display_prefix(token)}... has been revoked", None, valid_until)
         self._touch(cred)
-        return _Cached(Principal(cred.user, is_admin=cred.is_admin, roles=cred.roles), "", cred.expires_at,
-                       valid_until)
+        scope = parse_token_scope(cred.scope) if cred.scope else None
+        principal = Principal(cred.user, is_admin=cred.is_admin, roles=cred.roles, scope=scope)
+        return _Cached(principal, "", cred.expires_at, valid_until)
 
     def _touch(self, cred: Credential) -> None:
         now = self._clock()
@@ -265,6 +266,13 @@ class SecurityMiddleware:
             await _send_json(send, exc.http_status, exc.to_dict())
             return
         state[PRINCIPAL_KEY] = principal
+        if principal.scope is not None and not principal.scope.allows_path(scope["path"]):
+            denied = PermissionDenied(f"the token is scoped to {principal.scope}: it reaches only "
+                                      f"/deployments/{principal.scope.deployment}/...")
+            await _send_json(send, denied.http_status, denied.to_dict())
+            if scope["method"] in MUTATING_METHODS:
+                self._record(scope, state, principal.name, denied.http_status, error=denied.message)
+            return
         if scope["method"] not in MUTATING_METHODS:
             await self.app(scope, receive, send)
             return

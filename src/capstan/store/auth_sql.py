@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 from sqlalchemy import Connection, Engine, Row, func, insert, select, update
 
-from capstan.auth.policy import check_role
+from capstan.auth.policy import check_role, parse_token_scope
 from capstan.auth.records import AuditEntry, Credential, IssuedToken, Membership, Token, User
 from capstan.auth.tokens import display_prefix, generate_secret, hash_secret, redact_secrets
 from capstan.clock import Clock, system_clock
@@ -137,12 +137,16 @@ class SqlAuthStore:
         return tuple(Membership(project, name, role) for name, role in rows)
 
     # -- tokens ---------------------------------------------------------------------------------------
-    def create_token(self, user: str, *, name: str = "", expires_in_ms: int | None = None) -> IssuedToken:
-        """Issue a token for ``user``; the returned secret is not stored and cannot be shown again."""
+    def create_token(self, user: str, *, name: str = "", expires_in_ms: int | None = None,
+                     scope: str | None = None) -> IssuedToken:
+        """Issue a token for ``user``; the returned secret is not stored and cannot be shown again. ``scope``
+        (``deployment:PROJECT/NAME``) narrows it to one deployment's inference routes."""
         if len(name) > 256:
             raise InvalidParameterValue("name: at most 256 characters")
         if expires_in_ms is not None and expires_in_ms <= 0:
             raise InvalidParameterValue("expires: must be in the future")
+        if scope is not None:
+            scope = str(parse_token_scope(scope))
         secret = generate_secret()
         now = self._clock()
         expires_at = now + expires_in_ms if expires_in_ms is not None else None
@@ -150,10 +154,10 @@ class SqlAuthStore:
             user_id = self._user_id(conn, user)
             new_id = conn.execute(insert(tokens).values(
                 user_id=user_id, name=name, prefix=display_prefix(secret), hash=hash_secret(secret),
-                created_at=now, expires_at=expires_at)).inserted_primary_key
+                created_at=now, expires_at=expires_at, scope=scope)).inserted_primary_key
         assert new_id is not None
-        return IssuedToken(Token(int(new_id[0]), user, name, display_prefix(secret), now, expires_at, None, None),
-                           secret)
+        token = Token(int(new_id[0]), user, name, display_prefix(secret), now, expires_at, None, None, scope)
+        return IssuedToken(token, secret)
 
     def list_tokens(self, user: str | None = None) -> tuple[Token, ...]:
         """Tokens (of ``user`` when given), oldest first."""
@@ -198,7 +202,7 @@ class SqlAuthStore:
 
     def credential(self, secret: str) -> Credential | None:
         """What the presented secret resolves to (None when no token has that hash), with the user's roles."""
-        query = (select(tokens.c.id, tokens.c.expires_at, tokens.c.revoked_at, tokens.c.last_used_at,
+        query = (select(tokens.c.id, tokens.c.expires_at, tokens.c.revoked_at, tokens.c.last_used_at, tokens.c.scope,
                         users.c.id.label("user_id"), users.c.name, users.c.is_admin, users.c.disabled)
                  .join(users, users.c.id == tokens.c.user_id).where(tokens.c.hash == hash_secret(secret)))
         with self._engine.connect() as conn:
@@ -207,7 +211,7 @@ class SqlAuthStore:
                 return None
             roles = self._roles(conn, row.user_id)
         return Credential(row.id, row.name, bool(row.is_admin), bool(row.disabled), row.expires_at,
-                          row.revoked_at, row.last_used_at, roles)
+                          row.revoked_at, row.last_used_at, roles, row.scope)
 
     def touch_token(self, token_id: int) -> None:
         """Record that a token was used (callers throttle this to about once a minute)."""
@@ -268,4 +272,5 @@ class SqlAuthStore:
 
     @staticmethod
     def _token(r: Row[Any]) -> Token:
-        return Token(r.id, r.user_name, r.name, r.prefix, r.created_at, r.expires_at, r.revoked_at, r.last_used_at)
+        return Token(r.id, r.user_name, r.name, r.prefix, r.created_at, r.expires_at, r.revoked_at, r.last_used_at,
+                     r.scope)
