@@ -9,7 +9,8 @@ from sqlalchemy import MetaData
 from capstan.store.schema import metadata
 
 # Subsystems that own tables register their module here; each module defines its tables on `schema.metadata`.
-TABLE_MODULES: tuple[str, ...] = ("capstan.pipelines.tables", "capstan.queue.tables")
+TABLE_MODULES: tuple[str, ...] = ("capstan.pipelines.tables", "capstan.queue.tables",
+                                  "capstan.store.deployment_outcomes_sql")
 
 
 def all_metadata() -> MetaData:
