@@ -229,14 +229,15 @@ class ActiveRun:
         self._state.log_bytes(self.run_id, dumps_json(data).encode(), artifact_file)
 
     def log_model(self, model: Any, name: str, *, input_example: Any = None, signature: Any = None,
-                  registered_model_name: str | None = None, serialization_format: str | None = None) -> ModelInfo:
+                  registered_model_name: str | None = None, serialization_format: str | None = None,
+                  reference_data: Any = None) -> ModelInfo:
         """Log a model as an output of this run (see `capstan.log_model`)."""
         from capstan.sdk import fluent_models as sdk_models
 
         return sdk_models.log_model(self._state.backend, model, name, experiment_id=self.experiment_id,
                                     run_id=self.run_id, input_example=input_example, signature=signature,
                                     registered_model_name=registered_model_name,
-                                    serialization_format=serialization_format)
+                                    serialization_format=serialization_format, reference_data=reference_data)
 
     def __repr__(self) -> str:
         return f"ActiveRun(run_id={self.run_id!r}, run_name={self.run_name!r}, experiment_id={self.experiment_id!r})"
@@ -578,24 +579,27 @@ def log_dict(data: Any, artifact_file: str) -> None:
 
 
 def log_model(model: Any, name: str, *, input_example: Any = None, signature: Any = None,
-              registered_model_name: str | None = None, serialization_format: str | None = None) -> ModelInfo:
+              registered_model_name: str | None = None, serialization_format: str | None = None,
+              reference_data: Any = None) -> ModelInfo:
     """Log a scikit-learn model as an MLflow 3 style logged model of the active run.
 
     Writes ``MLmodel`` (flavors ``python_function`` + ``sklearn``), the model file, requirements and, given
     ``input_example``, the example and a signature inferred from it. With ``registered_model_name`` a new
     registry version is created from it. Without an active run the model is logged to the current experiment.
+    ``reference_data`` (the training data or the input example) is profiled into ``reference_profile.json``, the
+    reference serving measures drift against.
     """
     run = _STATE.active()
     if run is not None:
         return run.log_model(model, name, input_example=input_example, signature=signature,
                              registered_model_name=registered_model_name,
-                             serialization_format=serialization_format)
+                             serialization_format=serialization_format, reference_data=reference_data)
     from capstan.sdk import fluent_models as sdk_models
 
     return sdk_models.log_model(_STATE.backend, model, name, experiment_id=_STATE.experiment_id(None),
                                 run_id=None, input_example=input_example, signature=signature,
                                 registered_model_name=registered_model_name,
-                                serialization_format=serialization_format)
+                                serialization_format=serialization_format, reference_data=reference_data)
 
 
 def load_model(model_uri: str, *, as_pyfunc: bool = False, dst_path: str | os.PathLike[str] | None = None) -> Any:

@@ -43,12 +43,22 @@ class ModelInfo:
 def log_model(backend: TrackingBackend, model: Any, name: str, *, experiment_id: str, run_id: str | None,
               input_example: Any = None, signature: Any = None, registered_model_name: str | None = None,
               serialization_format: str | None = None, params: Mapping[str, str] | None = None,
-              tags: Mapping[str, str] | None = None, step: int = 0) -> ModelInfo:
-    """Save ``model`` as a logged model of ``experiment_id`` (output of ``run_id``) and optionally register it."""
+              tags: Mapping[str, str] | None = None, step: int = 0, reference_data: Any = None) -> ModelInfo:
+    """Save ``model`` as a logged model of ``experiment_id`` (output of ``run_id``) and optionally register it.
+
+    ``reference_data`` (the training data, or the input example: a DataFrame, a 2-D array or a mapping of columns)
+    is profiled into ``reference_profile.json`` in the model folder, the reference that serving measures drift
+    against (`capstan.serving.drift_monitor`).
+    """
     from capstan.models.format import save_model
 
     if not name or "/" in name:
         raise InvalidParameterValue(f"name: {name!r} must be a non-empty model name without '/'")
+    reference = None
+    if reference_data is not None:
+        from capstan.serving.drift_monitor import reference_from_data
+
+        reference = reference_from_data(reference_data)
     logged = backend.create_logged_model(experiment_id, name=name, source_run_id=run_id, model_type="sklearn",
                                          params=params, tags=tags)
     owner = ArtifactOwner.logged_model(logged.model_id)
@@ -58,6 +68,10 @@ def log_model(backend: TrackingBackend, model: Any, name: str, *, experiment_id:
             mlmodel = save_model(model, folder, input_example=input_example, signature=signature,
                                  serialization_format=serialization_format, model_id=logged.model_id,
                                  run_id=run_id, artifact_path=logged.artifact_location)
+            if reference is not None:
+                from capstan.serving.drift_monitor import write_reference
+
+                write_reference(folder, reference)
             for file in sorted(p for p in folder.rglob("*") if p.is_file()):
                 backend.upload_artifact(owner, file.relative_to(folder).as_posix(), file)
     except BaseException:
