@@ -26,48 +26,43 @@ from __future__ import annotations
 
 import logging
 import math
-import re
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import orjson
 from starlette.applications import Starlette
-from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from capstan.errors import CapstanError, InvalidParameterValue, ResourceDoesNotExist
+from capstan.errors import CapstanError, InvalidParameterValue
 from capstan.serving import oip
-from capstan.serving.batching import AdaptiveBatcher, QueueFull
+from capstan.serving.batching import QueueFull
+from capstan.serving.core import (
+    BatchingOptions,
+    ModelNotReady,
+    ServingCore,
+    capstan_version,
+    output_datatype,
+    request_id_of,
+)
+from capstan.serving.grpc_server import GrpcOptions, GrpcServer, start_grpc_server
 from capstan.serving.model import ServedModel
+from capstan.serving.observe import ServingObserver
 
-__all__ = ["BatchingOptions", "BodyTooLarge", "ModelNotReady", "serving_app"]
+__all__ = ["BatchingOptions", "BodyTooLarge", "GrpcOptions", "Metrics", "ModelNotReady", "serving_app"]
 
 log = logging.getLogger(__name__)
 
 Array = npt.NDArray[Any]
 REQUEST_ID_HEADER = "x-request-id"
 _REQUEST_ID_KEY = "capstan.request_id"
-_VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
-_NUMERIC_KINDS = frozenset("iuf")
 _MLFLOW_FORMATS = ("dataframe_split", "dataframe_records", "instances", "inputs")
-
-
-@dataclass(frozen=True)
-class BatchingOptions:
-    """Options of the per-model `AdaptiveBatcher`: rows per batch, how long a batch waits, rows allowed queued."""
-
-    max_batch_size: int = 32
-    max_delay_ms: float = 5.0
-    max_queue: int = 1024
 
 
 class BodyTooLarge(CapstanError):
@@ -75,17 +70,6 @@ class BodyTooLarge(CapstanError):
 
     code = "INVALID_PARAMETER_VALUE"
     http_status = 413
-
-
-class ModelNotReady(CapstanError):
-    """The model exists but is not ready to answer."""
-
-    code = "TEMPORARILY_UNAVAILABLE"
-    http_status = 503
-
-
-class ModelFailed(CapstanError):
-    """The model raised in ``predict``; the client gets the request id, the log gets the traceback."""
 
 
 # --------------------------------------------------------------------------------------------------- responses
@@ -120,7 +104,7 @@ class _RequestIdMiddleware:
         for key, value in scope.get("headers", []):
             if key == REQUEST_ID_HEADER.encode():
                 sent = value.decode("latin-1")
-        rid = sent if _VALID_REQUEST_ID.match(sent) else uuid.uuid4().hex
+        rid = request_id_of(sent)
         scope[_REQUEST_ID_KEY] = rid
         started = False
 
@@ -147,30 +131,15 @@ class _RequestIdMiddleware:
 
 
 class _Serving:
-    """The routes' shared state: the models, the body limit and the batchers."""
+    """The routes: HTTP around the shared `ServingCore` (body limits, request ids, JSON), and the lifespan that
+    starts the gRPC server on the same event loop and drains the core at shutdown."""
 
-    def __init__(self, models: Mapping[str, ServedModel], max_body_bytes: int,
-                 batching: BatchingOptions | None) -> None:
-        self.models = dict(models)
+    def __init__(self, core: ServingCore, max_body_bytes: int, grpc: GrpcOptions | None) -> None:
+        self.core = core
         self.max_body_bytes = max_body_bytes
-        self.batching = batching
-        self.batchers: dict[str, AdaptiveBatcher] = {}
+        self.grpc = grpc
 
     # -------------------------------------------------------------------------------------------- helpers
-
-    def model(self, name: str, version: str | None = None) -> ServedModel:
-        model = self.models.get(name)
-        if model is None:
-            raise ResourceDoesNotExist(f"model {name!r} is not served here (models: {', '.join(sorted(self.models))})")
-        if version is not None and version != str(model.version):
-            raise ResourceDoesNotExist(f"model {name!r} has no version {version!r} (served: {model.version!r})")
-        return model
-
-    def ready_model(self, name: str, version: str | None = None) -> ServedModel:
-        model = self.model(name, version)
-        if not model.ready:
-            raise ModelNotReady(f"model {name!r} is not ready")
-        return model
 
     async def body(self, request: Request) -> bytes:
         declared = request.headers.get("content-length")
@@ -195,99 +164,64 @@ class _Serving:
         except orjson.JSONDecodeError as exc:
             raise InvalidParameterValue(f"the request body is not valid JSON: {exc}") from None
 
-    def checked_rows(self, name: str, model: ServedModel, data: Array, what: str) -> Array:
-        """``data`` checked against the model's input (numeric, its rank, its fixed dimensions), in its dtype."""
-        spec = model.inputs[0]
-        if data.dtype.kind not in _NUMERIC_KINDS:
-            raise InvalidParameterValue(
-                f"{what} of model {name!r} must hold integers or floats (FP32, FP64, INT*, UINT*), got {data.dtype}"
-            )
-        expected = list(spec.shape)
-        if data.ndim != len(expected) or any(e >= 0 and e != d for e, d in zip(expected, data.shape, strict=False)):
-            raise InvalidParameterValue(
-                f"{what} of model {name!r} has shape {list(data.shape)}, expected {expected} (-1: any size)"
-            )
-        target = oip.DATATYPES[spec.datatype]
-        if target.kind in _NUMERIC_KINDS and data.dtype != target:
-            return data.astype(target)
-        return data
-
-    async def predict(self, name: str, model: ServedModel, rows: Array, rid: str) -> Array:
-        try:
-            if self.batching is None:
-                result = await run_in_threadpool(model.predict, rows)
-            else:
-                result = await self.batcher(name, model).submit(rows)
-        except CapstanError:
-            raise
-        except Exception as exc:
-            log.exception("model %r failed to predict (request id %s)", name, rid)
-            raise ModelFailed(f"model {name!r} failed to predict (request id {rid})") from exc
-        return np.asarray(result)
-
-    def batcher(self, name: str, model: ServedModel) -> AdaptiveBatcher:
-        batcher = self.batchers.get(name)
-        if batcher is None:
-            assert self.batching is not None
-            batcher = AdaptiveBatcher(model.predict, max_batch_size=self.batching.max_batch_size,
-                                      max_delay_ms=self.batching.max_delay_ms, max_queue=self.batching.max_queue)
-            self.batchers[name] = batcher
-        return batcher
-
     # -------------------------------------------------------------------------------------------- OIP v2
 
     async def live(self, request: Request) -> Response:
         return _json({"live": True})
 
     async def server_ready(self, request: Request) -> Response:
-        waiting = sorted(name for name, model in self.models.items() if not model.ready)
+        waiting = self.core.not_ready()
         if waiting:
             return _error(503, f"models not ready: {', '.join(waiting)}", ready=False)
         return _json({"ready": True})
 
     async def server_metadata(self, request: Request) -> Response:
-        return _json({"name": "capstan", "version": _capstan_version(), "extensions": ["binary_tensor_data"]})
+        return _json({"name": "capstan", "version": capstan_version(), "extensions": ["binary_tensor_data"]})
 
     async def model_metadata(self, request: Request) -> Response:
         name, version = request.path_params["name"], request.path_params.get("version")
-        model = self.model(name, version)
+        model = self.core.model(name, version)
         return _json(oip.model_metadata(name, [str(model.version)], model.platform, model.inputs, model.outputs))
 
     async def model_ready(self, request: Request) -> Response:
         name, version = request.path_params["name"], request.path_params.get("version")
-        model = self.model(name, version)
+        model = self.core.model(name, version)
         if not model.ready:
             return _error(503, f"model {name!r} is not ready", name=name, ready=False)
         return _json({"name": name, "ready": True})
 
     async def infer(self, request: Request) -> Response:
         name, version = request.path_params["name"], request.path_params.get("version")
-        model = self.ready_model(name, version)
-        raw_length = request.headers.get("inference-header-content-length")
-        header_length: int | None = None
-        if raw_length is not None:
-            if not raw_length.strip().isdigit():
-                raise InvalidParameterValue(f"Inference-Header-Content-Length must be an integer, got {raw_length!r}")
-            header_length = int(raw_length)
-        decoded = oip.decode_request(await self.body(request), header_length=header_length)
-        spec_in = model.inputs[0]
-        if len(decoded.inputs) != 1:
-            sent = ", ".join(repr(t.name) for t in decoded.inputs)
-            raise InvalidParameterValue(
-                f"model {name!r} takes one input ({spec_in.name!r}, shape {list(spec_in.shape)}), got {sent}"
-            )
-        tensor = decoded.inputs[0]
-        rows = self.checked_rows(name, model, tensor.data, f"input {tensor.name!r} ({tensor.datatype})")
-        spec_out = model.outputs[0]
-        for wanted in decoded.outputs:
-            if wanted.name != spec_out.name:
+        with self.core.track("v2", name, version) as tracker:
+            model = self.core.ready_model(name, version)
+            tracker.version = str(model.version)
+            raw_length = request.headers.get("inference-header-content-length")
+            header_length: int | None = None
+            if raw_length is not None:
+                if not raw_length.strip().isdigit():
+                    raise InvalidParameterValue(
+                        f"Inference-Header-Content-Length must be an integer, got {raw_length!r}"
+                    )
+                header_length = int(raw_length)
+            decoded = oip.decode_request(await self.body(request), header_length=header_length)
+            spec_in = model.inputs[0]
+            if len(decoded.inputs) != 1:
+                sent = ", ".join(repr(t.name) for t in decoded.inputs)
                 raise InvalidParameterValue(
-                    f"model {name!r} has no output {wanted.name!r} (outputs: {spec_out.name!r})"
+                    f"model {name!r} takes one input ({spec_in.name!r}, shape {list(spec_in.shape)}), got {sent}"
                 )
-        result = await self.predict(name, model, rows, request_id(request))
-        output = oip.InferOutput.of(spec_out.name, result, datatype=_output_datatype(spec_out.datatype, result))
-        response = oip.InferResponse(name, str(model.version), decoded.id, (output,))
-        body, json_length = oip.encode_response(response, binary_outputs=oip.binary_outputs(decoded))
+            tensor = decoded.inputs[0]
+            rows = self.core.checked_rows(name, model, tensor.data, f"input {tensor.name!r} ({tensor.datatype})")
+            spec_out = model.outputs[0]
+            for wanted in decoded.outputs:
+                if wanted.name != spec_out.name:
+                    raise InvalidParameterValue(
+                        f"model {name!r} has no output {wanted.name!r} (outputs: {spec_out.name!r})"
+                    )
+            result = await self.core.predict(name, model, rows, request_id(request))
+            output = oip.InferOutput.of(spec_out.name, result, datatype=output_datatype(spec_out.datatype, result))
+            response = oip.InferResponse(name, str(model.version), decoded.id, (output,))
+            body, json_length = oip.encode_response(response, binary_outputs=oip.binary_outputs(decoded))
         if json_length is None:
             return Response(body, media_type="application/json")
         return Response(body, media_type="application/octet-stream",
@@ -297,59 +231,58 @@ class _Serving:
 
     async def v1_model(self, request: Request) -> Response:
         name = request.path_params["name"]
-        model = self.model(name)
+        model = self.core.model(name)
         return _json({"name": name, "ready": bool(model.ready)})
 
     async def v1_predict(self, request: Request) -> Response:
         name = request.path_params["name"]
-        model = self.ready_model(name)
-        document = await self.json_body(request)
-        if not isinstance(document, dict) or "instances" not in document:
-            raise InvalidParameterValue('the KServe v1 request must be a JSON object with "instances"')
-        rows = self.checked_rows(name, model, _array(document["instances"], "instances"), '"instances"')
-        result = await self.predict(name, model, rows, request_id(request))
-        return _json({"predictions": _jsonable(result)})
+        with self.core.track("v1", name) as tracker:
+            model = self.core.ready_model(name)
+            tracker.version = str(model.version)
+            document = await self.json_body(request)
+            if not isinstance(document, dict) or "instances" not in document:
+                raise InvalidParameterValue('the KServe v1 request must be a JSON object with "instances"')
+            rows = self.core.checked_rows(name, model, _array(document["instances"], "instances"), '"instances"')
+            result = await self.core.predict(name, model, rows, request_id(request))
+            return _json({"predictions": _jsonable(result)})
 
     # -------------------------------------------------------------------------------------------- MLflow
 
-    def only_model(self) -> tuple[str, ServedModel]:
-        if len(self.models) != 1:
-            raise ResourceDoesNotExist(
-                f"POST /invocations serves a single model, this server has {len(self.models)} "
-                "(use /v2/models/{name}/infer or /v1/models/{name}:predict)"
-            )
-        ((name, model),) = self.models.items()
-        return name, model
-
     async def invocations(self, request: Request) -> Response:
-        name, model = self.only_model()
-        if not model.ready:
-            raise ModelNotReady(f"model {name!r} is not ready")
-        document = await self.json_body(request)
-        field, data = _mlflow_rows(document)
-        rows = self.checked_rows(name, model, data, f'"{field}"')
-        result = await self.predict(name, model, rows, request_id(request))
-        return _json({"predictions": _jsonable(result)})
+        only = next(iter(self.core.models)) if len(self.core.models) == 1 else ""
+        with self.core.track("mlflow", only) as tracker:
+            name, model = self.core.only_model()
+            tracker.version = str(model.version)
+            if not model.ready:
+                raise ModelNotReady(f"model {name!r} is not ready")
+            document = await self.json_body(request)
+            field, data = _mlflow_rows(document)
+            rows = self.core.checked_rows(name, model, data, f'"{field}"')
+            result = await self.core.predict(name, model, rows, request_id(request))
+            return _json({"predictions": _jsonable(result)})
 
     async def ping(self, request: Request) -> Response:
-        waiting = sorted(name for name, model in self.models.items() if not model.ready)
+        waiting = self.core.not_ready()
         if waiting:
             return _error(503, f"models not ready: {', '.join(waiting)}")
         return PlainTextResponse("\n")
 
     async def version(self, request: Request) -> Response:
-        return PlainTextResponse(_capstan_version())
+        return PlainTextResponse(capstan_version())
 
     # -------------------------------------------------------------------------------------------- lifecycle
 
     @asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        grpc_server: GrpcServer | None = None
         try:
+            if self.grpc is not None:
+                grpc_server = await start_grpc_server(self.core, self.grpc, max_message_bytes=self.max_body_bytes)
             yield
         finally:
-            for batcher in self.batchers.values():
-                await batcher.close(drain=True)
-            self.batchers.clear()
+            if grpc_server is not None:
+                await grpc_server.stop()
+            await self.core.aclose()
 
 
 class CapstanErrorWithStatus(CapstanError):
@@ -360,23 +293,6 @@ class CapstanErrorWithStatus(CapstanError):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.http_status = status
-
-
-def _capstan_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("capstan")
-    except PackageNotFoundError:  # running from a source tree that is not installed
-        return "unknown"
-
-
-def _output_datatype(declared: str, result: Array) -> str:
-    """The declared output datatype when the predictions fit it (numbers for a numeric one), else theirs."""
-    numeric = result.dtype.kind in "biuf"
-    if (declared == "BYTES") != numeric:
-        return declared
-    return oip.datatype_of(result.dtype)
 
 
 def _jsonable(result: Array) -> Any:
@@ -438,21 +354,25 @@ def _mlflow_rows(document: object) -> tuple[str, Array]:
     return field, _array(value, field)
 
 
-def serving_app(models: Mapping[str, ServedModel], *, max_body_bytes: int,
-                batching: BatchingOptions | None) -> Starlette:
-    """The ASGI app serving ``models`` (keyed by the name clients use) over OIP v2, KServe v1 and MLflow scoring."""
+Metrics = Callable[[], tuple[bytes, str]]
+"""Renders the metrics exposition: its body and its Content-Type (``GET /metrics``)."""
+
+
+def serving_app(models: Mapping[str, ServedModel], *, max_body_bytes: int, batching: BatchingOptions | None,
+                observer: ServingObserver | None = None, metrics: Metrics | None = None,
+                grpc: GrpcOptions | None = None) -> Starlette:
+    """The ASGI app serving ``models`` (keyed by the name clients use) over OIP v2, KServe v1 and MLflow scoring.
+
+    ``observer`` hears about every inference request, prediction and batch (`capstan.serving.observe`);
+    ``metrics`` answers ``GET /metrics``; ``grpc`` also serves OIP v2 over gRPC from the app's lifespan, sharing
+    the models and batchers (needs the ``grpc`` extra, checked here).
+    """
     if max_body_bytes < 1:
         raise InvalidParameterValue(f"max_body_bytes must be at least 1, got {max_body_bytes}")
-    for name, model in models.items():
-        if len(model.inputs) != 1 or len(model.outputs) < 1:
-            raise InvalidParameterValue(
-                f"model {name!r} must have exactly one input and at least one output, has {len(model.inputs)} "
-                f"and {len(model.outputs)}"
-            )
-    if batching is not None:
-        AdaptiveBatcher(lambda x: x, max_batch_size=batching.max_batch_size,  # validates the options now
-                        max_delay_ms=batching.max_delay_ms, max_queue=batching.max_queue)
-    state = _Serving(models, max_body_bytes, batching)
+    core = ServingCore(models, batching=batching, observer=observer)
+    if grpc is not None:
+        grpc.validate()
+    state = _Serving(core, max_body_bytes, grpc)
     model_routes: list[Route] = []
     for prefix in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
         model_routes += [
@@ -472,6 +392,8 @@ def serving_app(models: Mapping[str, ServedModel], *, max_body_bytes: int,
         Route("/health", state.ping, methods=["GET"]),
         Route("/version", state.version, methods=["GET"]),
     ]
+    if metrics is not None:
+        routes.append(Route("/metrics", _metrics_endpoint(metrics), methods=["GET"]))
     handlers: dict[Any, Callable[[Request, Exception], Awaitable[Response]]] = {
         CapstanError: _capstan_error,
         HTTPException: _http_error,
@@ -479,6 +401,14 @@ def serving_app(models: Mapping[str, ServedModel], *, max_body_bytes: int,
     app = Starlette(routes=routes, exception_handlers=handlers, lifespan=state.lifespan)
     app.add_middleware(_RequestIdMiddleware)
     return app
+
+
+def _metrics_endpoint(metrics: Metrics) -> Callable[[Request], Awaitable[Response]]:
+    async def endpoint(request: Request) -> Response:
+        body, content_type = metrics()
+        return Response(body, headers={"Content-Type": content_type})
+
+    return endpoint
 
 
 async def _capstan_error(request: Request, exc: Exception) -> Response:

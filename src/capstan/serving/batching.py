@@ -33,9 +33,12 @@ of that batch, and only those. `AdaptiveBatcher.close` stops new submissions (`B
 either drains the queue (dispatching it without waiting for deadlines) or fails it with `BatcherClosed`, and
 returns once the batch in flight has completed.
 
-Observability: `AdaptiveBatcher.stats` returns counters and a histogram of batch sizes (rows per batch), and the
-optional ``on_batch(size, wait_ms)`` callback is called at every dispatch (``wait_ms``: how long the batch's
-oldest request waited, by the injected clock), so Prometheus can be wired to it.
+Observability: `AdaptiveBatcher.stats` returns counters and a histogram of batch sizes (rows per batch). Optional
+callbacks report as it happens, so Prometheus can be wired to them: ``on_batch(size, wait_ms)`` at every dispatch
+(``wait_ms``: how long the batch's oldest request waited, by the injected clock), ``on_batch_done(size, seconds)``
+when ``predict`` returns or raises for a batch (its service time), and ``on_queue_depth(rows)`` whenever the number
+of queued rows (not counting the batch in flight) has changed. Callbacks run on the event loop and must not
+raise.
 
 No per-row Python loops: batches are built with one ``np.concatenate`` and results split with one ``np.split`` by
 the cumulative row offsets (the loops that remain run once per request).
@@ -61,6 +64,8 @@ __all__ = [
     "BatchStats",
     "BatcherClosed",
     "OnBatch",
+    "OnBatchDone",
+    "OnQueueDepth",
     "Predict",
     "QueueFull",
     "RunIn",
@@ -73,6 +78,10 @@ RunIn = Callable[[Predict, Array], Awaitable[Array]]
 """Runs ``predict(rows)`` without blocking the event loop (default: asyncio's default thread pool)."""
 OnBatch = Callable[[int, float], None]
 """Called at each dispatch with the batch's row count and the milliseconds its oldest request waited."""
+OnBatchDone = Callable[[int, float], None]
+"""Called when a batch's ``predict`` returned or raised, with the batch's row count and the seconds it took."""
+OnQueueDepth = Callable[[int], None]
+"""Called with the rows waiting in the queue whenever that number has changed."""
 
 _Signature = tuple[tuple[int, ...], np.dtype[Any]]
 
@@ -139,6 +148,8 @@ class AdaptiveBatcher:
         clock: Callable[[], float] = time.monotonic,
         run_in: RunIn | None = None,
         on_batch: OnBatch | None = None,
+        on_batch_done: OnBatchDone | None = None,
+        on_queue_depth: OnQueueDepth | None = None,
     ) -> None:
         if max_batch_size < 1:
             raise InvalidParameterValue(f"max_batch_size must be at least 1, got {max_batch_size}")
@@ -153,6 +164,9 @@ class AdaptiveBatcher:
         self._clock = clock
         self._run_in: RunIn = run_in if run_in is not None else _default_run_in
         self._on_batch = on_batch
+        self._on_batch_done = on_batch_done
+        self._on_queue_depth = on_queue_depth
+        self._reported_depth = 0
         self._queues: dict[_Signature, deque[_Pending]] = {}
         self._queued_rows: dict[_Signature, int] = {}
         self._total_queued = 0
@@ -270,6 +284,9 @@ class AdaptiveBatcher:
             self._timer = asyncio.get_running_loop().call_later(next_deadline - now, self._pump)
         elif self._idle is not None:
             self._idle.set()
+        if self._on_queue_depth is not None and self._total_queued != self._reported_depth:
+            self._reported_depth = self._total_queued
+            self._on_queue_depth(self._total_queued)
 
     def _unqueue(self, signature: _Signature, pending: _Pending) -> None:
         n = int(pending.rows.shape[0])
@@ -333,3 +350,5 @@ class AdaptiveBatcher:
             self._batch_s = 0.8 * self._batch_s + 0.2 * elapsed
             self._in_flight = None
             self._pump()
+            if self._on_batch_done is not None:
+                self._on_batch_done(size, elapsed)
