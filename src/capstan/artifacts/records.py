@@ -16,11 +16,13 @@ class ArtifactEntry:
 
 @dataclass(frozen=True, slots=True)
 class ArtifactListing:
-    """One row of a directory listing; ``path`` is relative to the listed prefix's root namespace."""
+    """One row of a directory listing; ``path`` is relative to the listed prefix's root namespace. ``digest`` is the
+    sha256 recorded for a file's content (``None`` for a folder)."""
 
     path: str
     is_dir: bool
     size: int | None = None
+    digest: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -168,7 +168,7 @@ class ArtifactStore:
             full, size = entry.path, entry.size
             rest = full[start:]
             if recursive or "/" not in rest:
-                out[full] = ArtifactListing(full, False, size)
+                out[full] = ArtifactListing(full, False, size, entry.digest)
             else:
                 folder = full[: start + rest.index("/")]
                 out.setdefault(folder, ArtifactListing(folder, True, None))

@@ -91,16 +91,27 @@ def save(model: Any, path: Path, *, serialization_format: str | None = None) -> 
     return SavedFlavor(flavor, pyfunc, tuple(r for r in requirements if r))
 
 
-def load(path: Path, conf: Mapping[str, Any]) -> Any:
-    """Load the estimator from model folder ``path`` given its ``sklearn`` (or ``python_function``) entry."""
+PICKLE_FORMATS = ("pickle", "cloudpickle", "joblib")
+"""Formats whose loading runs code from the file (Python's pickle underneath)."""
+
+
+def model_file(path: Path, conf: Mapping[str, Any]) -> tuple[Path, str]:
+    """The model file of model folder ``path`` and its serialization format, from the flavor entry ``conf``."""
     file = path / str(conf.get("pickled_model") or conf.get("model_path") or "model.pkl")
-    fmt = str(conf.get("serialization_format") or ("skops" if file.suffix == ".skops" else "pickle"))
+    default = {".skops": "skops", ".joblib": "joblib"}.get(file.suffix, "pickle")
+    return file, str(conf.get("serialization_format") or default)
+
+
+def load(path: Path, conf: Mapping[str, Any], *, trust_recorded_types: bool = True) -> Any:
+    """Load the estimator from model folder ``path`` given its ``sklearn`` (or ``python_function``) entry.
+
+    A skops file loads with skops' own trusted types plus those the logger recorded in ``skops_trusted_types``
+    (only when ``trust_recorded_types``); any other type in the file is refused, naming it."""
+    file, fmt = model_file(path, conf)
     if not file.is_file():
         raise InvalidParameterValue(f"model folder {str(path)!r} has no model file {file.name!r}")
     if fmt == "skops":
-        sio = _import_skops()
-        trusted = conf.get("skops_trusted_types") or None
-        return sio.load(file, trusted=list(trusted) if trusted else None)
+        return _load_skops(file, conf.get("skops_trusted_types") if trust_recorded_types else None)
     if fmt == "cloudpickle":
         try:
             import cloudpickle
@@ -109,10 +120,25 @@ def load(path: Path, conf: Mapping[str, Any]) -> Any:
                 "this model is stored with cloudpickle, which needs: pip install cloudpickle") from None
         with open(file, "rb") as fh:
             return cloudpickle.load(fh)
+    if fmt == "joblib":
+        import joblib  # type: ignore[import-untyped]  # joblib ships no type information
+
+        return joblib.load(file)  # only load models you trust (documented), as with MLflow
     if fmt == "pickle":
         with open(file, "rb") as fh:
             return pickle.load(fh)  # only load models you trust (documented), as with MLflow
     raise InvalidParameterValue(f"model file {file.name!r} uses the unknown serialization format {fmt!r}")
+
+
+def _load_skops(file: Path, recorded: Any) -> Any:
+    sio = _import_skops()
+    trusted = [str(t) for t in recorded] if isinstance(recorded, list | tuple) else []
+    untrusted = sorted(set(sio.get_untrusted_types(file=file)) - set(trusted))
+    if untrusted:
+        raise InvalidParameterValue(
+            f"model file {file.name!r} holds types that are not trusted: {', '.join(untrusted)} (only skops' "
+            "defaults and the skops_trusted_types recorded when the model was logged are trusted)")
+    return sio.load(file, trusted=trusted or None)
 
 
 def _pin(dist: str) -> str:

@@ -62,11 +62,13 @@ class ArtifactOwner:
 
 @dataclass(frozen=True, slots=True)
 class ArtifactInfo:
-    """One row of an artifact listing; ``path`` is relative to the owner's artifact root."""
+    """One row of an artifact listing; ``path`` is relative to the owner's artifact root. ``digest`` is the sha256
+    the artifact store recorded for a file (``None`` for a folder, or from a server that does not send it)."""
 
     path: str
     is_dir: bool
     size: int | None = None
+    digest: str | None = None
 
 
 class TrackingBackend(Protocol):

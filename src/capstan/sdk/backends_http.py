@@ -253,7 +253,7 @@ class HttpBackend:
 
     def list_artifacts(self, owner: ArtifactOwner, path: str = "", *,
                        recursive: bool = False) -> list[ArtifactInfo]:
-        data = self._call("GET", _owner_base(owner), params={"path": path, "recursive": recursive})
+        data = self._call("GET", _owner_base(owner), params={"path": path, "recursive": recursive, "digests": True})
         return [wire.artifact_info_from_json(f) for f in data["files"]]
 
     def download_artifacts(self, owner: ArtifactOwner, path: str, dest_dir: str | os.PathLike[str]) -> Path:

@@ -189,7 +189,7 @@ class LocalBackend:
         root = self.artifact_root(owner)
         listing = self.services.artifacts.list(join_path(root, path), recursive=recursive)
         start = len(root) + 1
-        return [ArtifactInfo(item.path[start:], item.is_dir, item.size) for item in listing]
+        return [ArtifactInfo(item.path[start:], item.is_dir, item.size, item.digest) for item in listing]
 
     def download_artifacts(self, owner: ArtifactOwner, path: str, dest_dir: str | os.PathLike[str]) -> Path:
         root = self.artifact_root(owner)

@@ -172,4 +172,6 @@ def registered_model_from_json(d: Mapping[str, Any]) -> RegisteredModel:
 
 def artifact_info_from_json(d: Mapping[str, Any]) -> ArtifactInfo:
     size = d.get("size")
-    return ArtifactInfo(path=d["path"], is_dir=bool(d["is_dir"]), size=None if size is None else int(size))
+    digest = d.get("digest")
+    return ArtifactInfo(path=d["path"], is_dir=bool(d["is_dir"]), size=None if size is None else int(size),
+                        digest=None if digest is None else str(digest))

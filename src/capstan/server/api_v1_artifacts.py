@@ -32,6 +32,7 @@ from capstan.server.model_sources import authorize_source, authorize_store_path
 router = APIRouter(tags=["artifacts"])
 
 WRITE_CHUNK = 1024 * 1024
+_Digests = Annotated[bool, Query(description="Add each file's recorded sha256 as `digest`.")]
 _BINARY_BODY: dict[str, Any] = {"requestBody": {
     "required": True,
     "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}}
@@ -63,12 +64,16 @@ def _root(request: Request, owner: ArtifactOwner, *, write: bool = False) -> str
     return root
 
 
-def _list(request: Request, owner: ArtifactOwner, path: str, recursive: bool) -> Response:
+def _list(request: Request, owner: ArtifactOwner, path: str, recursive: bool, digests: bool) -> Response:
     root = _root(request, owner)
     sub = normalize_path(path, allow_empty=True)
     start = len(root) + 1
-    files = [{"path": item.path[start:], "is_dir": item.is_dir, "size": item.size}
-             for item in services(request).artifacts.list(join(root, sub), recursive=recursive)]
+    files: list[dict[str, Any]] = []
+    for item in services(request).artifacts.list(join(root, sub), recursive=recursive):
+        row: dict[str, Any] = {"path": item.path[start:], "is_dir": item.is_dir, "size": item.size}
+        if digests:  # asked for (the model loader verifies downloads against them), so other listings stay as they were
+            row["digest"] = item.digest
+        files.append(row)
     return render({"files": files})
 
 
@@ -119,10 +124,10 @@ async def _upload(request: Request, owner: ArtifactOwner, path: str) -> Response
 # -- runs -----------------------------------------------------------------------------------------------
 @router.get("/runs/{run_id}/artifacts", response_model=ArtifactList, summary="List a run's artifacts")
 def list_run_artifacts(request: Request, run_id: str, path: str = "",
-                       recursive: Annotated[bool, Query()] = False) -> Response:
+                       recursive: Annotated[bool, Query()] = False, digests: _Digests = False) -> Response:
     """Entries directly below ``path`` (every file below it when ``recursive``); paths are relative to the
     run's artifact root."""
-    return _list(request, ArtifactOwner.run(run_id), path, recursive)
+    return _list(request, ArtifactOwner.run(run_id), path, recursive, digests)
 
 
 @router.get("/runs/{run_id}/artifacts/{path:path}", responses=_BINARY_RESPONSE, response_class=Response,
@@ -141,8 +146,8 @@ async def upload_run_artifact(request: Request, run_id: str, path: str) -> Respo
 @router.get("/logged-models/{model_id}/artifacts", response_model=ArtifactList,
             summary="List a logged model's files")
 def list_logged_model_artifacts(request: Request, model_id: str, path: str = "",
-                                recursive: Annotated[bool, Query()] = False) -> Response:
-    return _list(request, ArtifactOwner.logged_model(model_id), path, recursive)
+                                recursive: Annotated[bool, Query()] = False, digests: _Digests = False) -> Response:
+    return _list(request, ArtifactOwner.logged_model(model_id), path, recursive, digests)
 
 
 @router.get("/logged-models/{model_id}/artifacts/{path:path}", responses=_BINARY_RESPONSE, response_class=Response,
@@ -161,10 +166,10 @@ async def upload_logged_model_artifact(request: Request, model_id: str, path: st
 @router.get("/registered-models/{name}/versions/{version}/artifacts", response_model=ArtifactList,
             summary="List a model version's files")
 def list_model_version_artifacts(request: Request, name: str, version: VersionPath, path: str = "",
-                                 recursive: Annotated[bool, Query()] = False) -> Response:
+                                 recursive: Annotated[bool, Query()] = False, digests: _Digests = False) -> Response:
     if version < 1:
         raise InvalidParameterValue("version: must be a positive integer")
-    return _list(request, ArtifactOwner.model_version(name, version), path, recursive)
+    return _list(request, ArtifactOwner.model_version(name, version), path, recursive, digests)
 
 
 @router.get("/registered-models/{name}/versions/{version}/artifacts/{path:path}", responses=_BINARY_RESPONSE,

@@ -292,6 +292,7 @@ class ArtifactInfoOut(BaseModel):
     path: str
     is_dir: bool
     size: int | None
+    digest: str | None = Field(default=None, description="sha256 of a file's content, with ?digests=true")
 
 
 class ArtifactList(BaseModel):

@@ -1,0 +1,188 @@
+"""Model loading for serving: a model URI or folder becomes a `ServedModel`, verified and only as trusted as its source.
+
+- ``load_served_model(source, uri, name, trusted_local=...)``: ``models:/NAME@ALIAS``, ``models:/NAME/VERSION``,
+  ``models:/NAME/latest``, ``models:/MODEL_ID`` and ``runs:/RUN_ID/PATH`` are fetched through a `ModelSource`
+  (`capstan.sdk.model_source.BackendModelSource` over the local stores or a server), anything else is a local folder.
+- ``load_model_folder(folder, name=, version=, digests=, trusted_source=)``: an already-downloaded folder.
+
+Verification: a fetched folder comes with the sha256 the artifact store recorded for each file; every file on disk
+must have one and match it, or nothing is loaded (`ModelFileUnverified` names the file).
+
+Trust: pickle-based formats (pickle, cloudpickle, joblib), ``capstan_python`` classes, MLflow pyfunc models and
+TorchScript run or unpickle code from the folder. They load only from a trusted source: the registry or a run
+(always, the caller's read access having been checked by the backend), or a local folder the user named on the
+command line (``trusted_local=True``). A local path that arrived over HTTP (a deployment spec) is untrusted: only
+ONNX and skops files load from it, and skops then trusts only its own default types.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import tempfile
+import weakref
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from capstan.errors import InvalidParameterValue, InvalidState, PermissionDenied
+from capstan.models import python_class
+from capstan.models import sklearn as sklearn_flavor
+from capstan.models.format import read_mlmodel
+from capstan.serving.model import ServedModel, SklearnServedModel
+from capstan.serving.oip import TensorMetadata
+from capstan.serving.served_function import input_from_signature
+
+__all__ = ["FetchedModel", "ModelFileUnverified", "ModelSource", "UntrustedModelSource", "load_model_folder",
+           "load_served_model", "verify_folder"]
+
+_HASH_CHUNK = 1024 * 1024
+
+
+class ModelFileUnverified(InvalidState):
+    """A model file whose content is not the sha256 the artifact store recorded, or has no recorded sha256."""
+
+
+class UntrustedModelSource(PermissionDenied):
+    """A model format that runs code (pickle, a Python class...) asked for from a source that is not trusted."""
+
+
+@dataclass(frozen=True, slots=True)
+class FetchedModel:
+    """A model folder fetched from the registry or a run: where it is on this machine, the name and version to serve
+    it as, and the sha256 recorded for each file (path relative to ``folder`` -> hex digest, ``None`` if unknown)."""
+
+    folder: Path
+    name: str
+    version: str
+    digests: Mapping[str, str | None] = field(default_factory=dict)
+
+
+class ModelSource(Protocol):
+    """Where registry and run models come from (the SDK's backends, through `BackendModelSource`)."""
+
+    def fetch(self, uri: str, dest: Path) -> FetchedModel:
+        """Download the model folder at ``uri`` (``models:/...`` or ``runs:/...``) below ``dest``, with digests."""
+        ...
+
+
+def _sha256(file: Path) -> str:
+    digest = hashlib.sha256()
+    with open(file, "rb") as fh:
+        while chunk := fh.read(_HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify_folder(folder: Path, digests: Mapping[str, str | None]) -> None:
+    """Check every file below ``folder`` against ``digests``; raise `ModelFileUnverified` naming the first file that
+    has no recorded sha256, differs from it, or is recorded but missing."""
+    on_disk = {p.relative_to(folder).as_posix(): p for p in folder.rglob("*") if p.is_file()}
+    for rel in sorted(on_disk):
+        recorded = digests.get(rel)
+        if not recorded:
+            raise ModelFileUnverified(f"model file {rel!r} has no sha256 recorded by the artifact store; "
+                                      "refusing to load it unverified")
+        actual = _sha256(on_disk[rel])
+        if actual != recorded:
+            raise ModelFileUnverified(
+                f"model file {rel!r} does not match the sha256 the artifact store recorded (recorded "
+                f"{recorded[:12]}..., downloaded {actual[:12]}...); refusing to load it")
+    missing = sorted(set(digests) - set(on_disk))
+    if missing:
+        raise ModelFileUnverified(f"model file {missing[0]!r} is recorded in the artifact store but was not downloaded")
+
+
+def _require_trust(trusted: bool, name: str, what: str) -> None:
+    if not trusted:
+        raise UntrustedModelSource(
+            f"model {name!r} is {what}, which runs code when loaded; it loads only from the registry, a run, or a "
+            "local folder given on the command line, not from a path received over HTTP")
+
+
+def _sklearn(folder: Path, conf: Mapping[str, Any], mlmodel: Mapping[str, Any], *, name: str, version: str,
+             trusted: bool) -> SklearnServedModel:
+    _, fmt = sklearn_flavor.model_file(folder, conf)
+    if fmt in sklearn_flavor.PICKLE_FORMATS:
+        _require_trust(trusted, name, f"a scikit-learn model stored with {fmt}")
+    estimator = sklearn_flavor.load(folder, conf, trust_recorded_types=trusted)
+    n_features = getattr(estimator, "n_features_in_", None)
+    if not isinstance(n_features, int):
+        raise InvalidParameterValue(f"model {name!r} has no n_features_in_: it is not a fitted scikit-learn estimator")
+    declared = input_from_signature(mlmodel.get("signature"))
+    fits = declared is not None and len(declared.shape) == 2 and declared.shape[1] in (-1, n_features)
+    served_input = TensorMetadata(declared.name, declared.datatype, (-1, n_features)) if declared and fits else None
+    return SklearnServedModel(name, version, estimator, n_features, input=served_input)
+
+
+def _load_flavor(folder: Path, mlmodel: Mapping[str, Any], *, name: str, version: str, trusted: bool) -> ServedModel:
+    from capstan.serving import served_onnx, served_python, served_torch
+
+    flavors: Mapping[str, Any] = mlmodel["flavors"]
+    signature = mlmodel.get("signature")
+    pyfunc = flavors.get("python_function") or {}
+    if python_class.FLAVOR_NAME in flavors:
+        _require_trust(trusted, name, "a Python class model")
+        return served_python.load_python_class(folder, flavors[python_class.FLAVOR_NAME], name=name,
+                                               version=version, signature=signature)
+    if served_onnx.FLAVOR_NAME in flavors:
+        return served_onnx.load_onnx(folder, flavors[served_onnx.FLAVOR_NAME], name=name, version=version,
+                                     signature=signature)
+    if sklearn_flavor.FLAVOR_NAME in flavors or pyfunc.get("loader_module") == "mlflow.sklearn":
+        conf = flavors.get(sklearn_flavor.FLAVOR_NAME) or pyfunc
+        return _sklearn(folder, conf, mlmodel, name=name, version=version, trusted=trusted)
+    torch_conf = flavors.get(served_torch.FLAVOR_NAME)
+    if torch_conf is not None and (not pyfunc or served_torch.is_torchscript(
+            folder / str(torch_conf.get("model_data") or "data") / "model.pth")):
+        _require_trust(trusted, name, "a TorchScript model")
+        return served_torch.load_torchscript(folder, torch_conf, name=name, version=version, signature=signature)
+    if pyfunc:
+        _require_trust(trusted, name, f"an MLflow pyfunc model (loader {pyfunc.get('loader_module') or '?'})")
+        return served_python.load_mlflow_pyfunc(folder, flavors, name=name, version=version, signature=signature)
+    raise InvalidParameterValue(
+        f"model {name!r} has flavors {', '.join(sorted(flavors)) or 'none'}; Capstan serves sklearn, onnx, "
+        "pytorch (TorchScript), capstan_python and MLflow python_function models")
+
+
+def load_model_folder(folder: str | Path, *, name: str, version: str, digests: Mapping[str, str | None] | None = None,
+                      trusted_source: bool) -> ServedModel:
+    """The model in ``folder`` (holding an ``MLmodel`` file) as a `ServedModel` named ``name``, version ``version``.
+
+    ``digests`` (relative path -> recorded sha256): when given, every file is verified first (`verify_folder`);
+    pass it for anything downloaded from the artifact store. ``trusted_source``: true only for the registry, a run,
+    or a folder the user named on the command line; false lets only ONNX and skops (default types) load.
+    """
+    path = Path(folder)
+    if digests is not None:
+        verify_folder(path, digests)
+    mlmodel = read_mlmodel(path)
+    return _load_flavor(path, mlmodel, name=name, version=version, trusted=trusted_source)
+
+
+def load_served_model(source: ModelSource, uri: str, name: str | None = None, *, trusted_local: bool) -> ServedModel:
+    """The model at ``uri`` as a `ServedModel` named ``name`` (default: the registered model's name, the logged
+    model's name or the folder's name).
+
+    Registry and run URIs are fetched through ``source`` and verified against the recorded sha256 of every file;
+    their models are trusted. A local folder is loaded in place, unverified, and trusted only when
+    ``trusted_local`` (the user typed the path on the command line; false for paths that came over HTTP).
+    """
+    if not uri.startswith(("models:/", "runs:/")):
+        local = Path(uri.removeprefix("file://"))
+        if not local.is_dir():
+            raise InvalidParameterValue(
+                f"model uri: {uri!r} is not models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN/PATH or a folder")
+        resolved = local.resolve()
+        return load_model_folder(resolved, name=name or resolved.name, version="1", trusted_source=trusted_local)
+    tmp = Path(tempfile.mkdtemp(prefix="capstan-serve-"))
+    try:
+        fetched = source.fetch(uri, tmp)
+        model = load_model_folder(fetched.folder, name=name or fetched.name, version=fetched.version,
+                                  digests=fetched.digests, trusted_source=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    # A Python class may read its data/ or import code/ lazily: the folder lives as long as the model.
+    weakref.finalize(model, shutil.rmtree, tmp, True)
+    return model
