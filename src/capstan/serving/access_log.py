@@ -1,0 +1,137 @@
+"""Structured access logs of the serving app: one JSON line per HTTP request on the ``capstan.serving.access`` logger.
+
+`AccessLogMiddleware` wraps the serving app (outside its request-id middleware, so the ``X-Request-Id`` it sees on
+the response is the one the client gets) and, once the response is sent, logs at INFO one orjson-encoded object:
+
+    {"time": "2025-01-02T03:04:05.678Z", "request_id": "...", "method": "POST", "path": "/v2/models/m/infer",
+     "status": 200, "duration_ms": 1.234, "bytes_in": 160, "bytes_out": 120, "client": "127.0.0.1:51234",
+     "model": "m", "version": "3"}
+
+``model``/``version`` come from the scope keys `MODEL_KEY`/`VERSION_KEY` when the serving core set them (the
+version it answered with), else from the route's ``name``/``version`` path parameters; they are left out when
+neither is known. When the logger is not enabled for INFO the middleware costs one check per request.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from typing import Any
+
+import orjson
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from capstan.clock import Clock, monotonic_of, system_clock
+
+__all__ = ["LOGGER_NAME", "MODEL_KEY", "VERSION_KEY", "AccessLogMiddleware", "access_record"]
+
+LOGGER_NAME = "capstan.serving.access"
+MODEL_KEY = "capstan.serving.model"
+"""Scope key where the serving core may put the model name that answered (the access log reads it)."""
+VERSION_KEY = "capstan.serving.version"
+"""Scope key where the serving core may put the model version that answered."""
+
+_REQUEST_ID = b"x-request-id"
+_SCOPE_REQUEST_ID = "capstan.request_id"  # where capstan.serving.app's request-id middleware keeps the id
+
+
+class AccessLogMiddleware:
+    """ASGI middleware logging one JSON line per HTTP request (see the module docstring)."""
+
+    def __init__(self, app: ASGIApp, *, logger: logging.Logger | None = None, clock: Clock = system_clock) -> None:
+        self.app = app
+        self.logger = logger or logging.getLogger(LOGGER_NAME)
+        self.clock = clock
+        self.monotonic = monotonic_of(clock)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not self.logger.isEnabledFor(logging.INFO):
+            await self.app(scope, receive, send)
+            return
+        meter = _Meter(self, scope, receive, send)
+        try:
+            await self.app(scope, meter.receive, meter.send)
+        finally:
+            meter.log()  # when the app failed before the last body message (else already logged)
+
+
+class _Meter:
+    """Wraps ``receive`` and ``send``: counts body bytes both ways, keeps the status and the response's request id,
+    and logs the line just before the response's last body message goes out (so it is written by the time the
+    client has the whole response)."""
+
+    __slots__ = ("_owner", "_receive", "_scope", "_send", "bytes_in", "bytes_out", "logged", "request_id",
+                 "start", "started_ms", "status")
+
+    def __init__(self, owner: AccessLogMiddleware, scope: Scope, receive: Receive, send: Send) -> None:
+        self._owner = owner
+        self._scope = scope
+        self._receive = receive
+        self._send = send
+        self.started_ms = owner.clock()
+        self.start = owner.monotonic()
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.status = 500  # what a request counts as when the app fails before responding
+        self.request_id = ""
+        self.logged = False
+
+    async def receive(self) -> Message:
+        message = await self._receive()
+        if message["type"] == "http.request":
+            self.bytes_in += len(message.get("body", b""))
+        return message
+
+    async def send(self, message: Message) -> None:
+        kind = message["type"]
+        if kind == "http.response.body":
+            self.bytes_out += len(message.get("body", b""))
+            if not message.get("more_body", False):
+                self.log()
+        elif kind == "http.response.start":
+            self.status = int(message["status"])
+            for key, value in message.get("headers", ()):
+                if key.lower() == _REQUEST_ID:
+                    self.request_id = value.decode("latin-1")
+        await self._send(message)
+
+    def log(self) -> None:
+        if self.logged:
+            return
+        self.logged = True
+        owner = self._owner
+        record = access_record(self._scope, started_ms=self.started_ms, seconds=owner.monotonic() - self.start,
+                               status=self.status, request_id=self.request_id, bytes_in=self.bytes_in,
+                               bytes_out=self.bytes_out)
+        owner.logger.info(orjson.dumps(record).decode())
+
+
+def access_record(scope: Scope, *, started_ms: int, seconds: float, status: int, request_id: str,
+                  bytes_in: int, bytes_out: int) -> dict[str, Any]:
+    """The access-log object of one request (``scope`` after the app ran: routing has filled its path parameters)."""
+    client = scope.get("client")
+    record: dict[str, Any] = {
+        "time": _iso_ms(started_ms),
+        "request_id": request_id or str(scope.get(_SCOPE_REQUEST_ID) or ""),
+        "method": scope.get("method", ""),
+        "path": scope.get("path", ""),
+        "status": status,
+        "duration_ms": round(seconds * 1000.0, 3),
+        "bytes_in": bytes_in,
+        "bytes_out": bytes_out,
+        "client": f"{client[0]}:{client[1]}" if client else None,
+    }
+    params = scope.get("path_params") or {}
+    model = scope.get(MODEL_KEY) or params.get("name")
+    if model:
+        record["model"] = str(model)
+        version = scope.get(VERSION_KEY) or params.get("version")
+        if version:
+            record["version"] = str(version)
+    return record
+
+
+def _iso_ms(epoch_ms: int) -> str:
+    """``2025-01-02T03:04:05.678Z``."""
+    moment = dt.datetime.fromtimestamp(epoch_ms / 1000.0, dt.UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{epoch_ms % 1000:03d}Z"
