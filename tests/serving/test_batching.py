@@ -363,6 +363,40 @@ def test_a_failing_predict_fails_only_the_requests_of_its_batch() -> None:
     run(body)
 
 
+def test_hooks_report_each_batch_done_and_every_change_of_queue_depth() -> None:
+    def fragile(x: Array) -> Array:
+        if len(x) == 7:
+            raise ValueError("no batches of seven")
+        return predict(x)
+
+    async def body() -> None:
+        gate, clock = Gate(), FakeClock()
+        done: list[tuple[int, float]] = []
+        depths: list[int] = []
+        batcher = AdaptiveBatcher(fragile, max_batch_size=10, max_delay_ms=0, max_queue=100, clock=clock,
+                                  run_in=gate, on_batch_done=lambda n, s: done.append((n, s)),
+                                  on_queue_depth=depths.append)
+        first = asyncio.create_task(batcher.submit(rows(2)))  # dispatched at once: the queue stays empty
+        await settle()
+        queued = [asyncio.create_task(batcher.submit(rows(n, seed=n))) for n in (3, 4)]
+        await settle()
+        assert depths == [3, 7] and done == []
+        clock.t = 0.5
+        gate.release(0)
+        np.testing.assert_array_equal(await first, predict(rows(2)))
+        await settle()
+        assert done == [(2, 0.5)] and depths == [3, 7, 0]  # the two queued requests left as one batch of 7
+        clock.t = 0.75
+        gate.release(1)
+        for task in queued:
+            with pytest.raises(ValueError, match="seven"):
+                await task
+        await settle()
+        assert done == [(2, 0.5), (7, 0.25)]  # a failed batch is reported too
+
+    run(body)
+
+
 def test_a_result_of_the_wrong_length_fails_the_batch() -> None:
     async def body() -> None:
         batcher = AdaptiveBatcher(lambda x: x[:-1], max_batch_size=4, max_delay_ms=0, max_queue=10)

@@ -277,3 +277,80 @@ def test_every_response_has_a_request_id(server: str) -> None:
     generated = httpx.get(f"{server}/v2/health/live").headers["x-request-id"]
     assert len(generated) == 32
     assert httpx.get(f"{server}/nowhere", headers={"X-Request-Id": "mine"}).headers["x-request-id"] == "mine"
+
+
+# --------------------------------------------------------------------------------------------------- observer
+
+
+class Calls:
+    """An observer recording its calls; ``fail`` makes every call raise after recording it."""
+
+    def __init__(self, *, fail: bool = False) -> None:
+        self.calls: list[tuple[Any, ...]] = []
+        self.fail = fail
+
+    def _add(self, *call: Any) -> None:
+        self.calls.append(call)
+        if self.fail:
+            raise RuntimeError("observer bug")
+
+    def request_done(self, model: str, version: str, protocol: str, status: int, seconds: float) -> None:
+        self._add("request_done", model, version, protocol, status)
+
+    def predicted(self, model: str, version: str, request_id: str, inputs: Array, outputs: Array) -> None:
+        self._add("predicted", model, version, request_id, inputs.shape, outputs.tolist())
+
+    def batch_done(self, model: str, version: str, rows: int, seconds: float) -> None:
+        self._add("batch_done", model, version, rows)
+
+    def queue_depth(self, model: str, version: str, rows: int) -> None:
+        self._add("queue_depth", model, version, rows)
+
+
+def test_observer_hears_every_inference_request(iris: tuple[LogisticRegression, Array]) -> None:
+    model, x = iris
+    calls = Calls()
+    app = serving_app({"iris": SklearnServedModel("iris", "3", model, 4), "broken": Broken()},
+                      max_body_bytes=MAX_BODY, batching=None, observer=calls)
+    with serve_app(app) as url:
+        ok = httpx.post(f"{url}/v2/models/iris/infer", headers={"X-Request-Id": "r-1"},
+                        json={"inputs": [{"name": "x", "shape": [2, 4], "datatype": "FP64",
+                                          "data": x[:2].ravel().tolist()}]})
+        assert ok.status_code == 200
+        assert httpx.post(f"{url}/v1/models/iris:predict", json={"instances": [[1, 2]]}).status_code == 400
+        assert httpx.post(f"{url}/v1/models/iris:predict", content=b"x" * (MAX_BODY + 1)).status_code == 413
+        assert httpx.post(f"{url}/v2/models/iris/versions/9/infer", json={}).status_code == 404
+        assert httpx.post(f"{url}/v1/models/broken:predict", json={"instances": [[1, 2, 3, 4]]}).status_code == 500
+        assert httpx.post(f"{url}/invocations", json={"instances": [[1, 2, 3, 4]]}).status_code == 404
+        assert httpx.get(f"{url}/v2/models/iris").status_code == 200  # metadata: not an inference request
+    assert [c[1:] for c in calls.calls if c[0] == "request_done"] == [
+        ("iris", "3", "v2", 200), ("iris", "3", "v1", 400), ("iris", "3", "v1", 413), ("iris", "9", "v2", 404),
+        ("broken", "1", "v1", 500), ("", "", "mlflow", 404),
+    ]
+    assert [c[1:] for c in calls.calls if c[0] == "predicted"] == [
+        ("iris", "3", "r-1", (2, 4), model.predict(x[:2]).tolist()),
+    ]
+    assert [c[1:] for c in calls.calls if c[0] == "batch_done"] == [("iris", "3", 2), ("broken", "1", 1)]
+
+
+def test_a_failing_observer_does_not_fail_the_request(iris: tuple[LogisticRegression, Array]) -> None:
+    model, x = iris
+    calls = Calls(fail=True)
+    app = serving_app({"iris": SklearnServedModel("iris", "3", model, 4)}, max_body_bytes=MAX_BODY,
+                      batching=BatchingOptions(max_batch_size=4, max_delay_ms=1, max_queue=100), observer=calls)
+    with serve_app(app) as url:
+        r = httpx.post(f"{url}/invocations", json={"instances": x[:3].tolist()})
+    assert r.status_code == 200 and r.json()["predictions"] == model.predict(x[:3]).tolist()
+    assert {c[0] for c in calls.calls} >= {"request_done", "predicted", "batch_done"}
+
+
+def test_metrics_route_answers_the_given_exposition(iris: tuple[LogisticRegression, Array]) -> None:
+    model, _ = iris
+    models = {"iris": SklearnServedModel("iris", "3", model, 4)}
+    exposition = (b"# TYPE up gauge\nup 1\n", "text/plain; version=0.0.4; charset=utf-8")
+    with serve_app(serving_app(models, max_body_bytes=MAX_BODY, batching=None, metrics=lambda: exposition)) as url:
+        r = httpx.get(f"{url}/metrics")
+    assert r.status_code == 200 and r.content == exposition[0]
+    assert r.headers["content-type"] == exposition[1]
+    with serve_app(serving_app(models, max_body_bytes=MAX_BODY, batching=None)) as url:
+        assert httpx.get(f"{url}/metrics").status_code == 404

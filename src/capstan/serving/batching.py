@@ -254,12 +254,18 @@ class AdaptiveBatcher:
         return round(max(0.001, self._max_delay_s, batches_ahead * self._batch_s), 3)
 
     def _pump(self) -> None:
-        """Dispatch a batch or set the deadline timer; called whenever the state changes."""
+        """Dispatch a batch or set the deadline timer, then report the queue depth; called on every change."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self._in_flight is not None:
-            return
+        if self._in_flight is None:
+            self._schedule()
+        if self._on_queue_depth is not None and self._total_queued != self._reported_depth:
+            self._reported_depth = self._total_queued
+            self._on_queue_depth(self._total_queued)
+
+    def _schedule(self) -> None:
+        """With no batch in flight: dispatch the ready signature that arrived first, or time the next deadline."""
         now = self._clock()
         ready: _Signature | None = None
         ready_arrival = math.inf
@@ -284,9 +290,6 @@ class AdaptiveBatcher:
             self._timer = asyncio.get_running_loop().call_later(next_deadline - now, self._pump)
         elif self._idle is not None:
             self._idle.set()
-        if self._on_queue_depth is not None and self._total_queued != self._reported_depth:
-            self._reported_depth = self._total_queued
-            self._on_queue_depth(self._total_queued)
 
     def _unqueue(self, signature: _Signature, pending: _Pending) -> None:
         n = int(pending.rows.shape[0])
