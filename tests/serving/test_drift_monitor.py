@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
@@ -18,6 +19,7 @@ from sklearn.linear_model import LogisticRegression
 from capstan.errors import InvalidParameterValue
 from capstan.events.ports import EventLog
 from capstan.sdk.client import Client
+from capstan.serving.app import serving_app
 from capstan.serving.drift import DriftThresholds
 from capstan.serving.drift_monitor import (
     REFERENCE_FILE,
@@ -30,9 +32,12 @@ from capstan.serving.drift_monitor import (
     write_reference,
 )
 from capstan.serving.metrics import ServingMetrics
+from capstan.serving.model import SklearnServedModel
+from capstan.serving.observe import Observers
 from capstan.settings import Settings
 from capstan.store.engine import create_store_engine
 from capstan.store.events_sql import SqlEventLog
+from helpers.asgi_server import serve_app
 
 Array = npt.NDArray[Any]
 WINDOW = 500
@@ -201,3 +206,28 @@ def test_log_model_reference_data_round_trip(tmp_path: Path, training: pd.DataFr
             client.log_model(run.info.run_id, model, "bad", reference_data=np.zeros((2, 2, 2)), **pickled)
     assert read_reference(with_ref) == reference_from_data(training)
     assert read_reference(without_ref) is None
+
+
+def test_drift_through_the_serving_app_shows_in_metrics(events: EventLog, training: pd.DataFrame) -> None:
+    x = training.to_numpy()
+    estimator = LogisticRegression(max_iter=200).fit(x, (x[:, 0] > 40).astype(int))
+    metrics = ServingMetrics()
+    monitor = DriftMonitor(events, gauge=metrics, window_rows=100, thresholds=STRICT)
+    monitor.set_reference("churn", "2", reference_from_data(training, categorical=["plan"]))
+    app = serving_app({"churn": SklearnServedModel("churn", "2", estimator, 3)}, max_body_bytes=1 << 20,
+                      batching=None, observer=Observers([metrics, monitor]), metrics=metrics.exposition)
+    shifted = _live(np.random.default_rng(5), 100, age_shift=20.0)
+    try:
+        with serve_app(app) as url, httpx.Client(base_url=url) as client:
+            for start in range(0, 100, 25):
+                rows = shifted[start:start + 25]
+                assert client.post("/v1/models/churn:predict", json={"instances": rows.tolist()}).status_code == 200
+            monitor.drain()
+            scrape = client.get("/metrics").text
+    finally:
+        monitor.close()
+    drift = {(s.labels["feature"], s.labels["stat"]): s.value
+             for family in text_string_to_metric_families(scrape) if family.name == "capstan_feature_drift"
+             for s in family.samples}
+    assert drift[("age", "psi")] > 0.2 and drift[("income", "psi")] < 0.2
+    assert {e.data["feature"] for e in _drift_events(events)} == {"age"}
