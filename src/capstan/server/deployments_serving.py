@@ -1,0 +1,138 @@
+"""The inference routes of managed deployments in ``capstan server``: ``/deployments/NAME/...``.
+
+``deployments_router(make_router)`` returns the FastAPI router to mount at the root (no prefix):
+
+- ``GET|POST /deployments/{name}/{path:path}``: everything below the prefix goes to a replica of the deployment
+  through the worker's `DeploymentRouter` (``/deployments/NAME/v2/models/NAME/infer``,
+  ``/deployments/NAME/v1/models/NAME:predict``, ``/deployments/NAME/invocations``, ...; tritonclient works with
+  ``url="HOST:PORT/deployments/NAME"``). Bodies are passed through whatever their content type.
+- ``POST /deployments/{name}/feedback``: ground truth for earlier request ids (``{"request_id": ..., "truth": ...}``
+  or a list of them).
+- ``GET /deployments/{name}/quality``: the per-version A/B report (`capstan.serving.abtest.deployment_quality`).
+
+The deployment is looked up in the request's project (``X-Capstan-Project``, else ``default``); every route needs
+the ``read`` permission there (inference, feedback and the report alike), so they are not audited as changes.
+Errors are JSON with both the serving protocols' ``error`` and the server's ``error_code``/``message``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import APIRouter, Request
+from starlette.responses import JSONResponse, Response
+
+from capstan.errors import CapstanError, ResourceDoesNotExist
+from capstan.server.security import request_project, require
+from capstan.serving.abtest import deployment_quality
+from capstan.serving.router import DeploymentRouter
+
+__all__ = ["DEPLOYMENTS_PREFIX", "deployments_router"]
+
+DEPLOYMENTS_PREFIX = "/deployments"
+
+
+class _BodyTooLarge(CapstanError):
+    code = "INVALID_PARAMETER_VALUE"
+    http_status = 413
+
+
+def _error(exc: CapstanError) -> JSONResponse:
+    return JSONResponse({"error": exc.message, "error_code": exc.code, "message": exc.message},
+                        status_code=exc.http_status)
+
+
+class _Routes:
+    """The handlers, over one `DeploymentRouter` built on first use."""
+
+    def __init__(self, make_router: Callable[[], DeploymentRouter]) -> None:
+        self._make_router = make_router
+        self._router: DeploymentRouter | None = None
+
+    @property
+    def router(self) -> DeploymentRouter:
+        if self._router is None:
+            self._router = self._make_router()
+        return self._router
+
+    async def close(self) -> None:
+        if self._router is not None:
+            await self._router.aclose()
+
+    async def _body(self, request: Request) -> bytes:
+        limit = self.router.options.max_body_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise _BodyTooLarge(f"the request body ({declared} bytes) is over the limit of {limit} bytes")
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise _BodyTooLarge(f"the request body is over the limit of {limit} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def forward(self, request: Request, name: str, path: str) -> Response:
+        """Send the request to a replica of deployment ``name`` (see `DeploymentRouter.handle`)."""
+        try:
+            project = request_project(request)
+            require(request, "read", project, target=f"deployment/{name}")
+            return await self.router.handle(
+                project, name, method=request.method, path="/" + path, query=request.url.query,
+                headers=[(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.scope["headers"]],
+                body=await self._body(request) if request.method == "POST" else b"")
+        except CapstanError as exc:
+            return _error(exc)
+
+    async def feedback(self, request: Request, name: str) -> Response:
+        """Record ground truth for earlier requests of deployment ``name``."""
+        try:
+            project = request_project(request)
+            require(request, "read", project, target=f"deployment/{name}")
+            return await self.router.feedback(project, name, await self._body(request))
+        except CapstanError as exc:
+            return _error(exc)
+
+    async def quality(self, request: Request, name: str) -> Response:
+        """The deployment's per-version quality report (JSON)."""
+        try:
+            project = request_project(request)
+            require(request, "read", project, target=f"deployment/{name}")
+            router = self.router
+            if await router.table(project, name) is None:
+                raise ResourceDoesNotExist(f"deployment {name!r} does not exist in project {project!r}")
+            if router.outcomes is None:
+                return JSONResponse({"error": "this server records no request outcomes"}, status_code=503)
+            await router.flush()
+            outcomes = router.outcomes
+            report = await asyncio.to_thread(deployment_quality, outcomes, project, name)
+            return JSONResponse(report.to_dict())
+        except CapstanError as exc:
+            return _error(exc)
+
+
+def deployments_router(make_router: Callable[[], DeploymentRouter]) -> APIRouter:
+    """The ``/deployments`` routes over the `DeploymentRouter` that ``make_router`` builds (once, on the first
+    request of this process); the router's lifespan closes it (flushing outcomes and load reports) at shutdown."""
+    routes = _Routes(make_router)
+
+    @asynccontextmanager
+    async def lifespan(_app: Any) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            await routes.close()
+
+    api = APIRouter(prefix=DEPLOYMENTS_PREFIX, tags=["deployments"], lifespan=lifespan)
+    api.add_api_route("/{name}/feedback", routes.feedback, methods=["POST"], summary="Send ground truth",
+                      response_class=JSONResponse)
+    api.add_api_route("/{name}/quality", routes.quality, methods=["GET"], summary="Per-version A/B quality",
+                      response_class=JSONResponse)
+    api.add_api_route("/{name}/{path:path}", routes.forward, methods=["GET", "POST"],
+                      summary="Inference through the deployment router", include_in_schema=True)
+    return api
+
