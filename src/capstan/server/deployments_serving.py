@@ -10,7 +10,8 @@
   or a list of them).
 - ``GET /deployments/{name}/quality``: the per-version A/B report (`capstan.serving.abtest.deployment_quality`).
 
-The deployment is looked up in the request's project (``X-Capstan-Project``, else ``default``); every route needs
+The deployment is looked up in the request's project (``X-Capstan-Project``, else the project of a token scoped to
+the deployment, else ``default``); every route needs
 the ``read`` permission there (inference, feedback and the report alike), so they are not audited as changes.
 Errors are JSON with both the serving protocols' ``error`` and the server's ``error_code``/``message``.
 """
@@ -26,7 +27,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse, Response
 
 from capstan.errors import CapstanError, ResourceDoesNotExist
-from capstan.server.security import request_project, require
+from capstan.server.security import PROJECT_HEADER, current_principal, request_project, require
 from capstan.serving.abtest import deployment_quality
 from capstan.serving.router import DeploymentRouter
 
@@ -38,6 +39,16 @@ DEPLOYMENTS_PREFIX = "/deployments"
 class _BodyTooLarge(CapstanError):
     code = "INVALID_PARAMETER_VALUE"
     http_status = 413
+
+
+def _project(request: Request, name: str) -> str:
+    """The project to find deployment ``name`` in: the request's, or, for a token scoped to that deployment and
+    no ``X-Capstan-Project`` header, the token's."""
+    if PROJECT_HEADER not in request.headers:
+        scope = current_principal(request).scope
+        if scope is not None and scope.deployment == name:
+            return scope.project
+    return request_project(request)
 
 
 def _error(exc: CapstanError) -> JSONResponse:
@@ -79,7 +90,7 @@ class _Routes:
     async def forward(self, request: Request, name: str, path: str) -> Response:
         """Send the request to a replica of deployment ``name`` (see `DeploymentRouter.handle`)."""
         try:
-            project = request_project(request)
+            project = _project(request, name)
             require(request, "read", project, target=f"deployment/{name}")
             return await self.router.handle(
                 project, name, method=request.method, path="/" + path, query=request.url.query,
@@ -91,7 +102,7 @@ class _Routes:
     async def feedback(self, request: Request, name: str) -> Response:
         """Record ground truth for earlier requests of deployment ``name``."""
         try:
-            project = request_project(request)
+            project = _project(request, name)
             require(request, "read", project, target=f"deployment/{name}")
             return await self.router.feedback(project, name, await self._body(request))
         except CapstanError as exc:
@@ -100,7 +111,7 @@ class _Routes:
     async def quality(self, request: Request, name: str) -> Response:
         """The deployment's per-version quality report (JSON)."""
         try:
-            project = request_project(request)
+            project = _project(request, name)
             require(request, "read", project, target=f"deployment/{name}")
             router = self.router
             if await router.table(project, name) is None:
