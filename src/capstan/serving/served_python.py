@@ -8,7 +8,6 @@ installed, and is refused with a message naming mlflow otherwise.
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -49,12 +48,13 @@ def load_mlflow_pyfunc(folder: Path, flavors: Mapping[str, Any], *, name: str, v
                        signature: Mapping[str, Any] | None) -> FunctionServedModel:
     """A ``python_function`` model loaded by ``mlflow.pyfunc.load_model`` (mlflow must be installed)."""
     loader = (flavors.get("python_function") or {}).get("loader_module") or "?"
-    if importlib.util.find_spec("mlflow") is None:
+    try:
+        import mlflow.pyfunc
+    except ImportError:
         raise InvalidParameterValue(
             f"model {name!r} is an MLflow pyfunc model (flavors: {', '.join(sorted(flavors))}; loader {loader}) "
             "that only mlflow can unpickle: pip install mlflow, or log it in a format Capstan reads without "
-            "mlflow (sklearn, ONNX, TorchScript, or a capstan_python class)")
-    import mlflow.pyfunc
+            "mlflow (sklearn, ONNX, TorchScript, or a capstan_python class)") from None
 
     model = mlflow.pyfunc.load_model(str(folder))
     served_input, output = _io(signature, None)
