@@ -4,12 +4,12 @@ The model is found through the SDK (`capstan.sdk.fluent_models`), so ``models:/N
 ``models:/NAME/latest``, ``models:/MODEL_ID`` and ``runs:/RUN_ID/PATH`` resolve against the local stores, or the
 server named by ``CAPSTAN_URL``; a local model folder (one holding an ``MLmodel`` file) is read directly. The app
 answers OIP v2, KServe v1 and MLflow scoring (``/invocations``) on one port, on uvicorn with TCP_NODELAY as
-``capstan server`` runs.
+``capstan server`` runs, in one process or in ``--workers`` processes forked after the model is loaded
+(`capstan.server.runner.serve_workers`), over HTTPS with ``--tls-cert``/``--tls-key``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import shutil
 import sys
 import tempfile
@@ -21,9 +21,13 @@ import click
 
 from capstan.cli.context import cli_settings
 from capstan.errors import InvalidParameterValue
+from capstan.server.tls import tls_click_options
 
 if TYPE_CHECKING:
+    from starlette.applications import Starlette
+
     from capstan.sdk.backends import TrackingBackend
+    from capstan.server.tls import TlsOptions
     from capstan.serving.model import SklearnServedModel
 
 MAX_BODY_BYTES = 64 * 1024 * 1024
@@ -97,26 +101,56 @@ def load_served_model(backend: TrackingBackend, uri: str, name: str | None = Non
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535),
               help="TCP port (0 picks a free one and prints it).")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 256),
+              help="Worker processes answering on the port, forked after the model is loaded.")
 @click.option("--max-batch-size", default=0, show_default=True, type=click.IntRange(min=0),
               help="Rows per batch of the adaptive batcher; 0 turns batching off.")
 @click.option("--max-batch-delay-ms", default=5.0, show_default=True, type=click.FloatRange(min=0),
               help="How long a batch waits for more rows (with --max-batch-size > 0).")
-def serve_cmd(model_uri: str, name: str | None, host: str, port: int, max_batch_size: int,
-              max_batch_delay_ms: float) -> None:
+@tls_click_options
+def serve_cmd(model_uri: str, name: str | None, host: str, port: int, workers: int, max_batch_size: int,
+              max_batch_delay_ms: float, tls_cert: str | None, tls_key: str | None,
+              tls_client_ca: str | None) -> None:
     """Serve one scikit-learn model in the foreground until Ctrl-C.
 
     MODEL_URI is models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/PATH or a local model folder. The model
     answers the Open Inference Protocol v2 (/v2/models/NAME/infer), KServe v1 (/v1/models/NAME:predict) and
-    MLflow scoring (/invocations) on one port.
+    MLflow scoring (/invocations) on one port. With --workers N, N processes forked after the model is loaded
+    answer on that port; with --tls-cert and --tls-key it is HTTPS (--tls-client-ca: mutual TLS).
     """
     import uvicorn
 
-    from capstan.sdk.backends import open_backend
-    from capstan.server.runner import bind_socket, freeze_startup_objects, uvicorn_options
-    from capstan.serving.app import BatchingOptions, serving_app
+    from capstan.server.prefork import is_fork_safe
+    from capstan.server.runner import bind_socket, run_uvicorn, serve_workers, uvicorn_options
+    from capstan.server.tls import TlsOptions
 
     if name is not None and (not name or "/" in name):
         raise click.BadParameter(f"{name!r} must be a non-empty name without '/'", param_hint="--name")
+    tls = TlsOptions.from_cli(tls_cert, tls_key, tls_client_ca)
+    model, app = _load_app(model_uri, name, max_batch_size, max_batch_delay_ms)
+    # A model whose runtime's thread pools do not survive fork is loaded again in each worker; the parent's load
+    # above still checks it before anything listens.
+    reload_in_workers = workers > 1 and not is_fork_safe(model)
+    options = uvicorn_options(host, port, tls=tls)
+    sock = bind_socket(uvicorn.Config(app, **options), host, port)
+    click.echo(_listening_line(model, model_uri, host, sock.getsockname()[1], workers, max_batch_size, tls))
+    if reload_in_workers:
+        click.echo("  each worker loads its own copy of the model (its runtime is not fork-safe)")
+    sys.stdout.flush()
+
+    def worker_main() -> int:
+        served = _load_app(model_uri, name, max_batch_size, max_batch_delay_ms)[1] if reload_in_workers else app
+        return run_uvicorn(uvicorn.Config(served, **options), sock)
+
+    serve_workers(sock, workers, worker_main, name="capstan serve")
+
+
+def _load_app(model_uri: str, name: str | None, max_batch_size: int,
+              max_batch_delay_ms: float) -> tuple[SklearnServedModel, Starlette]:
+    """The model at ``model_uri`` and the serving app around it."""
+    from capstan.sdk.backends import open_backend
+    from capstan.serving.app import BatchingOptions, serving_app
+
     batching = (BatchingOptions(max_batch_size=max_batch_size, max_delay_ms=max_batch_delay_ms)
                 if max_batch_size > 0 else None)
     backend = open_backend(cli_settings())
@@ -124,17 +158,21 @@ def serve_cmd(model_uri: str, name: str | None, host: str, port: int, max_batch_
         model = load_served_model(backend, model_uri, name)
     finally:
         backend.close()
-    app = serving_app({model.name: model}, max_body_bytes=MAX_BODY_BYTES, batching=batching)
-    config = uvicorn.Config(app, **uvicorn_options(host, port))
-    sock = bind_socket(config, host, port)
+    return model, serving_app({model.name: model}, max_body_bytes=MAX_BODY_BYTES, batching=batching)
+
+
+def _listening_line(model: SklearnServedModel, model_uri: str, host: str, port: int, workers: int,
+                    max_batch_size: int, tls: TlsOptions | None) -> str:
+    """The start-up line: the model, where it answers, and how."""
     shown_host = f"[{host}]" if ":" in host else host
-    batch_note = f", batches of up to {max_batch_size} rows" if batching else ""
-    click.echo(f"capstan serve: model {model.name} version {model.version} ({model_uri}) listening on "
-               f"http://{shown_host}:{sock.getsockname()[1]}{batch_note}")
-    sys.stdout.flush()
-    freeze_startup_objects()
-    with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises the Ctrl-C it handled, once shut down
-        uvicorn.Server(config).run(sockets=[sock])
+    scheme = "https" if tls is not None else "http"
+    notes = [f"batches of up to {max_batch_size} rows"] if max_batch_size > 0 else []
+    if workers > 1:
+        notes.append(f"{workers} workers")
+    if tls is not None and tls.client_ca is not None:
+        notes.append("client certificates required")
+    return (f"capstan serve: model {model.name} version {model.version} ({model_uri}) listening on "
+            f"{scheme}://{shown_host}:{port}" + "".join(f", {note}" for note in notes))
 
 
 def register(cli: click.Group) -> None:

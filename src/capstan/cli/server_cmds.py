@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import click
 
 from capstan.cli.context import cli_services, cli_settings
+from capstan.server.tls import tls_click_options
 
 if TYPE_CHECKING:
     from capstan.artifacts.store import ArtifactStore
@@ -217,26 +218,31 @@ def _admin() -> _Admin:
 @click.option("--allowed-host", "allowed_hosts", multiple=True, metavar="HOST",
               help="A Host header value the server answers to (name or name:port, * for any); repeatable. "
                    "Adds to CAPSTAN_ALLOWED_HOSTS.")
+@tls_click_options
 def server_cmd(host: str, port: int, workers: int, access_log: bool, log_level: str,
-               allowed_origins: tuple[str, ...], allowed_hosts: tuple[str, ...]) -> None:
+               allowed_origins: tuple[str, ...], allowed_hosts: tuple[str, ...], tls_cert: str | None,
+               tls_key: str | None, tls_client_ca: str | None) -> None:
     """Serve the Capstan REST API (/api/v1), the MLflow-compatible API, /health and /metrics.
 
     A server on a loopback address with no users runs in single-user mode; otherwise every call except
     /health needs a token (`capstan tokens create`). Browser pages of other origins are refused unless allowed
     with --allowed-origin; a loopback server answers only to localhost, 127.0.0.1 and [::1] unless
-    --allowed-host names more.
+    --allowed-host names more. With --tls-cert and --tls-key it serves HTTPS; --tls-client-ca also requires client
+    certificates. Worker processes (--workers) are forked from one parent that keeps them running.
     """
     from dataclasses import replace
 
     from capstan.server.runner import serve
+    from capstan.server.tls import TlsOptions
     from capstan.settings import parse_hosts, parse_origins
 
+    tls = TlsOptions.from_cli(tls_cert, tls_key, tls_client_ca)
     settings = cli_settings()
     origins = parse_origins(",".join(allowed_origins), field_name="--allowed-origin")
     hosts = parse_hosts(",".join(allowed_hosts), field_name="--allowed-host")
     settings = replace(settings, allowed_origins=settings.allowed_origins + origins,
                        allowed_hosts=settings.allowed_hosts + hosts)
-    serve(settings, host, port, workers, access_log=access_log, log_level=log_level)
+    serve(settings, host, port, workers, access_log=access_log, log_level=log_level, tls=tls)
 
 
 # -- capstan users ------------------------------------------------------------------------------------------

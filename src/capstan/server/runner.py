@@ -14,17 +14,22 @@ server's error log ever prints a usable credential that a client put into a URL.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import logging
-import os
 import socket
-from typing import Any
+import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import click
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from capstan.auth.tokens import redact_secrets
 from capstan.settings import Settings
+
+if TYPE_CHECKING:
+    from capstan.server.tls import TlsOptions
 
 
 def set_nodelay(transport: asyncio.BaseTransport) -> bool:
@@ -125,13 +130,15 @@ def settings_environment(settings: Settings, host: str) -> dict[str, str]:
 
 
 def describe(settings: Settings, host: str, port: int, workers: int, *, auth_required: bool,
-             users_exist: bool) -> list[str]:
+             users_exist: bool, tls: TlsOptions | None = None) -> list[str]:
     """The start-up lines: where the server listens, its stores, and its auth mode."""
     from sqlalchemy.engine import make_url
 
     shown_host = f"[{host}]" if ":" in host else host
     plural = "s" if workers != 1 else ""
-    lines = [f"capstan server listening on http://{shown_host}:{port} ({workers} worker{plural})",
+    scheme = "https" if tls is not None else "http"
+    mutual = ", client certificates required" if tls is not None and tls.client_ca is not None else ""
+    lines = [f"capstan server listening on {scheme}://{shown_host}:{port} ({workers} worker{plural}{mutual})",
              f"  metadata store: {make_url(settings.db_url).render_as_string(hide_password=True)}",
              f"  artifacts:      {settings.artifacts}"]
     if not auth_required:
@@ -170,50 +177,80 @@ def bind_socket(config: Any, host: str, port: int) -> socket.socket:
     return sock
 
 
-def uvicorn_options(host: str, port: int, *, access_log: bool = False, log_level: str = "warning") -> dict[str, Any]:
+def uvicorn_options(host: str, port: int, *, access_log: bool = False, log_level: str = "warning",
+                    tls: TlsOptions | None = None) -> dict[str, Any]:
     """The `uvicorn.Config` options every Capstan server uses: TCP_NODELAY on each connection, secrets redacted from
-    the logs, the lifespan run, and a 10 s graceful shutdown."""
-    return {"host": host, "port": port, "http": protocol_class(), "access_log": access_log, "log_level": log_level,
-            "log_config": log_config(log_level), "lifespan": "on", "timeout_graceful_shutdown": 10}
+    the logs, the lifespan run, a 10 s graceful shutdown, and HTTPS with ``tls``."""
+    options = {"host": host, "port": port, "http": protocol_class(), "access_log": access_log,
+               "log_level": log_level, "log_config": log_config(log_level), "lifespan": "on",
+               "timeout_graceful_shutdown": 10}
+    return options | (tls.uvicorn_options() if tls is not None else {})
+
+
+def run_uvicorn(config: Any, sock: socket.socket) -> int:
+    """Serve ``config``'s app on the bound ``sock`` until SIGINT/SIGTERM; returns 0, or 3 when the app's start-up
+    (its lifespan) failed. This is what each worker process runs."""
+    import uvicorn
+
+    server = uvicorn.Server(config)
+    with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises the Ctrl-C it handled, once shut down
+        server.run(sockets=[sock])
+    return 0 if server.started else 3
+
+
+def serve_workers(sock: socket.socket, workers: int, worker_main: Callable[[], int], *, name: str) -> None:
+    """Run ``worker_main`` on ``sock``: in this process with one worker, else in ``workers`` forked processes
+    supervised by `capstan.server.prefork.PreforkSupervisor`. Returns once stopped by SIGINT or SIGTERM."""
+    from capstan.server.prefork import PreforkSupervisor
+
+    freeze_startup_objects()  # before forking, so the children share these pages and never rewrite them
+    code = worker_main() if workers == 1 else PreforkSupervisor(sock, workers, worker_main, name=name).run()
+    if code:
+        raise click.ClickException(f"{name} did not start (exit status {code}); see the log above")
 
 
 def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8080, workers: int = 1, *,
-          access_log: bool = False, log_level: str = "warning") -> None:
+          access_log: bool = False, log_level: str = "warning", tls: TlsOptions | None = None) -> None:
     """Serve the Capstan API until interrupted.
 
     The listening socket is bound here, before anything is printed, so a port that is taken fails at once;
-    ``port=0`` picks a free port (the start-up line says which). With ``workers > 1`` uvicorn starts that many
-    worker processes, each building the app with `capstan.server.app.app_from_env`.
+    ``port=0`` picks a free port (the start-up line says which). With ``workers > 1`` the worker processes are
+    forked from this one (`serve_workers`), and each builds its own app and database connections.
     """
     import uvicorn
-    from uvicorn.supervisors import Multiprocess
 
     from capstan.auth.policy import auth_required
-    from capstan.server.app import app_from_env, create_app
+    from capstan.server.app import create_app
+    from capstan.server.tls import plaintext_warning
     from capstan.services import Services
 
     if workers < 1:
         raise click.BadParameter("must be at least 1", param_hint="--workers")
     services = Services.open(settings)  # applies pending migrations once, before any worker starts
     users_exist = services.auth.users_exist()
-    options = uvicorn_options(host, port, access_log=access_log, log_level=log_level)
-    if workers == 1:
-        config = uvicorn.Config(create_app(settings, services=services, bind_host=host), **options)
-    else:
-        services.close()
-        os.environ.update(settings_environment(settings, host))
-        config = uvicorn.Config(f"{app_from_env.__module__}:{app_from_env.__name__}", factory=True,
-                                workers=workers, **options)
-    sock = bind_socket(config, host, port)
+    options = uvicorn_options(host, port, access_log=access_log, log_level=log_level, tls=tls)
+    if workers > 1:
+        services.close()  # each worker opens its own connections: a pooled one must not cross a fork
+    # Used here only to bind the socket (and set up logging); each worker makes its own Config with its app.
+    sock = bind_socket(uvicorn.Config(create_app, **options), host, port)
     bound_port = sock.getsockname()[1]
     required = auth_required(bind_host=host, users_exist=users_exist)
-    for line in describe(settings, host, bound_port, workers, auth_required=required, users_exist=users_exist):
+    for line in describe(settings, host, bound_port, workers, auth_required=required, users_exist=users_exist,
+                         tls=tls):
         click.echo(line)
-    if workers == 1:
+    warning = plaintext_warning(host, tls=tls, auth_required=required, what="capstan server")
+    if warning:
+        click.echo(warning, err=True)
+    sys.stdout.flush()
+
+    def worker_main() -> int:
+        own = services if workers == 1 else None
+        app = create_app(settings, services=own, bind_host=host)
         freeze_startup_objects()
-        try:
-            uvicorn.Server(config).run(sockets=[sock])
-        finally:
+        return run_uvicorn(uvicorn.Config(app, **options), sock)
+
+    try:
+        serve_workers(sock, workers, worker_main, name="capstan server")
+    finally:
+        if workers == 1:
             services.close()
-    else:
-        Multiprocess(config, sockets=[sock]).run()
