@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -200,6 +201,8 @@ def test_bad_input_is_invalid_argument_naming_it(client: triton.InferenceServerC
     assert "'anything'" in str(error.message()) and "[-1, 4]" in str(error.message())
     error = grpc_error(lambda: infer(client, "iris", np.array([[b"a"] * 4], dtype=np.object_), "BYTES"))
     assert error.status() == "StatusCode.INVALID_ARGUMENT" and "'anything'" in str(error.message())
+    error = grpc_error(lambda: infer(client, "iris", np.zeros((MAX_BODY // 32 + 1, 4)), "FP64"))
+    assert error.status() == "StatusCode.RESOURCE_EXHAUSTED"  # over max_body_bytes
     wrong_output = [triton.InferRequestedOutput("nope")]
     error = grpc_error(lambda: infer(client, "iris", np.zeros((1, 4)), "FP64", outputs=wrong_output))
     assert error.status() == "StatusCode.INVALID_ARGUMENT" and "'nope'" in str(error.message())
@@ -282,11 +285,72 @@ def test_workers_share_the_port(iris: tuple[LogisticRegression, Array]) -> None:
         return serving_app({"iris": SklearnServedModel("iris", "1", model, 4)}, max_body_bytes=MAX_BODY,
                            batching=None, grpc=GrpcOptions(port=port))
 
-    with serve_app(app()), serve_app(app()), triton.InferenceServerClient(f"127.0.0.1:{port}") as client:
+    first, second = app(), app()
+    with serve_app(first), serve_app(second), triton.InferenceServerClient(f"127.0.0.1:{port}") as client:
+        assert first.state.grpc_port == second.state.grpc_port == port
         assert infer(client, "iris", x[:2], "FP64").as_numpy("output-0").tolist() == model.predict(x[:2]).tolist()
 
 
-def test_options_are_checked(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+def _certificates(directory: Path) -> dict[str, Path]:
+    """A CA, a server certificate for 127.0.0.1 and a client certificate, all signed by the CA (PEM files)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+    paths: dict[str, Path] = {}
+
+    def issue(name: str, issuer: tuple[x509.Name, Any] | None, *, ca: bool = False) -> tuple[x509.Name, Any]:
+        key = ec.generate_private_key(ec.SECP256R1())
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+        builder = (x509.CertificateBuilder().subject_name(subject).public_key(key.public_key())
+                   .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(hours=1))
+                   .not_valid_after(now + datetime.timedelta(hours=1))
+                   .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+        if not ca:
+            builder = builder.add_extension(x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        issuer_name, issuer_key = issuer if issuer is not None else (subject, key)
+        cert = builder.issuer_name(issuer_name).sign(issuer_key, hashes.SHA256())
+        paths[f"{name}.crt"] = directory / f"{name}.crt"
+        paths[f"{name}.crt"].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        paths[f"{name}.key"] = directory / f"{name}.key"
+        paths[f"{name}.key"].write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                                           serialization.PrivateFormat.PKCS8,
+                                                           serialization.NoEncryption()))
+        return subject, key
+
+    authority = issue("ca", None, ca=True)
+    issue("server", authority)
+    issue("client", authority)
+    return paths
+
+
+def test_mutual_tls(iris: tuple[LogisticRegression, Array], tmp_path: Path) -> None:
+    model, x = iris
+    pem, port = _certificates(tmp_path), free_port()
+    options = GrpcOptions(port=port, tls_cert=pem["server.crt"], tls_key=pem["server.key"],
+                          tls_client_ca=pem["ca.crt"])
+    app = serving_app({"iris": SklearnServedModel("iris", "1", model, 4)}, max_body_bytes=MAX_BODY, batching=None,
+                      grpc=options)
+    with serve_app(app):
+        with triton.InferenceServerClient(f"127.0.0.1:{port}", ssl=True, root_certificates=str(pem["ca.crt"]),
+                                          private_key=str(pem["client.key"]),
+                                          certificate_chain=str(pem["client.crt"])) as client:
+            assert infer(client, "iris", x[:2], "FP64").as_numpy("output-0").tolist() == \
+                model.predict(x[:2]).tolist()
+        with triton.InferenceServerClient(f"127.0.0.1:{port}", ssl=True,
+                                          root_certificates=str(pem["ca.crt"])) as anonymous:
+            assert grpc_error(anonymous.is_server_live).status() == "StatusCode.UNAVAILABLE"
+        with triton.InferenceServerClient(f"127.0.0.1:{port}") as plaintext:
+            assert grpc_error(plaintext.is_server_live).status() == "StatusCode.UNAVAILABLE"
+
+
+def test_options_are_checked(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     with pytest.raises(InvalidParameterValue, match="certificate and a key"):
         GrpcOptions(port=1, tls_cert=tmp_path / "cert.pem").validate()
     with pytest.raises(InvalidParameterValue, match="65535"):

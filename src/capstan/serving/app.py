@@ -1,7 +1,7 @@
 """The serving ASGI app: Open Inference Protocol v2, KServe v1 and MLflow scoring on one port.
 
-``serving_app(models, max_body_bytes=..., batching=...)`` answers for a fixed set of `ServedModel` (keyed by the
-name clients use):
+``serving_app(models, max_body_bytes=..., batching=..., observer=..., metrics=..., grpc=...)`` answers for a
+fixed set of `ServedModel` (keyed by the name clients use):
 
 - OIP v2 REST: ``GET /v2/health/live``, ``/v2/health/ready``, ``GET /v2`` (server metadata),
   ``GET /v2/models/{name}[/versions/{v}]`` (metadata), ``GET .../ready``, ``POST .../infer`` (JSON tensors and the
@@ -18,8 +18,12 @@ Errors are JSON ``{"error": "..."}``: 400 for bad input (naming the input and sh
 version or route, 413, 503 for a model that is not ready or a full batching queue (with ``Retry-After``), 500 with
 the request id when a model fails. Every response carries ``X-Request-Id`` (the client's, or a generated one).
 
-With ``batching``, each model gets one `AdaptiveBatcher`, created in the serving event loop on first use and
-drained at shutdown (lifespan); without it, ``predict`` runs in a worker thread per request.
+The inference logic (model lookup, readiness, input checks, predict with or without batching, the observer calls)
+is the transport-independent `capstan.serving.core.ServingCore`; this module is its HTTP adapter. With
+``batching``, each model gets one `AdaptiveBatcher`, created in the serving event loop on first use and drained at
+shutdown (lifespan); without it, ``predict`` runs in a worker thread per request. ``observer`` hears every
+inference request (`capstan.serving.observe`); ``metrics`` answers ``GET /metrics``; ``grpc`` starts OIP v2 over
+gRPC (`capstan.serving.grpc_server`) in the lifespan, on the same event loop, sharing the core and its batchers.
 """
 
 from __future__ import annotations
@@ -278,6 +282,7 @@ class _Serving:
         try:
             if self.grpc is not None:
                 grpc_server = await start_grpc_server(self.core, self.grpc, max_message_bytes=self.max_body_bytes)
+                app.state.grpc_port = grpc_server.port
             yield
         finally:
             if grpc_server is not None:
