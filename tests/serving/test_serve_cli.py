@@ -4,6 +4,7 @@ SIGINT; and the bad inputs that must end in one ``error: ...`` line."""
 
 from __future__ import annotations
 
+import re
 import signal
 import socket
 import subprocess
@@ -192,6 +193,37 @@ def test_serve_through_capstan_url(tmp_path: Path) -> None:
             assert "model remote-iris version 1" in "".join(served.lines)
             np.testing.assert_array_equal(_triton_predict(served, "remote-iris", x[:7]), model.predict(x[:7]))
             _stop(served)
+
+
+def test_grpc_port_with_two_workers_answers_tritonclient_grpc(logged: Logged) -> None:
+    """--grpc-port: OIP v2 over gRPC from each forked worker on one port (SO_REUSEPORT), next to REST."""
+    import tritonclient.grpc as triton_grpc
+
+    rows = logged.x[::4]
+    with serve(logged.home, f"models:/{NAME}@champion", "--grpc-port", "0", "--workers", "2") as served:
+        match = re.search(r"OIP v2 over gRPC on 127\.0\.0\.1:(\d+)", "".join(served.lines))
+        assert match, "".join(served.lines)
+        for _ in range(4):  # new channels, so more than one worker is likely to answer; each must be right
+            client = triton_grpc.InferenceServerClient(url=f"127.0.0.1:{match.group(1)}")
+            try:
+                assert client.is_server_live() and client.is_server_ready() and client.is_model_ready(NAME)
+                tensor = triton_grpc.InferInput("input-0", list(rows.shape), "FP64")
+                tensor.set_data_from_numpy(rows)
+                result = client.infer(NAME, [tensor])
+                np.testing.assert_array_equal(result.as_numpy("output-0"), logged.model.predict(rows))
+            finally:
+                client.close()
+        np.testing.assert_array_equal(_triton_predict(served, NAME, rows), logged.model.predict(rows))
+        _stop(served)
+
+
+def test_grpc_port_in_use_is_one_line_error(logged: Logged) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        line = _fails(logged.home, [f"models:/{NAME}@champion", "--port", "0", "--grpc-port", str(port)])
+    assert f"cannot listen for gRPC on 127.0.0.1:{port}" in line
 
 
 def _fails(home: Path, args: Sequence[str]) -> str:

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
     from capstan.sdk.backends import TrackingBackend
     from capstan.server.tls import TlsOptions
+    from capstan.serving.app import GrpcOptions
     from capstan.serving.model import SklearnServedModel
 
 MAX_BODY_BYTES = 64 * 1024 * 1024
@@ -107,47 +108,63 @@ def load_served_model(backend: TrackingBackend, uri: str, name: str | None = Non
               help="Rows per batch of the adaptive batcher; 0 turns batching off.")
 @click.option("--max-batch-delay-ms", default=5.0, show_default=True, type=click.FloatRange(min=0),
               help="How long a batch waits for more rows (with --max-batch-size > 0).")
+@click.option("--grpc-port", default=None, type=click.IntRange(0, 65535),
+              help="Also serve OIP v2 over gRPC on this port (0 picks a free one), with the same TLS. Needs the "
+                   "grpc extra.")
 @tls_click_options
 def serve_cmd(model_uri: str, name: str | None, host: str, port: int, workers: int, max_batch_size: int,
-              max_batch_delay_ms: float, tls_cert: str | None, tls_key: str | None,
+              max_batch_delay_ms: float, grpc_port: int | None, tls_cert: str | None, tls_key: str | None,
               tls_client_ca: str | None) -> None:
     """Serve one scikit-learn model in the foreground until Ctrl-C.
 
     MODEL_URI is models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/PATH or a local model folder. The model
     answers the Open Inference Protocol v2 (/v2/models/NAME/infer), KServe v1 (/v1/models/NAME:predict) and
-    MLflow scoring (/invocations) on one port. With --workers N, N processes forked after the model is loaded
-    answer on that port; with --tls-cert and --tls-key it is HTTPS (--tls-client-ca: mutual TLS).
+    MLflow scoring (/invocations) on one port, and OIP v2 over gRPC on --grpc-port. With --workers N, N processes
+    forked after the model is loaded answer on those ports; with --tls-cert and --tls-key they speak TLS
+    (--tls-client-ca: mutual TLS).
     """
     import uvicorn
 
     from capstan.server.prefork import is_fork_safe
-    from capstan.server.runner import bind_socket, run_uvicorn, serve_workers, uvicorn_options
+    from capstan.server.runner import bind_socket, free_tcp_port, run_uvicorn, serve_workers, uvicorn_options
     from capstan.server.tls import TlsOptions
 
     if name is not None and (not name or "/" in name):
         raise click.BadParameter(f"{name!r} must be a non-empty name without '/'", param_hint="--name")
     tls = TlsOptions.from_cli(tls_cert, tls_key, tls_client_ca)
-    model, app = _load_app(model_uri, name, max_batch_size, max_batch_delay_ms)
+    # Every worker listens for gRPC on the same port (SO_REUSEPORT), so port 0 is resolved here, once.
+    grpc = _grpc_options(host, free_tcp_port(host, grpc_port, what="gRPC"), tls) if grpc_port is not None else None
+    model, app = _load_app(model_uri, name, max_batch_size, max_batch_delay_ms, grpc)
     # A model whose runtime's thread pools do not survive fork is loaded again in each worker; the parent's load
     # above still checks it before anything listens.
     reload_in_workers = workers > 1 and not is_fork_safe(model)
     options = uvicorn_options(host, port, tls=tls)
     sock = bind_socket(uvicorn.Config(app, **options), host, port)
     click.echo(_listening_line(model, model_uri, host, sock.getsockname()[1], workers, max_batch_size, tls))
+    if grpc is not None:
+        click.echo(f"  OIP v2 over gRPC on {grpc.address}{' (TLS)' if tls is not None else ''}")
     if reload_in_workers:
         click.echo("  each worker loads its own copy of the model (its runtime is not fork-safe)")
     sys.stdout.flush()
 
     def worker_main() -> int:
-        served = _load_app(model_uri, name, max_batch_size, max_batch_delay_ms)[1] if reload_in_workers else app
+        served = _load_app(model_uri, name, max_batch_size, max_batch_delay_ms, grpc)[1] if reload_in_workers else app
         return run_uvicorn(uvicorn.Config(served, **options), sock)
 
     serve_workers(sock, workers, worker_main, name="capstan serve")
 
 
-def _load_app(model_uri: str, name: str | None, max_batch_size: int,
-              max_batch_delay_ms: float) -> tuple[SklearnServedModel, Starlette]:
-    """The model at ``model_uri`` and the serving app around it."""
+def _grpc_options(host: str, port: int, tls: TlsOptions | None) -> GrpcOptions:
+    from capstan.serving.app import GrpcOptions
+
+    if tls is None:
+        return GrpcOptions(port=port, host=host)
+    return GrpcOptions(port=port, host=host, tls_cert=tls.cert, tls_key=tls.key, tls_client_ca=tls.client_ca)
+
+
+def _load_app(model_uri: str, name: str | None, max_batch_size: int, max_batch_delay_ms: float,
+              grpc: GrpcOptions | None) -> tuple[SklearnServedModel, Starlette]:
+    """The model at ``model_uri`` and the serving app around it (the gRPC server starts with the app)."""
     from capstan.sdk.backends import open_backend
     from capstan.serving.app import BatchingOptions, serving_app
 
@@ -158,7 +175,7 @@ def _load_app(model_uri: str, name: str | None, max_batch_size: int,
         model = load_served_model(backend, model_uri, name)
     finally:
         backend.close()
-    return model, serving_app({model.name: model}, max_body_bytes=MAX_BODY_BYTES, batching=batching)
+    return model, serving_app({model.name: model}, max_body_bytes=MAX_BODY_BYTES, batching=batching, grpc=grpc)
 
 
 def _listening_line(model: SklearnServedModel, model_uri: str, host: str, port: int, workers: int,

@@ -177,6 +177,19 @@ def bind_socket(config: Any, host: str, port: int) -> socket.socket:
     return sock
 
 
+def free_tcp_port(host: str, port: int, *, what: str) -> int:
+    """``port`` on ``host`` if nothing listens there now (a free one for 0): binds a probe socket and closes it.
+    Raises a one-line `click.ClickException` naming ``what`` when the port is taken or the address is not here."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise click.ClickException(f"cannot listen for {what} on {host}:{port}: {exc.strerror or exc}") from None
+        return int(probe.getsockname()[1])
+
+
 def uvicorn_options(host: str, port: int, *, access_log: bool = False, log_level: str = "warning",
                     tls: TlsOptions | None = None) -> dict[str, Any]:
     """The `uvicorn.Config` options every Capstan server uses: TCP_NODELAY on each connection, secrets redacted from
