@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from capstan.queue.store import QueueStore
     from capstan.registry.ports import RegistryStore
     from capstan.resources.admission import Admission
+    from capstan.serving.manage import DeploymentManager
     from capstan.serving.ports import DeploymentStore
     from capstan.tracking.ports import TrackingStore
 
@@ -141,6 +142,14 @@ class Services:
             executors=executor_parts,
             pipelines=Deferred(open_pipelines),
         )
+
+    def deployment_manager(self) -> DeploymentManager:
+        """What the API and the CLI change deployments through: the deployment store, model URIs resolved against
+        this registry, resources checked against this admission."""
+        from capstan.serving.manage import DeploymentManager, registry_resolver
+
+        return DeploymentManager(self.deployments, resolve=registry_resolver(self.registry, self.tracking),
+                                 admission=self.admission.get, events=self.events, clock=self.clock)
 
     def close(self) -> None:
         """Release database connections."""

@@ -369,7 +369,29 @@ _NATIVE: dict[str, Rule] = {
     "GET /api/v1/queue/workloads/{workload_id:path}": Rule("read", lambda w: Req(
         f"{V1}/queue/workloads/{w.workload()}")),
     "GET /api/v1/queue/usage": Rule("read", lambda w: Req(f"{V1}/queue/usage")),
+    # deployments: the permission is checked in the request's project before the deployment is looked up, so a
+    # name that does not exist answers 404 to those allowed and 401/403 to the others
+    "POST /api/v1/deployments": Rule("write", lambda w: Req(f"{V1}/deployments", _deployment_spec(w))),
+    "GET /api/v1/deployments": Rule("read", lambda w: Req(f"{V1}/deployments")),
+    "GET /api/v1/deployments/{name}": Rule("read", lambda w: Req(f"{V1}/deployments/no-such-deployment"),
+                                          ok=(404,), note="a missing deployment answers 404"),
+    "DELETE /api/v1/deployments/{name}": Rule("write", lambda w: Req(f"{V1}/deployments/no-such-deployment"),
+                                             ok=(404,), note="a missing deployment answers 404"),
+    "POST /api/v1/deployments/{name}/promote": Rule("write", lambda w: Req(
+        f"{V1}/deployments/no-such-deployment/promote"), ok=(404,), note="a missing deployment answers 404"),
+    "POST /api/v1/deployments/{name}/rollback": Rule("write", lambda w: Req(
+        f"{V1}/deployments/no-such-deployment/rollback"), ok=(404,), note="a missing deployment answers 404"),
+    "POST /api/v1/deployments/{name}/scale": Rule("write", lambda w: Req(
+        f"{V1}/deployments/no-such-deployment/scale", {"replicas": 1}), ok=(404,),
+        note="a missing deployment answers 404"),
 }
+
+
+def _deployment_spec(w: World) -> dict[str, Any]:
+    """A deployment that starts no replica (it scales from zero on its first request)."""
+    name, version = w.version()
+    return {"name": uniq("d"), "model": f"models:/{name}/{version}",
+            "autoscaling": {"min_replicas": 0, "max_replicas": 1, "target_concurrency": 1}}
 
 
 def _prefixed(prefix: str, rules: dict[str, Rule]) -> dict[str, Rule]:

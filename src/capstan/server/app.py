@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from fastapi import APIRouter, FastAPI
 
     from capstan.services import Services
+    from capstan.serving.controller import DeploymentController
 
 log = logging.getLogger("capstan.server")
 
@@ -50,7 +51,7 @@ def create_app(settings: Settings, *, services: Services | None = None, bind_hos
 
     from capstan.auth.audit import AuditWriter
     from capstan.auth.policy import is_loopback_host
-    from capstan.server import admin_api, api_v1, home, mlflow_api, pipelines_api, queue_api
+    from capstan.server import admin_api, api_v1, deployments_api, home, mlflow_api, pipelines_api, queue_api
     from capstan.server.errors import CatchAllMiddleware, install_error_handlers
     from capstan.server.leader import LeaderLock
     from capstan.server.metrics import MetricsMiddleware, RouteTemplates, ServerMetrics
@@ -81,9 +82,14 @@ def create_app(settings: Settings, *, services: Services | None = None, bind_hos
                                 daemon=True)
         boot.start()
         app.state.queue.start(cycles=is_leader)  # workload queue: the leader requeues workloads after backoff
+        if is_leader and app.state.deployments is None:
+            app.state.deployments = _deployment_controller(settings, svc)
+            app.state.deployments.start()  # adopts replicas left running, then reconciles on its own thread
         try:
             yield
         finally:
+            if app.state.deployments is not None:  # clean shutdown stops the replicas; the next start restarts them
+                await run_in_threadpool(app.state.deployments.stop)
             await run_in_threadpool(boot.join)
             if app.state.pipelines is not None:
                 await run_in_threadpool(app.state.pipelines.stop)
@@ -103,6 +109,7 @@ def create_app(settings: Settings, *, services: Services | None = None, bind_hos
     app.state.audit_writer = audit
     app.state.pipelines = None  # started with the app (see `_start_pipelines`); tests may set their own first
     app.state.pipelines_ready = threading.Event()
+    app.state.deployments = None  # the deployment controller, in the leader process only (see `lifespan`)
     app.state.authenticator = Authenticator(svc.auth, bind_host=bind_host, clock=svc.clock)
     # -- workload queue: one locked manager per call, per-queue metrics on this app's registry --
     app.state.queue = queue_api.ServerQueue(svc, lock_path=settings.home / "queue.lock")
@@ -117,7 +124,8 @@ def create_app(settings: Settings, *, services: Services | None = None, bind_hos
     # MLflow's routes come first: they carry the hot logging traffic, and their prefixes overlap with nothing else.
     included: list[tuple[APIRouter, str]] = [(router, "") for router in mlflow_api.routers]
     included += [(api_v1.router, API_V1_PREFIX), (admin_api.router, API_V1_PREFIX),
-                 (pipelines_api.router, API_V1_PREFIX), (queue_api.router, API_V1_PREFIX)]
+                 (pipelines_api.router, API_V1_PREFIX), (queue_api.router, API_V1_PREFIX),
+                 (deployments_api.router, API_V1_PREFIX)]
     for router, prefix in included:
         app.include_router(router, prefix=prefix)
         templates.add_router(router.routes, prefix)
@@ -134,6 +142,15 @@ def create_app(settings: Settings, *, services: Services | None = None, bind_hos
         allowed_origins=settings.allowed_origins))
     app.add_middleware(MetricsMiddleware, metrics=metrics, templates=templates)
     return app
+
+
+def _deployment_controller(settings: Settings, services: Services) -> DeploymentController:
+    """The control plane of managed deployments: replicas are ``capstan serve`` processes on this machine."""
+    from capstan.serving.controller import DeploymentController
+    from capstan.serving.replicas import SubprocessLauncher
+
+    return DeploymentController(services.deployments, events=services.events, launcher=SubprocessLauncher(settings),
+                                admission=services.admission.get, clock=services.clock)
 
 
 def _start_pipelines(app: FastAPI, services: Services, is_leader: bool) -> None:

@@ -1,0 +1,280 @@
+"""Replica processes: ``capstan serve`` subprocesses the deployment controller starts, probes and stops.
+
+A replica is ``capstan serve MODEL --name DEPLOYMENT --host 127.0.0.1 --port 0`` in its own session (a Ctrl-C at the
+server's terminal reaches the server, which then stops its replicas in order). Its port is read from the
+``listening on http://HOST:PORT`` line it prints; it is ready when ``/v2/health/ready`` answers 200. Its environment
+is the server's minus every ``CAPSTAN_*`` variable, plus the server's stores (``CAPSTAN_HOME``, ``CAPSTAN_DB_URL``,
+``CAPSTAN_ARTIFACTS``...) so that ``models:/NAME/VERSION`` resolves against the same registry, and the lease's GPUs
+(``CUDA_VISIBLE_DEVICES``).
+
+`AdoptedReplica` is a replica a previous server process started and left running (it crashed, or was killed): the
+new server finds it by pid and URL and keeps it (see `capstan.serving.controller`).
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Protocol
+
+from capstan.settings import Settings
+
+LISTENING = re.compile(r"listening on (https?://\S+?:\d+)")
+"""The line ``capstan serve`` prints once its socket is bound."""
+OUTPUT_LINES = 40
+"""Lines of a replica's output kept for the event that reports why it failed."""
+PROBE_TIMEOUT_S = 0.5
+STOP_GRACE_S = 5.0
+"""How long a replica has to exit after SIGTERM before it gets SIGKILL."""
+
+
+class ReplicaProcess(Protocol):
+    """A running (or ended) replica process, as the controller drives it."""
+
+    @property
+    def pid(self) -> int | None:
+        """The operating-system process id."""
+        ...
+
+    @property
+    def url(self) -> str | None:
+        """``http://127.0.0.1:PORT`` once it listens."""
+        ...
+
+    def exit_code(self) -> int | None:
+        """The exit status once it ended, else None."""
+        ...
+
+    def ready(self) -> bool:
+        """Whether ``/v2/health/ready`` answers 200 now."""
+        ...
+
+    def output_tail(self) -> str:
+        """The last lines it printed (its loader's error when it failed to start)."""
+        ...
+
+    def stop(self, grace_s: float = STOP_GRACE_S) -> None:
+        """SIGTERM, then SIGKILL after ``grace_s``; returns at once (the wait happens on a thread)."""
+        ...
+
+
+class ReplicaLauncher(Protocol):
+    """Starts replica processes."""
+
+    def launch(self, model_uri: str, name: str, *, max_batch_size: int | None = None,
+               max_batch_delay_ms: float | None = None, env: Mapping[str, str] | None = None) -> ReplicaProcess:
+        """Start a replica serving ``model_uri`` as ``name`` with extra environment ``env``."""
+        ...
+
+
+def probe_ready(url: str, timeout_s: float = PROBE_TIMEOUT_S) -> bool:
+    """True when ``{url}/v2/health/ready`` answers 200 within ``timeout_s``."""
+    import httpx
+
+    try:
+        return httpx.get(f"{url}/v2/health/ready", timeout=timeout_s).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def store_environment(settings: Settings) -> dict[str, str]:
+    """The ``CAPSTAN_*`` variables that point a child process at the same stores as ``settings`` (never a remote
+    server: a replica reads the registry directly)."""
+    env = {"CAPSTAN_HOME": str(settings.home), "CAPSTAN_DB_URL": settings.db_url,
+           "CAPSTAN_ARTIFACTS": settings.artifacts, "CAPSTAN_PROJECT": settings.project}
+    if settings.s3_endpoint:
+        env["CAPSTAN_S3_ENDPOINT"] = settings.s3_endpoint
+    if settings.declared_gpus is not None:
+        model = f"x{settings.declared_gpu_model}" if settings.declared_gpu_model else ""
+        env["CAPSTAN_GPUS"] = f"{settings.declared_gpus}{model}"
+    return env
+
+
+def serve_command(model_uri: str, name: str, *, max_batch_size: int | None = None,
+                  max_batch_delay_ms: float | None = None) -> list[str]:
+    """The ``capstan serve`` command line of one replica (this interpreter, so the same installation)."""
+    command = [sys.executable, "-m", "capstan", "serve", model_uri, "--name", name, "--host", "127.0.0.1",
+               "--port", "0"]
+    if max_batch_size:
+        command += ["--max-batch-size", str(max_batch_size)]
+        if max_batch_delay_ms is not None:
+            command += ["--max-batch-delay-ms", f"{max_batch_delay_ms:g}"]
+    return command
+
+
+class SubprocessReplica:
+    """A replica this process started (`subprocess.Popen`), its output read by a thread."""
+
+    def __init__(self, command: Sequence[str], env: Mapping[str, str]) -> None:
+        self._process = subprocess.Popen(list(command), env=dict(env), stdout=subprocess.PIPE,
+                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
+                                         start_new_session=True)
+        self._url: str | None = None
+        self._lines: collections.deque[str] = collections.deque(maxlen=OUTPUT_LINES)
+        self._reader = threading.Thread(target=self._read, name=f"replica-{self._process.pid}-output", daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        stream = self._process.stdout
+        assert stream is not None
+        for line in stream:
+            self._lines.append(line.rstrip("\n"))
+            if self._url is None and (match := LISTENING.search(line)):
+                self._url = match.group(1).replace("[::1]", "127.0.0.1")
+        stream.close()
+
+    @property
+    def pid(self) -> int | None:
+        """The child's process id."""
+        return self._process.pid
+
+    @property
+    def url(self) -> str | None:
+        """Its base URL, once printed."""
+        return self._url
+
+    def exit_code(self) -> int | None:
+        """Its exit status once ended."""
+        return self._process.poll()
+
+    def ready(self) -> bool:
+        """Whether it listens and answers ready."""
+        return self._url is not None and self.exit_code() is None and probe_ready(self._url)
+
+    def output_tail(self) -> str:
+        """What it printed last (waits briefly for the reader to catch up with an ended process)."""
+        if self.exit_code() is not None:
+            self._reader.join(timeout=1.0)
+        return "\n".join(self._lines)
+
+    def stop(self, grace_s: float = STOP_GRACE_S) -> None:
+        """SIGTERM now, SIGKILL after ``grace_s`` if it is still there; reaped on a thread."""
+        if self._process.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            self._process.terminate()
+
+        def reap() -> None:
+            try:
+                self._process.wait(timeout=grace_s)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    self._process.kill()
+                self._process.wait()
+
+        threading.Thread(target=reap, name=f"replica-{self._process.pid}-stop", daemon=True).start()
+
+    def wait(self, timeout_s: float) -> int | None:
+        """Wait up to ``timeout_s`` for it to end; its exit status, or None."""
+        try:
+            return self._process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            return None
+
+
+class SubprocessLauncher:
+    """`ReplicaLauncher` that runs ``capstan serve`` with the stores of ``settings``."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+
+    def launch(self, model_uri: str, name: str, *, max_batch_size: int | None = None,
+               max_batch_delay_ms: float | None = None, env: Mapping[str, str] | None = None) -> ReplicaProcess:
+        """Start ``capstan serve`` for ``model_uri`` in a new session."""
+        full = {k: v for k, v in os.environ.items() if not k.startswith("CAPSTAN_")}
+        full.update(store_environment(self._settings))
+        full["PYTHONUNBUFFERED"] = "1"
+        full.update(env or {})
+        return SubprocessReplica(serve_command(model_uri, name, max_batch_size=max_batch_size,
+                                               max_batch_delay_ms=max_batch_delay_ms), full)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists and is not a zombie."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    stat = Path(f"/proc/{pid}/stat")
+    with contextlib.suppress(OSError):
+        return stat.read_text().rpartition(")")[2].split()[0] != "Z"
+    return True
+
+
+def is_replica_process(pid: int) -> bool:
+    """Whether ``pid`` runs ``capstan serve`` (so a recycled pid of some other program is never signalled)."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return any(a == b"capstan" or a.endswith(b"/capstan") for a in argv) and b"serve" in argv
+
+
+class AdoptedReplica:
+    """A replica left running by an earlier server process: known by pid and URL only."""
+
+    def __init__(self, pid: int, url: str) -> None:
+        self._pid = pid
+        self._url = url
+        self._ended = False
+
+    @property
+    def pid(self) -> int | None:
+        """Its process id."""
+        return self._pid
+
+    @property
+    def url(self) -> str | None:
+        """Its base URL."""
+        return self._url
+
+    def exit_code(self) -> int | None:
+        """-1 once the process is gone (its real status went to the process that started it)."""
+        if not self._ended and not pid_alive(self._pid):
+            self._ended = True
+        return -1 if self._ended else None
+
+    def ready(self) -> bool:
+        """Whether it is alive and answers ready."""
+        return self.exit_code() is None and probe_ready(self._url)
+
+    def output_tail(self) -> str:
+        """Nothing: its output went to the server process that started it."""
+        return ""
+
+    def stop(self, grace_s: float = STOP_GRACE_S) -> None:
+        """SIGTERM, then SIGKILL after ``grace_s`` (on a thread), if it still runs ``capstan serve``."""
+        if self.exit_code() is not None or not is_replica_process(self._pid):
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self._pid, signal.SIGTERM)
+
+        def finish() -> None:
+            deadline = time.monotonic() + grace_s
+            while time.monotonic() < deadline:
+                if not pid_alive(self._pid):
+                    return
+                time.sleep(0.05)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self._pid, signal.SIGKILL)
+
+        threading.Thread(target=finish, name=f"replica-{self._pid}-stop", daemon=True).start()
+
+
+def adopt(pid: int | None, url: str | None) -> AdoptedReplica | None:
+    """The replica at ``pid``/``url`` when it still runs ``capstan serve`` and answers ready, else None."""
+    if pid is None or url is None or not pid_alive(pid) or not is_replica_process(pid):
+        return None
+    replica = AdoptedReplica(pid, url)
+    return replica if probe_ready(url, timeout_s=2.0) else None
