@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "capstan.cli.pipeline_cmds",
     "capstan.cli.queue_cmds",
     "capstan.cli.serve_cmds",
+    "capstan.cli.deployment_cmds",
 )
 
 

@@ -51,7 +51,7 @@ def _wake(request: Request) -> None:
 
 @router.post("", summary="Create or change a deployment")
 def apply_deployment(request: Request, spec: Annotated[dict[str, Any], Body()],
-                     create: Annotated[bool, Query(description="refuse (409) when it exists")] = False) -> Response:
+                     create: Annotated[bool, Query(description="refuse when it exists")] = False) -> Response:
     """Apply a deployment spec (the document of ``deployment.yaml``, as JSON): 201 when created, 200 when changed."""
     from capstan.server.model_sources import authorize_source
     from capstan.serving.manage import record_json, spec_uris

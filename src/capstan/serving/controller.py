@@ -64,11 +64,17 @@ def object_id(project: str, name: str) -> str:
 
 
 def resource_request(record: DeploymentRecord, replica_id: str) -> ResourceRequest:
-    """What one replica of ``record`` asks the admission for (its key names the replica)."""
+    """What one replica of ``record`` asks the admission for (its key names the replica).
+
+    A spec without resources asks for nothing and needs no admission; one that names a queue asks for at least one
+    milli-CPU, so that every replica is a workload of that queue."""
     res = record.spec.resources
     labels = (("queue", res.queue),) if res.queue else ()
-    return ResourceRequest(key=f"deployment/{record.project}/{record.name}/{replica_id}",
-                           cpu=(res.cpu_milli or 0) / 1000, memory=(res.memory_milli or 0) // 1000,
+    cpu = (res.cpu_milli or 0) / 1000
+    memory = (res.memory_milli or 0) // 1000
+    if res.queue and cpu <= 0 and memory <= 0 and not res.gpus:
+        cpu = 0.001
+    return ResourceRequest(key=f"deployment/{record.project}/{record.name}/{replica_id}", cpu=cpu, memory=memory,
                            gpu=float(res.gpus), project=record.project, labels=labels)
 
 

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from capstan.clock import Clock, system_clock
-from capstan.errors import InvalidParameterValue, InvalidState, ResourceDoesNotExist
+from capstan.errors import InvalidParameterValue, InvalidState, ResourceAlreadyExists, ResourceDoesNotExist
 from capstan.events.ports import EventLog
 from capstan.registry.ports import RegistryStore
 from capstan.resources.admission import Admission
@@ -121,8 +121,8 @@ class DeploymentManager:
             self._event(record, "Created", f"revision 1: {_describe(record)}")
             return record, True
         if create_only:
-            raise InvalidState(f"deployment {spec.name!r} already exists in project {project!r}; use apply to "
-                               "change it")
+            raise ResourceAlreadyExists(f"deployment {spec.name!r} already exists in project {project!r}; use "
+                                        "apply to change it")
         if old.spec == spec and old.versions == versions:
             return old, False
         current = old.desired_replicas if old.spec.autoscaling is not None else None
