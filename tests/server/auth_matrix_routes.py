@@ -381,6 +381,16 @@ _NATIVE: dict[str, Rule] = {
         f"{V1}/deployments/no-such-deployment/promote"), ok=(404,), note="a missing deployment answers 404"),
     "POST /api/v1/deployments/{name}/rollback": Rule("write", lambda w: Req(
         f"{V1}/deployments/no-such-deployment/rollback"), ok=(404,), note="a missing deployment answers 404"),
+    "GET /deployments/{name}/{path:path}": Rule("read", lambda w: Req("/deployments/no-such-deployment/v2"),
+                                                ok=(404,), note="inference; a missing deployment answers 404"),
+    "POST /deployments/{name}/{path:path}": Rule("read", lambda w: Req(
+        "/deployments/no-such-deployment/invocations", {"inputs": [[1.0]]}), ok=(404,),
+        note="inference; a missing deployment answers 404"),
+    "POST /deployments/{name}/feedback": Rule("read", lambda w: Req(
+        "/deployments/no-such-deployment/feedback", {"request_id": "r", "truth": 1}), ok=(404,),
+        note="ground truth; a missing deployment answers 404"),
+    "GET /deployments/{name}/quality": Rule("read", lambda w: Req("/deployments/no-such-deployment/quality"),
+                                           ok=(404,), note="a missing deployment answers 404"),
     "POST /api/v1/deployments/{name}/scale": Rule("write", lambda w: Req(
         f"{V1}/deployments/no-such-deployment/scale", {"replicas": 1}), ok=(404,),
         note="a missing deployment answers 404"),

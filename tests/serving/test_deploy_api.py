@@ -73,6 +73,8 @@ def test_create_serve_change_and_delete(server: ServerProcess) -> None:
     url = wait_for("a ready replica", lambda: ready_urls(server, "flow"))[0]
     answer = httpx.post(f"{url}/v2/models/flow/infer", json=ROW, timeout=10)
     assert answer.status_code == 200, answer.text
+    routed = httpx.post(f"{server.url}/deployments/flow/v2/models/flow/infer", json=ROW, timeout=30)
+    assert routed.status_code == 200 and routed.json()["outputs"][0]["data"] == answer.json()["outputs"][0]["data"]
     status = call(server, "GET", "/flow").json()
     assert status["state"] == "ready" and status["traffic"][0]["ready_replicas"] == 1
     assert "Created" in [e["reason"] for e in status["events"]]
@@ -126,6 +128,19 @@ def test_bad_actions(server: ServerProcess) -> None:
     status = call(server, "GET", "/idle").json()
     assert status["state"] == "scaled-to-zero" and status["replicas"] == []
     assert call(server, "DELETE", "/idle").status_code == 204
+
+
+def test_a_request_wakes_a_deployment_scaled_to_zero(server: ServerProcess) -> None:
+    call(server, "POST", json={"name": "sleepy", "model": "models:/iris/1", "autoscaling": {
+        "min_replicas": 0, "max_replicas": 1, "target_concurrency": 1, "stabilization_window_seconds": 1}})
+    assert call(server, "GET", "/sleepy").json()["state"] == "scaled-to-zero"
+    woken = httpx.post(f"{server.url}/deployments/sleepy/v2/models/sleepy/infer", json=ROW, timeout=90)
+    assert woken.status_code == 200, woken.text
+    status = wait_for("the cold start", lambda: (s := call(server, "GET", "/sleepy").json())
+                      ["last_cold_start_s"] is not None and s)
+    assert status["last_cold_start_s"] > 0 and status["state"] == "ready"
+    wait_for("back to zero", lambda: call(server, "GET", "/sleepy").json()["state"] == "scaled-to-zero", 60)
+    assert call(server, "DELETE", "/sleepy").status_code == 204
 
 
 def test_a_model_of_another_project_needs_read_access_there(tmp_path: Path) -> None:

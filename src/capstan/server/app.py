@@ -7,6 +7,7 @@ path never loads numpy, scikit-learn or mlflow.
 Request path (outermost first): metrics -> browser guard (Host, Origin, CORS, JSON content type) ->
 authentication and audit -> catch-all 500 -> FastAPI's error handlers
 -> the route. Routes: ``/`` (a page naming the server, `capstan.server.home`), ``/health``, ``/metrics``, the
+managed deployments' inference routes under ``/deployments/NAME/...`` (`capstan.server.deployments_serving`), the
 native API under ``/api/v1`` (OpenAPI document at ``/api/v1/openapi.json``, interactive docs at ``/api/v1/docs``
 with their Swagger UI files served locally) and the MLflow-compatible API.
 """
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
 
     from capstan.services import Services
     from capstan.serving.controller import DeploymentController
+    from capstan.serving.router import DeploymentRouter
 
 log = logging.getLogger("capstan.server")
 
@@ -51,7 +53,16 @@ def create_app(settings: Settings, *, services: Services | None = None, bind_hos
 
     from capstan.auth.audit import AuditWriter
     from capstan.auth.policy import is_loopback_host
-    from capstan.server import admin_api, api_v1, deployments_api, home, mlflow_api, pipelines_api, queue_api
+    from capstan.server import (
+        admin_api,
+        api_v1,
+        deployments_api,
+        deployments_serving,
+        home,
+        mlflow_api,
+        pipelines_api,
+        queue_api,
+    )
     from capstan.server.errors import CatchAllMiddleware, install_error_handlers
     from capstan.server.leader import LeaderLock
     from capstan.server.metrics import MetricsMiddleware, RouteTemplates, ServerMetrics
@@ -125,7 +136,8 @@ def create_app(settings: Settings, *, services: Services | None = None, bind_hos
     included: list[tuple[APIRouter, str]] = [(router, "") for router in mlflow_api.routers]
     included += [(api_v1.router, API_V1_PREFIX), (admin_api.router, API_V1_PREFIX),
                  (pipelines_api.router, API_V1_PREFIX), (queue_api.router, API_V1_PREFIX),
-                 (deployments_api.router, API_V1_PREFIX)]
+                 (deployments_api.router, API_V1_PREFIX),
+                 (deployments_serving.deployments_router(lambda: _deployment_router(svc)), "")]
     for router, prefix in included:
         app.include_router(router, prefix=prefix)
         templates.add_router(router.routes, prefix)
@@ -151,6 +163,14 @@ def _deployment_controller(settings: Settings, services: Services) -> Deployment
 
     return DeploymentController(services.deployments, events=services.events, launcher=SubprocessLauncher(settings),
                                 admission=services.admission.get, clock=services.clock)
+
+
+def _deployment_router(services: Services) -> DeploymentRouter:
+    """The data plane of managed deployments in this worker: requests to replicas, load reports, outcomes."""
+    from capstan.serving.router import DeploymentRouter
+    from capstan.store.deployment_outcomes_sql import SqlOutcomeStore
+
+    return DeploymentRouter(services.deployments, SqlOutcomeStore(services.engine), clock=services.clock)
 
 
 def _start_pipelines(app: FastAPI, services: Services, is_leader: bool) -> None:
