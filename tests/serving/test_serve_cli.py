@@ -247,12 +247,12 @@ def test_malformed_uri_is_one_line_error(logged: Logged, tmp_path: Path) -> None
     assert "no MLmodel" in _fails(logged.home, [str(tmp_path), "--port", "0"])
 
 
-def test_non_sklearn_model_is_one_line_error(logged: Logged, tmp_path: Path) -> None:
-    folder = tmp_path / "torchy"
+def test_unservable_flavor_is_one_line_error(logged: Logged, tmp_path: Path) -> None:
+    folder = tmp_path / "h2o-model"
     folder.mkdir()
-    (folder / "MLmodel").write_text("flavors:\n  pytorch:\n    pytorch_version: 2.0\n")
+    (folder / "MLmodel").write_text("flavors:\n  h2o:\n    h2o_version: 3.0\n")
     line = _fails(logged.home, [str(folder), "--port", "0"])
-    assert "not a scikit-learn model" in line and "pytorch" in line
+    assert "has flavors h2o" in line and "Capstan serves sklearn, onnx" in line
 
 
 def test_port_in_use_is_one_line_error(logged: Logged) -> None:

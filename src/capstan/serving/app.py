@@ -28,9 +28,10 @@ gRPC (`capstan.serving.grpc_server`) in the lifespan, on the same event loop, sh
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -41,7 +42,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from capstan.errors import CapstanError, InvalidParameterValue
@@ -138,10 +139,12 @@ class _Serving:
     """The routes: HTTP around the shared `ServingCore` (body limits, request ids, JSON), and the lifespan that
     starts the gRPC server on the same event loop and drains the core at shutdown."""
 
-    def __init__(self, core: ServingCore, max_body_bytes: int, grpc: GrpcOptions | None) -> None:
+    def __init__(self, core: ServingCore, max_body_bytes: int, grpc: GrpcOptions | None,
+                 on_shutdown: Sequence[Callable[[], None]] = ()) -> None:
         self.core = core
         self.max_body_bytes = max_body_bytes
         self.grpc = grpc
+        self.on_shutdown = tuple(on_shutdown)
 
     # -------------------------------------------------------------------------------------------- helpers
 
@@ -288,6 +291,11 @@ class _Serving:
             if grpc_server is not None:
                 await grpc_server.stop()
             await self.core.aclose()
+            for close in self.on_shutdown:
+                try:  # blocking work (a last Parquet file, a drift window): off the event loop
+                    await asyncio.to_thread(close)
+                except Exception:
+                    log.exception("serving shutdown: %r failed", close)
 
 
 class CapstanErrorWithStatus(CapstanError):
@@ -365,19 +373,22 @@ Metrics = Callable[[], tuple[bytes, str]]
 
 def serving_app(models: Mapping[str, ServedModel], *, max_body_bytes: int, batching: BatchingOptions | None,
                 observer: ServingObserver | None = None, metrics: Metrics | None = None,
-                grpc: GrpcOptions | None = None) -> Starlette:
+                grpc: GrpcOptions | None = None, routes: Sequence[BaseRoute] = (),
+                on_shutdown: Sequence[Callable[[], None]] = ()) -> Starlette:
     """The ASGI app serving ``models`` (keyed by the name clients use) over OIP v2, KServe v1 and MLflow scoring.
 
     ``observer`` hears about every inference request, prediction and batch (`capstan.serving.observe`);
     ``metrics`` answers ``GET /metrics``; ``grpc`` also serves OIP v2 over gRPC from the app's lifespan, sharing
-    the models and batchers (needs the ``grpc`` extra, checked here).
+    the models and batchers (needs the ``grpc`` extra, checked here). ``routes`` are added after the serving
+    routes (e.g. ``GET /drift``); ``on_shutdown`` callables run in order, each in a thread, when the lifespan
+    ends, after the batchers are drained (close observers that own threads or files there).
     """
     if max_body_bytes < 1:
         raise InvalidParameterValue(f"max_body_bytes must be at least 1, got {max_body_bytes}")
     core = ServingCore(models, batching=batching, observer=observer)
     if grpc is not None:
         grpc.validate()
-    state = _Serving(core, max_body_bytes, grpc)
+    state = _Serving(core, max_body_bytes, grpc, on_shutdown)
     model_routes: list[Route] = []
     for prefix in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
         model_routes += [
@@ -385,7 +396,7 @@ def serving_app(models: Mapping[str, ServedModel], *, max_body_bytes: int, batch
             Route(f"{prefix}/ready", state.model_ready, methods=["GET"]),
             Route(f"{prefix}/infer", state.infer, methods=["POST"]),
         ]
-    routes = [
+    all_routes: list[BaseRoute] = [
         Route("/v2/health/live", state.live, methods=["GET"]),
         Route("/v2/health/ready", state.server_ready, methods=["GET"]),
         Route("/v2", state.server_metadata, methods=["GET"]),
@@ -398,12 +409,13 @@ def serving_app(models: Mapping[str, ServedModel], *, max_body_bytes: int, batch
         Route("/version", state.version, methods=["GET"]),
     ]
     if metrics is not None:
-        routes.append(Route("/metrics", _metrics_endpoint(metrics), methods=["GET"]))
+        all_routes.append(Route("/metrics", _metrics_endpoint(metrics), methods=["GET"]))
+    all_routes += routes
     handlers: dict[Any, Callable[[Request, Exception], Awaitable[Response]]] = {
         CapstanError: _capstan_error,
         HTTPException: _http_error,
     }
-    app = Starlette(routes=routes, exception_handlers=handlers, lifespan=state.lifespan)
+    app = Starlette(routes=all_routes, exception_handlers=handlers, lifespan=state.lifespan)
     app.add_middleware(_RequestIdMiddleware)
     return app
 

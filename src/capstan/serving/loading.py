@@ -34,8 +34,8 @@ from capstan.serving.model import ServedModel, SklearnServedModel
 from capstan.serving.oip import TensorMetadata
 from capstan.serving.served_function import input_from_signature
 
-__all__ = ["FetchedModel", "ModelFileUnverified", "ModelSource", "UntrustedModelSource", "load_model_folder",
-           "load_served_model", "verify_folder"]
+__all__ = ["FetchedModel", "LoadedModel", "ModelFileUnverified", "ModelSource", "UntrustedModelSource",
+           "load_model_folder", "load_served", "load_served_model", "verify_folder"]
 
 _HASH_CHUNK = 1024 * 1024
 
@@ -57,6 +57,15 @@ class FetchedModel:
     name: str
     version: str
     digests: Mapping[str, str | None] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedModel:
+    """A served model and the folder it was loaded from (which holds, e.g., its drift reference). A fetched folder
+    is a temporary copy that lives as long as ``model`` does."""
+
+    model: ServedModel
+    folder: Path
 
 
 class ModelSource(Protocol):
@@ -168,13 +177,19 @@ def load_served_model(source: ModelSource, uri: str, name: str | None = None, *,
     their models are trusted. A local folder is loaded in place, unverified, and trusted only when
     ``trusted_local`` (the user typed the path on the command line; false for paths that came over HTTP).
     """
+    return load_served(source, uri, name, trusted_local=trusted_local).model
+
+
+def load_served(source: ModelSource, uri: str, name: str | None = None, *, trusted_local: bool) -> LoadedModel:
+    """`load_served_model`, also returning the folder the model was loaded from."""
     if not uri.startswith(("models:/", "runs:/")):
         local = Path(uri.removeprefix("file://"))
         if not local.is_dir():
             raise InvalidParameterValue(
                 f"model uri: {uri!r} is not models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN/PATH or a folder")
         resolved = local.resolve()
-        return load_model_folder(resolved, name=name or resolved.name, version="1", trusted_source=trusted_local)
+        model = load_model_folder(resolved, name=name or resolved.name, version="1", trusted_source=trusted_local)
+        return LoadedModel(model, resolved)
     tmp = Path(tempfile.mkdtemp(prefix="capstan-serve-"))
     try:
         fetched = source.fetch(uri, tmp)
@@ -185,4 +200,4 @@ def load_served_model(source: ModelSource, uri: str, name: str | None = None, *,
         raise
     # A Python class may read its data/ or import code/ lazily: the folder lives as long as the model.
     weakref.finalize(model, shutil.rmtree, tmp, True)
-    return model
+    return LoadedModel(model, fetched.folder)
