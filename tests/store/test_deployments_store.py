@@ -49,7 +49,7 @@ def test_put_get_round_trips_the_spec_and_versions(store: DeploymentStore) -> No
 
 def test_previous_spec_is_kept(store: DeploymentStore) -> None:
     store.put(_record())
-    after = dataclasses.replace(_record(revision=2), previous=SPEC)
+    after = dataclasses.replace(_record(revision=2), previous=SPEC, previous_versions=(("primary", "models:/f/5"),))
     store.put(after, expected_revision=1)
     assert store.get("alpha", "fraud") == after
 

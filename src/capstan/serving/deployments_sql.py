@@ -40,17 +40,26 @@ def _spec(text: str | None) -> DeploymentSpec | None:
 def _deployment_row(record: DeploymentRecord) -> dict[str, Any]:
     return {"project": record.project, "name": record.name, "spec": _spec_json(record.spec),
             "previous": _spec_json(record.previous), "revision": record.revision,
-            "versions": orjson.dumps([list(v) for v in record.versions]).decode(),
+            "versions": _versions_json(record.versions),
+            "previous_versions": _versions_json(record.previous_versions),
             "desired_replicas": record.desired_replicas, "created_ms": record.created_ms,
             "updated_ms": record.updated_ms}
 
 
-def _deployment(row: Any) -> DeploymentRecord:
+def _versions_json(versions: tuple[tuple[Role, str], ...]) -> str:
+    return orjson.dumps([list(v) for v in versions]).decode()
+
+
+def _versions(text: str) -> tuple[tuple[Role, str], ...]:
+    return tuple((role, uri) for role, uri in orjson.loads(text))
+
+
+def _deployment(row: Any) -> DeploymentRecord:  # row: a RowMapping
     spec = _spec(row["spec"])
     assert spec is not None
-    versions: tuple[tuple[Role, str], ...] = tuple((role, uri) for role, uri in orjson.loads(row["versions"]))
-    return DeploymentRecord(row["name"], row["project"], spec, row["revision"], versions, row["desired_replicas"],
-                            row["created_ms"], row["updated_ms"], _spec(row["previous"]))
+    return DeploymentRecord(row["name"], row["project"], spec, row["revision"], _versions(row["versions"]),
+                            row["desired_replicas"], row["created_ms"], row["updated_ms"], _spec(row["previous"]),
+                            _versions(row["previous_versions"]))
 
 
 def _replica_row(replica: ReplicaRecord) -> dict[str, Any]:

@@ -66,6 +66,9 @@ class DeploymentRecord:
     created_ms: int
     updated_ms: int
     previous: DeploymentSpec | None = None
+    previous_versions: tuple[tuple[Role, str], ...] = ()
+    """The resolved versions of ``previous`` (so a rollback returns to the versions that ran, even when an alias
+    has moved since)."""
 
     def version_of(self, role: Role) -> str | None:
         """The resolved ``models:/NAME/VERSION`` of ``role``, or None when the spec has no such role."""

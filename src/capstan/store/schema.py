@@ -320,6 +320,7 @@ deployments = Table(
     Column("name", String(63), nullable=False),
     Column("spec", Text, nullable=False),  # DeploymentSpec.to_dict() as JSON
     Column("previous", Text, nullable=True),  # the spec of the revision before, as JSON
+    Column("previous_versions", Text, nullable=False, default="[]"),  # JSON, as versions
     Column("revision", Integer, nullable=False),
     Column("versions", Text, nullable=False),  # JSON [[role, "models:/NAME/VERSION"], ...]
     Column("desired_replicas", Integer, nullable=False),

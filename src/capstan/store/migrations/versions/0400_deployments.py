@@ -23,6 +23,7 @@ def upgrade() -> None:
         sa.Column("name", sa.String(length=63), nullable=False),
         sa.Column("spec", sa.Text(), nullable=False),
         sa.Column("previous", sa.Text(), nullable=True),
+        sa.Column("previous_versions", sa.Text(), nullable=False),
         sa.Column("revision", sa.Integer(), nullable=False),
         sa.Column("versions", sa.Text(), nullable=False),
         sa.Column("desired_replicas", sa.Integer(), nullable=False),
