@@ -22,9 +22,12 @@ from capstan.server.tls import tls_click_options
 
 if TYPE_CHECKING:
     from capstan.server.tls import TlsOptions
+    from capstan.services import Services
     from capstan.serving.app import GrpcOptions
     from capstan.serving.drift_monitor import ModelReference
     from capstan.serving.model import ServedModel
+    from capstan.serving.process import ServeStores
+    from capstan.settings import Settings
 
 MAX_BODY_BYTES = 64 * 1024 * 1024
 """Largest request body the served model accepts (413 beyond)."""
@@ -93,7 +96,7 @@ def serve_cmd(model_uri: str, name: str | None, host: str, port: int, workers: i
     from capstan.server.runner import bind_socket, free_tcp_port, run_uvicorn, serve_workers, uvicorn_options
     from capstan.server.tls import TlsOptions
     from capstan.serving.app import BatchingOptions
-    from capstan.serving.process import ServeOptions, configure_access_log, serve_process_app, stores_for
+    from capstan.serving.process import ServeOptions, serve_process_app, with_access_log
 
     for option, value in (("--name", name), ("--deployment", deployment)):
         if value is not None and (not value or "/" in value):
@@ -115,8 +118,8 @@ def serve_cmd(model_uri: str, name: str | None, host: str, port: int, workers: i
     # above still checks it before anything listens.
     reload_in_workers = workers > 1 and not is_fork_safe(model)
     uvicorn_config = uvicorn_options(host, port, tls=tls)
+    uvicorn_config["log_config"] = with_access_log(uvicorn_config["log_config"], access_log)
     sock = bind_socket(uvicorn.Config(_unused_app, **uvicorn_config), host, port)
-    configure_access_log(access_log)
     click.echo(_listening_line(model, model_uri, host, sock.getsockname()[1], workers, max_batch_size, tls))
     if grpc is not None:
         click.echo(f"  OIP v2 over gRPC on {grpc.address}{' (TLS)' if tls is not None else ''}")
@@ -135,6 +138,22 @@ def serve_cmd(model_uri: str, name: str | None, host: str, port: int, workers: i
 
 async def _unused_app(scope: object, receive: object, send: object) -> None:
     """Stands in for the app while the socket is bound (each worker builds its own)."""
+
+
+def stores_for(settings: Settings) -> ServeStores:
+    """Where drift events and payloads go: the local stores (opened on first use), or, with ``CAPSTAN_URL`` set,
+    the ``capstan.serving`` logger and no payload sink."""
+    from capstan.serving.process import LocalStores, RemoteStores
+
+    if settings.url:
+        return RemoteStores()
+
+    def open_stores() -> Services:
+        from capstan.services import Services
+
+        return Services.open(settings)
+
+    return LocalStores(open_stores)
 
 
 def _grpc_options(host: str, port: int, tls: TlsOptions | None) -> GrpcOptions:

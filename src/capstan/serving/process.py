@@ -11,20 +11,20 @@ connections do not survive ``fork``):
   windows already full, then the stores close;
 - wrapped in `AccessLogMiddleware` unless the access log is off.
 
-Where drift events and payloads go is a `ServeStores`: `LocalStores` opens the local stores (`capstan.services`)
-on first use, in the thread that needs them, so a replica that never logs a payload nor detects drift never
-connects; `RemoteStores` (``CAPSTAN_URL`` set: the stores belong to a server this process cannot write events to)
-logs drift events on the ``capstan.serving`` logger and has no payload sink.
+Where drift events and payloads go is a `ServeStores`: `LocalStores` opens the local stores (the CLI passes
+``Services.open(settings)``) on first use, in the thread that needs them, so a replica that never logs a payload
+nor detects drift never connects; `RemoteStores` (``CAPSTAN_URL`` set: the stores belong to a server this process
+cannot write events to) logs drift events on the ``capstan.serving`` logger and has no payload sink.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
-import sys
 import threading
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote
 
 from capstan.clock import Clock, system_clock
@@ -38,15 +38,23 @@ if TYPE_CHECKING:
     from starlette.types import ASGIApp
 
     from capstan.events.ports import EventLog
-    from capstan.services import Services
     from capstan.serving.app import BatchingOptions, GrpcOptions
     from capstan.serving.drift_monitor import DriftMonitor, ModelReference
     from capstan.serving.model import ServedModel
     from capstan.serving.payload_log import PayloadSink
-    from capstan.settings import Settings
 
-__all__ = ["EVENTS_LOGGER", "LocalStores", "LoggingEventLog", "RemoteStores", "ServeOptions", "ServeStores",
-           "configure_access_log", "payload_prefix", "serve_process_app", "stores_for"]
+__all__ = [
+    "EVENTS_LOGGER",
+    "LocalStores",
+    "LoggingEventLog",
+    "OpenedStores",
+    "RemoteStores",
+    "ServeOptions",
+    "ServeStores",
+    "payload_prefix",
+    "serve_process_app",
+    "with_access_log",
+]
 
 EVENTS_LOGGER = "capstan.serving"
 """The logger drift events go to when this process cannot write to an event log (``CAPSTAN_URL`` set)."""
@@ -148,24 +156,40 @@ class LoggingEventLog:
         self.logger.log(level, "%s %s/%s: %s", event.reason, event.kind, event.object_id, event.message)
 
 
+class OpenedStores(Protocol):
+    """The stores `LocalStores` opens: `capstan.services.Services` is one."""
+
+    @property
+    def events(self) -> EventLog:
+        """The event log."""
+        ...
+
+    @property
+    def artifacts(self) -> PayloadSink:
+        """The artifact store."""
+        ...
+
+    def close(self) -> None:
+        """Release connections."""
+        ...
+
+
 class LocalStores:
-    """The local stores of ``settings`` (`capstan.services.Services`), opened on first use by whichever thread needs
-    them first (the drift monitor's or the payload writer's), and closed by `close`."""
+    """The local stores (``open_stores()``: the composition root's ``Services.open(settings)``), opened on first use
+    by whichever thread needs them first (the drift monitor's or the payload writer's), and closed by `close`."""
 
     has_payload_sink = True
 
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self._services: Services | None = None
+    def __init__(self, open_stores: Callable[[], OpenedStores]) -> None:
+        self.open_stores = open_stores
+        self._services: OpenedStores | None = None
         self._lock = threading.Lock()
 
-    def services(self) -> Services:
-        """The opened services (opening them on the first call)."""
+    def services(self) -> OpenedStores:
+        """The opened stores (opening them on the first call)."""
         with self._lock:
             if self._services is None:
-                from capstan.services import Services
-
-                self._services = Services.open(self.settings)
+                self._services = self.open_stores()
             return self._services
 
     def event_log(self) -> EventLog:
@@ -229,11 +253,6 @@ class RemoteStores:
         """Nothing to close."""
 
 
-def stores_for(settings: Settings) -> ServeStores:
-    """`RemoteStores` when ``settings`` names a server (``CAPSTAN_URL``), else `LocalStores`."""
-    return RemoteStores() if settings.url else LocalStores(settings)
-
-
 # --------------------------------------------------------------------------------------------------------- app
 
 
@@ -280,16 +299,18 @@ def _drift_endpoint(monitor: DriftMonitor) -> Callable[[Request], Awaitable[Resp
     return endpoint
 
 
-def configure_access_log(enabled: bool) -> None:
-    """Write the access log (`capstan.serving.access_log`) as JSON lines on stderr, or switch it off."""
+def with_access_log(log_config: Mapping[str, Any], enabled: bool) -> dict[str, Any]:
+    """``log_config`` (a `logging.config.dictConfig` document, as uvicorn takes it) with the access log
+    (`capstan.serving.access_log`) written as JSON lines (format ``%(message)s``) on stderr, or switched off.
+
+    It goes in the configuration uvicorn applies, not on the logger directly: each ``dictConfig`` resets the
+    loggers below the ones it names (``capstan``)."""
     from capstan.serving.access_log import LOGGER_NAME
 
-    logger = logging.getLogger(LOGGER_NAME)
-    logger.propagate = False
-    if not enabled:
-        logger.setLevel(logging.WARNING)
-        return
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    logger.handlers = [handler]
-    logger.setLevel(logging.INFO)
+    config = copy.deepcopy(dict(log_config))
+    config.setdefault("formatters", {})["capstan_access"] = {"format": "%(message)s"}
+    config.setdefault("handlers", {})["capstan_access"] = {"class": "logging.StreamHandler",
+                                                           "formatter": "capstan_access", "stream": "ext://sys.stderr"}
+    config.setdefault("loggers", {})[LOGGER_NAME] = {"handlers": ["capstan_access"] if enabled else [],
+                                                     "level": "INFO" if enabled else "WARNING", "propagate": False}
+    return config
