@@ -2,7 +2,9 @@
 
 It prepares a bundled dataset (scikit-learn's wine data; no network), trains a small model with a few parameter
 settings while tracking params, metrics and artifacts, registers the best run's model as
-``models:/quickstart@champion``, loads it back to prove it works, and says where to look.
+``models:/quickstart@champion``, loads it back to prove it works, then deploys it behind ``capstan server``, rolls
+out the runner-up (``@challenger``) as a 20 % canary and prints what each version answered
+(`capstan.quickstart_serving`), and says where to look.
 
 Stages are plain functions so later features can plug in front: `run_quickstart` takes a ``data_stage`` (any
 callable returning `TrainingData`), e.g. a data-prep pipeline, instead of `wine_data`.
@@ -20,9 +22,12 @@ from capstan.settings import Settings
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from capstan.quickstart_serving import ServingDemo
+
 EXPERIMENT = "quickstart"
 MODEL_NAME = "quickstart"
 ALIAS = "champion"
+CHALLENGER_ALIAS = "challenger"
 BATCH_TAG = "capstan.quickstart.batch"
 # Regularisation strengths tried, from barely regularised to heavily regularised (underfits).
 ALPHA_GRID: tuple[float, ...] = (0.0001, 0.01, 0.1, 1.0)
@@ -80,6 +85,8 @@ class QuickstartResult:
     reloaded_accuracy: float
     location: str
     extra: dict[str, Any] = field(default_factory=dict)
+    challenger_version: int | None = None
+    serving: ServingDemo | None = None
 
 
 def wine_data(seed: int = 7) -> TrainingData:
@@ -148,9 +155,11 @@ def _train_one(client_run: Any, data: PreparedSplit, alpha: float, epochs: int) 
 def run_quickstart(settings: Settings | None = None, *, console: Console | None = None,
                    data_stage: DataStage | None = None, experiment: str = EXPERIMENT,
                    model_name: str = MODEL_NAME, grid: Sequence[float] = ALPHA_GRID,
-                   epochs: int = EPOCHS) -> QuickstartResult:
+                   epochs: int = EPOCHS, serve: bool = True) -> QuickstartResult:
     """Run the quickstart and print what it did. ``settings`` (default: the environment's) become the
-    process's SDK settings; ``data_stage`` supplies the training data (default `wine_data`)."""
+    process's SDK settings; ``data_stage`` supplies the training data (default `wine_data`). With ``serve``, the
+    champion is deployed behind a ``capstan server`` and the runner-up rolled out as a 20 % canary
+    (`capstan.quickstart_serving`)."""
     from rich.console import Console
     from rich.progress import BarColumn, Progress, SpinnerColumn, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
@@ -167,7 +176,7 @@ def run_quickstart(settings: Settings | None = None, *, console: Console | None 
     columns = (SpinnerColumn(), TextColumn("{task.description:<44}"), BarColumn(), TaskProgressColumn(),
                TimeElapsedColumn())
     with Progress(*columns, console=out, refresh_per_second=4) as progress:
-        task = progress.add_task("preparing data", total=len(grid) + 3)
+        task = progress.add_task("preparing data", total=len(grid) + 3 + (5 if serve else 0))
         data = stage()
         progress.advance(task)
         run_ids: list[str] = []
@@ -193,6 +202,11 @@ def run_quickstart(settings: Settings | None = None, *, console: Console | None 
         version = client.register_model(f"models:/{best_model_id}", model_name,
                                         tags={"quickstart.batch": batch})
         client.set_registered_model_alias(model_name, ALIAS, version.version)
+        runner_up = None
+        if len(ranked) > 1:
+            runner_up = client.register_model(f"models:/{model_ids[ranked[1].info.run_id]}", model_name,
+                                              tags={"quickstart.batch": batch})
+            client.set_registered_model_alias(model_name, CHALLENGER_ALIAS, runner_up.version)
         progress.advance(task)
 
         progress.update(task, description=f"loading models:/{model_name}@{ALIAS} back")
@@ -201,13 +215,25 @@ def run_quickstart(settings: Settings | None = None, *, console: Console | None 
         reloaded = sdk.load_model(f"models:/{model_name}@{ALIAS}")
         reloaded_accuracy = float(accuracy_score(data.y_test, reloaded.predict(data.x_test)))
         progress.advance(task)
+        demo = None
+        if serve and runner_up is not None:
+            from capstan.quickstart_serving import run_serving_demo
+
+            def step(description: str) -> None:
+                progress.advance(task)
+                progress.update(task, description=description)
+
+            demo = run_serving_demo(active, model_name, str(version.version), str(runner_up.version),
+                                    data.x_test.tolist(), step=step)
+            progress.advance(task)
         progress.update(task, description="done")
 
     best_accuracy = next(m.value for m in best.data.metrics if m.key == "test_accuracy")
     location = active.url or str(active.home)
     result = QuickstartResult(experiment_id=best.info.experiment_id, run_ids=tuple(run_ids),
                               best_run_id=best.info.run_id, model_name=model_name, model_version=version.version,
-                              test_accuracy=best_accuracy, reloaded_accuracy=reloaded_accuracy, location=location)
+                              test_accuracy=best_accuracy, reloaded_accuracy=reloaded_accuracy, location=location,
+                              challenger_version=runner_up.version if runner_up else None, serving=demo)
     _report(out, active, result, ranked, data, experiment)
     return result
 
@@ -234,6 +260,8 @@ def _report(out: Console, settings: Settings, result: QuickstartResult, ranked: 
     out.print(f"Registered the best run's model as [bold]models:/{result.model_name}@{ALIAS}[/bold] "
               f"(version {result.model_version}); loaded it back: test accuracy {result.reloaded_accuracy:.3f} "
               f"(logged {result.test_accuracy:.3f}).")
+    if result.serving is not None:
+        _report_serving(out, result)
     out.print()
     where = (f"server {settings.url}" if settings.url
              else f"CAPSTAN_HOME={settings.home} (metadata: {settings.db_url}, artifacts: {settings.artifacts})")
@@ -244,3 +272,25 @@ def _report(out: Console, settings: Settings, result: QuickstartResult, ranked: 
     out.print(f"  capstan runs compare {' '.join(result.run_ids[:3])}")
     out.print(f"  capstan models show {result.model_name}")
     out.print(f"  python -c \"import capstan; print(capstan.load_model('models:/{result.model_name}@{ALIAS}'))\"")
+
+
+def _report_serving(out: Console, result: QuickstartResult) -> None:
+    from rich.table import Table
+
+    from capstan.quickstart_serving import CANARY_PERCENT, DEPLOYMENT
+
+    demo = result.serving
+    assert demo is not None
+    out.print()
+    out.print(f"Deployed version {result.model_version} as deployment [bold]{DEPLOYMENT}[/bold] on {demo.server}, "
+              f"then version {result.challenger_version} as a {CANARY_PERCENT}% canary:")
+    table = Table(title_justify="left")
+    for header in ("burst", "version", "role", "requests", "errors", "p50 ms", "p95 ms"):
+        table.add_column(header, no_wrap=True, justify="left" if header in ("burst", "role") else "right")
+    for burst, rows in (("first", demo.first), ("canary", demo.canary)):
+        for row in rows:
+            table.add_row(burst, row.version, row.role, str(row.requests), str(row.errors), f"{row.p50_ms:.1f}",
+                          f"{row.p95_ms:.1f}")
+    out.print(table)
+    out.print(f"The deployment stays stored: `capstan server` brings it back; then `capstan deployments status "
+              f"{DEPLOYMENT}`, `capstan deployments promote {DEPLOYMENT}` or `... rollback {DEPLOYMENT}`.")

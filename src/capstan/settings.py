@@ -266,6 +266,23 @@ class Settings:
         env_set = frozenset(name for name in ENV_VARIABLES.values() if name in env)
         return replace(settings, env_set=env_set, **overrides)  # type: ignore[arg-type]  # keys are field names
 
+    def store_environment(self) -> dict[str, str]:
+        """The ``CAPSTAN_*`` variables that make `from_env` in a child process (a server worker, a serving replica,
+        the quickstart's server) use these same local stores and limits. Never ``CAPSTAN_URL`` or a token: a child
+        works on the stores directly."""
+        env = {"CAPSTAN_HOME": str(self.home), "CAPSTAN_DB_URL": self.db_url, "CAPSTAN_ARTIFACTS": self.artifacts,
+               "CAPSTAN_PROJECT": self.project, "CAPSTAN_ARTIFACT_MAX_BYTES": str(self.artifact_max_bytes)}
+        if self.s3_endpoint:
+            env["CAPSTAN_S3_ENDPOINT"] = self.s3_endpoint
+        if self.allowed_origins:
+            env["CAPSTAN_ALLOWED_ORIGINS"] = ",".join(self.allowed_origins)
+        if self.allowed_hosts:
+            env["CAPSTAN_ALLOWED_HOSTS"] = ",".join(self.allowed_hosts)
+        if self.declared_gpus is not None:
+            model = f"x{self.declared_gpu_model}" if self.declared_gpu_model else ""
+            env["CAPSTAN_GPUS"] = f"{self.declared_gpus}{model}"
+        return env
+
     def source_of(self, field_name: str) -> str:
         """How an error names the setting ``field_name``: its environment variable (``CAPSTAN_ARTIFACTS``) when
         that variable was set, the field name (``artifacts``) otherwise."""

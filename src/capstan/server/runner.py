@@ -112,21 +112,7 @@ def freeze_startup_objects() -> None:
 
 def settings_environment(settings: Settings, host: str) -> dict[str, str]:
     """``CAPSTAN_*`` variables that make `Settings.from_env` in a worker process rebuild ``settings``."""
-    env = {
-        "CAPSTAN_HOME": str(settings.home),
-        "CAPSTAN_DB_URL": settings.db_url,
-        "CAPSTAN_ARTIFACTS": settings.artifacts,
-        "CAPSTAN_PROJECT": settings.project,
-        "CAPSTAN_ARTIFACT_MAX_BYTES": str(settings.artifact_max_bytes),
-        "CAPSTAN_SERVER_HOST": host,
-    }
-    if settings.s3_endpoint:
-        env["CAPSTAN_S3_ENDPOINT"] = settings.s3_endpoint
-    if settings.allowed_origins:
-        env["CAPSTAN_ALLOWED_ORIGINS"] = ",".join(settings.allowed_origins)
-    if settings.allowed_hosts:
-        env["CAPSTAN_ALLOWED_HOSTS"] = ",".join(settings.allowed_hosts)
-    return env
+    return {**settings.store_environment(), "CAPSTAN_SERVER_HOST": host}
 
 
 def describe(settings: Settings, host: str, port: int, workers: int, *, auth_required: bool,

@@ -89,14 +89,7 @@ def probe_ready(url: str, timeout_s: float = PROBE_TIMEOUT_S) -> bool:
 def store_environment(settings: Settings) -> dict[str, str]:
     """The ``CAPSTAN_*`` variables that point a child process at the same stores as ``settings`` (never a remote
     server: a replica reads the registry directly)."""
-    env = {"CAPSTAN_HOME": str(settings.home), "CAPSTAN_DB_URL": settings.db_url,
-           "CAPSTAN_ARTIFACTS": settings.artifacts, "CAPSTAN_PROJECT": settings.project}
-    if settings.s3_endpoint:
-        env["CAPSTAN_S3_ENDPOINT"] = settings.s3_endpoint
-    if settings.declared_gpus is not None:
-        model = f"x{settings.declared_gpu_model}" if settings.declared_gpu_model else ""
-        env["CAPSTAN_GPUS"] = f"{settings.declared_gpus}{model}"
-    return env
+    return settings.store_environment()
 
 
 def serve_command(model_uri: str, name: str, *, max_batch_size: int | None = None,
