@@ -315,10 +315,13 @@ def run_wrk(server: Server, body_file: Path, concurrency: int, seconds: float, t
 
 def check_answer(server: Server, expected: float) -> None:
     """One request by hand: the server must answer 200 with the in-process prediction."""
-    resp = httpx.post(server.url(server.infer_path), json=server.body, timeout=30)
-    if resp.status_code != 200:
-        raise Skip(f"{server.name} answered {resp.status_code}: {resp.text[:200]}")
-    got = server.first_prediction(resp.json())
+    try:
+        resp = httpx.post(server.url(server.infer_path), json=server.body, timeout=30)
+        if resp.status_code != 200:
+            raise Skip(f"{server.name} answered {resp.status_code}: {resp.text[:200]}")
+        got = server.first_prediction(resp.json())
+    except (httpx.HTTPError, ValueError, LookupError, TypeError) as exc:
+        raise Skip(f"{server.name} gave no prediction: {exc!r}") from exc
     if got != expected:
         raise Skip(f"{server.name} predicted {got}, expected {expected}")
 
@@ -523,7 +526,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in opts.servers:
             try:
                 results[name] = measure(make_server(name, files, work, opts), files, work, opts)
-            except Skip as why:
+            except (Skip, RuntimeError, subprocess.TimeoutExpired) as why:  # wrk failing is a RuntimeError
                 skipped[name] = str(why)
                 print(f"  {name:<22} skipped: {why}", flush=True)
         report(files, results, skipped, opts)
