@@ -123,6 +123,23 @@ def _predict_ms(model: Any, rows: Any, repeats: int = 50) -> float:
     return min(times) * 1000
 
 
+_LOAD_ONLY = """
+import sys
+import joblib, psutil
+model = joblib.load(sys.argv[1])
+print(psutil.Process().memory_info().rss / 2**20)
+"""
+
+
+def load_floor(files: ModelFiles) -> dict[str, float]:
+    """What loading the model costs any server: a fresh interpreter that only unpickles it (which imports
+    scikit-learn and what it imports), timed from process start to exit, and its RSS in MiB once loaded."""
+    t = time.perf_counter()
+    out = subprocess.run([sys.executable, "-c", _LOAD_ONLY, str(files.joblib_path)], capture_output=True, text=True,
+                         check=True)
+    return {"seconds": time.perf_counter() - t, "rss_mib": float(out.stdout.strip())}
+
+
 # ---------------------------------------------------------------------------------------------- servers
 
 
@@ -425,11 +442,14 @@ def goals(results: dict[str, Any], lo: int, hi: int) -> list[list[str]]:
     return rows
 
 
-def report(files: ModelFiles, results: dict[str, Any], skipped: dict[str, str], opts: argparse.Namespace) -> None:
+def report(files: ModelFiles, results: dict[str, Any], skipped: dict[str, str], loading: dict[str, float],
+           opts: argparse.Namespace) -> None:
     """Print the figures, the ratios against the peers and the goals."""
     lo, hi = min(opts.concurrency), max(opts.concurrency)
     print(f"\ncompute floor (in-process predict): 1 row {files.floor_ms[1]:.2f} ms, 64 rows "
           f"{files.floor_ms[64]:.2f} ms ({files.floor_ms[64] / 64:.3f} ms/row)")
+    print(f"load floor (a fresh python that only unpickles the model): {loading['seconds']:.2f} s, "
+          f"{loading['rss_mib']:.0f} MiB RSS")
     rows = [[name, str(c), f"{f['rps']:.0f}", f"{f['p50_ms']:.2f}", f"{f['p90_ms']:.2f}", f"{f['p99_ms']:.2f}",
              f"{f['cpu_ms_per_request']:.3f}", str(int(f["errors"]))]
             for name, res in results.items() for c, f in res["levels"].items()]
@@ -521,6 +541,7 @@ def main(argv: list[str] | None = None) -> int:
         files = build_model(work)
         print(f"model: RandomForestClassifier, {N_TREES} trees, {N_FEATURES} features; "
               f"{opts.duration:g} s per level at c={','.join(map(str, opts.concurrency))}", flush=True)
+        loading = load_floor(files)
         results: dict[str, Any] = {}
         skipped: dict[str, str] = {}
         for name in opts.servers:
@@ -529,9 +550,9 @@ def main(argv: list[str] | None = None) -> int:
             except (Skip, RuntimeError, subprocess.TimeoutExpired) as why:  # wrk failing is a RuntimeError
                 skipped[name] = str(why)
                 print(f"  {name:<22} skipped: {why}", flush=True)
-        report(files, results, skipped, opts)
+        report(files, results, skipped, loading, opts)
         if opts.json:
-            document = {"floor_ms": files.floor_ms, "servers": results, "skipped": skipped,
+            document = {"floor_ms": files.floor_ms, "load_floor": loading, "servers": results, "skipped": skipped,
                         "options": {k: v for k, v in vars(opts).items() if k != "json"},
                         "loadavg": os.getloadavg(), "cpus": os.cpu_count()}
             Path(opts.json).write_text(json.dumps(document, indent=2))
