@@ -42,8 +42,18 @@ def test_quickstart_on_a_fresh_home(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr and "pandas was imported" not in result.stderr, result.stderr
     for expected in ("Prepared the data with pipeline wine_prep", "9 steps, 0 from cache",
                      "after cleaning", "Trained 4 models", "models:/quickstart@champion", f"CAPSTAN_HOME={home}",
-                     "capstan runs list --experiment quickstart", "capstan models show quickstart"):
+                     "capstan runs list --experiment quickstart", "capstan models show quickstart",
+                     "Deployed version 1 as deployment quickstart", "then version 2 as a 20% canary"):
         assert expected in out, expected
+    # The serving demo's table: every request answered, the canary got a share of the second burst.
+    rows = [line.split("│")[1:-1] for line in out.splitlines() if line.startswith("│ first") or
+            line.startswith("│ canary")]
+    cells = [[cell.strip() for cell in row] for row in rows]
+    assert {(c[0], c[1], c[2]) for c in cells} == {("first", "1", "primary"), ("canary", "1", "primary"),
+                                                   ("canary", "2", "canary")}, out
+    assert all(c[4] == "0" for c in cells), out  # no errors
+    assert sum(int(c[3]) for c in cells if c[0] == "canary") == 500
+    assert 0 < int(next(c[3] for c in cells if c[2] == "canary")) < 250
 
     with Client(settings=Settings.for_home(home)) as client:
         runs = client.search_runs(experiment_names=["quickstart"],
@@ -59,12 +69,13 @@ def test_quickstart_on_a_fresh_home(tmp_path: Path) -> None:
         model = client.load_model("models:/quickstart@champion")
         assert isinstance(model, BaseEstimator)
 
-    again = subprocess.run([*capstan_command(), "quickstart"], env=clean_env(home), capture_output=True, text=True,
-                           timeout=300)
+    again = subprocess.run([*capstan_command(), "quickstart", "--no-serve"], env=clean_env(home),
+                           capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr
     assert "from cache" in again.stdout and "0 from cache" not in again.stdout  # the data-prep steps were reused
     with Client(settings=Settings.for_home(home)) as client:
-        assert client.get_model_version_by_alias("quickstart", "champion").version == 2
+        assert client.get_model_version_by_alias("quickstart", "champion").version == 3  # 1 and 2 were the first run's
+        assert client.get_model_version_by_alias("quickstart", "challenger").version == 4
 
 
 def test_wine_data_is_plain_numpy() -> None:
