@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import pickle
 import platform
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,12 +47,33 @@ def default_format() -> str:
     return "skops" if importlib.util.find_spec("skops") is not None else "pickle"
 
 
+class _HideTorch:
+    """A meta-path finder under which ``import torch`` fails as if torch were not installed."""
+
+    def find_spec(self, name: str, path: object = None, target: object = None) -> None:
+        if name == "torch" or name.startswith("torch."):
+            raise ModuleNotFoundError(f"No module named {name!r} (hidden while skops.io is imported)", name=name)
+
+
 def _import_skops() -> Any:
+    """``skops.io``, imported without torch when torch is not imported yet.
+
+    Importing ``skops.io`` lists scikit-learn's estimators (``sklearn.utils.all_estimators``), which imports every
+    public scikit-learn module, ``sklearn.externals.array_api_compat.torch`` among them, and with it torch when it
+    is installed: seconds and ~180 MiB for a type list that holds no torch type. torch is hidden for that import
+    only (``all_estimators`` skips a module that fails to import), so a later ``import torch`` works as usual.
+    """
+    hider = _HideTorch() if "torch" not in sys.modules else None
+    if hider is not None:
+        sys.meta_path.insert(0, hider)
     try:
         import skops.io
     except ImportError:
         raise InvalidParameterValue(
             "this model is stored in the skops format, which needs the skops package: pip install skops") from None
+    finally:
+        if hider is not None:
+            sys.meta_path.remove(hider)
     return skops.io
 
 
