@@ -23,7 +23,8 @@ is the transport-independent `capstan.serving.core.ServingCore`; this module is 
 ``batching``, each model gets one `AdaptiveBatcher`, created in the serving event loop on first use and drained at
 shutdown (lifespan); without it, ``predict`` runs in a worker thread per request. ``observer`` hears every
 inference request (`capstan.serving.observe`); ``metrics`` answers ``GET /metrics``; ``grpc`` starts OIP v2 over
-gRPC (`capstan.serving.grpc_server`) in the lifespan, on the same event loop, sharing the core and its batchers.
+gRPC (`capstan.serving.grpc_server`) in the lifespan, on the same event loop, sharing the core and its batchers;
+``routes`` adds routes (``GET /drift``); ``on_shutdown`` closes observers at the end of the lifespan.
 """
 
 from __future__ import annotations
