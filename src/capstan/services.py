@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from capstan.registry.ports import RegistryStore
     from capstan.resources.admission import Admission
     from capstan.serving.manage import DeploymentManager
+    from capstan.serving.outcomes import OutcomeStore
     from capstan.serving.ports import DeploymentStore
     from capstan.tracking.ports import TrackingStore
 
@@ -74,6 +75,7 @@ class Services:
     registry: RegistryStore
     auth: AuthStore
     deployments: DeploymentStore
+    outcomes: OutcomeStore
     queue: Deferred[QueueStore]
     admission: Deferred[Admission]
     executors: Deferred[ExecutorFactory]
@@ -90,6 +92,7 @@ class Services:
         from capstan.serving.deployments_sql import SqlDeploymentStore
         from capstan.store.artifact_index_sql import SqlArtifactIndex
         from capstan.store.auth_sql import SqlAuthStore
+        from capstan.store.deployment_outcomes_sql import SqlOutcomeStore
         from capstan.store.engine import create_store_engine
         from capstan.store.events_sql import SqlEventLog
         from capstan.store.registry_sql import SqlRegistryStore
@@ -137,6 +140,7 @@ class Services:
             registry=SqlRegistryStore(engine, clock=clock, events=events),
             auth=SqlAuthStore(engine, clock=clock),
             deployments=SqlDeploymentStore(engine),
+            outcomes=SqlOutcomeStore(engine),
             queue=Deferred(open_queue),
             admission=admissions,
             executors=executor_parts,
@@ -149,7 +153,8 @@ class Services:
         from capstan.serving.manage import DeploymentManager, registry_resolver
 
         return DeploymentManager(self.deployments, resolve=registry_resolver(self.registry, self.tracking),
-                                 admission=self.admission.get, events=self.events, clock=self.clock)
+                                 admission=self.admission.get, events=self.events, outcomes=self.outcomes,
+                                 clock=self.clock)
 
     def close(self) -> None:
         """Release database connections."""

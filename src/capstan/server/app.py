@@ -168,9 +168,8 @@ def _deployment_controller(settings: Settings, services: Services) -> Deployment
 def _deployment_router(services: Services) -> DeploymentRouter:
     """The data plane of managed deployments in this worker: requests to replicas, load reports, outcomes."""
     from capstan.serving.router import DeploymentRouter
-    from capstan.store.deployment_outcomes_sql import SqlOutcomeStore
 
-    return DeploymentRouter(services.deployments, SqlOutcomeStore(services.engine), clock=services.clock)
+    return DeploymentRouter(services.deployments, services.outcomes, clock=services.clock)
 
 
 def _start_pipelines(app: FastAPI, services: Services, is_leader: bool) -> None:

@@ -89,24 +89,7 @@ def show_deployment(request: Request, name: str) -> Response:
     """Spec, resolved versions, state, traffic, replicas (state and message), last cold start and recent events."""
     project = request_project(request)
     require(request, "read", project, target=f"deployment/{name}")
-    status = _manager(request).status(project, name)
-    status["quality"] = _quality(request, project, name)
-    return _render(status)
-
-
-def _quality(request: Request, project: str, name: str) -> Any:
-    """Per-version quality from the router's outcomes (`capstan.serving.abtest`), when the router records them."""
-    import dataclasses
-
-    try:
-        from capstan.serving.abtest import deployment_quality
-        from capstan.store.deployment_outcomes_sql import SqlOutcomeStore
-
-        report = deployment_quality(SqlOutcomeStore(request.app.state.services.engine), project, name)
-        return dataclasses.asdict(report)
-    except Exception:  # the quality table is an extra: status answers without it
-        log.exception("per-version quality of deployment %s/%s is unavailable", project, name)
-        return None
+    return _render(_manager(request).status(project, name))
 
 
 @router.delete("/{name}", status_code=204, summary="Delete a deployment")

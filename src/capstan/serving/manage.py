@@ -17,7 +17,9 @@ from capstan.errors import InvalidParameterValue, InvalidState, ResourceAlreadyE
 from capstan.events.ports import EventLog
 from capstan.registry.ports import RegistryStore
 from capstan.resources.admission import Admission
+from capstan.serving.abtest import deployment_quality
 from capstan.serving.controller import EVENT_KIND, object_id, resource_request
+from capstan.serving.outcomes import OutcomeStore
 from capstan.serving.ports import DeploymentRecord, DeploymentStore, ReplicaRecord, Role, routing_table
 from capstan.serving.spec import DeploymentSpec, ModelUri
 from capstan.tracking.ports import TrackingStore
@@ -88,8 +90,9 @@ class DeploymentManager:
     """Applies users' changes to deployments (checked, resolved, revisioned) and reads their status."""
 
     def __init__(self, store: DeploymentStore, *, resolve: Resolver, admission: Callable[[], Admission],
-                 events: EventLog, clock: Clock = system_clock) -> None:
+                 events: EventLog, outcomes: OutcomeStore, clock: Clock = system_clock) -> None:
         self._store = store
+        self._outcomes = outcomes
         self._resolve = resolve
         self._admission = admission
         self._events = events
@@ -182,10 +185,12 @@ class DeploymentManager:
         """Remove the deployment; the controller stops its replicas."""
         record = self.get(project, name)
         self._store.delete(project, name)
+        self._outcomes.delete_deployment(project, name)  # a new deployment of that name starts its A/B afresh
         self._event(record, "Deleted", f"deployment {name!r} deleted")
 
     def status(self, project: str, name: str) -> dict[str, Any]:
-        """The deployment, its state, traffic, replicas, last cold start and recent events, as JSON."""
+        """The deployment, its state, traffic, replicas, last cold start, recent events and per-version quality
+        (`capstan.serving.abtest`), as JSON."""
         record = self.get(project, name)
         replicas = list(self._store.replicas(project, name))
         table = routing_table(record, replicas)
@@ -203,6 +208,7 @@ class DeploymentManager:
             "last_cold_start_s": cold[-1].data.get("seconds") if cold else None,
             "events": [{"time": e.time, "type": e.type, "reason": e.reason, "message": e.message}
                        for e in events[-RECENT_EVENTS:]],
+            "quality": dataclasses.asdict(deployment_quality(self._outcomes, project, name)),
         }
 
     def _write(self, old: DeploymentRecord, spec: DeploymentSpec,
