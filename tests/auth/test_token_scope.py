@@ -5,7 +5,9 @@ A scoped token only narrows its user's rights: ``read`` in the scope's project, 
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -14,7 +16,7 @@ from capstan.auth.policy import Principal, TokenScope, allows, authorize, parse_
 from capstan.errors import InvalidParameterValue, PermissionDenied
 from capstan.services import Services
 from capstan.settings import Settings
-from helpers.server import ServerProcess, start_server
+from helpers.server import ServerProcess, capstan_command, clean_env, start_server
 
 
 def test_scope_round_trips_and_bad_scopes_name_the_field() -> None:
@@ -22,7 +24,7 @@ def test_scope_round_trips_and_bad_scopes_name_the_field() -> None:
     assert scope == TokenScope("alpha", "fraud")
     assert str(scope) == "deployment:alpha/fraud"
     for bad in ("", "deployment:", "deployment:alpha", "deployment:/x", "project:alpha/x", "deployment:a/b/c"):
-        with pytest.raises(InvalidParameterValue, match="^deployment: must be"):
+        with pytest.raises(InvalidParameterValue, match=r"^deployment: must be"):
             parse_token_scope(bad, field_name="deployment")
 
 
@@ -59,7 +61,7 @@ def test_store_keeps_the_scope(tmp_path: pytest.TempPathFactory) -> None:
         assert services.auth.find_token(str(issued.token.id)).scope == "deployment:alpha/fraud"
         plain = services.auth.create_token("ann")
         assert plain.token.scope is None and plain.token.to_dict(0)["scope"] is None
-        with pytest.raises(InvalidParameterValue, match="^scope: must be"):
+        with pytest.raises(InvalidParameterValue, match=r"^scope: must be"):
             services.auth.create_token("ann", scope="alpha/fraud")
         assert len(services.auth.list_tokens("ann")) == 2  # the refused one was not stored
     finally:
@@ -107,3 +109,22 @@ def test_a_bad_deployment_name_is_a_400(server: tuple[ServerProcess, str]) -> No
     response = _call(running, full, "POST", "/api/v1/tokens", json={"deployment": "a/b"})
     assert response.status_code == 400, response.text
     assert "deployment" in response.json()["message"]
+
+
+def test_cli_issues_a_scoped_token(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    services = Services.open(Settings.for_home(home))
+    services.auth.create_user("ann")
+    services.close()
+
+    def capstan(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*capstan_command(), *args], env=clean_env(home), capture_output=True, text=True,
+                              timeout=120)
+
+    result = capstan("tokens", "create", "--user", "ann", "--deployment", "fraud", "--project", "alpha")
+    assert result.returncode == 0, result.stderr
+    assert "scoped to deployment:alpha/fraud" in result.stderr
+    bad = capstan("tokens", "create", "--user", "ann", "--deployment", "a/b")
+    assert bad.returncode == 1 and bad.stderr.startswith("error: --deployment: must be deployment:PROJECT/NAME")
+    lonely = capstan("tokens", "create", "--user", "ann", "--project", "alpha")
+    assert lonely.returncode != 0 and "--project" in lonely.stderr and "Traceback" not in lonely.stderr

@@ -21,6 +21,7 @@ from capstan.server.tls import tls_click_options
 
 if TYPE_CHECKING:
     from capstan.artifacts.store import ArtifactStore
+    from capstan.auth.policy import TokenScope
     from capstan.services import Services
 
 
@@ -57,7 +58,8 @@ class _Admin(Protocol):
     def grant(self, name: str, project: str, role: str) -> dict[str, Any]: ...
     def revoke_role(self, name: str, project: str) -> None: ...
     def list_tokens(self, user: str | None) -> list[dict[str, Any]]: ...
-    def create_token(self, user: str, name: str, expires: str | None) -> dict[str, Any]: ...
+    def create_token(self, user: str, name: str, expires: str | None,
+                     scope: TokenScope | None = None) -> dict[str, Any]: ...
     def revoke_token(self, ref: str) -> dict[str, Any]: ...
     def audit(self, user: str | None, since: str | None, project: str | None,
               limit: int) -> list[dict[str, Any]]: ...
@@ -95,11 +97,13 @@ class _LocalAdmin:
         now = self._svc.clock()
         return [t.to_dict(now) for t in self._svc.auth.list_tokens(user)]
 
-    def create_token(self, user: str, name: str, expires: str | None) -> dict[str, Any]:
+    def create_token(self, user: str, name: str, expires: str | None,
+                     scope: TokenScope | None = None) -> dict[str, Any]:
         from capstan.auth.durations import parse_duration
 
         expires_ms = parse_duration(expires, field_name="--expires") if expires else None
-        issued = self._svc.auth.create_token(user, name=name, expires_in_ms=expires_ms)
+        issued = self._svc.auth.create_token(user, name=name, expires_in_ms=expires_ms,
+                                             scope=str(scope) if scope else None)
         return {"token": issued.token.to_dict(self._svc.clock()), "secret": issued.secret}
 
     def revoke_token(self, ref: str) -> dict[str, Any]:
@@ -166,8 +170,13 @@ class _RemoteAdmin:
     def list_tokens(self, user: str | None) -> list[dict[str, Any]]:
         return list(self._call("GET", "/tokens", params={"user": user} if user else {})["tokens"])
 
-    def create_token(self, user: str, name: str, expires: str | None) -> dict[str, Any]:
-        return self._call("POST", "/tokens", json={"user": user, "name": name, "expires": expires})
+    def create_token(self, user: str, name: str, expires: str | None,
+                     scope: TokenScope | None = None) -> dict[str, Any]:
+        if scope is None:
+            return self._call("POST", "/tokens", json={"user": user, "name": name, "expires": expires})
+        return self._call("POST", "/tokens", json={"user": user, "name": name, "expires": expires,
+                                                   "deployment": scope.deployment},
+                          headers={"X-Capstan-Project": scope.project})
 
     def revoke_token(self, ref: str) -> dict[str, Any]:
         from urllib.parse import quote
@@ -328,16 +337,31 @@ def tokens() -> None:
 @click.option("--user", "user", required=True, help="User the token acts as.")
 @click.option("--name", default="", help="A label, e.g. the machine or job that uses the token.")
 @click.option("--expires", default=None, help="Lifetime such as 30d, 12h or 1h30m (default: never expires).")
+@click.option("--deployment", default=None,
+              help="Scope the token to this deployment: it may then only call /deployments/NAME/... (inference "
+                   "and feedback), and only with the user's own read access.")
+@click.option("--project", default=None, help="The deployment's project (default: CAPSTAN_PROJECT).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (with the secret).")
-def tokens_create(user: str, name: str, expires: str | None, as_json: bool) -> None:
+def tokens_create(user: str, name: str, expires: str | None, deployment: str | None, project: str | None,
+                  as_json: bool) -> None:
     """Issue a token. The secret is printed on stdout once and cannot be shown again."""
-    issued = _admin().create_token(user, name, expires)
+    from capstan.auth.policy import parse_token_scope
+
+    if project is not None and deployment is None:
+        raise click.BadParameter("only means something with --deployment", param_hint="--project")
+    scope = None
+    if deployment is not None:
+        scope = parse_token_scope(f"deployment:{project or cli_settings().project}/{deployment}",
+                                  field_name="--deployment")
+    issued = _admin().create_token(user, name, expires, scope)
     if as_json:
         _print_json(issued)
         return
     token = issued["token"]
     click.echo(issued["secret"])
     expiry = f"expires {_when(token['expires_at'])}" if token["expires_at"] else "never expires"
+    if token.get("scope"):
+        expiry += f", scoped to {token['scope']} (only /deployments/{scope.deployment if scope else ''}/...)"
     click.echo(f"token {token['id']} ({token['prefix']}...) for user {token['user']}, {expiry}. Store it now: it "
                "is not shown again. Use it as CAPSTAN_TOKEN or MLFLOW_TRACKING_TOKEN, or as the basic-auth "
                f"password with MLFLOW_TRACKING_USERNAME={token['user']}.", err=True)
