@@ -375,6 +375,8 @@ _NATIVE: dict[str, Rule] = {
     "GET /api/v1/deployments": Rule("read", lambda w: Req(f"{V1}/deployments")),
     "GET /api/v1/deployments/{name}": Rule("read", lambda w: Req(f"{V1}/deployments/no-such-deployment"),
                                           ok=(404,), note="a missing deployment answers 404"),
+    "GET /api/v1/deployments/{name}/drift": Rule("read", lambda w: Req(
+        f"{V1}/deployments/no-such-deployment/drift"), ok=(404,), note="a missing deployment answers 404"),
     "DELETE /api/v1/deployments/{name}": Rule("write", lambda w: Req(f"{V1}/deployments/no-such-deployment"),
                                              ok=(404,), note="a missing deployment answers 404"),
     "POST /api/v1/deployments/{name}/promote": Rule("write", lambda w: Req(

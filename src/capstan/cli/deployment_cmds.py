@@ -1,4 +1,5 @@
-"""``capstan deployments ...``: managed deployments (apply, create, list, status, promote, rollback, scale, delete).
+"""``capstan deployments ...``: managed deployments (apply, create, list, status, drift, promote, rollback, scale,
+delete).
 
 With ``CAPSTAN_URL`` every command goes through the server's ``/api/v1/deployments``. Without it the commands change
 the local stores under ``CAPSTAN_HOME`` directly, and the ``capstan server`` running on that home (its controller
@@ -112,6 +113,13 @@ def _status(name: str) -> dict[str, Any]:
     status = _manager().status(cli_settings().project, name)
     status["quality"] = local_quality(cli_services().engine, cli_settings().project, name)
     return status
+
+
+def _drift(name: str) -> dict[str, Any]:
+    """The deployment's drift report: through the API, or gathered here from the replicas the local store lists."""
+    if _remote():
+        return dict(_http("GET", f"/{name}/drift"))
+    return _manager().drift(cli_settings().project, name)
 
 
 def local_quality(engine: Any, project: str, name: str) -> Any:
@@ -335,6 +343,26 @@ def status_cmd(name: str, as_json: bool) -> None:
         _echo_json(status)
     else:
         _print_status(status)
+
+
+@deployments.command("drift")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def drift_cmd(name: str, as_json: bool) -> None:
+    """Live data drift of each version, from the deployment's ready replicas (latest window vs the reference)."""
+    from capstan.serving.drift_monitor import VersionDrift, format_drift_table
+
+    report = _drift(name)
+    if as_json:
+        _echo_json(report)
+        return
+    if not report["replicas"]:
+        click.echo(f"deployment {name} has no ready replica to ask")
+        return
+    click.echo(format_drift_table([VersionDrift.from_dict(v) for v in report["versions"]]))
+    for replica in report["replicas"]:
+        if not replica["available"]:
+            click.echo(f"replica {replica['id']} ({replica['url']}) is unavailable: {replica['error']}", err=True)
 
 
 @deployments.command("promote")

@@ -28,6 +28,7 @@ from capstan.settings import Settings
 if TYPE_CHECKING:
     from fastapi import APIRouter, FastAPI
 
+    from capstan.server.metrics import ServerMetrics
     from capstan.services import Services
     from capstan.serving.controller import DeploymentController
     from capstan.serving.router import DeploymentRouter
@@ -94,7 +95,7 @@ def create_app(settings: Settings, *, services: Services | None = None, bind_hos
         boot.start()
         app.state.queue.start(cycles=is_leader)  # workload queue: the leader requeues workloads after backoff
         if is_leader and app.state.deployments is None:
-            app.state.deployments = _deployment_controller(settings, svc)
+            app.state.deployments = _deployment_controller(settings, svc, metrics)
             app.state.deployments.start()  # adopts replicas left running, then reconciles on its own thread
         try:
             yield
@@ -156,13 +157,15 @@ def create_app(settings: Settings, *, services: Services | None = None, bind_hos
     return app
 
 
-def _deployment_controller(settings: Settings, services: Services) -> DeploymentController:
-    """The control plane of managed deployments: replicas are ``capstan serve`` processes on this machine."""
+def _deployment_controller(settings: Settings, services: Services, metrics: ServerMetrics) -> DeploymentController:
+    """The control plane of managed deployments: replicas are ``capstan serve`` processes on this machine; its
+    replica and cold-start metrics are on this process's ``/metrics``."""
     from capstan.serving.controller import DeploymentController
     from capstan.serving.replicas import SubprocessLauncher
 
     return DeploymentController(services.deployments, events=services.events, launcher=SubprocessLauncher(settings),
-                                admission=services.admission.get, clock=services.clock)
+                                admission=services.admission.get, clock=services.clock,
+                                metrics=metrics.deployment_metrics())
 
 
 def _deployment_router(services: Services) -> DeploymentRouter:
@@ -227,7 +230,7 @@ def _health(request: Request) -> Response:
 
 def _metrics(request: Request) -> Response:
     """Prometheus text exposition of this process's metrics (needs a credential when auth is on)."""
-    from capstan.server.metrics import CONTENT_TYPE, ServerMetrics
+    from capstan.server.metrics import CONTENT_TYPE
     from capstan.server.security import current_principal
 
     current_principal(request)

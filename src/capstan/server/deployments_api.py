@@ -92,6 +92,15 @@ def show_deployment(request: Request, name: str) -> Response:
     return _render(_manager(request).status(project, name))
 
 
+@router.get("/{name}/drift", summary="Show a deployment's live data drift")
+def deployment_drift(request: Request, name: str) -> Response:
+    """Each version's drift, merged from its ready replicas' ``GET /drift`` (rows summed, the latest window's
+    statistics); a replica that does not answer is listed with ``available: false``."""
+    project = request_project(request)
+    require(request, "read", project, target=f"deployment/{name}")
+    return _render(_manager(request).drift(project, name))
+
+
 @router.delete("/{name}", status_code=204, summary="Delete a deployment")
 def delete_deployment(request: Request, name: str) -> Response:
     """Remove it; its replicas are stopped."""

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from sqlalchemy import Engine
 
+    from capstan.serving.metrics import ServingMetrics
+
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -109,6 +111,22 @@ class ServerMetrics:
         self.store_latency = Histogram("capstan_store_operation_duration_seconds",
                                        "Time the metadata store took to execute a statement, by operation.",
                                        ("operation",), buckets=STORE_BUCKETS, registry=self.registry)
+        self._deployments: ServingMetrics | None = None
+
+    def deployment_metrics(self) -> ServingMetrics:
+        """The deployment controller's metrics (replicas by state, desired replicas, cold starts), shown by this
+        app's ``/metrics``; created and registered on first use (the controller runs in the leader process only).
+
+        The names belong to `capstan.serving.metrics.ServingMetrics`; only the controller's families are exposed
+        here (the serving families stay on each replica's own ``/metrics``)."""
+        if self._deployments is None:
+            from capstan.serving.metrics import ServingMetrics
+
+            metrics = ServingMetrics()
+            self.registry.register(_Families((metrics.replicas, metrics.desired_replicas, metrics.cold_starts,
+                                              metrics.cold_start_seconds)))
+            self._deployments = metrics
+        return self._deployments
 
     def render(self) -> bytes:
         """The Prometheus text exposition of this app's metrics."""
@@ -148,6 +166,23 @@ class ServerMetrics:
             event.remove(engine, "handle_error", error)
 
         return remove
+
+
+class _Families:
+    """A collector showing some metric families of another registry in this one."""
+
+    def __init__(self, families: Iterable[Any]) -> None:
+        self._families = tuple(families)
+
+    def collect(self) -> Iterable[Any]:
+        """The families' current samples."""
+        for family in self._families:
+            yield from family.collect()
+
+    def describe(self) -> Iterable[Any]:
+        """The families, for the registry's duplicate-name check."""
+        for family in self._families:
+            yield from family.describe()
 
 
 def _operation(statement: str) -> str:

@@ -13,6 +13,10 @@ A replica that exits is ``failed``: restarted with exponential back-off (`restar
 event, or ``ModelLoadFailed`` (with the loader's output) when it never became ready; ``ReplicaRestarted`` when it is
 launched again. Scale from zero is timed from the first waiting report to the first ready replica (``ColdStart``).
 
+With a `ControllerMetrics` (``capstan server`` passes a `capstan.serving.metrics.ServingMetrics` shown on its
+``/metrics``), every pass sets the replicas by state and the desired replicas of each deployment's versions, labelled
+``model="PROJECT/NAME"`` and ``version`` as clients pin it (``3`` of ``models:/NAME/3``), and counts cold starts.
+
 On `start` the controller adopts replicas an earlier server left running (pid alive, ``capstan serve``, ready) and
 forgets the rest, which the next pass starts again. `stop` (clean shutdown) stops every replica and deletes its row.
 """
@@ -24,8 +28,9 @@ import dataclasses
 import logging
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from capstan.clock import Clock, system_clock
 from capstan.errors import InvalidState
@@ -49,6 +54,26 @@ RPS_WINDOW_MS = 10_000
 """The request rate is averaged over this window."""
 BACKOFF_BASE_MS = 1_000
 BACKOFF_MAX_MS = 60_000
+
+
+class ControllerMetrics(Protocol):
+    """Where the controller reports its replicas and cold starts (`capstan.serving.metrics.ServingMetrics`)."""
+
+    def set_replicas(self, model: str, version: str, by_state: Mapping[str, int]) -> None:
+        """Replicas of a version by state."""
+        ...
+
+    def set_desired_replicas(self, model: str, version: str, count: int) -> None:
+        """Replicas of a version the controller aims for."""
+        ...
+
+    def cold_start(self, model: str, version: str, seconds: float) -> None:
+        """One scale from zero that took ``seconds`` until a replica was ready."""
+        ...
+
+    def forget(self, model: str, version: str) -> None:
+        """Drop a version's series (it is no longer served)."""
+        ...
 
 
 def restart_delay_ms(failures: int) -> int:
@@ -101,8 +126,11 @@ class DeploymentController:
 
     def __init__(self, store: DeploymentStore, *, events: EventLog, launcher: ReplicaLauncher,
                  admission: Callable[[], Admission], clock: Clock = system_clock,
-                 interval_s: float = RECONCILE_INTERVAL_S, drain_s: float = DRAIN_S) -> None:
+                 interval_s: float = RECONCILE_INTERVAL_S, drain_s: float = DRAIN_S,
+                 metrics: ControllerMetrics | None = None) -> None:
         self._store = store
+        self._metrics = metrics
+        self._published: set[tuple[str, str]] = set()
         self._events = events
         self._launcher = launcher
         self._admission = admission
@@ -200,11 +228,30 @@ class DeploymentController:
                     self._retire(replica)
             for key in [k for k in self._scaling if k not in records]:
                 del self._scaling[key]
+            desired: dict[tuple[str, str], int] = {}
             for record in records.values():
                 try:
-                    self._reconcile_one(record)
+                    desired.update(self._reconcile_one(record))
                 except Exception:  # one broken deployment must not stop the others
                     log.exception("reconciling deployment %s/%s failed", record.project, record.name)
+            self._publish(desired)
+
+    def _publish(self, desired: Mapping[tuple[str, str], int]) -> None:
+        """Set the metrics of every (deployment, version) desired or running; forget the ones gone since the last
+        pass."""
+        if self._metrics is None:
+            return
+        by_state: dict[tuple[str, str], collections.Counter[str]] = {key: collections.Counter() for key in desired}
+        for replica in self._replicas.values():
+            row = replica.record
+            key = (object_id(row.project, row.deployment), _client_version(row.model_version))
+            by_state.setdefault(key, collections.Counter())[row.state] += 1
+        for key, states in by_state.items():
+            self._metrics.set_replicas(*key, states)
+            self._metrics.set_desired_replicas(*key, desired.get(key, 0))
+        for gone in self._published - set(by_state):
+            self._metrics.forget(*gone)
+        self._published = set(by_state)
 
     def replicas_of(self, project: str, name: str) -> list[ReplicaRecord]:
         """This controller's view of a deployment's replicas."""
@@ -216,7 +263,8 @@ class DeploymentController:
         return [r for r in self._replicas.values()
                 if r.record.project == record.project and r.record.deployment == record.name]
 
-    def _reconcile_one(self, record: DeploymentRecord) -> None:
+    def _reconcile_one(self, record: DeploymentRecord) -> dict[tuple[str, str], int]:
+        """One deployment's pass; returns the desired replicas per (``PROJECT/NAME``, client version)."""
         now = self._clock()
         primary = self._scale(record, now)
         wanted = self._wanted(record, primary)
@@ -233,6 +281,11 @@ class DeploymentController:
         for replica in self._mine(record):
             self._advance(record, replica, now)
         self._note_cold_start(record, now)
+        desired: dict[tuple[str, str], int] = {}
+        for version, (_role, count) in wanted.items():
+            key = (object_id(record.project, record.name), _client_version(version))
+            desired[key] = desired.get(key, 0) + count
+        return desired
 
     def _wanted(self, record: DeploymentRecord, primary: int) -> dict[str, tuple[Role, int]]:
         """Replicas per model version: the primary's count, and a share of it for the canary and the shadow."""
@@ -292,6 +345,9 @@ class DeploymentController:
         state.cold_since_ms = None
         self._event(record, "ColdStart", f"first request waited {seconds:.2f}s for a replica (scale from zero)",
                     data={"seconds": seconds})
+        primary = record.version_of("primary")
+        if self._metrics is not None and primary is not None:
+            self._metrics.cold_start(object_id(record.project, record.name), _client_version(primary), seconds)
 
     # -- replica transitions ----------------------------------------------------------------------------------------
     def _add(self, record: DeploymentRecord, role: Role, version: str, now: int) -> None:
@@ -379,9 +435,10 @@ class DeploymentController:
         batching = record.spec.batching
         try:
             process = self._launcher.launch(
-                replica.record.model_version, record.name, env=env,
+                replica.record.model_version, record.name, project=record.project, env=env,
                 max_batch_size=batching.max_batch_size if batching else None,
-                max_batch_delay_ms=batching.max_delay_ms if batching else None)
+                max_batch_delay_ms=batching.max_delay_ms if batching else None,
+                payload_sample_rate=record.spec.payload_sample_rate)
         except OSError as exc:
             self._exited(record, replica, -1, now, reason=f"could not start: {exc}")
             return
@@ -415,6 +472,11 @@ class DeploymentController:
                                 project=record.project, data=data)
         except Exception:  # an event that cannot be written must not stop supervision
             log.exception("writing event %s of deployment %s failed", reason, record.name)
+
+
+def _client_version(model_version: str) -> str:
+    """The version clients see and pin (``3`` of ``models:/NAME/3``), as the routing table names it."""
+    return model_version.rpartition("/")[2]
 
 
 def _removal_order(replica: _Replica) -> tuple[int, int]:

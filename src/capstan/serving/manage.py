@@ -9,7 +9,7 @@ an alias becomes the ``models:/NAME/VERSION`` it names now, so a moved alias nev
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from capstan.clock import Clock, system_clock
@@ -19,6 +19,7 @@ from capstan.registry.ports import RegistryStore
 from capstan.resources.admission import Admission
 from capstan.serving.abtest import deployment_quality
 from capstan.serving.controller import EVENT_KIND, object_id, resource_request
+from capstan.serving.drift_monitor import VersionDrift
 from capstan.serving.outcomes import OutcomeStore
 from capstan.serving.ports import DeploymentRecord, DeploymentStore, ReplicaRecord, Role, routing_table
 from capstan.serving.spec import DeploymentSpec, ModelUri
@@ -28,6 +29,8 @@ Resolver = Callable[[ModelUri], str]
 """Turns a spec's model URI into the concrete URI a replica serves (``models:/NAME/VERSION`` or ``runs:/...``);
 raises `ResourceDoesNotExist` when the model, version, alias or run is missing."""
 RECENT_EVENTS = 20
+DriftFetcher = Callable[[str], Sequence[Mapping[str, Any]]]
+"""Reads ``GET {replica_url}/drift`` (`capstan.serving.replicas.fetch_drift`); `OSError` when it does not answer."""
 
 
 def registry_resolver(registry: RegistryStore, tracking: TrackingStore) -> Resolver:
@@ -211,6 +214,28 @@ class DeploymentManager:
             "quality": dataclasses.asdict(deployment_quality(self._outcomes, project, name)),
         }
 
+    def drift(self, project: str, name: str, fetch: DriftFetcher | None = None) -> dict[str, Any]:
+        """The live drift of the deployment's versions, gathered from its ready replicas (`merge_drift`), and each
+        replica asked, with whether it answered, as JSON."""
+        from capstan.serving.replicas import fetch_drift
+
+        self.get(project, name)
+        fetch = fetch or fetch_drift
+        reports: list[VersionDrift] = []
+        asked: list[dict[str, Any]] = []
+        for replica in self._store.replicas(project, name):
+            if replica.state != "ready" or not replica.url:
+                continue
+            entry: dict[str, Any] = {"id": replica.id, "url": replica.url, "model_version": replica.model_version,
+                                     "available": True, "error": None}
+            try:
+                reports += [VersionDrift.from_dict(r) for r in fetch(replica.url)]
+            except (OSError, InvalidParameterValue) as exc:
+                entry.update(available=False, error=str(exc) or type(exc).__name__)
+            asked.append(entry)
+        return {"deployment": name, "project": project, "replicas": asked,
+                "versions": [r.to_dict() for r in merge_drift(reports)]}
+
     def _write(self, old: DeploymentRecord, spec: DeploymentSpec,
                versions: tuple[tuple[Role, str], ...]) -> DeploymentRecord:
         current = old.desired_replicas if old.spec.autoscaling is not None else None
@@ -241,6 +266,22 @@ class DeploymentManager:
     def _event(self, record: DeploymentRecord, reason: str, message: str) -> None:
         self._events.append(EVENT_KIND, object_id(record.project, record.name), reason, message,
                             project=record.project, data={"revision": record.revision})
+
+
+def merge_drift(reports: Iterable[VersionDrift]) -> list[VersionDrift]:
+    """One report per model version from its replicas' reports: rows and windows summed, and the latest window's
+    statistics (the replica that evaluated one last), by model and version."""
+    merged: dict[tuple[str, str], VersionDrift] = {}
+    for report in reports:
+        key = (report.model, report.version)
+        seen = merged.get(key)
+        if seen is None:
+            merged[key] = report
+            continue
+        latest = report if (report.updated_ms or -1) > (seen.updated_ms or -1) else seen
+        merged[key] = dataclasses.replace(latest, rows_seen=seen.rows_seen + report.rows_seen,
+                                          windows=seen.windows + report.windows)
+    return [merged[key] for key in sorted(merged)]
 
 
 def record_json(record: DeploymentRecord) -> dict[str, Any]:

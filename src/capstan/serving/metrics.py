@@ -31,7 +31,7 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 COLD_START_BUCKETS = (0.1, 0.25, 0.5, 1.0, 1.5, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
-REPLICA_STATES = ("starting", "ready", "failed", "stopping")
+REPLICA_STATES = ("pending", "starting", "ready", "draining", "failed")
 """The replica states the controller reports; `set_replicas` zeroes the ones it is not given."""
 
 _VERSION = ("model", "version")
@@ -48,6 +48,7 @@ class ServingMetrics:
     - ``capstan_serving_predict_duration_seconds{model,version}`` (histogram of ``predict`` calls)
     - ``capstan_serving_queue_depth{model,version}`` (gauge, rows waiting)
     - ``capstan_serving_replicas{model,version,state}`` (gauge)
+    - ``capstan_serving_desired_replicas{model,version}`` (gauge)
     - ``capstan_serving_cold_starts_total{model,version}`` and ``capstan_serving_cold_start_duration_seconds``
     - ``capstan_feature_drift{model,version,feature,stat}`` (gauge)
     """
@@ -70,6 +71,9 @@ class ServingMetrics:
                            registry=registry)
         self.replicas = Gauge("capstan_serving_replicas", "Replicas of a model version, by state.",
                               (*_VERSION, "state"), registry=registry)
+        self.desired_replicas = Gauge("capstan_serving_desired_replicas",
+                                      "Replicas of a model version the controller is aiming for.", _VERSION,
+                                      registry=registry)
         self.cold_starts = Counter("capstan_serving_cold_starts", "Replicas started from zero for a waiting request.",
                                    _VERSION, registry=registry)
         self.cold_start_seconds = Histogram("capstan_serving_cold_start_duration_seconds",
@@ -78,8 +82,8 @@ class ServingMetrics:
         self.drift = Gauge("capstan_feature_drift", "Drift of a feature's live window from its reference, by stat.",
                            (*_VERSION, "feature", "stat"), registry=registry)
         self._families = {id(f): f for f in (self.requests, self.latency, self.batch_size, self.predict_latency,
-                                             self.queue, self.replicas, self.cold_starts, self.cold_start_seconds,
-                                             self.drift)}
+                                             self.queue, self.replicas, self.desired_replicas, self.cold_starts,
+                                             self.cold_start_seconds, self.drift)}
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
 
     def _child(self, family: Any, *labels: str) -> Any:
@@ -115,6 +119,10 @@ class ServingMetrics:
         """Set the replica gauges of a version: ``by_state`` maps a state to a count; known states absent are 0."""
         for state in (*REPLICA_STATES, *sorted(set(by_state) - set(REPLICA_STATES))):
             self._child(self.replicas, model, version, state).set(by_state.get(state, 0))
+
+    def set_desired_replicas(self, model: str, version: str, count: int) -> None:
+        """Set how many replicas of a version the controller is aiming for."""
+        self._child(self.desired_replicas, model, version).set(count)
 
     def cold_start(self, model: str, version: str, seconds: float) -> None:
         """Record one cold start (scale from zero) that took ``seconds`` until the replica was ready."""

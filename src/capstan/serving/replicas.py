@@ -1,7 +1,8 @@
 """Replica processes: ``capstan serve`` subprocesses the deployment controller starts, probes and stops.
 
-A replica is ``capstan serve MODEL --name DEPLOYMENT --host 127.0.0.1 --port 0`` in its own session (a Ctrl-C at the
-server's terminal reaches the server, which then stops its replicas in order). Its port is read from the
+A replica is ``capstan serve MODEL --name DEPLOYMENT --host 127.0.0.1 --port 0 --deployment DEPLOYMENT --project
+PROJECT`` (plus the spec's batching and ``--payload-sample-rate``) in its own session (a Ctrl-C at the server's
+terminal reaches the server, which then stops its replicas in order). Its port is read from the
 ``listening on http://HOST:PORT`` line it prints; it is ready when ``/v2/health/ready`` answers 200. Its environment
 is the server's minus every ``CAPSTAN_*`` variable, plus the server's stores (``CAPSTAN_HOME``, ``CAPSTAN_DB_URL``,
 ``CAPSTAN_ARTIFACTS``...) so that ``models:/NAME/VERSION`` resolves against the same registry, and the lease's GPUs
@@ -24,7 +25,7 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from capstan.settings import Settings
 
@@ -33,6 +34,8 @@ LISTENING = re.compile(r"listening on (https?://\S+?:\d+)")
 OUTPUT_LINES = 40
 """Lines of a replica's output kept for the event that reports why it failed."""
 PROBE_TIMEOUT_S = 0.5
+DRIFT_TIMEOUT_S = 2.0
+"""How long ``GET {replica}/drift`` may take before the replica is listed as unavailable."""
 STOP_GRACE_S = 5.0
 """How long a replica has to exit after SIGTERM before it gets SIGKILL."""
 
@@ -70,9 +73,11 @@ class ReplicaProcess(Protocol):
 class ReplicaLauncher(Protocol):
     """Starts replica processes."""
 
-    def launch(self, model_uri: str, name: str, *, max_batch_size: int | None = None,
-               max_batch_delay_ms: float | None = None, env: Mapping[str, str] | None = None) -> ReplicaProcess:
-        """Start a replica serving ``model_uri`` as ``name`` with extra environment ``env``."""
+    def launch(self, model_uri: str, name: str, *, project: str = "", max_batch_size: int | None = None,
+               max_batch_delay_ms: float | None = None, payload_sample_rate: float = 0.0,
+               env: Mapping[str, str] | None = None) -> ReplicaProcess:
+        """Start a replica of deployment ``name`` (of ``project``) serving ``model_uri``, with extra environment
+        ``env``."""
         ...
 
 
@@ -86,21 +91,44 @@ def probe_ready(url: str, timeout_s: float = PROBE_TIMEOUT_S) -> bool:
         return False
 
 
+def fetch_drift(url: str, timeout_s: float = DRIFT_TIMEOUT_S) -> list[dict[str, Any]]:
+    """The drift report (`capstan.serving.drift_monitor.VersionDrift.to_dict` records) of the replica at ``url``;
+    `OSError` with the reason when it does not answer one."""
+    import httpx
+
+    try:
+        response = httpx.get(f"{url}/drift", timeout=timeout_s)
+    except httpx.HTTPError as exc:
+        raise OSError(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__) from None
+    if response.status_code != 200:
+        raise OSError(f"GET /drift answered {response.status_code}")
+    try:
+        body = response.json()
+    except ValueError:
+        raise OSError("GET /drift answered no JSON") from None
+    if not isinstance(body, list):
+        raise OSError("GET /drift answered no list of reports")
+    return body
+
+
 def store_environment(settings: Settings) -> dict[str, str]:
     """The ``CAPSTAN_*`` variables that point a child process at the same stores as ``settings`` (never a remote
     server: a replica reads the registry directly)."""
     return settings.store_environment()
 
 
-def serve_command(model_uri: str, name: str, *, max_batch_size: int | None = None,
-                  max_batch_delay_ms: float | None = None) -> list[str]:
-    """The ``capstan serve`` command line of one replica (this interpreter, so the same installation)."""
+def serve_command(model_uri: str, name: str, *, project: str = "", max_batch_size: int | None = None,
+                  max_batch_delay_ms: float | None = None, payload_sample_rate: float = 0.0) -> list[str]:
+    """The ``capstan serve`` command line of one replica of deployment ``name`` (this interpreter, so the same
+    installation): its payloads go to ``deployments/NAME/payloads`` and its drift events name the deployment."""
     command = [sys.executable, "-m", "capstan", "serve", model_uri, "--name", name, "--host", "127.0.0.1",
-               "--port", "0"]
+               "--port", "0", "--deployment", name, "--project", project]
     if max_batch_size:
         command += ["--max-batch-size", str(max_batch_size)]
         if max_batch_delay_ms is not None:
             command += ["--max-batch-delay-ms", f"{max_batch_delay_ms:g}"]
+    if payload_sample_rate > 0:
+        command += ["--payload-sample-rate", str(payload_sample_rate)]
     return command
 
 
@@ -180,15 +208,17 @@ class SubprocessLauncher:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
 
-    def launch(self, model_uri: str, name: str, *, max_batch_size: int | None = None,
-               max_batch_delay_ms: float | None = None, env: Mapping[str, str] | None = None) -> ReplicaProcess:
+    def launch(self, model_uri: str, name: str, *, project: str = "", max_batch_size: int | None = None,
+               max_batch_delay_ms: float | None = None, payload_sample_rate: float = 0.0,
+               env: Mapping[str, str] | None = None) -> ReplicaProcess:
         """Start ``capstan serve`` for ``model_uri`` in a new session."""
         full = {k: v for k, v in os.environ.items() if not k.startswith("CAPSTAN_")}
         full.update(store_environment(self._settings))
         full["PYTHONUNBUFFERED"] = "1"
         full.update(env or {})
-        return SubprocessReplica(serve_command(model_uri, name, max_batch_size=max_batch_size,
-                                               max_batch_delay_ms=max_batch_delay_ms), full)
+        return SubprocessReplica(serve_command(model_uri, name, project=project, max_batch_size=max_batch_size,
+                                               max_batch_delay_ms=max_batch_delay_ms,
+                                               payload_sample_rate=payload_sample_rate), full)
 
 
 def pid_alive(pid: int) -> bool:
