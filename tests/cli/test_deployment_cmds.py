@@ -70,6 +70,7 @@ def test_remote_commands(server: ServerProcess, tmp_path: Path) -> None:
     (("create", "x", "--model", "models:/nope/1"), "nope"),
     (("status", "missing"), "does not exist"),
     (("promote", "missing"), "does not exist"),
+    (("drift", "missing"), "does not exist"),
     (("scale", "missing", "--replicas", "0"), "--replicas"),
     (("apply", "-f", "/no/such/file.yaml"), "/no/such/file.yaml"),
 ])
