@@ -169,14 +169,14 @@ def test_promote_moves_traffic_to_running_canary_replicas_and_rollback_returns(p
     wait_for("old version stopped", lambda: not [r for r in plane.replicas("ab")
                                                  if r.model_version.endswith("/1")])
     assert plane.ready("ab", f"models:/{MODEL}/2")[0].id == canary.id
-    record = plane.manager.rollback(PROJECT, "ab")  # no canary: back to the revision before (1 + canary 2)
-    assert (record.version_of("primary"), record.version_of("canary")) == (f"models:/{MODEL}/1", f"models:/{MODEL}/2")
+    record = plane.manager.rollback(PROJECT, "ab")  # no canary: the revision before's primary (1), alone
+    assert (record.version_of("primary"), record.version_of("canary")) == (f"models:/{MODEL}/1", None)
+    assert record.spec.canary is None
     wait_for("version 1 back", lambda: plane.ready("ab", f"models:/{MODEL}/1"))
-    assert plane.ready("ab", f"models:/{MODEL}/2")[0].id == canary.id  # still running, as the canary again
-    record = plane.manager.rollback(PROJECT, "ab")  # with a canary: drop it
-    assert record.spec.canary is None and record.version_of("canary") is None
     wait_for("version 2 gone", lambda: not [r for r in plane.replicas("ab") if r.model_version.endswith("/2")])
-    assert plane.ready("ab", f"models:/{MODEL}/1")
+    record = plane.manager.rollback(PROJECT, "ab")  # again: back to 2 (two rollbacks toggle)
+    assert record.version_of("primary") == f"models:/{MODEL}/2"
+    wait_for("version 2 back", lambda: plane.ready("ab", f"models:/{MODEL}/2"))
 
 
 def test_a_new_controller_adopts_live_replicas_and_restarts_dead_ones(plane: Plane) -> None:

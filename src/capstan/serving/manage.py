@@ -154,7 +154,8 @@ class DeploymentManager:
         return record
 
     def rollback(self, project: str, name: str) -> DeploymentRecord:
-        """Drop the canary if there is one, else return to the previous revision's spec and versions."""
+        """Drop the canary if there is one, else return to the previous revision's primary (its spec and versions,
+        without the canary it may have had: after a promote, rolling back serves the old primary alone)."""
         old = self.get(project, name)
         if old.spec.canary is not None:
             spec = dataclasses.replace(old.spec, canary=None)
@@ -165,7 +166,8 @@ class DeploymentManager:
         if old.previous is None:
             raise InvalidState(f"deployment {name!r} has no canary and no previous revision to roll back to")
         versions = old.previous_versions or self._versions(old.previous)
-        record = self._write(old, old.previous, versions)
+        spec = dataclasses.replace(old.previous, canary=None)
+        record = self._write(old, spec, tuple(v for v in versions if v[0] != "canary"))
         self._event(record, "RolledBack", f"revision {record.revision}: back to {_describe(record)}")
         return record
 
