@@ -6,6 +6,11 @@ multi-worker mode (uvicorn#3149) the accepted connections keep Nagle on and ever
 in two parts (headers, then body) waits for the client's delayed ACK: ~40 ms per request. The protocol classes
 below set TCP_NODELAY in ``connection_made`` whatever the socket's origin, in every worker.
 
+With Nagle off, every ``transport.write`` is a ``send`` of its own, and uvicorn writes a response's status line and
+headers, then its body, separately: two system calls and two packets (two wake-ups of the client) per small
+response. The protocols therefore write through a `CoalescingTransport`, which holds a first write until the next
+one or the end of the event loop's current iteration, so a header and a body written in one go leave as one.
+
 Logging goes through `log_config`: uvicorn's own configuration plus a filter on every handler that cuts anything
 shaped like a token secret down to its display prefix, so neither the access log (``--access-log``) nor the
 server's error log ever prints a usable credential that a client put into a URL.
@@ -19,8 +24,8 @@ import copy
 import logging
 import socket
 import sys
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, cast
 
 import click
 from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -44,12 +49,78 @@ def set_nodelay(transport: asyncio.BaseTransport) -> bool:
     return True
 
 
+class CoalescingTransport:
+    """A transport whose writes within one event-loop iteration leave as one ``send``.
+
+    A write while nothing is held is held, and a flush is scheduled for the end of the loop's current iteration; the
+    next write (uvicorn's response body after its headers) sends what is held and itself together at once. Closing,
+    ``write_eof`` and the flush send what is held first; `abort` drops it, as the transport drops its own buffer.
+    Everything else is the wrapped transport's.
+    """
+
+    __slots__ = ("_held", "_loop", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._held: bytes | None = None
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Hold ``data`` when nothing is held, else send what is held and ``data`` as one write."""
+        held = self._held
+        if held is None:
+            if data:
+                self._held = bytes(data)
+                self._loop.call_soon(self.flush)
+            return
+        self._held = None
+        self._transport.write(held + data)
+
+    def writelines(self, chunks: Iterable[bytes | bytearray | memoryview]) -> None:
+        """`write` of the chunks joined."""
+        self.write(b"".join(chunks))
+
+    def flush(self) -> None:
+        """Send what is held, if anything."""
+        held = self._held
+        if held is not None:
+            self._held = None
+            if not self._transport.is_closing():
+                self._transport.write(held)
+
+    def close(self) -> None:
+        """Send what is held, then close (the transport still sends what it has buffered)."""
+        self.flush()
+        self._transport.close()
+
+    def write_eof(self) -> None:
+        """Send what is held, then half-close."""
+        self.flush()
+        self._transport.write_eof()
+
+    def abort(self) -> None:
+        """Close at once, dropping what is held and buffered."""
+        self._held = None
+        self._transport.abort()
+
+    def get_write_buffer_size(self) -> int:
+        """Bytes held here and in the transport's buffer."""
+        return len(self._held or b"") + self._transport.get_write_buffer_size()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
+def _coalescing(transport: asyncio.Transport) -> asyncio.Transport:
+    return cast(asyncio.Transport, CoalescingTransport(transport, asyncio.get_running_loop()))
+
+
 class NoDelayH11Protocol(H11Protocol):
-    """uvicorn's h11 protocol with TCP_NODELAY set on each connection."""
+    """uvicorn's h11 protocol with TCP_NODELAY set on each connection, writing through a `CoalescingTransport`."""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]  # as uvicorn's
         set_nodelay(transport)
-        super().connection_made(transport)
+        super().connection_made(_coalescing(transport))
 
 
 try:
@@ -59,11 +130,12 @@ except ImportError:  # httptools is optional; h11 is used without it
 else:
 
     class _NoDelayHttpTools(HttpToolsProtocol):
-        """uvicorn's httptools protocol with TCP_NODELAY set on each connection."""
+        """uvicorn's httptools protocol with TCP_NODELAY set on each connection, writing through a
+        `CoalescingTransport`."""
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]  # as uvicorn's
             set_nodelay(transport)
-            super().connection_made(transport)
+            super().connection_made(_coalescing(transport))
 
     NoDelayHttpToolsProtocol = _NoDelayHttpTools
 
@@ -177,12 +249,16 @@ def free_tcp_port(host: str, port: int, *, what: str) -> int:
 
 
 def uvicorn_options(host: str, port: int, *, access_log: bool = False, log_level: str = "warning",
-                    tls: TlsOptions | None = None) -> dict[str, Any]:
+                    tls: TlsOptions | None = None, proxy_headers: bool = True) -> dict[str, Any]:
     """The `uvicorn.Config` options every Capstan server uses: TCP_NODELAY on each connection, secrets redacted from
-    the logs, the lifespan run, a 10 s graceful shutdown, and HTTPS with ``tls``."""
+    the logs, the lifespan run, a 10 s graceful shutdown, and HTTPS with ``tls``.
+
+    ``proxy_headers=False`` leaves out uvicorn's middleware that takes the client's address and scheme from
+    ``X-Forwarded-For``/``X-Forwarded-Proto`` (sent from a trusted address, loopback by default): ``capstan serve``
+    needs neither, and skips its per-request cost."""
     options = {"host": host, "port": port, "http": protocol_class(), "access_log": access_log,
                "log_level": log_level, "log_config": log_config(log_level), "lifespan": "on",
-               "timeout_graceful_shutdown": 10}
+               "timeout_graceful_shutdown": 10, "proxy_headers": proxy_headers}
     return options | (tls.uvicorn_options() if tls is not None else {})
 
 

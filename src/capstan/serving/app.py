@@ -25,6 +25,11 @@ shutdown (lifespan); without it, ``predict`` runs in a worker thread per request
 inference request (`capstan.serving.observe`); ``metrics`` answers ``GET /metrics``; ``grpc`` starts OIP v2 over
 gRPC (`capstan.serving.grpc_server`) in the lifespan, on the same event loop, sharing the core and its batchers;
 ``routes`` adds routes (``GET /drift``); ``on_shutdown`` closes observers at the end of the lifespan.
+
+The inference routes are dispatched by the app itself, in front of Starlette's router and middleware (the hot path:
+no routing table walk, no middleware layers, no `Request`/`Response` objects); everything else goes through
+Starlette. Both paths run the same handlers and request-id logic (`capstan.serving.rest`) and answer with the same
+status, headers and body.
 """
 
 from __future__ import annotations
@@ -52,66 +57,83 @@ from capstan.serving.batching import QueueFull
 from capstan.serving.core import (
     BatchingOptions,
     ModelNotReady,
+    RequestIds,
     ServingCore,
     capstan_version,
     output_datatype,
-    request_id_of,
 )
 from capstan.serving.grpc_server import GrpcOptions, GrpcServer, start_grpc_server
 from capstan.serving.model import ServedModel
 from capstan.serving.observe import ServingObserver
+from capstan.serving.rest import (
+    REQUEST_ID_HEADER,
+    REQUEST_ID_KEY,
+    Answer,
+    BodyTooLarge,
+    HttpCall,
+    InferenceRoute,
+    assign_request_id,
+    inference_route,
+)
 
-__all__ = ["BatchingOptions", "BodyTooLarge", "GrpcOptions", "Metrics", "ModelNotReady", "serving_app"]
+__all__ = ["BatchingOptions", "BodyTooLarge", "GrpcOptions", "Metrics", "ModelNotReady", "ServingApp", "serving_app"]
 
 log = logging.getLogger(__name__)
 
 Array = npt.NDArray[Any]
-REQUEST_ID_HEADER = "x-request-id"
-_REQUEST_ID_KEY = "capstan.request_id"
 _MLFLOW_FORMATS = ("dataframe_split", "dataframe_records", "instances", "inputs")
-
-
-class BodyTooLarge(CapstanError):
-    """A request body over the app's ``max_body_bytes``."""
-
-    code = "INVALID_PARAMETER_VALUE"
-    http_status = 413
+_HEADER_LENGTH = b"inference-header-content-length"
+_CONTENT_TYPE = b"content-type"
 
 
 # --------------------------------------------------------------------------------------------------- responses
 
 
 def _json(document: object, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
-    return Response(orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY), status_code=status,
-                    headers=headers, media_type="application/json")
+    return _json_answer(document, status, tuple((headers or {}).items())).response()
+
+
+def _json_answer(document: object, status: int = 200, headers: Sequence[tuple[str, str]] = ()) -> Answer:
+    return Answer(orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY), status=status, headers=headers)
 
 
 def _error(status: int, message: str, headers: Mapping[str, str] | None = None, **extra: object) -> Response:
     return _json({"error": message, **extra}, status, headers)
 
 
+def _error_answer(exc: CapstanError, request_id: str) -> Answer:
+    """The answer to a `CapstanError`: its status and message, ``Retry-After`` for a full queue, the request id
+    for a server error."""
+    headers: tuple[tuple[str, str], ...] = ()
+    if isinstance(exc, QueueFull):
+        headers = (("Retry-After", str(max(1, math.ceil(exc.retry_after_s)))),)
+    extra: dict[str, object] = {"request_id": request_id} if exc.http_status >= 500 else {}
+    return _json_answer({"error": exc.message, **extra}, exc.http_status, headers)
+
+
+def _failure_answer(request_id: str) -> Answer:
+    """The answer to an exception that is not a `CapstanError` (logged by the caller)."""
+    return _json_answer({"error": f"internal server error (request id {request_id})", "request_id": request_id}, 500)
+
+
 def request_id(request: Request) -> str:
     """The id of this request (set by the request-id middleware)."""
-    return str(request.scope.get(_REQUEST_ID_KEY) or "")
+    return str(request.scope.get(REQUEST_ID_KEY) or "")
 
 
 class _RequestIdMiddleware:
     """Gives every request an id (the client's ``X-Request-Id`` when it is sane) and every response the header;
     an exception that escapes the app before the response started becomes a 500 JSON naming the id."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, ids: RequestIds) -> None:
         self.app = app
+        self.ids = ids
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        sent = ""
-        for key, value in scope.get("headers", []):
-            if key == REQUEST_ID_HEADER.encode():
-                sent = value.decode("latin-1")
-        rid = request_id_of(sent)
-        scope[_REQUEST_ID_KEY] = rid
+        rid = assign_request_id(scope, self.ids)
         started = False
 
         async def send_with_id(message: Message) -> None:
@@ -129,8 +151,7 @@ class _RequestIdMiddleware:
             log.exception("serving request %s failed", rid)
             if started:
                 raise
-            response = _error(500, f"internal server error (request id {rid})", request_id=rid)
-            await response(scope, receive, send_with_id)
+            await _failure_answer(rid).response()(scope, receive, send_with_id)
 
 
 # --------------------------------------------------------------------------------------------------- the app
@@ -149,24 +170,11 @@ class _Serving:
 
     # -------------------------------------------------------------------------------------------- helpers
 
-    async def body(self, request: Request) -> bytes:
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
-            raise BodyTooLarge(f"the request body ({declared} bytes) is over the limit of {self.max_body_bytes} bytes")
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > self.max_body_bytes:
-                raise BodyTooLarge(f"the request body is over the limit of {self.max_body_bytes} bytes")
-            chunks.append(chunk)
-        return b"".join(chunks)
-
-    async def json_body(self, request: Request) -> Any:
-        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    async def json_body(self, call: HttpCall) -> Any:
+        content_type = (call.header(_CONTENT_TYPE) or "").split(";")[0].strip().lower()
         if content_type and content_type != "application/json" and not content_type.endswith("+json"):
             raise CapstanErrorWithStatus(415, f"the body must be JSON (application/json), got {content_type!r}")
-        raw = await self.body(request)
+        raw = await call.body(self.max_body_bytes)
         try:
             return orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
@@ -198,12 +206,12 @@ class _Serving:
             return _error(503, f"model {name!r} is not ready", name=name, ready=False)
         return _json({"name": name, "ready": True})
 
-    async def infer(self, request: Request) -> Response:
-        name, version = request.path_params["name"], request.path_params.get("version")
+    async def infer(self, call: HttpCall) -> Answer:
+        name, version = call.name, call.version
         with self.core.track("v2", name, version) as tracker:
             model = self.core.ready_model(name, version)
             tracker.version = str(model.version)
-            raw_length = request.headers.get("inference-header-content-length")
+            raw_length = call.header(_HEADER_LENGTH)
             header_length: int | None = None
             if raw_length is not None:
                 if not raw_length.strip().isdigit():
@@ -211,7 +219,7 @@ class _Serving:
                         f"Inference-Header-Content-Length must be an integer, got {raw_length!r}"
                     )
                 header_length = int(raw_length)
-            decoded = oip.decode_request(await self.body(request), header_length=header_length)
+            decoded = oip.decode_request(await call.body(self.max_body_bytes), header_length=header_length)
             spec_in = model.inputs[0]
             if len(decoded.inputs) != 1:
                 sent = ", ".join(repr(t.name) for t in decoded.inputs)
@@ -226,14 +234,14 @@ class _Serving:
                     raise InvalidParameterValue(
                         f"model {name!r} has no output {wanted.name!r} (outputs: {spec_out.name!r})"
                     )
-            result = await self.core.predict(name, model, rows, request_id(request))
+            result = await self.core.predict(name, model, rows, call.request_id)
             output = oip.InferOutput.of(spec_out.name, result, datatype=output_datatype(spec_out.datatype, result))
             response = oip.InferResponse(name, str(model.version), decoded.id, (output,))
             body, json_length = oip.encode_response(response, binary_outputs=oip.binary_outputs(decoded))
         if json_length is None:
-            return Response(body, media_type="application/json")
-        return Response(body, media_type="application/octet-stream",
-                        headers={"Inference-Header-Content-Length": str(json_length)})
+            return Answer(body)
+        return Answer(body, content_type="application/octet-stream",
+                      headers=(("Inference-Header-Content-Length", str(json_length)),))
 
     # -------------------------------------------------------------------------------------------- KServe v1
 
@@ -242,32 +250,66 @@ class _Serving:
         model = self.core.model(name)
         return _json({"name": name, "ready": bool(model.ready)})
 
-    async def v1_predict(self, request: Request) -> Response:
-        name = request.path_params["name"]
+    async def v1_predict(self, call: HttpCall) -> Answer:
+        name = call.name
         with self.core.track("v1", name) as tracker:
             model = self.core.ready_model(name)
             tracker.version = str(model.version)
-            document = await self.json_body(request)
+            document = await self.json_body(call)
             if not isinstance(document, dict) or "instances" not in document:
                 raise InvalidParameterValue('the KServe v1 request must be a JSON object with "instances"')
             rows = self.core.checked_rows(name, model, _array(document["instances"], "instances"), '"instances"')
-            result = await self.core.predict(name, model, rows, request_id(request))
-            return _json({"predictions": _jsonable(result)})
+            result = await self.core.predict(name, model, rows, call.request_id)
+            return _json_answer({"predictions": _jsonable(result)})
 
     # -------------------------------------------------------------------------------------------- MLflow
 
-    async def invocations(self, request: Request) -> Response:
+    async def invocations(self, call: HttpCall) -> Answer:
         only = next(iter(self.core.models)) if len(self.core.models) == 1 else ""
         with self.core.track("mlflow", only) as tracker:
             name, model = self.core.only_model()
             tracker.version = str(model.version)
             if not model.ready:
                 raise ModelNotReady(f"model {name!r} is not ready")
-            document = await self.json_body(request)
+            document = await self.json_body(call)
             field, data = _mlflow_rows(document)
             rows = self.core.checked_rows(name, model, data, f'"{field}"')
-            result = await self.core.predict(name, model, rows, request_id(request))
-            return _json({"predictions": _jsonable(result)})
+            result = await self.core.predict(name, model, rows, call.request_id)
+            return _json_answer({"predictions": _jsonable(result)})
+
+    # -------------------------------------------------------------------------------------------- dispatch
+
+    def handler(self, protocol: str) -> Callable[[HttpCall], Awaitable[Answer]]:
+        """The handler of an inference route's protocol (``v2``, ``v1``, ``mlflow``)."""
+        return {"v2": self.infer, "v1": self.v1_predict, "mlflow": self.invocations}[protocol]
+
+    def endpoint(self, protocol: str) -> Callable[[Request], Awaitable[Response]]:
+        """The Starlette endpoint of an inference route: `handler` with its `Answer` as a `Response`."""
+        handler = self.handler(protocol)
+
+        async def endpoint(request: Request) -> Response:
+            params = request.path_params
+            call = HttpCall(request.scope, request.receive, params.get("name", ""), params.get("version"),
+                            request_id(request))
+            return (await handler(call)).response()
+
+        return endpoint
+
+    async def answer(self, route: InferenceRoute, scope: Scope, receive: Receive, send: Send, ids: RequestIds) -> None:
+        """Answer an inference request without Starlette (`ServingApp`'s fast path): the request-id middleware's
+        and the exception handlers' work, done here for this one route."""
+        protocol, name, version = route
+        scope["path_params"] = {"name": name, "version": version} if version is not None else \
+            ({"name": name} if name else {})
+        rid = assign_request_id(scope, ids)
+        try:
+            answer = await self.handler(protocol)(HttpCall(scope, receive, name, version, rid))
+        except CapstanError as exc:
+            answer = _error_answer(exc, rid)
+        except Exception:
+            log.exception("serving request %s failed", rid)
+            answer = _failure_answer(rid)
+        await answer.send(send, rid)
 
     async def ping(self, request: Request) -> Response:
         waiting = self.core.not_ready()
@@ -375,7 +417,7 @@ Metrics = Callable[[], tuple[bytes, str]]
 def serving_app(models: Mapping[str, ServedModel], *, max_body_bytes: int, batching: BatchingOptions | None,
                 observer: ServingObserver | None = None, metrics: Metrics | None = None,
                 grpc: GrpcOptions | None = None, routes: Sequence[BaseRoute] = (),
-                on_shutdown: Sequence[Callable[[], None]] = ()) -> Starlette:
+                on_shutdown: Sequence[Callable[[], None]] = ()) -> ServingApp:
     """The ASGI app serving ``models`` (keyed by the name clients use) over OIP v2, KServe v1 and MLflow scoring.
 
     ``observer`` hears about every inference request, prediction and batch (`capstan.serving.observe`);
@@ -395,16 +437,16 @@ def serving_app(models: Mapping[str, ServedModel], *, max_body_bytes: int, batch
         model_routes += [
             Route(prefix, state.model_metadata, methods=["GET"]),
             Route(f"{prefix}/ready", state.model_ready, methods=["GET"]),
-            Route(f"{prefix}/infer", state.infer, methods=["POST"]),
+            Route(f"{prefix}/infer", state.endpoint("v2"), methods=["POST"]),
         ]
     all_routes: list[BaseRoute] = [
         Route("/v2/health/live", state.live, methods=["GET"]),
         Route("/v2/health/ready", state.server_ready, methods=["GET"]),
         Route("/v2", state.server_metadata, methods=["GET"]),
         *model_routes,
-        Route("/v1/models/{name}:predict", state.v1_predict, methods=["POST"]),
+        Route("/v1/models/{name}:predict", state.endpoint("v1"), methods=["POST"]),
         Route("/v1/models/{name}", state.v1_model, methods=["GET"]),
-        Route("/invocations", state.invocations, methods=["POST"]),
+        Route("/invocations", state.endpoint("mlflow"), methods=["POST"]),
         Route("/ping", state.ping, methods=["GET"]),
         Route("/health", state.ping, methods=["GET"]),
         Route("/version", state.version, methods=["GET"]),
@@ -416,9 +458,30 @@ def serving_app(models: Mapping[str, ServedModel], *, max_body_bytes: int, batch
         CapstanError: _capstan_error,
         HTTPException: _http_error,
     }
-    app = Starlette(routes=all_routes, exception_handlers=handlers, lifespan=state.lifespan)
-    app.add_middleware(_RequestIdMiddleware)
+    app = ServingApp(state, routes=all_routes, exception_handlers=handlers, lifespan=state.lifespan)
+    app.add_middleware(_RequestIdMiddleware, ids=app.request_ids)
     return app
+
+
+class ServingApp(Starlette):
+    """The serving app: Starlette, with the inference routes (``POST``) answered in front of its router and
+    middleware by the same handlers (see the module docstring). Middleware added to it after `serving_app` turns
+    the fast path off, so that it sees every request."""
+
+    def __init__(self, serving: _Serving, **options: Any) -> None:
+        super().__init__(**options)
+        self.serving = serving
+        self.request_ids = RequestIds()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Answer an inference ``POST`` directly, anything else through Starlette."""
+        if scope["type"] == "http" and scope["method"] == "POST" and len(self.user_middleware) == 1:
+            route = inference_route(scope["path"])
+            if route is not None:
+                scope["app"] = self
+                await self.serving.answer(route, scope, receive, send, self.request_ids)
+                return
+        await super().__call__(scope, receive, send)
 
 
 def _metrics_endpoint(metrics: Metrics) -> Callable[[Request], Awaitable[Response]]:
@@ -431,13 +494,7 @@ def _metrics_endpoint(metrics: Metrics) -> Callable[[Request], Awaitable[Respons
 
 async def _capstan_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, CapstanError)
-    headers: dict[str, str] = {}
-    if isinstance(exc, QueueFull):
-        headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after_s)))
-    extra: dict[str, object] = {}
-    if exc.http_status >= 500:
-        extra["request_id"] = request_id(request)
-    return _error(exc.http_status, exc.message, headers, **extra)
+    return _error_answer(exc, request_id(request)).response()
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

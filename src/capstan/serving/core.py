@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
+import secrets
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -34,8 +36,8 @@ from capstan.serving.batching import AdaptiveBatcher
 from capstan.serving.model import ServedModel
 from capstan.serving.observe import NULL_OBSERVER, ServingObserver
 
-__all__ = ["BatchingOptions", "ModelFailed", "ModelNotReady", "RequestTracker", "ServingCore", "capstan_version",
-           "output_datatype", "request_id_of"]
+__all__ = ["BatchingOptions", "ModelFailed", "ModelNotReady", "RequestIds", "RequestTracker", "ServingCore",
+           "capstan_version", "output_datatype", "request_id_of"]
 
 log = logging.getLogger(__name__)
 
@@ -244,9 +246,42 @@ def output_datatype(declared: str, result: Array) -> str:
     return oip.datatype_of(result.dtype)
 
 
-def request_id_of(sent: str) -> str:
-    """The id of a request: the client's when it is sane (1-128 of ``A-Za-z0-9._:-``), else a new random one."""
-    return sent if _VALID_REQUEST_ID.match(sent) else uuid.uuid4().hex
+def request_id_of(sent: str, new: Callable[[], str] | None = None) -> str:
+    """The id of a request: the client's when it is sane (1-128 of ``A-Za-z0-9._:-``), else ``new()`` (default: a
+    random UUID's 32 hex digits)."""
+    if sent and _VALID_REQUEST_ID.match(sent):
+        return sent
+    return new() if new is not None else uuid.uuid4().hex
+
+
+class RequestIds:
+    """Ids for requests that bring none: 32 hex digits, 16 random ones drawn per process and a 16-digit counter.
+
+    Unique across worker processes and restarts as random UUIDs are (64 random bits per process, drawn again in a
+    process forked after this object was made), for a fraction of `uuid.uuid4`'s cost.
+    """
+
+    __slots__ = ("_count", "_pid", "_prefix")
+
+    def __init__(self) -> None:
+        self._pid = -1
+        self._prefix = ""
+        self._count = 0
+
+    def new(self) -> str:
+        """A new id."""
+        if self._pid != os.getpid():
+            self._pid = os.getpid()
+            self._prefix = secrets.token_hex(8)
+            self._count = 0
+        self._count += 1
+        return f"{self._prefix}{self._count:016x}"
+
+    def of(self, sent: str) -> str:
+        """`request_id_of` with `new`."""
+        if sent and _VALID_REQUEST_ID.match(sent):
+            return sent
+        return self.new()
 
 
 def capstan_version() -> str:
