@@ -10,16 +10,15 @@ the predictions must be those of the version that says it answered.
 from __future__ import annotations
 
 import threading
-import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+from test_deploy_api import register, wait_for
 
 from helpers.server import ServerProcess, start_server
-from test_deploy_api import register, wait_for
 
 pytestmark = pytest.mark.slow
 API = "/api/v1/deployments"
