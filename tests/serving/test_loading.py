@@ -1,12 +1,15 @@
 """`capstan.serving.loading` against real local stores: sklearn in each serialization format from the registry,
 sha256 verification (a tampered blob, a file without a digest), trust (pickle, Python classes and TorchScript only
-from trusted sources; skops trusts only the recorded types), ONNX, a capstan_python class and TorchScript."""
+from trusted sources; skops trusts only the recorded types), ONNX, a capstan_python class and TorchScript; compiled
+tree ensembles and their cache (a cache hit, through ``capstan serve``'s loader, imports no scikit-learn)."""
 
 from __future__ import annotations
 
 import hashlib
 import operator
+import os
 import pickle
+import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -16,9 +19,10 @@ import numpy as np
 import pytest
 import yaml
 from sklearn.datasets import load_iris
+from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import LinearRegression, LogisticRegression
 from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import FunctionTransformer
+from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
 from capstan.errors import InvalidParameterValue
 from capstan.models import python_class
@@ -34,6 +38,8 @@ from capstan.serving.loading import (
     load_served_model,
     verify_folder,
 )
+from capstan.serving.model import SklearnServedModel
+from capstan.serving.served_trees import CompiledTrees, TreeEnsembleServedModel, compile_trees
 from capstan.settings import Settings
 
 X, Y = load_iris(return_X_y=True)
@@ -273,3 +279,103 @@ def test_unknown_flavor_and_bad_uri(tmp_path: Path) -> None:
         load_model_folder(tmp_path / "m", name="k", version="1", trusted_source=True)
     with pytest.raises(InvalidParameterValue, match="is not models:/NAME@ALIAS"):
         load_served_model(_FakeSource(tmp_path, {}), str(tmp_path / "nope"), trusted_local=True)
+
+
+# ------------------------------------------------------------------------------------------ compiled tree ensembles
+
+
+def _forest_folder(folder: Path, fmt: str = "pickle", *, seed: int = 0) -> tuple[Path, Any]:
+    forest = RandomForestClassifier(n_estimators=8, random_state=seed).fit(X, Y)
+    save_model(forest, folder, serialization_format=fmt, input_example=X[:2])
+    return folder, forest
+
+
+@pytest.mark.parametrize("fmt", ["pickle", "skops"])
+def test_a_forest_is_served_compiled_and_cached_by_the_model_files_sha256(tmp_path: Path, fmt: str) -> None:
+    folder, forest = _forest_folder(tmp_path / "rf", fmt)
+    cache = tmp_path / "cache"
+    digests = _digests(folder)
+    served = load_served_model(_FakeSource(folder, digests), "models:/fake/7", trusted_local=False,
+                               compiled_cache=cache)
+    assert isinstance(served, TreeEnsembleServedModel)
+    model_file = "model.pkl" if fmt == "pickle" else "model.skops"
+    assert [p.name for p in cache.iterdir()] == [f"{digests[model_file]}.npz"]
+    assert (served.name, served.version, served.platform) == ("fake", "7", "sklearn")
+    reference = SklearnServedModel("fake", "7", forest, 4)
+    assert (served.inputs, served.outputs) == (reference.inputs, reference.outputs)
+    assert (served.predict(X) == forest.predict(X)).all()
+    again = load_served_model(_FakeSource(folder, digests), "models:/fake/7", trusted_local=False,
+                              compiled_cache=cache)
+    assert (again.predict(X) == forest.predict(X)).all()
+
+
+def test_the_cache_entry_is_what_a_cache_hit_serves(tmp_path: Path) -> None:
+    folder, _ = _forest_folder(tmp_path / "rf")
+    other = RandomForestClassifier(n_estimators=3, max_depth=1, random_state=5).fit(X, np.zeros(len(X), int) + 2)
+    compiled = compile_trees(other)
+    assert compiled is not None
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    compiled.save(cache / f"{hashlib.sha256((folder / 'model.pkl').read_bytes()).hexdigest()}.npz")
+    served = load_model_folder(folder, name="rf", version="1", trusted_source=True, compiled_cache=cache)
+    assert set(served.predict(X)) == {2}  # the (planted) entry, not the model file
+
+
+def test_a_damaged_cache_entry_is_compiled_again(tmp_path: Path) -> None:
+    folder, forest = _forest_folder(tmp_path / "rf")
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    entry = cache / f"{hashlib.sha256((folder / 'model.pkl').read_bytes()).hexdigest()}.npz"
+    entry.write_bytes(b"PK\x03\x04 truncated")
+    served = load_model_folder(folder, name="rf", version="1", trusted_source=True, compiled_cache=cache)
+    assert (served.predict(X) == forest.predict(X)).all()
+    assert CompiledTrees.load(entry).n_trees == 8
+
+
+def test_trust_is_checked_before_the_cache_and_other_models_are_not_cached(tmp_path: Path) -> None:
+    folder, _ = _forest_folder(tmp_path / "rf")
+    cache = tmp_path / "cache"
+    load_model_folder(folder, name="rf", version="1", trusted_source=True, compiled_cache=cache)
+    with pytest.raises(UntrustedModelSource):  # the same file, cached, from an untrusted folder: still refused
+        load_model_folder(folder, name="rf", version="1", trusted_source=False, compiled_cache=cache)
+    pipe_folder = tmp_path / "pipe"
+    save_model(make_pipeline(StandardScaler(), RandomForestClassifier(n_estimators=3)).fit(X, Y), pipe_folder,
+               serialization_format="pickle")
+    served = load_model_folder(pipe_folder, name="p", version="1", trusted_source=True, compiled_cache=cache)
+    assert isinstance(served, SklearnServedModel)
+    assert len(list(cache.iterdir())) == 1
+
+
+def test_a_cache_that_cannot_be_written_still_serves(tmp_path: Path) -> None:
+    folder, forest = _forest_folder(tmp_path / "rf")
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    served = load_model_folder(folder, name="rf", version="1", trusted_source=True, compiled_cache=blocker / "c")
+    assert (served.predict(X) == forest.predict(X)).all()
+
+
+_CLI_LOAD = """
+import sys
+from capstan.cli.serve_cmds import load_model
+model, _ = load_model(sys.argv[1], None)
+print(type(model).__name__, model.predict([[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]).tolist())
+print(sorted(m for m in ("sklearn", "scipy", "pandas", "skops", "joblib") if m in sys.modules))
+"""
+
+
+@pytest.mark.parametrize("fmt", ["pickle", "skops"])
+def test_capstan_serve_loads_a_cached_forest_without_importing_sklearn(tmp_path: Path, fmt: str) -> None:
+    home = tmp_path / "home"
+    forest = RandomForestClassifier(n_estimators=8, random_state=0).fit(X, Y)
+    with Client(Settings.for_home(home)) as client:
+        run_id = client.create_run(client.create_experiment("cold")).info.run_id
+        client.log_model(run_id, forest, "model", registered_model_name="rf", serialization_format=fmt)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CAPSTAN_")} | {"CAPSTAN_HOME": str(home)}
+    expected = forest.predict([[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]).tolist()
+    outputs = [subprocess.run([sys.executable, "-c", _CLI_LOAD, "models:/rf/1"], env=env, capture_output=True,
+                              text=True, check=True, timeout=120).stdout.splitlines() for _ in range(2)]
+    first, hit = outputs
+    assert first[0] == hit[0] == f"TreeEnsembleServedModel {expected}"
+    assert "sklearn" in first[1]  # the first start unpickles the forest, and writes the cache
+    assert len(list((home / "serving-cache").glob("*.npz"))) == 1
+    assert hit[1] == "[]"

@@ -13,6 +13,7 @@ runs, in one process or in ``--workers`` processes forked after the model is loa
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
@@ -40,9 +41,11 @@ def load_model(model_uri: str, name: str | None) -> tuple[ServedModel, ModelRefe
     from capstan.serving.drift_monitor import read_reference
     from capstan.serving.loading import load_served
 
-    backend = open_backend(cli_settings())
+    settings = cli_settings()
+    backend = open_backend(settings)
     try:
-        loaded = load_served(BackendModelSource(backend), model_uri, name, trusted_local=True)
+        loaded = load_served(BackendModelSource(backend), model_uri, name, trusted_local=True,
+                             compiled_cache=serving_cache(settings))
     finally:
         backend.close()
     return loaded.model, read_reference(loaded.folder)
@@ -138,6 +141,11 @@ def serve_cmd(model_uri: str, name: str | None, host: str, port: int, workers: i
 
 async def _unused_app(scope: object, receive: object, send: object) -> None:
     """Stands in for the app while the socket is bound (each worker builds its own)."""
+
+
+def serving_cache(settings: Settings) -> Path:
+    """Where compiled tree ensembles are kept between starts: ``CAPSTAN_HOME/serving-cache``."""
+    return settings.home / "serving-cache"
 
 
 def stores_for(settings: Settings) -> ServeStores:
