@@ -64,14 +64,14 @@ class CompiledTrees:
     classes: npt.NDArray[Any] | None
     accepts_nan: bool
     _children: npt.NDArray[np.intp] = field(init=False, repr=False)  # left and right interleaved
-    _is_leaf: npt.NDArray[np.bool_] = field(init=False, repr=False)
+    _is_inner: npt.NDArray[np.bool_] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         _check_shapes(self)
         children = np.empty(2 * len(self.left), dtype=np.intp)
         children[0::2], children[1::2] = self.left, self.right
         object.__setattr__(self, "_children", children)
-        object.__setattr__(self, "_is_leaf", self.left == np.arange(len(self.left)))
+        object.__setattr__(self, "_is_inner", self.left != np.arange(len(self.left)))
 
     @property
     def n_trees(self) -> int:
@@ -107,17 +107,20 @@ class CompiledTrees:
 
         All (tree, row) walks advance together, one level per step; walks that reached a leaf are dropped from the
         step's arrays once a quarter of them have (most paths end well before ``max_depth``)."""
-        children, is_leaf = self._children, self._is_leaf
+        children, is_inner = self._children, self._is_inner
         row_start = np.tile(np.arange(n_rows, dtype=np.intp) * self.n_features, self.n_trees)
         nodes = np.repeat(self.roots, n_rows)
         leaves, walks = nodes.copy(), np.arange(len(nodes))
         for _ in range(self.max_depth):
             values = flat.take(row_start + self.feature.take(nodes))
-            go_right = ~(values <= self.threshold.take(nodes))  # float32 compared as float64, like scikit-learn
+            # float32 compared as float64, like scikit-learn; without NaN, "not <=" is ">"
             if has_nan:
+                go_right = ~(values <= self.threshold.take(nodes))
                 go_right &= ~(np.isnan(values) & self.missing_go_to_left.take(nodes))
+            else:
+                go_right = values > self.threshold.take(nodes)
             nodes = children.take(2 * nodes + go_right)
-            walking = ~is_leaf.take(nodes)
+            walking = is_inner.take(nodes)
             n_walking = int(np.count_nonzero(walking))
             if n_walking * 4 < len(nodes) * 3:
                 leaves[walks] = nodes
