@@ -120,7 +120,7 @@ def serve_cmd(model_uri: str, name: str | None, host: str, port: int, workers: i
     # A model whose runtime's thread pools do not survive fork is loaded again in each worker; the parent's load
     # above still checks it before anything listens.
     reload_in_workers = workers > 1 and not is_fork_safe(model)
-    uvicorn_config = uvicorn_options(host, port, tls=tls)
+    uvicorn_config = uvicorn_options(host, port, tls=tls, proxy_headers=False)  # a model server: no X-Forwarded-*
     uvicorn_config["log_config"] = with_access_log(uvicorn_config["log_config"], access_log)
     sock = bind_socket(uvicorn.Config(_unused_app, **uvicorn_config), host, port)
     click.echo(_listening_line(model, model_uri, host, sock.getsockname()[1], workers, max_batch_size, tls))
