@@ -16,6 +16,7 @@ from fastapi import APIRouter, Body, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
+from capstan.server.api_v1_schemas import INTEGRAL
 from capstan.server.security import request_project, require
 
 if TYPE_CHECKING:
@@ -30,7 +31,7 @@ class Scale(BaseModel):
 
     model_config = ConfigDict(strict=True)
 
-    replicas: int = Field(ge=1, le=1000)
+    replicas: Annotated[int, Field(ge=1, le=1000), INTEGRAL]
 
 
 def _render(payload: Any, status_code: int = 200) -> Response:

@@ -143,7 +143,9 @@ def deployments_router(make_router: Callable[[], DeploymentRouter]) -> APIRouter
                       response_class=JSONResponse)
     api.add_api_route("/{name}/quality", routes.quality, methods=["GET"], summary="Per-version A/B quality",
                       response_class=JSONResponse)
-    api.add_api_route("/{name}/{path:path}", routes.forward, methods=["GET", "POST"],
-                      summary="Inference through the deployment router", include_in_schema=True)
+    for method in ("GET", "POST"):  # one route per method, so each has its own OpenAPI operation id
+        api.add_api_route("/{name}/{path:path}", routes.forward, methods=[method],
+                          summary="Inference through the deployment router", include_in_schema=True,
+                          operation_id=f"deployment_forward_{method.lower()}")
     return api
 

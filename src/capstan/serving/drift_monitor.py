@@ -435,9 +435,11 @@ class DriftMonitor:
                     self.gauge.set_drift(model, version, s.feature, f"{s.stat}_pvalue", s.p_value)
         # A deployment's events are filed under PROJECT/NAME (as the controller files them), so
         # `capstan deployments status` lists drift beside the replicas' events.
-        deployment_id = f"{self.project}/{self.deployment}" if self.project else self.deployment
-        kind, object_id = ("deployment", deployment_id) if self.deployment else ("model-version",
-                                                                                 f"{model}/{version}")
+        if self.deployment:
+            kind = "deployment"
+            object_id = f"{self.project}/{self.deployment}" if self.project else self.deployment
+        else:
+            kind, object_id = "model-version", f"{model}/{version}"
         for s in crossed:
             measured = f"p-value {s.p_value:.3g} < {s.threshold:g}" if s.p_value is not None else \
                 f"{s.value:.3g} > {s.threshold:g}"
