@@ -176,7 +176,7 @@ def test_model_uri_bad_shapes_refused(uri: str) -> None:
     (_nested("resources", cpu=0), r"^spec\.resources\.cpu: must be greater than 0"),
     (_nested("resources", memory="2GB"), r"^spec\.resources\.memory: '2GB' is not a quantity"),
     (_nested("resources", memory="0"), r"^spec\.resources\.memory: must be greater than 0"),
-    (_nested("resources", gpus=0.5), r"^spec\.resources\.gpus: must be a whole number of GPUs"),
+    (_nested("resources", gpus=1.5), r"^spec\.resources\.gpus: must be a whole number of GPUs, or a fraction"),
     (_nested("resources", gpus="x"), r"^spec\.resources\.gpus: 'x' is not a quantity"),
     (_nested("resources", queue=""), r"^spec\.resources\.queue: expected a non-empty queue name"),
     (_nested("resources", queue="a\u202eb"), r"^spec\.resources\.queue: .* contains the character U\+202E"),
@@ -235,3 +235,14 @@ def test_example_deployment_loads() -> None:
     assert spec.shadow is not None and spec.shadow.model.kind == "run"
     assert spec.resources.gpus == 1 and spec.resources.queue == "serving"
     assert parse_spec(spec.to_dict()) == spec
+
+
+def test_a_fractional_gpu_is_a_share_of_one_device() -> None:
+    spec = parse_spec({"name": "frac", "model": "models:/m/1", "resources": {"gpus": 0.25}})
+    assert spec.resources.gpus == 0.25 and spec.resources.shares_a_gpu
+    assert spec.resources.kubernetes_requests() == {"nvidia.com/gpu.shared": "1"}
+    assert parse_spec(spec.to_dict()) == spec
+    whole = parse_spec({"name": "whole", "model": "models:/m/1", "resources": {"gpus": "2"}})
+    assert whole.resources.gpus == 2 and not whole.resources.shares_a_gpu
+    assert whole.resources.kubernetes_requests() == {"nvidia.com/gpu": "2"}
+    assert whole.to_dict()["resources"] == {"gpus": 2}

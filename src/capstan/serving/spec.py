@@ -98,13 +98,19 @@ class TrafficTarget:
 @dataclass(frozen=True)
 class Resources:
     """What each replica requests. CPU and memory are milli-units (`capstan.resources.quantity`; memory in
-    milli-bytes), ``None`` when not requested; GPUs are whole devices; ``queue`` is the workload queue to admit
-    replicas through, ``None`` for none."""
+    milli-bytes), ``None`` when not requested; ``gpus`` is whole devices, or a fraction below one (``0.25``: a share
+    of one device, as pipeline steps may ask); ``queue`` is the workload queue to admit replicas through, ``None``
+    for none."""
 
     cpu_milli: int | None = None
     memory_milli: int | None = None
-    gpus: int = 0
+    gpus: float = 0
     queue: str | None = None
+
+    @property
+    def shares_a_gpu(self) -> bool:
+        """True for a fractional GPU request (a share of one device)."""
+        return 0 < self.gpus < 1
 
     @property
     def cpu(self) -> str | None:
@@ -116,15 +122,21 @@ class Resources:
         """The memory request as a Kubernetes quantity (``2Gi``, ``1500M``... exact, never rounded)."""
         return None if self.memory_milli is None else _render_memory(self.memory_milli)
 
-    def kubernetes_requests(self, gpu_resource: str = "nvidia.com/gpu") -> dict[str, str]:
-        """The container's ``resources.requests`` (also its limits for GPUs, which Kubernetes requires equal)."""
+    def kubernetes_requests(self, gpu_resource: str = "nvidia.com/gpu",
+                            shared_gpu_resource: str = "nvidia.com/gpu.shared") -> dict[str, str]:
+        """The container's ``resources.requests`` (also its limits for GPUs, which Kubernetes requires equal).
+
+        Extended resources are integers, so a fractional request becomes one unit of ``shared_gpu_resource``: the
+        name NVIDIA's device plugin gives time-sliced GPU replicas when it renames shared devices."""
         requests: dict[str, str] = {}
         if self.cpu is not None:
             requests["cpu"] = self.cpu
         if self.memory is not None:
             requests["memory"] = self.memory
-        if self.gpus:
-            requests[gpu_resource] = str(self.gpus)
+        if self.shares_a_gpu:
+            requests[shared_gpu_resource] = "1"
+        elif self.gpus:
+            requests[gpu_resource] = str(int(self.gpus))
         return requests
 
 
@@ -178,7 +190,7 @@ class DeploymentSpec:
         if r.memory is not None:
             resources["memory"] = r.memory
         if r.gpus:
-            resources["gpus"] = r.gpus
+            resources["gpus"] = r.gpus if r.shares_a_gpu else int(r.gpus)
         if r.queue is not None:
             resources["queue"] = r.queue
         if resources:
@@ -334,13 +346,13 @@ def _resources(raw: object, path: str) -> Resources:
         memory = parse_quantity(obj["memory"], path=f"{path}.memory")
         if memory == 0:
             raise _fail(f"{path}.memory", "must be greater than 0 (leave it out to request none)")
-    gpus = 0
+    gpus: float = 0
     if obj.get("gpus") is not None:
         gpu_milli = parse_quantity(obj["gpus"], path=f"{path}.gpus")
-        if gpu_milli % MILLI:
-            raise _fail(f"{path}.gpus", f"must be a whole number of GPUs (Kubernetes extended resources are "
-                                        f"integers), got {obj['gpus']!r}")
-        gpus = gpu_milli // MILLI
+        if gpu_milli % MILLI and gpu_milli > MILLI:
+            raise _fail(f"{path}.gpus", f"must be a whole number of GPUs, or a fraction below one (a share of one "
+                                        f"device), got {obj['gpus']!r}")
+        gpus = gpu_milli // MILLI if gpu_milli % MILLI == 0 else gpu_milli / MILLI
     queue = None
     if obj.get("queue") is not None:
         queue = obj["queue"]
