@@ -116,7 +116,9 @@ class DeploymentManager:
         """Create the deployment or write a new revision of it; returns it and whether it was created.
 
         The spec's resources are checked against what the admission could ever give (`InvalidParameterValue` naming
-        ``spec.resources`` otherwise) and its model URIs resolved (`ResourceDoesNotExist` for a missing one)."""
+        ``spec.resources`` otherwise) and its model URIs resolved (`ResourceDoesNotExist` for a missing one). Payload
+        logging needs the ``parquet`` extra here, where the replicas run (refused now rather than by every replica)."""
+        _check_payload_logging(spec)
         self._check_fits(spec, project)
         versions = self._versions(spec)
         now = self._clock()
@@ -303,3 +305,15 @@ def _describe(record: DeploymentRecord) -> str:
     else:
         parts.append(f"{spec.replicas} replica(s)")
     return ", ".join(parts)
+
+
+def _check_payload_logging(spec: DeploymentSpec) -> None:
+    """`InvalidParameterValue` naming the field when the spec logs payloads and pyarrow is missing."""
+    if spec.payload_sample_rate <= 0:
+        return
+    from capstan.serving.payload_log import require_pyarrow
+
+    try:
+        require_pyarrow()
+    except InvalidState as exc:
+        raise InvalidParameterValue(f"spec.payload_logging.sample_rate: {exc.message}") from None
