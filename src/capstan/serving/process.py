@@ -9,7 +9,8 @@ connections do not survive ``fork``):
 - the drift reference read from the model folder (``reference_profile.json``), else the first window of traffic;
 - at shutdown (the app's lifespan): the payload logger writes what it holds, the drift monitor evaluates the
   windows already full, then the stores close;
-- wrapped in `AccessLogMiddleware` unless the access log is off.
+- wrapped in `AccessLogMiddleware` unless the access log is off, its lines written on stderr by a
+  `BufferedLineSink` (many lines per write, at least every 100 ms, the rest at shutdown).
 
 Where drift events and payloads go is a `ServeStores`: `LocalStores` opens the local stores (the CLI passes
 ``Services.open(settings)``) on first use, in the thread that needs them, so a replica that never logs a payload
@@ -262,7 +263,7 @@ def serve_process_app(model: ServedModel, reference: ModelReference | None, opti
     the drift monitor's thread (and the payload writer's with a sample rate above 0)."""
     from starlette.routing import Route
 
-    from capstan.serving.access_log import AccessLogMiddleware
+    from capstan.serving.access_log import AccessLogMiddleware, BufferedLineSink
     from capstan.serving.app import serving_app
     from capstan.serving.drift_monitor import DriftMonitor
     from capstan.serving.metrics import ServingMetrics
@@ -283,10 +284,21 @@ def serve_process_app(model: ServedModel, reference: ModelReference | None, opti
                                  options.payload_sample_rate)
         observers.insert(1, payloads)
         closers.insert(0, payloads.close)
+    access_sink = BufferedLineSink(_write_stderr).start() if options.access_log else None
+    if access_sink is not None:
+        closers.append(access_sink.close)
     app = serving_app({model.name: model}, max_body_bytes=options.max_body_bytes, batching=options.batching,
                       observer=Observers(observers), metrics=metrics.exposition, grpc=options.grpc,
                       routes=[Route("/drift", _drift_endpoint(drift), methods=["GET"])], on_shutdown=closers)
-    return AccessLogMiddleware(app) if options.access_log else app
+    return AccessLogMiddleware(app, sink=access_sink) if access_sink is not None else app
+
+
+def _write_stderr(data: bytes) -> None:
+    """Write access-log lines on stderr (through its text layer, so they do not overtake lines logged there)."""
+    import sys
+
+    sys.stderr.write(data.decode())
+    sys.stderr.flush()
 
 
 def _drift_endpoint(monitor: DriftMonitor) -> Callable[[Request], Awaitable[Response]]:
