@@ -6,8 +6,9 @@ A version's reference is a `ModelReference`: the feature name of each input colu
 it back and the replica passes it to `DriftMonitor.set_reference`) or, when there is none, from the version's first
 window of live traffic (its features are then named by column index, ``"0"``, ``"1"``...).
 
-`DriftMonitor` is a `ServingObserver`: ``predicted`` only appends the request's rows to the version's window (on the
-event loop). Each full window (``window_rows`` rows) goes to a background thread that compares it with the
+`DriftMonitor` is a `ServingObserver`: ``predicted`` only appends the request's array to the version's list and
+counts its rows (on the event loop). Once ``window_rows`` rows are waiting the list goes to a background thread, which
+joins the arrays, cuts them into full windows (keeping the rest for the next) and compares each with the
 reference (PSI and KS for numeric features, chi-square for categorical ones), sets ``capstan_feature_drift`` through a
 `DriftGauge` and appends one ``DriftDetected`` event when a feature's statistic crosses its threshold; the statistic
 must fall back under it before it can raise another. `DriftMonitor.report` is the snapshot that
@@ -285,7 +286,8 @@ class _Version:
 
     reference: ModelReference | None = None
     buffered: list[Array] = field(default_factory=list)
-    buffered_rows: int = 0
+    buffered_rows: int = 0  # rows not yet in a window: buffered here, or carried over on the background thread
+    checked_shape: tuple[int, ...] = ()  # the row shape last found within max_columns
     rows_seen: int = 0
     windows: int = 0
     updated_ms: int | None = None
@@ -312,7 +314,8 @@ class DriftMonitor:
         self.max_columns = max_columns
         self._versions: dict[tuple[str, str], _Version] = {}
         self._lock = threading.Lock()
-        self._windows: queue.Queue[tuple[str, str, Array] | None] = queue.Queue()  # None: stop
+        self._windows: queue.Queue[tuple[str, str, list[Array]] | None] = queue.Queue()  # None: stop
+        self._carried: dict[tuple[str, str], Array] = {}  # the background thread's rows short of a window
         self._thread = threading.Thread(target=self._run, name="capstan-drift-monitor", daemon=True)
         self._thread.start()
 
@@ -336,19 +339,21 @@ class DriftMonitor:
             state = self._versions.setdefault((model, version), _Version())
             if state.note:
                 return
-            if inputs.ndim > 1 and int(np.prod(inputs.shape[1:])) > self.max_columns:
-                state.note = f"not monitored: inputs have over {self.max_columns} columns"
-                return
+            row_shape = inputs.shape[1:]
+            if row_shape != state.checked_shape:
+                if int(np.prod(row_shape)) > self.max_columns:
+                    state.note = f"not monitored: inputs have over {self.max_columns} columns"
+                    return
+                state.checked_shape = row_shape
             state.buffered.append(inputs)
-            state.buffered_rows += int(inputs.shape[0])
-            state.rows_seen += int(inputs.shape[0])
+            rows = inputs.shape[0]
+            state.rows_seen += rows
+            state.buffered_rows += rows
             if state.buffered_rows < self.window_rows:
                 return
-            rows = np.concatenate(state.buffered) if len(state.buffered) > 1 else state.buffered[0]
-            window, rest = rows[: self.window_rows], rows[self.window_rows:]
-            state.buffered = [rest] if rest.shape[0] else []
-            state.buffered_rows = int(rest.shape[0])
-        self._windows.put((model, version, window))
+            chunks, state.buffered = state.buffered, []
+            state.buffered_rows %= self.window_rows  # what the background thread carries over
+        self._windows.put((model, version, chunks))
 
     def request_done(self, model: str, version: str, protocol: str, status: int, seconds: float) -> None:
         """Ignored."""
@@ -388,11 +393,23 @@ class DriftMonitor:
             try:
                 if item is None:
                     return
-                self._evaluate(*item)
+                model, version, chunks = item
+                for window in self._full_windows((model, version), chunks):
+                    self._evaluate(model, version, window)
             except Exception:  # a bad window is logged and skipped; the monitor keeps running
                 log.exception("drift monitor: evaluating a window failed")
             finally:
                 self._windows.task_done()
+
+    def _full_windows(self, key: tuple[str, str], chunks: list[Array]) -> list[Array]:
+        """The full windows of the rows carried over for ``key`` followed by ``chunks``; the rest is carried over."""
+        carried = self._carried.pop(key, None)
+        parts = [carried, *chunks] if carried is not None else chunks
+        rows = np.concatenate(parts) if len(parts) > 1 else parts[0]
+        full = rows.shape[0] - rows.shape[0] % self.window_rows
+        if rows.shape[0] > full:
+            self._carried[key] = rows[full:]
+        return [rows[start:start + self.window_rows] for start in range(0, full, self.window_rows)]
 
     def _evaluate(self, model: str, version: str, window: Array) -> None:
         with self._lock:
