@@ -514,3 +514,23 @@ def test_rows_must_have_an_axis_zero() -> None:
             await batcher.submit(np.float64(1.0))  # type: ignore[arg-type]
 
     run(body)
+
+
+def test_inline_for_small_batches_predicts_small_batches_on_the_loop_and_large_ones_in_a_thread() -> None:
+    import threading
+
+    from capstan.serving.batching import inline_for_small_batches
+
+    threads: list[int] = []
+
+    def predict(rows: np.ndarray) -> np.ndarray:
+        threads.append(threading.get_ident())
+        return rows * 2
+
+    async def main() -> tuple[np.ndarray, np.ndarray]:
+        run_in = inline_for_small_batches(max_rows=4)
+        return await run_in(predict, np.ones((4, 2))), await run_in(predict, np.ones((5, 2)))
+
+    small, large = asyncio.run(main())
+    assert small.shape == (4, 2) and large.shape == (5, 2) and float(small[0, 0]) == 2.0
+    assert threads[0] == threading.get_ident() != threads[1]

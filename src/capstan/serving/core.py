@@ -32,7 +32,7 @@ import numpy.typing as npt
 
 from capstan.errors import CapstanError, InvalidParameterValue, ResourceDoesNotExist
 from capstan.serving import oip
-from capstan.serving.batching import AdaptiveBatcher
+from capstan.serving.batching import AdaptiveBatcher, inline_for_small_batches
 from capstan.serving.model import ServedModel
 from capstan.serving.observe import NULL_OBSERVER, ServingObserver
 
@@ -227,7 +227,9 @@ class ServingCore:
 
             batcher = AdaptiveBatcher(model.predict, max_batch_size=self.batching.max_batch_size,
                                       max_delay_ms=self.batching.max_delay_ms, max_queue=self.batching.max_queue,
-                                      clock=self.clock, on_batch_done=batch_done, on_queue_depth=queue_depth)
+                                      clock=self.clock, on_batch_done=batch_done, on_queue_depth=queue_depth,
+                                      run_in=inline_for_small_batches() if getattr(model, "cheap_predict", False)
+                                      else None)
             self.batchers[name] = batcher
         return batcher
 

@@ -273,6 +273,8 @@ class TreeEnsembleServedModel:
     ``output-0`` (``[-1]``, the classes' datatype for a classifier, FP64 for a regressor)."""
 
     platform = "sklearn"
+    cheap_predict = True
+    """A small batch predicts in well under a millisecond: the batcher runs small batches on the event loop."""
 
     def __init__(self, name: str, version: str, trees: CompiledTrees, *, ready: bool = True,
                  input: TensorMetadata | None = None) -> None:
