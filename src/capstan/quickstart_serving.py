@@ -8,10 +8,11 @@ the next ``capstan server`` brings it back.
 from __future__ import annotations
 
 import asyncio
+import collections
 import os
-import re
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -21,6 +22,7 @@ from typing import Any
 import httpx
 
 from capstan.errors import InvalidState
+from capstan.serving.replicas import LISTENING
 from capstan.settings import Settings
 
 DEPLOYMENT = "quickstart"
@@ -29,7 +31,6 @@ FIRST_BURST = 200
 CANARY_BURST = 500
 CONCURRENCY = 8
 READY_TIMEOUT_S = 120.0
-_LISTENING = re.compile(r"listening on (https?://\[?[^\]\s]+?\]?:\d+)")
 
 
 @dataclass(frozen=True)
@@ -78,16 +79,15 @@ def local_server(settings: Settings) -> Iterator[str]:
 
 
 def _read_url(process: subprocess.Popen[str]) -> str:
-    assert process.stdout is not None
+    """The server's address from its start-up line; its later output is drained so it never blocks on the pipe."""
+    stream = process.stdout
+    assert stream is not None
     seen: list[str] = []
-    for line in process.stdout:
+    for line in stream:
         seen.append(line.rstrip())
-        found = _LISTENING.search(line)
+        found = LISTENING.search(line)
         if found:
-            # Keep draining the server's output so it never blocks on a full pipe.
-            import threading
-
-            threading.Thread(target=lambda: [None for _ in process.stdout or ()], daemon=True).start()
+            threading.Thread(target=collections.deque, args=(stream, 0), daemon=True).start()
             return found.group(1)
     raise InvalidState("capstan server did not start: " + " | ".join(seen[-5:]))
 

@@ -20,7 +20,10 @@ from capstan.server.api_v1_schemas import INTEGRAL
 from capstan.server.security import request_project, require
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from capstan.serving.manage import DeploymentManager
+    from capstan.serving.ports import DeploymentRecord
 
 log = logging.getLogger("capstan.server.deployments")
 router = APIRouter(prefix="/deployments", tags=["deployments"])
@@ -112,37 +115,30 @@ def delete_deployment(request: Request, name: str) -> Response:
     return Response(status_code=204)
 
 
-@router.post("/{name}/promote", summary="Promote the canary")
-def promote_deployment(request: Request, name: str) -> Response:
-    """The canary's version becomes the primary; the old primary's replicas drain."""
+def _change(request: Request, name: str, change: Callable[[DeploymentManager, str], DeploymentRecord]) -> Response:
+    """Promote, roll back or scale: ``write`` in the request's project, the change, then wake the controller."""
     from capstan.serving.manage import record_json
 
     project = request_project(request)
     require(request, "write", project, target=f"deployment/{name}")
-    record = _manager(request).promote(project, name)
+    record = change(_manager(request), project)
     _wake(request)
     return _render({"deployment": record_json(record)})
+
+
+@router.post("/{name}/promote", summary="Promote the canary")
+def promote_deployment(request: Request, name: str) -> Response:
+    """The canary's version becomes the primary; the old primary's replicas drain."""
+    return _change(request, name, lambda manager, project: manager.promote(project, name))
 
 
 @router.post("/{name}/rollback", summary="Roll back")
 def rollback_deployment(request: Request, name: str) -> Response:
     """Drop the canary, or return to the previous revision when there is none."""
-    from capstan.serving.manage import record_json
-
-    project = request_project(request)
-    require(request, "write", project, target=f"deployment/{name}")
-    record = _manager(request).rollback(project, name)
-    _wake(request)
-    return _render({"deployment": record_json(record)})
+    return _change(request, name, lambda manager, project: manager.rollback(project, name))
 
 
 @router.post("/{name}/scale", summary="Set a fixed replica count")
 def scale_deployment(request: Request, name: str, body: Scale) -> Response:
     """Run ``replicas`` primary replicas (an autoscaled deployment becomes fixed until a rollback or apply)."""
-    from capstan.serving.manage import record_json
-
-    project = request_project(request)
-    require(request, "write", project, target=f"deployment/{name}")
-    record = _manager(request).scale(project, name, body.replicas)
-    _wake(request)
-    return _render({"deployment": record_json(record)})
+    return _change(request, name, lambda manager, project: manager.scale(project, name, body.replicas))

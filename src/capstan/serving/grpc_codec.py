@@ -74,19 +74,8 @@ def _header(tensor: Any, index: int) -> tuple[str, str, tuple[int, ...]]:
 
 
 def _from_raw(name: str, shape: tuple[int, ...], datatype: str, raw: bytes) -> Array:
-    dtype = oip.DATATYPES[datatype]
-    count = math.prod(shape)
-    if len(raw) != count * dtype.itemsize:
-        raise InvalidParameterValue(
-            f"input {name!r} ({datatype}, shape {list(shape)}) needs {count * dtype.itemsize} bytes of "
-            f"raw_input_contents ({count} elements of {dtype.itemsize} bytes), got {len(raw)}"
-        )
-    if datatype == "BOOL":
-        octets = np.frombuffer(raw, dtype=np.uint8)
-        if count and int(octets.max()) > 1:
-            raise InvalidParameterValue(f"input {name!r} (BOOL): raw elements must be 0 or 1")
-        return octets.view(np.bool_).reshape(shape)
-    return np.frombuffer(raw, dtype=dtype).reshape(shape)
+    return oip.numeric_from_bytes(name, shape, datatype, raw, source="raw_input_contents",
+                                  size_of="its length")
 
 
 def _from_contents(name: str, shape: tuple[int, ...], datatype: str, tensor: Any) -> Array:

@@ -263,15 +263,23 @@ def _tensor_header(raw: object, index: int) -> tuple[str, tuple[int, ...], str, 
 
 
 def _from_binary(name: str, shape: tuple[int, ...], datatype: str, raw: memoryview) -> npt.NDArray[Any]:
-    count = math.prod(shape)
     if datatype == "BYTES":
         return _split_bytes(name, shape, raw).reshape(shape)
+    return numeric_from_bytes(name, shape, datatype, raw, source="binary data", size_of="binary_data_size")
+
+
+def numeric_from_bytes(name: str, shape: tuple[int, ...], datatype: str, raw: bytes | memoryview, *,
+                       source: str, size_of: str) -> npt.NDArray[Any]:
+    """The little-endian elements of a numeric or BOOL tensor, as sent in the binary extension or gRPC's
+    ``raw_input_contents`` (``source`` and ``size_of`` name them in the error): checked against the shape, not
+    copied."""
+    count = math.prod(shape)
     dtype = DATATYPES[datatype]
     expected = count * dtype.itemsize
     if len(raw) != expected:
         raise InvalidParameterValue(
-            f"input {name!r} ({datatype}, shape {list(shape)}) needs {expected} bytes of binary data "
-            f"({count} elements of {dtype.itemsize} bytes), but binary_data_size is {len(raw)}"
+            f"input {name!r} ({datatype}, shape {list(shape)}) needs {expected} bytes of {source} "
+            f"({count} elements of {dtype.itemsize} bytes), but {size_of} is {len(raw)}"
         )
     if datatype == "BOOL":
         octets = np.frombuffer(raw, dtype=np.uint8)
