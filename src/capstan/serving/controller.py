@@ -27,6 +27,7 @@ import collections
 import dataclasses
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -39,7 +40,14 @@ from capstan.events.records import WARNING
 from capstan.resources.admission import Admission, Lease, Rejected, ResourceRequest, Waiting
 from capstan.serving.autoscale import ScaleHistory, decide, demand_of, fresh_reports, rate, side_replicas
 from capstan.serving.ports import DeploymentRecord, DeploymentStore, ReplicaRecord, Role
-from capstan.serving.replicas import ReplicaLauncher, ReplicaProcess, adopt, is_replica_process, pid_alive
+from capstan.serving.replicas import (
+    STOP_GRACE_S,
+    ReplicaLauncher,
+    ReplicaProcess,
+    adopt,
+    is_replica_process,
+    pid_alive,
+)
 
 log = logging.getLogger("capstan.serving.controller")
 
@@ -162,11 +170,17 @@ class DeploymentController:
             self._thread.join()
 
     def stop(self) -> None:
-        """Stop reconciling, stop every replica (SIGTERM, then SIGKILL) and forget them."""
+        """Stop reconciling, stop every replica (SIGTERM, then SIGKILL) and forget them. Returns once they have
+        ended (at most the stop grace and a second): the server process exits next, and with it the threads that
+        would send the SIGKILL."""
         self.detach()
         with self._lock:
+            processes = [r.process for r in self._replicas.values() if r.process is not None]
             for replica in list(self._replicas.values()):
                 self._retire(replica)
+        deadline = time.monotonic() + STOP_GRACE_S + 1.0
+        while any(p.exit_code() is None for p in processes) and time.monotonic() < deadline:
+            time.sleep(0.05)
 
     def _run(self) -> None:
         try:
