@@ -24,6 +24,9 @@ class ResourceRequest:
 
     ``labels`` carry scheduling hints: ``run`` and ``step`` (which step the attempt belongs to), ``queue`` (a
     LocalQueue of the workload queue) and ``priority_class``.
+
+    ``count`` makes a gang: ``count`` identical pods, each asking ``cpu``, ``memory`` and ``gpu``, admitted all
+    together or not at all (a distributed training job's workers). One lease covers the whole gang.
     """
 
     key: str
@@ -33,6 +36,7 @@ class ResourceRequest:
     gpu_flavor: str | None = None
     project: str = "default"
     labels: tuple[tuple[str, str], ...] = ()
+    count: int = 1
 
     def label(self, name: str) -> str | None:
         """The value of label ``name``, or None."""
@@ -50,7 +54,8 @@ class Lease:
 
     ``devices`` are the GPU indices assigned (exported as ``CUDA_VISIBLE_DEVICES``); ``env`` is further
     environment for the attempt (e.g. ``CUDA_MPS_ACTIVE_THREAD_PERCENTAGE``); ``workload`` names the queue workload
-    that holds the quota, when a queue granted it.
+    that holds the quota, when a queue granted it. For a gang (``request.count > 1``) ``pod_devices`` holds each
+    pod's GPU indices in pod order (``devices`` is pod 0's); for one pod it is empty or ``(devices,)``.
     """
 
     key: str
@@ -58,6 +63,13 @@ class Lease:
     devices: tuple[str, ...] = ()
     env: tuple[tuple[str, str], ...] = ()
     workload: str | None = None
+    pod_devices: tuple[tuple[str, ...], ...] = ()
+
+    def devices_of(self, pod: int) -> tuple[str, ...]:
+        """The GPU indices of pod ``pod`` (0-based) of the gang."""
+        if self.pod_devices:
+            return self.pod_devices[pod] if pod < len(self.pod_devices) else ()
+        return self.devices if pod == 0 else ()
 
 
 @dataclass(frozen=True, slots=True)
