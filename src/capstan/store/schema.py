@@ -357,3 +357,43 @@ deployment_load = Table(
     Column("time_ms", BigInteger, nullable=False),
     PrimaryKeyConstraint("project", "deployment", "worker"),
 )
+
+# -- training jobs (capstan.training.jobs_sql; migration 0700) ------------------------------------------------------
+jobs = Table(
+    "jobs", metadata,
+    Column("id", String(80), primary_key=True),  # <name>-<6 hex>
+    Column("project", String(256), nullable=False),
+    Column("name", String(63), nullable=False),
+    Column("user", String(256), nullable=False, default=""),
+    Column("spec", Text, nullable=False),  # TrainingJobSpec.to_dict() as JSON
+    Column("state", String(16), nullable=False),
+    Column("run_id", String(64), nullable=True),
+    Column("workload", String(256), nullable=True),
+    Column("attempt", Integer, nullable=False, default=0),
+    Column("restarts", Integer, nullable=False, default=0),
+    Column("preemptions", Integer, nullable=False, default=0),
+    Column("reason", String(64), nullable=False, default=""),
+    Column("message", Text, nullable=False, default=""),
+    Column("created_ms", BigInteger, nullable=False),
+    Column("started_ms", BigInteger, nullable=True),
+    Column("ended_ms", BigInteger, nullable=True),
+    Column("cancel_requested", Boolean, nullable=False, default=False),
+    Column("owner", String(300), nullable=True),  # the runner holding the job: "host:pid"
+    Index(None, "project", "created_ms"),
+    Index(None, "state"),
+)
+
+job_attempts = Table(
+    "job_attempts", metadata,
+    Column("job_id", String(80), nullable=False),
+    Column("number", Integer, nullable=False),
+    Column("started_ms", BigInteger, nullable=False),
+    Column("ended_ms", BigInteger, nullable=True),
+    Column("master_port", Integer, nullable=False),
+    Column("log_dir", Text, nullable=False),
+    Column("reason", String(32), nullable=True),
+    Column("rank", Integer, nullable=True),
+    Column("exit_code", Integer, nullable=True),
+    Column("message", Text, nullable=False, default=""),
+    PrimaryKeyConstraint("job_id", "number"),
+)
