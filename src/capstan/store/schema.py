@@ -397,3 +397,41 @@ job_attempts = Table(
     Column("message", Text, nullable=False, default=""),
     PrimaryKeyConstraint("job_id", "number"),
 )
+
+# -- hyperparameter studies (capstan.store.studies_sql; migration 0800) -----------------------------------------------
+studies = Table(
+    "studies", metadata,
+    Column("project", String(256), nullable=False),
+    Column("name", String(63), nullable=False),
+    Column("spec", Text, nullable=False),  # StudySpec.to_dict() as JSON
+    Column("state", String(16), nullable=False),  # Running / Succeeded / Failed / Stopped
+    Column("reason", String(64), nullable=False, default=""),
+    Column("message", Text, nullable=False, default=""),
+    Column("parent_run_id", String(32), nullable=True),
+    Column("owner", String(128), nullable=True),  # host:pid of the controller running it
+    Column("user", String(256), nullable=False, default=""),
+    Column("created_ms", BigInteger, nullable=False),
+    Column("updated_ms", BigInteger, nullable=False),
+    Column("ended_ms", BigInteger, nullable=True),
+    PrimaryKeyConstraint("project", "name"),
+)
+
+study_trials = Table(
+    "study_trials", metadata,
+    Column("project", String(256), nullable=False),
+    Column("study", String(63), nullable=False),
+    Column("number", Integer, nullable=False),
+    Column("state", String(16), nullable=False),  # RUNNING / COMPLETE / PRUNED / FAILED
+    Column("params", Text, nullable=False),  # JSON object
+    Column("value", Float, nullable=True),
+    Column("metrics", Text, nullable=False, default="{}"),  # JSON object: the final values of the study's metrics
+    Column("intermediate", Text, nullable=False, default="[]"),  # JSON [[step, value], ...]
+    Column("run_id", String(32), nullable=True),
+    Column("workload", String(256), nullable=True),
+    Column("attempts", Integer, nullable=False, default=1),
+    Column("pid", Integer, nullable=True),
+    Column("started_ms", BigInteger, nullable=False),
+    Column("ended_ms", BigInteger, nullable=True),
+    Column("message", Text, nullable=False, default=""),
+    PrimaryKeyConstraint("project", "study", "number"),
+)
