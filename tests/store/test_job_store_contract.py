@@ -8,7 +8,6 @@ import sys
 from collections.abc import Iterator
 
 import pytest
-from helpers.clock import T0, FakeClock
 
 from capstan.errors import ResourceAlreadyExists, ResourceDoesNotExist
 from capstan.settings import Settings
@@ -16,6 +15,7 @@ from capstan.store.engine import create_store_engine
 from capstan.training.jobs_sql import SqlJobStore, owner_alive, owner_id
 from capstan.training.ports import JobAttempt, JobRecord, JobStore
 from capstan.training.spec import parse_job_spec
+from helpers.clock import T0, FakeClock
 
 SPEC = parse_job_spec({"name": "mnist", "entry": "train.py", "args": ["--lr", "0.1"], "workers": 2,
                        "nproc_per_worker": 2, "cpu": 1.5, "memory": "2Gi", "gpus": 0.5, "gpu_flavor": "a100",
