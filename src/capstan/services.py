@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from capstan.serving.outcomes import OutcomeStore
     from capstan.serving.ports import DeploymentStore
     from capstan.tracking.ports import TrackingStore
+    from capstan.training.ports import JobStore
 
 T = TypeVar("T")
 
@@ -76,6 +77,7 @@ class Services:
     auth: AuthStore
     deployments: DeploymentStore
     outcomes: OutcomeStore
+    jobs: JobStore
     queue: Deferred[QueueStore]
     admission: Deferred[Admission]
     executors: Deferred[ExecutorFactory]
@@ -97,6 +99,7 @@ class Services:
         from capstan.store.events_sql import SqlEventLog
         from capstan.store.registry_sql import SqlRegistryStore
         from capstan.store.tracking_sql import SqlTrackingStore
+        from capstan.training.jobs_sql import SqlJobStore
 
         check_artifact_root(settings)
         engine = create_store_engine(settings, migrate=migrate)
@@ -141,6 +144,7 @@ class Services:
             auth=SqlAuthStore(engine, clock=clock),
             deployments=SqlDeploymentStore(engine),
             outcomes=SqlOutcomeStore(engine),
+            jobs=SqlJobStore(engine, clock=clock),
             queue=Deferred(open_queue),
             admission=admissions,
             executors=executor_parts,
