@@ -130,7 +130,7 @@ def _drift(server: ServerProcess) -> dict[str, Any]:
 @pytest.mark.slow
 def test_drift_metrics_and_payloads_of_a_running_deployment(server: ServerProcess) -> None:
     created = _call(server, "POST", json={"name": NAME, "model": "models:/iris/1",
-                                          "payload_logging": {"sample_rate": 1}})
+                                          "payload_logging": {"sample_rate": 1}, "drift": {"window": 500}})
     assert created.status_code == 201, created.text
     status = _wait_for("a ready replica", lambda: (s := _call(server, "GET", f"/{NAME}").json())["state"] == "ready"
                        and s)
@@ -150,9 +150,11 @@ def test_drift_metrics_and_payloads_of_a_running_deployment(server: ServerProces
     reference = x[rng.integers(0, len(x), 1000)]
     _infer(server, reference)  # the first window of traffic becomes the reference (the model has no profile)
     _infer(server, reference + np.array([3.0, 0.0, 0.0, 0.0]))  # the second: the first feature moved
-    after = _wait_for("a drift window", lambda: (d := _drift(server))["versions"][0]["windows"] >= 1 and d)
+    # the spec's 500-row window: the first 500 rows are the reference, then three windows are compared with it
+    after = _wait_for("three drift windows", lambda: (d := _drift(server))["versions"][0]["windows"] >= 3 and d)
     version = after["versions"][0]
-    assert version["rows_seen"] == 2000 and version["drifted"]
+    assert version["window_rows"] == 500
+    assert version["rows_seen"] == 2000 and version["windows"] == 3 and version["drifted"]
     assert {f["feature"] for f in version["features"] if f["drifted"]} == {"0"}
 
     remote = server.remote_cli("deployments", "drift", NAME)

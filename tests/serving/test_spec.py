@@ -34,6 +34,7 @@ def _full() -> dict[str, Any]:
         "resources": {"cpu": "500m", "memory": "2Gi", "gpus": 1, "queue": "serving"},
         "batching": {"max_batch_size": 32, "max_delay_ms": 5},
         "payload_logging": {"sample_rate": 0.1},
+        "drift": {"window": 500},
     }
 
 
@@ -68,6 +69,8 @@ def test_full_spec_parses_to_typed_record() -> None:
     assert spec.resources.kubernetes_requests() == {"cpu": "500m", "memory": "2Gi", "nvidia.com/gpu": "1"}
     assert spec.batching is not None and spec.batching.max_batch_size == 32
     assert spec.payload_sample_rate == 0.1
+    assert spec.drift_window == 500
+    assert parse_spec({"name": "a", "model": "models:/m/1"}).drift_window == 1000
     with pytest.raises(dataclasses.FrozenInstanceError):
         spec.name = "other"  # type: ignore[misc]
 
@@ -246,3 +249,21 @@ def test_a_fractional_gpu_is_a_share_of_one_device() -> None:
     assert whole.resources.gpus == 2 and not whole.resources.shares_a_gpu
     assert whole.resources.kubernetes_requests() == {"nvidia.com/gpu": "2"}
     assert whole.to_dict()["resources"] == {"gpus": 2}
+
+
+@pytest.mark.parametrize(("drift", "message"), [
+    ({"window": 1}, r"^spec\.drift\.window: must be"),
+    ({"window": "big"}, r"^spec\.drift\.window: "),
+    ({"size": 10}, r"^spec\.drift: unknown field 'size'"),
+])
+def test_a_bad_drift_window_is_named(drift: dict[str, Any], message: str) -> None:
+    with pytest.raises(InvalidParameterValue, match=message):
+        parse_spec(_with(drift=drift))
+
+
+def test_the_drift_window_reaches_the_replica_command() -> None:
+    from capstan.serving.replicas import serve_command
+
+    command = serve_command("models:/m/1", "d", drift_window=250)
+    assert command[command.index("--drift-window") + 1] == "250"
+    assert "--drift-window" not in serve_command("models:/m/1", "d")

@@ -279,6 +279,8 @@ def apply_cmd(path: Path, as_json: bool) -> None:
 @click.option("--memory", default=None, help="Memory per replica (512Mi, 2Gi).")
 @click.option("--gpus", type=int, default=None, help="Whole GPUs per replica.")
 @click.option("--queue", default=None, help="Workload queue (LocalQueue) that admits the replicas.")
+@click.option("--drift-window", type=int, default=None,
+              help="Rows per drift window of each replica (default 1000).")
 @click.option("--json", "as_json", is_flag=True, help="Print the deployment as JSON.")
 def create_cmd(name: str, model: str, as_json: bool, **options: Any) -> None:
     """Create a deployment from options (the fields of a spec file); refused when NAME exists."""
@@ -290,7 +292,8 @@ def spec_from_options(name: str, model: str, *, replicas: int | None = None, min
                       target_rps: float | None = None, canary: str | None = None,
                       canary_traffic: float | None = None, shadow: str | None = None,
                       shadow_traffic: float | None = None, cpu: str | None = None, memory: str | None = None,
-                      gpus: int | None = None, queue: str | None = None) -> dict[str, Any]:
+                      gpus: int | None = None, queue: str | None = None,
+                      drift_window: int | None = None) -> dict[str, Any]:
     """The spec document that ``create``'s options describe (validated later by `parse_spec`)."""
     doc: dict[str, Any] = {"name": name, "model": model}
     autoscaled = any(v is not None for v in (min_replicas, max_replicas, target_concurrency, target_rps))
@@ -317,6 +320,8 @@ def spec_from_options(name: str, model: str, *, replicas: int | None = None, min
                  if v is not None}
     if resources:
         doc["resources"] = resources
+    if drift_window is not None:
+        doc["drift"] = {"window": drift_window}
     return doc
 
 

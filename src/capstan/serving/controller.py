@@ -452,7 +452,7 @@ class DeploymentController:
                 replica.record.model_version, record.name, project=record.project, env=env,
                 max_batch_size=batching.max_batch_size if batching else None,
                 max_batch_delay_ms=batching.max_delay_ms if batching else None,
-                payload_sample_rate=record.spec.payload_sample_rate)
+                payload_sample_rate=record.spec.payload_sample_rate, drift_window=record.spec.drift_window)
         except OSError as exc:
             self._exited(record, replica, -1, now, reason=f"could not start: {exc}")
             return

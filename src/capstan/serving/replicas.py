@@ -27,6 +27,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+from capstan.serving.spec import DEFAULT_DRIFT_WINDOW
 from capstan.settings import Settings
 
 LISTENING = re.compile(r"listening on (https?://\S+?:\d+)")
@@ -75,7 +76,7 @@ class ReplicaLauncher(Protocol):
 
     def launch(self, model_uri: str, name: str, *, project: str = "", max_batch_size: int | None = None,
                max_batch_delay_ms: float | None = None, payload_sample_rate: float = 0.0,
-               env: Mapping[str, str] | None = None) -> ReplicaProcess:
+               drift_window: int = DEFAULT_DRIFT_WINDOW, env: Mapping[str, str] | None = None) -> ReplicaProcess:
         """Start a replica of deployment ``name`` (of ``project``) serving ``model_uri``, with extra environment
         ``env``."""
         ...
@@ -118,7 +119,8 @@ def store_environment(settings: Settings) -> dict[str, str]:
 
 
 def serve_command(model_uri: str, name: str, *, project: str = "", max_batch_size: int | None = None,
-                  max_batch_delay_ms: float | None = None, payload_sample_rate: float = 0.0) -> list[str]:
+                  max_batch_delay_ms: float | None = None, payload_sample_rate: float = 0.0,
+                  drift_window: int = DEFAULT_DRIFT_WINDOW) -> list[str]:
     """The ``capstan serve`` command line of one replica of deployment ``name`` (this interpreter, so the same
     installation): its payloads go to ``deployments/NAME/payloads`` and its drift events name the deployment."""
     command = [sys.executable, "-m", "capstan", "serve", model_uri, "--name", name, "--host", "127.0.0.1",
@@ -129,6 +131,8 @@ def serve_command(model_uri: str, name: str, *, project: str = "", max_batch_siz
             command += ["--max-batch-delay-ms", f"{max_batch_delay_ms:g}"]
     if payload_sample_rate > 0:
         command += ["--payload-sample-rate", str(payload_sample_rate)]
+    if drift_window != DEFAULT_DRIFT_WINDOW:
+        command += ["--drift-window", str(drift_window)]
     return command
 
 
@@ -210,7 +214,7 @@ class SubprocessLauncher:
 
     def launch(self, model_uri: str, name: str, *, project: str = "", max_batch_size: int | None = None,
                max_batch_delay_ms: float | None = None, payload_sample_rate: float = 0.0,
-               env: Mapping[str, str] | None = None) -> ReplicaProcess:
+               drift_window: int = DEFAULT_DRIFT_WINDOW, env: Mapping[str, str] | None = None) -> ReplicaProcess:
         """Start ``capstan serve`` for ``model_uri`` in a new session."""
         full = {k: v for k, v in os.environ.items() if not k.startswith("CAPSTAN_")}
         full.update(store_environment(self._settings))
@@ -218,7 +222,8 @@ class SubprocessLauncher:
         full.update(env or {})
         return SubprocessReplica(serve_command(model_uri, name, project=project, max_batch_size=max_batch_size,
                                                max_batch_delay_ms=max_batch_delay_ms,
-                                               payload_sample_rate=payload_sample_rate), full)
+                                               payload_sample_rate=payload_sample_rate,
+                                               drift_window=drift_window), full)
 
 
 def pid_alive(pid: int) -> bool:

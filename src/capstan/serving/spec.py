@@ -41,6 +41,9 @@ MAX_STABILIZATION_WINDOW_SECONDS = 3600
 """Kubernetes' HorizontalPodAutoscaler accepts at most one hour."""
 MAX_BATCH_DELAY_MS = 60_000.0
 """A batch that waits longer than a minute for company is a typo, not a latency budget."""
+DEFAULT_DRIFT_WINDOW = 1000
+"""Rows per drift window of a replica unless the spec says otherwise (``drift.window``)."""
+MAX_DRIFT_WINDOW = 1_000_000
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _MODEL_NAME = r"[^/@\s]+"
@@ -161,6 +164,7 @@ class DeploymentSpec:
     resources: Resources = Resources()
     batching: Batching | None = None
     payload_sample_rate: float = 0.0
+    drift_window: int = DEFAULT_DRIFT_WINDOW
 
     def __post_init__(self) -> None:
         if (self.replicas is None) == (self.autoscaling is None):
@@ -200,19 +204,22 @@ class DeploymentSpec:
                                "max_delay_ms": self.batching.max_delay_ms}
         if self.payload_sample_rate:
             out["payload_logging"] = {"sample_rate": self.payload_sample_rate}
+        if self.drift_window != DEFAULT_DRIFT_WINDOW:
+            out["drift"] = {"window": self.drift_window}
         return out
 
 
 # ---------------------------------------------------------------------------------------------------- parsing
 
 TOP_KEYS = frozenset({"name", "model", "replicas", "autoscaling", "canary", "shadow", "resources", "batching",
-                      "payload_logging"})
+                      "payload_logging", "drift"})
 AUTOSCALING_KEYS = frozenset({"min_replicas", "max_replicas", "target_concurrency", "target_rps",
                               "stabilization_window_seconds"})
 TARGET_KEYS = frozenset({"model", "traffic"})
 RESOURCE_KEYS = frozenset({"cpu", "memory", "gpus", "queue"})
 BATCHING_KEYS = frozenset({"max_batch_size", "max_delay_ms"})
 PAYLOAD_LOGGING_KEYS = frozenset({"sample_rate"})
+DRIFT_KEYS = frozenset({"window"})
 
 
 def _fail(path: str, message: str) -> InvalidParameterValue:
@@ -379,6 +386,11 @@ def _sample_rate(raw: object, path: str) -> float:
     return rate
 
 
+def _drift_window(raw: object, path: str) -> int:
+    obj = _mapping(raw, path, DRIFT_KEYS)
+    return _int(obj.get("window", DEFAULT_DRIFT_WINDOW), f"{path}.window", minimum=2, maximum=MAX_DRIFT_WINDOW)
+
+
 def parse_spec(data: Mapping[str, Any]) -> DeploymentSpec:
     """Validate a parsed document and build the `DeploymentSpec`; every error names the offending path."""
     top = _mapping(data, ROOT, TOP_KEYS)
@@ -399,7 +411,8 @@ def parse_spec(data: Mapping[str, Any]) -> DeploymentSpec:
     rate = 0.0
     if top.get("payload_logging") is not None:
         rate = _sample_rate(top["payload_logging"], f"{ROOT}.payload_logging")
-    return DeploymentSpec(name, model, replicas, autoscaling, canary, shadow, resources, batching, rate)
+    window = DEFAULT_DRIFT_WINDOW if top.get("drift") is None else _drift_window(top["drift"], f"{ROOT}.drift")
+    return DeploymentSpec(name, model, replicas, autoscaling, canary, shadow, resources, batching, rate, window)
 
 
 def load_spec_yaml(text: str, *, source: str = "deployment") -> DeploymentSpec:
