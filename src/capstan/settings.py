@@ -150,6 +150,34 @@ def check_artifacts(location: str, *, field_name: str = "CAPSTAN_ARTIFACTS") -> 
     return location
 
 
+def _whole(env: Mapping[str, str], name: str, *, minimum: int) -> int:
+    try:
+        value = int(env[name])
+    except ValueError:
+        raise InvalidParameterValue(f"{name}: {env[name]!r} is not a whole number") from None
+    if value < minimum:
+        raise InvalidParameterValue(f"{name}: must be at least {minimum}, got {value}")
+    return value
+
+
+def _job_overrides(env: Mapping[str, str]) -> dict[str, object]:
+    """The fields a training job's runner sets for its workers (and torchrun's ``RANK``)."""
+    out: dict[str, object] = {}
+    for field_name, variable in (("job_id", "CAPSTAN_JOB_ID"), ("job_run_id", "CAPSTAN_JOB_RUN_ID"),
+                                 ("checkpoint_uri", "CAPSTAN_CHECKPOINT_URI")):
+        if env.get(variable):
+            out[field_name] = env[variable]
+    if env.get("CAPSTAN_JOB_ATTEMPT"):
+        out["job_attempt"] = _whole(env, "CAPSTAN_JOB_ATTEMPT", minimum=0)
+    if env.get("CAPSTAN_JOB_LOG_ALL_RANKS"):
+        out["job_log_all_ranks"] = env["CAPSTAN_JOB_LOG_ALL_RANKS"].strip().lower() in ("1", "true", "yes")
+    if env.get("CAPSTAN_CHECKPOINT_KEEP"):
+        out["checkpoint_keep"] = _whole(env, "CAPSTAN_CHECKPOINT_KEEP", minimum=1)
+    if env.get("RANK", "").strip().isdigit():  # torchrun's variable, not ours: anything else is ignored
+        out["rank"] = int(env["RANK"])
+    return out
+
+
 ENV_VARIABLES: Mapping[str, str] = {
     "home": "CAPSTAN_HOME",
     "db_url": "CAPSTAN_DB_URL",
@@ -166,6 +194,12 @@ ENV_VARIABLES: Mapping[str, str] = {
     "allowed_hosts": "CAPSTAN_ALLOWED_HOSTS",
     "server_host": "CAPSTAN_SERVER_HOST",
     "experiment": "CAPSTAN_EXPERIMENT",
+    "job_id": "CAPSTAN_JOB_ID",
+    "job_run_id": "CAPSTAN_JOB_RUN_ID",
+    "job_attempt": "CAPSTAN_JOB_ATTEMPT",
+    "job_log_all_ranks": "CAPSTAN_JOB_LOG_ALL_RANKS",
+    "checkpoint_uri": "CAPSTAN_CHECKPOINT_URI",
+    "checkpoint_keep": "CAPSTAN_CHECKPOINT_KEEP",
 }
 """The environment variable of each `Settings` field that has one (``CAPSTAN_GPUS`` sets two fields)."""
 
@@ -197,6 +231,15 @@ class Settings:
             server --workers N`` for its workers); it decides whether single-user mode is possible. ``None``
             means an address reachable from the network.
         experiment: experiment of runs that name none (``CAPSTAN_EXPERIMENT``); ``None`` means ``Default``.
+        job_id: the training job this process is a worker of (``CAPSTAN_JOB_ID``, set by the job runner).
+        job_run_id: the job's tracking run (``CAPSTAN_JOB_RUN_ID``): the fluent API logs to it instead of starting
+            a run, from rank 0 only unless ``job_log_all_ranks`` (``CAPSTAN_JOB_LOG_ALL_RANKS=1``).
+        job_attempt: which start of the job's gang this is, from 1 (``CAPSTAN_JOB_ATTEMPT``).
+        checkpoint_uri: where `capstan.checkpoint` keeps checkpoints (``CAPSTAN_CHECKPOINT_URI``,
+            ``runs:/<run id>/<path>``); ``None`` means ``checkpoints`` of the active run.
+        checkpoint_keep: how many checkpoints `capstan.checkpoint.save` retains (``CAPSTAN_CHECKPOINT_KEEP``).
+        rank: this process's global rank in a distributed job (torchrun's ``RANK``, read here too though it is not
+            a ``CAPSTAN_*`` variable); ``None`` outside one.
         env_set: the ``CAPSTAN_*`` variables of `ENV_VARIABLES` that were set (even empty) when these settings
             were read by `from_env`, so that an error about a value can name the variable the user set (see
             `source_of`).
@@ -217,6 +260,13 @@ class Settings:
     allowed_hosts: tuple[str, ...] = ()
     server_host: str | None = None
     experiment: str | None = None
+    job_id: str | None = None
+    job_run_id: str | None = None
+    job_attempt: int = 0
+    job_log_all_ranks: bool = False
+    checkpoint_uri: str | None = None
+    checkpoint_keep: int = 3
+    rank: int | None = None
     env_set: frozenset[str] = frozenset()
 
     @classmethod
@@ -263,6 +313,7 @@ class Settings:
             overrides["server_host"] = env["CAPSTAN_SERVER_HOST"]
         if env.get("CAPSTAN_EXPERIMENT"):
             overrides["experiment"] = env["CAPSTAN_EXPERIMENT"]
+        overrides.update(_job_overrides(env))
         env_set = frozenset(name for name in ENV_VARIABLES.values() if name in env)
         return replace(settings, env_set=env_set, **overrides)  # type: ignore[arg-type]  # keys are field names
 
