@@ -11,13 +11,14 @@ The SQL adapter is `capstan.store.jobs_sql.SqlJobStore`; its contract test runs 
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from capstan.training.spec import TrainingJobSpec
 
-__all__ = ["ACTIVE_STATES", "AttemptReason", "JobAttempt", "JobRecord", "JobState", "JobStore", "TERMINAL_STATES"]
+__all__ = ["ACTIVE_STATES", "TERMINAL_STATES", "AttemptReason", "JobAttempt", "JobRecord", "JobState", "JobStore"]
 
 JobState = Literal["Pending", "Running", "Restarting", "Succeeded", "Failed", "Cancelled"]
 TERMINAL_STATES: frozenset[str] = frozenset({"Succeeded", "Failed", "Cancelled"})
@@ -115,6 +116,6 @@ class JobStore(Protocol):
         """Record how an attempt ended (same job id and number)."""
         ...
 
-    def attempts(self, job_id: str) -> list[JobAttempt]:
+    def attempts(self, job_id: str) -> builtins.list[JobAttempt]:
         """The job's attempts, first first."""
         ...

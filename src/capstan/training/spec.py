@@ -78,7 +78,7 @@ class TrainingJobSpec:
 
     @property
     def world_size(self) -> int:
-        """Processes in the job: ``workers × nproc_per_worker``."""
+        """Processes in the job: ``workers * nproc_per_worker``."""
         return self.workers * self.nproc_per_worker
 
     def to_dict(self) -> dict[str, Any]:
