@@ -343,7 +343,10 @@ def test_trust_is_checked_before_the_cache_and_other_models_are_not_cached(tmp_p
                serialization_format="pickle")
     served = load_model_folder(pipe_folder, name="p", version="1", trusted_source=True, compiled_cache=cache)
     assert isinstance(served, SklearnServedModel)
-    assert len(list(cache.iterdir())) == 1
+    assert len(list(cache.glob("*.npz"))) == 1
+    assert len(list(cache.glob("*.plain"))) == 1  # the child found no trees: later loads don't start it again
+    again = load_model_folder(pipe_folder, name="p", version="1", trusted_source=True, compiled_cache=cache)
+    assert isinstance(again, SklearnServedModel)
 
 
 def test_a_cache_that_cannot_be_written_still_serves(tmp_path: Path) -> None:
@@ -376,6 +379,22 @@ def test_capstan_serve_loads_a_cached_forest_without_importing_sklearn(tmp_path:
                               text=True, check=True, timeout=120).stdout.splitlines() for _ in range(2)]
     first, hit = outputs
     assert first[0] == hit[0] == f"TreeEnsembleServedModel {expected}"
-    assert "sklearn" in first[1]  # the first start unpickles the forest, and writes the cache
+    assert first[1] == "[]"  # the first start compiles the forest in a child process, which writes the cache
     assert len(list((home / "serving-cache").glob("*.npz"))) == 1
     assert hit[1] == "[]"
+
+
+def test_a_model_without_trees_never_starts_the_compiler(tmp_path: Path) -> None:
+    from sklearn.linear_model import LogisticRegression
+
+    from capstan.serving.tree_compiler import may_hold_trees
+
+    folder = tmp_path / "lr"
+    save_model(LogisticRegression(max_iter=500).fit(X, Y), folder, serialization_format="pickle")
+    forest_folder, _ = _forest_folder(tmp_path / "rf", "skops")
+    assert not may_hold_trees(folder / "model.pkl", "pickle")
+    assert may_hold_trees(forest_folder / "model.skops", "skops")
+    cache = tmp_path / "cache"
+    served = load_model_folder(folder, name="lr", version="1", trusted_source=True, compiled_cache=cache)
+    assert isinstance(served, SklearnServedModel)
+    assert not cache.exists() or not any(cache.iterdir())

@@ -17,12 +17,15 @@ ONNX and skops files load from it, and skops then trusts only its own default ty
 Compiled trees: a scikit-learn decision tree, random forest or extra-trees model is served as
 `capstan.serving.served_trees.CompiledTrees`. Given a ``compiled_cache`` folder, the compiled arrays are kept there as
 ``<sha256 of the model file>.npz``; the next load of the same file reads that instead of unpickling, without
-importing scikit-learn. An entry is written only after the model file itself loaded under the rules above; reading
-one runs no code (numeric and string arrays, ``allow_pickle=False``), and a damaged entry is compiled again.
+importing scikit-learn. The first load compiles in a short-lived child process (`capstan.serving.tree_compiler`), so
+even that serving process never imports scikit-learn. An entry is written only by a load under the rules above (the
+child gets the same trust); reading one runs no code (numeric and string arrays, ``allow_pickle=False``), and a
+damaged entry is compiled again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import shutil
@@ -38,6 +41,7 @@ from capstan.errors import InvalidParameterValue, InvalidState, PermissionDenied
 from capstan.models import python_class
 from capstan.models import sklearn as sklearn_flavor
 from capstan.models.format import read_mlmodel
+from capstan.serving import tree_compiler
 from capstan.serving.model import ServedModel, SklearnServedModel
 from capstan.serving.oip import TensorMetadata
 from capstan.serving.served_function import input_from_signature
@@ -127,6 +131,8 @@ def _sklearn(folder: Path, conf: Mapping[str, Any], mlmodel: Mapping[str, Any], 
         _require_trust(trusted, name, f"a scikit-learn model stored with {fmt}")
     cached = _compiled_entry(folder, file, digests, compiled_cache)
     trees = _read_compiled(cached) if cached is not None else None
+    if trees is None and cached is not None and _compiles_in_child(folder, conf, file, fmt, cached, trusted=trusted):
+        trees = _read_compiled(cached)
     if trees is not None:
         return TreeEnsembleServedModel(name, version, trees, input=_served_input(mlmodel, trees.n_features))
     estimator = sklearn_flavor.load(folder, conf, trust_recorded_types=trusted)
@@ -140,6 +146,20 @@ def _sklearn(folder: Path, conf: Mapping[str, Any], mlmodel: Mapping[str, Any], 
     if cached is not None:
         _write_compiled(trees, cached)
     return TreeEnsembleServedModel(name, version, trees, input=served_input)
+
+
+def _compiles_in_child(folder: Path, conf: Mapping[str, Any], file: Path, fmt: str, entry: Path, *,
+                       trusted: bool) -> bool:
+    """Whether a child process compiled the model into cache ``entry`` (see `capstan.serving.tree_compiler`); a
+    model found not to be a tree ensemble is marked so that later loads skip the child."""
+    marker = tree_compiler.plain_marker(entry)
+    if marker.exists() or not tree_compiler.may_hold_trees(file, fmt):
+        return False
+    status = tree_compiler.compile_in_child(folder, conf, entry, trusted=trusted)
+    if status == tree_compiler.NOT_TREES:
+        with contextlib.suppress(OSError):  # without the marker the next start only tries the child again
+            marker.touch()
+    return status == 0
 
 
 def _served_input(mlmodel: Mapping[str, Any], n_features: int) -> TensorMetadata | None:
