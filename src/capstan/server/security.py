@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
 from capstan.auth.audit import AuditWriter
@@ -150,6 +151,13 @@ class Authenticator:
                 self._cache[key] = entry
         return self._check(entry, token)
 
+    async def resolve(self, header: str | None) -> Principal:
+        """`fast` when it can answer, else `authenticate` in a worker thread (for callers on the event loop)."""
+        principal = self.fast(header)
+        if principal is None:
+            principal = await run_in_threadpool(self.authenticate, header)
+        return principal
+
     def _load(self, token: str, user: str | None) -> _Cached:
         valid_until = self._monotonic() + self._ttl
         cred = self._store.credential(token)
@@ -222,6 +230,13 @@ def require(request: Request, permission: Permission, project: str | None, *,
     return principal
 
 
+def check_token_scope(principal: Principal, path: str) -> None:
+    """Raise `PermissionDenied` when ``principal`` holds a deployment-scoped token that does not reach ``path``."""
+    if principal.scope is not None and not principal.scope.allows_path(path):
+        raise PermissionDenied(f"the token is scoped to {principal.scope}: it reaches only "
+                               f"/deployments/{principal.scope.deployment}/...")
+
+
 def request_project(request: Request) -> str:
     """The project a call acts in: the ``X-Capstan-Project`` header, or ``default``."""
     return request.headers.get(PROJECT_HEADER, "").strip() or DEFAULT_PROJECT
@@ -247,14 +262,10 @@ class SecurityMiddleware:
         if scope["type"] != "http" or scope["path"] in PUBLIC_PATHS:
             await self.app(scope, receive, send)
             return
-        from starlette.concurrency import run_in_threadpool
-
         state: dict[str, Any] = scope.setdefault("state", {})
         header = _header(scope, b"authorization")
         try:
-            principal = self._auth.fast(header)
-            if principal is None:
-                principal = await run_in_threadpool(self._auth.authenticate, header)
+            principal = await self._auth.resolve(header)
         except Unauthenticated as exc:
             await _send_json(send, exc.http_status, exc.to_dict(),
                              extra_headers=[(b"www-authenticate", b'Bearer realm="capstan"')])
@@ -266,9 +277,9 @@ class SecurityMiddleware:
             await _send_json(send, exc.http_status, exc.to_dict())
             return
         state[PRINCIPAL_KEY] = principal
-        if principal.scope is not None and not principal.scope.allows_path(scope["path"]):
-            denied = PermissionDenied(f"the token is scoped to {principal.scope}: it reaches only "
-                                      f"/deployments/{principal.scope.deployment}/...")
+        try:
+            check_token_scope(principal, scope["path"])
+        except PermissionDenied as denied:
             await _send_json(send, denied.http_status, denied.to_dict())
             if scope["method"] in MUTATING_METHODS:
                 self._record(scope, state, principal.name, denied.http_status, error=denied.message)
