@@ -426,6 +426,7 @@ study_trials = Table(
     Column("value", Float, nullable=True),
     Column("metrics", Text, nullable=False, default="{}"),  # JSON object: the final values of the study's metrics
     Column("intermediate", Text, nullable=False, default="[]"),  # JSON [[step, value], ...]
+    Column("system_attrs", Text, nullable=False, default="{}"),  # JSON: the sampler's and pruner's notes (Optuna)
     Column("run_id", String(32), nullable=True),
     Column("workload", String(256), nullable=True),
     Column("attempts", Integer, nullable=False, default=1),

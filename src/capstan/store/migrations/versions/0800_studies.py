@@ -43,6 +43,7 @@ def upgrade() -> None:
         sa.Column("value", sa.Float(), nullable=True),
         sa.Column("metrics", sa.Text(), nullable=False),
         sa.Column("intermediate", sa.Text(), nullable=False),
+        sa.Column("system_attrs", sa.Text(), nullable=False),
         sa.Column("run_id", sa.String(length=32), nullable=True),
         sa.Column("workload", sa.String(length=256), nullable=True),
         sa.Column("attempts", sa.Integer(), nullable=False),
