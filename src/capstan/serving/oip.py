@@ -4,8 +4,9 @@
 nested ``data``) and the binary tensor data extension (the ``Inference-Header-Content-Length`` header gives the
 length of the JSON header; inputs with ``parameters.binary_data_size`` take their bytes, in input order, from the
 body after it; BYTES elements carry 4-byte little-endian length prefixes). `encode_response` writes an
-`InferResponse` back as JSON, or as a JSON header and a binary tail. `model_metadata` builds the model metadata
-document.
+`InferResponse` back as JSON, or as a JSON header and a binary tail; `decode_response` reads such a body as a
+client does (the gRPC front of the deployment router turns a replica's REST answer into a gRPC one with it).
+`model_metadata` builds the model metadata document.
 
 Every problem with a request raises `InvalidParameterValue` (HTTP 400) naming the input and what was expected. An
 output that does not match its own shape or datatype is a bug of the server and raises `CapstanError` (500).
@@ -40,6 +41,7 @@ __all__ = [
     "binary_outputs",
     "datatype_of",
     "decode_request",
+    "decode_response",
     "encode_response",
     "model_metadata",
 ]
@@ -170,20 +172,7 @@ def decode_request(body: bytes, *, header_length: int | None) -> InferRequest:
     the JSON document and the rest is the binary data of the inputs that declare ``parameters.binary_data_size``,
     in input order; the sizes must add up to exactly the rest of the body.
     """
-    view = memoryview(body)
-    if header_length is None:
-        header_length = len(view)
-    elif not 0 < header_length <= len(view):
-        raise InvalidParameterValue(
-            f"Inference-Header-Content-Length is {header_length} but the request body holds {len(view)} bytes"
-        )
-    try:
-        document = orjson.loads(view[:header_length])
-    except orjson.JSONDecodeError as exc:
-        raise InvalidParameterValue(f"the inference request header is not valid JSON: {exc}") from None
-    if not isinstance(document, dict):
-        raise InvalidParameterValue("the inference request must be a JSON object")
-
+    document, tail = _split_body(body, header_length, "request")
     request_id = document.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise InvalidParameterValue("the request's 'id' must be a string")
@@ -191,46 +180,93 @@ def decode_request(body: bytes, *, header_length: int | None) -> InferRequest:
     raw_inputs = document.get("inputs")
     if not isinstance(raw_inputs, list) or not raw_inputs:
         raise InvalidParameterValue("the request's 'inputs' must be a non-empty list of tensors")
+    inputs = _tensors(raw_inputs, tail, len(body) - len(tail), "input")
+    return InferRequest(request_id, tuple(InferInput(*t) for t in inputs), _requested_outputs(document), parameters)
 
-    tail = view[header_length:]
+
+def decode_response(body: bytes, *, header_length: int | None) -> InferResponse:
+    """Decode a response body as a client reads it (the inverse of `encode_response`): JSON, or, with
+    ``header_length`` (the ``Inference-Header-Content-Length`` response header), a JSON header followed by the
+    binary data of the outputs that declare ``parameters.binary_data_size``. A ``null`` element of a floating-point
+    output is NaN (JSON holds no NaN). `InvalidParameterValue` naming the output for anything malformed."""
+    document, tail = _split_body(body, header_length, "response")
+    for key in ("model_name", "model_version", "id"):
+        if document.get(key) is not None and not isinstance(document[key], str):
+            raise InvalidParameterValue(f"the response's {key!r} must be a string")
+    raw_outputs = document.get("outputs")
+    if not isinstance(raw_outputs, list):
+        raise InvalidParameterValue("the response's 'outputs' must be a list of tensors")
+    outputs = _tensors(raw_outputs, tail, len(body) - len(tail), "output")
+    return InferResponse(str(document.get("model_name") or ""), document.get("model_version"), document.get("id"),
+                         tuple(InferOutput(*t) for t in outputs), _parameters(document, "the response"))
+
+
+def _split_body(body: bytes, header_length: int | None, what: str) -> tuple[dict[str, Any], memoryview]:
+    """The JSON document of a request or response body and the binary data after it."""
+    view = memoryview(body)
+    if header_length is None:
+        header_length = len(view)
+    elif not 0 < header_length <= len(view):
+        raise InvalidParameterValue(
+            f"Inference-Header-Content-Length is {header_length} but the {what} body holds {len(view)} bytes"
+        )
+    try:
+        document = orjson.loads(view[:header_length])
+    except orjson.JSONDecodeError as exc:
+        raise InvalidParameterValue(f"the inference {what} header is not valid JSON: {exc}") from None
+    if not isinstance(document, dict):
+        raise InvalidParameterValue(f"the inference {what} must be a JSON object")
+    return document, view[header_length:]
+
+
+_Tensor = tuple[str, tuple[int, ...], str, npt.NDArray[Any], dict[str, Any]]
+
+
+def _tensors(raws: list[Any], tail: memoryview, header_length: int, kind: str) -> list[_Tensor]:
+    """The tensors of a request's ``inputs`` or a response's ``outputs`` (``kind``), with their data from JSON
+    ``data`` or from ``tail`` in order; the binary sizes must add up to exactly the tail."""
     offset = 0
-    inputs: list[InferInput] = []
+    tensors: list[_Tensor] = []
     binary_names: list[str] = []
-    for index, raw in enumerate(raw_inputs):
-        name, shape, datatype, params = _tensor_header(raw, index)
-        if any(tensor.name == name for tensor in inputs):
-            raise InvalidParameterValue(f"input {name!r} appears more than once in the request")
+    for index, raw in enumerate(raws):
+        name, shape, datatype, params = _tensor_header(raw, index, kind)
+        if any(tensor[0] == name for tensor in tensors):
+            raise InvalidParameterValue(f"{kind} {name!r} appears more than once in the {_owner(kind)}")
         size = params.get("binary_data_size")
         if size is not None:
             if "data" in raw:
-                raise InvalidParameterValue(f"input {name!r} has both 'data' and parameters.binary_data_size")
+                raise InvalidParameterValue(f"{kind} {name!r} has both 'data' and parameters.binary_data_size")
             if isinstance(size, bool) or not isinstance(size, int) or size < 0:
                 raise InvalidParameterValue(
-                    f"input {name!r}: parameters.binary_data_size must be a non-negative integer, got {size!r}"
+                    f"{kind} {name!r}: parameters.binary_data_size must be a non-negative integer, got {size!r}"
                 )
             if offset + size > len(tail):
                 raise InvalidParameterValue(
-                    f"input {name!r} declares binary_data_size {size} at offset {offset} of the binary data, but "
+                    f"{kind} {name!r} declares binary_data_size {size} at offset {offset} of the binary data, but "
                     f"only {len(tail)} bytes follow the {header_length}-byte JSON header (truncated body?)"
                 )
-            data = _from_binary(name, shape, datatype, tail[offset : offset + size])
+            data = _from_binary(name, shape, datatype, tail[offset : offset + size], kind)
             offset += size
             binary_names.append(name)
         elif "data" in raw:
-            data = _from_json(name, shape, datatype, raw["data"])
+            data = _from_json(name, shape, datatype, raw["data"], kind)
         else:
             raise InvalidParameterValue(
-                f"input {name!r} has neither 'data' nor parameters.binary_data_size (shape {list(shape)})"
+                f"{kind} {name!r} has neither 'data' nor parameters.binary_data_size (shape {list(shape)})"
             )
-        inputs.append(InferInput(name, shape, datatype, data, params))
+        tensors.append((name, shape, datatype, data, params))
 
     if offset != len(tail):
-        sized = ", ".join(repr(n) for n in binary_names) or "no input"
+        sized = ", ".join(repr(n) for n in binary_names) or f"no {kind}"
         raise InvalidParameterValue(
             f"the binary data sizes of {sized} add up to {offset} bytes, but {len(tail)} bytes follow the "
             f"{header_length}-byte JSON header"
         )
-    return InferRequest(request_id, tuple(inputs), _requested_outputs(document), parameters)
+    return tensors
+
+
+def _owner(kind: str) -> str:
+    return "request" if kind == "input" else "response"
 
 
 def _parameters(obj: Mapping[str, Any], what: str) -> dict[str, Any]:
@@ -242,110 +278,121 @@ def _parameters(obj: Mapping[str, Any], what: str) -> dict[str, Any]:
     return params
 
 
-def _tensor_header(raw: object, index: int) -> tuple[str, tuple[int, ...], str, dict[str, Any]]:
+def _tensor_header(raw: object, index: int, kind: str) -> tuple[str, tuple[int, ...], str, dict[str, Any]]:
     if not isinstance(raw, dict):
-        raise InvalidParameterValue(f"inputs[{index}] must be a JSON object")
+        raise InvalidParameterValue(f"{kind}s[{index}] must be a JSON object")
     name = raw.get("name")
     if not isinstance(name, str) or not name:
-        raise InvalidParameterValue(f"inputs[{index}] needs a non-empty string 'name'")
+        raise InvalidParameterValue(f"{kind}s[{index}] needs a non-empty string 'name'")
     shape = raw.get("shape")
     if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
-        raise InvalidParameterValue(f"input {name!r}: 'shape' must be a list of non-negative integers, got {shape!r}")
+        raise InvalidParameterValue(f"{kind} {name!r}: 'shape' must be a list of non-negative integers, got {shape!r}")
     datatype = raw.get("datatype")
     if datatype not in DATATYPES:
         known = ", ".join(DATATYPES)
-        raise InvalidParameterValue(f"input {name!r}: unknown datatype {datatype!r} (known: {known})")
-    params = _parameters(raw, f"input {name!r}")
+        raise InvalidParameterValue(f"{kind} {name!r}: unknown datatype {datatype!r} (known: {known})")
+    params = _parameters(raw, f"{kind} {name!r}")
     for key in _SHARED_MEMORY:
         if key in params:
-            raise InvalidParameterValue(f"input {name!r}: the shared-memory extension ({key}) is not supported")
+            raise InvalidParameterValue(f"{kind} {name!r}: the shared-memory extension ({key}) is not supported")
     return name, tuple(shape), datatype, params
 
 
-def _from_binary(name: str, shape: tuple[int, ...], datatype: str, raw: memoryview) -> npt.NDArray[Any]:
+def _from_binary(name: str, shape: tuple[int, ...], datatype: str, raw: memoryview,
+                 kind: str) -> npt.NDArray[Any]:
     if datatype == "BYTES":
-        return _split_bytes(name, shape, raw).reshape(shape)
-    return numeric_from_bytes(name, shape, datatype, raw, source="binary data", size_of="binary_data_size")
+        return _split_bytes(name, shape, raw, kind).reshape(shape)
+    return numeric_from_bytes(name, shape, datatype, raw, source="binary data", size_of="binary_data_size",
+                              kind=kind)
 
 
 def numeric_from_bytes(name: str, shape: tuple[int, ...], datatype: str, raw: bytes | memoryview, *,
-                       source: str, size_of: str) -> npt.NDArray[Any]:
+                       source: str, size_of: str, kind: str = "input") -> npt.NDArray[Any]:
     """The little-endian elements of a numeric or BOOL tensor, as sent in the binary extension or gRPC's
-    ``raw_input_contents`` (``source`` and ``size_of`` name them in the error): checked against the shape, not
-    copied."""
+    ``raw_input_contents`` (``source`` and ``size_of`` name them in the error, ``kind`` says whether the tensor is
+    an input or an output): checked against the shape, not copied."""
     count = math.prod(shape)
     dtype = DATATYPES[datatype]
     expected = count * dtype.itemsize
     if len(raw) != expected:
         raise InvalidParameterValue(
-            f"input {name!r} ({datatype}, shape {list(shape)}) needs {expected} bytes of {source} "
+            f"{kind} {name!r} ({datatype}, shape {list(shape)}) needs {expected} bytes of {source} "
             f"({count} elements of {dtype.itemsize} bytes), but {size_of} is {len(raw)}"
         )
     if datatype == "BOOL":
         octets = np.frombuffer(raw, dtype=np.uint8)
         if count and int(octets.max()) > 1:
-            raise InvalidParameterValue(f"input {name!r} (BOOL): binary elements must be 0 or 1")
+            raise InvalidParameterValue(f"{kind} {name!r} (BOOL): binary elements must be 0 or 1")
         return octets.view(np.bool_).reshape(shape)
     return np.frombuffer(raw, dtype=dtype).reshape(shape)
 
 
-def _split_bytes(name: str, shape: tuple[int, ...], raw: memoryview) -> npt.NDArray[Any]:
+def _split_bytes(name: str, shape: tuple[int, ...], raw: memoryview, kind: str) -> npt.NDArray[Any]:
     count = math.prod(shape)
     out = np.empty(count, dtype=np.object_)
     offset = 0
     for i in range(count):
         if offset + 4 > len(raw):
             raise InvalidParameterValue(
-                f"input {name!r} (BYTES, shape {list(shape)}): the binary data ends after {i} of {count} elements "
+                f"{kind} {name!r} (BYTES, shape {list(shape)}): the binary data ends after {i} of {count} elements "
                 f"({len(raw)} bytes)"
             )
         (length,) = _LENGTH.unpack_from(raw, offset)
         offset += 4
         if offset + length > len(raw):
             raise InvalidParameterValue(
-                f"input {name!r} (BYTES, shape {list(shape)}): element {i} declares {length} bytes but only "
+                f"{kind} {name!r} (BYTES, shape {list(shape)}): element {i} declares {length} bytes but only "
                 f"{len(raw) - offset} remain of binary_data_size {len(raw)}"
             )
         out[i] = bytes(raw[offset : offset + length])
         offset += length
     if offset != len(raw):
         raise InvalidParameterValue(
-            f"input {name!r} (BYTES, shape {list(shape)}): {count} elements use {offset} bytes, but "
+            f"{kind} {name!r} (BYTES, shape {list(shape)}): {count} elements use {offset} bytes, but "
             f"binary_data_size is {len(raw)}"
         )
     return out
 
 
-def _from_json(name: str, shape: tuple[int, ...], datatype: str, data: object) -> npt.NDArray[Any]:
+def _from_json(name: str, shape: tuple[int, ...], datatype: str, data: object, kind: str) -> npt.NDArray[Any]:
     count = math.prod(shape)
     if datatype == "BYTES":
-        return _json_bytes(name, shape, data)
+        return _json_bytes(name, shape, data, kind)
     target = DATATYPES[datatype]
     try:
         parsed = np.asarray(data)
     except (ValueError, TypeError, OverflowError):
         raise InvalidParameterValue(
-            f"input {name!r} ({datatype}): 'data' must be a flat or evenly nested list of numbers for shape "
+            f"{kind} {name!r} ({datatype}): 'data' must be a flat or evenly nested list of numbers for shape "
             f"{list(shape)}"
         ) from None
+    if parsed.dtype == np.object_ and target.kind == "f" and kind == "output":
+        parsed = _nulls_as_nan(data, parsed)  # encode_response writes NaN and infinities as null
     if parsed.size != count:
         raise InvalidParameterValue(
-            f"input {name!r} has {parsed.size} elements in 'data' but shape {list(shape)} needs {count}"
+            f"{kind} {name!r} has {parsed.size} elements in 'data' but shape {list(shape)} needs {count}"
         )
     if count and parsed.dtype.kind not in _JSON_KINDS[target.kind]:
         want = {"b": "booleans", "u": "integers", "i": "integers", "f": "numbers"}[target.kind]
-        raise InvalidParameterValue(f"input {name!r} ({datatype}): 'data' must hold {want}, got {parsed.dtype}")
+        raise InvalidParameterValue(f"{kind} {name!r} ({datatype}): 'data' must hold {want}, got {parsed.dtype}")
     if count and target.kind in "iu":
         info = np.iinfo(target)
         low, high = int(parsed.min()), int(parsed.max())
         if low < info.min or high > info.max:
             raise InvalidParameterValue(
-                f"input {name!r} ({datatype}): values [{low}, {high}] are outside [{info.min}, {info.max}]"
+                f"{kind} {name!r} ({datatype}): values [{low}, {high}] are outside [{info.min}, {info.max}]"
             )
     return parsed.astype(target, copy=False).reshape(shape)
 
 
-def _json_bytes(name: str, shape: tuple[int, ...], data: object) -> npt.NDArray[Any]:
+def _nulls_as_nan(data: object, parsed: npt.NDArray[Any]) -> npt.NDArray[Any]:
+    try:
+        return np.asarray(data, dtype=np.float64)
+    except (ValueError, TypeError):
+        return parsed
+
+
+def _json_bytes(name: str, shape: tuple[int, ...], data: object, kind: str) -> npt.NDArray[Any]:
     count = math.prod(shape)
     flat: list[bytes] = []
 
@@ -356,12 +403,12 @@ def _json_bytes(name: str, shape: tuple[int, ...], data: object) -> npt.NDArray[
         elif isinstance(value, str):
             flat.append(value.encode())
         else:
-            raise InvalidParameterValue(f"input {name!r} (BYTES): 'data' must hold strings, got {value!r}")
+            raise InvalidParameterValue(f"{kind} {name!r} (BYTES): 'data' must hold strings, got {value!r}")
 
     walk(data)
     if len(flat) != count:
         raise InvalidParameterValue(
-            f"input {name!r} has {len(flat)} elements in 'data' but shape {list(shape)} needs {count}"
+            f"{kind} {name!r} has {len(flat)} elements in 'data' but shape {list(shape)} needs {count}"
         )
     out = np.empty(count, dtype=np.object_)
     out[:] = flat
