@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from capstan.server.metrics import ServerMetrics
     from capstan.services import Services
     from capstan.serving.controller import DeploymentController
+    from capstan.serving.grpc_server import GrpcOptions
     from capstan.serving.router import DeploymentRouter
 
 log = logging.getLogger("capstan.server")
@@ -41,7 +42,8 @@ BIND_HOST_VARIABLE = "CAPSTAN_SERVER_HOST"
 single-user mode is possible. When it is unset the app assumes a network-reachable address (auth required)."""
 
 
-def create_app(settings: Settings, *, services: Services | None = None, bind_host: str = "127.0.0.1") -> FastAPI:
+def create_app(settings: Settings, *, services: Services | None = None, bind_host: str = "127.0.0.1",
+               grpc: GrpcOptions | None = None) -> FastAPI:
     """Build the server application.
 
     Args:
@@ -49,6 +51,7 @@ def create_app(settings: Settings, *, services: Services | None = None, bind_hos
         services: already-open stores; opened from ``settings`` (and closed at shutdown) when omitted.
         bind_host: the address the server listens on. A loopback address with no users configured allows
             single-user mode; anything else requires credentials. In-process use (tests) defaults to loopback.
+        grpc: also serve every managed deployment over OIP v2 gRPC there (`capstan.server.deployments_serving`).
     """
     from fastapi import FastAPI
 
@@ -138,7 +141,7 @@ def create_app(settings: Settings, *, services: Services | None = None, bind_hos
     included += [(api_v1.router, API_V1_PREFIX), (admin_api.router, API_V1_PREFIX),
                  (pipelines_api.router, API_V1_PREFIX), (queue_api.router, API_V1_PREFIX),
                  (deployments_api.router, API_V1_PREFIX),
-                 (deployments_serving.deployments_router(lambda: _deployment_router(svc)), "")]
+                 (deployments_serving.deployments_router(lambda: _deployment_router(svc), grpc=grpc), "")]
     for router, prefix in included:
         app.include_router(router, prefix=prefix)
         templates.add_router(router.routes, prefix)

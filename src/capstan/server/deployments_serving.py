@@ -14,6 +14,11 @@ The deployment is looked up in the request's project (``X-Capstan-Project``, els
 the deployment, else ``default``); every route needs
 the ``read`` permission there (inference, feedback and the report alike), so they are not audited as changes.
 Errors are JSON with both the serving protocols' ``error`` and the server's ``error_code``/``message``.
+
+With ``grpc`` options the router's lifespan also starts OIP v2 over gRPC for every deployment
+(`capstan.serving.grpc_router`) on the same `DeploymentRouter`, its calls authorized by `grpc_authorizer` with the
+same rules as the inference route: the credential as ``authorization`` metadata, ``read`` in the project, a
+deployment-scoped token only for its deployment.
 """
 
 from __future__ import annotations
@@ -21,17 +26,29 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse, Response
 
+from capstan.auth.policy import Principal, authorize
 from capstan.errors import CapstanError, ResourceDoesNotExist
-from capstan.server.security import PROJECT_HEADER, current_principal, request_project, require
+from capstan.server.security import (
+    DEFAULT_PROJECT,
+    PROJECT_HEADER,
+    Authenticator,
+    check_token_scope,
+    current_principal,
+    require,
+)
 from capstan.serving.abtest import deployment_quality
 from capstan.serving.router import DeploymentRouter
 
-__all__ = ["DEPLOYMENTS_PREFIX", "deployments_router"]
+if TYPE_CHECKING:
+    from capstan.serving.grpc_router import Authorize
+    from capstan.serving.grpc_server import GrpcOptions
+
+__all__ = ["DEPLOYMENTS_PREFIX", "deployment_project", "deployments_router", "grpc_authorizer"]
 
 DEPLOYMENTS_PREFIX = "/deployments"
 
@@ -41,14 +58,33 @@ class _BodyTooLarge(CapstanError):
     http_status = 413
 
 
-def _project(request: Request, name: str) -> str:
-    """The project to find deployment ``name`` in: the request's, or, for a token scoped to that deployment and
-    no ``X-Capstan-Project`` header, the token's."""
-    if PROJECT_HEADER not in request.headers:
-        scope = current_principal(request).scope
+def deployment_project(sent: str | None, principal: Principal, name: str) -> str:
+    """The project to find deployment ``name`` in: the one the caller ``sent`` (``X-Capstan-Project``), or, when
+    it sent none and holds a token scoped to that deployment, the token's; else ``default``."""
+    if sent is None:
+        scope = principal.scope
         if scope is not None and scope.deployment == name:
             return scope.project
-    return request_project(request)
+    return (sent or "").strip() or DEFAULT_PROJECT
+
+
+def _project(request: Request, name: str) -> str:
+    return deployment_project(request.headers.get(PROJECT_HEADER), current_principal(request), name)
+
+
+def grpc_authorizer(authenticator: Authenticator) -> Authorize:
+    """The check of a gRPC call to a deployment: the rules of the REST inference route (`deployment_project`, the
+    token's scope, ``read`` in the project), with the ``authorization`` and ``x-capstan-project`` metadata for the
+    headers."""
+
+    async def authorize_call(authorization: str | None, project: str | None, deployment: str) -> str:
+        principal = await authenticator.resolve(authorization)
+        check_token_scope(principal, f"{DEPLOYMENTS_PREFIX}/{deployment}")
+        chosen = deployment_project(project, principal, deployment)
+        authorize(principal, "read", chosen)
+        return chosen
+
+    return authorize_call
 
 
 def _error(exc: CapstanError) -> JSONResponse:
@@ -126,16 +162,30 @@ class _Routes:
             return _error(exc)
 
 
-def deployments_router(make_router: Callable[[], DeploymentRouter]) -> APIRouter:
+def deployments_router(make_router: Callable[[], DeploymentRouter], *,
+                       grpc: GrpcOptions | None = None) -> APIRouter:
     """The ``/deployments`` routes over the `DeploymentRouter` that ``make_router`` builds (once, on the first
-    request of this process); the router's lifespan closes it (flushing outcomes and load reports) at shutdown."""
+    request of this process); the router's lifespan closes it (flushing outcomes and load reports) at shutdown.
+
+    With ``grpc``, the lifespan also serves OIP v2 over gRPC for every deployment through the same router, its
+    calls checked by the app's authenticator (``app.state.authenticator``, as `current_principal` uses), and stops
+    it (calls in flight get ``grace_s``) before the router closes."""
     routes = _Routes(make_router)
 
     @asynccontextmanager
-    async def lifespan(_app: Any) -> AsyncIterator[None]:
+    async def lifespan(app: Any) -> AsyncIterator[None]:
+        grpc_server = None
         try:
+            if grpc is not None:
+                from capstan.serving.grpc_router import start_deployments_grpc
+
+                grpc_server = await start_deployments_grpc(
+                    lambda: routes.router, grpc, authorize=grpc_authorizer(app.state.authenticator),
+                    max_message_bytes=routes.router.options.max_body_bytes)
             yield
         finally:
+            if grpc_server is not None:
+                await grpc_server.stop()
             await routes.close()
 
     api = APIRouter(prefix=DEPLOYMENTS_PREFIX, tags=["deployments"], lifespan=lifespan)

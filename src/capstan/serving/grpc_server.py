@@ -29,7 +29,8 @@ from capstan.serving import grpc_codec, oip
 from capstan.serving.core import ServingCore, capstan_version, output_datatype, request_id_of
 from capstan.serving.grpc_messages import SERVICE, inference_messages
 
-__all__ = ["GRPC_EXTRA", "GrpcOptions", "GrpcServer", "require_grpc", "start_grpc_server"]
+__all__ = ["GRPC_EXTRA", "GrpcOptions", "GrpcServer", "Handler", "guard_rpc", "require_grpc", "service_handler",
+           "start_grpc_server", "start_grpc_service", "status_code_name"]
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +39,16 @@ GRPC_EXTRA = "grpc"
 
 REQUEST_ID_KEY = "x-request-id"
 
-# HTTP status of a CapstanError -> the name of its gRPC status code
+# HTTP status of a CapstanError (or of a replica's answer) -> the name of its gRPC status code
 _STATUS_CODES = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
-                 409: "FAILED_PRECONDITION", 413: "INVALID_ARGUMENT", 415: "INVALID_ARGUMENT", 503: "UNAVAILABLE"}
+                 409: "FAILED_PRECONDITION", 413: "INVALID_ARGUMENT", 415: "INVALID_ARGUMENT", 502: "UNAVAILABLE",
+                 503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED"}
+
+
+def status_code_name(http_status: int) -> str:
+    """The name of the gRPC status code (``"NOT_FOUND"``) that stands for an HTTP status (``INTERNAL`` for any
+    other)."""
+    return _STATUS_CODES.get(http_status, "INTERNAL")
 
 
 def require_grpc() -> None:
@@ -105,6 +113,14 @@ class GrpcServer:
 
 async def start_grpc_server(core: ServingCore, options: GrpcOptions, *, max_message_bytes: int) -> GrpcServer:
     """Start OIP v2 over gRPC for ``core`` in the running event loop; `InvalidState` when the port cannot be bound."""
+    return await start_grpc_service(lambda grpc: _InferenceService(core, grpc).handler(), options,
+                                    max_message_bytes=max_message_bytes)
+
+
+async def start_grpc_service(make_handler: Callable[[Any], Any], options: GrpcOptions, *,
+                             max_message_bytes: int) -> GrpcServer:
+    """Start a ``grpc.aio`` server with the generic RPC handler ``make_handler(grpc)`` returns, listening as
+    ``options`` say (SO_REUSEPORT, TLS), in the running event loop; `InvalidState` when the port cannot be bound."""
     options.validate()
     import grpc  # type: ignore[import-untyped]  # grpcio ships no type information
 
@@ -113,7 +129,7 @@ async def start_grpc_server(core: ServingCore, options: GrpcOptions, *, max_mess
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", -1),
     ])
-    server.add_generic_rpc_handlers((_InferenceService(core, grpc).handler(),))
+    server.add_generic_rpc_handlers((make_handler(grpc),))
     try:
         if options.tls_cert is not None and options.tls_key is not None:
             client_ca = options.tls_client_ca.read_bytes() if options.tls_client_ca is not None else None
@@ -134,6 +150,47 @@ async def start_grpc_server(core: ServingCore, options: GrpcOptions, *, max_mess
 
 
 Handler = Callable[[Any, Any, str], Awaitable[Any]]
+"""An RPC method's behaviour: (request, context, request id) -> response."""
+
+
+def service_handler(grpc: Any, messages: dict[str, Any], methods: dict[str, tuple[str, Handler]]) -> Any:
+    """The generic RPC handler of ``inference.GRPCInferenceService`` with ``methods`` (RPC name -> the name of its
+    request message and its behaviour), each guarded by `guard_rpc`."""
+    handlers = {
+        method: grpc.unary_unary_rpc_method_handler(
+            guard_rpc(grpc, behaviour),
+            request_deserializer=messages[request].FromString,
+            response_serializer=lambda message: message.SerializeToString(),
+        )
+        for method, (request, behaviour) in methods.items()
+    }
+    return grpc.method_handlers_generic_handler(SERVICE, handlers)
+
+
+def guard_rpc(grpc: Any, behaviour: Handler) -> Callable[[Any, Any], Awaitable[Any]]:
+    """``behaviour`` with the request id, and its errors turned into gRPC status codes (`status_code_name`).
+
+    The id (the client's ``x-request-id`` metadata when sane, else a new one) is set as trailing metadata before
+    the behaviour runs; a behaviour may set trailing metadata of its own (it must then include the id)."""
+    status_codes = grpc.StatusCode
+
+    async def call(request: Any, context: Any) -> Any:
+        sent = dict(context.invocation_metadata() or ()).get(REQUEST_ID_KEY, "")
+        rid = request_id_of(sent if isinstance(sent, str) else "")
+        trailing = ((REQUEST_ID_KEY, rid),)
+        context.set_trailing_metadata(trailing)
+        try:
+            return await behaviour(request, context, rid)
+        except CapstanError as exc:
+            code = getattr(status_codes, status_code_name(exc.http_status))
+            message = exc.message if exc.http_status < 500 or "request id" in exc.message \
+                else f"{exc.message} (request id {rid})"
+        except Exception:  # anything else is answered INTERNAL with the request id
+            log.exception("gRPC request %s failed", rid)
+            code, message = status_codes.INTERNAL, f"internal server error (request id {rid})"
+        await context.abort(code, message, trailing_metadata=trailing)
+
+    return call
 
 
 class _InferenceService:
@@ -146,47 +203,14 @@ class _InferenceService:
 
     def handler(self) -> Any:
         """The generic RPC handler of ``inference.GRPCInferenceService``."""
-        methods: dict[str, tuple[str, Handler]] = {
+        return service_handler(self.grpc, self.messages, {
             "ServerLive": ("ServerLiveRequest", self.server_live),
             "ServerReady": ("ServerReadyRequest", self.server_ready),
             "ServerMetadata": ("ServerMetadataRequest", self.server_metadata),
             "ModelReady": ("ModelReadyRequest", self.model_ready),
             "ModelMetadata": ("ModelMetadataRequest", self.model_metadata),
             "ModelInfer": ("ModelInferRequest", self.model_infer),
-        }
-        handlers = {
-            method: self.grpc.unary_unary_rpc_method_handler(
-                self._guarded(behaviour),
-                request_deserializer=self.messages[request].FromString,
-                response_serializer=lambda message: message.SerializeToString(),
-            )
-            for method, (request, behaviour) in methods.items()
-        }
-        return self.grpc.method_handlers_generic_handler(SERVICE, handlers)
-
-    def _guarded(self, behaviour: Handler) -> Callable[[Any, Any], Awaitable[Any]]:
-        """``behaviour`` with the request id, and its errors turned into gRPC status codes."""
-        status_codes = self.grpc.StatusCode
-
-        async def call(request: Any, context: Any) -> Any:
-            sent = dict(context.invocation_metadata() or ()).get(REQUEST_ID_KEY, "")
-            rid = request_id_of(sent if isinstance(sent, str) else "")
-            trailing = ((REQUEST_ID_KEY, rid),)
-            try:
-                response = await behaviour(request, context, rid)
-            except CapstanError as exc:
-                code = getattr(status_codes, _STATUS_CODES.get(exc.http_status, "INTERNAL"))
-                message = exc.message if exc.http_status < 500 or "request id" in exc.message \
-                    else f"{exc.message} (request id {rid})"
-            except Exception:  # anything else is answered INTERNAL with the request id
-                log.exception("gRPC request %s failed", rid)
-                code, message = status_codes.INTERNAL, f"internal server error (request id {rid})"
-            else:
-                context.set_trailing_metadata(trailing)
-                return response
-            await context.abort(code, message, trailing_metadata=trailing)
-
-        return call
+        })
 
     async def server_live(self, request: Any, context: Any, rid: str) -> Any:
         return self.messages["ServerLiveResponse"](live=True)
