@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from capstan.serving.ports import DeploymentStore
     from capstan.tracking.ports import TrackingStore
     from capstan.training.ports import JobStore
+    from capstan.training.runner import JobRunner
 
 T = TypeVar("T")
 
@@ -159,6 +160,14 @@ class Services:
         return DeploymentManager(self.deployments, resolve=registry_resolver(self.registry, self.tracking),
                                  admission=self.admission.get, events=self.events, outcomes=self.outcomes,
                                  clock=self.clock)
+
+    def job_runner(self) -> JobRunner:
+        """What submits and runs training jobs: the job store, runs in this tracking store, events in this log,
+        gangs admitted by this admission."""
+        from capstan.training.runner import JobRunner
+
+        return JobRunner(self.jobs, tracking=self.tracking, events=self.events, admission=self.admission.get,
+                         settings=self.settings, clock=self.clock)
 
     def close(self) -> None:
         """Release database connections."""

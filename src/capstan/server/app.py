@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from capstan.serving.controller import DeploymentController
     from capstan.serving.grpc_server import GrpcOptions
     from capstan.serving.router import DeploymentRouter
+    from capstan.training.controller import JobController
 
 log = logging.getLogger("capstan.server")
 
@@ -100,11 +101,16 @@ def create_app(settings: Settings, *, services: Services | None = None, bind_hos
         if is_leader and app.state.deployments is None:
             app.state.deployments = _deployment_controller(settings, svc, metrics)
             app.state.deployments.start()  # adopts replicas left running, then reconciles on its own thread
+        if is_leader and app.state.jobs is None:
+            app.state.jobs = _job_controller(svc)
+            app.state.jobs.start()  # runs submitted training jobs; adopts those whose runner died
         try:
             yield
         finally:
             if app.state.deployments is not None:  # clean shutdown stops the replicas; the next start restarts them
                 await run_in_threadpool(app.state.deployments.stop)
+            if app.state.jobs is not None:  # stops the gangs and hands the jobs back for the next leader
+                await run_in_threadpool(app.state.jobs.stop)
             await run_in_threadpool(boot.join)
             if app.state.pipelines is not None:
                 await run_in_threadpool(app.state.pipelines.stop)
@@ -125,6 +131,7 @@ def create_app(settings: Settings, *, services: Services | None = None, bind_hos
     app.state.pipelines = None  # started with the app (see `_start_pipelines`); tests may set their own first
     app.state.pipelines_ready = threading.Event()
     app.state.deployments = None  # the deployment controller, in the leader process only (see `lifespan`)
+    app.state.jobs = None  # the training job controller, in the leader process only (see `lifespan`)
     app.state.authenticator = Authenticator(svc.auth, bind_host=bind_host, clock=svc.clock)
     # -- workload queue: one locked manager per call, per-queue metrics on this app's registry --
     app.state.queue = queue_api.ServerQueue(svc, lock_path=settings.home / "queue.lock")
@@ -169,6 +176,13 @@ def _deployment_controller(settings: Settings, services: Services, metrics: Serv
     return DeploymentController(services.deployments, events=services.events, launcher=SubprocessLauncher(settings),
                                 admission=services.admission.get, clock=services.clock,
                                 metrics=metrics.deployment_metrics())
+
+
+def _job_controller(services: Services) -> JobController:
+    """Runs the training jobs submitted through ``/api/v1/jobs`` on this machine."""
+    from capstan.training.controller import JobController
+
+    return JobController(services.job_runner())
 
 
 def _deployment_router(services: Services) -> DeploymentRouter:

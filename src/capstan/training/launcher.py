@@ -1,0 +1,261 @@
+"""Start one attempt of a training job's gang and watch it: a process per rank, each in its own process group.
+
+For each worker (pod) and each of its ``nproc_per_worker`` processes the launcher starts ``python SCRIPT ARGS`` or
+``python -m MODULE ARGS`` with the rank environment of `capstan.training.env`, in a new session (its own process
+group, so stopping it also stops the processes it started, such as data loader workers). Standard output and
+standard error go straight to files, one pair per rank, kept after the job ends (`capstan.training.logs` reads
+them)::
+
+    $CAPSTAN_HOME/jobs/<job id>/attempt-<n>/worker-<g>/rank-<r>.out
+    $CAPSTAN_HOME/jobs/<job id>/attempt-<n>/worker-<g>/rank-<r>.err
+    $CAPSTAN_HOME/jobs/<job id>/attempt-<n>/pids.json
+
+The processes write their files themselves, so they keep logging if the runner dies; ``pids.json`` lets a later
+runner find and stop them (`stop_stale`).
+
+`Gang.poll` decides the attempt: all processes exited 0 → ``Succeeded``; the first one that exits non-zero →
+``WorkerFailed`` (its rank and exit code), or ``OOMKilled`` when it died of SIGKILL while the kernel's OOM-kill
+counter of this cgroup went up, or exited 137 (a shell reporting a SIGKILL, as container runtimes do). The caller
+then `Gang.stop`\\ s the rest: SIGTERM to every process group, ``grace_s``, SIGKILL.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from capstan.training.env import JOB_ID_VARIABLE, WorkerPlace, worker_env, worker_places
+from capstan.training.ports import AttemptReason
+from capstan.training.spec import TrainingJobSpec
+
+__all__ = ["Gang", "GangExit", "attempt_dir", "classify_exit", "free_port", "launch", "oom_kill_count",
+           "stop_stale"]
+
+JOBS_DIR = "jobs"
+PIDS_FILE = "pids.json"
+OOM_EXIT_CODE = 137
+"""128 + SIGKILL: how a shell or a container runtime reports a process the kernel killed."""
+
+
+def attempt_dir(home: Path, job_id: str, attempt: int) -> Path:
+    """The folder of one attempt's logs and pid file."""
+    return home / JOBS_DIR / job_id / f"attempt-{attempt}"
+
+
+def rank_log(folder: Path, place: WorkerPlace, stream: str) -> Path:
+    """The file of one rank's ``out`` or ``err`` stream in an attempt's folder."""
+    return folder / f"worker-{place.group_rank}" / f"rank-{place.rank}.{stream}"
+
+
+def free_port(avoid: Sequence[int] = (), host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on now (the kernel's choice), other than those in ``avoid``."""
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((host, 0))
+            port = int(sock.getsockname()[1])
+        if port not in avoid:
+            return port
+    raise OSError("no free TCP port found")
+
+
+def oom_kill_count() -> int | None:
+    """How many processes the kernel's OOM killer has killed in this process's memory cgroup (v2
+    ``memory.events`` or v1 ``memory.oom_control``); None when neither can be read."""
+    candidates: list[Path] = []
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/cgroup").read_text().splitlines():
+            _id, controllers, path = line.split(":", 2)
+            if controllers == "":
+                candidates.append(Path("/sys/fs/cgroup" + path.rstrip("/")) / "memory.events")
+            elif "memory" in controllers.split(","):
+                candidates.append(Path("/sys/fs/cgroup/memory" + path.rstrip("/")) / "memory.oom_control")
+    candidates += [Path("/sys/fs/cgroup/memory.events"), Path("/sys/fs/cgroup/memory/memory.oom_control")]
+    for file in candidates:
+        try:
+            text = file.read_text()
+        except OSError:
+            continue
+        for line in text.splitlines():
+            key, _, value = line.partition(" ")
+            if key == "oom_kill" and value.strip().isdigit():
+                return int(value)
+    return None
+
+
+def classify_exit(code: int, *, oom_killed: bool) -> AttemptReason:
+    """The reason a process with exit status ``code`` (negative: killed by that signal) ended the attempt:
+    ``OOMKilled`` for exit 137, or a SIGKILL while the OOM killer struck; ``WorkerFailed`` for any other non-zero
+    status; ``Succeeded`` for 0."""
+    if code == 0:
+        return "Succeeded"
+    if code == OOM_EXIT_CODE or (code == -signal.SIGKILL and oom_killed):
+        return "OOMKilled"
+    return "WorkerFailed"
+
+
+def describe_exit(code: int) -> str:
+    """``exited with code 3`` or ``was killed by SIGKILL``."""
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return f"was killed by {name}"
+    return f"exited with code {code}"
+
+
+@dataclass(frozen=True, slots=True)
+class GangExit:
+    """How an attempt ended: ``reason`` and, for a failure, the first failing ``rank`` and its ``exit_code``."""
+
+    reason: AttemptReason
+    rank: int | None = None
+    exit_code: int | None = None
+    message: str = ""
+
+
+@dataclass(slots=True)
+class _Member:
+    place: WorkerPlace
+    process: subprocess.Popen[bytes]
+
+
+class Gang:
+    """The processes of one attempt. Not thread-safe: one runner thread polls and stops it."""
+
+    def __init__(self, members: list[_Member], folder: Path, master_port: int, oom_baseline: int | None) -> None:
+        self._members = members
+        self.folder = folder
+        self.master_port = master_port
+        self._oom_baseline = oom_baseline
+        self._exit: GangExit | None = None
+
+    @property
+    def pids(self) -> dict[int, int]:
+        """Each rank's process id."""
+        return {m.place.rank: m.process.pid for m in self._members}
+
+    def poll(self) -> GangExit | None:
+        """The attempt's outcome once decided (every process exited 0, or one failed), else None."""
+        if self._exit is not None:
+            return self._exit
+        failed: list[tuple[int, int]] = []
+        running = 0
+        for member in self._members:
+            code = member.process.poll()
+            if code is None:
+                running += 1
+            elif code != 0:
+                failed.append((member.place.rank, code))
+        if failed:
+            rank, code = min(failed)
+            oom = self._oom_baseline is not None and (oom_kill_count() or 0) > self._oom_baseline
+            reason = classify_exit(code, oom_killed=oom)
+            what = "was killed by the kernel's OOM killer" if reason == "OOMKilled" else describe_exit(code)
+            self._exit = GangExit(reason, rank, code, f"rank {rank} {what}")
+        elif running == 0:
+            self._exit = GangExit("Succeeded", message=f"all {len(self._members)} processes exited 0")
+        return self._exit
+
+    def running(self) -> bool:
+        """Whether any process of the gang is still running."""
+        return any(m.process.poll() is None for m in self._members)
+
+    def stop(self, grace_s: float, *, sleep: Callable[[float], None] = time.sleep) -> None:
+        """SIGTERM every process group still running, wait up to ``grace_s``, then SIGKILL what is left (and any
+        process the workers left behind in their groups). Returns once every worker process has been reaped."""
+        for member in self._members:
+            if member.process.poll() is None:
+                _signal_group(member.process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        while self.running() and time.monotonic() < deadline:
+            sleep(0.05)
+        for member in self._members:
+            _signal_group(member.process.pid, signal.SIGKILL)
+        for member in self._members:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                member.process.wait(timeout=5)
+
+    def reap(self) -> None:
+        """After a decided attempt: SIGKILL anything the workers left running in their process groups."""
+        for member in self._members:
+            _signal_group(member.process.pid, signal.SIGKILL)
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)
+
+
+def entry_argv(spec: TrainingJobSpec) -> list[str]:
+    """``python SCRIPT ARGS`` or ``python -m MODULE ARGS``, as torchrun runs its entry point."""
+    if spec.entry_kind == "module":
+        return [sys.executable, "-m", spec.entry, *spec.args]
+    return [sys.executable, spec.entry, *spec.args]
+
+
+def launch(spec: TrainingJobSpec, *, job_id: str, run_id: str | None, attempt: int, restart_count: int,
+           home: Path, base_env: Mapping[str, str], pod_devices: Callable[[int], tuple[str, ...]] | None,
+           lease_env: Mapping[str, str] | None = None, avoid_ports: Sequence[int] = ()) -> Gang:
+    """Start every process of attempt ``attempt`` (from 1) and return the gang.
+
+    ``pod_devices`` gives each pod's GPU indices (`capstan.resources.admission.Lease.devices_of`) when the job asked
+    for GPUs (None otherwise: ``CUDA_VISIBLE_DEVICES`` is inherited). A process that cannot be started stops the
+    ones already started and raises the `OSError`.
+    """
+    folder = attempt_dir(home, job_id, attempt)
+    port = free_port(avoid_ports)
+    argv = entry_argv(spec)
+    cwd = spec.working_dir or os.getcwd()
+    oom_baseline = oom_kill_count()
+    members: list[_Member] = []
+    try:
+        for place in worker_places(spec):
+            devices = pod_devices(place.group_rank) if pod_devices is not None else None
+            env = worker_env(spec, place, base=base_env, job_id=job_id, run_id=run_id, attempt=attempt,
+                             master_port=port, restart_count=restart_count, devices=devices,
+                             lease_env=lease_env or {})
+            env.setdefault("PYTHONUNBUFFERED", "1")  # log lines reach the files (and --follow) as printed
+            out, err = rank_log(folder, place, "out"), rank_log(folder, place, "err")
+            out.parent.mkdir(parents=True, exist_ok=True)
+            with open(out, "wb") as out_file, open(err, "wb") as err_file:
+                process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out_file, stderr=err_file,
+                                           cwd=cwd, env=env, start_new_session=True)
+            members.append(_Member(place, process))
+    except BaseException:
+        Gang(members, folder, port, oom_baseline).stop(0)
+        raise
+    gang = Gang(members, folder, port, oom_baseline)
+    (folder / PIDS_FILE).write_text(json.dumps({str(rank): pid for rank, pid in gang.pids.items()}))
+    return gang
+
+
+def stop_stale(home: Path, job_id: str, attempt: int) -> int:
+    """Stop (SIGKILL, whole process group) the processes an earlier runner started for ``attempt`` of ``job_id``
+    that still run: those listed in the attempt's ``pids.json`` whose environment names this job. Returns how
+    many there were."""
+    import psutil
+
+    try:
+        pids = json.loads((attempt_dir(home, job_id, attempt) / PIDS_FILE).read_text())
+    except (OSError, ValueError):
+        return 0
+    stopped = 0
+    for pid in pids.values() if isinstance(pids, dict) else ():
+        try:
+            variables = psutil.Process(int(pid)).environ()
+        except (psutil.Error, ValueError, OSError):
+            continue
+        if variables.get(JOB_ID_VARIABLE) == job_id:
+            _signal_group(int(pid), signal.SIGKILL)
+            stopped += 1
+    return stopped

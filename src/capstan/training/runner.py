@@ -1,0 +1,448 @@
+"""`JobRunner`: submits a training job (checked before anything starts) and drives it to its end.
+
+``submit`` checks the entry point (a script below the working directory, or a module found from it without
+importing anything) and asks the admission whether the gang (``count = workers`` pods of ``cpu``/``memory``/
+``gpus`` each) could ever fit; a job that can never fit is refused with the queue's reason, naming the field. It
+then creates the job's tracking run (in ``spec.experiment``) and stores the job ``Pending``.
+
+``run`` claims the job (one runner per job, see `JobStore.claim`) and loops:
+
+1. admission: ask for the gang's lease until granted (the job shows the queue's ``Waiting`` reason meanwhile; a
+   ``Rejected`` verdict fails it);
+2. an attempt: `capstan.training.launcher.launch` starts every process, then the runner watches it: the gang's
+   outcome, ``cancel_requested`` in the store, and whether the queue revoked the lease (preemption);
+3. the decision of `capstan.training.policy.next_step`: end the job, restart the gang after a back-off (keeping the
+   lease), or release the lease for requeueing and go back to step 1 (preemption).
+
+Every restart and its reason (``WorkerFailed`` with rank and exit code, ``OOMKilled``, ``Preempted``,
+``NodeLost``) is an event of kind ``job`` (`EVENT_KIND`) with the job id as its object. When the job ends, its run
+ends ``FINISHED``, ``FAILED`` or ``KILLED``. A runner that finds an attempt a dead runner left open stops its
+processes, ends it ``NodeLost`` and restarts the gang.
+
+`JobController` (in ``capstan.training.controller``) runs submitted jobs in the leader of ``capstan server``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import importlib.machinery
+import os
+import secrets
+import sys
+import threading
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from capstan.clock import Clock, monotonic_of, system_clock
+from capstan.errors import (
+    CapstanError,
+    InvalidParameterValue,
+    InvalidState,
+    ResourceAlreadyExists,
+    ResourceDoesNotExist,
+)
+from capstan.events.records import WARNING
+from capstan.resources.admission import Lease, Rejected, ResourceRequest
+from capstan.tracking.records import DELETED, RunTag
+from capstan.training.jobs_sql import owner_id
+from capstan.training.launcher import Gang, launch, stop_stale
+from capstan.training.policy import AttemptEnd, next_step
+from capstan.training.ports import JobAttempt, JobRecord, JobStore
+from capstan.training.spec import TrainingJobSpec
+
+if TYPE_CHECKING:
+    from capstan.events.ports import EventLog
+    from capstan.resources.admission import Admission
+    from capstan.settings import Settings
+    from capstan.tracking.ports import TrackingStore
+
+__all__ = ["EVENT_KIND", "JobRunner", "gang_request", "worker_base_env"]
+
+EVENT_KIND = "job"
+"""Kind of the job events in the event log (``capstan events job/<id>``)."""
+DEFAULT_EXPERIMENT = "Default"
+RUN_STATUS = {"Succeeded": "FINISHED", "Failed": "FAILED", "Cancelled": "KILLED"}
+_REMOTE_VARIABLES = ("CAPSTAN_URL", "CAPSTAN_TOKEN")
+"""Inherited variables a worker must not see: it works on the runner's stores directly, as the runner does."""
+GANG_TICK_S = 0.05
+
+
+def gang_request(spec: TrainingJobSpec, *, key: str, project: str) -> ResourceRequest:
+    """The admission request of the job's gang: ``workers`` identical pods asking for ``cpu``, ``memory`` and
+    ``gpus`` each, in ``spec.queue`` with ``spec.priority``."""
+    labels = [("kind", "training-job")]
+    if spec.queue:
+        labels.append(("queue", spec.queue))
+    if spec.priority:
+        labels.append(("priority_class", spec.priority))
+    return ResourceRequest(key, spec.cpu, spec.memory, spec.gpus, spec.gpu_flavor if spec.gpus > 0 else None,
+                           project, tuple(labels), count=spec.workers)
+
+
+def worker_base_env(settings: Settings, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """What every worker inherits: this process's environment without a server URL or token, with the variables
+    that point `Settings.from_env` at the runner's stores."""
+    env = dict(os.environ if environ is None else environ)
+    for name in _REMOTE_VARIABLES:
+        env.pop(name, None)
+    env.update(settings.store_environment())
+    return env
+
+
+def _find_module(name: str, search: list[str]) -> bool:
+    """Whether module ``name`` can be found on ``search`` (then on its packages' paths) without importing it."""
+    path: list[str] | None = search
+    spec = None
+    for part in name.split("."):
+        if path is None:
+            return False
+        spec = importlib.machinery.PathFinder.find_spec(part, path)
+        if spec is None:
+            return False
+        locations = spec.submodule_search_locations
+        path = list(locations) if locations is not None else None
+    return spec is not None
+
+
+def check_entry(spec: TrainingJobSpec, *, cwd: str | None = None) -> TrainingJobSpec:
+    """The spec with ``working_dir`` made absolute, once its entry point exists there (a script file, or a module
+    found from the working directory and this interpreter's path); `InvalidParameterValue` naming the field."""
+    base = Path(cwd or os.getcwd())
+    folder = (base / spec.working_dir) if spec.working_dir else base
+    if not folder.is_dir():
+        raise InvalidParameterValue(f"job.working_dir: {str(folder)!r} is not a folder")
+    folder = folder.resolve()
+    if spec.entry_kind == "script":
+        script = folder / spec.entry
+        if not script.is_file():
+            raise InvalidParameterValue(f"job.entry: script {spec.entry!r} does not exist in {str(folder)!r}")
+    elif not _find_module(spec.entry, [str(folder), *sys.path[1:]]):
+        raise InvalidParameterValue(f"job.entry: module {spec.entry!r} cannot be found from {str(folder)!r} or the "
+                                    "Python path")
+    return dataclasses.replace(spec, working_dir=str(folder))
+
+
+def _unfit_field(admission: Admission, request: ResourceRequest, spec: TrainingJobSpec) -> str:
+    """Which spec field makes ``request`` unfit: the queue or priority, the per-worker resources, or ``workers``."""
+    tiny = dataclasses.replace(request, cpu=0.001, memory=0, gpu=0.0, gpu_flavor=None, count=1)
+    why = admission.check(tiny)
+    if why is not None:
+        return "job.priority" if "priority class" in why else "job.queue"
+    one = dataclasses.replace(request, count=1)
+    if admission.check(one) is None:
+        return "job.workers"
+    if spec.gpus > 0:
+        if spec.gpu_flavor and admission.check(dataclasses.replace(one, gpu_flavor=None)) is None:
+            return "job.gpu_flavor"
+        if admission.check(dataclasses.replace(one, gpu=0.0, gpu_flavor=None)) is None:
+            return "job.gpus"
+    if spec.memory > 0 and admission.check(dataclasses.replace(one, memory=0)) is None:
+        return "job.memory"
+    return "job.cpu"
+
+
+class JobRunner:
+    """Submits jobs and drives them (see the module docstring). Thread-safe: each `run` keeps its own state.
+
+    ``poll_s`` is how often a running job reads its record (cancel) and asks whether its lease was revoked, and how
+    often a pending one asks the admission again.
+    """
+
+    def __init__(self, store: JobStore, *, tracking: TrackingStore, events: EventLog,
+                 admission: Callable[[], Admission], settings: Settings, clock: Clock = system_clock,
+                 poll_s: float = 0.5, owner: str | None = None) -> None:
+        self.store = store
+        self.tracking = tracking
+        self.events = events
+        self.admission = admission
+        self.settings = settings
+        self.clock = clock
+        self.poll_s = poll_s
+        self.owner = owner or owner_id()
+
+    # -- submit -----------------------------------------------------------------------------------------------------
+    def check(self, spec: TrainingJobSpec, *, project: str) -> TrainingJobSpec:
+        """The spec as it will run (absolute ``working_dir``), once its entry point exists and its gang could ever
+        be admitted; `InvalidParameterValue` naming the field otherwise. Starts nothing."""
+        checked = check_entry(spec)
+        request = gang_request(checked, key=f"job/{checked.name}", project=project)
+        admission = self.admission()
+        why = admission.check(request)
+        if why is not None:
+            raise InvalidParameterValue(f"{_unfit_field(admission, request, checked)}: the gang of {checked.workers} "
+                                        f"worker(s) can never be admitted: {why}")
+        return checked
+
+    def submit(self, spec: TrainingJobSpec, *, project: str, user: str = "", hold: bool = False) -> JobRecord:
+        """Check ``spec`` (see `check`), create the job's tracking run and store the job ``Pending``.
+
+        With ``hold`` this runner holds the job from the start (the caller runs it with `run` next), so a
+        `JobController` never picks it up; otherwise the first runner that claims it runs it."""
+        checked = self.check(spec, project=project)
+        job_id = f"{checked.name}-{secrets.token_hex(3)}"
+        run_id = self._create_run(checked, job_id, project, user)
+        record = JobRecord(id=job_id, project=project, spec=checked, state="Pending", created_ms=self.clock(),
+                           user=user, run_id=run_id, owner=self.owner if hold else None)
+        self.store.create(record)
+        self.event(record, "Submitted", f"{checked.workers} worker(s) x {checked.nproc_per_worker} process(es) "
+                                        f"of {checked.entry}; tracking run {run_id}")
+        return record
+
+    def _create_run(self, spec: TrainingJobSpec, job_id: str, project: str, user: str) -> str:
+        name = spec.experiment or self.settings.experiment or DEFAULT_EXPERIMENT
+        experiment = self.tracking.get_experiment_by_name(name, project=project)
+        if experiment is None:
+            try:
+                experiment_id = self.tracking.create_experiment(name, project=project)
+            except ResourceAlreadyExists:  # created meanwhile by someone else
+                found = self.tracking.get_experiment_by_name(name, project=project)
+                if found is None:
+                    raise
+                experiment_id = found.experiment_id
+        elif experiment.lifecycle_stage == DELETED:
+            raise InvalidParameterValue(f"job.experiment: experiment {name!r} is deleted; restore it or choose "
+                                        "another name")
+        else:
+            experiment_id = experiment.experiment_id
+        tags = [RunTag("capstan.job.id", job_id), RunTag("mlflow.source.type", "JOB"),
+                RunTag("mlflow.source.name", spec.entry), RunTag("capstan.job.workers", str(spec.workers)),
+                RunTag("capstan.job.nproc_per_worker", str(spec.nproc_per_worker))]
+        info = self.tracking.create_run(experiment_id, user_id=user, start_time=self.clock(), run_name=job_id,
+                                        tags=tags, source=spec.entry)
+        return info.run_id
+
+    # -- run --------------------------------------------------------------------------------------------------------
+    def run(self, job_id: str, *, progress: Callable[[JobRecord], None] | None = None,
+            stop: threading.Event | None = None) -> JobRecord:
+        """Drive the job to its end and return it (see the module docstring). ``progress`` is called with the job
+        after each change; setting ``stop`` (a server shutting down) stops the gang and hands the job back
+        ``Pending`` for the next runner. `InvalidState` when another live runner holds the job."""
+        record = self.store.get(job_id)
+        if record is None:
+            raise ResourceDoesNotExist(f"job {job_id!r} does not exist")
+        if record.done:
+            return record
+        if not self.store.claim(job_id, self.owner):
+            raise InvalidState(f"job {job_id!r} is held by another runner ({record.owner})")
+        return _Drive(self, job_id, progress, stop or threading.Event()).run()
+
+    def event(self, record: JobRecord, reason: str, message: str, *, warning: bool = False,
+              data: dict[str, object] | None = None) -> None:
+        """Append one event of the job."""
+        self.events.append(EVENT_KIND, record.id, reason, message, type=WARNING if warning else "Normal",
+                           project=record.project, data=data)
+
+
+class _Drive:
+    """One `JobRunner.run`: the job's record as this runner last wrote it, its lease and its attempts."""
+
+    def __init__(self, runner: JobRunner, job_id: str, progress: Callable[[JobRecord], None] | None,
+                 stop: threading.Event) -> None:
+        self.runner = runner
+        self.store = runner.store
+        self.job_id = job_id
+        self.progress = progress
+        self.stop = stop
+        self.monotonic = monotonic_of(runner.clock)
+        current = self.store.get(job_id)
+        assert current is not None
+        self.record = current
+        self.request = gang_request(current.spec, key=f"job/{job_id}", project=current.project)
+        self.lease: Lease | None = None
+        self.last_port: int | None = None
+
+    # -- the record -------------------------------------------------------------------------------------------------
+    def fresh(self) -> JobRecord:
+        found = self.store.get(self.job_id)
+        if found is None:
+            raise ResourceDoesNotExist(f"job {self.job_id!r} was deleted while it ran")
+        return found
+
+    def save(self, *, release_owner: bool = False, **changes: Any) -> JobRecord:
+        """Write the job with ``changes``, keeping a cancel request that arrived meanwhile; this runner stays its
+        owner unless ``release_owner``."""
+        stored = self.fresh()
+        record = dataclasses.replace(self.record, **changes)
+        record = dataclasses.replace(record, owner=None if release_owner else self.runner.owner,
+                                     cancel_requested=record.cancel_requested or stored.cancel_requested)
+        self.store.update(record)
+        self.record = record
+        if self.progress is not None:
+            self.progress(record)
+        return record
+
+    def event(self, reason: str, message: str, *, warning: bool = False, **data: object) -> None:
+        self.runner.event(self.record, reason, message, warning=warning, data=data or None)
+
+    def finish(self, state: str, reason: str, message: str) -> JobRecord:
+        self.release()
+        record = self.save(state=state, reason=reason, message=message, ended_ms=self.runner.clock(),
+                           release_owner=True)
+        if record.run_id:
+            try:
+                self.runner.tracking.update_run(record.run_id, status=RUN_STATUS[state], end_time=record.ended_ms)
+            except CapstanError as exc:  # the run was deleted: the job's own record still says how it ended
+                self.event("RunNotUpdated", f"tracking run {record.run_id} could not be ended: {exc}", warning=True)
+        self.event(state, message, warning=state == "Failed")
+        return record
+
+    # -- the loop ---------------------------------------------------------------------------------------------------
+    def run(self) -> JobRecord:
+        gang: list[Gang] = []
+        try:
+            self.adopt_stale()
+            return self.loop(gang)
+        except BaseException as exc:
+            for g in gang:
+                g.stop(self.record.spec.grace_s)
+            if not self.record.done:
+                interrupted = isinstance(exc, KeyboardInterrupt)
+                with contextlib.suppress(Exception):  # the first error is the one to report
+                    self.finish("Cancelled" if interrupted else "Failed", "Cancelled" if interrupted else "RunnerError",
+                                "interrupted" if interrupted else f"the job runner failed: {exc}")
+            raise
+
+    def adopt_stale(self) -> None:
+        """End an attempt a dead runner left open (``NodeLost``), stopping its processes if any still run."""
+        attempts = self.store.attempts(self.job_id)
+        if not attempts or attempts[-1].ended_ms is not None:
+            return
+        last = attempts[-1]
+        stopped = stop_stale(self.runner.settings.home, self.job_id, last.number)
+        message = (f"attempt {last.number} was left by a runner that is gone"
+                   + (f"; stopped its {stopped} remaining process(es)" if stopped else ""))
+        self.store.end_attempt(dataclasses.replace(last, ended_ms=self.runner.clock(), reason="NodeLost",
+                                                   message=message))
+        self.event("NodeLost", message + "; restarting the gang", warning=True, attempt=last.number)
+        self.save(state="Restarting", reason="NodeLost", message=message)
+
+    def loop(self, gang: list[Gang]) -> JobRecord:
+        while True:
+            if self.fresh().cancel_requested:
+                return self.finish("Cancelled", "Cancelled", "cancelled before the gang started")
+            if self.stop.is_set():
+                return self.hand_back("the runner stopped while the job waited")
+            if self.lease is None:
+                admitted = self.admit()
+                if isinstance(admitted, JobRecord):
+                    return admitted
+                self.lease = admitted
+            end = self.attempt(self.lease, gang)
+            if end.reason == "NodeLost" and self.stop.is_set():
+                return self.hand_back(end.message)
+            record = self.record
+            step = next_step(record.spec, restarts=record.restarts, preemptions=record.preemptions, end=end)
+            if step.action == "succeed":
+                return self.finish("Succeeded", step.reason, step.message)
+            if step.action in ("fail", "cancel"):
+                return self.finish(step.state, step.reason, step.message)
+            self.event(end.reason, step.message, warning=True, attempt=record.attempt, rank=end.rank,
+                       exit_code=end.exit_code)
+            if step.action == "requeue":
+                self.release(requeue=True)
+                self.save(state="Pending", reason=step.reason, message=step.message, preemptions=step.preemptions)
+                continue
+            self.save(state="Restarting", reason=step.reason, message=step.message, restarts=step.restarts)
+            if not self.wait(step.delay_s):
+                continue  # cancelled, stopped or preempted meanwhile: the top of the loop handles it
+
+    def hand_back(self, message: str) -> JobRecord:
+        """Give the job back (``Pending``, no owner) for the next runner; its workload leaves the queue."""
+        self.release()
+        self.runner.admission().withdraw(self.request.key)
+        return self.save(state="Pending", reason="NodeLost", message=message, release_owner=True)
+
+    def wait(self, seconds: float) -> bool:
+        """Sleep ``seconds`` before a restart; False when a cancel, a stop or a preemption cut it short."""
+        deadline = self.monotonic() + seconds
+        while True:
+            left = deadline - self.monotonic()
+            if left <= 0:
+                return True
+            if self.stop.wait(min(left, self.runner.poll_s)) or self.fresh().cancel_requested:
+                return False
+            if self.lease is not None and self.runner.admission().revoked([self.lease]):
+                self.release(requeue=True)
+                self.save(state="Pending", reason="Preempted", message="the queue took the gang's quota back "
+                          "while it waited to restart", preemptions=self.record.preemptions + 1)
+                self.event("Preempted", self.record.message, warning=True)
+                return False
+
+    def release(self, *, requeue: bool = False) -> None:
+        if self.lease is not None:
+            lease, self.lease = self.lease, None
+            self.runner.admission().release(lease, requeue=requeue)
+
+    # -- admission --------------------------------------------------------------------------------------------------
+    def admit(self) -> Lease | JobRecord:
+        """The gang's lease, asked for every ``poll_s`` until granted; or the job, ended (cancelled, never
+        admissible) or handed back (stopped)."""
+        while True:
+            if self.fresh().cancel_requested:
+                self.runner.admission().withdraw(self.request.key)
+                return self.finish("Cancelled", "Cancelled", "cancelled while waiting for the queue")
+            if self.stop.is_set():
+                return self.hand_back("the runner stopped while the job waited for the queue")
+            verdict = self.runner.admission().acquire_many([self.request])[0]
+            if isinstance(verdict, Lease):
+                if verdict.workload != self.record.workload:
+                    self.save(workload=verdict.workload)
+                return verdict
+            if isinstance(verdict, Rejected):
+                return self.finish("Failed", "Unschedulable", f"the queue can never admit the gang: {verdict.message}")
+            reason = verdict.reason or "Waiting"
+            message = verdict.message or "waiting for the queue to admit the whole gang"
+            if (self.record.state, self.record.reason, self.record.message, self.record.workload) != \
+                    ("Pending", reason, message, verdict.workload):
+                self.save(state="Pending", reason=reason, message=message, workload=verdict.workload)
+            self.stop.wait(self.runner.poll_s)
+
+    # -- one attempt ------------------------------------------------------------------------------------------------
+    def attempt(self, lease: Lease, gangs: list[Gang]) -> AttemptEnd:
+        """Start the gang, watch it until it ends (or is stopped: cancel, preemption, runner stop) and record the
+        attempt."""
+        runner, record = self.runner, self.record
+        spec = record.spec
+        number = record.attempt + 1
+        gang = launch(spec, job_id=self.job_id, run_id=record.run_id, attempt=number, restart_count=number - 1,
+                      home=runner.settings.home, base_env=worker_base_env(runner.settings),
+                      pod_devices=lease.devices_of if spec.gpus > 0 else None, lease_env=dict(lease.env),
+                      avoid_ports=[self.last_port] if self.last_port else [])
+        gangs.append(gang)
+        self.last_port = gang.master_port
+        started = runner.clock()
+        attempt = JobAttempt(self.job_id, number, started, gang.master_port, str(gang.folder))
+        self.store.add_attempt(attempt)
+        self.save(state="Running", attempt=number, reason="", started_ms=record.started_ms or started,
+                  message=f"attempt {number}: {spec.world_size} process(es), rendezvous on 127.0.0.1:"
+                          f"{gang.master_port}")
+        self.event("Started", self.record.message, attempt=number, master_port=gang.master_port,
+                   pids=[gang.pids[r] for r in sorted(gang.pids)])
+        end = self.watch(gang, lease)
+        if end.reason in ("Succeeded",):
+            gang.reap()
+        else:
+            gang.stop(spec.grace_s)
+        gangs.remove(gang)
+        self.store.end_attempt(dataclasses.replace(attempt, ended_ms=runner.clock(), reason=end.reason,
+                                                   rank=end.rank, exit_code=end.exit_code, message=end.message))
+        return end
+
+    def watch(self, gang: Gang, lease: Lease) -> AttemptEnd:
+        next_check = self.monotonic() + self.runner.poll_s
+        while True:
+            outcome = gang.poll()
+            if outcome is not None:
+                return AttemptEnd(outcome.reason, outcome.rank, outcome.exit_code, outcome.message)
+            if self.stop.wait(GANG_TICK_S):
+                return AttemptEnd("NodeLost", message="the runner stopped; the gang was stopped with it")
+            if self.monotonic() < next_check:
+                continue
+            next_check = self.monotonic() + self.runner.poll_s
+            if self.fresh().cancel_requested:
+                return AttemptEnd("Cancelled", message="cancelled while running")
+            revoked = self.runner.admission().revoked([lease])
+            if revoked:
+                return AttemptEnd("Preempted", message=f"preempted by the queue: {revoked[0][1]}")
