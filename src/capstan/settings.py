@@ -178,6 +178,18 @@ def _job_overrides(env: Mapping[str, str]) -> dict[str, object]:
     return out
 
 
+def _trial_overrides(env: Mapping[str, str]) -> dict[str, object]:
+    """The fields a study's controller sets for a trial process (`capstan.report` reads them)."""
+    out: dict[str, object] = {}
+    if env.get("CAPSTAN_TRIAL_ADDRESS"):
+        out["trial_address"] = env["CAPSTAN_TRIAL_ADDRESS"]
+    if env.get("CAPSTAN_TRIAL_KEY"):
+        out["trial_key"] = env["CAPSTAN_TRIAL_KEY"]
+    if env.get("CAPSTAN_TRIAL_NUMBER"):
+        out["trial_number"] = _whole(env, "CAPSTAN_TRIAL_NUMBER", minimum=0)
+    return out
+
+
 ENV_VARIABLES: Mapping[str, str] = {
     "home": "CAPSTAN_HOME",
     "db_url": "CAPSTAN_DB_URL",
@@ -200,6 +212,9 @@ ENV_VARIABLES: Mapping[str, str] = {
     "job_log_all_ranks": "CAPSTAN_JOB_LOG_ALL_RANKS",
     "checkpoint_uri": "CAPSTAN_CHECKPOINT_URI",
     "checkpoint_keep": "CAPSTAN_CHECKPOINT_KEEP",
+    "trial_address": "CAPSTAN_TRIAL_ADDRESS",
+    "trial_key": "CAPSTAN_TRIAL_KEY",
+    "trial_number": "CAPSTAN_TRIAL_NUMBER",
 }
 """The environment variable of each `Settings` field that has one (``CAPSTAN_GPUS`` sets two fields)."""
 
@@ -240,6 +255,11 @@ class Settings:
         checkpoint_keep: how many checkpoints `capstan.checkpoint.save` retains (``CAPSTAN_CHECKPOINT_KEEP``).
         rank: this process's global rank in a distributed job (torchrun's ``RANK``, read here too though it is not
             a ``CAPSTAN_*`` variable); ``None`` outside one.
+        trial_address: where the controller of a hyperparameter study listens for its trial's reports
+            (``CAPSTAN_TRIAL_ADDRESS``, set by the controller for a script or training-job trial); ``None`` outside
+            a trial, where `capstan.report` does nothing.
+        trial_key: the secret the trial authenticates to that controller with (``CAPSTAN_TRIAL_KEY``, hex).
+        trial_number: which trial of its study this process runs (``CAPSTAN_TRIAL_NUMBER``).
         env_set: the ``CAPSTAN_*`` variables of `ENV_VARIABLES` that were set (even empty) when these settings
             were read by `from_env`, so that an error about a value can name the variable the user set (see
             `source_of`).
@@ -267,6 +287,9 @@ class Settings:
     checkpoint_uri: str | None = None
     checkpoint_keep: int = 3
     rank: int | None = None
+    trial_address: str | None = None
+    trial_key: str | None = None
+    trial_number: int | None = None
     env_set: frozenset[str] = frozenset()
 
     @classmethod
@@ -314,6 +337,7 @@ class Settings:
         if env.get("CAPSTAN_EXPERIMENT"):
             overrides["experiment"] = env["CAPSTAN_EXPERIMENT"]
         overrides.update(_job_overrides(env))
+        overrides.update(_trial_overrides(env))
         env_set = frozenset(name for name in ENV_VARIABLES.values() if name in env)
         return replace(settings, env_set=env_set, **overrides)  # type: ignore[arg-type]  # keys are field names
 
