@@ -64,6 +64,7 @@ def create_app(settings: Settings, *, services: Services | None = None, bind_hos
         deployments_api,
         deployments_serving,
         home,
+        jobs_api,
         mlflow_api,
         pipelines_api,
         queue_api,
@@ -147,7 +148,7 @@ def create_app(settings: Settings, *, services: Services | None = None, bind_hos
     included: list[tuple[APIRouter, str]] = [(router, "") for router in mlflow_api.routers]
     included += [(api_v1.router, API_V1_PREFIX), (admin_api.router, API_V1_PREFIX),
                  (pipelines_api.router, API_V1_PREFIX), (queue_api.router, API_V1_PREFIX),
-                 (deployments_api.router, API_V1_PREFIX),
+                 (deployments_api.router, API_V1_PREFIX), (jobs_api.router, API_V1_PREFIX),
                  (deployments_serving.deployments_router(lambda: _deployment_router(svc), grpc=grpc), "")]
     for router, prefix in included:
         app.include_router(router, prefix=prefix)
