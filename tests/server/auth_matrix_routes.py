@@ -396,6 +396,19 @@ _NATIVE: dict[str, Rule] = {
     "POST /api/v1/deployments/{name}/scale": Rule("write", lambda w: Req(
         f"{V1}/deployments/no-such-deployment/scale", {"replicas": 1}), ok=(404,),
         note="a missing deployment answers 404"),
+    # training jobs: as deployments, the permission is checked in the request's project before the job is looked up
+    # (a missing one answers 404 to those allowed); the submitted script does not exist, so nothing runs
+    "POST /api/v1/jobs": Rule("write", lambda w: Req(f"{V1}/jobs", {"name": uniq("j"), "entry": "no-such-script.py"}),
+                              ok=(400,), note="a missing script answers 400"),
+    "GET /api/v1/jobs": Rule("read", lambda w: Req(f"{V1}/jobs")),
+    "GET /api/v1/jobs/{job_id}": Rule("read", lambda w: Req(f"{V1}/jobs/no-such-job-000000"), ok=(404,),
+                                     note="a missing job answers 404"),
+    "POST /api/v1/jobs/{job_id}/cancel": Rule("write", lambda w: Req(f"{V1}/jobs/no-such-job-000000/cancel"),
+                                             ok=(404,), note="a missing job answers 404"),
+    "GET /api/v1/jobs/{job_id}/logs": Rule("read", lambda w: Req(f"{V1}/jobs/no-such-job-000000/logs"), ok=(404,),
+                                          note="a missing job answers 404"),
+    "GET /api/v1/jobs/{job_id}/why": Rule("read", lambda w: Req(f"{V1}/jobs/no-such-job-000000/why"), ok=(404,),
+                                         note="a missing job answers 404"),
 }
 
 
