@@ -4,6 +4,11 @@ Process state (`_ProcessState`) is created empty at import and filled on first u
 `capstan.configure` or, the first time they are needed, ``Settings.from_env()``; the backend (local stores or an
 HTTP server) and the background `MetricWriter` are opened lazily. Runs still active at interpreter exit are ended
 as FINISHED after their metrics are flushed.
+
+In a worker of a training job (``CAPSTAN_JOB_RUN_ID`` set by the job runner) the first fluent call, or a
+`start_run` without ``run_id``/``nested``, attaches to the job's run instead of creating one. Only rank 0 (torchrun's
+``RANK``) logs to it; other ranks get a run whose logging calls do nothing, unless the job sets ``log_all_ranks``.
+The job's run belongs to the runner: ending it here (or at exit) flushes its metrics and leaves its status alone.
 """
 
 from __future__ import annotations
@@ -129,11 +134,14 @@ class ActiveRun:
     """A run started by `start_run`. Use it as a context manager: it ends FINISHED, FAILED on an exception, or
     KILLED on KeyboardInterrupt. Its ``log_*`` methods log to this run whether or not it is the active one."""
 
-    def __init__(self, state: _ProcessState, info: RunInfo, *, parent_run_id: str | None = None) -> None:
+    def __init__(self, state: _ProcessState, info: RunInfo, *, parent_run_id: str | None = None,
+                 borrowed: bool = False) -> None:
         self._state = state
         self.info = info
         self.parent_run_id = parent_run_id
         self.ended = False
+        self.borrowed = borrowed
+        """True for a training job's run in one of its workers: ending it only flushes its metrics."""
 
     @property
     def run_id(self) -> str:
@@ -243,6 +251,43 @@ class ActiveRun:
         return f"ActiveRun(run_id={self.run_id!r}, run_name={self.run_name!r}, experiment_id={self.experiment_id!r})"
 
 
+class _DroppedRun(ActiveRun):
+    """The job's run as a worker of rank > 0 sees it (unless the job logs all ranks): logging calls do nothing, so
+    that a metric is logged once per step, not once per rank. Reading the run works."""
+
+    def log_param(self, key: str, value: Any) -> Any:
+        """Dropped (not rank 0); returns ``value``."""
+        return value
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        """Dropped (not rank 0)."""
+
+    def log_metric(self, key: str, value: float, step: int | None = None, timestamp: int | None = None) -> None:
+        """Dropped (not rank 0)."""
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None,
+                    timestamp: int | None = None) -> None:
+        """Dropped (not rank 0)."""
+
+    def set_tag(self, key: str, value: Any) -> None:
+        """Dropped (not rank 0)."""
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        """Dropped (not rank 0)."""
+
+    def log_artifact(self, local_path: str | os.PathLike[str], artifact_path: str | None = None) -> None:
+        """Dropped (not rank 0)."""
+
+    def log_artifacts(self, local_dir: str | os.PathLike[str], artifact_path: str | None = None) -> None:
+        """Dropped (not rank 0)."""
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        """Dropped (not rank 0)."""
+
+    def log_dict(self, data: Any, artifact_file: str) -> None:
+        """Dropped (not rank 0)."""
+
+
 class _ProcessState:
     """Settings, backend, metric writer and active-run stack of this process (all created on first use)."""
 
@@ -340,7 +385,10 @@ class _ProcessState:
             parent = self.runs[-1].run_id if self.runs else None
             if parent is not None and not nested:
                 raise InvalidState(f"run {parent} is already active; end it first or pass nested=True")
-            if run_id is not None:
+            job_run = self.settings.job_run_id if run_id is None and parent is None else None
+            if job_run is not None:
+                active = self._attach_job_run(job_run)
+            elif run_id is not None:
                 active = self._resume(run_id, parent)
             else:
                 exp_id = str(experiment_id) if experiment_id is not None else self.experiment_id(experiment)
@@ -373,13 +421,23 @@ class _ProcessState:
             if not self._atexit:
                 atexit.register(_end_runs_at_exit)
                 self._atexit = True
-        if params:
+        if params or (active.borrowed and tags):
             try:
-                self.log_params(active.run_id, params)
+                active.log_params(params or {})
+                if active.borrowed and tags:  # a job's run already exists: the tags are set on it
+                    active.set_tags(tags)
             except BaseException:
                 active.end("FAILED")
                 raise
         return active
+
+    def _attach_job_run(self, run_id: str) -> ActiveRun:
+        """The training job's run, for this worker: rank 0 (or every rank with ``log_all_ranks``) logs to it."""
+        info = self.backend.get_run(run_id).info
+        settings = self.settings
+        if (settings.rank or 0) != 0 and not settings.job_log_all_ranks:
+            return _DroppedRun(self, info, borrowed=True)
+        return ActiveRun(self, info, borrowed=True)
 
     def _resume(self, run_id: str, parent: str | None) -> ActiveRun:
         run = self.backend.get_run(run_id)
@@ -405,6 +463,9 @@ class _ProcessState:
             run.ended = True
             if run in self.runs:
                 self.runs.remove(run)
+        if run.borrowed:  # a training job's run: its runner ends it
+            self.flush(run.run_id)
+            return
         flush_error: MetricFlushError | None = None
         try:
             self.flush(run.run_id)
@@ -503,7 +564,9 @@ def start_run(experiment: str | None = None, *, run_name: str | None = None,
     """Start a run (or resume ``run_id``) and make it the active run.
 
     ``experiment`` is an experiment name, created when missing; default: the one from `set_experiment`,
-    ``CAPSTAN_EXPERIMENT``, or ``"Default"``. ``params`` are logged immediately. Use it as a context manager::
+    ``CAPSTAN_EXPERIMENT``, or ``"Default"``. ``params`` are logged immediately. In a training job's worker a
+    top-level run without ``run_id`` is the job's run (rank-gated; ``experiment`` and ``run_name`` are ignored).
+    Use it as a context manager::
 
         with capstan.start_run(experiment="fraud", params={"lr": 0.1}) as run:
             capstan.log_metric("loss", 0.3, step=1)
@@ -590,6 +653,8 @@ def log_model(model: Any, name: str, *, input_example: Any = None, signature: An
     reference serving measures drift against.
     """
     run = _STATE.active()
+    if run is None and _STATE.settings.job_run_id:
+        run = _STATE.active_or_start()  # a training job's worker logs the model to the job's run
     if run is not None:
         return run.log_model(model, name, input_example=input_example, signature=signature,
                              registered_model_name=registered_model_name,
