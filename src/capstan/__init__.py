@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     )
     from capstan.sdk.fluent_models import ModelInfo
     from capstan.sdk.metric_writer import MetricFlushError
+    from capstan.sdk.training import TrainingJob
     from capstan.settings import Settings
 
 __version__ = "0.1.0"
@@ -89,7 +90,10 @@ _LAZY: dict[str, str] = {
     "Chunk": "capstan.pipelines.dsl",
     "Resources": "capstan.pipelines.dsl",
     "Backoff": "capstan.pipelines.state",
+    "TrainingJob": "capstan.sdk.training",
 }
+# Public submodules reachable as attributes (``capstan.checkpoint.save(...)`` after ``import capstan``).
+_SUBMODULES = frozenset({"checkpoint"})
 
 __all__ = [
     "ActiveRun",
@@ -102,6 +106,7 @@ __all__ = [
     "PyFuncModel",
     "Resources",
     "Settings",
+    "TrainingJob",
     "__version__",
     "active_run",
     "chunks",
@@ -132,6 +137,8 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        return import_module(f"capstan.{name}")  # the import system binds it as an attribute of the package
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'capstan' has no attribute {name!r}")
