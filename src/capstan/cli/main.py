@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "capstan.cli.queue_cmds",
     "capstan.cli.serve_cmds",
     "capstan.cli.deployment_cmds",
+    "capstan.cli.training_cmds",
 )
 
 
