@@ -439,12 +439,23 @@ def register(cli: click.Group) -> None:
         console.print("parameters: " + (", ".join(describe(p) for p in pipe.params) or "none"))
 
     @cli.command("logs")
-    @click.argument("run_id")
-    @click.argument("step")
+    @click.argument("run_id", metavar="RUN_ID|JOB")
+    @click.argument("step", required=False)
     @click.option("--attempt", type=click.IntRange(1), help="Attempt number (default: the latest).")
     @click.option("--follow", "-f", is_flag=True, help="Keep printing while the attempt runs.")
-    def logs_cmd(run_id: str, step: str, attempt: int | None, follow: bool) -> None:
-        """Print the captured stdout/stderr of a pipeline step's attempt."""
+    @click.option("--worker", type=click.IntRange(0), help="A training job's worker (pod) index (default 0).")
+    def logs_cmd(run_id: str, step: str | None, attempt: int | None, follow: bool, worker: int | None) -> None:
+        """Print the captured stdout/stderr of a pipeline step's attempt (RUN_ID STEP), or of a training job's
+        worker (JOB [--worker N])."""
+        if step is None or worker is not None:
+            from capstan.cli.training_cmds import is_job, print_job_logs
+
+            if step is not None:
+                raise click.UsageError("--worker is for a training job: give JOB without a STEP")
+            if worker is None and not is_job(run_id):
+                raise click.UsageError(f"{run_id!r} is not a training job; for a pipeline run give its STEP too")
+            print_job_logs(run_id, worker=worker or 0, attempt=attempt, follow=follow)
+            return
         if cli_settings().url:
             body = _http("GET", f"/runs/{run_id}/steps/{step}/logs", params={"attempt": attempt} if attempt else None)
             sys.stdout.buffer.write(body if isinstance(body, bytes) else str(body).encode())
