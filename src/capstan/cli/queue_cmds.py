@@ -284,10 +284,21 @@ def cancel_cmd(workload_id: str) -> None:
 
 
 @click.command("why")
-@click.argument("workload_id")
+@click.argument("workload_id", metavar="WORKLOAD_ID|JOB")
 @click.option("--json", "as_json", is_flag=True, help="Print the explanation as JSON.")
 def why_cmd(workload_id: str, as_json: bool) -> None:
-    """Explain a workload's state: position, reason code, blocking quota with numbers, holders and a hint."""
+    """Explain a workload's state: position, reason code, blocking quota with numbers, holders and a hint. For a
+    training job: its state and reason, each restart with its reason and, while pending, its workload's."""
+    from capstan.cli.training_cmds import job_why
+
+    job = job_why(workload_id)
+    if job is not None:
+        text = job.pop("text")
+        if as_json:
+            _json(job)
+        else:
+            click.echo(text)
+        return
     try:
         if _remote():
             from urllib.parse import quote
