@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from capstan.tracking.ports import TrackingStore
     from capstan.training.ports import JobStore
     from capstan.training.runner import JobRunner
+    from capstan.tuning.ports import StudyStore
 
 T = TypeVar("T")
 
@@ -79,6 +80,7 @@ class Services:
     deployments: DeploymentStore
     outcomes: OutcomeStore
     jobs: JobStore
+    studies: StudyStore
     queue: Deferred[QueueStore]
     admission: Deferred[Admission]
     executors: Deferred[ExecutorFactory]
@@ -101,6 +103,7 @@ class Services:
         from capstan.store.registry_sql import SqlRegistryStore
         from capstan.store.tracking_sql import SqlTrackingStore
         from capstan.training.jobs_sql import SqlJobStore
+        from capstan.tuning.studies_sql import SqlStudyStore
 
         check_artifact_root(settings)
         engine = create_store_engine(settings, migrate=migrate)
@@ -146,6 +149,7 @@ class Services:
             deployments=SqlDeploymentStore(engine),
             outcomes=SqlOutcomeStore(engine),
             jobs=SqlJobStore(engine, clock=clock),
+            studies=SqlStudyStore(engine),
             queue=Deferred(open_queue),
             admission=admissions,
             executors=executor_parts,
