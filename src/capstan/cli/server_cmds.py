@@ -227,31 +227,43 @@ def _admin() -> _Admin:
 @click.option("--allowed-host", "allowed_hosts", multiple=True, metavar="HOST",
               help="A Host header value the server answers to (name or name:port, * for any); repeatable. "
                    "Adds to CAPSTAN_ALLOWED_HOSTS.")
+@click.option("--grpc-port", default=None, type=click.IntRange(0, 65535),
+              help="Also serve every deployment over OIP v2 gRPC on this port (0 picks a free one), with the same "
+                   "TLS and auth. Needs the grpc extra.")
 @tls_click_options
 def server_cmd(host: str, port: int, workers: int, access_log: bool, log_level: str,
-               allowed_origins: tuple[str, ...], allowed_hosts: tuple[str, ...], tls_cert: str | None,
-               tls_key: str | None, tls_client_ca: str | None) -> None:
+               allowed_origins: tuple[str, ...], allowed_hosts: tuple[str, ...], grpc_port: int | None,
+               tls_cert: str | None, tls_key: str | None, tls_client_ca: str | None) -> None:
     """Serve the Capstan REST API (/api/v1), the MLflow-compatible API, /health and /metrics.
 
     A server on a loopback address with no users runs in single-user mode; otherwise every call except
     /health needs a token (`capstan tokens create`). Browser pages of other origins are refused unless allowed
     with --allowed-origin; a loopback server answers only to localhost, 127.0.0.1 and [::1] unless
     --allowed-host names more. With --tls-cert and --tls-key it serves HTTPS; --tls-client-ca also requires client
-    certificates. Worker processes (--workers) are forked from one parent that keeps them running.
+    certificates. Worker processes (--workers) are forked from one parent that keeps them running. With
+    --grpc-port every worker also answers OIP v2 over gRPC for the deployments (model name = deployment name).
     """
     from dataclasses import replace
 
-    from capstan.server.runner import serve
+    from capstan.server.runner import free_tcp_port, serve
     from capstan.server.tls import TlsOptions
     from capstan.settings import parse_hosts, parse_origins
 
     tls = TlsOptions.from_cli(tls_cert, tls_key, tls_client_ca)
+    grpc = None
+    if grpc_port is not None:  # every worker listens on this one port (SO_REUSEPORT): port 0 is resolved here, once
+        from capstan.serving.grpc_server import GrpcOptions
+
+        grpc = GrpcOptions(port=free_tcp_port(host, grpc_port, what="gRPC"), host=host,
+                           tls_cert=tls.cert if tls else None, tls_key=tls.key if tls else None,
+                           tls_client_ca=tls.client_ca if tls else None)
+        grpc.validate()  # a missing grpc extra is one line here, before anything listens
     settings = cli_settings()
     origins = parse_origins(",".join(allowed_origins), field_name="--allowed-origin")
     hosts = parse_hosts(",".join(allowed_hosts), field_name="--allowed-host")
     settings = replace(settings, allowed_origins=settings.allowed_origins + origins,
                        allowed_hosts=settings.allowed_hosts + hosts)
-    serve(settings, host, port, workers, access_log=access_log, log_level=log_level, tls=tls)
+    serve(settings, host, port, workers, access_log=access_log, log_level=log_level, tls=tls, grpc=grpc)
 
 
 # -- capstan users ------------------------------------------------------------------------------------------

@@ -35,6 +35,7 @@ from capstan.settings import Settings
 
 if TYPE_CHECKING:
     from capstan.server.tls import TlsOptions
+    from capstan.serving.grpc_server import GrpcOptions
 
 
 def set_nodelay(transport: asyncio.BaseTransport) -> bool:
@@ -285,12 +286,15 @@ def serve_workers(sock: socket.socket, workers: int, worker_main: Callable[[], i
 
 
 def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8080, workers: int = 1, *,
-          access_log: bool = False, log_level: str = "warning", tls: TlsOptions | None = None) -> None:
+          access_log: bool = False, log_level: str = "warning", tls: TlsOptions | None = None,
+          grpc: GrpcOptions | None = None) -> None:
     """Serve the Capstan API until interrupted.
 
     The listening socket is bound here, before anything is printed, so a port that is taken fails at once;
     ``port=0`` picks a free port (the start-up line says which). With ``workers > 1`` the worker processes are
-    forked from this one (`serve_workers`), and each builds its own app and database connections.
+    forked from this one (`serve_workers`), and each builds its own app and database connections. With ``grpc``
+    (its port already chosen: every worker listens on it, SO_REUSEPORT) each worker also serves the managed
+    deployments over OIP v2 gRPC.
     """
     import uvicorn
 
@@ -313,6 +317,8 @@ def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8080, workers
     for line in describe(settings, host, bound_port, workers, auth_required=required, users_exist=users_exist,
                          tls=tls):
         click.echo(line)
+    if grpc is not None:
+        click.echo(f"  deployments:    OIP v2 over gRPC on {grpc.address}{' (TLS)' if tls is not None else ''}")
     warning = plaintext_warning(host, tls=tls, auth_required=required, what="capstan server")
     if warning:
         click.echo(warning, err=True)
@@ -320,7 +326,7 @@ def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8080, workers
 
     def worker_main() -> int:
         own = services if workers == 1 else None
-        app = create_app(settings, services=own, bind_host=host)
+        app = create_app(settings, services=own, bind_host=host, grpc=grpc)
         freeze_startup_objects()
         return run_uvicorn(uvicorn.Config(app, **options), sock)
 
