@@ -1,0 +1,23 @@
+"""A worker that checkpoints a counter every step and sleeps between steps; it records where it started.
+
+Usage: steps.py OUT_DIR STEPS SLEEP_S
+"""
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import capstan
+import capstan.checkpoint
+
+out, steps, sleep_s = Path(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
+rank, attempt = int(os.environ["RANK"]), int(os.environ["CAPSTAN_JOB_ATTEMPT"])
+found = capstan.checkpoint.load_latest()
+start = 0 if found is None else found[1] + 1
+(out / f"start-attempt-{attempt}-rank-{rank}").write_text(str(start))
+for step in range(start, steps):
+    time.sleep(sleep_s)
+    capstan.log_metric("step", step, step=step)
+    capstan.checkpoint.save({"step": step, "total": (found[0]["total"] if found else 0) + step}, step)
+    (out / f"progress-rank-{rank}").write_text(str(step))
