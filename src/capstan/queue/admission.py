@@ -1,13 +1,14 @@
 """The workload queue as the pipelines' admission port: every pipeline step is a queue workload.
 
 `QueueAdmission` implements `capstan.resources.admission.Admission` over a `QueueManager` persisted in the metadata
-store. A step attempt's `ResourceRequest` becomes a workload of one pod set (count 1) with its CPU, memory and GPU
+store. A step attempt's `ResourceRequest` becomes a workload of one pod set ``main`` of ``request.count`` pods (1
+for a step; a gang of N workers for a distributed training job), each with the request's CPU, memory and GPU
 (fractions allowed on shareable flavors), in the LocalQueue of the run's project (or the step's ``queue=``), with
 the step's ``priority_class=``. Each orchestration round submits what is new and runs one admission cycle; a
-`Lease` comes back only for admitted workloads, carrying the GPU placement (``CUDA_VISIBLE_DEVICES`` and, on MPS
-flavors, ``CUDA_MPS_ACTIVE_THREAD_PERCENTAGE``). Releasing a lease finishes the workload (quota returned, usage
-recorded for ``capstan usage``); a preempted workload is requeued by the queue, with backoff, for the step's next
-attempt.
+`Lease` comes back only for admitted workloads (a gang all at once, never some of its pods), carrying the GPU
+placement (``CUDA_VISIBLE_DEVICES`` of each pod and, on MPS flavors, ``CUDA_MPS_ACTIVE_THREAD_PERCENTAGE``).
+Releasing a lease finishes the workload (quota returned, usage recorded for ``capstan usage``); a preempted
+workload is requeued by the queue, with backoff, for the step's next attempt.
 
 Workload ids are ``<run_id>/<step>`` for a step's first workload; a later one (a retry after the first finished)
 is ``<run_id>/<step>#<attempt>``. A step has at most one active workload, and a new attempt reuses it: after a
@@ -98,7 +99,8 @@ def _milli(value: float) -> int:
 
 
 def describe(request: ResourceRequest) -> str:
-    """``1 GPU(s) of flavor 'a100', 2 CPU and 4.0 GiB of memory``: the request in words."""
+    """``1 GPU(s) of flavor 'a100', 2 CPU and 4.0 GiB of memory``: the request in words; a gang reads
+    ``2 pods of 1 GPU(s) and 1 CPU each``."""
     parts = []
     if request.gpu > 0:
         parts.append(f"{request.gpu:g} GPU(s)" + (f" of flavor {request.gpu_flavor!r}" if request.gpu_flavor else ""))
@@ -106,7 +108,8 @@ def describe(request: ResourceRequest) -> str:
         parts.append(f"{request.cpu:g} CPU")
     if request.memory > 0:
         parts.append(f"{request.memory / 2**30:.1f} GiB of memory")
-    return ", ".join(parts[:-1]) + (" and " if len(parts) > 1 else "") + parts[-1] if parts else "nothing"
+    each = ", ".join(parts[:-1]) + (" and " if len(parts) > 1 else "") + parts[-1] if parts else "nothing"
+    return f"{request.count} pods of {each} each" if request.count != 1 else each
 
 
 class _WriteBehind:
@@ -308,6 +311,8 @@ class QueueAdmission:
         """The workload a request becomes, checked against what the queue could ever give it."""
         from capstan.queue.engine import never_fits
 
+        if request.count < 1:
+            return Rejected(request.key, f"asks for {request.count} pods; a workload needs at least 1")
         config = mgr.config
         lq_name = self._local_queue(config, request)
         if isinstance(lq_name, Rejected):
@@ -324,8 +329,9 @@ class QueueAdmission:
         if request.memory > 0:
             requests["memory"] = request.memory * MILLI
         selector = {GPU_LABEL: request.gpu_flavor.lower()} if request.gpu_flavor and request.gpu > 0 else {}
-        workload = Workload(workload_id, lq.name, lq.cluster_queue, (PodSet("main", 1, requests, selector),),
-                            priority, mgr.clock() / 1000, request.project, "", priority_class)
+        pod_set = PodSet("main", request.count, requests, selector)
+        workload = Workload(workload_id, lq.name, lq.cluster_queue, (pod_set,), priority, mgr.clock() / 1000,
+                            request.project, "", priority_class)
         why = never_fits(mgr.state, workload)
         if why is not None:
             hint = ""
@@ -356,18 +362,24 @@ class QueueAdmission:
         raise CapstanError(f"no free workload id for {request.key!r}")
 
     def _lease(self, request: ResourceRequest, record: WorkloadRecord) -> Lease:
-        devices: tuple[str, ...] = ()
+        """The lease of an admitted workload: each pod's GPUs (flavor device indices mapped onto this machine's
+        devices in order), pod 0's as ``devices``; a gang's ``pod_devices`` has one entry per pod."""
+        pods: list[tuple[str, ...]] = [() for _ in range(max(1, request.count))]
         env = [("CAPSTAN_WORKLOAD_ID", record.id), ("CAPSTAN_RESTART_COUNT", str(record.preemptions))]
         if record.admission is not None:
             for ps in record.admission.pod_sets:
                 if not ps.gpus:
                     continue
+                for placement in ps.gpus:
+                    if placement.pod < len(pods):
+                        pods[placement.pod] = tuple(self._devices[d] if d < len(self._devices) else str(d)
+                                                    for d in placement.devices)
                 first = ps.gpus[0]
-                devices = tuple(self._devices[d] if d < len(self._devices) else str(d) for d in first.devices)
                 if first.mps_thread_percentage is not None:
                     env.append(("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE", str(first.mps_thread_percentage)))
                 break
-        return Lease(request.key, request, devices, tuple(env), record.id)
+        pod_devices = tuple(pods) if request.count > 1 else ()
+        return Lease(request.key, request, pods[0], tuple(env), record.id, pod_devices)
 
     # -- the port ---------------------------------------------------------------------------------------------------
     def check(self, request: ResourceRequest) -> str | None:

@@ -107,6 +107,17 @@ def place_gpus(ps: PodSet, flavor: ResourceFlavor, free: list[int], resource: st
     return tuple(placements)
 
 
+def _unplaced(ps: PodSet, flavor: ResourceFlavor, free: list[int], resource: str) -> str:
+    """Why ``place_gpus`` found no devices: taken slots (fragmentation), or, with every device free, the pod set's
+    pods do not fit the flavor's devices at all (more pods of a fraction than the devices hold)."""
+    slots_per_gpu = flavor.sharing.slots_per_gpu if flavor.sharing else 1
+    if any(slots < slots_per_gpu for slots in free):
+        return f"no free {flavor.name} GPU slots for pod set {ps.name} (fragmented)"
+    share = format_quantity(ps.requests.get(resource, 0), resource)
+    pods = f"{ps.count} pods of {share} GPU each" if ps.count > 1 else f"{share} GPU"
+    return f"pod set {ps.name} ({pods}) does not fit on the {len(free)} devices of flavor {flavor.name}"
+
+
 def assign(cq: ClusterQueue, node: Node, groups: Mapping[str, ResourceGroup], flavors: Mapping[str, ResourceFlavor],
            wl: Workload, usage: list[dict[FR, int]], devices: dict[str, list[int]], *,
            can_preempt: bool, no_preempt_on: frozenset[str] = frozenset()) -> Attempt:
@@ -186,7 +197,7 @@ def assign(cq: ClusterQueue, node: Node, groups: Mapping[str, ResourceGroup], fl
                     new_free = list(devices[fq.flavor])
                     placed = place_gpus(ps, flavor, new_free, gpu_r)
                     if placed is None:
-                        reasons.append(f"no free {flavor.name} GPU slots for pod set {ps.name} (fragmented)")
+                        reasons.append(_unplaced(ps, flavor, devices[fq.flavor], gpu_r))
                         if not can_preempt:
                             continue
                         if fq.flavor in no_preempt_on:

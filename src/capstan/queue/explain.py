@@ -84,12 +84,14 @@ def explain(state: ClusterState, pending: PendingQueues, record: WorkloadRecord)
         placement = []
         for ps in record.admission.pod_sets:
             flavors = ", ".join(f"{r}={f}" for r, f in sorted(ps.flavors.items()))
-            placement.append(f"{ps.name} x{ps.count}: {flavors}")
+            pods = "1 pod" if ps.count == 1 else f"{ps.count} pods (a gang, admitted together)"
+            placement.append(f"{ps.name}, {pods}: {flavors}")
             for g in ps.gpus:
                 extra = f", CUDA_MPS_ACTIVE_THREAD_PERCENTAGE={g.mps_thread_percentage}" \
                     if g.mps_thread_percentage is not None else ""
+                per_device = " on each device" if len(g.devices) > 1 else ""
                 placement.append(f"  pod {g.pod}: CUDA_VISIBLE_DEVICES={g.cuda_visible_devices} "
-                                 f"({format_quantity(g.share, 'gpu')} GPU each{extra})")
+                                 f"({format_quantity(g.share, 'gpu')} GPU{per_device}{extra})")
         reason = Reason.ADMITTED if record.state == ADMITTED else Reason.PREEMPTED
         return mk(None, 0, reason, record.message, placement=tuple(placement))
     if record.state != PENDING:
@@ -193,7 +195,8 @@ def _fractional_hint(state: ClusterState, cq: ClusterQueue, wl: Workload) -> str
             attempt = assign(cq, node, groups, topo.flavors, smaller, [dict(t) for t in state.usage], devices,
                              can_preempt=False)
             if attempt.mode in (FIT, BORROW):
-                return f"fits now in flavor {fq.flavor} at {format_quantity(share, 'gpu')} GPU"
+                each = " per pod" if ps.count > 1 else ""
+                return f"fits now in flavor {fq.flavor} at {format_quantity(share, 'gpu')} GPU{each}"
     return None
 
 

@@ -17,6 +17,9 @@ _EPS = 1e-9
 class LocalAdmission:
     """`Admission` over one machine's `Capacity` in memory: first come, first served, GPUs packed per device.
 
+    A gang (``request.count`` pods) is granted whole or not at all: every pod's CPU, memory and GPUs, each pod its
+    own devices when it asks for whole GPUs; the lease's ``pod_devices`` lists them in pod order.
+
     It never revokes a lease. Runs that share a `LocalAdmission` object share the machine; separate processes do
     not see each other (the workload queue does).
     """
@@ -37,18 +40,29 @@ class LocalAdmission:
                 if not request.gpu_flavor or not model or request.gpu_flavor.lower() in model.lower()]
 
     def check(self, request: ResourceRequest) -> str | None:
-        """Why the request exceeds the whole machine, if it does."""
+        """Why the request exceeds the whole machine, if it does (a gang: all its pods together)."""
         cap = self.capacity
-        if request.cpu > cap.cpu + _EPS:
-            return f"requests {request.cpu:g} CPUs; this machine has {cap.cpu:g}"
-        if cap.memory and request.memory > cap.memory:
-            return (f"requests {request.memory / 2**30:.1f} GiB of memory; this machine has "
+        n = request.count
+        if n < 1:
+            return f"asks for {n} pods; a workload needs at least 1"
+        pods, each = (f"{n} pods of ", " each") if n > 1 else ("", "")
+        if n * request.cpu > cap.cpu + _EPS:
+            total = f" ({n * request.cpu:g} in all)" if n > 1 else ""
+            return f"requests {pods}{request.cpu:g} CPUs{each}{total}; this machine has {cap.cpu:g}"
+        if cap.memory and n * request.memory > cap.memory:
+            total = f" ({n * request.memory / 2**30:.1f} GiB in all)" if n > 1 else ""
+            return (f"requests {pods}{request.memory / 2**30:.1f} GiB of memory{each}{total}; this machine has "
                     f"{cap.memory / 2**30:.1f} GiB")
         if request.gpu > 0:
             devices = self._devices_for(request)
             flavor = f" of flavor {request.gpu_flavor!r}" if request.gpu_flavor else ""
-            if request.gpu > len(devices) + _EPS:
-                return f"requests {request.gpu:g} GPU(s){flavor}; this machine has {len(devices)}"
+            if max(n * request.gpu if request.gpu >= 1 else 0, request.gpu) > len(devices) + _EPS:
+                total = f" ({n * request.gpu:g} in all)" if n > 1 and request.gpu >= 1 else ""
+                return f"requests {pods}{request.gpu:g} GPU(s){flavor}{each}{total}; this machine has {len(devices)}"
+            per_device = int(1 / request.gpu + _EPS)  # pods of this fraction one device holds
+            if request.gpu < 1 and n > per_device * len(devices):
+                return (f"requests {pods}{request.gpu:g} GPU(s){flavor}{each}; {per_device} such pods fit on each "
+                        f"of this machine's {len(devices)} GPU(s)")
         return None
 
     def try_acquire(self, request: ResourceRequest) -> Lease | None:
@@ -85,35 +99,50 @@ class LocalAdmission:
         return self.try_acquire(request)
 
     def _acquire(self, request: ResourceRequest) -> Lease | None:
+        """Grant every pod of the request or none: CPU and memory for all of them, then GPUs pod by pod on a trial
+        copy of the free shares, committed only when the last pod is placed."""
         if request.key in self.leases:
             return self.leases[request.key]
         cap = self.capacity
-        if self.used_cpu + request.cpu > cap.cpu + _EPS and self.used_cpu > 0:
+        n = max(1, request.count)
+        if self.used_cpu + n * request.cpu > cap.cpu + _EPS and self.used_cpu > 0:
             return None
-        if cap.memory and self.used_memory + request.memory > cap.memory and self.used_memory > 0:
+        if cap.memory and self.used_memory + n * request.memory > cap.memory and self.used_memory > 0:
             return None
-        devices: list[str] = []
-        if request.gpu > 0:
-            candidates = self._devices_for(request)
-            if request.gpu < 1:
-                fitting = [d for d in candidates if self.gpu_free.get(d, 0) + _EPS >= request.gpu]
-                if not fitting:
-                    return None
-                # Best fit: the device with the least free share that still fits keeps whole devices free.
-                devices = [min(fitting, key=lambda d: self.gpu_free[d])]
-            else:
-                whole = [d for d in candidates if self.gpu_free.get(d, 0) >= 1 - _EPS]
-                if len(whole) < int(request.gpu):
-                    return None
-                devices = whole[: int(request.gpu)]
-        share = request.gpu if request.gpu < 1 else 1.0
-        for d in devices:
-            self.gpu_free[d] -= share
-        self.used_cpu += request.cpu
-        self.used_memory += request.memory
-        lease = Lease(request.key, request, tuple(devices))
+        free = dict(self.gpu_free)
+        pods: list[tuple[str, ...]] = []
+        for _pod in range(n):
+            placed = self._place(request, free)
+            if placed is None:
+                return None
+            pods.append(placed)
+        self.gpu_free = free
+        self.used_cpu += n * request.cpu
+        self.used_memory += n * request.memory
+        lease = Lease(request.key, request, pods[0], pod_devices=tuple(pods) if n > 1 else ())
         self.leases[request.key] = lease
         return lease
+
+    def _place(self, request: ResourceRequest, free: dict[str, float]) -> tuple[str, ...] | None:
+        """One pod's GPU devices, taken from ``free`` (None when they don't fit). A fraction goes best-fit onto the
+        device with the least free share that still holds it, which keeps whole devices free; whole GPUs take
+        entirely free devices, so each pod of a gang gets devices of its own."""
+        if request.gpu <= 0:
+            return ()
+        candidates = self._devices_for(request)
+        if request.gpu < 1:
+            fitting = [d for d in candidates if free.get(d, 0) + _EPS >= request.gpu]
+            if not fitting:
+                return None
+            best = min(fitting, key=lambda d: free[d])
+            free[best] -= request.gpu
+            return (best,)
+        whole = [d for d in candidates if free.get(d, 0) >= 1 - _EPS][: int(request.gpu)]
+        if len(whole) < int(request.gpu):
+            return None
+        for d in whole:
+            free[d] -= 1.0
+        return tuple(whole)
 
     def release(self, lease: Lease, *, requeue: bool = False) -> None:
         """Give a lease back (idempotent); ``requeue`` makes no difference here."""
@@ -125,11 +154,13 @@ class LocalAdmission:
         if self.leases.pop(lease.key, None) is None:
             return
         request = lease.request
-        self.used_cpu = max(0.0, self.used_cpu - request.cpu)
-        self.used_memory = max(0, self.used_memory - request.memory)
+        n = max(1, request.count)
+        self.used_cpu = max(0.0, self.used_cpu - n * request.cpu)
+        self.used_memory = max(0, self.used_memory - n * request.memory)
         share = request.gpu if request.gpu < 1 else 1.0
-        for d in lease.devices:
-            self.gpu_free[d] = min(1.0, self.gpu_free.get(d, 0) + share)
+        for devices in lease.pod_devices or (lease.devices,):
+            for d in devices:
+                self.gpu_free[d] = min(1.0, self.gpu_free.get(d, 0) + share)
 
     def withdraw(self, key: str) -> None:
         """Nothing waits inside the local adapter; a held lease under ``key`` is released."""
