@@ -155,3 +155,19 @@ class StudyResult:
     def count(self, state: str) -> int:
         """How many trials are in ``state``."""
         return sum(1 for t in self.trials if t.state == state)
+
+    def to_dict(self, *, trials: bool = True) -> dict[str, Any]:
+        """The study as plain JSON-able data (``capstan studies show --json`` and ``/api/v1/studies``): its state,
+        spec, counts of trials by state, best trial and (with ``trials``) every trial."""
+        study, best = self.study, self.best_trial
+        out: dict[str, Any] = {
+            "name": study.name, "project": study.project, "state": study.state, "reason": study.reason,
+            "message": study.message, "parent_run_id": study.parent_run_id, "user": study.user,
+            "created_ms": study.created_ms, "updated_ms": study.updated_ms, "ended_ms": study.ended_ms,
+            "spec": study.spec.to_dict(),
+            "counts": {s: self.count(s) for s in ("WAITING", "RUNNING", "COMPLETE", "PRUNED", "FAILED")},
+            "best_trial": best.to_dict() if best is not None else None,
+        }
+        if trials:
+            out["trials"] = [t.to_dict() for t in self.trials]
+        return out

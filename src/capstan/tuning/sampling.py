@@ -20,7 +20,8 @@ if TYPE_CHECKING:
     import optuna
     from optuna.distributions import BaseDistribution
 
-__all__ = ["distributions_of", "make_pruner", "make_sampler", "new_study", "rebuild", "rerun", "suggest"]
+__all__ = ["distributions_of", "frozen_trial", "make_pruner", "make_sampler", "new_study", "rebuild", "rerun",
+           "suggest"]
 
 
 def _quiet() -> None:
@@ -37,7 +38,16 @@ def make_sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
     if algorithm.name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if algorithm.name == "grid":
-        return optuna.samplers.GridSampler(grid_space(spec.parameters), seed=seed)
+
+        class _Grid(optuna.samplers.GridSampler):
+            """Optuna's grid, without its ``study.stop()`` at the end of the grid (that works only inside
+            ``study.optimize``; the controller stops at the grid's size itself)."""
+
+            def after_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial,
+                            state: optuna.trial.TrialState, values: Sequence[float] | None) -> None:
+                return None
+
+        return _Grid(grid_space(spec.parameters), seed=seed)
     if algorithm.name == "cmaes":
         options: dict[str, Any] = {}
         if algorithm.startup_trials is not None:
@@ -116,7 +126,8 @@ def new_study(spec: StudySpec) -> optuna.Study:
                                study_name=spec.name)
 
 
-def _frozen(trial: TrialRecord, dists: Mapping[str, BaseDistribution]) -> optuna.trial.FrozenTrial:
+def frozen_trial(trial: TrialRecord, dists: Mapping[str, BaseDistribution]) -> optuna.trial.FrozenTrial:
+    """A finished stored trial as Optuna's record of it (a PRUNED one keeps its last reported value)."""
     from optuna.trial import TrialState, create_trial
 
     params = {k: v for k, v in trial.params.items() if k in dists}
@@ -137,7 +148,7 @@ def rebuild(spec: StudySpec, trials: Sequence[TrialRecord]) -> optuna.Study:
     dists = distributions_of(spec)
     for trial in sorted(trials, key=lambda t: t.number):
         if trial.finished:
-            study.add_trial(_frozen(trial, dists))
+            study.add_trial(frozen_trial(trial, dists))
     return study
 
 

@@ -26,7 +26,7 @@ from capstan.training.spec import TrainingJobSpec, parse_job_spec
 __all__ = [
     "ALGORITHMS", "EARLY_STOPPING", "AlgorithmSpec", "Choice", "EarlyStopping", "FunctionTrial", "JobTrial",
     "Objective", "Parameter", "ScriptTrial", "StudySpec", "TrialResources", "TrialTemplate", "grid_space",
-    "parse_study_spec", "placeholders_in", "substitute",
+    "parse_study_spec", "placeholders_in", "substitute", "substitute_env",
 ]
 
 ROOT = "study"
@@ -313,6 +313,17 @@ def substitute(args: Sequence[str], params: Mapping[str, Any]) -> tuple[str, ...
             continue
         out.append(PLACEHOLDER.sub(lambda m: format_value(params[m.group(1)]), arg))
     return tuple(out)
+
+
+def substitute_env(env: Sequence[tuple[str, str]], params: Mapping[str, Any]) -> dict[str, str]:
+    """``env`` with placeholders replaced (see `substitute`); a variable that refers to a parameter the trial did
+    not sample is left out."""
+    out: dict[str, str] = {}
+    for key, value in env:
+        replaced = substitute([value], params)
+        if replaced:
+            out[key] = replaced[0]
+    return out
 
 
 def grid_space(parameters: Sequence[Parameter]) -> dict[str, list[Choice]]:

@@ -25,7 +25,7 @@ from typing import Any
 
 from capstan.tuning.spec import Choice
 
-__all__ = ["Categorical", "Float", "Int", "Param"]
+__all__ = ["Categorical", "Float", "Int", "Param", "Script"]
 
 When = Mapping[str, Sequence[Choice] | Choice] | None
 
@@ -87,6 +87,20 @@ class Categorical:
     def to_dict(self) -> dict[str, Any]:
         """The YAML form."""
         return {"type": "categorical", "values": list(self.values)} | _when(self.when)
+
+
+@dataclass(frozen=True, slots=True)
+class Script:
+    """A script trial: ``path`` (a ``.py`` file runs with this Python) with ``args`` and ``env`` values in which
+    ``${params.NAME}`` is replaced by the trial's value of parameter ``NAME``."""
+
+    path: str
+    args: Sequence[str] = ()
+    env: Mapping[str, str] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The YAML form of the trial template."""
+        return {"script": self.path, "args": list(self.args), "env": dict(self.env or {})}
 
 
 Param = Float | Int | Categorical

@@ -129,6 +129,8 @@ def worker_main(connection: Connection, settings: Settings, target: Callable[...
     from capstan.sdk import fluent
 
     fluent.configure(settings)
+    with contextlib.suppress(Exception):  # open the stores now, not in the first trial (an error shows there)
+        getattr(fluent.process_backend(), "services", None)
     redirect = _Redirect()
     fn: Callable[..., Any] | None = target if callable(target) else None
     while True:
