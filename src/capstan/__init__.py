@@ -50,6 +50,9 @@ if TYPE_CHECKING:
     from capstan.sdk.metric_writer import MetricFlushError
     from capstan.sdk.training import TrainingJob
     from capstan.settings import Settings
+    from capstan.tuning import tune
+    from capstan.tuning.sdk import Study
+    from capstan.tuning.trial import report, should_prune
 
 __version__ = "0.1.0"
 
@@ -91,6 +94,10 @@ _LAZY: dict[str, str] = {
     "Resources": "capstan.pipelines.dsl",
     "Backoff": "capstan.pipelines.state",
     "TrainingJob": "capstan.sdk.training",
+    "Study": "capstan.tuning.sdk",
+    "report": "capstan.tuning.trial",
+    "should_prune": "capstan.tuning.trial",
+    "tune": "capstan.tuning",
 }
 # Public submodules reachable as attributes (``capstan.checkpoint.save(...)`` after ``import capstan``).
 _SUBMODULES = frozenset({"checkpoint"})
@@ -106,6 +113,7 @@ __all__ = [
     "PyFuncModel",
     "Resources",
     "Settings",
+    "Study",
     "TrainingJob",
     "__version__",
     "active_run",
@@ -128,11 +136,14 @@ __all__ = [
     "log_text",
     "pipeline",
     "register_model",
+    "report",
     "set_experiment",
     "set_tag",
     "set_tags",
+    "should_prune",
     "start_run",
     "step",
+    "tune",
 ]
 
 
