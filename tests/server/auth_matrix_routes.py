@@ -409,6 +409,11 @@ _NATIVE: dict[str, Rule] = {
                                           note="a missing job answers 404"),
     "GET /api/v1/jobs/{job_id}/why": Rule("read", lambda w: Req(f"{V1}/jobs/no-such-job-000000/why"), ok=(404,),
                                          note="a missing job answers 404"),
+    # hyperparameter studies (read-only): the permission is checked in the request's project before the study is
+    # looked up (a missing one answers 404 to those allowed)
+    "GET /api/v1/studies": Rule("read", lambda w: Req(f"{V1}/studies")),
+    "GET /api/v1/studies/{name}": Rule("read", lambda w: Req(f"{V1}/studies/no-such-study"), ok=(404,),
+                                       note="a missing study answers 404"),
 }
 
 
