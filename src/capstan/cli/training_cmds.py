@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import re
 import sys
 import threading
@@ -254,14 +255,11 @@ def read_log(job_id: str, *, worker: int, attempt: int | None = None, rank: int 
     Lines carry their rank when the worker runs several processes (or as ``prefix`` says)."""
     if _remote():
         params: dict[str, Any] = {"worker": worker}
-        for key, value in (("attempt", attempt), ("rank", rank), ("cursor", cursor)):
+        for key, value in (("attempt", attempt), ("rank", rank), ("cursor", cursor), ("prefix", prefix)):
             if value is not None:
                 params[key] = value
         answer = _request("GET", f"/{job_id}/logs", params=params)
-        text = answer.body.decode(errors="replace")
-        if prefix is not None:
-            text = "".join(_reprefix(line, prefix) + "\n" for line in text.splitlines())
-        return LogChunk(text, int(answer.headers.get("x-capstan-attempt", "0")),
+        return LogChunk(answer.body.decode(errors="replace"), int(answer.headers.get("x-capstan-attempt", "0")),
                         answer.headers.get("x-capstan-log-cursor", ""), answer.headers.get("x-capstan-job-state", ""))
     from capstan.training.job_logs import check_worker, read_since, render_lines
 
@@ -271,14 +269,6 @@ def read_log(job_id: str, *, worker: int, attempt: int | None = None, rank: int 
                       final=record.done)
     shown = render_lines(read.lines, prefix=read.ranks > 1 if prefix is None else prefix)
     return LogChunk(shown, read.attempt, read.cursor, record.state)
-
-
-_RANK_TAG = re.compile(r"^\[rank \d+(?: err)?\] ")
-
-
-def _reprefix(line: str, prefix: bool) -> str:
-    """A line of the API's text with its rank tag dropped (the caller prints its own)."""
-    return line if prefix else _RANK_TAG.sub("", line, count=1)
 
 
 def follow_log(job_id: str, *, worker: int, attempt: int | None = None, rank: int | None = None,
@@ -378,27 +368,34 @@ class _Progress:
         self.attempts: dict[int, str | None] = {}
         self.cursor: str | None = None
 
-    def update(self, job: Mapping[str, Any], attempts: Sequence[Mapping[str, Any]]) -> list[str]:
-        """Print the attempts that started since the last call; return the lines about ends and state changes,
-        which the caller prints after the output those attempts wrote before them."""
+    def update(self, job: Mapping[str, Any], attempts: Sequence[Mapping[str, Any]]) -> None:
+        """Print what changed since the last call: attempts started, attempts ended (after the output rank 0 wrote
+        before its end) and the job's state. ``attempts`` may be newer than ``job``: what the job has not reached
+        yet waits for a later call."""
         from capstan.training.job_views import attempt_summary
 
-        later: list[str] = []
+        current, state = int(job.get("attempt") or 0), str(job["state"])
         for a in attempts:
             number, reason = int(a["number"]), a.get("reason")
+            if number > current:
+                continue
             if number not in self.attempts:
                 self.attempts[number] = None
-                click.echo(f"job {self.job_id}: attempt {number} started (master port {a.get('master_port')})",
-                           err=True)
-            if reason is not None and self.attempts[number] is None:
+                self._say(f"attempt {number} started (master port {a.get('master_port')})")
+            over = number < current or state != "Running"
+            if over and reason is not None and self.attempts[number] is None:
+                self.pump_logs()
                 self.attempts[number] = reason
-                later.append(f"job {self.job_id}: attempt {number} ended: {attempt_summary(a)}")
-        state = str(job["state"])
+                self._say(f"attempt {number} ended: {attempt_summary(a)}")
         if state != self.state:
+            if state in TERMINAL:
+                self.pump_logs()
             self.state = state
             detail = f" ({job['reason']}: {job['message']})" if job.get("reason") and job.get("message") else ""
-            later.append(f"job {self.job_id}: {state}{detail}")
-        return later
+            self._say(f"{state}{detail}")
+
+    def _say(self, line: str) -> None:
+        click.echo(f"job {self.job_id}: {line}", err=True)
 
     def pump_logs(self) -> bool:
         """Print what rank 0 wrote since the last call (each line led by ``[rank 0]``); whether everything was
@@ -416,19 +413,24 @@ class _Progress:
                 return chunk.state in TERMINAL
 
 
-def _watch(job_id: str, progress: _Progress, runner_alive: Callable[[], bool] | None = None) -> dict[str, Any]:
+def _watch(job_id: str, progress: _Progress, runner_alive: Callable[[], bool] | None = None,
+           changes: queue.SimpleQueue[JobRecord] | None = None) -> dict[str, Any]:
     """Report the job until it has ended and rank 0's output is all printed, or until the runner in this process
-    (``runner_alive``) has stopped; the last job JSON. Ctrl-C asks to cancel the job once, then the loop goes on
-    until the workers have stopped."""
+    (``runner_alive``, which puts every change of the job in ``changes``) has stopped; the last job JSON. Ctrl-C
+    asks to cancel the job once, then the loop goes on until the workers have stopped."""
+    from capstan.training.job_views import job_json
+
     cancelling = False
     while True:
         try:
             gone = runner_alive is not None and not runner_alive()  # before the read: it sees the runner's last word
+            seen: list[dict[str, Any]] = []
+            while changes is not None and not changes.empty():
+                seen.append(job_json(changes.get()))
             job, attempts = job_data(job_id)
-            later = progress.update(job, attempts)
+            for each in (*seen, job):
+                progress.update(each, attempts)
             drained = progress.pump_logs()
-            for line in later:
-                click.echo(line, err=True)
             if (job["state"] in TERMINAL and drained and (runner_alive is None or gone)) or \
                     (gone and job["state"] not in TERMINAL):
                 return job
@@ -453,16 +455,17 @@ def _run_local(spec: TrainingJobSpec) -> dict[str, Any]:
     click.echo(f"job {record.id} submitted ({spec.workers} worker(s) x {spec.nproc_per_worker} process(es))",
                err=True)
     failure: list[BaseException] = []
+    changes: queue.SimpleQueue[JobRecord] = queue.SimpleQueue()
 
     def run() -> None:
         try:
-            runner.run(record.id)
+            runner.run(record.id, progress=changes.put)
         except BaseException as exc:  # noqa: BLE001  # handed to the main thread, which owns the exit status
             failure.append(exc)
 
     thread = threading.Thread(target=run, name=f"capstan-job-{record.id}", daemon=True)
     thread.start()
-    job = _watch(record.id, _Progress(record.id), thread.is_alive)
+    job = _watch(record.id, _Progress(record.id), thread.is_alive, changes)
     thread.join()
     if job["state"] not in TERMINAL:
         if failure:

@@ -125,19 +125,22 @@ def job_logs(request: Request, job_id: str,
              rank: Annotated[int | None, Query(ge=0, description="only this rank of the worker")] = None,
              cursor: Annotated[str | None, Query(max_length=10_000,
                                                  description="X-Capstan-Log-Cursor of the last answer")] = None,
+             prefix: Annotated[bool | None, Query(description="lead each line with its rank (default: when the "
+                                                               "answer covers several ranks)")] = None,
              ) -> Response:
     """The captured stdout and stderr of one worker in one attempt, as text: each rank's standard output, then its
-    standard error (lines led by ``[rank R]`` when the worker runs several processes). To follow a log, pass the
-    ``X-Capstan-Log-Cursor`` of each answer to the next request: only lines written since come back, and after a
-    restart the next attempt's. ``X-Capstan-Attempt`` names the attempt (0 before the first one) and
-    ``X-Capstan-Job-State`` the job's state: once it has ended, an answer holds everything that was left."""
+    standard error (lines led by ``[rank R]`` when the worker runs several processes, or as ``prefix`` says). To
+    follow a log, pass the ``X-Capstan-Log-Cursor`` of each answer to the next request: only lines written since
+    come back, and after a restart the next attempt's. ``X-Capstan-Attempt`` names the attempt (0 before the first
+    one) and ``X-Capstan-Job-State`` the job's state: once it has ended, an answer holds everything that was left."""
     from capstan.training.job_logs import check_worker, read_since, render_lines
 
     record = _job(request, job_id, "read")
     check_worker(record.id, record.spec, worker, rank)
     read = read_since(_services(request).settings.home, record.id, worker=worker, attempt=attempt, rank=rank,
                       cursor=cursor, final=record.done)
-    return Response(render_lines(read.lines, prefix=read.ranks > 1), media_type="text/plain; charset=utf-8",
+    shown = render_lines(read.lines, prefix=read.ranks > 1 if prefix is None else prefix)
+    return Response(shown, media_type="text/plain; charset=utf-8",
                     headers={"X-Capstan-Attempt": str(read.attempt), "X-Capstan-Log-Cursor": read.cursor,
                              "X-Capstan-Job-State": record.state})
 
