@@ -16,6 +16,7 @@ rank, attempt = int(os.environ["RANK"]), int(os.environ["CAPSTAN_JOB_ATTEMPT"])
 found = capstan.checkpoint.load_latest()
 start = 0 if found is None else found[1] + 1
 (out / f"start-attempt-{attempt}-rank-{rank}").write_text(str(start))
+(out / f"pid-attempt-{attempt}-rank-{rank}").write_text(str(os.getpid()))
 for step in range(start, steps):
     time.sleep(sleep_s)
     capstan.log_metric("step", step, step=step)
