@@ -62,7 +62,7 @@ def timed(params: Mapping[str, Any]) -> float:
 def slow(params: Mapping[str, Any]) -> float:
     """Records its start, then runs long enough to be killed in the middle (the resume test)."""
     _trace(f"start {params['x']!r}")
-    time.sleep(1.2)
+    time.sleep(0.8)
     _trace(f"end {params['x']!r}")
     return float(params["x"])
 

@@ -605,7 +605,8 @@ class StudyController:
         record = dataclasses.replace(running.record, state=outcome.state, value=outcome.value,
                                      metrics=outcome.metrics, intermediate=tuple(reports),
                                      system_attrs=frozen.system_attrs, started_ms=started,
-                                     ended_ms=end.ended_ms or self.clock(), message=outcome.message)
+                                     ended_ms=end.ended_ms or self.clock(),
+                                     message=outcome.message or running.record.message)
         self.store.put_trial(record)
         self._trials[record.number] = record
         self._releases.append((running.lease, False))

@@ -30,11 +30,16 @@ def _quiet() -> None:
     optuna.logging.set_verbosity(logging.WARNING)  # Capstan prints its own one line per trial
 
 
-def make_sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
-    """The spec's sampler, seeded with ``spec.seed``."""
+def make_sampler(spec: StudySpec, *, resumed_after: int = 0) -> optuna.samplers.BaseSampler:
+    """The spec's sampler, seeded with ``spec.seed``. A study resumed after ``resumed_after`` sampled trials gets
+    the seed moved on by that many: a fresh random generator with the first seed would draw the first trials'
+    parameters again (the grid keeps its seed: it fixes the order of the grid's points, which the trials follow by
+    number)."""
     import optuna
 
     algorithm, seed = spec.algorithm, spec.seed
+    if seed is not None and resumed_after and algorithm.name != "grid":
+        seed = (seed + resumed_after) % 2**32
     if algorithm.name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if algorithm.name == "grid":
@@ -116,14 +121,15 @@ def suggest(trial: optuna.trial.Trial, spec: StudySpec) -> dict[str, Any]:
     return params
 
 
-def new_study(spec: StudySpec) -> optuna.Study:
-    """An empty in-memory Optuna study with the spec's direction, sampler and pruner."""
+def new_study(spec: StudySpec, *, resumed_after: int = 0) -> optuna.Study:
+    """An empty in-memory Optuna study with the spec's direction, sampler and pruner (see `make_sampler` for
+    ``resumed_after``)."""
     import optuna
 
     _quiet()
-    return optuna.create_study(storage=optuna.storages.InMemoryStorage(), sampler=make_sampler(spec),
-                               pruner=make_pruner(spec), direction=spec.objective.goal,
-                               study_name=spec.name)
+    return optuna.create_study(storage=optuna.storages.InMemoryStorage(),
+                               sampler=make_sampler(spec, resumed_after=resumed_after), pruner=make_pruner(spec),
+                               direction=spec.objective.goal, study_name=spec.name)
 
 
 def frozen_trial(trial: TrialRecord, dists: Mapping[str, BaseDistribution]) -> optuna.trial.FrozenTrial:
@@ -144,7 +150,8 @@ def frozen_trial(trial: TrialRecord, dists: Mapping[str, BaseDistribution]) -> o
 def rebuild(spec: StudySpec, trials: Sequence[TrialRecord]) -> optuna.Study:
     """An Optuna study holding the stored trials that have finished, in number order. A trial that was running when
     the controller died is not added: its re-run is enqueued with its parameters (`rerun`) and asked again."""
-    study = new_study(spec)
+    sampled = sum(1 for t in trials if t.state != "WAITING")
+    study = new_study(spec, resumed_after=sampled)
     dists = distributions_of(spec)
     for trial in sorted(trials, key=lambda t: t.number):
         if trial.finished:
