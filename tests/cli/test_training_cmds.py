@@ -78,7 +78,6 @@ def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
     (["hello.py", "--gpus", "1.5"], "error: --gpus: a fraction of a GPU is possible only below 1; got 1.5"),
     (["hello.py", "--workers", "1000"], "error: --workers: the gang of 1000 worker(s) can never be admitted"),
     (["hello.py", "--env", "RANK=1"], "error: --env RANK: is set by Capstan for every worker"),
-    (["hello.py", "--nproc-per-worker", "0"], "error: --nproc-per-worker: must be between 1 and 256"),
 ])
 def test_bad_input_is_one_line_naming_the_option(home: Path, scripts: Path, args: list[str], message: str) -> None:
     result = capstan(home, scripts, "train", *args)
@@ -157,6 +156,61 @@ def test_ctrl_c_cancels_the_job_and_stops_its_workers(home: Path, scripts: Path,
     assert err.strip().splitlines()[-1].startswith("error: job slow-") and " cancelled" in err
     assert "[rank 0] started" in out
     assert not any(_alive(pid) for pid in pids), "every worker was stopped"
+
+
+QUEUE = """
+flavors: [{name: cpu}]
+clusterQueues:
+  - name: train
+    resourceGroups:
+      - coveredResources: [cpu, memory]
+        flavors: [{name: cpu, resources: [{name: cpu, nominalQuota: 1}, {name: memory, nominalQuota: 64Gi}]}]
+localQueues: [{name: train, clusterQueue: train, project: default}]
+"""
+
+
+def _wait_for_state(home: Path, cwd: Path, name: str, state: str) -> str:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        jobs = json.loads(capstan(home, cwd, "jobs", "list", "--json").stdout)
+        found = [j for j in jobs if j["name"] == name and j["state"] == state and (state != "Pending" or
+                                                                                   j["workload"])]
+        if found:
+            return str(found[0]["id"])
+        time.sleep(0.2)
+    raise AssertionError(f"job {name} never became {state}")
+
+
+def test_a_waiting_job_is_explained_by_the_queue_and_cancelled_from_another_shell(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    for name, text in SCRIPTS.items():
+        (tmp_path / name).write_text(text.lstrip())
+    (tmp_path / "queue.yaml").write_text(QUEUE)
+    assert capstan(home, tmp_path, "queue", "apply", "-f", "queue.yaml").returncode == 0
+    blocker = subprocess.Popen([*capstan_command(), "train", "slow.py", "--queue", "train"], cwd=tmp_path,
+                               env=clean_env(home), text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    waiter: subprocess.Popen[str] | None = None
+    try:
+        blocker_id = _wait_for_state(home, tmp_path, "slow", "Running")
+        waiter = subprocess.Popen([*capstan_command(), "train", "hello.py", "--queue", "train", "--name", "waiter"],
+                                  cwd=tmp_path, env=clean_env(home), text=True, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE)
+        waiter_id = _wait_for_state(home, tmp_path, "waiter", "Pending")
+        why = capstan(home, tmp_path, "why", waiter_id)
+        assert "State:     Pending" in why.stdout and "Reason:    WaitingForQuota" in why.stdout, why.stdout
+        assert "Queue:" in why.stdout and f"Held by:   job/{blocker_id}" in why.stdout, why.stdout
+        cancel = capstan(home, tmp_path, "jobs", "cancel", waiter_id)
+        assert "cancel requested" in cancel.stdout, "its runner (the other shell) holds it"
+        _, err = waiter.communicate(timeout=60)
+        assert waiter.returncode == 1 and err.strip().splitlines()[-1].startswith(f"error: job {waiter_id} cancelled")
+        assert "Pending (WaitingForQuota" in err, "the wait was reported"
+        assert "attempt 1 started" not in err, "it never started"
+    finally:
+        for process in (blocker, waiter):
+            if process is not None and process.poll() is None:
+                process.send_signal(signal.SIGINT)
+                process.communicate(timeout=60)
+    assert blocker.returncode == 1
 
 
 @pytest.fixture(scope="module")

@@ -365,6 +365,7 @@ class _Progress:
     def __init__(self, job_id: str) -> None:
         self.job_id = job_id
         self.state = ""
+        self.shown = ""
         self.attempts: dict[int, str | None] = {}
         self.cursor: str | None = None
 
@@ -387,10 +388,12 @@ class _Progress:
                 self.pump_logs()
                 self.attempts[number] = reason
                 self._say(f"attempt {number} ended: {attempt_summary(a)}")
-        if state != self.state:
+        # A pending job's reason is news too (waiting for quota, for a preempted gang's backoff...).
+        key = f"{state}/{job.get('reason') or ''}" if state == "Pending" else state
+        if key != self.shown:
             if state in TERMINAL:
                 self.pump_logs()
-            self.state = state
+            self.state, self.shown = state, key
             detail = f" ({job['reason']}: {job['message']})" if job.get("reason") and job.get("message") else ""
             self._say(f"{state}{detail}")
 
