@@ -128,3 +128,45 @@ def test_parallel_trials_never_exceed_parallel_trials_nor_the_quota(settings: Se
     assert max_overlap(spans) == expected
     ordered = sorted((t.started_ms, t.ended_ms or 0) for t in result.trials)
     assert max_overlap([(s / 1000, e / 1000) for s, e in ordered]) <= expected
+
+
+JOB_SCRIPT = """
+import argparse, os, capstan
+parser = argparse.ArgumentParser()
+parser.add_argument("--x", type=float)
+args = parser.parse_args()
+for step in range(3):
+    capstan.report(args.x * step, step)
+if os.environ["RANK"] == "0":
+    capstan.log_metric("score", args.x * 10)
+print("rank", os.environ["RANK"], "of", os.environ["WORLD_SIZE"])
+"""
+
+
+def test_a_training_job_trial_runs_as_a_gang_and_its_run_is_the_trial_run(settings: Settings,
+                                                                           tmp_path: Path) -> None:
+    from capstan.tuning.spec import parse_study_spec
+
+    (tmp_path / "job.py").write_text(JOB_SCRIPT)
+    study = parse_study_spec({"name": "jobs", "objective": {"metric": "score"}, "algorithm": "random", "seed": 1,
+                              "parameters": {"x": {"type": "float", "min": 0.0, "max": 1.0}}, "max_trials": 2,
+                              "parallel_trials": 2, "working_dir": str(tmp_path),
+                              "trial": {"job": {"entry": "job.py", "workers": 2, "cpu": 0.5,
+                                                "args": ["--x", "${params.x}"]}}})
+    result = run(settings, study)
+    assert result.count("COMPLETE") == 2
+    services = Services.open(settings)
+    backend = LocalBackend(settings, services=services)
+    try:
+        for trial in result.trials:
+            assert trial.value == pytest.approx(trial.params["x"] * 10)
+            assert trial.intermediate == ((0, 0.0), (1, pytest.approx(trial.params["x"])),
+                                          (2, pytest.approx(trial.params["x"] * 2)))
+            job = services.jobs.get((trial.workload or "").removeprefix("job/"))
+            assert job is not None and job.state == "Succeeded" and job.spec.workers == 2
+            assert job.run_id == trial.run_id
+            run_ = backend.get_run(trial.run_id or "")
+            assert run_.data.tags["mlflow.parentRunId"] == result.study.parent_run_id
+    finally:
+        backend.close()
+        services.close()
