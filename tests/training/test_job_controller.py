@@ -70,6 +70,8 @@ def test_stopping_the_controller_hands_its_jobs_back(env: Env) -> None:
     assert (handed.state, handed.owner, handed.reason) == ("Pending", None, "NodeLost")
     assert all(pid_gone(pid) for pid in pids)
     assert [a.reason for a in env.services.jobs.attempts(record.id)] == ["NodeLost"]
+    assert events_of(env, record.id)[-1].message == ("the runner stopped; the gang was stopped with it; the job "
+                                                     "waits for the next runner")
     assert isinstance(env.admission, LocalAdmission) and list(env.admission.in_use()) == []
     # The next leader starts it again; a cancel then ends it.
     after = JobController(env.runner, interval_s=0.05)

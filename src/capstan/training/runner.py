@@ -352,7 +352,9 @@ class _Drive:
         """Give the job back (``Pending``, no owner) for the next runner; its workload leaves the queue."""
         self.release()
         self.runner.admission().withdraw(self.request.key)
-        return self.save(state="Pending", reason="NodeLost", message=message, release_owner=True)
+        record = self.save(state="Pending", reason="NodeLost", message=message, release_owner=True)
+        self.event("NodeLost", f"{message}; the job waits for the next runner", warning=True)
+        return record
 
     def wait(self, seconds: float) -> bool:
         """Sleep ``seconds`` before a restart; False when a cancel, a stop or a preemption cut it short."""
