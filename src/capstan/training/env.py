@@ -100,10 +100,10 @@ def worker_env(spec: TrainingJobSpec, place: WorkerPlace, *, base: Mapping[str, 
 
     ``base`` (the launcher's environment with the store settings) comes first, then the spec's ``env``, the
     lease's placement variables, Capstan's variables and torchrun's (which nothing overrides). ``devices`` are the
-    pod's GPU indices from the lease: given (the job asked for GPUs), ``CUDA_VISIBLE_DEVICES`` lists exactly them
-    (empty when none were placed); ``None`` leaves the inherited value alone. Like torchrun, ``OMP_NUM_THREADS``
-    is 1 when a pod runs several processes and nobody set it, and ``TORCH_NCCL_ASYNC_ERROR_HANDLING`` defaults
-    to 1.
+    pod's GPU indices from the lease: when there are some, ``CUDA_VISIBLE_DEVICES`` lists exactly them; otherwise
+    (no GPUs asked for, or a queue that placed none, as for pipeline steps) the inherited value stays. Like
+    torchrun, ``OMP_NUM_THREADS`` is 1 when a pod runs several processes and nobody set it, and
+    ``TORCH_NCCL_ASYNC_ERROR_HANDLING`` defaults to 1.
     """
     env = dict(base)
     env.update(spec.env)
@@ -114,6 +114,6 @@ def worker_env(spec: TrainingJobSpec, place: WorkerPlace, *, base: Mapping[str, 
     env.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
     if spec.nproc_per_worker > 1:
         env.setdefault("OMP_NUM_THREADS", "1")
-    if devices is not None:
+    if devices:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(devices)
     return env
