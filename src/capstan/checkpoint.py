@@ -31,6 +31,9 @@ the job, ``CAPSTAN_CHECKPOINT_KEEP``; default 3): older slots are overwritten, t
 Format: with torch imported by the script, `torch.save`/`torch.load` (tensors, state dicts, anything picklable);
 otherwise `pickle`. Loading runs pickle: load only checkpoints of runs you trust, as with any pickle file.
 
+Metrics: ``save`` first waits until the metrics logged so far are stored, so a run resumed from a checkpoint has
+every metric of the steps before it (nothing is lost when the gang is stopped right after a save).
+
 Ranks: by default only rank 0 writes (``save`` on other ranks returns False without writing) and every rank
 loads the same checkpoint. ``per_rank=True`` makes each rank save and load its own series (sharded state).
 """
@@ -188,6 +191,7 @@ def save(state: Any, step: int, *, per_rank: bool = False, keep: int | None = No
         return False
     series = _series(per_rank=per_rank, create=True)
     assert series is not None
+    fluent.flush()  # the metrics logged up to this step are stored before the checkpoint that resumes after it
     with _WRITE_LOCK, tempfile.TemporaryDirectory(prefix="capstan-ckpt-") as tmp:
         entries = _read_manifest(series)
         kept = [e for e in entries if e.step != step][: keep - 1]

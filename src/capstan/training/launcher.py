@@ -28,6 +28,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -125,8 +126,20 @@ class GangExit:
 
 @dataclass(slots=True)
 class _Member:
+    """One process and, once it has exited, when (monotonic seconds): a thread waits for each, so the first
+    failure is known even when several processes end between two polls."""
+
     place: WorkerPlace
     process: subprocess.Popen[bytes]
+    exited_at: float | None = None
+
+    def watch(self) -> None:
+        thread = threading.Thread(target=self._wait, name=f"capstan-rank-{self.place.rank}", daemon=True)
+        thread.start()
+
+    def _wait(self) -> None:
+        self.process.wait()
+        self.exited_at = time.monotonic()
 
 
 class Gang:
@@ -148,16 +161,17 @@ class Gang:
         """The attempt's outcome once decided (every process exited 0, or one failed), else None."""
         if self._exit is not None:
             return self._exit
-        failed: list[tuple[int, int]] = []
+        failed: list[tuple[float, int, int]] = []
         running = 0
         for member in self._members:
-            code = member.process.poll()
+            exited_at = member.exited_at
+            code = member.process.returncode if exited_at is not None else None
             if code is None:
                 running += 1
             elif code != 0:
-                failed.append((member.place.rank, code))
+                failed.append((exited_at or 0.0, member.place.rank, code))
         if failed:
-            rank, code = min(failed)
+            _at, rank, code = min(failed)
             oom = self._oom_baseline is not None and (oom_kill_count() or 0) > self._oom_baseline
             reason = classify_exit(code, oom_killed=oom)
             what = "was killed by the kernel's OOM killer" if reason == "OOMKilled" else describe_exit(code)
@@ -231,6 +245,7 @@ def launch(spec: TrainingJobSpec, *, job_id: str, run_id: str | None, attempt: i
                 process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out_file, stderr=err_file,
                                            cwd=cwd, env=env, start_new_session=True)
             members.append(_Member(place, process))
+            members[-1].watch()
     except BaseException:
         Gang(members, folder, port, oom_baseline).stop(0)
         raise
