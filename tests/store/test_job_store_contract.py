@@ -168,3 +168,13 @@ def test_attempts_are_added_ended_and_listed_in_order(store: JobStore) -> None:
     assert store.attempts("nope-000000") == []
     with pytest.raises(ResourceDoesNotExist):
         store.end_attempt(JobAttempt("mnist-0a1b2c", 9, T0, 1, "/x", reason="Succeeded"))
+
+
+def test_an_update_from_a_stale_read_keeps_a_cancel(store: JobStore) -> None:
+    store.create(_job("run-000003", state="Running", owner=owner_id()))
+    stale = store.get("run-000003")
+    assert stale is not None and not stale.cancel_requested
+    store.request_cancel("run-000003")  # lands between the runner's read and its write
+    assert store.update(dataclasses.replace(stale, attempt=2, message="attempt 2"))
+    got = store.get("run-000003")
+    assert got is not None and got.cancel_requested and got.attempt == 2

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import orjson
-from sqlalchemy import Engine, and_, insert, select, update
+from sqlalchemy import Engine, and_, insert, literal, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from capstan.clock import Clock, system_clock
@@ -122,6 +122,8 @@ class SqlJobStore:
         The id and project never change; returns whether the row was written."""
         row = _job_row(record)
         del row["id"], row["project"], row["created_ms"]
+        # A cancel is never undone by a writer that read the job before the cancel landed: the flag only goes up.
+        row["cancel_requested"] = or_(jobs.c.cancel_requested, literal(bool(record.cancel_requested)))
         guard = jobs.c.id == record.id
         if expected_state is not None:
             guard = and_(guard, jobs.c.state == expected_state)

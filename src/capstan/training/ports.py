@@ -6,7 +6,7 @@ queue preempted it). Each start of the gang is a `JobAttempt`: its number, the p
 ran, and how it ended (``reason``: ``Succeeded``, ``WorkerFailed``, ``OOMKilled``, ``Preempted``, ``NodeLost``,
 ``Cancelled``), with the first failing rank and its exit code.
 
-The SQL adapter is `capstan.store.jobs_sql.SqlJobStore`; its contract test runs on SQLite and PostgreSQL.
+The SQL adapter is `capstan.training.jobs_sql.SqlJobStore`; its contract test runs on SQLite and PostgreSQL.
 """
 
 from __future__ import annotations
