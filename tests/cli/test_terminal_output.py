@@ -117,7 +117,7 @@ def assert_bounded(args: list[str], rc: int, out: bytes) -> str:
 def test_quickstart_in_a_terminal(tmp_path: Path) -> None:
     args = ["quickstart"]
     text = assert_bounded(args, *run_in_pty(args, tmp_path / "home"))
-    assert "Trained 4 models" in text and "models:/quickstart@champion" in text
+    assert "Searched 8 trials" in text and "models:/quickstart@champion" in text
 
 
 def test_run_and_backfill_in_a_terminal(tmp_path: Path) -> None:

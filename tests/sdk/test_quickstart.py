@@ -41,7 +41,8 @@ def test_quickstart_on_a_fresh_home(tmp_path: Path) -> None:
     out = result.stdout
     assert "Traceback" not in result.stderr and "pandas was imported" not in result.stderr, result.stderr
     for expected in ("Prepared the data with pipeline wine_prep", "9 steps, 0 from cache",
-                     "after cleaning", "Trained 4 models", "models:/quickstart@champion", f"CAPSTAN_HOME={home}",
+                     "after cleaning", "Searched 8 trials of study quickstart-", "2 at a time under the local queue",
+                     "models:/quickstart@champion", f"CAPSTAN_HOME={home}", "capstan studies show quickstart-",
                      "capstan runs list --experiment quickstart", "capstan models show quickstart",
                      "Deployed version 1 as deployment quickstart", "then version 2 as a 20% canary"):
         assert expected in out, expected
@@ -56,16 +57,21 @@ def test_quickstart_on_a_fresh_home(tmp_path: Path) -> None:
     assert 0 < int(next(c[3] for c in cells if c[2] == "canary")) < 250
 
     with Client(settings=Settings.for_home(home)) as client:
+        trials = client.search_runs(experiment_names=["quickstart"], filter_string="tags.`capstan.trial.number` != ''")
+        assert len(trials) == 8 and all(r.info.status == "FINISHED" for r in trials)  # the study's 8 child runs
         runs = client.search_runs(experiment_names=["quickstart"],
-                                   order_by=["metrics.test_accuracy DESC", "metrics.log_loss ASC"])
-        assert len(runs) == 4 and all(r.info.status == "FINISHED" for r in runs)
+                                  filter_string="tags.`capstan.trial.state` = 'COMPLETE'",
+                                  order_by=["metrics.log_loss ASC"])  # the study minimises the held-out log loss
+        assert len(runs) >= 2
         best = runs[0]
         assert {"alpha", "epochs"} <= set(best.data.params)
         assert len(client.get_metric_history(best.info.run_id, "train_loss")) == 15  # one point per epoch
         assert {a.path for a in client.list_artifacts(best.info.run_id)} >= {"confusion_matrix.json",
                                                                             "feature_weights.csv"}
         champion = client.get_model_version_by_alias("quickstart", "champion")
-        assert champion.run_id == best.info.run_id  # lineage: the best run -> the champion version
+        assert champion.run_id == best.info.run_id  # lineage: the best trial's run -> the champion version
+        challenger = client.get_model_version_by_alias("quickstart", "challenger")
+        assert challenger.run_id == runs[1].info.run_id  # the runner-up
         model = client.load_model("models:/quickstart@champion")
         assert isinstance(model, BaseEstimator)
 
