@@ -8,6 +8,9 @@ then call `require` with the permission they need and the project of the object 
 
 Credentials: ``Authorization: Bearer <token>`` (MLflow's ``MLFLOW_TRACKING_TOKEN``, Capstan's ``CAPSTAN_TOKEN``)
 or HTTP basic auth with the user name and a token as the password (``MLFLOW_TRACKING_USERNAME``/``PASSWORD``).
+On ``/ui/...`` and ``/api/v1/...`` a request without an ``Authorization`` header may use the web UI's session
+cookie instead (`capstan.ui.session`): a page request without a valid one is redirected to the login page, and a
+mutating request authenticated by the cookie must carry the session's CSRF token (403 otherwise).
 
 Token lookups are cached in-process for `CACHE_TTL_S` (one second), so a token that is revoked, or a user that is
 disabled, stops working within a second in every server process, and at once in the process that served the
@@ -42,6 +45,7 @@ from capstan.clock import Clock
 from capstan.errors import CapstanError, PermissionDenied, Unauthenticated
 from capstan.server.metrics import ASGIApp, Message, Receive, Scope, Send, StatusRecorder
 from capstan.store.auth_sql import TOUCH_INTERVAL_MS
+from capstan.ui import session as ui_session
 
 log = logging.getLogger("capstan.server.security")
 
@@ -259,14 +263,21 @@ class SecurityMiddleware:
         self._route_label = route_label
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in PUBLIC_PATHS:
+        if scope["type"] != "http" or scope["path"] in PUBLIC_PATHS or ui_session.is_public(scope["path"]):
             await self.app(scope, receive, send)
             return
         state: dict[str, Any] = scope.setdefault("state", {})
         header = _header(scope, b"authorization")
+        session = None  # the web UI's session token, when the cookie is the credential
+        if header is None and ui_session.cookie_applies(scope["path"]):
+            session = ui_session.session_secret(_header(scope, b"cookie"))
+            header = None if session is None else f"Bearer {session}"
         try:
             principal = await self._auth.resolve(header)
         except Unauthenticated as exc:
+            if (header is None or session is not None) and ui_session.is_page(scope["path"]):
+                await ui_session.send_login_redirect(scope, send, clear_cookie=session is not None)
+                return
             await _send_json(send, exc.http_status, exc.to_dict(),
                              extra_headers=[(b"www-authenticate", b'Bearer realm="capstan"')])
             if scope["method"] in MUTATING_METHODS:
@@ -287,6 +298,15 @@ class SecurityMiddleware:
         if scope["method"] not in MUTATING_METHODS:
             await self.app(scope, receive, send)
             return
+        if session is not None and not principal.single_user:
+            presented, receive = await ui_session.presented_csrf(dict(scope.get("headers", ())), receive)
+            if not ui_session.csrf_matches(session, presented):
+                refusal = PermissionDenied(f"CSRF token missing or wrong: a request authenticated by the web UI's "
+                                           f"session cookie must send it in {ui_session.CSRF_HEADER} or the "
+                                           f"{ui_session.CSRF_FIELD} form field")
+                await _send_json(send, refusal.http_status, refusal.to_dict())
+                self._record(scope, state, principal.name, refusal.http_status, error=refusal.message)
+                return
 
         recorder = StatusRecorder(send)  # 500 when the app fails before starting a response
         try:
