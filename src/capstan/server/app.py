@@ -6,7 +6,8 @@ path never loads numpy, scikit-learn or mlflow.
 
 Request path (outermost first): metrics -> browser guard (Host, Origin, CORS, JSON content type) ->
 authentication and audit -> catch-all 500 -> FastAPI's error handlers
--> the route. Routes: ``/`` (a page naming the server, `capstan.server.home`), ``/health``, ``/metrics``, the
+-> the route. Routes: ``/`` (a page that opens the web UI, `capstan.server.home`), the web UI under ``/ui``
+(`capstan.ui`), ``/health``, ``/metrics``, the
 managed deployments' inference routes under ``/deployments/NAME/...`` (`capstan.server.deployments_serving`), the
 native API under ``/api/v1`` (OpenAPI document at ``/api/v1/openapi.json``, interactive docs at ``/api/v1/docs``
 with their Swagger UI files served locally) and the MLflow-compatible API.
@@ -81,6 +82,7 @@ def create_app(settings: Settings, *, services: Services | None = None, bind_hos
         SecurityMiddleware,
     )
     from capstan.services import Services
+    from capstan.ui import app as ui_app
 
     own_services = services is None
     svc = Services.open(settings) if services is None else services
@@ -145,6 +147,7 @@ def create_app(settings: Settings, *, services: Services | None = None, bind_hos
     app.add_api_route("/health", _health, methods=["GET"], include_in_schema=False)
     app.add_api_route("/metrics", _metrics, methods=["GET"], include_in_schema=False)
     home.install(app, version=app.version)  # GET / and /api/v1/docs with its Swagger UI files (no CDN)
+    ui_app.install(app)  # the web UI's static files under /ui/static (its routes are included below)
     # MLflow's routes come first: they carry the hot logging traffic, and their prefixes overlap with nothing else.
     included: list[tuple[APIRouter, str]] = [(router, "") for router in mlflow_api.routers]
     included += [(api_v1.router, API_V1_PREFIX), (admin_api.router, API_V1_PREFIX),
@@ -152,6 +155,7 @@ def create_app(settings: Settings, *, services: Services | None = None, bind_hos
                  (deployments_api.router, API_V1_PREFIX), (jobs_api.router, API_V1_PREFIX),
                  (studies_api.router, API_V1_PREFIX),
                  (deployments_serving.deployments_router(lambda: _deployment_router(svc), grpc=grpc), "")]
+    included += ui_app.routers()  # the web UI's pages under /ui and their JSON twins under /api/v1/views
     for router, prefix in included:
         app.include_router(router, prefix=prefix)
         templates.add_router(router.routes, prefix)

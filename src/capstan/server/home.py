@@ -1,9 +1,9 @@
 """The server's front door: ``GET /`` and the interactive API docs at ``/api/v1/docs``, served without a CDN.
 
-``GET /`` is public, like ``/health``: a small HTML page naming the server, its version and where to go next
-(JSON with the same content for ``Accept: application/json``). The MLflow client prints links such as
-``http://host:5000/#/experiments/1/runs/abc``; the fragment never reaches the server, so those land here, and the
-page tells the reader which ``capstan`` command shows that object until the web UI serves them.
+``GET /`` is public, like ``/health``: for browsers a tiny page whose script (``/ui/static/home.js``) opens the
+web UI (`capstan.ui`); JSON naming the server, its version and where to go next for ``Accept:
+application/json``. The MLflow client prints links such as ``http://host:5000/#/experiments/1/runs/abc``; the
+fragment never reaches the server, so those land here and the script opens the matching ``/ui/...`` page.
 
 The docs page is FastAPI's Swagger UI page pointed at the Swagger UI files of the ``fastapi-offline`` package,
 served by this server under `ASSETS_PATH`, so it works with no network access.
@@ -34,29 +34,11 @@ LINKS = (
     ("health", "/health", "Health check (public)"),
     ("metrics", "/metrics", "Prometheus metrics (needs a credential when authentication is on)"),
 )
-WEB_UI_NOTE = ("Links such as #/experiments/ID/runs/RUN_ID, which the MLflow client prints, are for the web UI, "
-               "which this server does not serve yet. Meanwhile: `capstan experiments list`, "
-               "`capstan runs list -e NAME`, `capstan runs show RUN_ID`, `capstan models show NAME` "
-               "(with CAPSTAN_URL set to this server).")
-
-# Reads the fragment (never sent to the server) and names the matching CLI command; textContent only, so the
-# fragment is never parsed as HTML.
-_FRAGMENT_SCRIPT = """<script>
-(function () {
-  var hash = window.location.hash || "";
-  var run = hash.match(/runs\\/([0-9A-Za-z_-]+)/);
-  var exp = hash.match(/experiments\\/([0-9A-Za-z_-]+)/);
-  var model = hash.match(/models\\/([^\\/?#]+)/);
-  var cmd = run ? "capstan runs show " + run[1]
-          : model ? "capstan models show " + decodeURIComponent(model[1])
-          : exp ? "capstan experiments list --view all (experiment " + exp[1] + ")" : "";
-  if (!cmd) { return; }
-  var box = document.getElementById("fragment");
-  box.hidden = false;
-  document.getElementById("fragment-link").textContent = hash;
-  document.getElementById("fragment-cmd").textContent = cmd;
-})();
-</script>"""
+WEB_UI_PATH = "/ui/"
+WEB_UI_NOTE = ("The web UI is at /ui/. Links such as #/experiments/ID/runs/RUN_ID and #/models/NAME/versions/N, "
+               "which the MLflow client prints, open the matching page of the web UI.")
+HOME_SCRIPT = "/ui/static/home.js"
+"""Maps the fragment of an MLflow link to its ``/ui/...`` page, or goes to ``/ui/`` (`capstan.ui` static file)."""
 
 
 def static_dir() -> Path:
@@ -104,16 +86,19 @@ def _wants_json(request: Request) -> bool:
 
 def home_document(prefix: str, version: str) -> dict[str, Any]:
     """What ``GET /`` says, as data."""
-    return {"name": "Capstan", "version": version,
-            "links": {key: {"href": prefix + path, "title": title} for key, path, title in LINKS},
-            "mlflow_tracking_uri": prefix or "/", "web_ui": WEB_UI_NOTE}
+    links = {key: {"href": prefix + path, "title": title} for key, path, title in LINKS}
+    links["web_ui"] = {"href": prefix + WEB_UI_PATH, "title": "The web UI"}
+    return {"name": "Capstan", "version": version, "links": links, "mlflow_tracking_uri": prefix or "/",
+            "web_ui": WEB_UI_NOTE}
 
 
 def home_response(request: Request, version: str) -> Response:
-    """``GET /``: HTML for browsers, JSON for ``Accept: application/json``."""
+    """``GET /``: for browsers a page that opens the web UI (the page an MLflow link names); JSON for
+    ``Accept: application/json``."""
     from starlette.responses import HTMLResponse, JSONResponse
 
-    document = home_document(_prefix(request), version)
+    prefix = _prefix(request)
+    document = home_document(prefix, version)
     if _wants_json(request):
         return JSONResponse(document)
     esc = html.escape
@@ -124,23 +109,19 @@ def home_response(request: Request, version: str) -> Response:
 <head>
   <meta charset="utf-8">
   <title>Capstan {esc(version)}</title>
-  <style>body {{ font-family: system-ui, sans-serif; max-width: 46rem; margin: 2rem auto; padding: 0 1rem; }}
-  code {{ background: #f3f3f3; padding: 0 .25rem; }}</style>
+  <script src="{esc(prefix + HOME_SCRIPT)}"></script>
 </head>
 <body>
   <h1>Capstan server</h1>
-  <p>Version {esc(version)}. Experiment tracking, model registry, pipelines and a workload queue; MLflow clients
-  use this address as their tracking URI.</p>
+  <p>Version {esc(version)}. <a id="web-ui-link" href="{esc(prefix + WEB_UI_PATH)}">Open the web UI</a>.</p>
   <ul>
 {items}
   </ul>
   <p id="web-ui">{esc(WEB_UI_NOTE)}</p>
-  <p id="fragment" hidden>You followed <code id="fragment-link"></code>; try <code id="fragment-cmd"></code>.</p>
-{_FRAGMENT_SCRIPT}
 </body>
 </html>
 """
-    return HTMLResponse(page)
+    return HTMLResponse(page, headers={"cache-control": "no-store"})
 
 
 def docs_response(request: Request) -> Response:
