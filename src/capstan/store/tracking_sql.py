@@ -41,6 +41,7 @@ from capstan.store.tracking_query import (
     run_info,
     run_search_query,
 )
+from capstan.store.tracking_series import read_series
 from capstan.store.tracking_sqltext import write_metrics, write_params
 from capstan.store.tracking_tx import RawTx, Transactor
 from capstan.store.tracking_validation import (
@@ -93,6 +94,7 @@ from capstan.tracking.search_filter import (
     parse_order_by,
 )
 from capstan.tracking.search_syntax import decode_page_token, encode_page_token
+from capstan.tracking.series import MetricSeries, SeriesQuery
 
 T = TypeVar("T")
 
@@ -578,6 +580,18 @@ class SqlTrackingStore:
                 rows, token = rows[:max_results], encode_page_token(offset + max_results)
             nan = float("nan")
             return Page(tuple(Metric(key, nan if n else float(v), t, s) for s, t, v, n in rows), token)
+
+        return self._read(work)
+
+    def metric_series(self, run_id: str, key: str, query: SeriesQuery) -> MetricSeries:
+        """Metric ``key`` of the run downsampled for a chart (`capstan.store.tracking_series`)."""
+
+        def work(tx: RawTx) -> MetricSeries:
+            rid = self._run_row(tx, run_id).id
+            key_id = self._known_key_ids(tx, [key]).get(key)
+            if key_id is None:
+                raise ResourceDoesNotExist(f"Metric {key!r} not found in run '{run_id}'")
+            return read_series(tx, self._dialect, rid, key_id, run_id, key, query)
 
         return self._read(work)
 

@@ -26,6 +26,7 @@ from capstan.tracking.records import (
 
 if TYPE_CHECKING:
     from capstan.tracking.search_filter import DatasetFilter, LoggedModelOrder
+    from capstan.tracking.series import MetricSeries, SeriesQuery
 
 
 class TrackingStore(Protocol):
@@ -92,6 +93,12 @@ class TrackingStore(Protocol):
     def get_metric_history(self, run_id: str, key: str, *, max_results: int | None = None,
                            page_token: str | None = None) -> Page[Metric]:
         """Every point of ``key`` ordered by step then timestamp."""
+        ...
+
+    def metric_series(self, run_id: str, key: str, query: SeriesQuery) -> MetricSeries:
+        """Metric ``key`` of the run downsampled for a chart: the points inside ``query``'s window on its x axis
+        cut into at most ``query.max_points`` buckets exactly as `capstan.tracking.series.downsample` cuts them.
+        An unknown run, or a key the run never logged, raises `ResourceDoesNotExist`."""
         ...
 
     def search_runs(self, experiment_ids: Sequence[str], *, filter_string: str = "",

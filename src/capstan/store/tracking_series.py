@@ -1,0 +1,140 @@
+"""Downsampled metric series read from the ``metrics`` table (`SqlTrackingStore.metric_series`).
+
+The buckets follow `capstan.tracking.series` exactly; what this module decides is where the work happens
+(decision 0520). A window of at most `RAW_LIMIT` points is read point by point and bucketed in memory by
+`capstan.tracking.series.downsample`. A larger window is aggregated inside the database, so a million points cost
+one pass of the database engine and only the buckets cross into Python:
+
+- on the ``step`` axis each bucket is one range of the primary key ``(run_id, key_id, step, ...)``: a statement
+  per bucket on SQLite (in-process, no round trip) and one ``LATERAL`` join over the bucket bounds on PostgreSQL.
+  The per-bucket aggregates assume finite values; a bucket that holds a NaN or an infinity is read again with the
+  exact (filtered) aggregates. Both are several times faster than a ``GROUP BY`` over the whole window, which
+  sorts every row;
+- on the ``time`` and ``relative`` axes there is no timestamp index (one would slow every metric write, see the
+  decision), so the window is one ``GROUP BY`` of the integer bucket number over the run's points of the key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from capstan.errors import ResourceDoesNotExist
+from capstan.store.tracking_tx import RawTx
+from capstan.tracking.series import Bucket, Grid, MetricSeries, SeriesQuery, downsample
+
+RAW_LIMIT = 20_000
+"""Windows with at most this many points are bucketed in memory (reading them is cheaper than many aggregates)."""
+
+_INF = float("inf")
+_FINITE = "NOT is_nan AND value > ? AND value < ?"
+_EXACT = (f"count(*), avg({{x}}), avg(value) FILTER (WHERE {_FINITE}), min(value) FILTER (WHERE {_FINITE}), "
+          f"max(value) FILTER (WHERE {_FINITE}), count(*) FILTER (WHERE {_FINITE})")
+_EXACT_PARAMS = (-_INF, _INF) * 4
+_RANGE = "run_id = ? AND key_id = ? AND {x} >= ? AND {x} <= ?"
+# Per-bucket aggregates for finite values; the last column counts NaNs (stored as 0.0 with is_nan set).
+_FAST = "count(*), avg(step), sum(value), min(value), max(value), {nans}"
+_NANS = {"sqlite": "total(is_nan)", "postgresql": "count(*) FILTER (WHERE is_nan)"}
+_LATERAL = ("SELECT a.* FROM unnest(CAST(? AS BIGINT[]), CAST(? AS BIGINT[])) WITH ORDINALITY AS b(lo, hi, i) "
+            "CROSS JOIN LATERAL (SELECT {fast} FROM metrics WHERE run_id = ? AND key_id = ? AND step >= b.lo "
+            "AND step <= b.hi) a ORDER BY b.i")
+
+
+def read_series(tx: RawTx, dialect: str, rid: int, key_id: int, run_id: str, key: str,
+                query: SeriesQuery) -> MetricSeries:
+    """The buckets of metric ``key_id`` of run ``rid`` inside ``query``'s window (see the module docstring)."""
+    if tx.one("SELECT 1 FROM latest_metrics WHERE run_id = ? AND key_id = ?", (rid, key_id)) is None:
+        raise ResourceDoesNotExist(f"Metric {key!r} not found in run '{run_id}'")
+    column = "step" if query.x == "step" else "timestamp"
+    origin = None
+    if query.x == "relative":
+        row = tx.one("SELECT min(timestamp) FROM metrics WHERE run_id = ? AND key_id = ?", (rid, key_id))
+        origin = int(row[0]) if row is not None and row[0] is not None else 0
+    low, high = query.bounds(origin or 0)
+    where, params = _window(column, rid, key_id, low, high)
+    counted = tx.one(f"SELECT count(*) FROM (SELECT 1 FROM metrics WHERE {where} LIMIT ?) w",
+                     [*params, RAW_LIMIT + 1])
+    if counted is not None and int(counted[0]) <= RAW_LIMIT:
+        buckets = _in_memory(tx, column, where, params, query.max_points)
+    else:
+        lo, hi = _extent(tx, column, where, params)
+        grid = Grid.over(lo, hi, query.max_points)
+        if column == "step":
+            buckets = _per_bucket(tx, dialect, rid, key_id, grid, hi)
+        else:
+            buckets = _grouped(tx, rid, key_id, grid, hi)
+    if origin:
+        buckets = tuple(b._replace(x=b.x - origin) for b in buckets)
+    return MetricSeries(run_id, key, query.x, sum(b.points for b in buckets), buckets, origin)
+
+
+def _window(column: str, rid: int, key_id: int, low: int | None, high: int | None) -> tuple[str, list[Any]]:
+    where, params = ["run_id = ?", "key_id = ?"], [rid, key_id]
+    if low is not None:
+        where.append(f"{column} >= ?")
+        params.append(low)
+    if high is not None:
+        where.append(f"{column} <= ?")
+        params.append(high)
+    return " AND ".join(where), params
+
+
+def _in_memory(tx: RawTx, column: str, where: str, params: list[Any], max_points: int) -> tuple[Bucket, ...]:
+    other = "timestamp" if column == "step" else "step"
+    rows = tx.all(f"SELECT {column}, value, is_nan FROM metrics WHERE {where} ORDER BY {column}, {other}", params)
+    nan = float("nan")
+    return downsample([r[0] for r in rows], [nan if r[2] else r[1] for r in rows], max_points)
+
+
+def _extent(tx: RawTx, column: str, where: str, params: list[Any]) -> tuple[int, int]:
+    """The first and last x inside the window (which holds points)."""
+    if column == "step":  # two index probes
+        first = tx.one(f"SELECT step FROM metrics WHERE {where} ORDER BY step LIMIT 1", params)
+        last = tx.one(f"SELECT step FROM metrics WHERE {where} ORDER BY step DESC LIMIT 1", params)
+        assert first is not None and last is not None
+        return int(first[0]), int(last[0])
+    row = tx.one(f"SELECT min(timestamp), max(timestamp) FROM metrics WHERE {where}", params)
+    assert row is not None
+    return int(row[0]), int(row[1])
+
+
+def _bounds(grid: Grid, hi: int) -> tuple[list[int], list[int]]:
+    starts = grid.starts()
+    return starts, [min(s + grid.width - 1, hi) for s in starts]
+
+
+def _per_bucket(tx: RawTx, dialect: str, rid: int, key_id: int, grid: Grid, hi: int) -> tuple[Bucket, ...]:
+    starts, ends = _bounds(grid, hi)
+    fast = _FAST.format(nans=_NANS[dialect])
+    if dialect == "postgresql":
+        rows: Sequence[Sequence[Any] | None] = tx.all(_LATERAL.format(fast=fast), (starts, ends, rid, key_id))
+    else:
+        sql = f"SELECT {fast} FROM metrics WHERE {_RANGE.format(x='step')}"
+        rows = [tx.one(sql, (rid, key_id, s, e)) for s, e in zip(starts, ends, strict=True)]
+    exact = f"SELECT {_EXACT.format(x='step')} FROM metrics WHERE {_RANGE.format(x='step')}"
+    buckets = []
+    for start, end, row in zip(starts, ends, rows, strict=True):
+        if row is None or not row[0]:
+            continue
+        count, x_mean, total, low, high, nans = row
+        if nans or low == -_INF or high == _INF:  # not all finite: aggregate this bucket again, filtered
+            again = tx.one(exact, (*_EXACT_PARAMS, rid, key_id, start, end))
+            assert again is not None
+            buckets.append(_exact_bucket(again))
+        else:
+            buckets.append(Bucket(float(x_mean), float(total) / count, float(low), float(high), int(count), 0))
+    return tuple(buckets)
+
+
+def _grouped(tx: RawTx, rid: int, key_id: int, grid: Grid, hi: int) -> tuple[Bucket, ...]:
+    sql = (f"SELECT {_EXACT.format(x='timestamp')} FROM metrics WHERE {_RANGE.format(x='timestamp')} "
+           "GROUP BY (timestamp - CAST(? AS BIGINT)) / CAST(? AS BIGINT) ORDER BY min(timestamp)")
+    rows = tx.all(sql, (*_EXACT_PARAMS, rid, key_id, grid.lo, hi, grid.lo, grid.width))
+    return tuple(_exact_bucket(row) for row in rows)
+
+
+def _exact_bucket(row: Sequence[Any]) -> Bucket:
+    count, x_mean, mean, low, high, finite = row
+    if not finite:
+        return Bucket(float(x_mean), None, None, None, int(count), int(count))
+    return Bucket(float(x_mean), float(mean), float(low), float(high), int(count), int(count) - int(finite))
