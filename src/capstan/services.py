@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from capstan.tracking.ports import TrackingStore
     from capstan.training.ports import JobStore
     from capstan.training.runner import JobRunner
+    from capstan.troubleshoot.reader import TimelineReader
     from capstan.tuning.ports import StudyStore
 
 T = TypeVar("T")
@@ -172,6 +173,17 @@ class Services:
 
         return JobRunner(self.jobs, tracking=self.tracking, events=self.events, admission=self.admission.get,
                          settings=self.settings, clock=self.clock)
+
+    def timelines(self) -> TimelineReader:
+        """What `capstan describe` and ``/api/v1/timeline`` read a workload's timeline through: these stores, this
+        event log, the queue and the pipeline store of this bundle, and the files under this home."""
+        from capstan.troubleshoot.reader import TimelineReader
+        from capstan.troubleshoot.sources import Sources
+
+        return TimelineReader(Sources(home=self.settings.home, clock=self.clock, events=self.events,
+                                      tracking=self.tracking, jobs=self.jobs, studies=self.studies,
+                                      deployments=self.deployments, queue=self.queue.get,
+                                      pipelines=self.pipelines.get))
 
     def close(self) -> None:
         """Release database connections."""
