@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "capstan.cli.deployment_cmds",
     "capstan.cli.training_cmds",
     "capstan.cli.tuning_cmds",
+    "capstan.cli.describe_cmds",
 )
 
 
