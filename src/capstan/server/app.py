@@ -70,6 +70,7 @@ def create_app(settings: Settings, *, services: Services | None = None, bind_hos
         pipelines_api,
         queue_api,
         studies_api,
+        timeline_api,
     )
     from capstan.server.errors import CatchAllMiddleware, install_error_handlers
     from capstan.server.leader import LeaderLock
@@ -153,7 +154,7 @@ def create_app(settings: Settings, *, services: Services | None = None, bind_hos
     included += [(api_v1.router, API_V1_PREFIX), (admin_api.router, API_V1_PREFIX),
                  (pipelines_api.router, API_V1_PREFIX), (queue_api.router, API_V1_PREFIX),
                  (deployments_api.router, API_V1_PREFIX), (jobs_api.router, API_V1_PREFIX),
-                 (studies_api.router, API_V1_PREFIX),
+                 (studies_api.router, API_V1_PREFIX), (timeline_api.router, API_V1_PREFIX),
                  (deployments_serving.deployments_router(lambda: _deployment_router(svc), grpc=grpc), "")]
     included += ui_app.routers()  # the web UI's pages under /ui and their JSON twins under /api/v1/views
     for router, prefix in included:
