@@ -62,6 +62,7 @@ def create_app(settings: Settings, *, services: Services | None = None, bind_hos
     from capstan.server import (
         admin_api,
         api_v1,
+        api_v1_series,
         deployments_api,
         deployments_serving,
         home,
@@ -155,6 +156,7 @@ def create_app(settings: Settings, *, services: Services | None = None, bind_hos
                  (pipelines_api.router, API_V1_PREFIX), (queue_api.router, API_V1_PREFIX),
                  (deployments_api.router, API_V1_PREFIX), (jobs_api.router, API_V1_PREFIX),
                  (studies_api.router, API_V1_PREFIX), (timeline_api.router, API_V1_PREFIX),
+                 (api_v1_series.router, API_V1_PREFIX),
                  (deployments_serving.deployments_router(lambda: _deployment_router(svc), grpc=grpc), "")]
     included += ui_app.routers()  # the web UI's pages under /ui and their JSON twins under /api/v1/views
     for router, prefix in included:
