@@ -1,0 +1,308 @@
+"""Benchmark: hyperparameter studies in Capstan (``capstan.Study``: queued trials in worker processes, child runs,
+durable state) beside Optuna used directly with the same samplers and pruners (the peer).
+
+The problem: scikit-learn's digits (1,797 8x8 images, 10 classes; a stratified 75/25 split), an MLP trained epoch by
+epoch (``partial_fit``) whose validation accuracy depends on five hyperparameters: the learning rate and the L2
+penalty (log scale), the hidden layer's width (log scale), the activation and the batch size. Each epoch reports the
+validation accuracy, which the pruner watches.
+
+(a) Trials to reach 97 % of the best accuracy any sampler reached (over every run of (a)): TPE with median pruning
+    against random search, the median over 5 seeds; also the epochs trained until then (pruning saves epochs).
+    Both systems run the same seeds; with one trial at a time Capstan asks the same sampler the same questions as
+    Optuna does, so their sequences should agree.
+(b) Wall time of the same random-search trials (40 epochs each) with 2 parallel trials against 1: Capstan (2
+    worker processes under the queue) and Optuna's ``n_jobs=2`` (threads). Capstan's total includes starting its
+    workers; the "trial span" (first trial's start to last trial's end) leaves that one-time start out.
+(c) Overhead per trial with a no-op objective: Capstan's (queue admission, tracking run, durable trial record,
+    worker round trip) against Optuna's own ``study.optimize`` loop.
+
+Goals: (a) TPE with pruning needs at least 2x fewer trials than random search; (b) parallel efficiency of at least
+1.8x on 2 cores; (c) under 50 ms per trial.
+
+Usage: ``python bench/tuning.py [--quick] [--json results.json]``. ``--quick`` (a couple of minutes) runs (a) with
+30 trials per run and Capstan's side of (a) for TPE only, and smaller (b) and (c).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# bench/ holds other benchmarks (bench/queue.py) that would shadow standard modules: keep it off the path.
+sys.path[:] = [p for p in sys.path if p != os.path.dirname(os.path.abspath(__file__))]
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")  # one core per trial: parallel trials must not fight over BLAS threads
+
+import argparse  # noqa: E402  # after the path and thread settings above
+import json  # noqa: E402
+import statistics  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+import warnings  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from functools import cache  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+EPOCHS = 12
+B_EPOCHS = 40
+"""Epochs per trial in (b): longer trials, so that the measure is of running trials side by side."""
+TARGET = 0.97
+SEEDS = (0, 1, 2, 3, 4)
+SPACE: dict[str, Any] = {
+    "lr": {"type": "float", "min": 1e-5, "max": 1.0, "log": True},
+    "alpha": {"type": "float", "min": 1e-6, "max": 10.0, "log": True},
+    "hidden": {"type": "int", "min": 2, "max": 128, "log": True},
+    "activation": {"type": "categorical", "values": ["relu", "tanh", "logistic"]},
+    "batch_size": {"type": "categorical", "values": [16, 64, 256]},
+}
+TPE = {"name": "tpe", "startup_trials": 5, "multivariate": True}
+MEDIAN = {"kind": "median", "startup_trials": 5, "warmup_steps": 2}
+
+
+# -- the problem (imported by Capstan's worker processes too) ------------------------------------------------------
+@cache
+def digits() -> tuple[Any, Any, Any, Any, Any]:
+    """The scaled train/validation split of scikit-learn's digits, and the classes."""
+    import numpy as np
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+    from sklearn.preprocessing import StandardScaler
+
+    x, y = load_digits(return_X_y=True)
+    x_train, x_val, y_train, y_val = train_test_split(x, y, test_size=0.25, random_state=0, stratify=y)
+    scaler = StandardScaler().fit(x_train)
+    return scaler.transform(x_train), scaler.transform(x_val), y_train, y_val, np.unique(y)
+
+
+def fit(params: dict[str, Any], epochs: int, report: Callable[[float, int], bool]) -> float:
+    """Train the MLP for up to ``epochs``, reporting the validation accuracy after each; ``report`` answers
+    whether to stop (pruned). Returns the last accuracy."""
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.neural_network import MLPClassifier
+
+    x_train, x_val, y_train, y_val, classes = digits()
+    model = MLPClassifier(hidden_layer_sizes=(int(params["hidden"]),), activation=params["activation"],
+                          alpha=params["alpha"], learning_rate_init=params["lr"],
+                          batch_size=int(params["batch_size"]), random_state=0)
+    accuracy = 0.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        warnings.simplefilter("ignore", RuntimeWarning)  # a diverging learning rate overflows: a bad trial
+        for epoch in range(epochs):
+            model.partial_fit(x_train, y_train, classes=classes)
+            accuracy = float(model.score(x_val, y_val))
+            if report(accuracy, epoch):
+                break
+    return accuracy
+
+
+def capstan_trial(params: dict[str, Any]) -> float | None:
+    """The objective as a Capstan function trial."""
+    import capstan
+
+    def report(value: float, step: int) -> bool:
+        capstan.report(value, step)
+        return capstan.should_prune()
+
+    value = fit(params, int(params.get("epochs", EPOCHS)), report)
+    return None if capstan.should_prune() else value
+
+
+def capstan_noop(params: dict[str, Any]) -> float:
+    """A trial that does nothing."""
+    return 0.0
+
+
+# -- runs ---------------------------------------------------------------------------------------------------------
+def optuna_run(algorithm: str, seed: int, trials: int, *, n_jobs: int = 1,
+               epochs: int = EPOCHS) -> tuple[list[tuple[str, float | None, int]], float]:
+    """Optuna directly: ``[(state, value, epochs), ...]`` in trial order, and the wall time."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if algorithm == "tpe":
+        sampler: optuna.samplers.BaseSampler = optuna.samplers.TPESampler(
+            seed=seed, n_startup_trials=TPE["startup_trials"], multivariate=True)
+        pruner: optuna.pruners.BasePruner = optuna.pruners.MedianPruner(
+            n_startup_trials=MEDIAN["startup_trials"], n_warmup_steps=MEDIAN["warmup_steps"])
+    else:
+        sampler, pruner = optuna.samplers.RandomSampler(seed=seed), optuna.pruners.NopPruner()
+    study = optuna.create_study(direction="maximize", sampler=sampler, pruner=pruner)
+
+    def objective(trial: optuna.Trial) -> float:
+        params = {"lr": trial.suggest_float("lr", 1e-5, 1.0, log=True),
+                  "alpha": trial.suggest_float("alpha", 1e-6, 10.0, log=True),
+                  "hidden": trial.suggest_int("hidden", 2, 128, log=True),
+                  "activation": trial.suggest_categorical("activation", ["relu", "tanh", "logistic"]),
+                  "batch_size": trial.suggest_categorical("batch_size", [16, 64, 256])}
+
+        def report(value: float, step: int) -> bool:
+            trial.report(value, step)
+            return trial.should_prune()
+
+        value = fit(params, epochs, report)
+        if trial.should_prune():
+            raise optuna.TrialPruned()
+        return value
+
+    start = time.perf_counter()
+    study.optimize(objective, n_trials=trials, n_jobs=n_jobs)
+    wall = time.perf_counter() - start
+    return [(t.state.name, t.value, len(t.intermediate_values)) for t in study.trials], wall
+
+
+_COUNTER = [0]
+
+
+def capstan_run(home: Path, algorithm: str, seed: int, trials: int, *, parallel: int = 1,
+                function: Callable[..., Any] = capstan_trial,
+                space: dict[str, Any] | None = None) -> tuple[list[tuple[str, float | None, int]], float, float]:
+    """A Capstan study: ``[(state, value, epochs), ...]`` in trial order, the wall time, and the trial span."""
+    from capstan.settings import Settings
+    from capstan.tuning.sdk import Study
+
+    _COUNTER[0] += 1
+    study = Study(f"bench-{algorithm}-{seed}-{_COUNTER[0]}", objective="accuracy", parameters=space or SPACE,
+                  trial=function, algorithm=TPE if algorithm == "tpe" else "random",
+                  early_stopping=MEDIAN if algorithm == "tpe" else None, max_trials=trials,
+                  parallel_trials=parallel, seed=seed, resources={"cpu": "500m"})
+    start = time.perf_counter()
+    result = study.run(settings=Settings.for_home(home), progress=False)
+    wall = time.perf_counter() - start
+    rows = [(t.state if t.state != "FAILED" else "FAIL", t.value, len(t.intermediate)) for t in result.trials]
+    span = (max(t.ended_ms or 0 for t in result.trials) - min(t.started_ms for t in result.trials)) / 1000
+    return rows, wall, span
+
+
+def to_target(rows: list[tuple[str, float | None, int]], target: float) -> tuple[int | None, int]:
+    """Trials (and epochs) until a complete trial reached ``target``; None when none did."""
+    epochs = 0
+    for i, (state, value, steps) in enumerate(rows):
+        epochs += steps
+        if state == "COMPLETE" and value is not None and value >= target:
+            return i + 1, epochs
+    return None, epochs
+
+
+def _median(values: list[int | None], cap: int) -> float:
+    """The median, counting a run that never reached the target as ``cap + 1`` trials (a lower bound)."""
+    return statistics.median([v if v is not None else cap + 1 for v in values])
+
+
+# -- the three measurements ---------------------------------------------------------------------------------------
+def part_a(home: Path, trials: int, capstan_algorithms: tuple[str, ...]) -> dict[str, Any]:
+    runs: dict[tuple[str, str], list[list[tuple[str, float | None, int]]]] = {}
+    for algorithm in ("tpe", "random"):
+        runs[("optuna", algorithm)] = [optuna_run(algorithm, seed, trials)[0] for seed in SEEDS]
+        print(f"  (a) optuna {algorithm}: done", flush=True)
+    for algorithm in capstan_algorithms:
+        runs[("capstan", algorithm)] = [capstan_run(home, algorithm, seed, trials)[0] for seed in SEEDS]
+        print(f"  (a) capstan {algorithm}: done", flush=True)
+    best = max(v for rows in runs.values() for run in rows for s, v, _ in run if s == "COMPLETE" and v is not None)
+    target = TARGET * best
+    out: dict[str, Any] = {"trials_per_run": trials, "best_accuracy": best, "target": target, "seeds": list(SEEDS)}
+    for (system, algorithm), all_rows in runs.items():
+        reached = [to_target(rows, target) for rows in all_rows]
+        out[f"{system}_{algorithm}"] = {
+            "trials_to_target": [r[0] for r in reached], "epochs_to_target": [r[1] for r in reached],
+            "median_trials": _median([r[0] for r in reached], trials),
+            "median_epochs": statistics.median(r[1] for r in reached),
+            "pruned": [sum(1 for s, _, _ in rows if s == "PRUNED") for rows in all_rows]}
+    for system in ("optuna", "capstan"):
+        if f"{system}_tpe" in out and f"{system}_random" in out:
+            out[f"{system}_ratio"] = out[f"{system}_random"]["median_trials"] / out[f"{system}_tpe"]["median_trials"]
+    if "capstan_tpe" in out:
+        out["same_sequences_as_optuna"] = [
+            [(s, v) for s, v, _ in c] == [(s, v) for s, v, _ in o]
+            for c, o in zip(runs[("capstan", "tpe")], runs[("optuna", "tpe")], strict=True)]
+    return out
+
+
+def part_b(home: Path, trials: int) -> dict[str, Any]:
+    out: dict[str, Any] = {"trials": trials, "epochs": B_EPOCHS}
+    space = SPACE | {"epochs": {"type": "categorical", "values": [B_EPOCHS]}}
+    for parallel in (1, 2):
+        _rows, wall, span = capstan_run(home, "random", 0, trials, parallel=parallel, space=space)
+        out[f"capstan_{parallel}"] = {"wall_s": wall, "span_s": span}
+        _rows2, owall = optuna_run("random", 0, trials, n_jobs=parallel, epochs=B_EPOCHS)
+        out[f"optuna_{parallel}"] = {"wall_s": owall}
+        print(f"  (b) {parallel} at a time: done", flush=True)
+    out["capstan_speedup_wall"] = out["capstan_1"]["wall_s"] / out["capstan_2"]["wall_s"]
+    out["capstan_speedup_span"] = out["capstan_1"]["span_s"] / out["capstan_2"]["span_s"]
+    out["optuna_speedup"] = out["optuna_1"]["wall_s"] / out["optuna_2"]["wall_s"]
+    return out
+
+
+def part_c(home: Path, trials: int) -> dict[str, Any]:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    start = time.perf_counter()
+    study.optimize(lambda t: t.suggest_float("x", 0.0, 1.0) * 0, n_trials=trials)
+    optuna_ms = (time.perf_counter() - start) / trials * 1000
+    _rows, wall, span = capstan_run(home, "random", 0, trials, function=capstan_noop,
+                                    space={"x": {"type": "float", "min": 0.0, "max": 1.0}})
+    print("  (c): done", flush=True)
+    return {"trials": trials, "optuna_ms": optuna_ms, "capstan_ms_total": wall / trials * 1000,
+            "capstan_ms_steady": span / trials * 1000, "capstan_start_s": wall - span}
+
+
+def report(results: dict[str, Any]) -> None:
+    a, b, c = results["a"], results["b"], results["c"]
+    print()
+    print(f"(a) trials to reach {TARGET:.0%} of the best accuracy ({a['best_accuracy']:.4f} -> target "
+          f"{a['target']:.4f}), median over {len(a['seeds'])} seeds, {a['trials_per_run']} trials per run:")
+    print(f"    {'':<22}{'TPE + median pruning':>22}{'random search':>16}{'ratio':>8}   "
+          "epochs to target (TPE / random)")
+    for system in ("optuna", "capstan"):
+        tpe, rnd = a.get(f"{system}_tpe"), a.get(f"{system}_random")
+        if tpe is None:
+            continue
+        ratio = f"{a[f'{system}_ratio']:.2f}x" if f"{system}_ratio" in a else "-"
+        random_text = f"{rnd['median_trials']:g}" if rnd else "-"
+        epochs = f"{tpe['median_epochs']:g} / {rnd['median_epochs']:g}" if rnd else f"{tpe['median_epochs']:g} / -"
+        print(f"    {system:<22}{tpe['median_trials']:>22g}{random_text:>16}{ratio:>8}   {epochs}")
+        print(f"    {'':<22}per seed: TPE {tpe['trials_to_target']}" + (f", random {rnd['trials_to_target']}"
+                                                                          if rnd else ""))
+    if "same_sequences_as_optuna" in a:
+        print(f"    Capstan's TPE runs match Optuna's trial for trial: {a['same_sequences_as_optuna']}")
+    print(f"(b) {b['trials']} random-search trials of {b['epochs']} epochs, wall time 1 vs 2 at a time:")
+    print(f"    capstan  {b['capstan_1']['wall_s']:.1f}s vs {b['capstan_2']['wall_s']:.1f}s = "
+          f"{b['capstan_speedup_wall']:.2f}x (trial span {b['capstan_1']['span_s']:.1f}s vs "
+          f"{b['capstan_2']['span_s']:.1f}s = {b['capstan_speedup_span']:.2f}x)")
+    print(f"    optuna   {b['optuna_1']['wall_s']:.1f}s vs {b['optuna_2']['wall_s']:.1f}s = "
+          f"{b['optuna_speedup']:.2f}x (n_jobs=2: threads)")
+    print(f"(c) no-op objective, {c['trials']} trials: capstan {c['capstan_ms_total']:.1f} ms per trial "
+          f"({c['capstan_ms_steady']:.1f} ms once its workers run; {c['capstan_start_s']:.1f}s to start), optuna "
+          f"{c['optuna_ms']:.2f} ms per trial")
+    goals = [("TPE+pruning >= 2x fewer trials (Capstan)", a.get("capstan_ratio", a.get("optuna_ratio", 0)) >= 2),
+             ("parallel efficiency >= 1.8x (trial span)", b["capstan_speedup_span"] >= 1.8),
+             ("overhead < 50 ms per trial", c["capstan_ms_total"] < 50)]
+    print("goals: " + "; ".join(f"{name}: {'met' if ok else 'NOT met'}" for name, ok in goals))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help="smaller runs (a couple of minutes)")
+    parser.add_argument("--json", type=Path, default=None, help="write the results to this file")
+    args = parser.parse_args()
+    import multiprocessing
+
+    cores = multiprocessing.cpu_count()
+    with tempfile.TemporaryDirectory(prefix="capstan-bench-tuning-") as folder:
+        home = Path(folder) / "home"
+        print(f"bench/tuning.py on {cores} CPUs ({'quick' if args.quick else 'full'})", flush=True)
+        results = {"cores": cores, "quick": args.quick,
+                   "a": part_a(home, 30 if args.quick else 60, ("tpe",) if args.quick else ("tpe", "random")),
+                   "b": part_b(home, 12 if args.quick else 32),
+                   "c": part_c(home, 100 if args.quick else 300)}
+    report(results)
+    if args.json is not None:
+        args.json.write_text(json.dumps(results, indent=2))
+        print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
