@@ -252,6 +252,10 @@ _NATIVE: dict[str, Rule] = {
     "POST /api/v1/runs/{run_id}/batch": Rule("write", lambda w: Req(f"{V1}/runs/{w.run()}/batch",
                                                                     {"metrics": [_metric()]})),
     "GET /api/v1/runs/{run_id}/metrics/{key:path}": Rule("read", lambda w: Req(f"{V1}/runs/{w.run()}/metrics/m")),
+    "GET /api/v1/runs/{run_id}/metric-series/{key:path}": Rule("read", lambda w: Req(
+        f"{V1}/runs/{w.run()}/metric-series/m")),
+    "GET /api/v1/metrics/series": Rule("read", lambda w: Req(f"{V1}/metrics/series",
+                                                             params={"run_id": [w.run()], "key": "m"})),
     "DELETE /api/v1/runs/{run_id}/tags/{key:path}": Rule("write", lambda w: Req(
         f"{V1}/runs/{w.run(True, tag=True)}/tags/t")),
     "POST /api/v1/runs/{run_id}/outputs": Rule("write", lambda w: Req(
@@ -414,6 +418,10 @@ _NATIVE: dict[str, Rule] = {
     "GET /api/v1/studies": Rule("read", lambda w: Req(f"{V1}/studies")),
     "GET /api/v1/studies/{name}": Rule("read", lambda w: Req(f"{V1}/studies/no-such-study"), ok=(404,),
                                        note="a missing study answers 404"),
+    # workload timelines (`capstan describe`): read in the request's project, checked before the workload is looked up
+    # (a workload of another project answers 404 like a missing one)
+    "GET /api/v1/timeline/{kind}/{ident:path}": Rule("read", lambda w: Req(f"{V1}/timeline/job/no-such-job-000000"),
+                                                     ok=(404,), note="a missing workload answers 404"),
 }
 
 
