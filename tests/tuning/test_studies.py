@@ -170,3 +170,27 @@ def test_a_training_job_trial_runs_as_a_gang_and_its_run_is_the_trial_run(settin
     finally:
         backend.close()
         services.close()
+
+
+def test_a_trial_the_queue_can_never_admit_is_refused_before_anything_starts(settings: Settings,
+                                                                            tmp_path: Path) -> None:
+    from capstan.errors import InvalidParameterValue
+    from capstan.tuning.spec import parse_study_spec
+
+    _apply(settings, 2)
+    (tmp_path / "job.py").write_text(JOB_SCRIPT)
+    base = {"name": "never", "objective": {"metric": "score"}, "working_dir": str(tmp_path),
+            "parameters": {"x": {"type": "float", "min": 0.0, "max": 1.0}}}
+    gang = parse_study_spec(base | {"trial": {"job": {"entry": "job.py", "workers": 4, "cpu": 1}}})
+    with pytest.raises(InvalidParameterValue, match=r"^study\.trial\.job\.workers: the gang of 4 worker\(s\) can "
+                                                    r"never be admitted"):
+        run(settings, gang)
+    big = spec("never", "quadratic", resources={"cpu": 3})
+    with pytest.raises(InvalidParameterValue, match=r"^study\.resources: the queue can never admit a trial: "
+                                                    r"requests 3 CPU"):
+        run(settings, big)
+    services = Services.open(settings)
+    try:
+        assert services.studies.list() == []
+    finally:
+        services.close()

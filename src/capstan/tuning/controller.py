@@ -138,6 +138,7 @@ class StudyController:
         """Run (or resume) the study to its end and return it. Ctrl-C stops it (``Stopped``; running it again
         resumes it). `InvalidParameterValue` for a spec that cannot run, before anything starts."""
         check_study(self.spec, project=self.project, admission=self._admission_factory, function=self.function)
+        self._check_job()
         record = self._open()
         if record.done:
             return self.result()
@@ -146,6 +147,7 @@ class StudyController:
             self._loop()
         except KeyboardInterrupt:
             self._halt()
+            self._withdraw_waiting()  # no quota is held for a stopped study; its running trials re-run on resume
             self._finish("Stopped", "Interrupted", "stopped (Ctrl-C); run it again to resume")
             raise
         except BaseException as exc:
@@ -162,6 +164,21 @@ class StudyController:
         assert self.record is not None
         stored = self.store.get(self.project, self.spec.name) or self.record
         return StudyResult(stored, tuple(self.store.trials(self.project, self.spec.name)))
+
+    def _check_job(self) -> None:
+        """A training-job trial's gang must fit the queue: checked by the job runner before anything starts."""
+        trial = self.spec.trial
+        if not isinstance(trial, JobTrial) or self.jobs is None:
+            return
+        job = dataclasses.replace(trial.job, working_dir=trial.job.working_dir or str(working_dir_of(self.spec)),
+                                  queue=trial.job.queue or self.spec.queue,
+                                  priority=trial.job.priority or self.spec.priority)
+        try:
+            self.jobs().check(job, project=self.project)
+        except InvalidParameterValue as exc:
+            message = exc.message
+            raise InvalidParameterValue(f"study.trial.{message}" if message.startswith("job.") else message) \
+                from None
 
     def _open(self) -> StudyRecord:
         """The stored study (created when new), claimed by this controller; a finished one is returned as it is

@@ -108,6 +108,10 @@ def _run_one(fn: Callable[..., Any], connection: Connection, number: int, params
             run = fluent.start_run(run_id=run_id)
         result = fn(dict(params))
         return "ok", _plain(result), ""
+    except SystemExit as exc:  # sys.exit() in a trial ends the trial, not the worker
+        if exc.code in (None, 0):
+            return "ok", None, ""
+        return "error", None, f"the trial called sys.exit({exc.code!r})"
     except Exception:  # noqa: BLE001  # any failure of the user's function fails the trial, with its traceback
         return "error", None, traceback.format_exc()
     finally:
