@@ -65,10 +65,15 @@ def current() -> TrialContext | None:
         return None
     if settings.rank not in (None, 0):
         return None  # in a training-job trial only rank 0 reports
+    from multiprocessing import AuthenticationError
     from multiprocessing.connection import Client
 
-    connection = Client(settings.trial_address, authkey=bytes.fromhex(settings.trial_key))
-    connection.send(("hello", settings.trial_number))
+    try:
+        connection = Client(settings.trial_address, authkey=bytes.fromhex(settings.trial_key))
+        connection.send(("hello", settings.trial_number))
+    except (OSError, ValueError, AuthenticationError):
+        return None  # the controller is gone (the trial runs on, unreported) or the variables are not its
+
     context = TrialContext(settings.trial_number, connection)
     _CURRENT[0] = context
     return context
@@ -97,8 +102,11 @@ def report(value: float, step: int | None = None, *, metrics: Mapping[str, float
     with context.lock:
         at = context.reports if step is None else step
         context.reports += 1
-        context.connection.send(("report", context.number, number, at, extra))
-        reply = context.connection.recv()
+        try:
+            context.connection.send(("report", context.number, number, at, extra))
+            reply = context.connection.recv()
+        except (OSError, EOFError):
+            return  # the controller went away: it will re-run this trial when it resumes
         context.prune = context.prune or bool(reply[1])
 
 
