@@ -5,11 +5,11 @@ Kinds (``describe`` and ``/api/v1/timeline`` take these names, their aliases, or
 ========================  ==========================  =================================================
 kind                      id                          aliases
 ========================  ==========================  =================================================
-``run``                   a tracking run id           ``tracking-run``
+``run``                   a tracking run id
 ``pipeline-run``          a pipeline run id (prefix)  ``pipeline``, ``prun``
-``step``                  ``RUN/STEP``                ``pipeline-step``
-``job``                   a training job id           ``training-job``
-``trial``                 ``STUDY/NUMBER``            ``study-trial``
+``step``                  ``RUN/STEP``
+``job``                   a training job id
+``trial``                 ``STUDY/NUMBER``
 ``workload``              a queue workload id         ``wl``
 ``deployment``            a deployment name           ``deploy``
 ========================  ==========================  =================================================
@@ -32,8 +32,7 @@ from capstan.troubleshoot.timeline import Timeline
 __all__ = ["ALIASES", "KINDS", "TimelineReader", "parse_ref", "resolve_kind"]
 
 KINDS = ("run", "pipeline-run", "step", "job", "trial", "workload", "deployment")
-ALIASES = {"tracking-run": "run", "pipeline": "pipeline-run", "prun": "pipeline-run", "pipeline-step": "step",
-           "training-job": "job", "study-trial": "trial", "wl": "workload", "deploy": "deployment"}
+ALIASES = {"pipeline": "pipeline-run", "prun": "pipeline-run", "wl": "workload", "deploy": "deployment"}
 MAX_ID = 1024
 
 

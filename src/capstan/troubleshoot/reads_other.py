@@ -11,11 +11,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING
 
 from capstan.errors import CapstanError, ResourceDoesNotExist
 from capstan.resources.quantity import MILLI
-from capstan.troubleshoot.classify import Facts, Phase, classify
+from capstan.troubleshoot.classify import Diagnosis, Facts, Phase, classify
 from capstan.troubleshoot.sources import (
     QueueView,
     Scope,
@@ -74,10 +75,26 @@ def workload_timeline(sources: Sources, scope: Scope, workload_id: str) -> Timel
     limit = view.memory_request()
     peaks = (Peak("memory", None, limit, "each pod (the request)"),) if limit else ()
     owner = workload_owner(record.id)
+    diagnosis = classify(facts)
+    if phase in ("succeeded", "cancelled") and owner is not None:
+        diagnosis = _owner_diagnosis(sources, scope, owner, record.workload.project) or diagnosis
     return Timeline("workload", record.id, record.workload.project, record.state, record.reason.value,
-                    record.message, classify(facts), merged, peaks, related=(owner,) if owner else (),
+                    record.message, diagnosis, merged, peaks, related=(owner,) if owner else (),
                     created_ms=record.submitted_at, started_ms=record.admitted_at, ended_ms=record.finished_at,
                     truncated=truncated)
+
+
+def _owner_diagnosis(sources: Sources, scope: Scope, owner: Related, project: str) -> Diagnosis | None:
+    """How the work of an ended workload went (its quota was returned either way): its owner's diagnosis, when the
+    owner can be read."""
+    from capstan.troubleshoot.reads_jobs import job_timeline
+    from capstan.troubleshoot.reads_pipelines import step_timeline
+
+    readers = {"job": job_timeline, "step": step_timeline, "deployment": deployment_timeline}
+    try:
+        return readers[owner.kind](sources, dataclasses.replace(scope, project=project), owner.id).diagnosis
+    except CapstanError:  # the owner is gone (deleted, garbage-collected): the queue's record is all there is
+        return None
 
 
 # -- deployments ---------------------------------------------------------------------------------------------------
