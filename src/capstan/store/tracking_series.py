@@ -55,16 +55,14 @@ def read_series(tx: RawTx, dialect: str, rid: int, key_id: int, run_id: str, key
     counted = tx.one(f"SELECT count(*) FROM (SELECT 1 FROM metrics WHERE {where} LIMIT ?) w",
                      [*params, RAW_LIMIT + 1])
     if counted is not None and int(counted[0]) <= RAW_LIMIT:
-        buckets = _in_memory(tx, column, where, params, query.max_points)
+        buckets = _in_memory(tx, column, where, params, query.max_points, origin or 0)
     else:
         lo, hi = _extent(tx, column, where, params)
         grid = Grid.over(lo, hi, query.max_points)
         if column == "step":
             buckets = _per_bucket(tx, dialect, rid, key_id, grid, hi)
         else:
-            buckets = _grouped(tx, rid, key_id, grid, hi)
-    if origin:
-        buckets = tuple(b._replace(x=b.x - origin) for b in buckets)
+            buckets = _grouped(tx, rid, key_id, grid, hi, origin or 0)
     return MetricSeries(run_id, key, query.x, sum(b.points for b in buckets), buckets, origin)
 
 
@@ -79,11 +77,13 @@ def _window(column: str, rid: int, key_id: int, low: int | None, high: int | Non
     return " AND ".join(where), params
 
 
-def _in_memory(tx: RawTx, column: str, where: str, params: list[Any], max_points: int) -> tuple[Bucket, ...]:
+def _in_memory(tx: RawTx, column: str, where: str, params: list[Any], max_points: int,
+               origin: int) -> tuple[Bucket, ...]:
     other = "timestamp" if column == "step" else "step"
-    rows = tx.all(f"SELECT {column}, value, is_nan FROM metrics WHERE {where} ORDER BY {column}, {other}", params)
+    rows = tx.all(f"SELECT {column}, value, is_nan FROM metrics WHERE {where} ORDER BY {column}, {other}, value",
+                  params)
     nan = float("nan")
-    return downsample([r[0] for r in rows], [nan if r[2] else r[1] for r in rows], max_points)
+    return downsample([r[0] - origin for r in rows], [nan if r[2] else r[1] for r in rows], max_points)
 
 
 def _extent(tx: RawTx, column: str, where: str, params: list[Any]) -> tuple[int, int]:
@@ -126,10 +126,13 @@ def _per_bucket(tx: RawTx, dialect: str, rid: int, key_id: int, grid: Grid, hi: 
     return tuple(buckets)
 
 
-def _grouped(tx: RawTx, rid: int, key_id: int, grid: Grid, hi: int) -> tuple[Bucket, ...]:
-    sql = (f"SELECT {_EXACT.format(x='timestamp')} FROM metrics WHERE {_RANGE.format(x='timestamp')} "
+def _grouped(tx: RawTx, rid: int, key_id: int, grid: Grid, hi: int, origin: int) -> tuple[Bucket, ...]:
+    """Every bucket of the time window in one ``GROUP BY``; x means are taken after subtracting ``origin`` (the
+    relative axis), so they keep their precision."""
+    sql = (f"SELECT {_EXACT.format(x='timestamp - CAST(? AS BIGINT)')} FROM metrics "
+           f"WHERE {_RANGE.format(x='timestamp')} "
            "GROUP BY (timestamp - CAST(? AS BIGINT)) / CAST(? AS BIGINT) ORDER BY min(timestamp)")
-    rows = tx.all(sql, (*_EXACT_PARAMS, rid, key_id, grid.lo, hi, grid.lo, grid.width))
+    rows = tx.all(sql, (origin, *_EXACT_PARAMS, rid, key_id, grid.lo, hi, grid.lo, grid.width))
     return tuple(_exact_bucket(row) for row in rows)
 
 
