@@ -39,7 +39,8 @@
         traces.push({ x: s.x, y: s.low, mode: "lines", line: { width: 0, color: color }, fill: "tonexty",
                       fillcolor: color + "33", hoverinfo: "skip", showlegend: false, legendgroup: s.name });
       }
-      traces.push({ x: s.x, y: charts.smooth(s.y, options.smoothing || 0), mode: "lines", name: s.name,
+      traces.push({ x: s.x, y: charts.smooth(s.y, options.smoothing || 0), name: s.name,
+                    mode: s.x.length <= 50 ? "lines+markers" : "lines", marker: { size: 5, color: color },
                     line: { color: color, width: 1.5 }, legendgroup: s.name });
     });
     var layout = {
