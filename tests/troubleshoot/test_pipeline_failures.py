@@ -125,7 +125,7 @@ def test_a_finished_workload_takes_its_owners_diagnosis(services: Services, fail
     ("trial/study", InvalidParameterValue, "id: a trial is named STUDY/NUMBER"),
     ("trial/study/1", ResourceDoesNotExist, "study 'study' does not exist in project 'default'"),
     ("deployment/nope", ResourceDoesNotExist, "deployment 'nope' does not exist in project 'default'"),
-    ("run/" + "0" * 32, ResourceDoesNotExist, "0" * 32),
+    ("run/" + "0" * 32, ResourceDoesNotExist, f"run {'0' * 32!r} does not exist"),
     ("pod/x", InvalidParameterValue, "kind: unknown kind 'pod' (kinds: run, pipeline-run (pipeline, prun), step"),
     ("job", InvalidParameterValue, "KIND/ID: expected a kind and an id"),
 ])

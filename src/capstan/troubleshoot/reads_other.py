@@ -178,7 +178,10 @@ def _deployment_facts(record: DeploymentRecord, replicas: tuple[ReplicaRecord, .
 # -- tracking runs -------------------------------------------------------------------------------------------------
 def run_timeline(sources: Sources, scope: Scope, run_id: str) -> Timeline:
     """The timeline of tracking run ``run_id``; a run a training job logs to takes the job's diagnosis and log."""
-    run = sources.tracking.get_run(run_id)
+    try:
+        run = sources.tracking.get_run(run_id)
+    except ResourceDoesNotExist:
+        raise ResourceDoesNotExist(f"run {run_id!r} does not exist") from None
     info = run.info
     project = sources.tracking.get_experiment(info.experiment_id).project
     scope.check(f"run {run_id!r}", project)

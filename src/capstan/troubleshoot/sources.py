@@ -65,9 +65,10 @@ class Scope:
     limit: int = MAX_ITEMS
 
     def check(self, what: str, project: str) -> None:
-        """`ResourceDoesNotExist` naming ``what`` when ``project`` is not the one the caller may see."""
+        """`ResourceDoesNotExist` naming ``what`` when ``project`` is not the one the caller may see: the message a
+        missing one gets (``job 'x' does not exist``), so an answer never tells that it exists elsewhere."""
         if self.only_project is not None and project != self.only_project:
-            raise ResourceDoesNotExist(f"{what} does not exist in project {self.only_project!r}")
+            raise ResourceDoesNotExist(f"{what} does not exist")
 
 
 def object_events(events: EventLog, kind: str, object_id: str) -> list[Event]:
