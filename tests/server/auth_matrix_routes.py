@@ -219,9 +219,36 @@ _ARTIFACTS: dict[str, Rule] = {
         note="declined with 501 NOT_IMPLEMENTED before anything is read or written"),
 }
 
+UI_PAGES: dict[str, Rule] = {
+    "GET /ui": Rule("authenticated", lambda w: Req("/ui"), ok=(303,), note="redirects to /ui/experiments"),
+    "GET /ui/": Rule("authenticated", lambda w: Req("/ui/"), ok=(303,), note="redirects to /ui/experiments"),
+    "GET /ui/login": Rule("public", lambda w: Req("/ui/login"), note="the login form"),
+    "POST /ui/login": Rule("public", lambda w: Req("/ui/login", content=b"token=",
+                                                   headers={"Content-Type": "application/x-www-form-urlencoded"}),
+                           ok=(400,), note="starts a session from a token (an empty one answers 400)"),
+    "POST /ui/logout": Rule("authenticated", lambda w: Req("/ui/logout"), ok=(303,),
+                            note="ends the session (cookie callers need the CSRF token)"),
+    "GET /ui/static/{path:path}": Rule("public", lambda w: Req("/ui/static/ui.css"), note="the UI's css and scripts"),
+    "GET /ui/assets/plotly.min.js": Rule("public", lambda w: Req("/ui/assets/plotly.min.js"),
+                                         note="plotly.js from the installed plotly package"),
+    "GET /ui/{path:path}": Rule("authenticated", lambda w: Req("/ui/no-such-page"), ok=(404,),
+                                note="any other /ui path: the 404 page"),
+    "GET /ui/experiments": Rule("read", lambda w: Req("/ui/experiments", params={"project": PROJECT})),
+    "GET /ui/experiments/{experiment_id}": Rule("read", lambda w: Req(f"/ui/experiments/{w.experiment()}")),
+    "GET /ui/runs/{run_id}": Rule("read", lambda w: Req(f"/ui/runs/{w.run()}")),
+    "GET /ui/compare": Rule("read", lambda w: Req("/ui/compare", params={"run_id": [w.run(), w.run(True)]})),
+    "GET /api/v1/views/experiments/{experiment_id}/runs": Rule("read", lambda w: Req(
+        f"{V1}/views/experiments/{w.experiment()}/runs", params={"column": "metrics.m"})),
+    "GET /api/v1/views/runs/{run_id}": Rule("read", lambda w: Req(f"{V1}/views/runs/{w.run()}")),
+    "GET /api/v1/views/compare": Rule("read", lambda w: Req(f"{V1}/views/compare",
+                                                            params={"run_id": [w.run(), w.run(True)]})),
+}
+"""The web UI's routes (`capstan.ui`); `test_auth_matrix` expects the page behaviour for paths under ``/ui``."""
+
+
 _NATIVE: dict[str, Rule] = {
     "GET /health": Rule("public", lambda w: Req("/health")),
-    "GET /": Rule("public", lambda w: Req("/"), note="names the server and links to the docs"),
+    "GET /": Rule("public", lambda w: Req("/"), note="opens the web UI (JSON naming the server for API clients)"),
     "GET /api/v1/docs/assets/{path:path}": Rule("authenticated", lambda w: Req("/api/v1/docs/assets/swagger-ui.css")),
     "GET /metrics": Rule("authenticated", lambda w: Req("/metrics")),
     "GET /api/v1/openapi.json": Rule("authenticated", lambda w: Req("/api/v1/openapi.json")),
@@ -422,6 +449,9 @@ _NATIVE: dict[str, Rule] = {
     # (a workload of another project answers 404 like a missing one)
     "GET /api/v1/timeline/{kind}/{ident:path}": Rule("read", lambda w: Req(f"{V1}/timeline/job/no-such-job-000000"),
                                                      ok=(404,), note="a missing workload answers 404"),
+    # the web UI (capstan.ui): pages under /ui check the same permission as their JSON twins under
+    # /api/v1/views; without a credential a page redirects to /ui/login (303), and a denied page is a 403 page
+    **UI_PAGES,
 }
 
 
@@ -466,9 +496,10 @@ def render_markdown() -> str:
         "**admin** that permission in the project of the object (for create, list and search: the project named "
         "by `X-Capstan-Project`; viewers hold read, editors read and write, project admins all three); "
         "**server-admin** server admins only; **self-or-server-admin** the caller's own user or token, otherwise "
-        "server admins. Without a valid credential every route but `/health` answers 401; with one but without "
-        "the permission, 403. Every MLflow route under `/api/...` is also served under `/ajax-api/...` with the "
-        "same rule.",
+        "server admins. Without a valid credential every route but the public ones answers 401 (a web UI page "
+        "under `/ui` asked without any credential redirects to `/ui/login` instead); with one but without the "
+        "permission, 403 (an HTML page for `/ui` pages). Every MLflow route under `/api/...` is also served under "
+        "`/ajax-api/...` with the same rule.",
         "",
         "| Method | Route | Permission | Note |",
         "|---|---|---|---|",

@@ -330,15 +330,20 @@ def test_route_enforces_its_permission(world: Live, route: LiveRoute) -> None:
     rule = POLICY.get(route.key)
     assert rule is not None, f"{route.key} has no rule in auth_matrix_routes.POLICY"
     problems: list[str] = []
+    page = route.template.startswith("/ui")  # web UI pages answer browsers: a redirect and HTML error pages
     for caller in CALLERS:
         response = _send(world, route, caller, rule.build(world))
         status = response.status_code
-        if rule.permission != "public" and caller in ("anonymous", "bad-token"):
+        if rule.permission != "public" and caller == "anonymous" and page:
+            expected = "303 to /ui/login"
+            good = status == 303 and response.headers["location"].startswith("/ui/login?next=")
+        elif rule.permission != "public" and caller in ("anonymous", "bad-token"):
             expected = "401 UNAUTHENTICATED"
             good = status == 401 and response.json().get("error_code") == "UNAUTHENTICATED"
         elif caller in DENIED[rule.permission]:
             expected = "403 PERMISSION_DENIED"
-            good = status == 403 and response.json().get("error_code") == "PERMISSION_DENIED"
+            good = status == 403 and (response.headers["content-type"].startswith("text/html") if page
+                                      else response.json().get("error_code") == "PERMISSION_DENIED")
         else:
             expected = f"2xx{'/' + '/'.join(map(str, rule.ok)) if rule.ok else ''}"
             good = 200 <= status < 300 or status in rule.ok
