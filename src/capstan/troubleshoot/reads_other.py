@@ -39,6 +39,8 @@ _WORKLOAD_PHASES: dict[str, Phase] = {"Pending": "pending", "Admitted": "running
 _RUN_PHASES: dict[str, Phase] = {"RUNNING": "running", "SCHEDULED": "pending", "FINISHED": "succeeded",
                                  "FAILED": "failed", "KILLED": "cancelled"}
 _CRASHES = frozenset({"ReplicaCrashed", "ModelLoadFailed"})
+_DEPLOYMENT_PHASES: dict[str, Phase] = {"ready": "running", "scaled-to-zero": "running", "starting": "running"}
+_CHANGES = frozenset({"Created", "Applied", "Promoted", "RolledBack", "Scaled"})
 
 
 def workload_owner(workload_id: str) -> Related | None:
@@ -106,8 +108,10 @@ def deployment_timeline(sources: Sources, scope: Scope, name: str) -> Timeline:
     replicas = sources.deployments.replicas(scope.project, name)
     source = f"deployment/{name}"
     events = object_events(sources.events, "deployment", f"{record.project}/{name}")
-    items = [TimelineItem(record.created_ms, "state", source, f"deployment created: {record.spec.model.uri}",
-                          "info", "Created"), *event_items(events, source=source)]
+    items = event_items(events, source=source)
+    if not any(e.reason == "Created" for e in events):
+        items.insert(0, TimelineItem(record.created_ms, "state", source, f"deployment created: "
+                                     f"{record.spec.model.uri}", "info", "Created"))
     waiting = [r for r in replicas if r.state == "pending"]
     views = [v for v in (queue_view(sources, [_replica_workload(record, r)]) for r in waiting) if v is not None]
     for view in views:
@@ -117,16 +121,14 @@ def deployment_timeline(sources: Sources, scope: Scope, name: str) -> Timeline:
                                   f"replica {replica.id} ({replica.role}, {replica.model_version}) {replica.state}"
                                   + (f": {replica.message}" if replica.message else ""),
                                   "error" if replica.state == "failed" else "info", replica.state.capitalize()))
-    state, phase = _deployment_state(record, replicas)
-    crash = next((e for e in reversed(events) if e.reason in _CRASHES), None)
-    tail = tail_lines(str(crash.data.get("output") or ""), scope.tail) if crash is not None and phase == "failed" \
-        else ()
+    state, phase, crash = _deployment_state(record, replicas, events)
+    tail = tail_lines(str(crash.data.get("output") or ""), scope.tail) if crash is not None else ()
     facts = _deployment_facts(record, replicas, phase, crash, tail, views)
     merged, truncated = merge(items, limit=scope.limit)
     memory = record.spec.resources.memory_milli
     peaks = (Peak("memory", None, memory // MILLI, "each replica (the request)"),) if memory else ()
     related = tuple(Related("workload", v.record.id, "replica workload") for v in views)
-    return Timeline("deployment", name, record.project, state, crash.reason if crash and phase == "failed" else "",
+    return Timeline("deployment", name, record.project, state, crash.reason if crash is not None else "",
                     facts.message, classify(facts), merged, peaks, tail,
                     f"output of replica {crash.data.get('replica')}" if tail and crash is not None else "", related,
                     created_ms=record.created_ms, truncated=truncated)
@@ -136,17 +138,19 @@ def _replica_workload(record: DeploymentRecord, replica: ReplicaRecord) -> str:
     return f"deployment/{record.project}/{record.name}/{replica.id}"
 
 
-def _deployment_state(record: DeploymentRecord, replicas: tuple[ReplicaRecord, ...]) -> tuple[str, Phase]:
-    ready = sum(1 for r in replicas if r.state == "ready")
-    if any(r.state == "failed" for r in replicas):
-        return f"Degraded ({ready} ready)", "failed"
-    if ready:
-        return f"Ready ({ready} ready of {record.desired_replicas} desired)", "running"
-    if not replicas and record.desired_replicas == 0:
-        return "ScaledToZero", "running"
-    if any(r.state == "starting" for r in replicas):
-        return "Starting", "running"
-    return "Pending", "pending"
+def _deployment_state(record: DeploymentRecord, replicas: tuple[ReplicaRecord, ...],
+                      events: list[Event]) -> tuple[str, Phase, Event | None]:
+    """The deployment's state as ``capstan deployments status`` names it, the phase, and the crash that explains it
+    when no replica is ready and one crashed since the last change (a crash loop waiting for its restart)."""
+    from capstan.serving.manage import deployment_state
+
+    state = deployment_state(record, list(replicas))
+    changed = max((e.time for e in events if e.reason in _CHANGES), default=0)
+    crash = next((e for e in reversed(events) if e.reason in _CRASHES and e.time >= changed), None)
+    if state == "failed" or (state in ("starting", "pending") and crash is not None):
+        restarts = sum(r.restarts for r in replicas)
+        return (f"{state} (crash loop, {restarts} restart(s))" if state != "failed" else state), "failed", crash
+    return state, _DEPLOYMENT_PHASES.get(state, "pending"), None
 
 
 def _deployment_facts(record: DeploymentRecord, replicas: tuple[ReplicaRecord, ...], phase: Phase,
@@ -158,8 +162,8 @@ def _deployment_facts(record: DeploymentRecord, replicas: tuple[ReplicaRecord, .
                      exit_code=code if isinstance(code, int) and code >= 0 else None, log_tail=tail,
                      earlier=(f"{restarts} replica restart(s)",) if restarts else ())
     if phase == "failed":
-        failed = next(r for r in replicas if r.state == "failed")
-        return Facts("deployment", "failed", "ReplicaFailed", failed.message)
+        failed = next((r for r in replicas if r.state == "failed"), None)
+        return Facts("deployment", "failed", "ReplicaFailed", failed.message if failed else "its replicas fail")
     if phase == "pending":
         if views:
             view = views[0]
