@@ -1,4 +1,5 @@
-"""``GET /`` (a page naming the server, public) and ``/api/v1/docs`` served with no CDN, in-process."""
+"""``GET /`` (a page that opens the web UI, public) and ``/api/v1/docs`` served with no CDN, in-process (the
+fragment of an MLflow link is followed in real Chromium by tests/ui)."""
 
 from __future__ import annotations
 
@@ -59,10 +60,15 @@ def test_root_is_an_html_page_naming_the_server(client: TestClient) -> None:
     links = _refs(page)
     for path in ("/api/v1/docs", "/api/v1/openapi.json", "/health", "/metrics"):
         assert path in links, path
-    assert "#/experiments/" in page and "capstan runs show" in page  # the mlflow client's links land here
+    assert "#/experiments/" in page  # the mlflow client's links land here; the script opens their /ui page
+    assert "/ui/static/home.js" in links and "/ui/" in links
     assert not [u for u in links if u.startswith(("http://", "https://", "//"))]
     for link in links:
         assert client.get(link).status_code == 200, link  # every link of the page works (single-user mode)
+    script = client.get("/ui/static/home.js").text
+    for fragment, page_path in (("experiments", "/ui/experiments/"), ("runs", "/ui/runs/"),
+                                ("models", "/ui/models/"), ("versions", "/versions/")):
+        assert fragment in script and page_path in script
 
 
 def test_root_answers_json_when_asked(client: TestClient) -> None:
@@ -73,7 +79,8 @@ def test_root_answers_json_when_asked(client: TestClient) -> None:
     body = response.json()
     assert body["name"] == "Capstan" and body["version"] == _version()
     assert {k: v["href"] for k, v in body["links"].items()} == {
-        "api_docs": "/api/v1/docs", "openapi": "/api/v1/openapi.json", "health": "/health", "metrics": "/metrics"}
+        "api_docs": "/api/v1/docs", "openapi": "/api/v1/openapi.json", "health": "/health", "metrics": "/metrics",
+        "web_ui": "/ui/"}
     assert "#/experiments/" in body["web_ui"]
 
 
