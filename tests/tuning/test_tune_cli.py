@@ -147,3 +147,27 @@ def test_a_killed_controller_resumes_without_repeating_finished_trials(tmp_path:
     assert all(by_number[n]["attempts"] == 1 for n in (0, 2, 3))
     queue = json.loads(tune(home, "queue", "list", "--json", cwd=tmp_path).stdout)
     assert all(w["state"] == "Finished" for w in queue if w["id"].startswith("study/resume/")), queue
+
+
+def test_ctrl_c_stops_the_study_and_running_it_again_resumes_it(tmp_path: Path) -> None:
+    study = tmp_path / "study.yaml"
+    study.write_text(RESUMABLE.replace("name: resume", "name: stopped").replace("max_trials: 4", "max_trials: 3")
+                     + f"working_dir: {HERE}\n")
+    home, trace = tmp_path / "home", tmp_path / "trace.txt"
+    env = {TRACE: str(trace), "PYTHONPATH": str(HERE)}
+    first = subprocess.Popen([*capstan_command(), "tune", "-f", str(study)], cwd=tmp_path,
+                             env=clean_env(home, env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not (trace.exists() and "start " in trace.read_text()):
+        assert time.monotonic() < deadline and first.poll() is None, first.communicate()
+        time.sleep(0.05)
+    os.kill(first.pid, signal.SIGINT)
+    _out, err = first.communicate(timeout=60)
+    assert first.returncode == 130 and err.strip() == "error: aborted", err
+    shown = json.loads(tune(home, "studies", "show", "stopped", "--json", cwd=tmp_path).stdout)
+    assert shown["state"] == "Stopped" and shown["reason"] == "Interrupted"
+    again = tune(home, "tune", "-f", str(study), cwd=tmp_path, env=env)
+    assert again.returncode == 0, again.stdout + again.stderr
+    shown = json.loads(tune(home, "studies", "show", "stopped", "--json", cwd=tmp_path).stdout)
+    assert shown["state"] == "Succeeded" and shown["counts"]["COMPLETE"] == 3
+    assert shown["trials"][0]["attempts"] == 2  # stopped while it ran: re-run with the same parameters

@@ -140,7 +140,7 @@ class StudyController:
         check_study(self.spec, project=self.project, admission=self._admission_factory, function=self.function)
         self._check_job()
         record = self._open()
-        if record.done:
+        if record.state != "Running":
             return self.result()
         try:
             self._prepare()
@@ -197,8 +197,8 @@ class StudyController:
                 f"study.name: study {self.spec.name!r} already exists with a different {', '.join(changed)}; run it "
                 "with its spec to resume it (only max_trials, parallel_trials and max_failed_trials may change), or "
                 "choose another name")
-        if stored.done and not changed:
-            self.record = stored
+        if stored.state in ("Succeeded", "Failed") and not changed:
+            self.record = stored  # ended: shown as it is (a Stopped study resumes)
             return stored
         if not self.store.claim(self.project, self.spec.name, self.owner):
             raise InvalidState(f"study {self.spec.name!r} is being run by another controller ({stored.owner})")
