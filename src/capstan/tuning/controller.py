@@ -22,6 +22,7 @@ import contextlib
 import dataclasses
 import getpass
 import math
+import os
 import queue
 import sys
 import threading
@@ -52,8 +53,8 @@ if TYPE_CHECKING:
 
 __all__ = ["LIMIT_CHANGES", "StudyController"]
 
-LIMIT_CHANGES = frozenset({"max_trials", "parallel_trials", "max_failed_trials"})
-"""Fields a study may change when it is run again (to run more trials, or more at once)."""
+LIMIT_CHANGES = frozenset({"max_trials", "parallel_trials", "max_failed_trials", "working_dir"})
+"""Fields a study may change when it is run again (to run more trials, or more at once, or from a moved folder)."""
 FLUSH_S = 2.0
 """How often a trial's reported points are written to its run while it runs."""
 RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED", "FAILED": "FAILED"}
@@ -195,9 +196,9 @@ class StudyController:
         if set(changed) - LIMIT_CHANGES:
             raise InvalidParameterValue(
                 f"study.name: study {self.spec.name!r} already exists with a different {', '.join(changed)}; run it "
-                "with its spec to resume it (only max_trials, parallel_trials and max_failed_trials may change), or "
-                "choose another name")
-        if stored.state in ("Succeeded", "Failed") and not changed:
+                "with its spec to resume it (only max_trials, parallel_trials, max_failed_trials and working_dir may "
+                "change), or choose another name")
+        if stored.state in ("Succeeded", "Failed") and not set(changed) - {"working_dir"}:
             self.record = stored  # ended: shown as it is (a Stopped study resumes)
             return stored
         if not self.store.claim(self.project, self.spec.name, self.owner):
@@ -483,8 +484,6 @@ class StudyController:
             self._job(running, trial)
 
     def _trial_env(self, number: int, run_id: str | None, extra: Mapping[str, str]) -> dict[str, str]:
-        import os
-
         assert self._listener is not None
         env = {k: v for k, v in os.environ.items() if k not in ("CAPSTAN_URL", "CAPSTAN_TOKEN")}
         if self.settings.url:  # the trial's run lives on the server: the trial talks to it as this process does
