@@ -63,7 +63,8 @@ def test_a_missing_module_is_an_import_error_naming_it(services: Services, faile
     assert "pip install not_a_module" in found.diagnosis.hint
     assert found.log_tail[-1] == "ModuleNotFoundError: No module named 'not_a_module'"
     excerpts = [item for item in found.items if item.kind == "log"]
-    assert [(e.text, e.level) for e in excerpts] == [("ModuleNotFoundError: No module named 'not_a_module'", "error")]
+    assert [(e.text, e.level) for e in excerpts] == \
+        [("attempt 1 log: ModuleNotFoundError: No module named 'not_a_module'", "error")]
 
 
 def test_a_non_zero_exit_names_the_last_error_line(services: Services, failed_run: FailedRun) -> None:

@@ -119,7 +119,8 @@ def render(out: Console, data: Mapping[str, Any], *, events: int) -> None:
         table = TextTable("TIME", "SOURCE", "REASON", "MESSAGE", ids=("SOURCE",),
                           title=f"Last {len(shown)} event(s)")
         for item in shown:
-            table.add_row(_when(item["at_ms"]), item["source"], item.get("reason", ""), item["text"],
+            table.add_row(_when(item["at_ms"]), _short(item["source"], title, str(data["id"])), item.get("reason", ""),
+                          item["text"],
                           style=_LEVEL_STYLES.get(item["level"]) or None)
         table.print(out)
     tail = data.get("log_tail") or []
@@ -128,6 +129,14 @@ def render(out: Console, data: Mapping[str, Any], *, events: int) -> None:
         out.print(Text(f"Log tail ({data.get('log_source') or 'output'}, last {len(tail)} line(s)):", "bold"))
         for line in tail:
             out.print(Text("  " + line), soft_wrap=True)
+
+
+def _short(source: str, own: str, ident: str) -> str:
+    """``step`` for the described workload itself, ``workload`` for its queue workload, ``step/train`` for a step of
+    a described pipeline run: the source without the id the title already shows."""
+    if source == own:
+        return own.split("/", 1)[0]
+    return source.replace(f"/{ident}/", "/").replace(f"/{ident}", "")
 
 
 def _recent(items: Sequence[Mapping[str, Any]], count: int) -> list[Mapping[str, Any]]:

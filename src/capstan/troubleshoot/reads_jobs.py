@@ -125,9 +125,7 @@ def _attempt_items(attempts: list[JobAttempt], logs: dict[int, tuple[tuple[str, 
 
     items = []
     for a in attempts:
-        items.append(TimelineItem(a.started_ms, "attempt", source, f"attempt {a.number} started (rendezvous port "
-                                                                    f"{a.master_port})", "info", "AttemptStarted"))
-        if a.ended_ms is None:
+        if a.ended_ms is None:  # its start is the Started event
             continue
         ran = format_duration(max(0, a.ended_ms - a.started_ms))
         bad = a.reason in _FAILURES
@@ -138,7 +136,7 @@ def _attempt_items(attempts: list[JobAttempt], logs: dict[int, tuple[tuple[str, 
         lines, where = logs.get(a.number, ((), ""))
         line = error_line(lines) if bad else ""
         if line:
-            items.append(TimelineItem(a.ended_ms, "log", f"{source} {where}", line, "error", "LogExcerpt"))
+            items.append(TimelineItem(a.ended_ms, "log", source, f"{where}: {line}", "error", "LogExcerpt"))
     return items
 
 
@@ -194,8 +192,8 @@ def _trial(sources: Sources, scope: Scope, study: StudyRecord, trial: TrialRecor
     if trial.state == "FAILED" and tail:
         line = error_line(tail)
         if line:
-            items.append(TimelineItem(trial.ended_ms or trial.started_ms, "log", source, line, "error",
-                                      "LogExcerpt"))
+            items.append(TimelineItem(trial.ended_ms or trial.started_ms, "log", source, f"{log_source}: {line}",
+                                      "error", "LogExcerpt"))
     merged, truncated = merge(items, limit=scope.limit)
     diagnosis = classify(_trial_facts(trial, phase, view, tail))
     if job is not None and phase in ("failed", "pending"):

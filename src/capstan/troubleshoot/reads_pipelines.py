@@ -180,7 +180,7 @@ def _attempt_items(attempts: list[AttemptRecord], logs: dict[int, tuple[str, ...
                                   a.reason or a.state.capitalize()))
         line = error_line(logs.get(a.attempt, ())) if failed else ""
         if line:
-            items.append(TimelineItem(a.finished_at, "log", f"{source} attempt {a.attempt}", line, "error",
+            items.append(TimelineItem(a.finished_at, "log", source, f"attempt {a.attempt} log: {line}", "error",
                                       "LogExcerpt"))
     return items
 
