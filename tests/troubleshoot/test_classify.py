@@ -135,6 +135,8 @@ def test_preemption_says_who_and_how_much_work_was_stopped() -> None:
                              "to be admitted again")
     assert "the stopped attempt had run for 1m35s; work since its last checkpoint is done again" in found.evidence
     assert dict(found.data) == {"preemptions": 2, "lost_ms": 95_000}
+    evicting = classify(Facts("workload", "running", "Preempted", "preempted by urgent (LowerPriority)"))
+    assert evicting.summary == "preempted: the queue took its quota back for higher-priority work; it is being stopped"
 
 
 def test_other_states() -> None:

@@ -223,6 +223,8 @@ def classify(facts: Facts) -> Diagnosis:
                                        _reason_evidence(facts), "nothing to fix; run it again when wanted"), facts)
     if facts.phase == "pending":
         return _pending(facts)
+    if facts.phase == "running" and facts.reason == "Preempted":  # admitted, but being stopped for another
+        return _with_earlier(_preemption(facts), facts)
     if facts.phase == "running":
         summary = "running" + (f" ({facts.message})" if facts.message else "")
         return _with_earlier(Diagnosis(Cause.RUNNING, _cut(summary), _peak_evidence(facts)), facts)
@@ -331,6 +333,8 @@ def _preemption(facts: Facts) -> Diagnosis:
     summary = f"preempted{by}: the queue took its quota back for higher-priority work"
     if facts.phase == "pending":
         summary += "; it waits to be admitted again"
+    elif facts.phase == "running":
+        summary += "; it is being stopped"
     evidence = list(_reason_evidence(facts))
     if facts.preemptions:
         evidence.append(f"preemptions: {facts.preemptions}")
