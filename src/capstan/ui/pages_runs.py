@@ -18,6 +18,7 @@ from starlette.responses import Response
 
 from capstan.errors import InvalidParameterValue
 from capstan.server.api_v1_common import render as render_json
+from capstan.server.errors import NAMES_AN_OBJECT
 from capstan.server.security import require
 from capstan.ui import runs_view as rv
 from capstan.ui.render import Crumb, page, render, services, ui_project
@@ -206,7 +207,8 @@ def compare_page(request: Request) -> Response:
                   chart_keys=[row.key for row in comparison.metrics])
 
 
-@api.get("/compare", summary="Params, metrics and tags of several runs side by side (web UI twin)")
+@api.get("/compare", responses=NAMES_AN_OBJECT,
+         summary="Params, metrics and tags of several runs side by side (web UI twin)")
 def compare_json(request: Request,
                  run_id: Annotated[list[str], Query(description="2 to 20 run ids")]) -> Response:
     """What ``/ui/compare`` shows; each row says whether the runs' values differ."""
