@@ -1,6 +1,7 @@
 """Timelines and diagnoses of training jobs, their tracking runs, queue workloads and study trials, recorded through
-the real runner and the workload queue of the metadata store (whose decisions go to the event log): a worker that
-imports a missing module, one that raises, a job preempted by higher-priority work, a job that waits for quota."""
+the real runner and the workload queue of the metadata store (whose decisions go to the event log), on SQLite and
+PostgreSQL: a worker that imports a missing module, one that raises, a job preempted by higher-priority work, a job
+that waits for quota, a trial whose script imports a missing module."""
 
 from __future__ import annotations
 
@@ -72,9 +73,10 @@ def wait_for(check: Callable[[], bool], timeout_s: float = 60.0) -> None:
 
 
 @pytest.fixture
-def env(tmp_path: Path) -> Iterator[Env]:
-    """Local stores whose admission is the SQL workload queue (4 CPUs, low and high priority)."""
-    settings = Settings.for_home(tmp_path / "home")
+def env(tmp_path: Path, backend_settings: Settings) -> Iterator[Env]:
+    """Local stores (SQLite, then PostgreSQL) whose admission is the SQL workload queue (4 CPUs, low and high
+    priority)."""
+    settings = backend_settings
     services = Services.open(settings)
     with services.admission.get().session() as mgr:  # type: ignore[attr-defined]  # the QueueAdmission
         mgr.apply_config(QUEUE)
