@@ -134,6 +134,27 @@ class RawTx:
         row = self.execute(query, params).fetchone()
         return None if row is None else tuple(row)
 
+    def each(self, sql: str, rows: Sequence[Sequence[Any]]) -> list[tuple[Any, ...] | None]:
+        """The first row of one SQL string run once per parameter row (a loop of small reads, such as one
+        aggregate per range of an index); the engine's listeners see the loop as one ``executemany``."""
+        statement = self._sql(sql)
+        view = self._view
+        if view is not None:
+            self._engine.dispatch.before_cursor_execute(view, self._cursor, statement, rows, None, True)
+        try:
+            out = []
+            for params in rows:
+                row = self._cursor.execute(statement, tuple(params)).fetchone()
+                out.append(None if row is None else tuple(row))
+        except Exception as exc:
+            if view is not None:
+                self._dialect.dispatch.handle_error(
+                    _ErrorContext(view, self._engine, self._dialect, self._cursor, statement, rows, exc))
+            raise
+        if view is not None:
+            self._engine.dispatch.after_cursor_execute(view, self._cursor, statement, rows, None, True)
+        return out
+
     def run(self, query: Query, params: Sequence[Any] | None = None) -> int:
         """Execute a write; return the number of rows it touched."""
         return int(self.execute(query, params).rowcount)
