@@ -110,7 +110,7 @@ def _per_bucket(tx: RawTx, dialect: str, rid: int, key_id: int, grid: Grid, hi: 
         rows: Sequence[Sequence[Any] | None] = tx.all(_LATERAL.format(fast=fast), (starts, ends, rid, key_id))
     else:
         sql = f"SELECT {fast} FROM metrics WHERE {_RANGE.format(x='step')}"
-        rows = [tx.one(sql, (rid, key_id, s, e)) for s, e in zip(starts, ends, strict=True)]
+        rows = tx.each(sql, [(rid, key_id, s, e) for s, e in zip(starts, ends, strict=True)])
     exact = f"SELECT {_EXACT.format(x='step')} FROM metrics WHERE {_RANGE.format(x='step')}"
     buckets = []
     for start, end, row in zip(starts, ends, rows, strict=True):
