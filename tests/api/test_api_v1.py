@@ -153,6 +153,10 @@ def test_artifacts_stream_up_and_down(api: httpx.Client) -> None:
     assert digest.hexdigest() == hashlib.sha256(payload).hexdigest()
     text = api.get(f"/runs/{run_id}/artifacts/notes.txt")
     assert text.content == b"hello" and text.headers["content-type"].startswith("text/plain")
+    # an uploaded page opened in a browser runs sandboxed: no script, no access to this server's origin
+    assert api.put(f"/runs/{run_id}/artifacts/page.html", content=b"<script>alert(1)</script>").status_code == 204
+    page = api.get(f"/runs/{run_id}/artifacts/page.html")
+    assert page.headers["content-security-policy"] == "sandbox" and page.headers["x-content-type-options"] == "nosniff"
     error(api.get(f"/runs/{run_id}/artifacts/missing.txt"), 404, "RESOURCE_DOES_NOT_EXIST")
 
 

@@ -77,6 +77,11 @@ def _list(request: Request, owner: ArtifactOwner, path: str, recursive: bool, di
     return render({"files": files})
 
 
+SAFE_DOWNLOAD_HEADERS = {"Content-Security-Policy": "sandbox", "X-Content-Type-Options": "nosniff"}
+"""Sent with every artifact's bytes: an uploaded HTML or SVG file opened in a browser runs in a sandbox (no script,
+no same-origin access to this server), and the browser never guesses a more dangerous type than the one sent."""
+
+
 async def _download(request: Request, owner: ArtifactOwner, path: str) -> Response:
     def locate() -> tuple[str, int]:
         target = join(_root(request, owner), normalize_path(path))
@@ -85,7 +90,7 @@ async def _download(request: Request, owner: ArtifactOwner, path: str) -> Respon
     target, size = await run_in_threadpool(locate)
     media_type = mimetypes.guess_type(target)[0] or "application/octet-stream"
     return StreamingResponse(services(request).artifacts.iter_bytes(target), media_type=media_type,
-                             headers={"Content-Length": str(size)})
+                             headers={"Content-Length": str(size), **SAFE_DOWNLOAD_HEADERS})
 
 
 async def _upload(request: Request, owner: ArtifactOwner, path: str) -> Response:

@@ -19,6 +19,7 @@ from starlette.responses import Response, StreamingResponse
 
 from capstan.artifacts.paths import experiment_segment, join, normalize_path
 from capstan.errors import ArtifactTooLarge, InvalidParameterValue
+from capstan.server.api_v1_artifacts import SAFE_DOWNLOAD_HEADERS
 from capstan.server.mlflow_common import (
     Call,
     Fields,
@@ -143,7 +144,8 @@ async def download_artifact(request: Request, params: Mapping[str, str]) -> Resp
     media_type = mimetypes.guess_type(path)[0] or "application/octet-stream"
     filename = path.rsplit("/", 1)[-1].replace('"', "")
     return StreamingResponse(chunks(), media_type=media_type,
-                             headers={"Content-Disposition": f'attachment; filename="{filename}"'})
+                             headers={"Content-Disposition": f'attachment; filename="{filename}"',
+                                      **SAFE_DOWNLOAD_HEADERS})
 
 
 async def upload_artifact(request: Request, params: Mapping[str, str]) -> Response:
