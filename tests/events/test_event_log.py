@@ -23,6 +23,9 @@ def test_append_and_read_back_in_order(backend_settings: Settings) -> None:
     assert got[1].type == "Warning"
     assert [e.object_id for e in log.list(since_id=first.id)] == ["other", "abc"]
     assert [e.reason for e in log.list(reason="RunFailed")] == ["RunFailed"]
+    newest = log.list("run", limit=2, newest_first=True)
+    assert [e.id for e in newest] == [got[1].id, got[1].id - 1]  # the last two, newest first
+    assert [e.object_id for e in log.list("run", reason="RunCreated", newest_first=True)] == ["other", "abc"]
 
 
 def test_bad_events_are_rejected(settings: Settings) -> None:

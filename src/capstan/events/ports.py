@@ -29,6 +29,7 @@ class EventLog(Protocol):
         ...
 
     def list(self, kind: str | None = None, object_id: str | None = None, *, since_id: int = 0,
-             limit: int = 1000, reason: str | None = None) -> tuple[Event, ...]:
-        """Events in id order, optionally for one object, after ``since_id``."""
+             limit: int = 1000, reason: str | None = None, newest_first: bool = False) -> tuple[Event, ...]:
+        """Events in id order, optionally for one object, after ``since_id``; ``newest_first``: the newest
+        ``limit`` of them, newest first (e.g. the latest preemptions)."""
         ...

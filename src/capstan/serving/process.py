@@ -148,7 +148,7 @@ class LoggingEventLog:
         self.append_many(events)
 
     def list(self, kind: str | None = None, object_id: str | None = None, *, since_id: int = 0,
-             limit: int = 1000, reason: str | None = None) -> tuple[Event, ...]:
+             limit: int = 1000, reason: str | None = None, newest_first: bool = False) -> tuple[Event, ...]:
         """Nothing: logged events are not kept."""
         return ()
 
@@ -225,8 +225,9 @@ class _LazyEventLog:
         self.stores.services().events.append_within(conn, events)
 
     def list(self, kind: str | None = None, object_id: str | None = None, *, since_id: int = 0,
-             limit: int = 1000, reason: str | None = None) -> tuple[Event, ...]:
-        return self.stores.services().events.list(kind, object_id, since_id=since_id, limit=limit, reason=reason)
+             limit: int = 1000, reason: str | None = None, newest_first: bool = False) -> tuple[Event, ...]:
+        return self.stores.services().events.list(kind, object_id, since_id=since_id, limit=limit, reason=reason,
+                                                  newest_first=newest_first)
 
 
 class _LazyArtifacts:

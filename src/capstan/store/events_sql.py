@@ -54,9 +54,11 @@ class SqlEventLog:
         conn.execute(insert(events), [self._row(self._check(e), default_time=now) for e in batch])
 
     def list(self, kind: str | None = None, object_id: str | None = None, *, since_id: int = 0,
-             limit: int = 1000, reason: str | None = None) -> tuple[Event, ...]:
-        """Events in id order, optionally for one object, after ``since_id``."""
-        query = select(events).where(events.c.id > since_id).order_by(events.c.id).limit(limit)
+             limit: int = 1000, reason: str | None = None, newest_first: bool = False) -> tuple[Event, ...]:
+        """Events in id order, optionally for one object, after ``since_id``; ``newest_first``: the newest
+        ``limit`` of them, newest first."""
+        order = events.c.id.desc() if newest_first else events.c.id
+        query = select(events).where(events.c.id > since_id).order_by(order).limit(limit)
         if kind is not None:
             query = query.where(events.c.kind == kind)
         if object_id is not None:
