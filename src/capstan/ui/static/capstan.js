@@ -1,6 +1,8 @@
 /* Capstan web UI: what every page shares. No framework, no build step.
- * capstan.api(method, url, body): a same-origin JSON call that sends the session's CSRF token.
- * Edit buttons: <button class="edit" data-method="DELETE" data-url="/api/v1/..." data-confirm="...">.
+ * capstan.api(method, url, body, project): a same-origin JSON call that sends the session's CSRF token (and
+ *   X-Capstan-Project when project is given: routes that act in the request's project, such as /api/v1/jobs).
+ * Edit buttons: <button class="edit" data-method="DELETE" data-url="/api/v1/..." data-confirm="..."
+ *   data-project="...">  (data-project optional).
  * Runs table: the selected runs enable the compare button. Compare page: "only values that differ". */
 (function () {
   "use strict";
@@ -11,10 +13,11 @@
     return meta ? meta.getAttribute("content") : "";
   };
 
-  capstan.api = function (method, url, body) {
+  capstan.api = function (method, url, body, project) {
     var headers = { "Accept": "application/json" };
     var token = capstan.csrfToken();
     if (token) { headers["X-CSRF-Token"] = token; }
+    if (project) { headers["X-Capstan-Project"] = project; }
     var init = { method: method, headers: headers, credentials: "same-origin" };
     if (body !== undefined) {
       headers["Content-Type"] = "application/json";
@@ -40,7 +43,8 @@
         if (question && !window.confirm(question)) { return; }
         var result = button.parentElement.querySelector(".action-result");
         button.disabled = true;
-        capstan.api(button.getAttribute("data-method") || "POST", button.getAttribute("data-url"))
+        capstan.api(button.getAttribute("data-method") || "POST", button.getAttribute("data-url"), undefined,
+                    button.getAttribute("data-project") || undefined)
           .then(function () { window.location.reload(); })
           .catch(function (error) {
             button.disabled = false;
