@@ -624,11 +624,18 @@ class PipelineStore:
         return _run(row)
 
     def list_runs(self, *, status: str | None = None, project: str | None = None, limit: int = 50,
-                  sources: Iterable[str] | None = None) -> list[RunRecord]:
-        """Newest runs first."""
-        query = select(pipeline_runs).order_by(pipeline_runs.c.created_at.desc(), pipeline_runs.c.id).limit(limit)
+                  sources: Iterable[str] | None = None, name: str | None = None,
+                  after: tuple[int, str] | None = None) -> list[RunRecord]:
+        """Newest runs first (ties by id); ``name`` keeps one pipeline's runs, ``after`` (the ``(created_at, id)``
+        of the last run of the previous page) starts the next page."""
+        c = pipeline_runs.c
+        query = select(pipeline_runs).order_by(c.created_at.desc(), c.id).limit(limit)
         if status is not None:
-            query = query.where(pipeline_runs.c.status == status)
+            query = query.where(c.status == status)
+        if name is not None:
+            query = query.where(c.name == name)
+        if after is not None:
+            query = query.where((c.created_at < after[0]) | ((c.created_at == after[0]) & (c.id > after[1])))
         if project is not None:
             query = query.where(pipeline_runs.c.project == project)
         if sources is not None:
