@@ -19,8 +19,9 @@ validation accuracy, which the pruner watches.
 Goals: (a) TPE with pruning needs at least 2x fewer trials than random search; (b) parallel efficiency of at least
 1.8x on 2 cores; (c) under 50 ms per trial.
 
-Usage: ``python bench/tuning.py [--quick] [--json results.json]``. ``--quick`` (a couple of minutes) runs (a) with
-30 trials per run and Capstan's side of (a) for TPE only, and smaller (b) and (c).
+Usage: ``python bench/tuning.py [--quick] [--parts a,b,c] [--json results.json]``. ``--quick`` (a couple of
+minutes) runs (a) with 30 trials per run and Capstan's side of (a) for TPE only, and smaller (b) and (c); ``--parts``
+picks measurements (time (b) on a machine whose 2 cores are otherwise idle).
 """
 
 from __future__ import annotations
@@ -250,8 +251,18 @@ def part_c(home: Path, trials: int) -> dict[str, Any]:
 
 
 def report(results: dict[str, Any]) -> None:
-    a, b, c = results["a"], results["b"], results["c"]
     print()
+    goals: list[tuple[str, bool]] = []
+    if "a" in results:
+        goals.append(_report_a(results["a"]))
+    if "b" in results:
+        goals.append(_report_b(results["b"]))
+    if "c" in results:
+        goals.append(_report_c(results["c"]))
+    print("goals: " + "; ".join(f"{name}: {'met' if ok else 'NOT met'}" for name, ok in goals))
+
+
+def _report_a(a: dict[str, Any]) -> tuple[str, bool]:
     print(f"(a) trials to reach {TARGET:.0%} of the best accuracy ({a['best_accuracy']:.4f} -> target "
           f"{a['target']:.4f}), median over {len(a['seeds'])} seeds, {a['trials_per_run']} trials per run:")
     print(f"    {'':<22}{'TPE + median pruning':>22}{'random search':>16}{'ratio':>8}   "
@@ -268,36 +279,48 @@ def report(results: dict[str, Any]) -> None:
                                                                           if rnd else ""))
     if "same_sequences_as_optuna" in a:
         print(f"    Capstan's TPE runs match Optuna's trial for trial: {a['same_sequences_as_optuna']}")
+    return "TPE+pruning >= 2x fewer trials", a.get("capstan_ratio", a.get("optuna_ratio", 0)) >= 2
+
+
+def _report_b(b: dict[str, Any]) -> tuple[str, bool]:
     print(f"(b) {b['trials']} random-search trials of {b['epochs']} epochs, wall time 1 vs 2 at a time:")
     print(f"    capstan  {b['capstan_1']['wall_s']:.1f}s vs {b['capstan_2']['wall_s']:.1f}s = "
           f"{b['capstan_speedup_wall']:.2f}x (trial span {b['capstan_1']['span_s']:.1f}s vs "
           f"{b['capstan_2']['span_s']:.1f}s = {b['capstan_speedup_span']:.2f}x)")
     print(f"    optuna   {b['optuna_1']['wall_s']:.1f}s vs {b['optuna_2']['wall_s']:.1f}s = "
           f"{b['optuna_speedup']:.2f}x (n_jobs=2: threads)")
+    return "parallel efficiency >= 1.8x (trial span)", b["capstan_speedup_span"] >= 1.8
+
+
+def _report_c(c: dict[str, Any]) -> tuple[str, bool]:
     print(f"(c) no-op objective, {c['trials']} trials: capstan {c['capstan_ms_total']:.1f} ms per trial "
           f"({c['capstan_ms_steady']:.1f} ms once its workers run; {c['capstan_start_s']:.1f}s to start), optuna "
           f"{c['optuna_ms']:.2f} ms per trial")
-    goals = [("TPE+pruning >= 2x fewer trials (Capstan)", a.get("capstan_ratio", a.get("optuna_ratio", 0)) >= 2),
-             ("parallel efficiency >= 1.8x (trial span)", b["capstan_speedup_span"] >= 1.8),
-             ("overhead < 50 ms per trial", c["capstan_ms_total"] < 50)]
-    print("goals: " + "; ".join(f"{name}: {'met' if ok else 'NOT met'}" for name, ok in goals))
+    return "overhead < 50 ms per trial", c["capstan_ms_total"] < 50
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="smaller runs (a couple of minutes)")
     parser.add_argument("--json", type=Path, default=None, help="write the results to this file")
+    parser.add_argument("--parts", default="a,b,c", help="which measurements to run (default: a,b,c)")
     args = parser.parse_args()
+    parts = {p.strip() for p in args.parts.split(",") if p.strip()}
+    if not parts or parts - {"a", "b", "c"}:
+        parser.error(f"--parts: expected some of a, b, c; got {args.parts!r}")
     import multiprocessing
 
     cores = multiprocessing.cpu_count()
     with tempfile.TemporaryDirectory(prefix="capstan-bench-tuning-") as folder:
         home = Path(folder) / "home"
         print(f"bench/tuning.py on {cores} CPUs ({'quick' if args.quick else 'full'})", flush=True)
-        results = {"cores": cores, "quick": args.quick,
-                   "a": part_a(home, 30 if args.quick else 60, ("tpe",) if args.quick else ("tpe", "random")),
-                   "b": part_b(home, 12 if args.quick else 32),
-                   "c": part_c(home, 100 if args.quick else 300)}
+        results: dict[str, Any] = {"cores": cores, "quick": args.quick}
+        if "a" in parts:
+            results["a"] = part_a(home, 30 if args.quick else 60, ("tpe",) if args.quick else ("tpe", "random"))
+        if "b" in parts:
+            results["b"] = part_b(home, 12 if args.quick else 32)
+        if "c" in parts:
+            results["c"] = part_c(home, 100 if args.quick else 300)
     report(results)
     if args.json is not None:
         args.json.write_text(json.dumps(results, indent=2))
