@@ -242,6 +242,11 @@ UI_PAGES: dict[str, Rule] = {
     "GET /api/v1/views/runs/{run_id}": Rule("read", lambda w: Req(f"{V1}/views/runs/{w.run()}")),
     "GET /api/v1/views/compare": Rule("read", lambda w: Req(f"{V1}/views/compare",
                                                             params={"run_id": [w.run(), w.run(True)]})),
+    "GET /ui/queues": Rule("read", lambda w: Req("/ui/queues", params={"project": PROJECT})),
+    "GET /ui/queues/{name}": Rule("read", lambda w: Req("/ui/queues/cq", params={"project": PROJECT})),
+    "GET /ui/usage": Rule("read", lambda w: Req("/ui/usage", params={"project": PROJECT})),
+    "GET /api/v1/views/queues": Rule("read", lambda w: Req(f"{V1}/views/queues")),
+    "GET /api/v1/views/queues/{name}": Rule("read", lambda w: Req(f"{V1}/views/queues/cq")),
 }
 """The web UI's routes (`capstan.ui`); `test_auth_matrix` expects the page behaviour for paths under ``/ui``."""
 
