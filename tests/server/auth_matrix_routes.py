@@ -247,6 +247,21 @@ UI_PAGES: dict[str, Rule] = {
     "GET /ui/usage": Rule("read", lambda w: Req("/ui/usage", params={"project": PROJECT})),
     "GET /api/v1/views/queues": Rule("read", lambda w: Req(f"{V1}/views/queues")),
     "GET /api/v1/views/queues/{name}": Rule("read", lambda w: Req(f"{V1}/views/queues/cq")),
+    "GET /ui/pipelines": Rule("read", lambda w: Req("/ui/pipelines", params={"project": PROJECT})),
+    "GET /ui/pipelines/runs/{run_id}": Rule("read", lambda w: Req(f"/ui/pipelines/runs/{w.pipeline_run()[0]}")),
+    "GET /ui/pipelines/runs/{run_id}/steps/{step_id}": Rule("read", lambda w: Req(
+        "/ui/pipelines/runs/{}/steps/{}".format(*w.pipeline_run()))),
+    "GET /api/v1/views/pipelines/runs": Rule("read", lambda w: Req(f"{V1}/views/pipelines/runs")),
+    "GET /api/v1/views/pipelines/runs/{run_id}": Rule("read", lambda w: Req(
+        f"{V1}/views/pipelines/runs/{w.pipeline_run()[0]}")),
+    "GET /api/v1/views/pipelines/runs/{run_id}/events": Rule("read", lambda w: Req(
+        f"{V1}/views/pipelines/runs/{w.pipeline_run()[0]}/events"), note="server-sent events (a finished run: one "
+        "state event, then end)"),
+    "GET /api/v1/views/pipelines/runs/{run_id}/steps/{step_id}": Rule("read", lambda w: Req(
+        "{}/views/pipelines/runs/{}/steps/{}".format(V1, *w.pipeline_run()))),
+    "GET /api/v1/views/pipelines/runs/{run_id}/steps/{step_id}/log": Rule("read", lambda w: Req(
+        "{}/views/pipelines/runs/{}/steps/{}/log".format(V1, *w.pipeline_run())), note="server-sent events of the "
+        "attempt's log"),
 }
 """The web UI's routes (`capstan.ui`); `test_auth_matrix` expects the page behaviour for paths under ``/ui``."""
 
