@@ -247,6 +247,13 @@ UI_PAGES: dict[str, Rule] = {
     "GET /ui/usage": Rule("read", lambda w: Req("/ui/usage", params={"project": PROJECT})),
     "GET /api/v1/views/queues": Rule("read", lambda w: Req(f"{V1}/views/queues")),
     "GET /api/v1/views/queues/{name}": Rule("read", lambda w: Req(f"{V1}/views/queues/cq")),
+    "GET /ui/models": Rule("read", lambda w: Req("/ui/models", params={"project": PROJECT})),
+    "GET /ui/models/{name}": Rule("read", lambda w: Req(f"/ui/models/{w.model()}")),
+    "GET /ui/models/{name}/versions/{version}": Rule("read", lambda w: Req(
+        "/ui/models/{}/versions/{}".format(*w.version()))),
+    "GET /api/v1/views/models/{name}": Rule("read", lambda w: Req(f"{V1}/views/models/{w.model()}")),
+    "GET /api/v1/views/models/{name}/versions/{version}": Rule("read", lambda w: Req(
+        "{}/views/models/{}/versions/{}".format(V1, *w.version()))),
     "GET /ui/pipelines": Rule("read", lambda w: Req("/ui/pipelines", params={"project": PROJECT})),
     "GET /ui/pipelines/runs/{run_id}": Rule("read", lambda w: Req(f"/ui/pipelines/runs/{w.pipeline_run()[0]}")),
     "GET /ui/pipelines/runs/{run_id}/steps/{step_id}": Rule("read", lambda w: Req(
