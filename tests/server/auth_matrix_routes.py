@@ -269,6 +269,16 @@ UI_PAGES: dict[str, Rule] = {
     "GET /api/v1/views/pipelines/runs/{run_id}/steps/{step_id}/log": Rule("read", lambda w: Req(
         "{}/views/pipelines/runs/{}/steps/{}/log".format(V1, *w.pipeline_run())), note="server-sent events of the "
         "attempt's log"),
+    "GET /ui/deployments": Rule("read", lambda w: Req("/ui/deployments", params={"project": PROJECT})),
+    "GET /ui/deployments/{name}": Rule("read", lambda w: Req("/ui/deployments/no-such-deployment", params={
+        "project": PROJECT}), ok=(404,), note="checked in the project before the look-up; a missing one is a 404 page"),
+    "GET /ui/deployments/{name}/live": Rule("read", lambda w: Req("/ui/deployments/no-such-deployment/live", params={
+        "project": PROJECT}), ok=(404,), note="the page's live part (HTML); a missing deployment answers 404"),
+    "GET /api/v1/views/deployments": Rule("read", lambda w: Req(f"{V1}/views/deployments",
+                                                                params={"project": PROJECT})),
+    "GET /api/v1/views/deployments/{name}": Rule("read", lambda w: Req(
+        f"{V1}/views/deployments/no-such-deployment", params={"project": PROJECT}), ok=(404,),
+        note="a missing deployment answers 404"),
 }
 """The web UI's routes (`capstan.ui`); `test_auth_matrix` expects the page behaviour for paths under ``/ui``."""
 
