@@ -279,6 +279,17 @@ UI_PAGES: dict[str, Rule] = {
     "GET /api/v1/views/deployments/{name}": Rule("read", lambda w: Req(
         f"{V1}/views/deployments/no-such-deployment", params={"project": PROJECT}), ok=(404,),
         note="a missing deployment answers 404"),
+    "GET /ui/jobs": Rule("read", lambda w: Req("/ui/jobs", params={"project": PROJECT})),
+    "GET /ui/jobs/{job_id}": Rule("read", lambda w: Req("/ui/jobs/no-such-job-000000", params={"project": PROJECT}),
+                                  ok=(404,), note="a missing job answers 404 (the project is checked first)"),
+    "GET /ui/studies": Rule("read", lambda w: Req("/ui/studies", params={"project": PROJECT})),
+    "GET /ui/studies/{name}": Rule("read", lambda w: Req("/ui/studies/no-such-study", params={"project": PROJECT}),
+                                   ok=(404,), note="a missing study answers 404 (the project is checked first)"),
+    "GET /api/v1/views/studies/{name}": Rule("read", lambda w: Req(f"{V1}/views/studies/no-such-study"), ok=(404,),
+                                             note="a missing study answers 404 (the project is checked first)"),
+    "GET /ui/timeline/{kind}/{ident:path}": Rule("read", lambda w: Req(f"/ui/timeline/workload/{w.workload()}",
+                                                                       params={"project": PROJECT}),
+                                                 note="any workload's timeline (the twin: /api/v1/timeline)"),
 }
 """The web UI's routes (`capstan.ui`); `test_auth_matrix` expects the page behaviour for paths under ``/ui``."""
 
