@@ -144,7 +144,7 @@ def _markers(items: Sequence[TimelineItem], lanes: dict[str, Lane], start: int, 
     last_x: dict[str, float] = {}
     crowd: dict[str, int] = {}
     for index, item in enumerate(items):
-        lane = lanes[item.kind if item.kind in lanes else "event"]
+        lane = lanes.get(item.kind, lanes["state"])  # every ItemKind has a lane; anything else goes with the state
         x = LEFT + (item.at_ms - start) * scale
         crowd[lane.kind] = crowd.get(lane.kind, 0) + 1 if x - last_x.get(lane.kind, -1e9) < NUDGE_PX else 0
         last_x[lane.kind] = x
@@ -176,9 +176,6 @@ def chart(timeline: Timeline) -> TimelineChart | None:
     used = {item.kind for item in timeline.items} | {"state"}
     kinds = [(kind, label) for kind, label in LANES if kind in used]
     lanes = {kind: Lane(kind, label, TOP + LANE_HEIGHT * (i + 0.5)) for i, (kind, label) in enumerate(kinds)}
-    if "event" not in lanes:  # an item of a kind this page does not know is drawn with the events
-        lanes["event"] = Lane("event", "Events", TOP + LANE_HEIGHT * (len(kinds) + 0.5))
-        kinds.append(("event", "Events"))
     height = TOP + LANE_HEIGHT * len(kinds) + AXIS_HEIGHT
     scale = (WIDTH - LEFT - RIGHT) / (end - start)
     return TimelineChart(WIDTH, height, LEFT, RIGHT, start, end, tuple(lanes[k] for k, _ in kinds),

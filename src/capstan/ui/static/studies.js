@@ -34,9 +34,13 @@
                       marker: { color: GOLD, size: 15, symbol: "star", line: { color: "#5a4300", width: 1 } } });
       }
     }
+    var numbers = complete.x.concat(pruned.x);  // a margin of half a trial: the first and last points stay whole
+    var low = numbers.reduce(function (a, b) { return Math.min(a, b); });
+    var high = numbers.reduce(function (a, b) { return Math.max(a, b); });
     var layout = {
       margin: { l: 60, r: 20, t: 10, b: 45 }, height: 320, showlegend: true, legend: { orientation: "h", y: -0.2 },
-      xaxis: { title: { text: "trial" }, rangemode: "tozero" }, yaxis: { title: { text: history.metric } },
+      xaxis: { title: { text: "trial" }, range: [low - 0.5, high + 0.5] },
+      yaxis: { title: { text: history.metric } },
       paper_bgcolor: "#ffffff", plot_bgcolor: "#ffffff", font: { color: "#1d2330" }
     };
     window.Plotly.newPlot(el, traces, layout, { responsive: true, displaylogo: false }).then(function () {
