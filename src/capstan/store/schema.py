@@ -267,6 +267,7 @@ events = Table(
     Column("message", Text, nullable=False, default=""),
     Column("data", Text, nullable=False, default="{}"),  # JSON object
     Index(None, "kind", "object_id", "id"),
+    Index(None, "kind", "reason", "id"),  # the latest events of one reason (the web UI's recent preemptions)
 )
 
 users = Table(
