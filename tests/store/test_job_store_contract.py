@@ -75,6 +75,9 @@ def test_list_is_newest_first_and_filters_by_project_and_state(store: JobStore) 
     assert [j.id for j in store.list(states=["Running", "Failed"])] == ["b-000002", "c-000003"]
     assert [j.id for j in store.list(project="beta", states=["Running"])] == []
     assert [j.id for j in store.list(limit=2)] == ["d-000004", "b-000002"]
+    assert [j.id for j in store.list(limit=2, offset=1)] == ["b-000002", "c-000003"]
+    assert [j.id for j in store.list(project="alpha", offset=2)] == ["a-000001"]
+    assert store.list(offset=4) == []
     assert store.list(project="nobody") == []
 
 

@@ -106,9 +106,12 @@ class SqlJobStore:
             row = conn.execute(select(jobs).where(jobs.c.id == job_id)).mappings().first()
         return None if row is None else _job(row)
 
-    def list(self, *, project: str | None = None, states: Sequence[str] = (), limit: int = 100) -> list[JobRecord]:
-        """Jobs, newest first (by creation time, then id), optionally of one project and in some states."""
-        query = select(jobs).order_by(jobs.c.created_ms.desc(), jobs.c.id.desc()).limit(max(limit, 0))
+    def list(self, *, project: str | None = None, states: Sequence[str] = (), limit: int = 100,
+             offset: int = 0) -> list[JobRecord]:
+        """Jobs, newest first (by creation time, then id), optionally of one project and in some states, from the
+        ``offset``-th on."""
+        query = (select(jobs).order_by(jobs.c.created_ms.desc(), jobs.c.id.desc()).limit(max(limit, 0))
+                 .offset(max(offset, 0)))
         if project is not None:
             query = query.where(jobs.c.project == project)
         if states:

@@ -91,8 +91,9 @@ class JobStore(Protocol):
         """The job, or None."""
         ...
 
-    def list(self, *, project: str | None = None, states: Sequence[str] = (), limit: int = 100) -> list[JobRecord]:
-        """Jobs, newest first, optionally of one project and in some states."""
+    def list(self, *, project: str | None = None, states: Sequence[str] = (), limit: int = 100,
+             offset: int = 0) -> list[JobRecord]:
+        """Jobs, newest first, optionally of one project and in some states; ``offset`` skips that many first."""
         ...
 
     def update(self, record: JobRecord, *, expected_state: str | None = None) -> bool:
