@@ -90,9 +90,9 @@ def list_jobs(request: Request,
         if name not in JOB_STATES:
             raise InvalidParameterValue(f"state: must be one of {', '.join(JOB_STATES)}, got {name!r}")
     offset = decode_page_token(page_token)
-    found = _services(request).jobs.list(project=project, states=states, limit=offset + max_results + 1)
-    page = found[offset:offset + max_results]
-    more = len(found) > offset + max_results
+    found = _services(request).jobs.list(project=project, states=states, limit=max_results + 1, offset=offset)
+    page = found[:max_results]
+    more = len(found) > max_results
     return _render({"jobs": [job_json(r) for r in page],
                     "next_page_token": encode_page_token(offset + max_results) if more else None})
 
