@@ -89,12 +89,13 @@ class JobsPage:
 
 
 def jobs_page(store: JobStore, project: str, query: JobsQuery) -> JobsPage:
-    """The page of ``project``'s jobs that ``query`` names (what ``GET /api/v1/jobs`` answers)."""
+    """The page of ``project``'s jobs that ``query`` names (what ``GET /api/v1/jobs`` answers, with the same page
+    tokens): one query of ``max_results + 1`` jobs from the token's offset, however deep the page."""
     offset = decode_page_token(query.page_token)
-    found = store.list(project=project, states=query.states, limit=offset + query.max_results + 1)
-    page = found[offset:offset + query.max_results]
-    more = len(found) > offset + query.max_results
-    return JobsPage(project, query, tuple(page), encode_page_token(offset + query.max_results) if more else None)
+    found = store.list(project=project, states=query.states, limit=query.max_results + 1, offset=offset)
+    more = len(found) > query.max_results
+    return JobsPage(project, query, tuple(found[:query.max_results]),
+                    encode_page_token(offset + query.max_results) if more else None)
 
 
 @dataclass(frozen=True, slots=True)
