@@ -10,7 +10,9 @@ the CSRF token (decision 0548).
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
 from starlette.responses import HTMLResponse, Response
 
 from capstan.errors import InvalidParameterValue
@@ -47,7 +49,8 @@ def deployments_page(request: Request) -> Response:
 
 
 @api.get("/deployments", summary="A project's deployments, one page (web UI twin)")
-def deployments_json(request: Request, project: str | None = None, max_results: int = dv.DEFAULT_PAGE_SIZE,
+def deployments_json(request: Request, project: str | None = None,
+                     max_results: Annotated[int, Query(ge=1, le=dv.MAX_PAGE_SIZE)] = dv.DEFAULT_PAGE_SIZE,
                      page_token: str | None = None) -> Response:
     """What ``/ui/deployments`` shows: one page of the project's deployments (``project``, else the
     ``X-Capstan-Project`` header) by name, each with its state, the versions it serves (role, traffic weight, ready
