@@ -173,7 +173,7 @@ def test_model_page_lists_versions_with_lineage(ui: UiPage, ui_server: ServerPro
     assert ui.text("#version-source") == version["source"] == f"runs:/{seeded['run0']}/model"
     lineage = ui.text("#lineage-list")
     assert "train-0" in lineage and "fraud-training" in lineage and "job-7" in lineage and "transactions" in lineage
-    assert ui.page.locator('#lineage-list a[href="/ui/jobs/job-7"]').count() == 1
+    assert ui.page.locator('#lineage-list a[href="/ui/jobs/job-7?project=alpha"]').count() == 1
     assert {r[0]: r[1] for r in ui.cells("#tags-table")} == version["tags"] == {"val_auc": "0.90"}
 
     churn = _twin(ui_server, root, "/api/v1/views/models/churn-model/versions/1")["version"]["lineage"]

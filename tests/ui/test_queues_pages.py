@@ -157,7 +157,7 @@ def test_overview_quota_bars_match_the_api(ui: UiPage, ui_server: ServerProcess,
     assert preemptions == [["a1", "alpha", "team-a", "a3"]]
     assert [row[1:5] for row in ui.cells("#preemptions-table")] == preemptions
     link = ui.page.locator("#preemptions-table tbody tr a").first
-    assert link.get_attribute("href") == "/ui/timeline/workload/a1"
+    assert link.get_attribute("href") == "/ui/timeline/workload/a1?project=alpha"  # the timeline's project
 
 
 def test_cluster_queue_lists_pending_in_order_with_why(ui: UiPage, ui_server: ServerProcess,
@@ -178,7 +178,7 @@ def test_cluster_queue_lists_pending_in_order_with_why(ui: UiPage, ui_server: Se
     row.locator("details summary").click()  # the full explanation, as `capstan why` prints it
     assert row.locator("pre.why-text").inner_text() == why["text"]
     assert "Hint:      would be admitted if priority >= 1001" in why["text"]
-    assert row.locator("a").first.get_attribute("href") == "/ui/timeline/workload/a2"
+    assert row.locator("a").first.get_attribute("href") == "/ui/timeline/workload/a2?project=alpha"
 
     admitted = twin["admitted"]["workloads"]
     assert [w["id"] for w in admitted] == [r[0] for r in ui.cells("#admitted-table")] == ["a3", "a4"]

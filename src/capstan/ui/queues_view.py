@@ -120,6 +120,7 @@ class QueueRow:
     pending: int
     admitted: int
     head: str | None
+    head_project: str
     quota: tuple[QuotaBar, ...]
     local_queues: tuple[LocalQueue, ...]
 
@@ -127,7 +128,8 @@ class QueueRow:
         """JSON form (quota in whole units)."""
         return {"cluster_queue": self.name, "cohort": self.cohort, "strategy": self.strategy,
                 "stopped": self.stopped, "preempts": self.preempts, "pending": self.pending,
-                "admitted": self.admitted, "head": self.head, "quota": [b.to_dict() for b in self.quota],
+                "admitted": self.admitted, "head": self.head, "head_project": self.head_project,
+                "quota": [b.to_dict() for b in self.quota],
                 "local_queues": [{"name": lq.name, "project": lq.project, "stopped": lq.stopped}
                                  for lq in self.local_queues]}
 
@@ -155,8 +157,18 @@ def _queue_rows(mgr: QueueManager) -> list[QueueRow]:
     for lq in config.local_queues:
         feeders.setdefault(lq.cluster_queue, []).append(lq)
     return [QueueRow(s.name, s.cohort, s.strategy, topo.cluster_queues[s.name].stopped, topo.preempting[s.name],
-                     s.pending, s.admitted, s.head, _queue_bars(s), tuple(feeders.get(s.name, ())))
-            for s in mgr.status()]
+                     s.pending, s.admitted, s.head, _project_of(mgr, s.head), _queue_bars(s),
+                     tuple(feeders.get(s.name, ()))) for s in mgr.status()]
+
+
+def _project_of(mgr: QueueManager, workload_id: str | None) -> str:
+    """The project of a workload ("" when unknown), for links to its timeline."""
+    if not workload_id:
+        return ""
+    try:
+        return mgr.get(workload_id).workload.project
+    except ResourceDoesNotExist:
+        return ""
 
 
 def _member_usage(mgr: QueueManager, node: Node) -> dict[tuple[str, str], int]:
@@ -196,12 +208,14 @@ class PreemptionRow:
     project: str
     cluster_queue: str
     preemptor: str
+    preemptor_project: str
     message: str
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form."""
         return {"event_id": self.event_id, "time": self.time, "workload": self.workload, "project": self.project,
-                "cluster_queue": self.cluster_queue, "preemptor": self.preemptor, "message": self.message}
+                "cluster_queue": self.cluster_queue, "preemptor": self.preemptor,
+                "preemptor_project": self.preemptor_project, "message": self.message}
 
 
 def _cluster_queue_of(mgr: QueueManager, workload_id: str) -> str:
@@ -226,8 +240,9 @@ def recent_preemptions(mgr: QueueManager, events: EventLog, may_read: MayRead, *
         cq = _cluster_queue_of(mgr, event.object_id)
         if cluster_queue is not None and cq != cluster_queue:
             continue
-        rows.append(PreemptionRow(event.id, event.time, event.object_id, event.project, cq,
-                                  str(event.data.get("preemptor", "")), event.message))
+        preemptor = str(event.data.get("preemptor", ""))
+        rows.append(PreemptionRow(event.id, event.time, event.object_id, event.project, cq, preemptor,
+                                  _project_of(mgr, preemptor), event.message))
         if len(rows) == limit:
             break
     return tuple(rows)
