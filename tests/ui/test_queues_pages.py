@@ -188,6 +188,13 @@ def test_cluster_queue_lists_pending_in_order_with_why(ui: UiPage, ui_server: Se
     assert [r[1] for r in ui.cells("#preemptions-table")] == ["a1"]
     ui.screenshot()
 
+    # the workload's link opens its timeline (the page of /ui/timeline, in the workload's project)
+    with ui.page.expect_navigation() as opened:
+        row.locator("a").first.click()
+    assert opened.value is not None and opened.value.status == 200
+    ui.settle()
+    assert "a2" in ui.text("h1")
+
     # one workload per page: the pending list moves on, the admitted list stays on its first page
     ui.visit("/ui/queues/team-a?max_results=1")
     assert [r[0] for r in ui.cells("#pending-table")] == ["a2"]
