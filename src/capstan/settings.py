@@ -190,6 +190,15 @@ def _trial_overrides(env: Mapping[str, str]) -> dict[str, object]:
     return out
 
 
+def _step_overrides(env: Mapping[str, str]) -> dict[str, object]:
+    """The fields the pipeline orchestrator sets for a step's attempt (runs it starts are tagged with them)."""
+    out: dict[str, object] = {}
+    if env.get("CAPSTAN_RUN_ID") and env.get("CAPSTAN_STEP"):
+        out["pipeline_run_id"] = env["CAPSTAN_RUN_ID"]
+        out["pipeline_step"] = env["CAPSTAN_STEP"]
+    return out
+
+
 ENV_VARIABLES: Mapping[str, str] = {
     "home": "CAPSTAN_HOME",
     "db_url": "CAPSTAN_DB_URL",
@@ -215,6 +224,8 @@ ENV_VARIABLES: Mapping[str, str] = {
     "trial_address": "CAPSTAN_TRIAL_ADDRESS",
     "trial_key": "CAPSTAN_TRIAL_KEY",
     "trial_number": "CAPSTAN_TRIAL_NUMBER",
+    "pipeline_run_id": "CAPSTAN_RUN_ID",
+    "pipeline_step": "CAPSTAN_STEP",
 }
 """The environment variable of each `Settings` field that has one (``CAPSTAN_GPUS`` sets two fields)."""
 
@@ -260,6 +271,9 @@ class Settings:
             a trial, where `capstan.report` does nothing.
         trial_key: the secret the trial authenticates to that controller with (``CAPSTAN_TRIAL_KEY``, hex).
         trial_number: which trial of its study this process runs (``CAPSTAN_TRIAL_NUMBER``).
+        pipeline_run_id, pipeline_step: the pipeline run and step whose attempt this process runs
+            (``CAPSTAN_RUN_ID``, ``CAPSTAN_STEP``, set by the orchestrator); tracking runs started here are tagged
+            with them (``capstan.pipeline.run_id``, ``capstan.pipeline.step``), the lineage the web UI shows.
         env_set: the ``CAPSTAN_*`` variables of `ENV_VARIABLES` that were set (even empty) when these settings
             were read by `from_env`, so that an error about a value can name the variable the user set (see
             `source_of`).
@@ -290,6 +304,8 @@ class Settings:
     trial_address: str | None = None
     trial_key: str | None = None
     trial_number: int | None = None
+    pipeline_run_id: str | None = None
+    pipeline_step: str | None = None
     env_set: frozenset[str] = frozenset()
 
     @classmethod
@@ -338,6 +354,7 @@ class Settings:
             overrides["experiment"] = env["CAPSTAN_EXPERIMENT"]
         overrides.update(_job_overrides(env))
         overrides.update(_trial_overrides(env))
+        overrides.update(_step_overrides(env))
         env_set = frozenset(name for name in ENV_VARIABLES.values() if name in env)
         return replace(settings, env_set=env_set, **overrides)  # type: ignore[arg-type]  # keys are field names
 

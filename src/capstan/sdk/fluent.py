@@ -38,6 +38,10 @@ from capstan.tracking.records import DELETED, TERMINAL_STATUSES, Experiment, Met
 
 DEFAULT_EXPERIMENT = "Default"
 METRIC_FLUSH_TAG = "capstan.metrics.unstored"
+PIPELINE_RUN_TAG = "capstan.pipeline.run_id"
+"""Run tag naming the pipeline run whose step started the run (its lineage to the step)."""
+PIPELINE_STEP_TAG = "capstan.pipeline.step"
+"""Run tag naming that step."""
 """Tag set on a run whose buffered metric points could not be stored when it ended (the run ends FAILED)."""
 MAX_KEY_LENGTH = validation.MAX_KEY_LENGTH
 
@@ -119,6 +123,15 @@ def _git_commit(start: Path) -> str:
             return ""
         return ""
     return ""
+
+
+def _pipeline_tags() -> dict[str, str]:
+    """The pipeline step this process runs an attempt of, as run tags. Read afresh: a pipeline worker process runs
+    many steps' attempts, each with its own environment, while the process's settings are read once."""
+    current = Settings.from_env()
+    if current.pipeline_run_id is None or current.pipeline_step is None:
+        return {}
+    return {PIPELINE_RUN_TAG: current.pipeline_run_id, PIPELINE_STEP_TAG: current.pipeline_step}
 
 
 def _user() -> str:
@@ -400,6 +413,7 @@ class _ProcessState:
                     all_tags["mlflow.parentRunId"] = parent
                 if description:
                     all_tags["mlflow.note.content"] = description
+                all_tags.update(_pipeline_tags())
                 all_tags.update({str(k): str(v) for k, v in (tags or {}).items()})
                 for key in all_tags:
                     check_key(key, "tag")

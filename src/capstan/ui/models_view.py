@@ -24,6 +24,7 @@ from capstan.errors import InvalidParameterValue, ResourceDoesNotExist
 from capstan.registry.ports import RegistryStore
 from capstan.registry.records import ModelVersion, RegisteredModel
 from capstan.sdk import backends_wire as wire
+from capstan.sdk.fluent import PIPELINE_RUN_TAG, PIPELINE_STEP_TAG
 from capstan.tracking.ports import TrackingStore
 from capstan.tracking.records import DatasetInput, Experiment, Run
 
@@ -32,8 +33,6 @@ MAX_PAGE_SIZE = 100
 """Each version row looks up its run, so a page holds at most this many."""
 LIST_PAGE_SIZE = 50
 MAX_LIST_PAGE_SIZE = 1000
-PIPELINE_RUN_TAG = "capstan.pipeline.run_id"
-PIPELINE_STEP_TAG = "capstan.pipeline.step"
 MayRead = Callable[[str], bool]
 
 

@@ -21,6 +21,7 @@ from capstan.errors import InvalidParameterValue
 from capstan.registry.ports import RegistryStore
 from capstan.registry.records import ModelVersion
 from capstan.sdk import backends_wire as wire
+from capstan.sdk.fluent import PIPELINE_RUN_TAG, PIPELINE_STEP_TAG
 from capstan.tracking.ports import TrackingStore
 from capstan.tracking.records import VIEW_TYPES, Experiment, Run
 
@@ -205,6 +206,8 @@ class Lineage:
     study: str | None
     trial_number: str | None
     model_versions: tuple[ModelVersion, ...]
+    pipeline_run_id: str | None = None
+    pipeline_step: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,7 +231,8 @@ def run_detail(tracking: TrackingStore, registry: RegistryStore, run_id: str) ->
     versions = registry.search_model_versions(filter_string=f"run_id = '{run.info.run_id}'",
                                               max_results=MAX_LINKED_VERSIONS, project=experiment.project).items
     lineage = Lineage(tags.get("mlflow.parentRunId"), tags.get("capstan.job.id"), tags.get("capstan.study"),
-                      tags.get("capstan.trial.number"), tuple(versions))
+                      tags.get("capstan.trial.number"), tuple(versions), tags.get(PIPELINE_RUN_TAG),
+                      tags.get(PIPELINE_STEP_TAG))
     return RunDetail(run, experiment, lineage)
 
 
@@ -239,7 +243,8 @@ def run_detail_json(detail: RunDetail) -> dict[str, Any]:
         "run": wire.run_to_json(detail.run),
         "experiment": wire.experiment_to_json(detail.experiment),
         "lineage": {"parent_run_id": lineage.parent_run_id, "job_id": lineage.job_id, "study": lineage.study,
-                    "trial_number": lineage.trial_number,
+                    "trial_number": lineage.trial_number, "pipeline_run_id": lineage.pipeline_run_id,
+                    "pipeline_step": lineage.pipeline_step,
                     "model_versions": [{"name": v.name, "version": v.version, "stage": v.current_stage,
                                         "aliases": list(v.aliases)} for v in lineage.model_versions]},
     }
