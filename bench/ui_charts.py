@@ -19,6 +19,7 @@ issue 12 is (b) under 500 ms.
     python bench/ui_charts.py                  # 3 x 1,000,000 points (about 5 minutes, most of it logging)
     python bench/ui_charts.py --points 100000  # quicker
     python bench/ui_charts.py --no-mlflow --db-url postgresql+psycopg://postgres@127.0.0.1:5432/test
+    python bench/ui_charts.py --keep /tmp/charts   # log once into /tmp/charts, measure again on later runs
 
 `chart_figures(url, run_ids, key)` measures (a) and (b) against any running server, for bench/ui.py to import.
 """
@@ -284,6 +285,17 @@ def _serve(kind: str, home: Path, db_url: str | None) -> tuple[Any, str]:
     return proc, url
 
 
+def _seeded(record: Path, n: int, seed: Callable[[], tuple[list[str], float]]) -> tuple[list[str], float]:
+    """Seed once per --keep folder: later runs reuse the runs (and the logging time) recorded in ``record``."""
+    if record.exists():
+        kept = json.loads(record.read_text())
+        if kept["points"] == n:
+            return list(kept["run_ids"]), float(kept["seconds"])
+    run_ids, seconds = seed()
+    record.write_text(json.dumps({"points": n, "run_ids": run_ids, "seconds": seconds}))
+    return run_ids, seconds
+
+
 def _row(name: str, figures: dict[str, Any]) -> list[str]:
     if "error" in figures:
         return [name, "failed", figures["error"][:60], "", ""]
@@ -298,13 +310,16 @@ def main() -> None:
     parser.add_argument("--db-url", help="Capstan's metadata store (default: SQLite in a temporary home)")
     parser.add_argument("--no-mlflow", action="store_true", help="skip MLflow")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    parser.add_argument("--keep", type=Path, help="work in this folder and reuse the data logged there before")
     args = parser.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="capstan-bench-charts-"))
+    tmp = args.keep or Path(tempfile.mkdtemp(prefix="capstan-bench-charts-"))
+    tmp.mkdir(parents=True, exist_ok=True)
     n, runs = args.points, 3
     results: dict[str, Any] = {"points_per_run": n, "runs": runs, "db": "postgresql" if args.db_url else "sqlite"}
 
     print(f"logging {runs} x {n:,} points into Capstan", flush=True)
-    cap_runs, results["capstan_seed_s"] = seed_capstan(tmp / "capstan", args.db_url, n, runs)
+    cap_runs, results["capstan_seed_s"] = _seeded(tmp / "capstan-runs.json", n, lambda: seed_capstan(
+        tmp / "capstan", args.db_url, n, runs))
     proc, url = _serve("capstan", tmp / "capstan", args.db_url)
     try:
         print("capstan: series API, Chromium, MLflow-compatible history", flush=True)
@@ -318,8 +333,9 @@ def main() -> None:
 
     if not args.no_mlflow:
         print(f"logging {runs} x {n:,} points into MLflow's SQLite store", flush=True)
-        (tmp / "mlflow").mkdir()
-        ml_runs, results["mlflow_seed_s"] = seed_mlflow(tmp / "mlflow" / "mlflow.db", n, runs)
+        (tmp / "mlflow").mkdir(exist_ok=True)
+        ml_runs, results["mlflow_seed_s"] = _seeded(tmp / "mlflow-runs.json", n, lambda: seed_mlflow(
+            tmp / "mlflow" / "mlflow.db", n, runs))
         proc, url = _serve("mlflow", tmp / "mlflow", None)
         try:
             print("mlflow: get-history and get-history-bulk-interval", flush=True)
