@@ -157,6 +157,13 @@ def test_drift_metrics_and_payloads_of_a_running_deployment(server: ServerProces
     assert version["rows_seen"] == 2000 and version["windows"] == 3 and version["drifted"]
     assert {f["feature"] for f in version["features"] if f["drifted"]} == {"0"}
 
+    services = Services.open(Settings.for_home(server.home))
+    try:  # the replica files its DriftDetected event under the deployment, beside the controller's events
+        drift_events = services.events.list("deployment", f"default/{NAME}", reason="DriftDetected")
+    finally:
+        services.close()
+    assert drift_events and "0" in drift_events[0].message
+
     remote = server.remote_cli("deployments", "drift", NAME)
     local = server.cli("deployments", "drift", NAME)
     for out in (remote.stdout, local.stdout):

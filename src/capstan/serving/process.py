@@ -271,10 +271,8 @@ def serve_process_app(model: ServedModel, reference: ModelReference | None, opti
     from capstan.serving.observe import Observers, ServingObserver
 
     metrics = ServingMetrics()
-    deployment = f"{options.project}/{options.deployment}" if options.deployment and options.project else \
-        options.deployment
-    drift = DriftMonitor(stores.event_log(), gauge=metrics, window_rows=options.drift_window, deployment=deployment,
-                         project=options.project)
+    drift = DriftMonitor(stores.event_log(), gauge=metrics, window_rows=options.drift_window,
+                         deployment=options.deployment, project=options.project)
     drift.set_reference(model.name, str(model.version), reference)
     observers: list[ServingObserver] = [metrics, drift]
     closers = [drift.close, stores.close]
