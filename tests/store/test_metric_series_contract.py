@@ -191,3 +191,32 @@ def test_unknown_run_or_key(store: SqlTrackingStore) -> None:
     for key in ("never-logged", "only-there"):
         with pytest.raises(ResourceDoesNotExist, match=f"Metric '{key}' not found in run '{run_id}'"):
             store.metric_series(run_id, key, series_query())
+
+
+def test_buckets_kept_between_reads_follow_new_points(store: SqlTrackingStore) -> None:
+    """Step-axis buckets are kept between reads and stay right when points arrive inside them (out of order too),
+    and when the series grows past its last step."""
+    run_id = _run(store)
+    n = RAW_LIMIT + 1_000
+    steps = np.arange(n, dtype=np.int64)
+    stamps = T0 + steps * 10
+    values = np.sin(steps / 100.0)
+    _log(store, run_id, "loss", steps.tolist(), stamps.tolist(), values.tolist())
+    query = series_query(max_points=500)
+    first = store.metric_series(run_id, "loss", query)
+    hits = store._series_cache.hits  # the adapter's own cache
+    assert store.metric_series(run_id, "loss", query) == first
+    assert store._series_cache.hits >= hits + len(first.buckets)
+
+    late = ([300, 300, 7_000, n - 1], [T0 + 1, T0 + 2, T0 + 3, T0 + 4], [99.0, math.nan, -math.inf, 5.0])
+    _log(store, run_id, "loss", *late)
+    grown = ([n + 5], [T0 + 10 * (n + 5)], [-7.0])
+    _log(store, run_id, "loss", *grown)
+    steps = np.concatenate([steps, late[0], grown[0]])
+    stamps = np.concatenate([stamps, late[1], grown[1]])
+    values = np.concatenate([values, late[2], grown[2]])
+    for q in (query, series_query(max_points=500, x_max=n - 1)):
+        got = store.metric_series(run_id, "loss", q)
+        points, want = _reference(steps, stamps, values, *q.bounds(0), q.max_points)
+        assert got.points == points
+        _same(got.buckets, want)

@@ -41,7 +41,7 @@ from capstan.store.tracking_query import (
     run_info,
     run_search_query,
 )
-from capstan.store.tracking_series import read_series
+from capstan.store.tracking_series import BucketCache, read_series
 from capstan.store.tracking_sqltext import write_metrics, write_params
 from capstan.store.tracking_tx import RawTx, Transactor
 from capstan.store.tracking_validation import (
@@ -129,6 +129,7 @@ class SqlTrackingStore:
         # A log on the same database gets the events inside the store's own transaction.
         self._inline_log = events if isinstance(events, SqlEventLog) and events.engine is engine else None
         self._key_ids: dict[str, int] = {}
+        self._series_cache = BucketCache()
         self._defaults_ready = False
 
     # ------------------------------------------------------------------------------------------ plumbing
@@ -591,7 +592,7 @@ class SqlTrackingStore:
             key_id = self._known_key_ids(tx, [key]).get(key)
             if key_id is None:
                 raise ResourceDoesNotExist(f"Metric {key!r} not found in run '{run_id}'")
-            return read_series(tx, self._dialect, rid, key_id, run_id, key, query)
+            return read_series(tx, self._dialect, rid, key_id, run_id, key, query, self._series_cache)
 
         return self._read(work)
 
