@@ -1,11 +1,13 @@
 """Metric charts benchmark: 3 runs x 1,000,000 points of one metric, overlaid, against MLflow in the same run.
 
 Capstan (`capstan server`, SQLite by default, PostgreSQL with --db-url):
-  (a) the overlay series API for the whole range, 3 runs x 1,000 buckets (GET /api/v1/metrics/series): the first
-      call and the median of --repeats, bytes sent; the same on the time axis; a zoom to 10% of the steps
-  (b) in Debian's Chromium (Playwright, /usr/bin/chromium), on the compare page of the 3 runs: from the request to
-      the chart drawn (`capstan.charts.render` resolves after Plotly's plotly_afterplot) on a fresh element, first
-      and median; and the whole compare page, navigation start to its chart drawn
+  (a) on a fresh server, the overlay series API for the whole range, 3 runs x 1,000 buckets
+      (GET /api/v1/metrics/series): the first call (cold) and the median of --repeats, bytes sent; the same on the
+      time axis; a zoom to 10% of the steps
+  (b) in Debian's Chromium (Playwright, /usr/bin/chromium): from the request to the chart drawn
+      (`capstan.charts.render` resolves after Plotly's plotly_afterplot) on a fresh element of a loaded page, cold
+      (the first read of the series since the server started) and again (the server kept the step-axis buckets,
+      decision 0520); and the compare page of the 3 runs, navigation start to its chart drawn
   (c) the MLflow REST history of one run (GET /api/2.0/mlflow/metrics/get-history) served by Capstan
 MLflow (`mlflow server`, SQLite), the same points:
   (d) get-history of each run, every point (what a client without server-side downsampling fetches)
@@ -160,12 +162,15 @@ _RENDER = """async ({runs, key}) => {
   let afterplot = null;
   const started = performance.now();
   el.on('plotly_afterplot', () => { afterplot = performance.now(); });
+  performance.clearResourceTimings();
   await window.capstan.charts.render(el, {runs: runs, key: key, x: 'step'});
   const drawn = performance.now();
+  const fetched = performance.getEntriesByType('resource').filter(e => e.name.includes('/api/v1/metrics/series'));
+  const answered = fetched.length ? Math.max(...fetched.map(e => e.responseEnd)) - started : null;
   const lines = el.data.filter(t => (t.name || '').startsWith('run-') && !t.name.includes('NaN'));
   window.Plotly.purge(el);
   el.remove();
-  return {ms: drawn - started, afterplot_ms: afterplot === null ? null : afterplot - started,
+  return {ms: drawn - started, afterplot_ms: afterplot === null ? null : afterplot - started, fetch_ms: answered,
           lines: lines.length, points: lines.reduce((n, t) => n + t.x.length, 0)};
 }"""
 
@@ -179,32 +184,50 @@ _DRAWN = """() => new Promise(resolve => {
 })"""
 
 
+def _page_run(url: str) -> str:
+    """A run with one point, whose page loads plotly.js and charts.js without touching the measured series."""
+    with httpx.Client(base_url=url + "/api/v1", timeout=60) as client:
+        experiment = client.post("/experiments", json={"name": f"chart-page-{time.time_ns()}"})
+        experiment.raise_for_status()
+        run = client.post("/runs", json={"experiment_id": experiment.json()["experiment_id"]})
+        run.raise_for_status()
+        run_id = str(run.json()["info"]["run_id"])
+        client.post(f"/runs/{run_id}/batch", json={"metrics": [{"key": "x", "value": 1, "timestamp": T0,
+                                                                 "step": 0}]}).raise_for_status()
+        return run_id
+
+
 def browser_figures(url: str, run_ids: list[str], key: str, repeats: int) -> dict[str, Any]:
-    """(b): chart render and compare page in Chromium; empty when Chromium or Playwright is missing."""
+    """(b): chart render and compare page in Chromium; empty when Chromium or Playwright is missing. The first
+    render is cold when nothing read these series since the server started."""
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
         return {"skipped": "playwright is not installed (pip install -e '.[test]')"}
     if not CHROMIUM.exists():
         return {"skipped": f"{CHROMIUM} is missing (apt-get install chromium)"}
-    page_url = f"{url}/ui/compare?" + "&".join(f"run_id={r}" for r in run_ids)
+    compare_url = f"{url}/ui/compare?" + "&".join(f"run_id={r}" for r in run_ids)
     runs = [{"run_id": r, "name": f"run-{i}"} for i, r in enumerate(run_ids)]
+    page_run = _page_run(url)
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True,
                                              args=["--no-sandbox", "--disable-dev-shm-usage"])
         try:
             page = browser.new_context(viewport={"width": 1360, "height": 900}).new_page()
-            loads = []
-            for _ in range(repeats + 1):
-                page.goto(page_url)
-                loads.append(page.evaluate(_DRAWN))
+            page.goto(f"{url}/ui/runs/{page_run}")
             page.wait_for_load_state("networkidle")
             renders = [page.evaluate(_RENDER, {"runs": runs, "key": key}) for _ in range(repeats + 1)]
+            loads = []
+            for _ in range(repeats + 1):
+                page.goto(compare_url)
+                loads.append(page.evaluate(_DRAWN))
         finally:
             browser.close()
     return {
-        "render_first_ms": renders[0]["ms"], "render_median_ms": statistics.median(r["ms"] for r in renders[1:]),
+        "render_first_ms": renders[0]["ms"], "render_first_fetch_ms": renders[0]["fetch_ms"],
+        "render_median_ms": statistics.median(r["ms"] for r in renders[1:]),
         "afterplot_median_ms": statistics.median(r["afterplot_ms"] or math.nan for r in renders[1:]),
+        "fetch_median_ms": statistics.median(r["fetch_ms"] or math.nan for r in renders[1:]),
         "lines": renders[-1]["lines"], "points_drawn": renders[-1]["points"],
         "page_first_ms": loads[0], "page_median_ms": statistics.median(loads[1:]),
     }
@@ -212,9 +235,10 @@ def browser_figures(url: str, run_ids: list[str], key: str, repeats: int) -> dic
 
 def chart_figures(url: str, run_ids: list[str], key: str = KEY, *, points: int,
                   repeats: int = 5) -> dict[str, Any]:
-    """(a) and (b) against a running server whose ``run_ids`` logged ``points`` points of ``key`` at steps 0..n-1."""
-    return {"api": api_figures(url, run_ids, key, points, repeats),
-            "browser": browser_figures(url, run_ids, key, repeats)}
+    """(b) then (a) against a running server whose ``run_ids`` logged ``points`` points of ``key`` at steps 0..n-1
+    (the API figures then find the step-axis buckets kept by the server: their first call is warm)."""
+    return {"browser": browser_figures(url, run_ids, key, repeats),
+            "api": api_figures(url, run_ids, key, points, repeats)}
 
 
 def _guarded(measure: Callable[[], dict[str, float]]) -> dict[str, Any]:
@@ -320,10 +344,17 @@ def main() -> None:
     print(f"logging {runs} x {n:,} points into Capstan", flush=True)
     cap_runs, results["capstan_seed_s"] = _seeded(tmp / "capstan-runs.json", n, lambda: seed_capstan(
         tmp / "capstan", args.db_url, n, runs))
+    # A fresh server for each part, so that each part's first figure is a cold read.
     proc, url = _serve("capstan", tmp / "capstan", args.db_url)
     try:
-        print("capstan: series API, Chromium, MLflow-compatible history", flush=True)
-        results.update(chart_figures(url, cap_runs, points=n, repeats=args.repeats))
+        print("capstan: the chart in Chromium", flush=True)
+        results["browser"] = browser_figures(url, cap_runs, KEY, args.repeats)
+    finally:
+        stop(proc)
+    proc, url = _serve("capstan", tmp / "capstan", args.db_url)
+    try:
+        print("capstan: series API, MLflow-compatible history", flush=True)
+        results["api"] = api_figures(url, cap_runs, KEY, n, args.repeats)
         results["api"]["capstan get-history (MLflow REST), 1 run, every point"] = capstan_history(
             url, cap_runs[0], max(1, args.repeats // 2))
     finally:
@@ -356,13 +387,16 @@ def main() -> None:
     if "skipped" in browser:
         print(f"Chromium: skipped ({browser['skipped']})")
     else:
-        print(f"Chromium, 3 runs x {n:,} points overlaid: request to chart drawn {browser['render_median_ms']:.0f} ms "
-              f"(median; first {browser['render_first_ms']:.0f} ms; plotly_afterplot at "
-              f"{browser['afterplot_median_ms']:.0f} ms), {browser['points_drawn']} points drawn; compare page "
-              f"navigation to chart {browser['page_median_ms']:.0f} ms (first {browser['page_first_ms']:.0f} ms)")
-        verdict = "met" if browser["render_median_ms"] < GOAL_MS else "NOT met"
-        print(f"goal: a chart of 3 runs x 1,000,000 points renders in under {GOAL_MS:.0f} ms: {verdict}"
-              + ("" if n >= 1_000_000 else f" (measured with {n:,} points per run)"))
+        print(f"Chromium, 3 runs x {n:,} points overlaid, request to chart drawn: cold (first read since the "
+              f"server started) {browser['render_first_ms']:.0f} ms, of which the series request "
+              f"{browser['render_first_fetch_ms']:.0f} ms; again {browser['render_median_ms']:.0f} ms (median; "
+              f"plotly_afterplot at {browser['afterplot_median_ms']:.0f} ms, the request "
+              f"{browser['fetch_median_ms']:.0f} ms); {browser['points_drawn']} points drawn. Compare page, "
+              f"navigation to chart: {browser['page_median_ms']:.0f} ms (first {browser['page_first_ms']:.0f} ms)")
+        for label, figure in (("cold", browser["render_first_ms"]), ("again", browser["render_median_ms"])):
+            verdict = "met" if figure < GOAL_MS else "NOT met"
+            print(f"goal: a chart of 3 runs x 1,000,000 points renders in under {GOAL_MS:.0f} ms ({label}): {verdict}"
+                  + ("" if n >= 1_000_000 else f" (measured with {n:,} points per run)"))
     print(f"logging: capstan {results['capstan_seed_s']:.1f} s through its store"
           + (f", mlflow {results['mlflow_seed_s']:.1f} s by direct SQL" if "mlflow_seed_s" in results else ""))
     if args.json:
