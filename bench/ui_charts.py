@@ -144,14 +144,23 @@ def api_figures(url: str, run_ids: list[str], key: str, n: int, repeats: int) ->
             params = {"run_id": run_ids, "key": key, "max_points": 1000, **extra}
             return lambda: client.get("/api/v1/metrics/series", params=params)
 
-        body = overlay()().json()
-        spikes = [max(b[3] for b in s["buckets"] if b[3] is not None) for s in body["series"]]
-        return {
-            "capstan series, 3 runs, step": {**timed(overlay(), repeats), "spikes_seen": float(
-                sum(spike >= 25.0 for spike in spikes))},
-            "capstan series, 3 runs, time": timed(overlay(x="time"), repeats),
-            "capstan series, 3 runs, 10% zoom": timed(overlay(x_min=n // 2, x_max=n // 2 + n // 10), repeats),
-        }
+        for run_id in run_ids:  # the server's first requests (imports, caches) are not the series' cost
+            client.get(f"/api/v1/runs/{run_id}").raise_for_status()
+        answers: list[httpx.Response] = []
+        step = overlay()
+
+        def kept() -> httpx.Response:
+            answers.append(step())
+            return answers[-1]
+
+        figures = {"capstan series, 3 runs, step": timed(kept, repeats),  # the first call is the cold one
+                   "capstan series, 3 runs, time": timed(overlay(x="time"), repeats),
+                   "capstan series, 3 runs, 10% zoom": timed(overlay(x_min=n // 2, x_max=n // 2 + n // 10),
+                                                             repeats)}
+        series = answers[0].json()["series"]
+        spikes = [max(b[3] for b in s["buckets"] if b[3] is not None) for s in series]
+        figures["capstan series, 3 runs, step"]["spikes_seen"] = float(sum(spike >= 25.0 for spike in spikes))
+        return figures
 
 
 _RENDER = """async ({runs, key}) => {
