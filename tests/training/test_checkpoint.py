@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
@@ -23,7 +24,9 @@ def _files(run_id: str, path: str) -> list[str]:
                                                                         recursive=True))
 
 
-def test_save_and_load_the_latest_keeping_the_last_k(fluent: Settings) -> None:
+def test_save_and_load_the_latest_keeping_the_last_k(fluent: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    # torch.save is used only when the process already imported torch (an earlier test may have): not here
+    monkeypatch.delitem(sys.modules, "torch", raising=False)
     assert ckpt.load_latest() is None and ckpt.list_checkpoints() == []  # no active run: nothing to load
     with capstan.start_run() as run:
         assert ckpt.load_latest() is None

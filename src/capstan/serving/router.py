@@ -510,7 +510,9 @@ class DeploymentRouter:
         load.completed = 0
         load.dirty = False
         try:
-            await asyncio.to_thread(self.store.report_load, report)
+            # Shielded: the figures were taken from the counters above, so a report cancelled by `aclose` must
+            # still be written, or those completions would be lost.
+            await asyncio.shield(asyncio.to_thread(self.store.report_load, report))
         except Exception:  # the report is advisory; the next one carries the figures again
             log.exception("deployment router: cannot report the load of %s", deployment)
             load.completed += report.completed
