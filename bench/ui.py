@@ -8,8 +8,11 @@ Data, in one temporary Capstan home and one MLflow SQLite database:
   - a finished pipeline run of 500 steps (20 layers of 25 thread steps, each after one or two of the layer before),
     run by Capstan's own runner
 
-Pages and what "interactive" means here (each in a fresh tab of one browser context, so the HTTP cache and
-localStorage persist as for a returning user; one warm-up load, then the median of --reps loads):
+Pages and what "interactive" means here. Both servers run side by side and one browser loads the pages in rounds,
+each round loading every page once, Capstan's and MLflow's in turn (a warm-up round, then --reps timed rounds;
+medians of the timed loads), so both sides share the machine's load. Each load is a new tab of the page's browser
+context (Capstan's pages share one, each MLflow view has its own), so the HTTP cache and localStorage persist, as
+for a returning user:
   - the time from navigation start (the page's performance.timeOrigin) until, after the load event, (1) the page's
     content is in the DOM (the table's rows, the DAG's nodes), (2) two animation frames have passed since (it has
     been painted), and (3) the main thread is idle: the end of the last long task (>= 50 ms, PerformanceObserver
@@ -31,8 +34,8 @@ localStorage persist as for a returning user; one warm-up load, then the median 
 Goals (issue 12): runs page interactive < 1 s with 10,000 runs x 50 metrics; chart of 3 x 1,000,000 points drawn
 < 500 ms; 500-step DAG < 1 s.
 
-    python bench/ui.py                      # full sizes (about 15 minutes, most of it writing the data)
-    python bench/ui.py --quick              # 1,000 runs, 100,000 points per chart run (about 2 minutes)
+    python bench/ui.py                      # full sizes (4 to 10 minutes, with the machine's load)
+    python bench/ui.py --quick              # 1,000 runs, 100,000 points per chart run (2 to 3 minutes)
     python bench/ui.py --no-mlflow --json ui.json
 """
 
@@ -41,6 +44,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -48,7 +52,9 @@ import textwrap
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from itertools import zip_longest
 from pathlib import Path
 from typing import Any
 
@@ -271,87 +277,103 @@ INTERACTIVE = """async ({wants, quiet, timeout}) => {
 }"""
 
 
-def page_figures(context: Any, url: str, wants: list[tuple[str, int]], reps: int, quiet_ms: float,
-                 timeout_s: float, shot: Path | None = None) -> dict[str, Any]:
-    """One warm-up load and ``reps`` loads of ``url``, each in a new tab; figures in ms from navigation start.
-    After two loads that fail (timed out, or the page broke) the page is not loaded again."""
-    loads: list[dict[str, Any]] = []
-    failures = 0
+@dataclass(frozen=True)
+class View:
+    """One page to load: its name in the report, the browser context it opens in (``capstan``, or one per MLflow
+    view: their persisted state differs), its URL, and what must be on it (CSS selector, at least how many)."""
+
+    name: str
+    context: str
+    url: str
+    wants: list[tuple[str, int]]
+
+
+def load_once(context: Any, view: View, quiet_ms: float, timeout_s: float, shot: Path | None) -> dict[str, Any]:
+    """One load of ``view`` in a new tab of ``context``; figures in ms from navigation start."""
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error).splitlines()[0][:300]))
     load_average = os.getloadavg()[0]
-    for rep in range(reps + 1):
-        page = context.new_page()
-        errors: list[str] = []
-        page.on("pageerror", lambda error, errors=errors: errors.append(str(error).splitlines()[0][:300]))
-        try:
-            page.goto(url, wait_until="load", timeout=timeout_s * 1000)
-            figures = page.evaluate(INTERACTIVE, {"wants": wants, "quiet": quiet_ms, "timeout": timeout_s * 1000})
-            if shot is not None and (rep == 0 or figures.get("timed_out")):
-                page.screenshot(path=str(shot))
-        except Exception as error:  # noqa: BLE001  # a page that fails to load is a result, reported as such
-            figures = {"timed_out": True, "error": str(error).splitlines()[0][:300]}
-        finally:
-            page.close()
-        figures["page_errors"] = errors
-        loads.append(figures)
-        failures += bool(figures.get("timed_out"))
-        if failures == 2:
-            break
-    out: dict[str, Any] = {"url": url, "wants": wants, "loads": loads, "first": loads[0], "failed_loads": failures,
-                           "load_average": [load_average, os.getloadavg()[0]]}
+    try:
+        page.goto(view.url, wait_until="load", timeout=timeout_s * 1000)
+        figures = page.evaluate(INTERACTIVE, {"wants": view.wants, "quiet": quiet_ms, "timeout": timeout_s * 1000})
+        if shot is not None:
+            page.screenshot(path=str(shot))
+    except Exception as error:  # noqa: BLE001  # a page that fails to load is a result, reported as such
+        figures = {"timed_out": True, "error": str(error).splitlines()[0][:300]}
+    finally:
+        page.close()
+    return {**figures, "page_errors": errors, "load_average": load_average}
+
+
+def summary(view: View, loads: list[dict[str, Any]]) -> dict[str, Any]:
+    """The median of the timed loads (all but the first) of a view, or the failure that stopped it."""
+    failures = sum(bool(load.get("timed_out")) for load in loads)
+    averages = [load["load_average"] for load in loads]
+    out: dict[str, Any] = {"url": view.url, "wants": view.wants, "loads": loads, "first": loads[0],
+                           "failed_loads": failures, "load_average": [min(averages), max(averages)]}
     timed = [load for load in loads[1:] if not load.get("timed_out")]
     if timed:
-        for key in ("ttfb", "load", "ready", "painted", "interactive", "blocking", "html_bytes"):
-            out[f"{key}_ms" if key != "html_bytes" else key] = statistics.median(load[key] for load in timed)
+        for key in ("ttfb", "load", "ready", "painted", "interactive", "blocking"):
+            out[f"{key}_ms"] = statistics.median(load[key] for load in timed)
+        out["html_bytes"] = statistics.median(load["html_bytes"] for load in timed)
     else:
         out["timed_out"] = next((load for load in reversed(loads) if load.get("timed_out")), loads[-1])
     return out
 
 
-@contextmanager
-def browser_context(*, init: list[str]) -> Iterator[Any]:
+def measure(views: list[View], inits: dict[str, list[str]], args: argparse.Namespace,
+            shots: Path) -> dict[str, Any]:
+    """Rounds of one load of every view in turn (a warm-up round, then ``args.reps``), so that Capstan's and
+    MLflow's pages share the machine's load; a view whose loads failed twice (timed out, or the page broke) is
+    not loaded again."""
     from playwright.sync_api import sync_playwright
 
+    loads: dict[str, list[dict[str, Any]]] = {view.name: [] for view in views}
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True,
                                              args=["--no-sandbox", "--disable-dev-shm-usage"])
         try:
-            context = browser.new_context(viewport={"width": 1360, "height": 900})
-            for script in (LONG_TASKS, *init):
-                context.add_init_script(script)
-            yield context
+            contexts = {}
+            for key, init in inits.items():
+                contexts[key] = browser.new_context(viewport={"width": 1360, "height": 900})
+                for script in (LONG_TASKS, *init):
+                    contexts[key].add_init_script(script)
+            for rep in range(args.reps + 1):
+                print(f"  round {rep + 1} of {args.reps + 1}" + (" (warm-up)" if rep == 0 else ""), flush=True)
+                for index, view in enumerate(views):
+                    done = loads[view.name]
+                    if sum(bool(load.get("timed_out")) for load in done) >= 2:
+                        continue
+                    shot = shots / f"{index}-{view.context}.png" if rep == 0 else None
+                    done.append(load_once(contexts[view.context], view, args.quiet_ms, args.timeout, shot))
         finally:
             browser.close()
+    return {view.name: summary(view, loads[view.name]) for view in views}
 
 
-def capstan_pages(url: str, experiment: str, n: int, dag_run: str | None, args: argparse.Namespace,
-                  shots: Path) -> dict[str, Any]:
-    """Capstan's runs page in three views and the pipeline run page."""
+def capstan_views(url: str, experiment: str, n: int, dag: tuple[str, int] | None) -> list[View]:
+    """Capstan's runs page in three views and the pipeline run page (``dag``: its run id and node count)."""
     rows = "#runs-table tbody tr[data-run-id]"
     metric_columns = "&".join(f"column=metrics.{metric_key(j)}" for j in range(METRICS))
     cells = "#runs-table tbody td[data-column^='metrics.']"
-    views = {
-        "capstan runs page, default (50 rows)": (f"/ui/experiments/{experiment}", [(rows, min(n, 50))]),
-        "capstan runs page, 50 metric columns (50 rows)": (
-            f"/ui/experiments/{experiment}?{metric_columns}", [(rows, min(n, 50)), (cells, min(n, 50) * METRICS)]),
-        "capstan runs page, 50 metric columns (100 rows)": (
-            f"/ui/experiments/{experiment}?{metric_columns}&max_results=100",
-            [(rows, min(n, 100)), (cells, min(n, 100) * METRICS)]),
-    }
-    if dag_run is not None:
-        nodes = len(httpx.get(f"{url}/api/v1/views/pipelines/runs/{dag_run}", timeout=60).json()["nodes"])
-        views["capstan pipeline run page, 500-step DAG"] = (f"/ui/pipelines/runs/{dag_run}",
-                                                            [("svg#dag .node[data-step]", nodes)])
-    out: dict[str, Any] = {}
-    with browser_context(init=[]) as context:
-        for name, (path, wants) in views.items():
-            print(f"  {name}", flush=True)
-            shot = shots / (name.split(",")[0].replace(" ", "-") + f"-{len(out)}.png")
-            out[name] = page_figures(context, url + path, wants, args.reps, args.quiet_ms, args.timeout, shot)
-    return out
+    page = f"{url}/ui/experiments/{experiment}"
+    views = [
+        View("capstan runs page, default (50 rows)", "capstan", page, [(rows, min(n, 50))]),
+        View("capstan runs page, 50 metric columns (50 rows)", "capstan", f"{page}?{metric_columns}",
+             [(rows, min(n, 50)), (cells, min(n, 50) * METRICS)]),
+        View("capstan runs page, 50 metric columns (100 rows)", "capstan",
+             f"{page}?{metric_columns}&max_results=100", [(rows, min(n, 100)), (cells, min(n, 100) * METRICS)]),
+    ]
+    if dag is not None:
+        views.append(View("capstan pipeline run page, 500-step DAG", "capstan", f"{url}/ui/pipelines/runs/{dag[0]}",
+                          [("svg#dag .node[data-step]", dag[1])]))
+    return views
 
 
-def mlflow_pages(url: str, experiment: str, n: int, args: argparse.Namespace, shots: Path) -> dict[str, Any]:
-    """MLflow's experiment page: its default columns, and with the 50 metric columns chosen."""
+def mlflow_views(url: str, experiment: str, n: int) -> tuple[list[View], dict[str, list[str]]]:
+    """MLflow's experiment page with its default columns and with the 50 metric columns chosen, and the init
+    scripts of their browser contexts."""
     state_key = f'MLflowLocalStorage-1.1-ExperimentPage-["{experiment}"]-ReactComponentState'
     chosen = ["attributes.`Source`", "attributes.`Models`", "attributes.`Dataset`",
               *(f"metrics.`{metric_key(j)}`" for j in range(METRICS))]
@@ -361,15 +383,10 @@ def mlflow_pages(url: str, experiment: str, n: int, args: argparse.Namespace, sh
     page = f"{url}/#/experiments/{experiment}?workflowType=machine_learning"
     rows = (".ag-center-cols-container .ag-row", min(n, MLFLOW_ROWS))
     metric_cell = (".ag-center-cols-container .ag-row[row-index='0'] .ag-cell[col-id^='metrics.']", 1)
-    out: dict[str, Any] = {}
-    for name, init, wants in (("mlflow experiment page, default (100 rows)", [panel], [rows]),
-                              ("mlflow experiment page, 50 metric columns (100 rows)", [panel, columns],
-                               [rows, metric_cell])):
-        print(f"  {name}", flush=True)
-        with browser_context(init=init) as context:
-            shot = shots / f"mlflow-{len(out)}.png"
-            out[name] = page_figures(context, page, wants, args.reps, args.quiet_ms, args.timeout, shot)
-    return out
+    views = [View("mlflow experiment page, default (100 rows)", "mlflow-default", page, [rows]),
+             View("mlflow experiment page, 50 metric columns (100 rows)", "mlflow-columns", page,
+                  [rows, metric_cell])]
+    return views, {"mlflow-default": [panel], "mlflow-columns": [panel, columns]}
 
 
 def machine() -> dict[str, Any]:
@@ -397,7 +414,7 @@ def page_rows(pages: dict[str, Any], goal_of: Callable[[str], float | None], not
                 f"{[w[1] for w in figures['wants']]}"
             if seen.get("page_errors"):
                 what += f"; page error: {seen['page_errors'][0]}"
-            rows.append([name, "failed", "", "", "", "", "", f"< {goal:,.0f}: NOT met ({what})" if goal else what])
+            rows.append([name, "failed", "", "", "", "", "", "", f"< {goal:,.0f}: NOT met ({what})" if goal else what])
             continue
         first = figures["first"]
         met = goal is not None and figures["interactive_ms"] < goal
@@ -406,9 +423,10 @@ def page_rows(pages: dict[str, Any], goal_of: Callable[[str], float | None], not
             verdict += f" ({figures['failed_loads']} of {len(figures['loads'])} loads failed)"
         if goal is not None and note and "runs page" in name:
             verdict += f" ({note})"
+        low, high = figures["load_average"]
         rows.append([name, _ms(figures["interactive_ms"]), _ms(first.get("interactive")), _ms(figures["ttfb_ms"]),
                      _ms(figures["load_ms"]), _ms(figures["blocking_ms"]), f"{figures['html_bytes'] / 1024:,.0f}",
-                     verdict])
+                     f"{low:.1f}-{high:.1f}", verdict])
     return rows
 
 
@@ -422,10 +440,11 @@ def report(results: dict[str, Any]) -> None:
 
     print()
     print(f"{results['runs']:,} runs x {METRICS} metrics; medians of {results['reps']} loads after a warm-up (ms "
-          "from navigation start)")
+          "from navigation start; the pages loaded in turn, round by round; load avg: the machine's during them)")
     note = "" if results["runs"] >= 10_000 else f"{results['runs']:,} runs"
     print(table(page_rows(pages, goal_of, note),
-                ["page", "interactive", "first load", "TTFB", "load event", "blocking", "HTML KiB", "goal (ms)"]))
+                ["page", "interactive", "first load", "TTFB", "load event", "blocking", "HTML KiB", "load avg",
+                 "goal (ms)"]))
     for ours, theirs in (("capstan runs page, default (50 rows)", "mlflow experiment page, default (100 rows)"),
                          ("capstan runs page, 50 metric columns (100 rows)",
                           "mlflow experiment page, 50 metric columns (100 rows)")):
@@ -464,9 +483,10 @@ def main() -> None:
     parser.add_argument("--reps", type=int, help="timed loads per page after a warm-up (default 5; --quick 3)")
     parser.add_argument("--quiet-ms", type=float, default=500.0, help="main-thread quiet window (default 500)")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds a page may take (default 60)")
-    parser.add_argument("--quick", action="store_true", help="smaller data and fewer loads (about 2 minutes)")
+    parser.add_argument("--quick", action="store_true", help="smaller data and fewer loads (2 to 3 minutes)")
     parser.add_argument("--no-mlflow", action="store_true", help="skip MLflow's UI")
     parser.add_argument("--json", type=Path, help="also write the raw figures to this file")
+    parser.add_argument("--keep", action="store_true", help="keep both stores (by default only screenshots stay)")
     args = parser.parse_args()
     n = args.runs or (1_000 if args.quick else 10_000)
     points = args.points or (100_000 if args.quick else 1_000_000)
@@ -489,25 +509,33 @@ def main() -> None:
     dag_run, steps, results["seed_s"]["capstan 500-step pipeline run"] = seed_pipeline(home, tmp)
     results["dag"] = {"run_id": dag_run, "steps": steps}
 
-    with serving("capstan", home) as url:
-        twin = httpx.get(f"{url}/api/v1/views/pipelines/runs/{dag_run}", timeout=60)
-        results["dag"]["page_status"] = twin.status_code
-        has_dag = twin.status_code == 200
-        print("capstan pages", flush=True)
-        results["capstan"] = capstan_pages(url, experiment, n, dag_run if has_dag else None, args, shots)
-        print("capstan chart", flush=True)
-        results["chart"] = charts.chart_figures(url, chart_runs, points=points, repeats=args.reps)
-
     if not args.no_mlflow:
         print(f"writing {n:,} runs x {METRICS} metrics into MLflow", flush=True)
         ml_experiment, results["seed_s"]["mlflow runs"] = seed_mlflow_runs(mlflow_home / "mlflow.db", n)
-        with serving("mlflow", mlflow_home) as url:
-            print("mlflow pages", flush=True)
-            results["mlflow"] = mlflow_pages(url, ml_experiment, n, args, shots)
+    with serving("capstan", home) as url:
+        twin = httpx.get(f"{url}/api/v1/views/pipelines/runs/{dag_run}", timeout=60)
+        results["dag"]["page_status"] = twin.status_code
+        dag = (dag_run, len(twin.json()["nodes"])) if twin.status_code == 200 else None
+        views = capstan_views(url, experiment, n, dag)
+        inits: dict[str, list[str]] = {"capstan": []}
+        with ExitStack() as peer:  # MLflow's server (and its job workers) stop before the chart is measured
+            if not args.no_mlflow:
+                ml_views, ml_inits = mlflow_views(peer.enter_context(serving("mlflow", mlflow_home)), ml_experiment, n)
+                views = [view for pair in zip_longest(views, ml_views) for view in pair if view is not None]
+                inits.update(ml_inits)
+            print("pages: " + "; ".join(view.name for view in views), flush=True)
+            pages = measure(views, inits, args, shots)
+        results["capstan"] = {k: v for k, v in pages.items() if k.startswith("capstan")}
+        results["mlflow"] = {k: v for k, v in pages.items() if k.startswith("mlflow")}
+        print("capstan chart (bench/ui_charts.py)", flush=True)
+        results["chart"] = charts.chart_figures(url, chart_runs, points=points, repeats=args.reps)
 
     results["machine"]["load_average_after"] = os.getloadavg()
     report(results)
     print(f"screenshots of the first loads: {shots}")
+    if not args.keep:
+        shutil.rmtree(home)
+        shutil.rmtree(mlflow_home)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
 
