@@ -22,7 +22,9 @@ one a user who does not know the answer writes (decision 0418), the same for eve
     questions as Optuna does, so their sequences should agree.
 (b) Wall time of the same random-search trials (40 epochs each) with 2 parallel trials against 1: Capstan (2
     worker processes under the queue) and Optuna's ``n_jobs=2`` (threads). Capstan's total includes starting its
-    workers; the "trial span" (first trial's start to last trial's end) leaves that one-time start out.
+    workers; the "trial span" (first trial's start to last trial's end) leaves that one-time start out. Each timing
+    also records the cores other processes kept busy meanwhile (``/proc/stat`` less this benchmark's own CPU time):
+    on a shared machine they, not the load average before and after, tell whether a figure can be trusted.
 (c) Overhead per trial with a no-op objective: Capstan's (queue admission, tracking run, durable trial record,
     worker round trip) against Optuna's own ``study.optimize`` loop.
 
@@ -51,7 +53,7 @@ import tempfile  # noqa: E402
 import time  # noqa: E402
 import warnings  # noqa: E402
 from collections.abc import Callable  # noqa: E402
-from functools import cache  # noqa: E402
+from functools import cache, partial  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
@@ -111,16 +113,25 @@ def fit(params: dict[str, Any], epochs: int, report: Callable[[float, int], bool
     return accuracy
 
 
-def capstan_trial(params: dict[str, Any]) -> float | None:
-    """The objective as a Capstan function trial."""
+def _capstan_fit(params: dict[str, Any], epochs: int) -> float | None:
     import capstan
 
     def report(value: float, step: int) -> bool:
         capstan.report(value, step)
         return capstan.should_prune()
 
-    value = fit(params, int(params.get("epochs", EPOCHS)), report)
+    value = fit(params, epochs, report)
     return None if capstan.should_prune() else value
+
+
+def capstan_trial(params: dict[str, Any]) -> float | None:
+    """The objective as a Capstan function trial (``EPOCHS`` epochs)."""
+    return _capstan_fit(params, EPOCHS)
+
+
+def capstan_trial_long(params: dict[str, Any]) -> float | None:
+    """The objective of (b): ``B_EPOCHS`` epochs, over the same space (so the same trials as Optuna's)."""
+    return _capstan_fit(params, B_EPOCHS)
 
 
 def capstan_noop(params: dict[str, Any]) -> float:
@@ -266,14 +277,49 @@ def part_a(home: Path, trials: int, capstan_algorithms: tuple[str, ...]) -> dict
     return out
 
 
+def _cpu() -> tuple[float, float] | None:
+    """CPU seconds used so far by the whole machine and by this process with its ended children (its trial
+    workers), or None where ``/proc/stat`` is missing: their difference over a timing is the other processes'
+    share of the cores, which is what makes a parallel timing wrong."""
+    import resource
+
+    try:
+        with open("/proc/stat") as stat:
+            ticks = [int(x) for x in stat.readline().split()[1:9]]
+    except OSError:
+        return None
+    busy = (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")  # everything but idle and iowait
+    own = sum(resource.getrusage(who).ru_utime + resource.getrusage(who).ru_stime
+              for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    return busy, own
+
+
+def _timed(run: Callable[[], tuple[float, float | None]]) -> dict[str, Any]:
+    """``run()``'s wall time (and trial span), with the cores this benchmark and other processes kept busy."""
+    before = _cpu()
+    wall, span = run()
+    after = _cpu()
+    out: dict[str, Any] = {"wall_s": wall} | ({"span_s": span} if span is not None else {})
+    if before is not None and after is not None:
+        busy, own = after[0] - before[0], after[1] - before[1]
+        out |= {"own_cores": own / wall, "other_cores": max(0.0, busy - own) / wall}
+    return out
+
+
+def _capstan_b(home: Path, trials: int, parallel: int) -> tuple[float, float | None]:
+    _rows, wall, span = capstan_run(home, "random", 0, trials, parallel=parallel, function=capstan_trial_long)
+    return wall, span
+
+
+def _optuna_b(trials: int, parallel: int) -> tuple[float, float | None]:
+    return optuna_run("random", 0, trials, n_jobs=parallel, epochs=B_EPOCHS)[1], None
+
+
 def part_b(home: Path, trials: int) -> dict[str, Any]:
     out: dict[str, Any] = {"trials": trials, "epochs": B_EPOCHS, "load_before": _load()}
-    space = SPACE | {"epochs": {"type": "categorical", "values": [B_EPOCHS]}}
     for parallel in (1, 2):
-        _rows, wall, span = capstan_run(home, "random", 0, trials, parallel=parallel, space=space)
-        out[f"capstan_{parallel}"] = {"wall_s": wall, "span_s": span}
-        _rows2, owall = optuna_run("random", 0, trials, n_jobs=parallel, epochs=B_EPOCHS)
-        out[f"optuna_{parallel}"] = {"wall_s": owall}
+        out[f"capstan_{parallel}"] = _timed(partial(_capstan_b, home, trials, parallel))
+        out[f"optuna_{parallel}"] = _timed(partial(_optuna_b, trials, parallel))
         print(f"  (b) {parallel} at a time: done", flush=True)
     out["capstan_speedup_wall"] = out["capstan_1"]["wall_s"] / out["capstan_2"]["wall_s"]
     out["capstan_speedup_span"] = out["capstan_1"]["span_s"] / out["capstan_2"]["span_s"]
@@ -357,6 +403,10 @@ def _report_b(b: dict[str, Any]) -> tuple[str, bool]:
           f"{b['capstan_2']['span_s']:.1f}s = {b['capstan_speedup_span']:.2f}x)")
     print(f"    optuna   {b['optuna_1']['wall_s']:.1f}s vs {b['optuna_2']['wall_s']:.1f}s = "
           f"{b['optuna_speedup']:.2f}x (n_jobs=2: threads)")
+    if "other_cores" in b["capstan_1"]:
+        print("    cores busy with this benchmark / with other processes: " + ", ".join(
+            f"{name} {b[name]['own_cores']:.2f} / {b[name]['other_cores']:.2f}"
+            for name in ("capstan_1", "capstan_2", "optuna_1", "optuna_2")))
     return "parallel efficiency >= 1.8x (trial span)", b["capstan_speedup_span"] >= 1.8
 
 
