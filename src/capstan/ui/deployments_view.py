@@ -35,6 +35,7 @@ from capstan.serving.drift_monitor import VersionDrift
 from capstan.serving.manage import RECENT_EVENTS, DeploymentManager, deployment_state, record_json
 from capstan.serving.outcomes import Outcome, OutcomeStore
 from capstan.serving.ports import DeploymentRecord, DeploymentStore, ReplicaRecord, routing_table
+from capstan.ui.paging import page_size
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
@@ -93,15 +94,7 @@ class DeploymentList:
 
 def check_page_size(value: int | str | None) -> int:
     """A page size between 1 and `MAX_PAGE_SIZE` (`DEFAULT_PAGE_SIZE` when not given)."""
-    if value is None or value == "":
-        return DEFAULT_PAGE_SIZE
-    try:
-        size = int(value)
-    except ValueError:
-        raise InvalidParameterValue(f"max_results: must be a whole number, got {str(value)[:40]!r}") from None
-    if not 1 <= size <= MAX_PAGE_SIZE:
-        raise InvalidParameterValue(f"max_results: must be between 1 and {MAX_PAGE_SIZE}, got {size}")
-    return size
+    return page_size(value, default=DEFAULT_PAGE_SIZE, maximum=MAX_PAGE_SIZE)
 
 
 def _token(name: str) -> str:

@@ -22,6 +22,7 @@ from capstan.training.job_views import attempt_summary
 from capstan.training.ports import TERMINAL_STATES, JobAttempt, JobRecord, JobStore
 from capstan.training.spec import TrainingJobSpec
 from capstan.troubleshoot.classify import format_bytes
+from capstan.ui.paging import page_size
 
 __all__ = ["JOB_STATES", "JobDetail", "JobsPage", "JobsQuery", "job_detail", "jobs_page", "parse_jobs_query",
            "project_suffix"]
@@ -53,14 +54,7 @@ def parse_jobs_query(states: Sequence[str], max_results: str | None, page_token:
     for name in chosen:
         if name not in JOB_STATES:
             raise InvalidParameterValue(f"state: must be one of {', '.join(JOB_STATES)}, got {name[:40]!r}")
-    size = DEFAULT_PAGE_SIZE
-    if max_results not in (None, ""):
-        try:
-            size = int(max_results)
-        except ValueError:
-            raise InvalidParameterValue(f"max_results: must be a whole number, got {max_results[:40]!r}") from None
-        if not 1 <= size <= MAX_PAGE_SIZE:
-            raise InvalidParameterValue(f"max_results: must be between 1 and {MAX_PAGE_SIZE}, got {size}")
+    size = page_size(max_results, default=DEFAULT_PAGE_SIZE, maximum=MAX_PAGE_SIZE)
     token = page_token or None
     decode_page_token(token)  # a malformed token is refused before anything is read
     return JobsQuery(chosen, size, token)

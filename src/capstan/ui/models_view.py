@@ -20,13 +20,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from capstan.errors import InvalidParameterValue, ResourceDoesNotExist
+from capstan.errors import ResourceDoesNotExist
 from capstan.registry.ports import RegistryStore
 from capstan.registry.records import ModelVersion, RegisteredModel
 from capstan.sdk import backends_wire as wire
 from capstan.sdk.fluent import PIPELINE_RUN_TAG, PIPELINE_STEP_TAG
 from capstan.tracking.ports import TrackingStore
 from capstan.tracking.records import DatasetInput, Experiment, Run
+from capstan.ui.paging import page_size
 
 DEFAULT_PAGE_SIZE = 25
 MAX_PAGE_SIZE = 100
@@ -37,17 +38,8 @@ MayRead = Callable[[str], bool]
 
 
 def check_page_size(value: str | None, *, default: int, maximum: int) -> int:
-    """A page size between 1 and ``maximum`` (``default`` when not given); `InvalidParameterValue` naming
-    ``max_results`` otherwise."""
-    if value is None or value == "":
-        return default
-    try:
-        size = int(value)
-    except ValueError:
-        raise InvalidParameterValue(f"max_results: must be a whole number, got {value[:40]!r}") from None
-    if not 1 <= size <= maximum:
-        raise InvalidParameterValue(f"max_results: must be between 1 and {maximum}, got {size}")
-    return size
+    """A page size between 1 and ``maximum`` (``default`` when not given), naming ``max_results``."""
+    return page_size(value, default=default, maximum=maximum)
 
 
 def check_version(text: str) -> int:

@@ -24,6 +24,7 @@ from capstan.sdk import backends_wire as wire
 from capstan.sdk.fluent import PIPELINE_RUN_TAG, PIPELINE_STEP_TAG
 from capstan.tracking.ports import TrackingStore
 from capstan.tracking.records import VIEW_TYPES, Experiment, Run
+from capstan.ui.paging import page_size
 
 ColumnKind = Literal["metrics", "params", "tags"]
 COLUMN_KINDS: tuple[ColumnKind, ...] = ("metrics", "params", "tags")
@@ -81,15 +82,7 @@ def parse_columns(texts: Iterable[str]) -> tuple[Column, ...]:
 
 def check_page_size(value: int | str | None) -> int:
     """A runs-table page size between 1 and `MAX_PAGE_SIZE` (`DEFAULT_PAGE_SIZE` when not given)."""
-    if value is None or value == "":
-        return DEFAULT_PAGE_SIZE
-    try:
-        size = int(value)
-    except ValueError:
-        raise InvalidParameterValue(f"max_results: must be a whole number, got {str(value)[:40]!r}") from None
-    if not 1 <= size <= MAX_PAGE_SIZE:
-        raise InvalidParameterValue(f"max_results: must be between 1 and {MAX_PAGE_SIZE}, got {size}")
-    return size
+    return page_size(value, default=DEFAULT_PAGE_SIZE, maximum=MAX_PAGE_SIZE)
 
 
 def check_view(view_type: str | None) -> str:

@@ -17,11 +17,12 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from capstan.errors import InvalidParameterValue, ResourceDoesNotExist
+from capstan.errors import ResourceDoesNotExist
 from capstan.server.security import DEFAULT_PROJECT
 from capstan.tracking.search_syntax import decode_page_token, encode_page_token
 from capstan.tuning.ports import StudyResult, StudyStore, TrialRecord
 from capstan.ui.jobs_view import project_suffix
+from capstan.ui.paging import page_size
 
 __all__ = ["History", "StudiesPage", "StudyDetail", "check_page_size", "history", "studies_page", "study_detail",
            "study_detail_json"]
@@ -33,15 +34,7 @@ TRIAL_STATES = ("WAITING", "RUNNING", "COMPLETE", "PRUNED", "FAILED")
 
 def check_page_size(value: str | int | None) -> int:
     """A page size between 1 and `MAX_PAGE_SIZE` (`DEFAULT_PAGE_SIZE` when not given); names ``max_results``."""
-    if value is None or value == "":
-        return DEFAULT_PAGE_SIZE
-    try:
-        size = int(value)
-    except ValueError:
-        raise InvalidParameterValue(f"max_results: must be a whole number, got {str(value)[:40]!r}") from None
-    if not 1 <= size <= MAX_PAGE_SIZE:
-        raise InvalidParameterValue(f"max_results: must be between 1 and {MAX_PAGE_SIZE}, got {size}")
-    return size
+    return page_size(value, default=DEFAULT_PAGE_SIZE, maximum=MAX_PAGE_SIZE)
 
 
 def _page_url(base: str, project: str, max_results: int, page_token: str | None) -> str:
