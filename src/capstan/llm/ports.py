@@ -90,6 +90,9 @@ class GenerationEvent:
     completion_tokens: int
     finish_reason: FinishReason | None = None
     error: str | None = None
+    queued_s: float | None = None
+    """On a request's first event only: seconds it waited before the engine first scheduled it (the queue-time
+    metric); None elsewhere."""
 
 
 @dataclass(frozen=True, slots=True)
