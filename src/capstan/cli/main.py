@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "capstan.cli.serve_cmds",
     "capstan.cli.deployment_cmds",
     "capstan.cli.training_cmds",
+    "capstan.cli.finetune_cmds",
     "capstan.cli.tuning_cmds",
     "capstan.cli.describe_cmds",
 )
