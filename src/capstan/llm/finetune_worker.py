@@ -111,7 +111,8 @@ def _load_model(options: FinetuneOptions, base_folder: Path, world: _World) -> t
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()  # the job's log holds one line per step, not progress bars
+    # The job's log holds one line per step, not progress bars.
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # transformers leaves it unannotated
     folder = str(pretrained_folder(base_folder))
     tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
     model: Any = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True)
