@@ -15,6 +15,7 @@ from typing import Any
 
 from capstan.errors import InvalidParameterValue
 from capstan.models import sklearn as sklearn_flavor
+from capstan.models import transformers_flavor
 from capstan.models.pyfunc import PyFuncModel
 from capstan.models.signature import infer_signature, normalize_signature, serialize_example
 
@@ -32,11 +33,13 @@ def _capstan_version() -> str:
 
 def save_model(model: Any, path: str | Path, *, input_example: Any = None, signature: Any = None,
                serialization_format: str | None = None, model_id: str | None = None, run_id: str | None = None,
-               artifact_path: str | None = None, metadata: Mapping[str, Any] | None = None) -> dict[str, Any]:
+               artifact_path: str | None = None, metadata: Mapping[str, Any] | None = None, tokenizer: Any = None,
+               base_model_uri: str | None = None) -> dict[str, Any]:
     """Write ``model`` into the empty (or new) folder ``path``; returns the ``MLmodel`` content.
 
     ``signature``: ``None`` infers it from ``input_example`` (and the model's predictions on it), ``False``
-    stores none, or pass an MLmodel-style mapping / an ``mlflow.models.ModelSignature``.
+    stores none, or pass an MLmodel-style mapping / an ``mlflow.models.ModelSignature``. ``tokenizer`` and
+    ``base_model_uri`` are for language models (`capstan.models.transformers_flavor`).
     """
     import yaml
 
@@ -44,13 +47,19 @@ def save_model(model: Any, path: str | Path, *, input_example: Any = None, signa
     folder.mkdir(parents=True, exist_ok=True)
     if any(folder.iterdir()):
         raise InvalidParameterValue(f"path: model folder {str(folder)!r} is not empty")
-    if not sklearn_flavor.accepts(model):
+    if transformers_flavor.accepts(model):
+        saved = transformers_flavor.save(model, folder, tokenizer=tokenizer, base_model_uri=base_model_uri)
+        flavors = {transformers_flavor.FLAVOR_NAME: saved.flavor_conf}
+    elif sklearn_flavor.accepts(model):
+        saved = sklearn_flavor.save(model, folder, serialization_format=serialization_format)
+        flavors = {"python_function": saved.pyfunc_conf, sklearn_flavor.FLAVOR_NAME: saved.flavor_conf}
+    else:
         raise InvalidParameterValue(
-            f"model: {type(model).__name__} is not a supported model type (supported: scikit-learn estimators)")
-    saved = sklearn_flavor.save(model, folder, serialization_format=serialization_format)
+            f"model: {type(model).__name__} is not a supported model type (supported: scikit-learn estimators, "
+            "transformers models with their tokenizer, sentence-transformers models, peft LoRA adapters)")
     mlmodel: dict[str, Any] = {
         "artifact_path": artifact_path or str(folder),
-        "flavors": {"python_function": saved.pyfunc_conf, sklearn_flavor.FLAVOR_NAME: saved.flavor_conf},
+        "flavors": flavors,
         "capstan_version": _capstan_version(),
         "is_signature_from_type_hint": False,
         "model_id": model_id,

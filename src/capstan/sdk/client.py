@@ -249,7 +249,7 @@ class Client:
 
     def log_model(self, run_id: str, model: Any, name: str, *, input_example: Any = None, signature: Any = None,
                   registered_model_name: str | None = None, serialization_format: str | None = None,
-                  reference_data: Any = None) -> ModelInfo:
+                  reference_data: Any = None, tokenizer: Any = None) -> ModelInfo:
         """Log ``model`` as an output of run ``run_id`` (see `capstan.log_model`)."""
         from capstan.sdk import fluent_models as sdk_models
 
@@ -257,7 +257,8 @@ class Client:
         return sdk_models.log_model(self._backend, model, name, experiment_id=run.info.experiment_id,
                                     run_id=run_id, input_example=input_example, signature=signature,
                                     registered_model_name=registered_model_name,
-                                    serialization_format=serialization_format, reference_data=reference_data)
+                                    serialization_format=serialization_format, reference_data=reference_data,
+                                    tokenizer=tokenizer)
 
     def load_model(self, model_uri: str, *, as_pyfunc: bool = False,
                    dst_path: str | os.PathLike[str] | None = None) -> Any:

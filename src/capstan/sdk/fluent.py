@@ -251,14 +251,15 @@ class ActiveRun:
 
     def log_model(self, model: Any, name: str, *, input_example: Any = None, signature: Any = None,
                   registered_model_name: str | None = None, serialization_format: str | None = None,
-                  reference_data: Any = None) -> ModelInfo:
+                  reference_data: Any = None, tokenizer: Any = None) -> ModelInfo:
         """Log a model as an output of this run (see `capstan.log_model`)."""
         from capstan.sdk import fluent_models as sdk_models
 
         return sdk_models.log_model(self._state.backend, model, name, experiment_id=self.experiment_id,
                                     run_id=self.run_id, input_example=input_example, signature=signature,
                                     registered_model_name=registered_model_name,
-                                    serialization_format=serialization_format, reference_data=reference_data)
+                                    serialization_format=serialization_format, reference_data=reference_data,
+                                    tokenizer=tokenizer)
 
     def __repr__(self) -> str:
         return f"ActiveRun(run_id={self.run_id!r}, run_name={self.run_name!r}, experiment_id={self.experiment_id!r})"
@@ -657,14 +658,15 @@ def log_dict(data: Any, artifact_file: str) -> None:
 
 def log_model(model: Any, name: str, *, input_example: Any = None, signature: Any = None,
               registered_model_name: str | None = None, serialization_format: str | None = None,
-              reference_data: Any = None) -> ModelInfo:
-    """Log a scikit-learn model as an MLflow 3 style logged model of the active run.
+              reference_data: Any = None, tokenizer: Any = None) -> ModelInfo:
+    """Log a scikit-learn or language model as an MLflow 3 style logged model of the active run.
 
     Writes ``MLmodel`` (flavors ``python_function`` + ``sklearn``), the model file, requirements and, given
     ``input_example``, the example and a signature inferred from it. With ``registered_model_name`` a new
     registry version is created from it. Without an active run the model is logged to the current experiment.
     ``reference_data`` (the training data or the input example) is profiled into ``reference_profile.json``, the
-    reference serving measures drift against.
+    reference serving measures drift against. A transformers model is logged with its ``tokenizer`` (flavor
+    ``transformers``, see docs/llm.md); a sentence-transformers model or a ``save_pretrained`` folder needs none.
     """
     run = _STATE.active()
     if run is None and _STATE.settings.job_run_id:
@@ -672,13 +674,15 @@ def log_model(model: Any, name: str, *, input_example: Any = None, signature: An
     if run is not None:
         return run.log_model(model, name, input_example=input_example, signature=signature,
                              registered_model_name=registered_model_name,
-                             serialization_format=serialization_format, reference_data=reference_data)
+                             serialization_format=serialization_format, reference_data=reference_data,
+                             tokenizer=tokenizer)
     from capstan.sdk import fluent_models as sdk_models
 
     return sdk_models.log_model(_STATE.backend, model, name, experiment_id=_STATE.experiment_id(None),
                                 run_id=None, input_example=input_example, signature=signature,
                                 registered_model_name=registered_model_name,
-                                serialization_format=serialization_format, reference_data=reference_data)
+                                serialization_format=serialization_format, reference_data=reference_data,
+                                tokenizer=tokenizer)
 
 
 def load_model(model_uri: str, *, as_pyfunc: bool = False, dst_path: str | os.PathLike[str] | None = None) -> Any:

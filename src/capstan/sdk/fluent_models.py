@@ -43,13 +43,18 @@ class ModelInfo:
 def log_model(backend: TrackingBackend, model: Any, name: str, *, experiment_id: str, run_id: str | None,
               input_example: Any = None, signature: Any = None, registered_model_name: str | None = None,
               serialization_format: str | None = None, params: Mapping[str, str] | None = None,
-              tags: Mapping[str, str] | None = None, step: int = 0, reference_data: Any = None) -> ModelInfo:
+              tags: Mapping[str, str] | None = None, step: int = 0, reference_data: Any = None,
+              tokenizer: Any = None, base_model_uri: str | None = None) -> ModelInfo:
     """Save ``model`` as a logged model of ``experiment_id`` (output of ``run_id``) and optionally register it.
+
+    A transformers model is logged with its ``tokenizer``; a peft LoRA adapter names its ``base_model_uri`` (see
+    `capstan.models.transformers_flavor`).
 
     ``reference_data`` (the training data, or the input example: a DataFrame, a 2-D array or a mapping of columns)
     is profiled into ``reference_profile.json`` in the model folder, the reference that serving measures drift
     against (`capstan.serving.drift_monitor`).
     """
+    from capstan.models import transformers_flavor
     from capstan.models.format import save_model
 
     if not name or "/" in name:
@@ -59,7 +64,8 @@ def log_model(backend: TrackingBackend, model: Any, name: str, *, experiment_id:
         from capstan.serving.drift_monitor import reference_from_data
 
         reference = reference_from_data(reference_data)
-    logged = backend.create_logged_model(experiment_id, name=name, source_run_id=run_id, model_type="sklearn",
+    model_type = transformers_flavor.FLAVOR_NAME if transformers_flavor.accepts(model) else "sklearn"
+    logged = backend.create_logged_model(experiment_id, name=name, source_run_id=run_id, model_type=model_type,
                                          params=params, tags=tags)
     owner = ArtifactOwner.logged_model(logged.model_id)
     try:
@@ -67,7 +73,8 @@ def log_model(backend: TrackingBackend, model: Any, name: str, *, experiment_id:
             folder = Path(tmp) / "model"
             mlmodel = save_model(model, folder, input_example=input_example, signature=signature,
                                  serialization_format=serialization_format, model_id=logged.model_id,
-                                 run_id=run_id, artifact_path=logged.artifact_location)
+                                 run_id=run_id, artifact_path=logged.artifact_location, tokenizer=tokenizer,
+                                 base_model_uri=base_model_uri)
             if reference is not None:
                 from capstan.serving.drift_monitor import write_reference
 

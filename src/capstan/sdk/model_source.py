@@ -7,6 +7,8 @@ download against those digests before loading anything.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -14,7 +16,19 @@ from capstan.errors import InvalidParameterValue
 from capstan.serving.loading import FetchedModel
 
 if TYPE_CHECKING:
-    from capstan.sdk.backends import TrackingBackend
+    from capstan.sdk.backends import ArtifactOwner, TrackingBackend
+
+
+@dataclass(frozen=True, slots=True)
+class ModelListing:
+    """A model's files before they are downloaded: where they are, the name and version to serve them as, and the
+    sha256 the artifact store recorded for each (path relative to the model folder -> digest)."""
+
+    owner: ArtifactOwner
+    path: str
+    name: str
+    version: str
+    digests: Mapping[str, str | None]
 
 
 class BackendModelSource:
@@ -23,8 +37,8 @@ class BackendModelSource:
     def __init__(self, backend: TrackingBackend) -> None:
         self.backend = backend
 
-    def fetch(self, uri: str, dest: Path) -> FetchedModel:
-        """Download the model folder at ``uri`` below ``dest``, with the recorded digest of each file."""
+    def list_model(self, uri: str) -> ModelListing:
+        """The model at ``uri``: its name, version and the recorded digest of each file (nothing downloaded)."""
         from capstan.sdk import fluent_models as sdk_models
 
         owner, path = sdk_models.resolve_model_uri(self.backend, uri)
@@ -39,7 +53,21 @@ class BackendModelSource:
         start = len(rel) + 1 if rel else 0
         digests = {item.path[start:]: item.digest
                    for item in self.backend.list_artifacts(owner, rel, recursive=True) if not item.is_dir}
-        folder = self.backend.download_artifacts(owner, rel, dest)
+        return ModelListing(owner, rel, name, version, digests)
+
+    def download(self, listing: ModelListing, dest: Path) -> FetchedModel:
+        """Download the listed model folder below ``dest``."""
+        folder = self.backend.download_artifacts(listing.owner, listing.path, dest)
         if not (folder / "MLmodel").is_file():
-            raise InvalidParameterValue(f"model uri: {uri!r} does not point at a model folder (no MLmodel file)")
-        return FetchedModel(folder, name, version, digests)
+            raise InvalidParameterValue(f"{listing.name!r} version {listing.version} is not a model folder "
+                                        "(no MLmodel file)")
+        return FetchedModel(folder, listing.name, listing.version, listing.digests)
+
+    def fetch(self, uri: str, dest: Path) -> FetchedModel:
+        """Download the model folder at ``uri`` below ``dest``, with the recorded digest of each file."""
+        listing = self.list_model(uri)
+        try:
+            return self.download(listing, dest)
+        except InvalidParameterValue:
+            raise InvalidParameterValue(
+                f"model uri: {uri!r} does not point at a model folder (no MLmodel file)") from None
