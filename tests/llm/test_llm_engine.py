@@ -179,3 +179,22 @@ def test_the_context_window_and_unsupported_parameters_are_refused(engine: Trans
                                                    min_tokens=engine.context_length - n_prompt, temperature=0.0)))
     assert events[-1].completion_tokens == engine.context_length - n_prompt
     assert engine.stats().waiting == 0 and engine.stats().running == 0
+
+
+def test_closing_the_engine_ends_open_streams_with_an_error(tiny_model_dir: Path) -> None:
+    tokenizer = HfTokenizer.from_pretrained(tiny_model_dir)
+    own = TransformersEngine.from_pretrained(tiny_model_dir, tokenizer, device="cpu", max_batch_size=2)
+
+    async def scenario() -> list[GenerationEvent]:
+        await own.start()
+        stream = own.generate(GenerationRequest("open", tuple(tokenizer.encode("hello")),
+                                                SamplingParams(max_tokens=110, min_tokens=110, temperature=0.0)))
+        events = [await anext(stream)]
+        await own.close()
+        events.extend([e async for e in stream])
+        return events
+
+    events = asyncio.run(scenario())
+    assert events[-1].finish_reason == "error" and events[-1].error == "the engine was closed"
+    assert events[-1].completion_tokens < 110
+    assert own.stats().running == 0 and own.stats().waiting == 0
