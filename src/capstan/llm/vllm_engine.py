@@ -159,6 +159,8 @@ class VllmOptions:
     max_lora_rank: int = 64
     enable_lora: bool = True
     seed: int = 0
+    max_num_seqs: int | None = None
+    """Sequences vLLM generates at once (``capstan serve --max-num-seqs``); vLLM's default when None."""
 
     def engine_arguments(self, model_dir: str) -> dict[str, Any]:
         """The keyword arguments of ``vllm.AsyncEngineArgs`` (offline: the folder is loaded as it is)."""
@@ -171,6 +173,8 @@ class VllmOptions:
             arguments["max_lora_rank"] = self.max_lora_rank
         if self.max_model_len is not None:
             arguments["max_model_len"] = self.max_model_len
+        if self.max_num_seqs is not None:
+            arguments["max_num_seqs"] = self.max_num_seqs
         return arguments
 
 
