@@ -37,9 +37,10 @@ def ready(url: str) -> bool:
 
 
 class Served:
-    def __init__(self, url: str, engine: ScriptedEngine) -> None:
+    def __init__(self, url: str, engine: Any, tokenizer: Any = None) -> None:
         self.url = url
         self.engine = engine
+        self.tokenizer = tokenizer
         # Any: the tests send values the client's overloads do not type (bad input, extensions)
         self.client: Any = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=30)
 
@@ -353,3 +354,113 @@ def test_a_plain_request_whose_client_goes_away_cancels_its_generation(serve: Ca
     eventually(lambda: len(engine.cancelled) == 1, "the engine saw the cancel")
     eventually(lambda: engine.stats().running == 0, "the batch is empty again")
     assert s.client.completions.create(model="tiny", prompt="hi", max_tokens=1).choices
+
+
+# ------------------------------------------------------------------------------------------------ the real engine
+# The tiny GPT-2 of the session fixture behind transformers' continuous batching (capstan.llm.transformers_engine),
+# greedy, with min_tokens == max_tokens so every count is exact.
+
+TINY_CHAT = [{"role": "user", "content": "what is the weather?"}]
+
+
+@pytest.fixture(scope="module")
+def real(tiny_model_dir: Any) -> Iterator[Served]:
+    import torch
+
+    from capstan.llm.hf_tokenizer import HfTokenizer
+    from capstan.llm.transformers_engine import TransformersEngine
+
+    torch.set_num_threads(1)
+    tokenizer = HfTokenizer.from_pretrained(tiny_model_dir)
+    engine = TransformersEngine.from_pretrained(tiny_model_dir, tokenizer, device="cpu", max_batch_size=8)
+    model = LanguageModel("tiny", "1", tokenizer, engine=engine, created=1_700_000_000)
+    with serve_app(llm_serving_app(model, max_waiting=16, max_body_bytes=1 << 16)) as url:
+        eventually(lambda: ready(url), "the engine started", timeout=60)
+        yield Served(url, engine, tokenizer)
+
+
+def exact(tokens: int) -> dict[str, Any]:
+    return {"max_tokens": tokens, "temperature": 0, "extra_body": {"min_tokens": tokens}}
+
+
+def test_real_chat_and_completion_agree_with_exact_usage(real: Served) -> None:
+    chat = real.client.chat.completions.create(model="tiny", messages=TINY_CHAT, **exact(8))
+    prompt_ids = real.tokenizer.chat_prompt(TINY_CHAT)
+    assert chat.usage.prompt_tokens == len(prompt_ids) and chat.usage.completion_tokens == 8
+    assert chat.choices[0].finish_reason == "length"
+    same = real.client.completions.create(model="tiny", prompt=prompt_ids, **exact(8))
+    assert same.choices[0].text == chat.choices[0].message.content
+    assert (same.usage.prompt_tokens, same.usage.completion_tokens) == (len(prompt_ids), 8)
+
+
+def test_real_stream_has_one_chunk_per_token_usage_and_done(real: Served) -> None:
+    whole = real.client.chat.completions.create(model="tiny", messages=TINY_CHAT, **exact(10))
+    chunks = list(real.client.chat.completions.create(model="tiny", messages=TINY_CHAT, stream=True,
+                                                      stream_options={"include_usage": True}, **exact(10)))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    deltas = [c.choices[0].delta.content for c in chunks[1:] if c.choices and c.choices[0].delta.content is not None]
+    assert len(deltas) == 10 and "".join(deltas) == whole.choices[0].message.content
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 10
+    with httpx.stream("POST", f"{real.url}/v1/completions",
+                      json={"model": "tiny", "prompt": "hello", "max_tokens": 3, "stream": True}) as raw:
+        assert [line for line in raw.iter_lines() if line][-1] == "data: [DONE]"
+
+
+def test_real_eight_concurrent_streams_match_their_sequential_answers(real: Served) -> None:
+    prompts = [f"the quick brown fox {'jumps ' * i}" for i in range(8)]
+    alone = [real.client.completions.create(model="tiny", prompt=p, **exact(4 + 3 * i)).choices[0].text
+             for i, p in enumerate(prompts)]
+
+    def streamed(i: int) -> str:
+        stream = real.client.completions.create(model="tiny", prompt=prompts[i], stream=True, **exact(4 + 3 * i))
+        return "".join(c.choices[0].text for c in stream if c.choices)
+
+    with ThreadPoolExecutor(8) as pool:
+        assert list(pool.map(streamed, range(8))) == alone
+
+
+def test_real_disconnect_stops_generation(real: Served) -> None:
+    engine = real.engine
+    before = engine.stats().generation_tokens_total
+    body = {"model": "tiny", "prompt": "hi", "max_tokens": 120, "min_tokens": 120, "temperature": 0, "stream": True}
+    with httpx.Client() as client, client.stream("POST", f"{real.url}/v1/completions", json=body) as raw:
+        for line in raw.iter_lines():
+            if line.startswith("data: {"):
+                break
+    eventually(lambda: engine.stats().running == 0 and engine.stats().waiting == 0, "the batch is empty")
+    assert engine.stats().generation_tokens_total - before < 120
+
+
+def test_real_bad_input_is_400_naming_the_parameter_and_the_server_keeps_serving(real: Served) -> None:
+    cases: list[tuple[str, dict[str, Any], str]] = [
+        ("completions", {"prompt": "hello " * 200}, "prompt"),
+        ("completions", {"prompt": "hello", "max_tokens": 500}, "max_tokens"),
+        ("chat", {"messages": [{"role": "user"}]}, "messages"),
+        ("chat", {"messages": TINY_CHAT, "presence_penalty": 1}, "presence_penalty"),
+        ("chat", {"messages": TINY_CHAT, "response_format": {"type": "json_schema",
+                                                              "json_schema": {"name": "x", "schema": {}}}},
+         "response_format"),
+        ("chat", {"messages": TINY_CHAT, "temperature": 9}, "temperature"),
+    ]
+    for route, extra, param in cases:
+        api = real.client.completions if route == "completions" else real.client.chat.completions
+        with pytest.raises(openai.BadRequestError) as bad:
+            api.create(model="tiny", **extra)
+        assert bad.value.param == param, (route, extra)
+    with pytest.raises(openai.NotFoundError) as missing:
+        real.client.chat.completions.create(model="gpt-4", messages=TINY_CHAT)
+    assert missing.value.code == "model_not_found"
+    assert real.client.completions.create(model="tiny", prompt="hello", **exact(2)).usage.completion_tokens == 2
+
+
+def test_real_metrics_after_requests(real: Served) -> None:
+    answer = real.client.completions.create(model="tiny", prompt="hello world", **exact(5))
+    text = httpx.get(f"{real.url}/metrics").text
+    for name in ("vllm:time_to_first_token_seconds_count", "capstan_llm_inter_token_latency_seconds_bucket",
+                 "vllm:e2e_request_latency_seconds_sum", "vllm:request_queue_time_seconds_count",
+                 'vllm:num_requests_running{model_name="tiny"}', 'capstan_llm_num_requests_waiting{model_name="tiny"}',
+                 'vllm:request_success_total{finished_reason="length",model_name="tiny"}'):
+        assert name in text, name
+    stats = httpx.get(f"{real.url}/llm/stats").json()
+    assert stats["generation_tokens_total"] >= answer.usage.completion_tokens == 5
+    assert stats["running"] == 0

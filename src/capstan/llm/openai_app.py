@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
@@ -70,6 +71,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+_NAMED_FIELD = re.compile(r"([a-z_]+): ")
 
 
 def _json(document: object, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
@@ -85,12 +87,14 @@ def _error_response(exc: OpenAIError, request_id: str) -> Response:
 
 
 def _as_openai(exc: CapstanError, param: str | None = None) -> OpenAIError:
-    """A domain error in OpenAI's shape (a 4xx keeps its status; the message names the field)."""
+    """A domain error in OpenAI's shape: a 4xx keeps its status, and its ``param`` is the field its message starts
+    with (``"max_tokens: ..."``, as the engines and tokenizers write them), else ``param``."""
     if isinstance(exc, OpenAIError):
         return exc
     if exc.http_status >= 500:
         return OpenAIError(exc.message, status=exc.http_status, error_type="server_error")
-    return OpenAIError(exc.message, param=param, status=exc.http_status)
+    named = _NAMED_FIELD.match(exc.message)
+    return OpenAIError(exc.message, param=named.group(1) if named else param, status=exc.http_status)
 
 
 async def _aclose(iterator: AsyncIterator[Any]) -> None:
@@ -339,7 +343,12 @@ class LlmServing:
         """Stream the generation as server-sent events, or gather it into one answer (cancelled when the client
         disconnects)."""
         tracks = [_Track(r.arrival_s) for r in generation.requests]
-        events = self.events(generation, tracks, admission)
+        engine = self.engine(None)
+        try:  # an engine checks a request when it is given (before its first event)
+            sources = [engine.generate(r) for r in generation.requests]
+        except CapstanError as exc:
+            raise _as_openai(exc) from None
+        events = self.events(sources, tracks, admission)
         if body.stream:
             return _EventStream(self.sse(generation, tracks, events, body.include_usage), _rid(request))
         try:
@@ -354,13 +363,11 @@ class LlmServing:
         async for _ in events:
             pass
 
-    async def events(self, generation: _Generation, tracks: list[_Track],
+    async def events(self, sources: Sequence[AsyncIterator[GenerationEvent]], tracks: list[_Track],
                      admission: _Admission) -> AsyncIterator[tuple[int, GenerationEvent]]:
         """The engine's events of every request of the call, merged, each recorded in its track and the metrics;
         an engine error raises `OpenAIError` (500)."""
-        engine = self.engine(None)
         admission.release()
-        sources = [engine.generate(r) for r in generation.requests]
         merged = _merge(sources) if len(sources) > 1 else _single(sources[0])
         try:
             async for index, event in merged:
@@ -448,8 +455,8 @@ class LlmServing:
                 if event.finish_reason is not None:
                     done: dict[str, Any] = {"delta": {}} if generation.chat else {"text": ""}
                     yield chunk({"index": index, **done, "logprobs": None, "finish_reason": event.finish_reason})
-        except OpenAIError as exc:
-            yield b"data: " + orjson.dumps(exc.body()) + b"\n\n"
+        except CapstanError as exc:  # after the 200 went out: an error event, as OpenAI's streams send them
+            yield b"data: " + orjson.dumps(_as_openai(exc).body()) + b"\n\n"
         finally:
             await _aclose(events)
         if include_usage:
