@@ -157,8 +157,9 @@ def _scaling(spec: dict[str, Any]) -> str:
     auto = spec.get("autoscaling")
     if auto is None:
         return str(spec.get("replicas", 1))
-    target = (f"concurrency {auto['target_concurrency']:g}" if "target_concurrency" in auto
-              else f"rps {auto['target_rps']:g}")
+    metric, value = next((key, auto[key]) for key in ("target_concurrency", "target_rps", "target_waiting",
+                                                      "target_tokens_per_second") if key in auto)
+    target = f"{metric.removeprefix('target_').replace('_', ' ')} {value:g}"
     return f"{auto['min_replicas']}-{auto['max_replicas']} ({target})"
 
 

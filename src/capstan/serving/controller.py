@@ -13,6 +13,10 @@ A replica that exits is ``failed``: restarted with exponential back-off (`restar
 event, or ``ModelLoadFailed`` (with the loader's output) when it never became ready; ``ReplicaRestarted`` when it is
 launched again. Scale from zero is timed from the first waiting report to the first ready replica (``ColdStart``).
 
+A deployment that scales on a language model's load (``target_waiting`` or ``target_tokens_per_second``) has its
+ready replicas' ``GET /llm/stats`` read every `ENGINE_POLL_MS`; the samples of the last `ENGINE_WINDOW_MS` give each
+replica's waiting requests and token rate to the autoscaler (`capstan.serving.autoscale.engine_demand`).
+
 With a `ControllerMetrics` (``capstan server`` passes a `capstan.serving.metrics.ServingMetrics` shown on its
 ``/metrics``), every pass sets the replicas by state and the desired replicas of each deployment's versions, labelled
 ``model="PROJECT/NAME"`` and ``version`` as clients pin it (``3`` of ``models:/NAME/3``), and counts cold starts.
@@ -38,13 +42,24 @@ from capstan.errors import InvalidState
 from capstan.events.ports import EventLog
 from capstan.events.records import WARNING
 from capstan.resources.admission import Admission, Lease, Rejected, ResourceRequest, Waiting
-from capstan.serving.autoscale import ScaleHistory, decide, demand_of, fresh_reports, rate, side_replicas
+from capstan.serving.autoscale import (
+    EngineSample,
+    ScaleHistory,
+    decide,
+    demand_of,
+    engine_demand,
+    engine_sample,
+    fresh_reports,
+    rate,
+    side_replicas,
+)
 from capstan.serving.ports import DeploymentRecord, DeploymentStore, ReplicaRecord, Role
 from capstan.serving.replicas import (
     STOP_GRACE_S,
     ReplicaLauncher,
     ReplicaProcess,
     adopt,
+    fetch_llm_stats,
     is_replica_process,
     pid_alive,
 )
@@ -60,6 +75,10 @@ LOAD_MAX_AGE_MS = 10_000
 """A router worker's report older than this no longer counts (the worker stopped)."""
 RPS_WINDOW_MS = 10_000
 """The request rate is averaged over this window."""
+ENGINE_POLL_MS = 1_000
+"""How often the ready replicas of a deployment scaling on a language model's load are asked for ``/llm/stats``."""
+ENGINE_WINDOW_MS = 10_000
+"""The token rate of a replica is its counter's growth over this window (a steadier figure than one poll's)."""
 BACKOFF_BASE_MS = 1_000
 BACKOFF_MAX_MS = 60_000
 
@@ -127,6 +146,8 @@ class _Scaling:
     completed: collections.deque[tuple[int, int]] = field(default_factory=collections.deque)
     seen: dict[str, int] = field(default_factory=dict)
     cold_since_ms: int | None = None
+    engines: dict[str, collections.deque[EngineSample]] = field(default_factory=dict)
+    engines_polled_ms: int | None = None
 
 
 class DeploymentController:
@@ -135,8 +156,10 @@ class DeploymentController:
     def __init__(self, store: DeploymentStore, *, events: EventLog, launcher: ReplicaLauncher,
                  admission: Callable[[], Admission], clock: Clock = system_clock,
                  interval_s: float = RECONCILE_INTERVAL_S, drain_s: float = DRAIN_S,
-                 metrics: ControllerMetrics | None = None) -> None:
+                 metrics: ControllerMetrics | None = None,
+                 engine_stats: Callable[[str], object | None] = fetch_llm_stats) -> None:
         self._store = store
+        self._engine_stats = engine_stats
         self._metrics = metrics
         self._published: set[tuple[str, str]] = set()
         self._events = events
@@ -335,6 +358,9 @@ class DeploymentController:
         while state.completed and now - state.completed[0][0] > RPS_WINDOW_MS:
             state.completed.popleft()
         demand = demand_of(reports, rate(state.completed, now, RPS_WINDOW_MS))
+        if policy.reads_engine_load:
+            self._poll_engines(record, state, now)
+            demand = engine_demand(demand, state.engines)
         desired, state.history = decide(policy, demand, record.desired_replicas, state.history, now)
         if desired != record.desired_replicas:
             try:
@@ -342,10 +368,33 @@ class DeploymentController:
                                 expected_revision=record.revision)
             except InvalidState:  # changed meanwhile (an apply): decide again on the next pass
                 return record.desired_replicas
+            engine = (f", engines running {demand.engine_running}, waiting {demand.engine_waiting}, "
+                      f"{demand.tokens_per_s:.1f} tokens/s") if policy.reads_engine_load else ""
             self._event(record, "Autoscaled", f"{record.desired_replicas} -> {desired} replicas (in flight "
-                                              f"{demand.in_flight}, waiting {demand.waiting}, {demand.rps:.1f} rps)",
+                                              f"{demand.in_flight}, waiting {demand.waiting}, {demand.rps:.1f} rps"
+                                              f"{engine})",
                         data={"from": record.desired_replicas, "to": desired})
         return desired
+
+    def _poll_engines(self, record: DeploymentRecord, state: _Scaling, now: int) -> None:
+        """Sample ``/llm/stats`` of the deployment's ready replicas (every `ENGINE_POLL_MS`); forget the samples
+        of replicas no longer ready."""
+        if state.engines_polled_ms is not None and now - state.engines_polled_ms < ENGINE_POLL_MS:
+            return
+        state.engines_polled_ms = now
+        ready = {r.record.id: r.record.url for r in self._mine(record)
+                 if r.record.state == "ready" and r.record.url}
+        for gone in [rid for rid in state.engines if rid not in ready]:
+            del state.engines[gone]
+        for replica_id, url in ready.items():
+            assert url is not None  # filtered above
+            sample = engine_sample(self._engine_stats(url), now)
+            if sample is None:
+                continue
+            samples = state.engines.setdefault(replica_id, collections.deque())
+            samples.append(sample)
+            while len(samples) > 1 and now - samples[0].time_ms > ENGINE_WINDOW_MS:
+                samples.popleft()
 
     def _ready_primary(self, record: DeploymentRecord) -> bool:
         version = record.version_of("primary")

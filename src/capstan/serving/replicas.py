@@ -112,6 +112,18 @@ def fetch_drift(url: str, timeout_s: float = DRIFT_TIMEOUT_S) -> list[dict[str, 
     return body
 
 
+def fetch_llm_stats(url: str, timeout_s: float = PROBE_TIMEOUT_S) -> object | None:
+    """The JSON of ``GET {url}/llm/stats`` (a language-model replica's engine load: running, waiting, token
+    counters), or None when it does not answer one (not a language model, or busy past ``timeout_s``)."""
+    import httpx
+
+    try:
+        response = httpx.get(f"{url}/llm/stats", timeout=timeout_s)
+        return response.json() if response.status_code == 200 else None
+    except (httpx.HTTPError, ValueError):
+        return None
+
+
 def store_environment(settings: Settings) -> dict[str, str]:
     """The ``CAPSTAN_*`` variables that point a child process at the same stores as ``settings`` (never a remote
     server: a replica reads the registry directly)."""

@@ -9,7 +9,7 @@ A `DeploymentSpec` is an immutable record that holds everything a renderer needs
     autoscaling:                            # ...or autoscaling (not both)
       min_replicas: 0                       # 0 allows scale-to-zero
       max_replicas: 8
-      target_concurrency: 4                 # or target_rps (exactly one)
+      target_concurrency: 4                 # or target_rps, target_waiting, target_tokens_per_second (one)
       stabilization_window_seconds: 300
     canary: {model: models:/fraud/7, traffic: 10}       # percent of live traffic, 0-100
     shadow: {model: runs:/<run id>/model, traffic: 5}   # percent of requests mirrored, 0-100
@@ -73,20 +73,54 @@ class ModelUri:
         return self.uri
 
 
+ScalingMetric = Literal["concurrency", "rps", "waiting", "tokens_per_second"]
+"""What autoscaling tracks per replica: requests in flight (and waiting for a replica) at the routers, requests per
+second, or, for language models, requests waiting in the replicas' engines (vLLM's ``num_requests_waiting``) or
+generated tokens per second."""
+
+
 @dataclass(frozen=True)
 class Autoscaling:
     """Replicas between ``min_replicas`` (0: scale to zero) and ``max_replicas``, aiming at one target per replica:
-    in-flight requests (``target_concurrency``) or requests per second (``target_rps``), exactly one of them."""
+    in-flight requests (``target_concurrency``), requests per second (``target_rps``), requests waiting in a
+    language model's engine (``target_waiting``) or generated tokens per second (``target_tokens_per_second``),
+    exactly one of them."""
 
     min_replicas: int
     max_replicas: int
     target_concurrency: float | None = None
     target_rps: float | None = None
     stabilization_window_seconds: int = 300
+    target_waiting: float | None = None
+    target_tokens_per_second: float | None = None
 
     @property
     def scales_to_zero(self) -> bool:
         return self.min_replicas == 0
+
+    @property
+    def metric(self) -> ScalingMetric:
+        """Which metric the target is set for."""
+        if self.target_concurrency is not None:
+            return "concurrency"
+        if self.target_waiting is not None:
+            return "waiting"
+        if self.target_tokens_per_second is not None:
+            return "tokens_per_second"
+        return "rps"
+
+    @property
+    def target(self) -> float:
+        """The target value per replica of `metric`."""
+        value = {"concurrency": self.target_concurrency, "rps": self.target_rps, "waiting": self.target_waiting,
+                 "tokens_per_second": self.target_tokens_per_second}[self.metric]
+        return value if value is not None else 1.0
+
+    @property
+    def reads_engine_load(self) -> bool:
+        """True when the metric comes from the replicas' language-model engines (``GET /llm/stats``), not only
+        from the routers."""
+        return self.metric in ("waiting", "tokens_per_second")
 
 
 @dataclass(frozen=True)
@@ -180,6 +214,10 @@ class DeploymentSpec:
                 scaling["target_concurrency"] = a.target_concurrency
             if a.target_rps is not None:
                 scaling["target_rps"] = a.target_rps
+            if a.target_waiting is not None:
+                scaling["target_waiting"] = a.target_waiting
+            if a.target_tokens_per_second is not None:
+                scaling["target_tokens_per_second"] = a.target_tokens_per_second
             scaling["stabilization_window_seconds"] = a.stabilization_window_seconds
             out["autoscaling"] = scaling
         else:
@@ -213,8 +251,9 @@ class DeploymentSpec:
 
 TOP_KEYS = frozenset({"name", "model", "replicas", "autoscaling", "canary", "shadow", "resources", "batching",
                       "payload_logging", "drift"})
-AUTOSCALING_KEYS = frozenset({"min_replicas", "max_replicas", "target_concurrency", "target_rps",
-                              "stabilization_window_seconds"})
+TARGET_METRIC_KEYS = ("target_concurrency", "target_rps", "target_waiting", "target_tokens_per_second")
+"""The autoscaling targets, of which a spec sets exactly one (see `ScalingMetric`)."""
+AUTOSCALING_KEYS = frozenset({"min_replicas", "max_replicas", *TARGET_METRIC_KEYS, "stabilization_window_seconds"})
 TARGET_KEYS = frozenset({"model", "traffic"})
 RESOURCE_KEYS = frozenset({"cpu", "memory", "gpus", "queue"})
 BATCHING_KEYS = frozenset({"max_batch_size", "max_delay_ms"})
@@ -321,17 +360,16 @@ def _autoscaling(raw: object, path: str) -> Autoscaling:
     max_replicas = _int(_required(obj, "max_replicas", path), f"{path}.max_replicas", minimum=1)
     if max_replicas < min_replicas:
         raise _fail(f"{path}.max_replicas", f"must be at least min_replicas ({min_replicas}), got {max_replicas}")
-    concurrency = obj.get("target_concurrency")
-    rps = obj.get("target_rps")
-    if (concurrency is None) == (rps is None):
-        raise _fail(path, "set exactly one of target_concurrency and target_rps")
+    given = [key for key in TARGET_METRIC_KEYS if obj.get(key) is not None]
+    if len(given) != 1:
+        got = f" (got {', '.join(given)})" if given else ""
+        raise _fail(path, "set exactly one of target_concurrency and target_rps, or for a language model "
+                          f"target_waiting or target_tokens_per_second{got}")
+    targets = {key: _positive(obj[key], f"{path}.{key}") for key in given}
     window = _int(obj.get("stabilization_window_seconds", 300), f"{path}.stabilization_window_seconds",
                   minimum=0, maximum=MAX_STABILIZATION_WINDOW_SECONDS)
-    return Autoscaling(
-        min_replicas, max_replicas,
-        None if concurrency is None else _positive(concurrency, f"{path}.target_concurrency"),
-        None if rps is None else _positive(rps, f"{path}.target_rps"),
-        window)
+    return Autoscaling(min_replicas, max_replicas, targets.get("target_concurrency"), targets.get("target_rps"),
+                       window, targets.get("target_waiting"), targets.get("target_tokens_per_second"))
 
 
 def _target(raw: object, path: str, primary: ModelUri) -> TrafficTarget:
