@@ -1,0 +1,361 @@
+"""Language-model serving benchmark (issue 13): `capstan serve` against a plain transformers ``generate`` loop and,
+where installed, vLLM's own server, each a server process on a loopback port, with streaming completions.
+
+Servers, all given the same ``save_pretrained`` folder:
+
+  capstan      capstan serve DIR (the transformers backend, continuous batching, --max-num-seqs 32)   /v1/completions
+  capstan-vllm capstan serve DIR --backend vllm (only where vLLM is installed)
+  peer         bench/peers/hf_generate_loop.py: FastAPI, one request at a time, model.generate with a per-token
+               streamer (what a user writes first)
+  vllm         python -m vllm.entrypoints.openai.api_server (only where vLLM is installed)
+
+Models: ``tiny`` (the tests' seeded 2-layer, 64-wide GPT-2, where per-step Python overhead dominates), ``small`` (a
+6-layer, 256-wide GPT-2 with the same tokenizer built here, randomly initialised: batching matters as on a real
+model), or ``--model DIR`` for any local folder (a real model on a GPU machine).
+
+Each request is a streamed ``/v1/completions`` of exactly ``--tokens`` tokens (greedy, ``min_tokens`` = ``max_tokens``),
+sent with httpx at concurrency 1, 8 and 32 (each client sends its requests back to back), after a warm-up. Measured
+per server and concurrency: generated tokens per second over the wall time, time to first token (p50, p99) and
+inter-token latency (mean and p99 of the gaps between streamed tokens), with the 1-minute load average before and
+after. The report ends with the goals: at c=8 Capstan's tokens/s at least 4x the plain loop's; at c=1 its TTFT p50
+within 10% of the plain loop's; with vLLM, capstan-vllm within 10% of vllm.
+
+    python bench/llm.py                                  # tiny and small, all servers (a few minutes on 2 cores)
+    python bench/llm.py --models tiny --requests 8       # a smoke run
+    python bench/llm.py --model /models/my-llm --tokens 128 --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.util
+import itertools
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH))
+from _util import free_port, stop, wait_healthy  # noqa: E402  # bench/ is no package: the path goes first
+
+# bench/queue.py would shadow the standard library's queue, which torch imports.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != BENCH]
+
+ROOT = Path(__file__).resolve().parent.parent
+PROMPT = "the quick brown fox jumps over"
+CONCURRENCY = (1, 8, 32)
+
+
+# ---------------------------------------------------------------------------------------------------- models
+
+
+def build_model(kind: str, folder: Path) -> Path:
+    """The ``tiny`` model of the tests, or the ``small`` 6-layer/256-wide GPT-2 with the same tokenizer."""
+    sys.path.insert(0, str(ROOT / "tests" / "llm"))
+    from llm_tiny_model import build_tiny_model
+
+    build_tiny_model(folder)
+    if kind == "tiny":
+        return folder
+    import torch
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=len(tokenizer), n_positions=512, n_embd=256, n_layer=6, n_head=8,
+                        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
+                        pad_token_id=tokenizer.pad_token_id)
+    model = GPT2LMHeadModel(config).eval()
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(folder)
+    tokenizer.model_max_length = 512
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+# ---------------------------------------------------------------------------------------------------- servers
+
+
+@dataclass
+class Server:
+    name: str
+    process: subprocess.Popen[bytes]
+    url: str
+    model: str
+    cold_start_s: float
+
+
+def _env(threads: int) -> dict[str, str]:
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(threads),
+            "BENCH_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false"}
+
+
+def _start(name: str, command: list[str], env: dict[str, str], port: int, health: str, model: str,
+           log: Path) -> Server:
+    started = time.perf_counter()
+    with log.open("wb") as out:
+        process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(url + health, process, timeout=600)
+    except (RuntimeError, TimeoutError) as exc:
+        stop(process)
+        tail = log.read_text(errors="replace").splitlines()[-5:]
+        raise RuntimeError(f"{name} did not start ({exc}): {' | '.join(tail)}") from None
+    return Server(name, process, url, model, time.perf_counter() - started)
+
+
+def start_server(name: str, model_dir: Path, threads: int, logs: Path) -> Server:
+    """Start one server on a free port; `RuntimeError` (with its output's last lines) when it cannot."""
+    port = free_port()
+    env = _env(threads)
+    log = logs / f"{name}.log"
+    if name in ("capstan", "capstan-vllm"):
+        command = [sys.executable, "-m", "capstan", "serve", str(model_dir), "--name", "bench", "--host",
+                   "127.0.0.1", "--port", str(port), "--max-num-seqs", "32", "--max-waiting", "256",
+                   "--no-access-log"]
+        if name == "capstan-vllm":
+            command += ["--backend", "vllm"]
+        return _start(name, command, env, port, "/v2/health/ready", "bench", log)
+    if name == "peer":
+        env["BENCH_MODEL_DIR"] = str(model_dir)
+        command = [sys.executable, "-m", "uvicorn", "hf_generate_loop:app", "--app-dir", str(ROOT / "bench" / "peers"),
+                   "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", "--no-access-log"]
+        return _start(name, command, env, port, "/health", "peer", log)
+    if name == "vllm":
+        command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
+                   "--served-model-name", "bench", "--host", "127.0.0.1", "--port", str(port),
+                   "--max-num-seqs", "32"]
+        return _start(name, command, env, port, "/health", "bench", log)
+    raise ValueError(f"unknown server {name!r}")
+
+
+def _has_gpu() -> bool:
+    try:
+        import torch
+
+        return bool(torch.cuda.is_available())
+    except ImportError:
+        return False
+
+
+def unavailable(name: str) -> str | None:
+    """Why ``name`` cannot run here, or None."""
+    if name in ("vllm", "capstan-vllm") and importlib.util.find_spec("vllm") is None:
+        return "vllm is not installed"
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------- load
+
+
+@dataclass
+class RequestTiming:
+    ttft_s: float
+    gaps_s: list[float]
+    tokens: int
+    error: str | None = None
+
+
+async def one_request(client: httpx.AsyncClient, server: Server, tokens: int) -> RequestTiming:
+    """One streamed completion of ``tokens`` tokens: time to the first streamed text, the gaps between later ones,
+    and the completion tokens the usage reports."""
+    body = {"model": server.model, "prompt": PROMPT, "max_tokens": tokens, "min_tokens": tokens, "temperature": 0,
+            "stream": True, "stream_options": {"include_usage": True}}
+    started = time.perf_counter()
+    arrivals: list[float] = []
+    completion = 0
+    async with client.stream("POST", f"{server.url}/v1/completions", json=body) as response:
+        if response.status_code != 200:
+            text = (await response.aread()).decode(errors="replace")[:200]
+            return RequestTiming(0.0, [], 0, f"HTTP {response.status_code}: {text}")
+        async for line in response.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            if chunk.get("usage"):
+                completion = int(chunk["usage"]["completion_tokens"])
+            if any(choice.get("text") for choice in chunk.get("choices") or ()):
+                arrivals.append(time.perf_counter())
+    if not arrivals:
+        return RequestTiming(0.0, [], completion, "no tokens streamed")
+    gaps = [b - a for a, b in itertools.pairwise(arrivals)]
+    return RequestTiming(arrivals[0] - started, gaps, completion or len(arrivals))
+
+
+@dataclass
+class Level:
+    server: str
+    model: str
+    concurrency: int
+    requests: int
+    tokens_per_s: float
+    ttft_p50_ms: float
+    ttft_p99_ms: float
+    itl_mean_ms: float
+    itl_p99_ms: float
+    errors: int
+    load_before: float
+    load_after: float
+    first_error: str | None = None
+
+
+def _quantile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+async def run_level(server: Server, model: str, concurrency: int, requests: int, tokens: int) -> Level:
+    """``requests`` streamed completions, ``concurrency`` at a time (each client sends back to back)."""
+    limits = httpx.Limits(max_connections=concurrency + 4, max_keepalive_connections=concurrency + 4)
+    async with httpx.AsyncClient(timeout=600, limits=limits) as client:
+        remaining = list(range(requests))
+        timings: list[RequestTiming] = []
+
+        async def worker() -> None:
+            while remaining:
+                remaining.pop()
+                timings.append(await one_request(client, server, tokens))
+
+        load_before = os.getloadavg()[0]
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        wall = time.perf_counter() - started
+        load_after = os.getloadavg()[0]
+    ok = [t for t in timings if t.error is None]
+    errors = [t.error for t in timings if t.error is not None]
+    gaps = [g for t in ok for g in t.gaps_s]
+    return Level(server.name, model, concurrency, len(timings), sum(t.tokens for t in ok) / wall,
+                 _quantile([t.ttft_s for t in ok], 0.5) * 1000, _quantile([t.ttft_s for t in ok], 0.99) * 1000,
+                 (statistics.fmean(gaps) if gaps else float("nan")) * 1000, _quantile(gaps, 0.99) * 1000,
+                 len(errors), load_before, load_after, errors[0] if errors else None)
+
+
+# ---------------------------------------------------------------------------------------------------- report
+
+
+@dataclass
+class Report:
+    levels: list[Level] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+    cold_start_s: dict[str, float] = field(default_factory=dict)
+    machine: dict[str, Any] = field(default_factory=dict)
+
+
+def _find(report: Report, server: str, model: str, concurrency: int) -> Level | None:
+    return next((lv for lv in report.levels
+                 if (lv.server, lv.model, lv.concurrency) == (server, model, concurrency)), None)
+
+
+def goals(report: Report, model: str) -> list[str]:
+    """The issue's goals for one model, as lines: the ratio, the goal, met or not."""
+    lines = []
+    ours, peer = _find(report, "capstan", model, 8), _find(report, "peer", model, 8)
+    if ours and peer and peer.tokens_per_s > 0:
+        ratio = ours.tokens_per_s / peer.tokens_per_s
+        lines.append(f"  c=8 tokens/s, capstan / plain loop: {ratio:.2f}x (goal >= 4x: "
+                     f"{'met' if ratio >= 4 else 'NOT met'})")
+    ours, peer = _find(report, "capstan", model, 1), _find(report, "peer", model, 1)
+    if ours and peer and peer.ttft_p50_ms > 0:
+        ratio = ours.ttft_p50_ms / peer.ttft_p50_ms
+        lines.append(f"  c=1 TTFT p50, capstan / plain loop: {ratio:.2f} (goal <= 1.10: "
+                     f"{'met' if ratio <= 1.10 else 'NOT met'})")
+    for c in CONCURRENCY:
+        ours, theirs = _find(report, "capstan-vllm", model, c), _find(report, "vllm", model, c)
+        if ours and theirs and theirs.tokens_per_s > 0:
+            ratio = ours.tokens_per_s / theirs.tokens_per_s
+            lines.append(f"  c={c} tokens/s, capstan --backend vllm / vllm: {ratio:.2f} (goal >= 0.90: "
+                         f"{'met' if ratio >= 0.9 else 'NOT met'})")
+    return lines
+
+
+def print_report(report: Report, models: list[str]) -> None:
+    print(f"\nmachine: {report.machine}")
+    header = (f"{'model':8} {'server':13} {'c':>3} {'req':>4} {'tok/s':>9} {'TTFT p50':>9} {'TTFT p99':>9} "
+              f"{'ITL mean':>9} {'ITL p99':>9} {'err':>4} {'load':>11}")
+    print(header + "\n" + "-" * len(header))
+    for lv in report.levels:
+        print(f"{lv.model:8} {lv.server:13} {lv.concurrency:>3} {lv.requests:>4} {lv.tokens_per_s:>9.1f} "
+              f"{lv.ttft_p50_ms:>7.1f}ms {lv.ttft_p99_ms:>7.1f}ms {lv.itl_mean_ms:>7.2f}ms {lv.itl_p99_ms:>7.2f}ms "
+              f"{lv.errors:>4} {lv.load_before:>5.2f}-{lv.load_after:<5.2f}")
+        if lv.first_error:
+            print(f"    first error: {lv.first_error}")
+    for name, why in report.skipped.items():
+        print(f"skipped {name}: {why}")
+    for name, seconds in report.cold_start_s.items():
+        print(f"cold start {name}: {seconds:.1f}s (process start to ready)")
+    for model in models:
+        print(f"goals ({model}):")
+        for line in goals(report, model) or ["  (not measured)"]:
+            print(line)
+
+
+async def bench_model(report: Report, model: str, model_dir: Path, servers: list[str], args: argparse.Namespace,
+                      logs: Path) -> None:
+    for name in servers:
+        why = unavailable(name)
+        if why is not None:
+            report.skipped[name] = why
+            continue
+        try:
+            server = start_server(name, model_dir, args.threads, logs)
+        except RuntimeError as exc:
+            report.skipped[f"{name} ({model})"] = str(exc)
+            continue
+        report.cold_start_s[f"{name} ({model})"] = server.cold_start_s
+        try:
+            await run_level(server, model, min(8, args.requests), max(8, args.requests // 4), args.tokens)  # warm-up
+            for c in args.concurrency:
+                level = await run_level(server, model, c, max(args.requests, c * 2), args.tokens)
+                report.levels.append(level)
+                print(f"{model} {name} c={c}: {level.tokens_per_s:.1f} tok/s, TTFT p50 {level.ttft_p50_ms:.1f} ms, "
+                      f"errors {level.errors}", flush=True)
+        finally:
+            stop(server.process)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", default="tiny,small", help="tiny, small (built here), comma-separated")
+    parser.add_argument("--model", type=Path, help="a save_pretrained folder to measure instead of --models")
+    parser.add_argument("--servers", default="capstan,peer,capstan-vllm,vllm")
+    parser.add_argument("--concurrency", default=",".join(map(str, CONCURRENCY)))
+    parser.add_argument("--requests", type=int, default=32, help="requests per level (at least 2 per client)")
+    parser.add_argument("--tokens", type=int, default=32, help="generated tokens per request")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of each server")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args()
+    args.concurrency = [int(c) for c in args.concurrency.split(",")]
+    servers = [s.strip() for s in args.servers.split(",") if s.strip()]
+    report = Report(machine={"cpus": os.cpu_count(), "gpu": _has_gpu(), "threads_per_server": args.threads,
+                             "tokens_per_request": args.tokens, "python": sys.version.split()[0]})
+    with tempfile.TemporaryDirectory(prefix="capstan-bench-llm-") as scratch:
+        logs = Path(scratch) / "logs"
+        logs.mkdir()
+        if args.model is not None:
+            targets = [(re.sub(r"\W+", "-", args.model.name) or "model", args.model)]
+        else:
+            targets = [(kind, build_model(kind, Path(scratch) / kind)) for kind in args.models.split(",")]
+        for model, folder in targets:
+            asyncio.run(bench_model(report, model, folder, servers, args, logs))
+    print_report(report, [m for m, _ in targets])
+    if args.json:
+        args.json.write_text(json.dumps({**asdict(report), "goals": {m: goals(report, m) for m, _ in targets}},
+                                        indent=2))
+
+
+if __name__ == "__main__":
+    main()
