@@ -263,23 +263,23 @@ class LlmServing:
         return engine
 
     def check_model(self, asked: str | None) -> str | None:
-        """The adapter ``asked`` names (None: the base model); 404 when it names neither."""
+        """The adapter ``asked`` may name (None: the base model); 404 when the model serves no adapters."""
         if asked is None or asked == self.model.name:
             return None
-        adapters = self.model.adapters
-        if adapters is None or asked not in adapters.names():
+        if self.model.adapters is None:
             raise model_not_found(asked)
-        engine = self.engine(asked)
-        if not engine.capabilities.adapters:
-            raise OpenAIError(f"this model's backend cannot apply LoRA adapters ({asked!r})", param="model")
         return asked
 
     async def fetch_adapter(self, name: str | None) -> AdapterRef | None:
+        """The adapter's folder, fetched in a worker thread (the registry is I/O); 404 when there is no such
+        adapter, 400 when the backend cannot apply adapters."""
         if name is None or self.model.adapters is None:
             return None
         ref = await asyncio.to_thread(self.model.adapters.fetch, name)
         if ref is None:
             raise model_not_found(name)
+        if not self.engine(name).capabilities.adapters:
+            raise OpenAIError(f"this model's backend cannot apply LoRA adapters ({name!r})", param="model")
         return ref
 
     def tokenizer(self) -> Any:
@@ -457,6 +457,10 @@ class LlmServing:
                     yield chunk({"index": index, **done, "logprobs": None, "finish_reason": event.finish_reason})
         except CapstanError as exc:  # after the 200 went out: an error event, as OpenAI's streams send them
             yield b"data: " + orjson.dumps(_as_openai(exc).body()) + b"\n\n"
+        except Exception:
+            log.exception("LLM stream %s failed", generation.call_id)
+            failed = OpenAIError(f"generation failed ({generation.call_id})", status=500, error_type="server_error")
+            yield b"data: " + orjson.dumps(failed.body()) + b"\n\n"
         finally:
             await _aclose(events)
         if include_usage:
@@ -468,10 +472,7 @@ class LlmServing:
     async def embeddings(self, request: Request) -> Response:
         body = parse_embedding(await self.body(request))
         if body.model is not None and body.model != self.model.name:
-            if self.model.adapters is not None and body.model in self.model.adapters.names():
-                raise OpenAIError(f"{body.model!r} is a LoRA adapter; embeddings come from the base model",
-                                  param="model")
-            raise model_not_found(body.model)
+            raise model_not_found(body.model)  # adapters too: embeddings come from the base model
         embedder = self.model.embedder
         if embedder is None:
             raise OpenAIError(f"the model {self.model.name!r} generates text; it has no embeddings",
