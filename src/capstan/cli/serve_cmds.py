@@ -79,22 +79,38 @@ def load_model(model_uri: str, name: str | None) -> tuple[ServedModel, ModelRefe
               help="The deployment this replica serves: payloads go to deployments/NAME/payloads and drift events "
                    "name the deployment (set by the deployment controller).")
 @click.option("--project", default="", hidden=True, help="The deployment's project (with --deployment).")
+@click.option("--backend", type=click.Choice(["transformers", "vllm"]), default=None,
+              help="Language models: the generation engine (default transformers; vllm needs the vllm extra).")
+@click.option("--device", default=None,
+              help="Language models, transformers backend: auto (default: CUDA when present, else CPU), cpu, "
+                   "cuda, cuda:N or mps.")
+@click.option("--max-num-seqs", default=None, type=click.IntRange(1, 4096),
+              help="Language models: sequences generated at once (the continuous batch) [default: 8].")
+@click.option("--max-waiting", default=None, type=click.IntRange(1, 1_000_000),
+              help="Language models: requests that may wait for a slot; beyond it 429 with Retry-After "
+                   "[default: 64].")
 @tls_click_options
 def serve_cmd(model_uri: str, name: str | None, host: str, port: int, workers: int, max_batch_size: int,
               max_batch_delay_ms: float, grpc_port: int | None, payload_sample_rate: float, drift_window: int,
-              access_log: bool, deployment: str | None, project: str, tls_cert: str | None, tls_key: str | None,
+              access_log: bool, deployment: str | None, project: str, backend: str | None, device: str | None,
+              max_num_seqs: int | None, max_waiting: int | None, tls_cert: str | None, tls_key: str | None,
               tls_client_ca: str | None) -> None:
     """Serve one model in the foreground until Ctrl-C: scikit-learn, ONNX, TorchScript, a Python class
-    (capstan_python) or an MLflow pyfunc model.
+    (capstan_python), an MLflow pyfunc model, or a language model.
 
     MODEL_URI is models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/PATH or a local model folder. The model
     answers the Open Inference Protocol v2 (/v2/models/NAME/infer), KServe v1 (/v1/models/NAME:predict) and
     MLflow scoring (/invocations) on one port, with Prometheus metrics on /metrics and live data drift on /drift,
     and OIP v2 over gRPC on --grpc-port. With --workers N, N processes forked after the model is loaded answer on
     those ports; with --tls-cert and --tls-key they speak TLS (--tls-client-ca: mutual TLS).
+
+    A language model (the transformers flavor, or a folder transformers' save_pretrained or sentence-transformers
+    wrote) answers OpenAI's API instead (/v1/chat/completions, /v1/completions, /v1/embeddings, /v1/models), with
+    token metrics on /metrics; see docs/llm.md.
     """
     import uvicorn
 
+    from capstan.cli import serve_llm
     from capstan.server.prefork import is_fork_safe
     from capstan.server.runner import bind_socket, free_tcp_port, run_uvicorn, serve_workers, uvicorn_options
     from capstan.server.tls import TlsOptions
@@ -106,6 +122,21 @@ def serve_cmd(model_uri: str, name: str | None, host: str, port: int, workers: i
             raise click.BadParameter(f"{value!r} must be a non-empty name without '/'", param_hint=option)
     tls = TlsOptions.from_cli(tls_cert, tls_key, tls_client_ca)
     settings = cli_settings()
+    llm = serve_llm.LlmOptions(backend, device, max_num_seqs, max_waiting)
+    if device is not None:
+        from capstan.llm.loading import check_device
+
+        check_device(device)
+    if serve_llm.language_model_target(model_uri, settings):
+        from capstan.serving.spec import DEFAULT_DRIFT_WINDOW
+
+        serve_llm.refuse_llm_options(workers=workers, max_batch_size=max_batch_size, grpc_port=grpc_port,
+                                     payload_sample_rate=payload_sample_rate, drift_window=drift_window,
+                                     default_drift_window=DEFAULT_DRIFT_WINDOW)
+        serve_llm.serve(model_uri, name, llm, settings, host=host, port=port, tls=tls, access_log=access_log,
+                        max_body_bytes=MAX_BODY_BYTES)
+        return
+    serve_llm.refuse_classic_options(llm)
     batching = (BatchingOptions(max_batch_size=max_batch_size, max_delay_ms=max_batch_delay_ms)
                 if max_batch_size > 0 else None)
     ServeOptions(MAX_BODY_BYTES, payload_sample_rate=payload_sample_rate, drift_window=drift_window).check(
