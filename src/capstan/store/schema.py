@@ -118,6 +118,25 @@ metrics = Table(
     sqlite_with_rowid=False,
 )
 
+# Write-time summaries of the metric points (decision 0526): one row per run, key and block of `METRIC_BLOCK`
+# consecutive steps (``block = step >> 6``), recomputed from ``metrics`` whenever a write touches the block. A chart
+# over a million points reads the summaries of the blocks that lie inside each bucket and only the points at the
+# bucket's two edges. Sums of steps are floats (no integer overflow); ``nans`` counts NaN points.
+metric_blocks = Table(
+    "metric_blocks", metadata,
+    Column("run_id", Integer, nullable=False),
+    Column("key_id", Integer, nullable=False),
+    Column("block", BigInteger, nullable=False),
+    Column("points", Integer, nullable=False),
+    Column("step_sum", Float, nullable=False),
+    Column("value_sum", Float, nullable=False),
+    Column("value_min", Float, nullable=False),
+    Column("value_max", Float, nullable=False),
+    Column("nans", Integer, nullable=False),
+    PrimaryKeyConstraint("run_id", "key_id", "block"),
+    sqlite_with_rowid=False,
+)
+
 latest_metrics = Table(
     "latest_metrics", metadata,
     Column("run_id", Integer, nullable=False),

@@ -15,6 +15,7 @@ from capstan.store.schema import (
     latest_metrics,
     logged_model_metrics,
     logged_models,
+    metric_blocks,
     metrics,
     params,
     run_inputs,
@@ -26,7 +27,7 @@ from capstan.store.tracking_query import chunks
 from capstan.store.tracking_tx import RawTx
 from capstan.tracking.records import DELETED, PurgeReport
 
-_RUN_CHILDREN = (metrics, latest_metrics, params, run_tags, run_inputs, run_outputs)
+_RUN_CHILDREN = (metrics, metric_blocks, latest_metrics, params, run_tags, run_inputs, run_outputs)
 
 
 def _prefix(uri: str) -> str | None:

@@ -5,11 +5,12 @@ The buckets follow `capstan.tracking.series` exactly; what this module decides i
 `capstan.tracking.series.downsample`. A larger window is aggregated inside the database, so a million points cost
 one pass of the database engine and only the buckets cross into Python:
 
-- on the ``step`` axis each bucket is one range of the primary key ``(run_id, key_id, step, ...)``: a statement
-  per bucket on SQLite (in-process, no round trip) and one ``LATERAL`` join over the bucket bounds on PostgreSQL.
-  The per-bucket aggregates assume finite values; a bucket that holds a NaN or an infinity is read again with the
-  exact (filtered) aggregates. Both are several times faster than a ``GROUP BY`` over the whole window, which
-  sorts every row;
+- on the ``step`` axis each bucket is read as the write-time summaries of the 64-step blocks wholly inside it
+  (``metric_blocks``, kept by `capstan.store.tracking_sqltext.write_metrics`, decision 0526) plus the points of its
+  two edges, so a cold read of a million points touches about a tenth of them: a statement per bucket on SQLite
+  (in-process, no round trip) and one ``LATERAL`` join over the bucket bounds on PostgreSQL. The per-bucket
+  aggregates assume finite values; a bucket that holds a NaN or an infinity is read again with the exact (filtered)
+  aggregates;
 - the step-axis buckets are kept in a `BucketCache` between reads: a series only ever gains points (a point is its
   whole row, identical re-logs are absorbed, and only purging a run deletes points, under an id never reused), so
   a kept bucket is still right while the number of points in its range is unchanged, and counting a range costs
@@ -21,15 +22,18 @@ one pass of the database engine and only the buckets cross into Python:
 
 from __future__ import annotations
 
+import math
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
 from capstan.errors import ResourceDoesNotExist
+from capstan.store.tracking_sqltext import METRIC_BLOCK_SHIFT
 from capstan.store.tracking_tx import RawTx
 from capstan.tracking.series import Bucket, Grid, MetricSeries, SeriesQuery, downsample
 
+_BLOCK = 1 << METRIC_BLOCK_SHIFT
 RAW_LIMIT = 20_000
 """Windows with at most this many points are bucketed in memory (reading them is cheaper than many aggregates)."""
 
@@ -39,15 +43,33 @@ _EXACT = (f"count(*), avg({{x}}), avg(value) FILTER (WHERE {_FINITE}), min(value
           f"max(value) FILTER (WHERE {_FINITE}), count(*) FILTER (WHERE {_FINITE})")
 _EXACT_PARAMS = (-_INF, _INF) * 4
 _RANGE = "run_id = ? AND key_id = ? AND {x} >= ? AND {x} <= ?"
-# Per-bucket aggregates for finite values; the last column counts NaNs (stored as 0.0 with is_nan set).
-_FAST = "count(*), avg(step), sum(value), min(value), max(value), {nans}"
-_NANS = {"sqlite": "total(is_nan)", "postgresql": "count(*) FILTER (WHERE is_nan)"}
-_COUNT_LATERAL = ("SELECT (SELECT count(*) FROM metrics WHERE run_id = ? AND key_id = ? AND step >= b.lo "
-                  "AND step <= b.hi) FROM unnest(CAST(? AS BIGINT[]), CAST(? AS BIGINT[])) WITH ORDINALITY "
-                  "AS b(lo, hi, i) ORDER BY b.i")
-_LATERAL = ("SELECT a.* FROM unnest(CAST(? AS BIGINT[]), CAST(? AS BIGINT[])) WITH ORDINALITY AS b(lo, hi, i) "
-            "CROSS JOIN LATERAL (SELECT {fast} FROM metrics WHERE run_id = ? AND key_id = ? AND step >= b.lo "
-            "AND step <= b.hi) a ORDER BY b.i")
+# A step range is read as its whole blocks' write-time summaries (``metric_blocks``) plus the points of its two
+# edges (`_parts`); the per-bucket aggregates assume finite values (the last column counts NaNs, stored as 0.0 with
+# is_nan set), and a bucket holding a NaN or an infinity is read again point by point with the exact aggregates.
+_RAW_PART = ("SELECT count(*) AS c, sum(CAST(step AS DOUBLE PRECISION)) AS s, sum(value) AS v, min(value) AS lo, "
+             "max(value) AS hi, sum(CASE WHEN is_nan THEN 1 ELSE 0 END) AS n FROM metrics "
+             "WHERE run_id = {rid} AND key_id = {key} AND step >= {a} AND step <= {b}")
+_BLOCK_PART = ("SELECT sum(points), sum(step_sum), sum(value_sum), min(value_min), max(value_max), sum(nans) "
+               "FROM metric_blocks WHERE run_id = {rid} AND key_id = {key} AND block >= {a} AND block <= {b}")
+_PARTS = "SELECT sum(c), sum(s), sum(v), min(lo), max(hi), sum(n) FROM ({left} UNION ALL {blocks} UNION ALL {right}) p"
+_COUNT_PARTS = "SELECT sum(c) FROM ({left} UNION ALL {blocks} UNION ALL {right}) p"
+
+
+def _parts_sql(template: str, marks: tuple[str, ...]) -> str:
+    """``template`` over the three parts of a range; ``marks`` name its 6 bounds (left edge, blocks, right edge)."""
+    args = {"rid": "?", "key": "?"}
+    return template.format(left=_RAW_PART.format(**args, a=marks[0], b=marks[1]),
+                           blocks=_BLOCK_PART.format(**args, a=marks[2], b=marks[3]),
+                           right=_RAW_PART.format(**args, a=marks[4], b=marks[5]))
+
+
+_SQLITE_PARTS = _parts_sql(_PARTS, ("?",) * 6)
+_SQLITE_COUNT = _parts_sql(_COUNT_PARTS, ("?",) * 6)
+_UNNEST = ("FROM unnest(CAST(? AS BIGINT[]), CAST(? AS BIGINT[]), CAST(? AS BIGINT[]), CAST(? AS BIGINT[]), "
+           "CAST(? AS BIGINT[]), CAST(? AS BIGINT[])) WITH ORDINALITY AS b(l1, h1, bl, bh, l2, h2, i)")
+_PG_MARKS = ("b.l1", "b.h1", "b.bl", "b.bh", "b.l2", "b.h2")
+_PG_PARTS = f"SELECT a.* {_UNNEST} CROSS JOIN LATERAL ({_parts_sql(_PARTS, _PG_MARKS)}) a ORDER BY b.i"
+_PG_COUNT = f"SELECT a.* {_UNNEST} CROSS JOIN LATERAL ({_parts_sql(_COUNT_PARTS, _PG_MARKS)}) a ORDER BY b.i"
 
 
 BucketKey = tuple[int, int, int, int]
@@ -165,13 +187,31 @@ def _per_bucket(tx: RawTx, dialect: str, rid: int, key_id: int, grid: Grid, hi: 
     return tuple(found[i] for i in sorted(found))
 
 
+Parts = tuple[int, int, int, int, int, int]
+"""A step range as its left edge's steps, its whole blocks and its right edge's steps (an empty part has lo > hi)."""
+
+
+def _parts(start: int, end: int) -> Parts:
+    """Split the steps ``[start, end]`` into the edges and the blocks wholly inside it."""
+    first, last = (start + _BLOCK - 1) >> METRIC_BLOCK_SHIFT, ((end + 1) >> METRIC_BLOCK_SHIFT) - 1
+    if first > last:
+        return start, end, 1, 0, 1, 0
+    return start, (first << METRIC_BLOCK_SHIFT) - 1, first, last, (last + 1) << METRIC_BLOCK_SHIFT, end
+
+
+def _by_parts(tx: RawTx, dialect: str, sqlite_sql: str, pg_sql: str, rid: int, key_id: int, starts: list[int],
+              ends: list[int]) -> Sequence[Sequence[Any] | None]:
+    parts = [_parts(s, e) for s, e in zip(starts, ends, strict=True)]
+    if dialect == "postgresql":
+        return tx.all(pg_sql, (*([p[i] for p in parts] for i in range(6)), rid, key_id, rid, key_id, rid, key_id))
+    return tx.each(sqlite_sql, [(rid, key_id, p[0], p[1], rid, key_id, p[2], p[3], rid, key_id, p[4], p[5])
+                                for p in parts])
+
+
 def _counts(tx: RawTx, dialect: str, rid: int, key_id: int, starts: list[int], ends: list[int]) -> list[int]:
     """The number of points in each step range."""
-    if dialect == "postgresql":
-        return [int(row[0]) for row in tx.all(_COUNT_LATERAL, (rid, key_id, starts, ends))]
-    sql = f"SELECT count(*) FROM metrics WHERE {_RANGE.format(x='step')}"
-    rows = tx.each(sql, [(rid, key_id, s, e) for s, e in zip(starts, ends, strict=True)])
-    return [int(row[0]) if row is not None else 0 for row in rows]
+    rows = _by_parts(tx, dialect, _SQLITE_COUNT, _PG_COUNT, rid, key_id, starts, ends)
+    return [int(row[0]) if row is not None and row[0] is not None else 0 for row in rows]
 
 
 def _aggregate(tx: RawTx, dialect: str, rid: int, key_id: int, starts: list[int],
@@ -179,25 +219,22 @@ def _aggregate(tx: RawTx, dialect: str, rid: int, key_id: int, starts: list[int]
     """The bucket of each step range (None for an empty range)."""
     if not starts:
         return []
-    fast = _FAST.format(nans=_NANS[dialect])
-    if dialect == "postgresql":
-        rows: Sequence[Sequence[Any] | None] = tx.all(_LATERAL.format(fast=fast), (starts, ends, rid, key_id))
-    else:
-        sql = f"SELECT {fast} FROM metrics WHERE {_RANGE.format(x='step')}"
-        rows = tx.each(sql, [(rid, key_id, s, e) for s, e in zip(starts, ends, strict=True)])
+    rows = _by_parts(tx, dialect, _SQLITE_PARTS, _PG_PARTS, rid, key_id, starts, ends)
     exact = f"SELECT {_EXACT.format(x='step')} FROM metrics WHERE {_RANGE.format(x='step')}"
     buckets: list[Bucket | None] = []
     for start, end, row in zip(starts, ends, rows, strict=True):
         if row is None or not row[0]:
             buckets.append(None)
             continue
-        count, x_mean, total, low, high, nans = row
-        if nans or low == -_INF or high == _INF:  # not all finite: aggregate this bucket again, filtered
+        count, step_sum, total, low, high, nans = row
+        if nans or low == -_INF or high == _INF or not math.isfinite(float(total)):
+            # not all finite: aggregate this bucket again, filtered
             again = tx.one(exact, (*_EXACT_PARAMS, rid, key_id, start, end))
             assert again is not None
             buckets.append(_exact_bucket(again))
         else:
-            buckets.append(Bucket(float(x_mean), float(total) / count, float(low), float(high), int(count), 0))
+            count = int(count)
+            buckets.append(Bucket(float(step_sum) / count, float(total) / count, float(low), float(high), count, 0))
     return buckets
 
 

@@ -37,6 +37,17 @@ SQL_UPSERT_LATEST = (
     "excluded.value > latest_metrics.value)))")
 SQL_UPSERT_TAG = ("INSERT INTO run_tags (run_id, key, value) VALUES (?, ?, ?) "
                   "ON CONFLICT (run_id, key) DO UPDATE SET value = excluded.value")
+METRIC_BLOCK_SHIFT = 6
+"""A metric block is 64 consecutive steps: ``block = step >> 6`` (a floor division, negative steps included)."""
+# A touched block is summarised again from its points (so an absorbed identical point is not counted twice).
+SQL_UPSERT_BLOCK = (
+    "INSERT INTO metric_blocks (run_id, key_id, block, points, step_sum, value_sum, value_min, value_max, nans) "
+    "SELECT ?, ?, ?, count(*), sum(CAST(step AS DOUBLE PRECISION)), sum(value), min(value), max(value), "
+    "sum(CASE WHEN is_nan THEN 1 ELSE 0 END) FROM metrics WHERE run_id = ? AND key_id = ? AND step >= ? AND step <= ? "
+    "ON CONFLICT (run_id, key_id, block) DO UPDATE SET points = excluded.points, step_sum = excluded.step_sum, "
+    "value_sum = excluded.value_sum, value_min = excluded.value_min, value_max = excluded.value_max, "
+    "nans = excluded.nans")
+_SQL_LOCK_SERIES = "SELECT pg_advisory_xact_lock(CAST(? AS INTEGER), CAST(? AS INTEGER))"
 SQL_INSERT_PARAM = "INSERT INTO params (run_id, key, value) VALUES (?, ?, ?)"
 SQL_INSERT_KEY = "INSERT INTO metric_keys (key) VALUES (?) ON CONFLICT DO NOTHING"
 
@@ -51,9 +62,16 @@ def write_metrics(tx: RawTx, rid: int, rows: Sequence[MetricRow], key_ids: Mappi
         best = latest.get(key_id)
         if best is None or (step, timestamp, value) > best[:3]:
             latest[key_id] = (step, timestamp, value, is_nan)
+    blocks = sorted({(k, s >> METRIC_BLOCK_SHIFT) for k, s, _t, _v, _n in points})
+    if tx.postgres:
+        # A block is summarised from the points this transaction sees; writers of the same run and key take turns,
+        # so none summarises without the points of another one that has not committed yet. (SQLite has one writer.)
+        tx.many(_SQL_LOCK_SERIES, [(rid, k) for k in sorted({k for k, _b in blocks})])
     # Sorted so that concurrent PostgreSQL writers take row locks in the same order (no deadlocks).
     tx.many(SQL_INSERT_METRIC, [(rid, k, s, t, v, n) for k, s, t, v, n in sorted(points)])
     tx.many(SQL_UPSERT_LATEST, [(rid, k, s, t, v, n) for k, (s, t, v, n) in sorted(latest.items())])
+    size = 1 << METRIC_BLOCK_SHIFT
+    tx.many(SQL_UPSERT_BLOCK, [(rid, k, b, rid, k, b * size, b * size + size - 1) for k, b in blocks])
 
 
 def write_params(tx: RawTx, rid: int, run_id: str, rows: Mapping[str, tuple[int, str]]) -> None:

@@ -80,6 +80,11 @@ class RawTx:
                         or engine.dialect.dispatch.handle_error)
         self._view = _ConnectionView(info, engine, engine.dialect) if observed else None
 
+    @property
+    def postgres(self) -> bool:
+        """Whether the transaction runs on PostgreSQL (else SQLite)."""
+        return self._pg
+
     def _sql(self, sql: str) -> str:
         if not self._pg:
             return sql
