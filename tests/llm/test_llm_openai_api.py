@@ -441,6 +441,7 @@ def test_real_bad_input_is_400_naming_the_parameter_and_the_server_keeps_serving
                                                               "json_schema": {"name": "x", "schema": {}}}},
          "response_format"),
         ("chat", {"messages": TINY_CHAT, "temperature": 9}, "temperature"),
+        ("completions", {"prompt": [5, 99999]}, "prompt"),  # not in the vocabulary: the engine's own check
     ]
     for route, extra, param in cases:
         api = real.client.completions if route == "completions" else real.client.chat.completions

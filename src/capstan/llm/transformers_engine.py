@@ -162,6 +162,8 @@ class TransformersEngine:
         params = request.params
         if not request.prompt_ids:
             raise InvalidParameterValue("prompt: it is empty")
+        if not all(0 <= i < self._vocab for i in request.prompt_ids):
+            raise InvalidParameterValue(f"prompt: token ids must be from 0 to {self._vocab - 1} (the vocabulary)")
         if params.max_tokens < 1:
             raise InvalidParameterValue("max_tokens must be at least 1")
         if params.n < 1:
