@@ -171,6 +171,36 @@ def test_completion_stream_sends_text_per_token(serve: Callable[..., Served]) ->
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 4
 
 
+def test_streams_of_several_prompts_and_sequences_are_merged_by_choice_index(serve: Callable[..., Served]) -> None:
+    s = serve()
+    texts: dict[int, str] = {}
+    reasons: dict[int, str] = {}
+    for chunk in s.client.completions.create(model="tiny", prompt=["ab", "xyz"], max_tokens=3, n=2, stream=True):
+        for choice in chunk.choices:
+            texts[choice.index] = texts.get(choice.index, "") + choice.text
+            if choice.finish_reason:
+                reasons[choice.index] = choice.finish_reason
+    assert texts == {0: expected_tokens([ord("a")], 3), 1: expected_tokens([ord("a")], 3, index=1),
+                     2: expected_tokens([ord("x")], 3), 3: expected_tokens([ord("x")], 3, index=1)}
+    assert reasons == dict.fromkeys(range(4), "length")
+    roles = [c.choices[0].index for c in s.client.chat.completions.create(
+        model="tiny", messages=CHAT, max_tokens=1, n=2, stream=True) if c.choices and c.choices[0].delta.role]
+    assert roles == [0, 1]
+
+
+def test_a_closed_stream_of_several_prompts_cancels_them_all(serve: Callable[..., Served]) -> None:
+    engine = ScriptedEngine(step_s=0.05)
+    s = serve(engine)
+    body = {"model": "tiny", "prompt": ["hello", "world"], "max_tokens": 50, "min_tokens": 50, "stream": True}
+    with httpx.Client() as client, client.stream("POST", f"{s.url}/v1/completions", json=body) as raw:
+        for line in raw.iter_lines():
+            if line.startswith("data: {"):
+                break
+    eventually(lambda: len(engine.cancelled) == 2, "the engine saw both cancels")
+    assert sorted(engine.cancelled) == sorted(r.request_id for r in engine.seen[-2:])
+    eventually(lambda: engine.stats().running == 0, "the batch is empty again")
+
+
 # ------------------------------------------------------------------------------------------------ models, adapters
 
 

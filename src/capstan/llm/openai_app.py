@@ -132,7 +132,7 @@ class _EventStream(StreamingResponse):
 
     def __init__(self, events: AsyncIterator[bytes], request_id: str) -> None:
         super().__init__(events, 200, {**_SSE_HEADERS, REQUEST_ID_HEADER: request_id}, "text/event-stream")
-        self.events = events
+        self.events = events  # the body iterator, typed as the async generator it is (closed on the way out)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         async def stream() -> None:
