@@ -56,6 +56,25 @@ def test_log_model_round_trip_keeps_model_tokenizer_and_chat_template(tiny_model
     assert tok_again.chat_template == tokenizer.chat_template
 
 
+def test_load_model_gives_a_pipeline_that_generates_as_the_model_does(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    with Client(Settings.for_home(tmp_path / "home")) as client:
+        run = client.create_run(client.create_experiment("llm"))
+        client.log_model(run.info.run_id, str(tiny_model_dir), "tiny", registered_model_name="tiny")
+        generator = client.load_model("models:/tiny/1")
+        with pytest.raises(InvalidParameterValue, match="as_pyfunc: a language model has no pyfunc form"):
+            client.load_model("models:/tiny/1", as_pyfunc=True)
+    out = generator("the quick brown", max_new_tokens=5, min_new_tokens=5, do_sample=False,
+                    return_full_text=False)[0]["generated_text"]
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_model_dir), local_files_only=True)
+    model: Any = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), local_files_only=True)
+    ids = tokenizer("the quick brown", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        expected = model.generate(ids, max_new_tokens=5, min_new_tokens=5, do_sample=False)[0, ids.shape[1]:]
+    assert out == tokenizer.decode(expected, skip_special_tokens=True)
+
+
 def test_log_model_refuses_a_transformers_model_without_its_tokenizer(tiny_model_dir: Path, tmp_path: Path) -> None:
     from transformers import AutoModelForCausalLM
 

@@ -252,3 +252,54 @@ def test_language_model_options_on_another_model_are_refused(tmp_path: Path) -> 
 def test_vllm_backend_without_vllm_names_the_extra(tiny_model_dir: Path, tmp_path: Path) -> None:
     line = _fails(tmp_path / "home", str(tiny_model_dir), "--backend", "vllm")
     assert "pip install 'capstan[vllm]'" in line
+
+
+def _trained_adapter(tiny_model_dir: Path) -> object:
+    """A LoRA adapter of the tiny model pushed towards one sentence (a few steps, seeded)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(3)
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_model_dir), local_files_only=True)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), local_files_only=True),
+                           LoraConfig(r=4, lora_alpha=8, target_modules=["c_attn"], task_type="CAUSAL_LM"))
+    ids = tokenizer("the quick brown fox jumps over the lazy dog", return_tensors="pt")["input_ids"]
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-2)
+    model.train()
+    for _ in range(15):
+        loss = model(input_ids=ids, labels=ids).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model.eval()
+
+
+def test_a_served_base_model_answers_for_its_registered_adapter(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from capstan.llm.adapters import ADAPTER_BASE_TAG
+    from capstan.sdk import fluent_models
+    from capstan.sdk.backends import open_backend
+
+    home = tmp_path / "home"
+    with Client(Settings.for_home(home)) as client:
+        run = client.create_run(client.create_experiment("llm"))
+        client.log_model(run.info.run_id, str(tiny_model_dir), "tiny", registered_model_name="tiny")
+        experiment_id = run.info.experiment_id
+    backend = open_backend(Settings.for_home(home))
+    try:
+        fluent_models.log_model(backend, _trained_adapter(tiny_model_dir), "adapter", experiment_id=experiment_id,
+                                run_id=None, registered_model_name="style", base_model_uri="models:/tiny/1")
+        backend.set_model_version_tag("style", 1, ADAPTER_BASE_TAG, "models:/tiny/1")
+    finally:
+        backend.close()
+    with serve(home, "models:/tiny/1") as served:
+        client = served.client()
+        assert sorted(m.id for m in client.models.list()) == ["style", "style/1", "tiny"]
+
+        def complete(model: str) -> str:
+            answer = client.completions.create(model=model, prompt="the quick", max_tokens=8, temperature=0,
+                                               extra_body={"min_tokens": 8})
+            return answer.choices[0].text
+
+        base, adapted = complete("tiny"), complete("style")
+        assert adapted != base and complete("style/1") == adapted and complete("tiny") == base
+        _stop(served)

@@ -2,7 +2,8 @@
 
 `language_model_target` says whether ``capstan serve``'s MODEL_URI is a language model: a local folder with the
 ``transformers`` flavor or a bare ``save_pretrained`` / sentence-transformers folder, or a registry or run model
-whose files hold a ``save_pretrained`` subfolder next to its MLmodel (confirmed from the MLmodel once fetched). A
+whose files hold a ``save_pretrained`` subfolder next to its MLmodel with the ``transformers`` flavor (its MLmodel
+file alone is downloaded to decide). A
 registry or run model is fetched through the model cache (`capstan.llm.model_cache`, below ``CAPSTAN_HOME/
 serving-cache/models``), so a restart or another replica reuses the verified folder; the listening line reports
 the cold start (fetch + load) and whether the cache had it. The app is `capstan.llm.openai_app.llm_serving_app`,
@@ -12,12 +13,14 @@ which also answers the health routes the deployment controller probes, so replic
 from __future__ import annotations
 
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
+import yaml
 
 from capstan.errors import InvalidParameterValue
 
@@ -69,11 +72,18 @@ def language_model_target(model_uri: str, settings: Settings) -> bool:
 
     backend = open_backend(settings)
     try:
-        paths = BackendModelSource(backend).list_model(model_uri).digests
+        listing = BackendModelSource(backend).list_model(model_uri)
+        paths = listing.digests
+        if "MLmodel" not in paths or not any(
+                path.count("/") == 1 and path.rpartition("/")[2] in _MARKERS for path in paths):
+            return False
+        with tempfile.TemporaryDirectory(prefix="capstan-mlmodel-") as tmp:  # the MLmodel file alone decides
+            mlmodel = backend.download_artifacts(listing.owner, f"{listing.path}/MLmodel".lstrip("/"), tmp)
+            data = yaml.safe_load(mlmodel.read_text())
+            flavors = data.get("flavors") if isinstance(data, dict) else None
     finally:
         backend.close()
-    return "MLmodel" in paths and any(
-        path.count("/") == 1 and path.rpartition("/")[2] in _MARKERS for path in paths)
+    return isinstance(flavors, dict) and "transformers" in flavors
 
 
 def refuse_classic_options(options: LlmOptions) -> None:

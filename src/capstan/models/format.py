@@ -118,13 +118,19 @@ def read_mlmodel(path: str | Path) -> dict[str, Any]:
 
 
 def load_model_dir(path: str | Path, *, as_pyfunc: bool = False) -> Any:
-    """Load the model in folder ``path``: the native object (e.g. a scikit-learn estimator), or a
-    `PyFuncModel` wrapper when ``as_pyfunc`` is true or no native flavor Capstan knows is present."""
+    """Load the model in folder ``path``: the native object (e.g. a scikit-learn estimator; a transformers pipeline
+    or a SentenceTransformer for the ``transformers`` flavor), or a `PyFuncModel` wrapper when ``as_pyfunc`` is true
+    or no native flavor Capstan knows is present."""
     folder = Path(path)
     mlmodel = read_mlmodel(folder)
     flavors: dict[str, Any] = mlmodel["flavors"]
     pyfunc_conf = flavors.get("python_function") or {}
     predict_fn = str(pyfunc_conf.get("predict_fn") or "predict")
+    if transformers_flavor.FLAVOR_NAME in flavors and not pyfunc_conf:
+        if as_pyfunc:
+            raise InvalidParameterValue("as_pyfunc: a language model has no pyfunc form; load it without as_pyfunc "
+                                        "(a transformers pipeline) or serve it (capstan serve)")
+        return transformers_flavor.load(folder, flavors[transformers_flavor.FLAVOR_NAME])
     if sklearn_flavor.FLAVOR_NAME in flavors:
         native = sklearn_flavor.load(folder, flavors[sklearn_flavor.FLAVOR_NAME])
     elif pyfunc_conf.get("loader_module") == "mlflow.sklearn":

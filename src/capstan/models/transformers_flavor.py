@@ -37,7 +37,7 @@ from capstan.errors import InvalidParameterValue
 from capstan.models.sklearn import SavedFlavor
 
 __all__ = ["EMBEDDING_TASK", "FLAVOR_NAME", "GENERATION_TASK", "LLM_EXTRA", "MODEL_FOLDER", "accepts",
-           "flavor_conf", "is_pretrained_folder", "require_llm_extra", "save", "save_adapter"]
+           "flavor_conf", "is_pretrained_folder", "load", "require_llm_extra", "save", "save_adapter"]
 
 FLAVOR_NAME = "transformers"
 MODEL_FOLDER = "model"
@@ -122,6 +122,30 @@ def save_adapter(peft_model: Any, folder: str | Path, base_model_uri: str, *, to
     from capstan.models.format import save_model
 
     return save_model(peft_model, folder, tokenizer=tokenizer, base_model_uri=base_model_uri, metadata=metadata)
+
+
+def load(folder: Path, conf: Mapping[str, Any]) -> Any:
+    """The model in model folder ``folder`` as a Python object, offline: a transformers ``pipeline`` of its task
+    (model and tokenizer) for a generative model, a ``SentenceTransformer`` for an embedding model. An adapter is
+    refused naming its base model (load the base, then the adapter with peft)."""
+    target = folder / str(conf.get("model_binary") or MODEL_FOLDER)
+    adapter = conf.get("adapter")
+    if isinstance(adapter, Mapping):
+        raise InvalidParameterValue(f"model in {str(folder)!r} is a LoRA adapter of {adapter.get('base_model')!r}: "
+                                    f"load the base model, then apply {target.name}/ with peft's PeftModel")
+    if conf.get("task") == EMBEDDING_TASK:
+        require_llm_extra("torch", "transformers", "sentence_transformers")
+        from sentence_transformers import SentenceTransformer
+
+        return SentenceTransformer(str(target), local_files_only=True)
+    require_llm_extra("torch", "transformers")
+    from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
+
+    loader: Any = AutoModelForCausalLM  # its from_pretrained is typed through a decorator mypy misreads
+    model = loader.from_pretrained(str(target), local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(str(target), local_files_only=True)
+    make: Any = pipeline  # overloaded per literal task name; ours comes from the MLmodel at run time
+    return make(str(conf.get("task") or GENERATION_TASK), model=model, tokenizer=tokenizer)
 
 
 def flavor_conf(target: Path, *, base_model_uri: str | None = None) -> dict[str, Any]:
