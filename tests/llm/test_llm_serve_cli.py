@@ -25,7 +25,7 @@ import torch
 from capstan.sdk.client import Client
 from capstan.serving.replicas import LISTENING, probe_ready, serve_command
 from capstan.settings import Settings
-from helpers.server import capstan_command, clean_env, free_port, pump
+from helpers.server import capstan_command, clean_env, free_port, pump, start_server
 
 torch.set_num_threads(1)
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -58,12 +58,12 @@ def _wait_ready(url: str, process: subprocess.Popen[str], lines: list[str], time
 
 
 @contextmanager
-def serve(home: Path, *args: str) -> Iterator[Served]:
+def serve(home: Path, *args: str, env: dict[str, str] | None = None) -> Iterator[Served]:
     """``capstan serve ARGS --port <free port>``, yielded once ``/v2/health/ready`` answers 200."""
     port = free_port()
     process = subprocess.Popen([*capstan_command(), "serve", *args, "--port", str(port), "--no-access-log"],
-                               env=clean_env(home, ONE_THREAD), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True)
+                               env=clean_env(home, {**ONE_THREAD, **(env or {})}), stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
     served = Served(process, port)
     threading.Thread(target=pump, args=(process.stdout, served.lines), daemon=True).start()
     try:
@@ -303,3 +303,19 @@ def test_a_served_base_model_answers_for_its_registered_adapter(tiny_model_dir: 
         base, adapted = complete("tiny"), complete("style")
         assert adapted != base and complete("style/1") == adapted and complete("tiny") == base
         _stop(served)
+
+
+def test_serve_through_capstan_url_fetches_the_model_over_the_api(tiny_model_dir: Path, tmp_path: Path) -> None:
+    with start_server(tmp_path / "server") as server:
+        with Client(Settings.for_home(tmp_path / "client", url=server.url)) as client:
+            run = client.create_run(client.create_experiment("remote"))
+            client.log_model(run.info.run_id, str(tiny_model_dir), "tiny", registered_model_name="remote-tiny")
+        with serve(tmp_path / "serve", "models:/remote-tiny/1", env={"CAPSTAN_URL": server.url}) as served:
+            assert "language model remote-tiny version 1" in served.output
+            assert "into the model cache" in served.output, served.output
+            answer = served.client().completions.create(model="remote-tiny", prompt="hello", max_tokens=3,
+                                                        temperature=0, extra_body={"min_tokens": 3})
+            assert answer.usage is not None and answer.usage.completion_tokens == 3
+            assert [m.id for m in served.client().models.list()] == ["remote-tiny"]
+            _stop(served)
+    assert any(p.is_dir() for p in (tmp_path / "serve" / "serving-cache" / "models").iterdir())
