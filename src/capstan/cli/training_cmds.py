@@ -329,7 +329,7 @@ def _spec_summary(spec: Mapping[str, Any]) -> str:
 
 
 def _show(job: Mapping[str, Any], attempts: Sequence[Mapping[str, Any]]) -> None:
-    from capstan.training.job_views import attempt_summary, format_ms
+    from capstan.training.job_views import attempt_summary, format_ms, peak_text
 
     spec = job["spec"]
     click.echo(f"job {job['id']}  ({job['project']})")
@@ -350,10 +350,10 @@ def _show(job: Mapping[str, Any], attempts: Sequence[Mapping[str, Any]]) -> None
             click.echo(f"  {key.ljust(width)}  {value}")
     if not attempts:
         return
-    table = _table("ATTEMPT", "STARTED", "ENDED", "PORT", "OUTCOME")
+    table = _table("ATTEMPT", "STARTED", "ENDED", "PORT", "PEAK MEMORY", "OUTCOME")
     for a in attempts:
         table.add_row(str(a["number"]), format_ms(a.get("started_ms")), format_ms(a.get("ended_ms")),
-                      str(a.get("master_port") or ""), a.get("summary") or attempt_summary(a))
+                      str(a.get("master_port") or ""), peak_text(a, spec), a.get("summary") or attempt_summary(a))
     click.echo("")
     _print(table)
 

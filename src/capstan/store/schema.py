@@ -415,6 +415,7 @@ job_attempts = Table(
     Column("rank", Integer, nullable=True),
     Column("exit_code", Integer, nullable=True),
     Column("message", Text, nullable=False, default=""),
+    Column("rank_peak_memory", Text, nullable=True),  # JSON list: each rank's peak RSS in bytes (migration 0970)
     PrimaryKeyConstraint("job_id", "number"),
 )
 

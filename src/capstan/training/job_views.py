@@ -10,9 +10,11 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from capstan.resources.quantity import MILLI, format_quantity
 from capstan.training.ports import JobAttempt, JobRecord
 
-__all__ = ["attempt_json", "attempt_summary", "explain_job", "format_ms", "job_json"]
+__all__ = ["attempt_json", "attempt_summary", "explain_job", "format_memory", "format_ms", "job_json", "peak_text",
+           "worker_peak"]
 
 
 def job_json(record: JobRecord) -> dict[str, Any]:
@@ -26,12 +28,53 @@ def job_json(record: JobRecord) -> dict[str, Any]:
 
 
 def attempt_json(attempt: JobAttempt) -> dict[str, Any]:
-    """One attempt as JSON, with ``summary``: its outcome in words."""
+    """One attempt as JSON, with ``summary``: its outcome in words; ``peak_memory`` (bytes, the largest rank's
+    peak resident memory), ``peak_rank`` and ``rank_peak_memory`` (each rank's) once it has ended."""
     data = {"number": attempt.number, "started_ms": attempt.started_ms, "ended_ms": attempt.ended_ms,
             "master_port": attempt.master_port, "log_dir": attempt.log_dir, "reason": attempt.reason,
-            "rank": attempt.rank, "exit_code": attempt.exit_code, "message": attempt.message}
+            "rank": attempt.rank, "exit_code": attempt.exit_code, "message": attempt.message,
+            "peak_memory": attempt.peak_memory, "peak_rank": attempt.peak_rank,
+            "rank_peak_memory": list(attempt.rank_peak_memory)}
     data["summary"] = attempt_summary(data)
     return data
+
+
+def format_memory(size: int) -> str:
+    """``212Mi``: bytes as a memory quantity."""
+    return format_quantity(size * MILLI, "memory")
+
+
+def worker_peak(rank_peaks: Sequence[int | None], nproc_per_worker: int) -> tuple[int, int] | None:
+    """``(worker, bytes)``: the worker (pod) whose processes' peaks add up to the most, and that sum (an upper
+    bound of the pod's peak: its processes need not peak at once); None when no peak was recorded."""
+    nproc = max(1, nproc_per_worker)
+    sums: dict[int, int] = {}
+    for rank, peak in enumerate(rank_peaks):
+        if peak is not None:
+            sums[rank // nproc] = sums.get(rank // nproc, 0) + int(peak)
+    if not sums:
+        return None
+    worker = max(sums, key=lambda w: (sums[w], -w))
+    return worker, sums[worker]
+
+
+def peak_text(attempt: Mapping[str, Any], spec: Mapping[str, Any] | None = None) -> str:
+    """An attempt's peak memory in words: ``212Mi (rank 1)``; against the spec's per-worker ``memory`` when it has
+    one, ``212Mi of 256Mi (83%, rank 1)`` (with several processes per worker, the largest worker's sum of its
+    processes' peaks); ``-`` when none was recorded."""
+    peak, rank = attempt.get("peak_memory"), attempt.get("peak_rank")
+    if peak is None:
+        return "-"
+    limit = int((spec or {}).get("memory") or 0)
+    nproc = int((spec or {}).get("nproc_per_worker") or 1)
+    used, where = int(peak), f"rank {rank}"
+    if nproc > 1:
+        found = worker_peak(attempt.get("rank_peak_memory") or (), nproc)
+        if found is not None:
+            used, where = found[1], f"worker {found[0]}, sum of its {nproc} processes"
+    if not limit:
+        return f"{format_memory(used)} ({where})"
+    return f"{format_memory(used)} of {format_memory(limit)} ({100 * used / limit:.0f}%, {where})"
 
 
 def format_ms(ms: int | None) -> str:
@@ -106,8 +149,10 @@ def explain_job(job: Mapping[str, Any], attempts: Sequence[Mapping[str, Any]], *
     lines.append(f"Restarts:  {_restarts_line(job)}")
     for i, attempt in enumerate(attempts):
         label = "Attempts:  " if i == 0 else "           "
+        peak = peak_text(attempt, spec)
         lines.append(f"{label}#{attempt['number']} {format_ms(attempt.get('started_ms'))}  "
-                     f"{attempt.get('summary') or attempt_summary(attempt)}")
+                     f"{attempt.get('summary') or attempt_summary(attempt)}"
+                     + (f"  (peak memory {peak})" if peak != "-" else ""))
     if job.get("run_id"):
         lines.append(f"Run:       {job['run_id']}")
     if note:

@@ -1,5 +1,6 @@
 """SQL adapter of `capstan.training.ports.JobStore` (SQLite and PostgreSQL), over the tables ``jobs`` and
-``job_attempts`` of `capstan.store.schema` (migration 0700).
+``job_attempts`` of `capstan.store.schema` (migrations 0700 and 0970, each attempt's per-rank peak memory as a
+JSON list).
 
 It lives beside the port rather than in `capstan.store` (as `capstan.serving.deployments_sql` does) because the store
 package may not import `capstan.resources`, which the spec's quantities come from.
@@ -78,10 +79,22 @@ def _job(row: Any) -> JobRecord:  # row: a RowMapping
         cancel_requested=bool(row["cancel_requested"]), owner=row["owner"])
 
 
+def _peaks_text(peaks: tuple[int | None, ...]) -> str | None:
+    return orjson.dumps(list(peaks)).decode() if peaks else None
+
+
+def _peaks(text: str | None) -> tuple[int | None, ...]:
+    if not text:
+        return ()
+    values = orjson.loads(text)
+    return tuple(int(v) if isinstance(v, int) else None for v in values) if isinstance(values, list) else ()
+
+
 def _attempt(row: Any) -> JobAttempt:
     return JobAttempt(job_id=row["job_id"], number=row["number"], started_ms=row["started_ms"],
                       master_port=row["master_port"], log_dir=row["log_dir"], ended_ms=row["ended_ms"],
-                      reason=row["reason"], rank=row["rank"], exit_code=row["exit_code"], message=row["message"])
+                      reason=row["reason"], rank=row["rank"], exit_code=row["exit_code"], message=row["message"],
+                      rank_peak_memory=_peaks(row["rank_peak_memory"]))
 
 
 class SqlJobStore:
@@ -180,7 +193,8 @@ class SqlJobStore:
                 conn.execute(insert(job_attempts).values(
                     job_id=attempt.job_id, number=attempt.number, started_ms=attempt.started_ms,
                     ended_ms=attempt.ended_ms, master_port=attempt.master_port, log_dir=attempt.log_dir,
-                    reason=attempt.reason, rank=attempt.rank, exit_code=attempt.exit_code, message=attempt.message))
+                    reason=attempt.reason, rank=attempt.rank, exit_code=attempt.exit_code, message=attempt.message,
+                    rank_peak_memory=_peaks_text(attempt.rank_peak_memory)))
         except IntegrityError:
             raise ResourceAlreadyExists(f"attempt {attempt.number} of job {attempt.job_id!r} already exists") from None
 
@@ -190,7 +204,7 @@ class SqlJobStore:
             changed = conn.execute(update(job_attempts).where(
                 job_attempts.c.job_id == attempt.job_id, job_attempts.c.number == attempt.number).values(
                 ended_ms=attempt.ended_ms, reason=attempt.reason, rank=attempt.rank, exit_code=attempt.exit_code,
-                message=attempt.message)).rowcount
+                message=attempt.message, rank_peak_memory=_peaks_text(attempt.rank_peak_memory))).rowcount
         if changed != 1:
             raise ResourceDoesNotExist(f"attempt {attempt.number} of job {attempt.job_id!r} does not exist")
 

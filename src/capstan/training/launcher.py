@@ -17,6 +17,10 @@ runner find and stop them (`stop_stale`).
 ``WorkerFailed`` (its rank and exit code), or ``OOMKilled`` when it died of SIGKILL while the kernel's OOM-kill
 counter of this cgroup went up, or exited 137 (a shell reporting a SIGKILL, as container runtimes do). The caller
 then `Gang.stop`\\ s the rest: SIGTERM to every process group, ``grace_s``, SIGKILL.
+
+`Gang.peaks` gives each rank's peak resident memory once it has been reaped: the kernel's ``ru_maxrss`` from
+`os.wait4` when it exceeds what the child inherited from the runner before its ``exec``, else the largest ``VmHWM``
+sampled while it ran (see `_Member`).
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from capstan.training.env import JOB_ID_VARIABLE, WorkerPlace, worker_env, worker_places
@@ -124,22 +128,73 @@ class GangExit:
     message: str = ""
 
 
+def peak_rss_bytes(maxrss: int) -> int:
+    """``ru_maxrss`` of `os.wait4` in bytes: Linux reports KiB, macOS bytes."""
+    return maxrss if sys.platform == "darwin" else maxrss * 1024
+
+
+def vm_hwm(pid: int | str = "self") -> int | None:
+    """The peak resident memory (bytes) of process ``pid``'s current program (``VmHWM`` of ``/proc/PID/status``);
+    None where it cannot be read (no such process, an exited one, no ``/proc``)."""
+    try:
+        data = Path(f"/proc/{pid}/status").read_bytes()
+        start = data.index(b"VmHWM:")
+        return int(data[start:data.index(b"\n", start)].split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 @dataclass(slots=True)
 class _Member:
-    """One process and, once it has exited, when (monotonic seconds): a thread waits for each, so the first
-    failure is known even when several processes end between two polls."""
+    """One process and, once it has exited, when (monotonic seconds) and its peak resident memory (bytes): a
+    thread reaps each with `os.wait4`, so the first failure is known even when several processes end between two
+    polls, and the kernel's ``ru_maxrss`` comes with the exit status.
+
+    On Linux ``ru_maxrss`` also counts the runner's memory the child held before its ``exec`` (at most the
+    runner's own ``VmHWM`` just after the start, ``floor``): above ``floor`` it is the worker's exact peak; at or
+    below, the peak is the largest ``VmHWM`` sampled while it ran (`sample`, on every `Gang.poll`), or None when it
+    ended before a sample. Only this thread waits for the process (the gang never calls ``Popen.poll``/``wait``,
+    which could reap it first and lose the usage); it sets ``process.returncode`` from the status it reaped."""
 
     place: WorkerPlace
     process: subprocess.Popen[bytes]
+    floor: int | None = None
     exited_at: float | None = None
+    reaped_peak: int | None = None
+    sampled_peak: int | None = None
+    done: threading.Event = field(default_factory=threading.Event)
 
     def watch(self) -> None:
         thread = threading.Thread(target=self._wait, name=f"capstan-rank-{self.place.rank}", daemon=True)
         thread.start()
 
     def _wait(self) -> None:
-        self.process.wait()
+        try:
+            _pid, status, usage = os.wait4(self.process.pid, 0)
+        except ChildProcessError:  # reaped elsewhere: the status (if any) is Popen's, the usage is lost
+            if self.process.returncode is None:
+                self.process.returncode = 1  # status unknown: counted as a failure
+        else:
+            self.process.returncode = os.waitstatus_to_exitcode(status)
+            self.reaped_peak = peak_rss_bytes(usage.ru_maxrss)
         self.exited_at = time.monotonic()
+        self.done.set()
+
+    def sample(self) -> None:
+        """Read the running process's ``VmHWM`` (ignored once it has been reaped: its pid may be reused)."""
+        if self.done.is_set():
+            return
+        seen = vm_hwm(self.process.pid)
+        if seen is not None and not self.done.is_set():
+            self.sampled_peak = max(seen, self.sampled_peak or 0)
+
+    @property
+    def peak_memory(self) -> int | None:
+        """The process's peak resident memory in bytes, once reaped (see the class docstring)."""
+        reaped = self.reaped_peak
+        if reaped is not None and (self.floor is None or reaped > self.floor):
+            return reaped
+        return self.sampled_peak
 
 
 class Gang:
@@ -161,6 +216,8 @@ class Gang:
         """The attempt's outcome once decided (every process exited 0, or one failed), else None."""
         if self._exit is not None:
             return self._exit
+        for member in self._members:
+            member.sample()
         failed: list[tuple[float, int, int]] = []
         running = 0
         for member in self._members:
@@ -181,14 +238,19 @@ class Gang:
         return self._exit
 
     def running(self) -> bool:
-        """Whether any process of the gang is still running."""
-        return any(m.process.poll() is None for m in self._members)
+        """Whether any process of the gang is still running (not yet reaped)."""
+        return any(not m.done.is_set() for m in self._members)
+
+    def peaks(self) -> tuple[int | None, ...]:
+        """Each rank's peak resident memory in bytes (index = rank), None for a process not reaped yet."""
+        by_rank = {m.place.rank: m.peak_memory for m in self._members}
+        return tuple(by_rank.get(rank) for rank in range(len(by_rank)))
 
     def stop(self, grace_s: float, *, sleep: Callable[[float], None] = time.sleep) -> None:
         """SIGTERM every process group still running, wait up to ``grace_s``, then SIGKILL what is left (and any
         process the workers left behind in their groups). Returns once every worker process has been reaped."""
         for member in self._members:
-            if member.process.poll() is None:
+            if not member.done.is_set():
                 _signal_group(member.process.pid, signal.SIGTERM)
         deadline = time.monotonic() + grace_s
         while self.running() and time.monotonic() < deadline:
@@ -196,8 +258,7 @@ class Gang:
         for member in self._members:
             _signal_group(member.process.pid, signal.SIGKILL)
         for member in self._members:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                member.process.wait(timeout=5)
+            member.done.wait(5)
 
     def reap(self) -> None:
         """After a decided attempt: SIGKILL anything the workers left running in their process groups."""
@@ -244,7 +305,7 @@ def launch(spec: TrainingJobSpec, *, job_id: str, run_id: str | None, attempt: i
             with open(out, "wb") as out_file, open(err, "wb") as err_file:
                 process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out_file, stderr=err_file,
                                            cwd=cwd, env=env, start_new_session=True)
-            members.append(_Member(place, process))
+            members.append(_Member(place, process, floor=vm_hwm()))
             members[-1].watch()
     except BaseException:
         Gang(members, folder, port, oom_baseline).stop(0)

@@ -66,7 +66,9 @@ class JobRecord:
 @dataclass(frozen=True, slots=True)
 class JobAttempt:
     """One start of the whole gang. ``rank``/``exit_code``: the first worker process that failed (None when none
-    did); ``master_port``: the rendezvous port of this attempt; ``log_dir``: where its workers' logs are."""
+    did); ``master_port``: the rendezvous port of this attempt; ``log_dir``: where its workers' logs are;
+    ``rank_peak_memory``: each rank's peak resident memory in bytes once the attempt has ended (index = rank; None
+    for a process whose usage could not be read; empty while it runs and for attempts recorded before peaks were)."""
 
     job_id: str
     number: int
@@ -78,6 +80,19 @@ class JobAttempt:
     rank: int | None = None
     exit_code: int | None = None
     message: str = ""
+    rank_peak_memory: tuple[int | None, ...] = ()
+
+    @property
+    def peak_memory(self) -> int | None:
+        """The largest rank's peak resident memory (bytes), or None when none was recorded."""
+        known = [p for p in self.rank_peak_memory if p is not None]
+        return max(known) if known else None
+
+    @property
+    def peak_rank(self) -> int | None:
+        """The rank whose peak is `peak_memory` (the lowest such rank)."""
+        peak = self.peak_memory
+        return None if peak is None else self.rank_peak_memory.index(peak)
 
 
 class JobStore(Protocol):

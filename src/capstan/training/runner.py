@@ -252,6 +252,7 @@ class _Drive:
         self.request = gang_request(current.spec, key=f"job/{job_id}", project=current.project)
         self.lease: Lease | None = None
         self.last_port: int | None = None
+        self.ended: JobAttempt | None = None
 
     # -- the record -------------------------------------------------------------------------------------------------
     def fresh(self) -> JobRecord:
@@ -276,7 +277,7 @@ class _Drive:
     def event(self, reason: str, message: str, *, warning: bool = False, **data: object) -> None:
         self.runner.event(self.record, reason, message, warning=warning, data=data or None)
 
-    def finish(self, state: str, reason: str, message: str) -> JobRecord:
+    def finish(self, state: str, reason: str, message: str, **data: object) -> JobRecord:
         self.release()
         record = self.save(state=state, reason=reason, message=message, ended_ms=self.runner.clock(),
                            release_owner=True)
@@ -285,7 +286,7 @@ class _Drive:
                 self.runner.tracking.update_run(record.run_id, status=RUN_STATUS[state], end_time=record.ended_ms)
             except CapstanError as exc:  # the run was deleted: the job's own record still says how it ended
                 self.event("RunNotUpdated", f"tracking run {record.run_id} could not be ended: {exc}", warning=True)
-        self.event(state, message, warning=state == "Failed")
+        self.event(state, message, warning=state == "Failed", **data)
         return record
 
     # -- the loop ---------------------------------------------------------------------------------------------------
@@ -334,12 +335,14 @@ class _Drive:
                 return self.hand_back(end.message)
             record = self.record
             step = next_step(record.spec, restarts=record.restarts, preemptions=record.preemptions, end=end)
+            peaks = self.peak_data()
             if step.action == "succeed":
-                return self.finish("Succeeded", step.reason, step.message)
+                return self.finish("Succeeded", step.reason, step.message, attempt=record.attempt, **peaks)
             if step.action in ("fail", "cancel"):
-                return self.finish(step.state, step.reason, step.message)
+                return self.finish(step.state, step.reason, step.message, attempt=record.attempt, rank=end.rank,
+                                   exit_code=end.exit_code, **peaks)
             self.event(end.reason, step.message, warning=True, attempt=record.attempt, rank=end.rank,
-                       exit_code=end.exit_code)
+                       exit_code=end.exit_code, **peaks)
             if step.action == "requeue":
                 self.release(requeue=True)
                 self.save(state="Pending", reason=step.reason, message=step.message, preemptions=step.preemptions)
@@ -428,9 +431,19 @@ class _Drive:
         else:
             gang.stop(spec.grace_s)
         gangs.remove(gang)
-        self.store.end_attempt(dataclasses.replace(attempt, ended_ms=runner.clock(), reason=end.reason,
-                                                   rank=end.rank, exit_code=end.exit_code, message=end.message))
+        self.ended = dataclasses.replace(attempt, ended_ms=runner.clock(), reason=end.reason, rank=end.rank,
+                                         exit_code=end.exit_code, message=end.message, rank_peak_memory=gang.peaks())
+        self.store.end_attempt(self.ended)
         return end
+
+    def peak_data(self) -> dict[str, object]:
+        """The event fields of the last ended attempt's peak memory: ``peak_memory`` (bytes, the largest rank's),
+        ``peak_rank`` and ``rank_peak_memory`` (every rank's); none when it recorded no peak."""
+        ended = self.ended
+        if ended is None or ended.peak_memory is None:
+            return {}
+        return {"peak_memory": ended.peak_memory, "peak_rank": ended.peak_rank,
+                "rank_peak_memory": list(ended.rank_peak_memory)}
 
     def watch(self, gang: Gang, lease: Lease) -> AttemptEnd:
         next_check = self.monotonic() + self.runner.poll_s

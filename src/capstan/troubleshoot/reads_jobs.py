@@ -3,8 +3,10 @@
 A job's timeline holds its attempts (each start of the gang and how it ended: the first failing rank and its exit
 code), its restarts and preemptions (events of kind ``job``), the queue's decisions about its workload
 (``job/ID``) and the error line of each failed attempt's failing rank; its log tail is that rank's standard error
-(its standard output when it wrote nothing there). Training does not measure peaks: the memory limit is the spec's
-per-worker request when it has one.
+(its standard output when it wrote nothing there). Its peaks are each ended attempt's peak resident memory (the
+runner reads every rank's from the kernel when it reaps the process) against the spec's per-worker ``memory``: the
+largest rank's peak, or with several processes per worker the largest worker's sum of its processes' peaks; the OOM
+diagnosis of a failed attempt names that peak against the limit.
 
 A trial's timeline holds its own start and end, the queue's decisions about its workload, and its log (a function or
 script trial's ``trial-N.log``); a trial run as a training job shows that job's attempts and logs.
@@ -23,6 +25,7 @@ from capstan.troubleshoot.timeline import Peak, Related, Timeline, TimelineItem,
 
 if TYPE_CHECKING:
     from capstan.training.ports import JobAttempt, JobRecord
+    from capstan.training.spec import TrainingJobSpec
     from capstan.tuning.ports import StudyRecord, TrialRecord
 
 __all__ = ["job_timeline", "trial_log_path", "trial_timeline"]
@@ -53,13 +56,15 @@ def job_timeline(sources: Sources, scope: Scope, job_id: str) -> Timeline:
     items = [TimelineItem(record.created_ms, "state", source, f"job submitted by {record.user or 'unknown'}: "
                           f"{record.spec.workers} worker(s) x {record.spec.nproc_per_worker} process(es) of "
                           f"{record.spec.entry}", "info", "Submitted"),
-             *_attempt_items(attempts, logs, source),
+             *_attempt_items(attempts, logs, source, record.spec),
              *event_items(object_events(sources.events, "job", job_id), source=source),
              *queue_items(view)]
     merged, truncated = merge(items, limit=scope.limit)
     tail, log_source = logs.get(last.number, ((), "")) if last is not None else ((), "")
     facts = _job_facts(record, attempts, phase, view, tail)
-    peaks = (Peak("memory", None, record.spec.memory, "each worker (not measured)"),) if record.spec.memory else ()
+    peaks = tuple(p for p in (_attempt_peak(a, record.spec) for a in attempts) if p is not None)[-5:]
+    if not peaks and record.spec.memory:
+        peaks = (Peak("memory", None, record.spec.memory, "each worker (no attempt has ended yet)"),)
     related = [Related("workload", view.record.id, "queue workload")] if view is not None else []
     if record.run_id:
         related.append(Related("run", record.run_id, "tracking run"))
@@ -67,6 +72,22 @@ def job_timeline(sources: Sources, scope: Scope, job_id: str) -> Timeline:
                     merged, peaks, tail[-scope.tail:] if scope.tail else (), log_source, tuple(related),
                     created_ms=record.created_ms, started_ms=record.started_ms, ended_ms=record.ended_ms,
                     truncated=truncated)
+
+
+def _attempt_peak(attempt: JobAttempt, spec: TrainingJobSpec) -> Peak | None:
+    """The attempt's peak memory against the per-worker limit: the largest rank's, or with several processes per
+    worker the largest worker's sum; None when the attempt recorded none."""
+    from capstan.training.job_views import worker_peak
+
+    if attempt.peak_memory is None:
+        return None
+    limit = spec.memory or None
+    if spec.nproc_per_worker > 1:
+        found = worker_peak(attempt.rank_peak_memory, spec.nproc_per_worker)
+        if found is not None:
+            return Peak("memory", found[1], limit, f"attempt {attempt.number}, worker {found[0]} (sum of its "
+                                                   f"{spec.nproc_per_worker} processes)")
+    return Peak("memory", attempt.peak_memory, limit, f"attempt {attempt.number}, rank {attempt.peak_rank}")
 
 
 def _rank_log(home: Path, job_id: str, attempt: JobAttempt, count: int) -> tuple[tuple[str, ...], str]:
@@ -112,16 +133,19 @@ def _job_facts(record: JobRecord, attempts: list[JobAttempt], phase: Phase, view
     reason, message = record.reason, record.message
     if phase == "failed" and failed is not None and record.reason in ("", "Restarting"):
         reason, message = str(failed.reason), failed.message
+    measured = failed if phase == "failed" and failed is not None else last
+    peak = _attempt_peak(measured, record.spec) if measured is not None else None
     return Facts("job", phase, reason, message, exit_code=exit_code,
                  oom_killed=failed is not None and failed.reason == "OOMKilled", log_tail=tail,
-                 memory_limit=record.spec.memory or None, queue_reason=queue_reason, queue_message=queue_message,
+                 peak_memory=peak.used if peak is not None else None, memory_limit=record.spec.memory or None,
+                 queue_reason=queue_reason, queue_message=queue_message,
                  queue_hint=queue_hint, preemptions=record.preemptions,
                  preempted_by=view.preempted_by if view is not None else "", lost_ms=lost, earlier=earlier)
 
 
 def _attempt_items(attempts: list[JobAttempt], logs: dict[int, tuple[tuple[str, ...], str]],
-                   source: str) -> list[TimelineItem]:
-    from capstan.training.job_views import attempt_json
+                   source: str, spec: TrainingJobSpec) -> list[TimelineItem]:
+    from capstan.training.job_views import attempt_json, peak_text
 
     items = []
     for a in attempts:
@@ -129,8 +153,11 @@ def _attempt_items(attempts: list[JobAttempt], logs: dict[int, tuple[tuple[str, 
             continue
         ran = format_duration(max(0, a.ended_ms - a.started_ms))
         bad = a.reason in _FAILURES
-        items.append(TimelineItem(a.ended_ms, "attempt", source, f"attempt {a.number} ended after {ran}: "
-                                  f"{attempt_json(a)['summary']}"[:500],
+        data = attempt_json(a)
+        peak = peak_text(data, spec.to_dict())
+        text = f"attempt {a.number} ended after {ran}: {data['summary']}" + \
+            (f"; peak memory {peak}" if peak != "-" else "")
+        items.append(TimelineItem(a.ended_ms, "attempt", source, text[:500],
                                   "error" if bad else "warning" if a.reason == "Preempted" else "info",
                                   a.reason or "Ended"))
         lines, where = logs.get(a.number, ((), ""))
