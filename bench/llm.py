@@ -3,7 +3,7 @@ where installed, vLLM's own server, each a server process on a loopback port, wi
 
 Servers, all given the same ``save_pretrained`` folder:
 
-  capstan      capstan serve DIR (the transformers backend, continuous batching, --max-num-seqs 32)   /v1/completions
+  capstan      capstan serve DIR (transformers backend, continuous batching, --max-num-seqs 32)   /v1/completions
   capstan-vllm capstan serve DIR --backend vllm (only where vLLM is installed)
   peer         bench/peers/hf_generate_loop.py: FastAPI, one request at a time, model.generate with a per-token
                streamer (what a user writes first)
@@ -116,14 +116,14 @@ def _start(name: str, command: list[str], env: dict[str, str], port: int, health
     return Server(name, process, url, model, time.perf_counter() - started)
 
 
-def start_server(name: str, model_dir: Path, threads: int, logs: Path) -> Server:
+def start_server(name: str, model_dir: Path, threads: int, logs: Path, max_num_seqs: int = 32) -> Server:
     """Start one server on a free port; `RuntimeError` (with its output's last lines) when it cannot."""
     port = free_port()
     env = _env(threads)
     log = logs / f"{name}.log"
     if name in ("capstan", "capstan-vllm"):
         command = [sys.executable, "-m", "capstan", "serve", str(model_dir), "--name", "bench", "--host",
-                   "127.0.0.1", "--port", str(port), "--max-num-seqs", "32", "--max-waiting", "256",
+                   "127.0.0.1", "--port", str(port), "--max-num-seqs", str(max_num_seqs), "--max-waiting", "256",
                    "--no-access-log"]
         if name == "capstan-vllm":
             command += ["--backend", "vllm"]
@@ -136,7 +136,7 @@ def start_server(name: str, model_dir: Path, threads: int, logs: Path) -> Server
     if name == "vllm":
         command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
                    "--served-model-name", "bench", "--host", "127.0.0.1", "--port", str(port),
-                   "--max-num-seqs", "32"]
+                   "--max-num-seqs", str(max_num_seqs)]
         return _start(name, command, env, port, "/health", "bench", log)
     raise ValueError(f"unknown server {name!r}")
 
@@ -311,7 +311,7 @@ async def bench_model(report: Report, model: str, model_dir: Path, servers: list
             report.skipped[name] = why
             continue
         try:
-            server = start_server(name, model_dir, args.threads, logs)
+            server = start_server(name, model_dir, args.threads, logs, args.max_num_seqs)
         except RuntimeError as exc:
             report.skipped[f"{name} ({model})"] = str(exc)
             continue
@@ -336,6 +336,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=32, help="requests per level (at least 2 per client)")
     parser.add_argument("--tokens", type=int, default=32, help="generated tokens per request")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of each server")
+    parser.add_argument("--max-num-seqs", type=int, default=32, help="sequences batched at once (capstan, vllm)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     args.concurrency = [int(c) for c in args.concurrency.split(",")]

@@ -15,14 +15,16 @@ from pathlib import Path
 
 import pytest
 
-from capstan.errors import InvalidState
-from capstan.llm.ports import SamplingParams
+from capstan.errors import InvalidParameterValue, InvalidState
+from capstan.llm.ports import GenerationRequest, SamplingParams
 from capstan.llm.vllm_engine import (
     SequenceState,
     VllmEngine,
     VllmOptions,
+    check_request,
     delta_events,
     finish_reason_of,
+    is_validation_error,
     queue_seconds,
     sampling_arguments,
 )
@@ -96,6 +98,31 @@ def test_engine_arguments_are_offline_and_enable_adapters() -> None:
     assert arguments["enable_lora"] is True and arguments["max_loras"] == 4
     assert arguments["max_model_len"] == 128
     assert "max_loras" not in VllmOptions(enable_lora=False).engine_arguments("/m")
+
+
+@pytest.mark.parametrize(("prompt", "max_tokens", "message"), [
+    ((), 4, r"^prompt: it is empty$"),
+    ((1, 2, 3), 0, r"^max_tokens must be at least 1$"),
+    ((1,) * 120, 9, r"^max_tokens: the prompt \(120 tokens\) plus max_tokens \(9\) exceeds the context window "
+                    r"of 128 tokens$"),
+])
+def test_requests_vllm_would_refuse_are_refused_first(prompt: tuple[int, ...], max_tokens: int, message: str) -> None:
+    request = GenerationRequest("r1", prompt, SamplingParams(max_tokens=max_tokens))
+    with pytest.raises(InvalidParameterValue, match=message):
+        check_request(request, 128)
+    check_request(GenerationRequest("r2", (1,) * 120, SamplingParams(max_tokens=8)), 128)  # exactly fits
+
+
+def test_validation_errors_of_either_vllm_generation() -> None:
+    class VLLMClientError(Exception):
+        pass
+
+    class VLLMValidationError(VLLMClientError):
+        pass
+
+    assert is_validation_error(ValueError("top_p must be in (0, 1]"))
+    assert is_validation_error(VLLMValidationError("bad"))
+    assert not is_validation_error(RuntimeError("CUDA out of memory"))
 
 
 @pytest.mark.skipif(HAS_VLLM, reason="vllm is installed")

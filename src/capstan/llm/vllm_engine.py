@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from capstan.errors import InvalidState
+from capstan.errors import InvalidParameterValue, InvalidState
 from capstan.llm.ports import (
     AdapterRef,
     EngineCapabilities,
@@ -38,8 +38,10 @@ __all__ = [
     "SequenceState",
     "VllmEngine",
     "VllmOptions",
+    "check_request",
     "delta_events",
     "finish_reason_of",
+    "is_validation_error",
     "queue_seconds",
     "sampling_arguments",
 ]
@@ -84,6 +86,26 @@ def sampling_arguments(params: SamplingParams) -> dict[str, Any]:
     if params.stop:
         arguments["stop"] = list(params.stop)
     return arguments
+
+
+def check_request(request: GenerationRequest, context_length: int) -> None:
+    """Refuse what vLLM would refuse later, inside its generator (where it could only be an error mid-answer), with
+    an `InvalidParameterValue` naming the field. Pure."""
+    if not request.prompt_ids:
+        raise InvalidParameterValue("prompt: it is empty")
+    params = request.params
+    if params.max_tokens < 1:
+        raise InvalidParameterValue("max_tokens must be at least 1")
+    if len(request.prompt_ids) + params.max_tokens > context_length:
+        raise InvalidParameterValue(
+            f"max_tokens: the prompt ({len(request.prompt_ids)} tokens) plus max_tokens ({params.max_tokens}) "
+            f"exceeds the context window of {context_length} tokens")
+
+
+def is_validation_error(exc: BaseException) -> bool:
+    """Whether vLLM refused a request's parameters: a ``ValueError`` (what ``SamplingParams`` raises) or vLLM's
+    ``VLLMValidationError``, which later versions derive from their own client-error class instead. Pure."""
+    return isinstance(exc, ValueError) or any(c.__name__ == "VLLMValidationError" for c in type(exc).__mro__)
 
 
 def finish_reason_of(reason: str | None) -> FinishReason | None:
@@ -250,14 +272,29 @@ class VllmEngine:
         lora_id = self._adapter_ids.setdefault(adapter.name, len(self._adapter_ids) + 1)
         return lora_request(adapter.name, lora_id, adapter.path)
 
-    async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
-        """Stream the request's events from vLLM; closing this iterator aborts the request inside vLLM."""
+    def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
+        """Check the request (`check_request`; vLLM's own checks of the sampling parameters become
+        `InvalidParameterValue`, raised here), then stream its events from vLLM; closing the iterator aborts the
+        request inside vLLM."""
         if self._closed:
             raise InvalidState("the vLLM engine is closed")
+        check_request(request, self._context)
+        if request.adapter is not None and not self._options.enable_lora:
+            raise InvalidParameterValue("model: this engine serves no adapters (vLLM was started without LoRA)")
+        try:
+            sampling = self.vllm_sampling_params(request.params)
+        except Exception as exc:
+            if not is_validation_error(exc):
+                raise
+            param = getattr(exc, "parameter", None)  # VLLMValidationError names the parameter it refused
+            raise InvalidParameterValue(f"{param}: {exc}" if param else f"invalid sampling parameters: {exc}") \
+                from None
+        return self._stream(request, sampling)
+
+    async def _stream(self, request: GenerationRequest, sampling: Any) -> AsyncIterator[GenerationEvent]:
         rid = request.request_id
         prompt = {"prompt_token_ids": list(request.prompt_ids)}
-        stream = self._engine.generate(prompt, self.vllm_sampling_params(request.params), rid,
-                                       lora_request=self._lora_request(request.adapter))
+        stream = self._engine.generate(prompt, sampling, rid, lora_request=self._lora_request(request.adapter))
         progress: dict[int, SequenceState] = {}
         prompt_tokens = len(request.prompt_ids)
         self._waiting.add(rid)
