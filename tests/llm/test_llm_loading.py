@@ -18,7 +18,7 @@ import torch
 from capstan.errors import InvalidParameterValue, InvalidState
 from capstan.llm.loading import load_language_model, model_folder
 from capstan.llm.model_cache import ModelCache, content_key
-from capstan.llm.ports import GenerationRequest, LanguageModel, SamplingParams
+from capstan.llm.ports import AdapterRef, GenerationRequest, LanguageModel, SamplingParams
 from capstan.sdk.backends import open_backend
 from capstan.sdk.client import Client
 from capstan.sdk.model_source import BackendModelSource, ModelListing
@@ -194,6 +194,34 @@ def test_model_folder_reads_the_flavor_and_refuses_an_adapter(tmp_path: Path, ti
     assert found.adapter is not None and found.adapter["base_model"] == "models:/tiny/1"
     with pytest.raises(InvalidParameterValue, match="is a LoRA adapter of 'models:/tiny/1': serve its base model"):
         load_language_model(tmp_path / "adapter", name="a", device="cpu")
+
+
+class OneAdapter:
+    """An `AdapterSource` with one adapter, ``style``, at a local model folder."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def names(self) -> tuple[str, ...]:
+        return ("style",)
+
+    def fetch(self, name: str) -> AdapterRef | None:
+        return AdapterRef(name, str(self.folder)) if name == "style" else None
+
+
+def test_vllm_adapters_point_at_the_folder_peft_wrote(tmp_path: Path, tiny_model_dir: Path) -> None:
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from capstan.llm.loading import _PeftFolders
+    from capstan.models.transformers_flavor import save_adapter
+
+    base = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), local_files_only=True)
+    save_adapter(get_peft_model(base, LoraConfig(r=2, target_modules=["c_attn"], task_type="CAUSAL_LM")),
+                 tmp_path / "adapter", "models:/tiny/1")
+    source = _PeftFolders(OneAdapter(tmp_path / "adapter"))
+    assert source.names() == ("style",) and source.fetch("other") is None
+    assert source.fetch("style") == AdapterRef("style", str(tmp_path / "adapter" / "model"))
 
 
 class CountingSource(BackendModelSource):

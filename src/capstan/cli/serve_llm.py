@@ -15,7 +15,7 @@ from __future__ import annotations
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -53,12 +53,12 @@ class LlmOptions:
 
 @dataclass(slots=True)
 class LoadedLanguageModel:
-    """A loaded language model, the registry connection its adapters read (closed at exit) and the cache note."""
+    """A loaded language model, where it came from (for the listening line) and the registry connection its
+    adapters read (closed at exit)."""
 
     model: LanguageModel
     source: str
     backend: TrackingBackend | None = None
-    notes: list[str] = field(default_factory=list)
 
 
 def language_model_target(model_uri: str, settings: Settings) -> bool:
@@ -170,8 +170,8 @@ def _local_adapters(folder: Path, settings: Settings) -> _Adapters:
 
 
 def _registry_adapters(model_uri: str, name: str, version: str, backend: TrackingBackend, source: Any) -> Any:
-    """The adapters of a registry base model (they name it ``models:/NAME/VERSION``); None for an embedding model
-    (adapters apply to generation) is decided by the loader, which ignores them there."""
+    """The adapters of a registry base model (they name it ``models:/NAME/VERSION``, or the URI for a logged model
+    or a run); the loader leaves them out for an embedding model."""
     from capstan.llm.adapters import RegistryAdapterSource, base_key
 
     rest = model_uri[len("models:/"):] if model_uri.startswith("models:/") else ""
@@ -184,7 +184,8 @@ def listening_line(loaded: LoadedLanguageModel, model_uri: str, url: str, max_wa
     model = loaded.model
     kind = "embedding model" if model.engine is None else "language model"
     details = model.details
-    notes = [f"{details.get('backend', 'transformers')} on {details.get('device', '?')}"]
+    backend = details.get("backend", "transformers")
+    notes = [backend if backend == "vllm" else f"{backend} on {details.get('device', '?')}"]
     if model.engine is not None:
         notes.append(f"up to {details.get('max_batch_size', '?')} sequences at once, {max_waiting} waiting")
     notes.append(f"loaded in {model.load_seconds:.1f} s ({loaded.source})")

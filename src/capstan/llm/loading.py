@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from capstan.errors import InvalidParameterValue, InvalidState
-from capstan.llm.ports import AdapterSource, GenerationEngine, LanguageModel
+from capstan.llm.ports import AdapterRef, AdapterSource, GenerationEngine, LanguageModel
 from capstan.models import transformers_flavor as flavor
 
 __all__ = ["BACKENDS", "DEVICE_PATTERN", "VLLM_EXTRA", "Backend", "ModelFolder", "check_device", "check_folder",
@@ -191,7 +191,7 @@ def resolve_device(device: str) -> str:
 def load_language_model(folder: str | Path, *, name: str, version: str = "1", backend: str = "transformers",
                         device: str = "auto", max_batch_size: int = 8, adapters: AdapterSource | None = None,
                         max_adapters: int = 4, started: float | None = None,
-                        clock: Callable[[], float] = time.monotonic,
+                        clock: Callable[[], float] = time.monotonic, wall_clock: Callable[[], float] = time.time,
                         details: Mapping[str, str] | None = None) -> LanguageModel:
     """The language model in ``folder`` served as ``name``/``version`` (see the module docstring).
 
@@ -199,8 +199,35 @@ def load_language_model(folder: str | Path, *, name: str, version: str = "1", ba
     transformers backend; vLLM runs where its build does, so only ``auto`` goes with it); ``max_batch_size``: the
     sequences generated at once. ``adapters``: the LoRA adapters this base model serves by name (at most
     ``max_adapters`` loaded at once). ``started``: the ``clock`` time fetching began, so ``load_seconds`` is the
-    whole cold start (default: now). ``details`` are added to the model's (e.g. where the cache found it)."""
+    whole cold start (default: now); ``wall_clock`` gives ``created``. ``details`` are added to the model's (e.g.
+    where the cache found it)."""
     begun = clock() if started is None else started
+    found = _checked(folder, backend, device, max_batch_size)
+    set_offline()
+    info = {"backend": backend, "task": found.task, **dict(details or {})}
+    if found.is_embedding:
+        flavor.require_llm_extra("torch", "transformers", "sentence_transformers")
+        from capstan.llm.embedder import SentenceEmbedder
+
+        resolved = resolve_device(device)
+        embedder = SentenceEmbedder.from_folder(found.weights, device=resolved)
+        return LanguageModel(name, version, None, embedder=embedder, created=int(wall_clock()),
+                             load_seconds=clock() - begun, details={**info, "device": resolved})
+    if backend == "vllm":
+        tokenizer, engine, resolved = _vllm(found, max_batch_size)
+    else:
+        tokenizer, engine, resolved = _transformers(found, device, max_batch_size)
+    model = LanguageModel(name, version, tokenizer, engine=engine, created=int(wall_clock()),
+                          details={**info, "device": resolved, "max_batch_size": str(max_batch_size)})
+    if adapters is not None:
+        model = _with_adapters(model, found, adapters, backend, resolved, max_batch_size, max_adapters)
+    from dataclasses import replace
+
+    return replace(model, load_seconds=clock() - begun)
+
+
+def _checked(folder: str | Path, backend: str, device: str, max_batch_size: int) -> ModelFolder:
+    """What ``folder`` holds, after refusing options and folders that cannot load (no library imported yet)."""
     if backend not in BACKENDS:
         raise InvalidParameterValue(f"backend: {backend!r} is not one of {', '.join(BACKENDS)}")
     if max_batch_size < 1:
@@ -214,27 +241,24 @@ def load_language_model(folder: str | Path, *, name: str, version: str = "1", ba
     if backend == "vllm" and found.is_embedding:
         raise InvalidParameterValue("backend: 'vllm' serves generative models; this is an embedding model (serve it "
                                     "with the transformers backend)")
-    set_offline()
-    info = {"backend": backend, "task": found.task, **dict(details or {})}
-    if found.is_embedding:
-        flavor.require_llm_extra("torch", "transformers", "sentence_transformers")
-        from capstan.llm.embedder import SentenceEmbedder
+    return found
 
-        resolved = resolve_device(device)
-        embedder = SentenceEmbedder.from_folder(found.weights, device=resolved)
-        return LanguageModel(name, version, None, embedder=embedder, created=int(time.time()),
-                             load_seconds=clock() - begun, details={**info, "device": resolved})
-    if backend == "vllm":
-        tokenizer, engine, resolved = _vllm(found, max_batch_size)
-    else:
-        tokenizer, engine, resolved = _transformers(found, device, max_batch_size)
-    model = LanguageModel(name, version, tokenizer, engine=engine, created=int(time.time()),
-                          details={**info, "device": resolved, "max_batch_size": str(max_batch_size)})
-    if adapters is not None:
-        model = _with_adapters(model, found, adapters, backend, resolved, max_batch_size, max_adapters)
-    from dataclasses import replace
 
-    return replace(model, load_seconds=clock() - begun)
+class _PeftFolders:
+    """An `AdapterSource` whose adapters point at the folder peft wrote (inside each adapter's model folder), the
+    folder vLLM's ``LoRARequest`` reads."""
+
+    def __init__(self, source: AdapterSource) -> None:
+        self._source = source
+
+    def names(self) -> tuple[str, ...]:
+        return self._source.names()
+
+    def fetch(self, name: str) -> AdapterRef | None:
+        from capstan.llm.lora import peft_folder
+
+        ref = self._source.fetch(name)
+        return None if ref is None else AdapterRef(ref.name, str(peft_folder(ref.path)))
 
 
 def _transformers(found: ModelFolder, device: str, max_batch_size: int) -> tuple[Any, GenerationEngine, str]:
@@ -269,7 +293,7 @@ def _with_adapters(model: LanguageModel, found: ModelFolder, adapters: AdapterSo
     from dataclasses import replace
 
     if backend == "vllm":
-        return replace(model, adapters=adapters)
+        return replace(model, adapters=_PeftFolders(adapters))
     from capstan.llm.adapters import with_adapters
     from capstan.llm.lora import merged_engine_factory
     from capstan.llm.transformers_engine import TransformersEngine, context_length_of

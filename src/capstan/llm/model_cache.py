@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
+from capstan.errors import InvalidParameterValue
 from capstan.serving.loading import FetchedModel, ModelFileUnverified, verify_folder
 
 __all__ = ["CachedModel", "ListedModel", "ListingModelSource", "ModelCache", "content_key"]
@@ -97,6 +98,8 @@ class ModelCache:
         started = self._clock()
         listing = source.list_model(uri)
         digests = dict(listing.digests)
+        if not digests:
+            raise InvalidParameterValue(f"model uri: {uri!r} has no files")
         key = content_key(digests)
         if key is None:  # unverifiable: verify_folder names the file without a digest
             raise ModelFileUnverified(f"model {uri!r} has a file with no sha256 recorded by the artifact store "
