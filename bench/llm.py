@@ -13,15 +13,17 @@ Models: ``tiny`` (the tests' seeded 2-layer, 64-wide GPT-2, where per-step Pytho
 6-layer, 256-wide GPT-2 with the same tokenizer built here, randomly initialised: batching matters as on a real
 model), or ``--model DIR`` for any local folder (a real model on a GPU machine).
 
-Each request is a streamed ``/v1/completions`` of exactly ``--tokens`` tokens (greedy, ``min_tokens`` = ``max_tokens``),
-sent with httpx at concurrency 1, 8 and 32 (each client sends its requests back to back), after a warm-up. Measured
-per server and concurrency: generated tokens per second over the wall time, time to first token (p50, p99) and
-inter-token latency (mean and p99 of the gaps between streamed tokens), with the 1-minute load average before and
-after. The report ends with the goals: at c=8 Capstan's tokens/s at least 4x the plain loop's; at c=1 its TTFT p50
+Each request is a streamed ``/v1/completions`` of exactly ``--tokens`` tokens (greedy, ``min_tokens`` =
+``max_tokens``), sent with httpx at concurrency 1, 8 and 32 (each client sends its requests back to back), after a
+warm-up. All servers of a model run at once, and each level is split into rounds that alternate between them, so
+that every server meets the same background load (the benchmark machine is usually shared). Measured per server and
+concurrency: generated tokens per second over the wall time, time to first token (p50, p99) and inter-token latency
+(mean and p99 of the gaps between streamed tokens), with the lowest and highest 1-minute load average seen around its
+rounds. The report ends with the goals: at c=8 Capstan's tokens/s at least 4x the plain loop's; at c=1 its TTFT p50
 within 10% of the plain loop's; with vLLM, capstan-vllm within 10% of vllm.
 
     python bench/llm.py                                  # tiny and small, all servers (a few minutes on 2 cores)
-    python bench/llm.py --models tiny --requests 8       # a smoke run
+    python bench/llm.py --models tiny --requests 8 --rounds 2    # a smoke run
     python bench/llm.py --model /models/my-llm --tokens 128 --json out.json
 """
 
@@ -218,7 +220,15 @@ def _quantile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-async def run_level(server: Server, model: str, concurrency: int, requests: int, tokens: int) -> Level:
+@dataclass
+class Round:
+    timings: list[RequestTiming]
+    wall_s: float
+    load_before: float
+    load_after: float
+
+
+async def run_round(server: Server, concurrency: int, requests: int, tokens: int) -> Round:
     """``requests`` streamed completions, ``concurrency`` at a time (each client sends back to back)."""
     limits = httpx.Limits(max_connections=concurrency + 4, max_keepalive_connections=concurrency + 4)
     async with httpx.AsyncClient(timeout=600, limits=limits) as client:
@@ -234,14 +244,21 @@ async def run_level(server: Server, model: str, concurrency: int, requests: int,
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         wall = time.perf_counter() - started
-        load_after = os.getloadavg()[0]
+        return Round(timings, wall, load_before, os.getloadavg()[0])
+
+
+def summarise(server: str, model: str, concurrency: int, rounds: list[Round]) -> Level:
+    """One level's figures over its rounds: tokens over the summed wall time, quantiles over every request."""
+    timings = [t for r in rounds for t in r.timings]
     ok = [t for t in timings if t.error is None]
     errors = [t.error for t in timings if t.error is not None]
     gaps = [g for t in ok for g in t.gaps_s]
-    return Level(server.name, model, concurrency, len(timings), sum(t.tokens for t in ok) / wall,
-                 _quantile([t.ttft_s for t in ok], 0.5) * 1000, _quantile([t.ttft_s for t in ok], 0.99) * 1000,
+    ttfts = [t.ttft_s for t in ok]
+    loads = [x for r in rounds for x in (r.load_before, r.load_after)]
+    return Level(server, model, concurrency, len(timings), sum(t.tokens for t in ok) / sum(r.wall_s for r in rounds),
+                 _quantile(ttfts, 0.5) * 1000, _quantile(ttfts, 0.99) * 1000,
                  (statistics.fmean(gaps) if gaps else float("nan")) * 1000, _quantile(gaps, 0.99) * 1000,
-                 len(errors), load_before, load_after, errors[0] if errors else None)
+                 len(errors), min(loads), max(loads), errors[0] if errors else None)
 
 
 # ---------------------------------------------------------------------------------------------------- report
@@ -305,25 +322,38 @@ def print_report(report: Report, models: list[str]) -> None:
 
 async def bench_model(report: Report, model: str, model_dir: Path, servers: list[str], args: argparse.Namespace,
                       logs: Path) -> None:
-    for name in servers:
-        why = unavailable(name)
-        if why is not None:
-            report.skipped[name] = why
-            continue
-        try:
-            server = start_server(name, model_dir, args.threads, logs, args.max_num_seqs)
-        except RuntimeError as exc:
-            report.skipped[f"{name} ({model})"] = str(exc)
-            continue
-        report.cold_start_s[f"{name} ({model})"] = server.cold_start_s
-        try:
-            await run_level(server, model, min(8, args.requests), max(8, args.requests // 4), args.tokens)  # warm-up
-            for c in args.concurrency:
-                level = await run_level(server, model, c, max(args.requests, c * 2), args.tokens)
+    """Start every server of ``servers`` on ``model_dir`` together, warm each up, then run each concurrency level in
+    rounds that alternate between the servers (so each side meets the same background load), and stop them."""
+    running: list[Server] = []
+    try:
+        for name in servers:
+            why = unavailable(name)
+            if why is not None:
+                report.skipped[name] = why
+                continue
+            try:
+                server = start_server(name, model_dir, args.threads, logs, args.max_num_seqs)
+            except RuntimeError as exc:
+                report.skipped[f"{name} ({model})"] = str(exc)
+                continue
+            report.cold_start_s[f"{name} ({model})"] = server.cold_start_s
+            running.append(server)
+        for server in running:
+            await run_round(server, 8, 16, args.tokens)  # warm-up
+        per_round = max(1, args.requests // args.rounds)
+        for c in args.concurrency:
+            rounds: dict[str, list[Round]] = {s.name: [] for s in running}
+            for i in range(args.rounds):
+                order = running[i % len(running):] + running[:i % len(running)] if running else []
+                for server in order:
+                    rounds[server.name].append(await run_round(server, c, max(per_round, c), args.tokens))
+            for server in running:
+                level = summarise(server.name, model, c, rounds[server.name])
                 report.levels.append(level)
-                print(f"{model} {name} c={c}: {level.tokens_per_s:.1f} tok/s, TTFT p50 {level.ttft_p50_ms:.1f} ms, "
-                      f"errors {level.errors}", flush=True)
-        finally:
+                print(f"{model} {server.name} c={c}: {level.tokens_per_s:.1f} tok/s, TTFT p50 "
+                      f"{level.ttft_p50_ms:.1f} ms, errors {level.errors}", flush=True)
+    finally:
+        for server in running:
             stop(server.process)
 
 
@@ -333,7 +363,9 @@ def main() -> None:
     parser.add_argument("--model", type=Path, help="a save_pretrained folder to measure instead of --models")
     parser.add_argument("--servers", default="capstan,peer,capstan-vllm,vllm")
     parser.add_argument("--concurrency", default=",".join(map(str, CONCURRENCY)))
-    parser.add_argument("--requests", type=int, default=32, help="requests per level (at least 2 per client)")
+    parser.add_argument("--requests", type=int, default=64, help="requests per server and level (at least one per "
+                                                                   "client per round)")
+    parser.add_argument("--rounds", type=int, default=4, help="rounds per level, alternating between the servers")
     parser.add_argument("--tokens", type=int, default=32, help="generated tokens per request")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of each server")
     parser.add_argument("--max-num-seqs", type=int, default=32, help="sequences batched at once (capstan, vllm)")
