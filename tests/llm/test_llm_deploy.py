@@ -111,3 +111,20 @@ def test_a_language_model_deployment_answers_the_openai_client_and_scales_on_tok
     events = [e for e in status(server, "chat")["events"] if e["reason"] == "Autoscaled"]
     assert events and "tokens/s" in events[-1]["message"], events
     assert httpx.delete(f"{server.url}{API}/chat", timeout=30).status_code == 204
+
+
+def test_the_cli_creates_and_lists_language_model_targets(server: ServerProcess) -> None:
+    created = server.remote_cli("deployments", "create", "queued", "--model", "models:/tiny/1", "--min-replicas", "0",
+                                "--max-replicas", "3", "--target-waiting", "4", "--json")
+    assert '"target_waiting": 4' in created.stdout
+    listed = server.remote_cli("deployments", "list").stdout
+    assert "0-3 (waiting 4)" in listed, listed
+    bad = server.remote_cli("deployments", "create", "x", "--model", "models:/tiny/1", "--max-replicas", "2",
+                            "--target-tokens-per-second", "0", check=False)
+    lines = bad.stderr.strip().splitlines()
+    assert bad.returncode != 0 and len(lines) == 1 and lines[0].startswith("error:"), bad.stderr
+    assert "spec.autoscaling.target_tokens_per_second: must be greater than 0" in lines[0]
+    both = server.remote_cli("deployments", "create", "x", "--model", "models:/tiny/1", "--max-replicas", "2",
+                             "--target-waiting", "2", "--target-rps", "5", check=False)
+    assert "(got target_rps, target_waiting)" in both.stderr, both.stderr
+    server.remote_cli("deployments", "delete", "queued")

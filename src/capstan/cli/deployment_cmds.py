@@ -272,6 +272,10 @@ def apply_cmd(path: Path, as_json: bool) -> None:
 @click.option("--max-replicas", type=int, default=None, help="Autoscaling: most replicas.")
 @click.option("--target-concurrency", type=float, default=None, help="Autoscaling: in-flight requests per replica.")
 @click.option("--target-rps", type=float, default=None, help="Autoscaling: requests per second per replica.")
+@click.option("--target-waiting", type=float, default=None,
+              help="Autoscaling, language models: requests waiting in the engine per replica.")
+@click.option("--target-tokens-per-second", type=float, default=None,
+              help="Autoscaling, language models: generated tokens per second per replica.")
 @click.option("--canary", default=None, help="Model URI of a canary.")
 @click.option("--canary-traffic", type=float, default=None, help="Percent of live traffic for the canary.")
 @click.option("--shadow", default=None, help="Model URI of a shadow (mirrored, answers discarded).")
@@ -290,14 +294,17 @@ def create_cmd(name: str, model: str, as_json: bool, **options: Any) -> None:
 
 def spec_from_options(name: str, model: str, *, replicas: int | None = None, min_replicas: int | None = None,
                       max_replicas: int | None = None, target_concurrency: float | None = None,
-                      target_rps: float | None = None, canary: str | None = None,
+                      target_rps: float | None = None, target_waiting: float | None = None,
+                      target_tokens_per_second: float | None = None, canary: str | None = None,
                       canary_traffic: float | None = None, shadow: str | None = None,
                       shadow_traffic: float | None = None, cpu: str | None = None, memory: str | None = None,
                       gpus: int | None = None, queue: str | None = None,
                       drift_window: int | None = None) -> dict[str, Any]:
     """The spec document that ``create``'s options describe (validated later by `parse_spec`)."""
     doc: dict[str, Any] = {"name": name, "model": model}
-    autoscaled = any(v is not None for v in (min_replicas, max_replicas, target_concurrency, target_rps))
+    targets = {"target_concurrency": target_concurrency, "target_rps": target_rps, "target_waiting": target_waiting,
+               "target_tokens_per_second": target_tokens_per_second}
+    autoscaled = any(v is not None for v in (min_replicas, max_replicas, *targets.values()))
     if autoscaled:
         if replicas is not None:
             raise click.UsageError("give either --replicas or --min-replicas/--max-replicas/--target-*, not both")
@@ -305,10 +312,7 @@ def spec_from_options(name: str, model: str, *, replicas: int | None = None, min
             raise click.UsageError("--max-replicas is required with autoscaling")
         auto: dict[str, Any] = {"min_replicas": 1 if min_replicas is None else min_replicas,
                                 "max_replicas": max_replicas}
-        if target_concurrency is not None:
-            auto["target_concurrency"] = target_concurrency
-        if target_rps is not None:
-            auto["target_rps"] = target_rps
+        auto.update({key: value for key, value in targets.items() if value is not None})
         doc["autoscaling"] = auto
     elif replicas is not None:
         doc["replicas"] = replicas
