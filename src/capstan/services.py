@@ -157,14 +157,15 @@ class Services:
             pipelines=Deferred(open_pipelines),
         )
 
-    def deployment_manager(self) -> DeploymentManager:
+    def deployment_manager(self, language_model: Callable[[str], bool] | None = None) -> DeploymentManager:
         """What the API and the CLI change deployments through: the deployment store, model URIs resolved against
-        this registry, resources checked against this admission."""
+        this registry, resources checked against this admission, and (given ``language_model``, which reads a
+        model's MLmodel) options checked against the kind of model."""
         from capstan.serving.manage import DeploymentManager, registry_resolver
 
         return DeploymentManager(self.deployments, resolve=registry_resolver(self.registry, self.tracking),
                                  admission=self.admission.get, events=self.events, outcomes=self.outcomes,
-                                 clock=self.clock)
+                                 clock=self.clock, language_model=language_model)
 
     def job_runner(self) -> JobRunner:
         """What submits and runs training jobs: the job store, runs in this tracking store, events in this log,

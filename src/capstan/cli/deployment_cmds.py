@@ -58,9 +58,15 @@ def _http(method: str, path: str, **kwargs: Any) -> Any:
 
 
 def _manager() -> DeploymentManager:
+    """The manager over the local stores; it reads a model's MLmodel to check the spec's options against the kind
+    of model."""
     from capstan.cli.context import cli_services
+    from capstan.sdk.backends_local import LocalBackend
+    from capstan.sdk.model_kind import language_model_in
 
-    return cli_services().deployment_manager()
+    services = cli_services()
+    backend = LocalBackend(cli_settings(), services=services)
+    return services.deployment_manager(lambda uri: language_model_in(backend, uri))
 
 
 def _note_without_server() -> None:
@@ -191,11 +197,12 @@ def _print_status(status: dict[str, Any]) -> None:
         share = f"{t['weight']:g}%" + (" mirrored" if t["role"] == "shadow" else "")
         traffic.add_row(t["role"], t["version"], t["model_version"], share, str(t["ready_replicas"]))
     traffic.print(out)
-    replicas = TextTable("REPLICA", "MODEL", "AS", "STATE", "URL", "RESTARTS", "MESSAGE", ids=("REPLICA",),
-                         right=("RESTARTS",), title="Replicas")
+    replicas = TextTable("REPLICA", "MODEL", "AS", "STATE", "URL", "RESTARTS", "PEAK MEMORY", "MESSAGE",
+                         ids=("REPLICA",), right=("RESTARTS", "PEAK MEMORY"), title="Replicas")
+    limit = d["spec"].get("resources", {}).get("memory")
     for r in status["replicas"]:
         replicas.add_row(r["id"], r["model_version"], r.get("serving_as") or "-", r["state"], r["url"] or "-",
-                         str(r["restarts"]), r["message"])
+                         str(r["restarts"]), _peak_text(r.get("peak_memory"), limit), r["message"])
     replicas.print(out)
     _print_quality(status.get("quality"))
     from datetime import UTC, datetime
@@ -205,6 +212,19 @@ def _print_status(status: dict[str, Any]) -> None:
         when = datetime.fromtimestamp(e["time"] / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M:%S")
         events.add_row(when, e["type"], e["reason"], e["message"])
     events.print(out)
+
+
+def _peak_text(peak: int | None, limit: str | None) -> str:
+    """``312Mi`` or ``312Mi of 2Gi (15%)`` against the per-replica memory request; ``-`` before it is measured."""
+    from capstan.resources.quantity import MILLI, format_quantity, parse_quantity
+
+    if peak is None:
+        return "-"
+    text = format_quantity(peak * MILLI, "memory")
+    if not limit:
+        return text
+    limit_bytes = parse_quantity(limit) // MILLI
+    return f"{text} of {limit} ({100 * peak / limit_bytes:.0f}%)" if limit_bytes else text
 
 
 def _fmt(value: Any, pattern: str = "{:.3g}") -> str:
@@ -286,6 +306,14 @@ def apply_cmd(path: Path, as_json: bool) -> None:
 @click.option("--queue", default=None, help="Workload queue (LocalQueue) that admits the replicas.")
 @click.option("--drift-window", type=int, default=None,
               help="Rows per drift window of each replica (default 1000).")
+@click.option("--llm-backend", default=None,
+              help="Language models: the replicas' generation engine, transformers (default) or vllm.")
+@click.option("--device", default=None,
+              help="Language models, transformers backend: auto (default), cpu, cuda, cuda:N or mps.")
+@click.option("--max-num-seqs", type=int, default=None,
+              help="Language models: sequences each replica generates at once (default 8).")
+@click.option("--max-waiting", type=int, default=None,
+              help="Language models: requests that may wait in each replica; beyond it 429 (default 64).")
 @click.option("--json", "as_json", is_flag=True, help="Print the deployment as JSON.")
 def create_cmd(name: str, model: str, as_json: bool, **options: Any) -> None:
     """Create a deployment from options (the fields of a spec file); refused when NAME exists."""
@@ -298,8 +326,9 @@ def spec_from_options(name: str, model: str, *, replicas: int | None = None, min
                       target_tokens_per_second: float | None = None, canary: str | None = None,
                       canary_traffic: float | None = None, shadow: str | None = None,
                       shadow_traffic: float | None = None, cpu: str | None = None, memory: str | None = None,
-                      gpus: int | None = None, queue: str | None = None,
-                      drift_window: int | None = None) -> dict[str, Any]:
+                      gpus: int | None = None, queue: str | None = None, drift_window: int | None = None,
+                      llm_backend: str | None = None, device: str | None = None, max_num_seqs: int | None = None,
+                      max_waiting: int | None = None) -> dict[str, Any]:
     """The spec document that ``create``'s options describe (validated later by `parse_spec`)."""
     doc: dict[str, Any] = {"name": name, "model": model}
     targets = {"target_concurrency": target_concurrency, "target_rps": target_rps, "target_waiting": target_waiting,
@@ -327,6 +356,10 @@ def spec_from_options(name: str, model: str, *, replicas: int | None = None, min
         doc["resources"] = resources
     if drift_window is not None:
         doc["drift"] = {"window": drift_window}
+    llm = {k: v for k, v in (("backend", llm_backend), ("device", device), ("max_num_seqs", max_num_seqs),
+                             ("max_waiting", max_waiting)) if v is not None}
+    if llm:
+        doc["llm"] = llm
     return doc
 
 

@@ -13,14 +13,12 @@ which also answers the health routes the deployment controller probes, so replic
 from __future__ import annotations
 
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
-import yaml
 
 from capstan.errors import InvalidParameterValue
 
@@ -30,7 +28,6 @@ if TYPE_CHECKING:
     from capstan.server.tls import TlsOptions
     from capstan.settings import Settings
 
-_MARKERS = ("config.json", "modules.json", "adapter_config.json")
 DEFAULT_MAX_NUM_SEQS = 8
 DEFAULT_MAX_WAITING = 64
 
@@ -67,23 +64,9 @@ def language_model_target(model_uri: str, settings: Settings) -> bool:
 
     if not model_uri.startswith(("models:/", "runs:/")):
         return is_language_model_folder(Path(model_uri.removeprefix("file://")))
-    from capstan.sdk.backends import open_backend
-    from capstan.sdk.model_source import BackendModelSource
+    from capstan.sdk.model_kind import registered_language_model
 
-    backend = open_backend(settings)
-    try:
-        listing = BackendModelSource(backend).list_model(model_uri)
-        paths = listing.digests
-        if "MLmodel" not in paths or not any(
-                path.count("/") == 1 and path.rpartition("/")[2] in _MARKERS for path in paths):
-            return False
-        with tempfile.TemporaryDirectory(prefix="capstan-mlmodel-") as tmp:  # the MLmodel file alone decides
-            mlmodel = backend.download_artifacts(listing.owner, f"{listing.path}/MLmodel".lstrip("/"), tmp)
-            data = yaml.safe_load(mlmodel.read_text())
-            flavors = data.get("flavors") if isinstance(data, dict) else None
-    finally:
-        backend.close()
-    return isinstance(flavors, dict) and "transformers" in flavors
+    return registered_language_model(model_uri, settings)
 
 
 def refuse_classic_options(options: LlmOptions) -> None:

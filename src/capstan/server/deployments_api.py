@@ -42,8 +42,21 @@ def _render(payload: Any, status_code: int = 200) -> Response:
 
 
 def _manager(request: Request) -> DeploymentManager:
+    """The manager over this server's stores; it reads a model's MLmodel (through these stores, in the request's
+    project) to check the spec's options against the kind of model."""
+    import dataclasses
+
+    from capstan.sdk.backends_local import LocalBackend
+    from capstan.sdk.model_kind import language_model_in
+
     services = request.app.state.services
-    return services.deployment_manager()  # type: ignore[no-any-return]  # app.state is untyped
+    backend = LocalBackend(dataclasses.replace(services.settings, project=request_project(request), url=None),
+                           services=services)
+
+    def language_model(uri: str) -> bool:
+        return language_model_in(backend, uri)
+
+    return services.deployment_manager(language_model)  # type: ignore[no-any-return]  # app.state is untyped
 
 
 def _wake(request: Request) -> None:

@@ -11,7 +11,9 @@ table: kept `DRAIN_S` for routers' cached tables and in-flight requests) -> stop
 
 A replica that exits is ``failed``: restarted with exponential back-off (`restart_delay_ms`) and a ``ReplicaCrashed``
 event, or ``ModelLoadFailed`` (with the loader's output) when it never became ready; ``ReplicaRestarted`` when it is
-launched again. Scale from zero is timed from the first waiting report to the first ready replica (``ColdStart``).
+launched again. Every pass reads a running replica's peak resident memory (``VmHWM``; at its exit the kernel's
+``ru_maxrss``) onto its row (``peak_memory``), and the event of its exit carries it. Scale from zero is timed from
+the first waiting report to the first ready replica (``ColdStart``).
 
 A deployment that scales on a language model's load (``target_waiting`` or ``target_tokens_per_second``) has its
 ready replicas' ``GET /llm/stats`` read every `ENGINE_POLL_MS`; the samples of the last `ENGINE_WINDOW_MS` give each
@@ -42,6 +44,7 @@ from capstan.errors import InvalidState
 from capstan.events.ports import EventLog
 from capstan.events.records import WARNING
 from capstan.resources.admission import Admission, Lease, Rejected, ResourceRequest, Waiting
+from capstan.resources.quantity import MILLI, format_quantity
 from capstan.serving.autoscale import (
     EngineSample,
     ScaleHistory,
@@ -426,6 +429,13 @@ class DeploymentController:
             replica.record = dataclasses.replace(updated, updated_ms=self._clock())
             self._store.put_replica(replica.record)
 
+    def _note_peak(self, replica: _Replica, process: ReplicaProcess) -> None:
+        """Store the process's peak memory when it grew (the row's time stays that of its last state change)."""
+        peak = process.sample_peak()
+        if peak is not None and peak != replica.record.peak_memory:
+            replica.record = dataclasses.replace(replica.record, peak_memory=peak)
+            self._store.put_replica(replica.record)
+
     def _drain(self, replica: _Replica, now: int) -> None:
         if replica.record.state != "ready":
             self._retire(replica)
@@ -464,6 +474,7 @@ class DeploymentController:
         process = replica.process
         if process is None:
             return
+        self._note_peak(replica, process)
         code = process.exit_code()
         if code is not None:
             self._exited(record, replica, code, now)
@@ -501,17 +512,21 @@ class DeploymentController:
                 replica.record.model_version, record.name, project=record.project, env=env,
                 max_batch_size=batching.max_batch_size if batching else None,
                 max_batch_delay_ms=batching.max_delay_ms if batching else None,
-                payload_sample_rate=record.spec.payload_sample_rate, drift_window=record.spec.drift_window)
+                payload_sample_rate=record.spec.payload_sample_rate, drift_window=record.spec.drift_window,
+                llm=record.spec.llm)
         except OSError as exc:
             self._exited(record, replica, -1, now, reason=f"could not start: {exc}")
             return
         replica.process = process
-        self._set(replica, state="starting", pid=process.pid, url=None, started_ms=now, message="starting")
+        self._set(replica, state="starting", pid=process.pid, url=None, started_ms=now, message="starting",
+                  peak_memory=None)
 
     def _exited(self, record: DeploymentRecord, replica: _Replica, code: int, now: int, *, reason: str = "") -> None:
         """A replica ended on its own: record why, release its lease and schedule its restart."""
         loading = replica.record.state == "starting"
         tail = replica.process.output_tail() if replica.process is not None else ""
+        peak = replica.process.sample_peak() if replica.process is not None else None
+        peak = replica.record.peak_memory if peak is None else peak
         replica.process = None
         self._release(replica)
         replica.failures += 1
@@ -521,12 +536,13 @@ class DeploymentController:
         what = reason or (f"exited with status {code} while loading the model" if loading
                           else f"exited with status {code}")
         error = _error_line(tail)
-        message = f"replica {replica.record.id} ({replica.record.model_version}) {what}" + (
+        used = f" (peak memory {format_quantity(peak * MILLI, 'memory')})" if peak is not None else ""
+        message = f"replica {replica.record.id} ({replica.record.model_version}) {what}{used}" + (
             f": {error}" if error else "") + f"; restarting in {delay / 1000:g}s"
         self._event(record, event, message, type=WARNING, data={"replica": replica.record.id, "exit_code": code,
-                                                                 "output": tail[-4000:]})
+                                                                 "output": tail[-4000:], "peak_memory": peak})
         self._set(replica, state="failed", pid=None, url=None, restarts=replica.record.restarts + 1,
-                  message=f"{event}: {what}" + (f": {error}" if error else ""))
+                  message=f"{event}: {what}" + (f": {error}" if error else ""), peak_memory=peak)
 
     def _event(self, record: DeploymentRecord, reason: str, message: str, *, type: str = "Normal",
                data: dict[str, object] | None = None) -> None:

@@ -25,7 +25,7 @@ from capstan.store.schema import deployment_load, deployment_replicas, deploymen
 from capstan.store.sql_helpers import upsert
 
 _REPLICA_UPDATE = ("project", "deployment", "role", "model_version", "state", "url", "pid", "restarts",
-                   "started_ms", "updated_ms", "message")
+                   "started_ms", "updated_ms", "message", "peak_memory")
 _LOAD_UPDATE = ("in_flight", "completed", "waiting", "time_ms")
 
 
@@ -66,13 +66,13 @@ def _replica_row(replica: ReplicaRecord) -> dict[str, Any]:
     return {"id": replica.id, "project": replica.project, "deployment": replica.deployment, "role": replica.role,
             "model_version": replica.model_version, "state": replica.state, "url": replica.url, "pid": replica.pid,
             "restarts": replica.restarts, "started_ms": replica.started_ms, "updated_ms": replica.updated_ms,
-            "message": replica.message}
+            "message": replica.message, "peak_memory": replica.peak_memory}
 
 
 def _replica(row: Any) -> ReplicaRecord:
     return ReplicaRecord(row["id"], row["deployment"], row["project"], row["role"], row["model_version"],
                          row["state"], row["url"], row["pid"], row["restarts"], row["started_ms"], row["updated_ms"],
-                         row["message"])
+                         row["message"], row["peak_memory"])
 
 
 class SqlDeploymentStore:

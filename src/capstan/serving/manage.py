@@ -29,6 +29,10 @@ Resolver = Callable[[ModelUri], str]
 """Turns a spec's model URI into the concrete URI a replica serves (``models:/NAME/VERSION`` or ``runs:/...``);
 raises `ResourceDoesNotExist` when the model, version, alias or run is missing."""
 RECENT_EVENTS = 20
+LanguageModelCheck = Callable[[str], bool]
+"""Whether a resolved model URI (``models:/NAME/VERSION`` or ``runs:/...``) is a language model (its MLmodel has the
+``transformers`` flavor): such a model's replicas answer OpenAI's API and take the spec's ``llm`` options, and
+refuse the classic models' batching, payload logging and drift."""
 DriftFetcher = Callable[[str], Sequence[Mapping[str, Any]]]
 """Reads ``GET {replica_url}/drift`` (`capstan.serving.replicas.fetch_drift`); `OSError` when it does not answer."""
 
@@ -93,8 +97,10 @@ class DeploymentManager:
     """Applies users' changes to deployments (checked, resolved, revisioned) and reads their status."""
 
     def __init__(self, store: DeploymentStore, *, resolve: Resolver, admission: Callable[[], Admission],
-                 events: EventLog, outcomes: OutcomeStore, clock: Clock = system_clock) -> None:
+                 events: EventLog, outcomes: OutcomeStore, clock: Clock = system_clock,
+                 language_model: LanguageModelCheck | None = None) -> None:
         self._store = store
+        self._language_model = language_model
         self._outcomes = outcomes
         self._resolve = resolve
         self._admission = admission
@@ -117,10 +123,13 @@ class DeploymentManager:
 
         The spec's resources are checked against what the admission could ever give (`InvalidParameterValue` naming
         ``spec.resources`` otherwise) and its model URIs resolved (`ResourceDoesNotExist` for a missing one). Payload
-        logging needs the ``parquet`` extra here, where the replicas run (refused now rather than by every replica)."""
+        logging needs the ``parquet`` extra here, where the replicas run (refused now rather than by every replica).
+        With a `LanguageModelCheck`, options a replica would refuse for its kind of model are refused here, naming
+        the field: ``llm`` for a classic model; batching, payload logging and drift for a language model."""
         _check_payload_logging(spec)
         self._check_fits(spec, project)
         versions = self._versions(spec)
+        self._check_kind(spec, versions)
         now = self._clock()
         old = self._store.get(project, spec.name)
         if old is None:
@@ -257,6 +266,18 @@ class DeploymentManager:
                 path = "spec.model" if role == "primary" else f"spec.{role}.model"
                 raise ResourceDoesNotExist(f"{path}: {uri.uri}: {exc.message}") from None
         return tuple(resolved)
+
+    def _check_kind(self, spec: DeploymentSpec, versions: tuple[tuple[Role, str], ...]) -> None:
+        if self._language_model is None or (spec.llm is None and not spec.classic_options()):
+            return
+        for role, uri in versions:
+            language = self._language_model(uri)
+            where = "" if role == "primary" else f" (the {role})"
+            if language and spec.classic_options():
+                raise InvalidParameterValue(f"{spec.classic_options()[0]}; {uri}{where} is a language model")
+            if not language and spec.llm is not None:
+                raise InvalidParameterValue(f"spec.llm: applies to language models (the transformers flavor); "
+                                            f"{uri}{where} is not one")
 
     def _check_fits(self, spec: DeploymentSpec, project: str) -> None:
         probe = DeploymentRecord(spec.name, project, spec, 0, (), 0, 0, 0)

@@ -93,6 +93,9 @@ class ReplicaRecord:
     started_ms: int
     updated_ms: int
     message: str = ""
+    peak_memory: int | None = None
+    """The peak resident memory (bytes) of its current (or last) process: the largest ``VmHWM`` the controller
+    sampled while it ran, or the kernel's ``ru_maxrss`` at its exit when that is larger; None until measured."""
 
 
 @dataclass(frozen=True, slots=True)

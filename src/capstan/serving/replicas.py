@@ -1,7 +1,8 @@
 """Replica processes: ``capstan serve`` subprocesses the deployment controller starts, probes and stops.
 
 A replica is ``capstan serve MODEL --name DEPLOYMENT --host 127.0.0.1 --port 0 --deployment DEPLOYMENT --project
-PROJECT`` (plus the spec's batching and ``--payload-sample-rate``) in its own session (a Ctrl-C at the server's
+PROJECT`` (plus the spec's batching and ``--payload-sample-rate``, or for a language model its ``llm`` options:
+``--backend``, ``--device``, ``--max-num-seqs``, ``--max-waiting``) in its own session (a Ctrl-C at the server's
 terminal reaches the server, which then stops its replicas in order). Its port is read from the
 ``listening on http://HOST:PORT`` line it prints; it is ready when ``/v2/health/ready`` answers 200. Its environment
 is the server's minus every ``CAPSTAN_*`` variable, plus the server's stores (``CAPSTAN_HOME``, ``CAPSTAN_DB_URL``,
@@ -27,7 +28,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from capstan.serving.spec import DEFAULT_DRIFT_WINDOW
+from capstan.serving.spec import DEFAULT_DRIFT_WINDOW, LlmServing
 from capstan.settings import Settings
 
 LISTENING = re.compile(r"listening on (https?://\S+?:\d+)")
@@ -66,6 +67,10 @@ class ReplicaProcess(Protocol):
         """The last lines it printed (its loader's error when it failed to start)."""
         ...
 
+    def sample_peak(self) -> int | None:
+        """Read its peak resident memory now (``VmHWM``) while it runs; the largest seen (bytes), None if none."""
+        ...
+
     def stop(self, grace_s: float = STOP_GRACE_S) -> None:
         """SIGTERM, then SIGKILL after ``grace_s``; returns at once (the wait happens on a thread)."""
         ...
@@ -76,9 +81,10 @@ class ReplicaLauncher(Protocol):
 
     def launch(self, model_uri: str, name: str, *, project: str = "", max_batch_size: int | None = None,
                max_batch_delay_ms: float | None = None, payload_sample_rate: float = 0.0,
-               drift_window: int = DEFAULT_DRIFT_WINDOW, env: Mapping[str, str] | None = None) -> ReplicaProcess:
-        """Start a replica of deployment ``name`` (of ``project``) serving ``model_uri``, with extra environment
-        ``env``."""
+               drift_window: int = DEFAULT_DRIFT_WINDOW, llm: LlmServing | None = None,
+               env: Mapping[str, str] | None = None) -> ReplicaProcess:
+        """Start a replica of deployment ``name`` (of ``project``) serving ``model_uri`` (a language model with the
+        ``llm`` options), with extra environment ``env``."""
         ...
 
 
@@ -124,6 +130,17 @@ def fetch_llm_stats(url: str, timeout_s: float = PROBE_TIMEOUT_S) -> object | No
         return None
 
 
+def vm_hwm(pid: int | str = "self") -> int | None:
+    """The peak resident memory (bytes) of process ``pid``'s current program (``VmHWM`` of ``/proc/PID/status``);
+    None where it cannot be read (no such process, an exited one, no ``/proc``)."""
+    try:
+        data = Path(f"/proc/{pid}/status").read_bytes()
+        start = data.index(b"VmHWM:")
+        return int(data[start:data.index(b"\n", start)].split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def store_environment(settings: Settings) -> dict[str, str]:
     """The ``CAPSTAN_*`` variables that point a child process at the same stores as ``settings`` (never a remote
     server: a replica reads the registry directly)."""
@@ -132,7 +149,7 @@ def store_environment(settings: Settings) -> dict[str, str]:
 
 def serve_command(model_uri: str, name: str, *, project: str = "", max_batch_size: int | None = None,
                   max_batch_delay_ms: float | None = None, payload_sample_rate: float = 0.0,
-                  drift_window: int = DEFAULT_DRIFT_WINDOW) -> list[str]:
+                  drift_window: int = DEFAULT_DRIFT_WINDOW, llm: LlmServing | None = None) -> list[str]:
     """The ``capstan serve`` command line of one replica of deployment ``name`` (this interpreter, so the same
     installation): its payloads go to ``deployments/NAME/payloads`` and its drift events name the deployment."""
     command = [sys.executable, "-m", "capstan", "serve", model_uri, "--name", name, "--host", "127.0.0.1",
@@ -145,20 +162,32 @@ def serve_command(model_uri: str, name: str, *, project: str = "", max_batch_siz
         command += ["--payload-sample-rate", str(payload_sample_rate)]
     if drift_window != DEFAULT_DRIFT_WINDOW:
         command += ["--drift-window", str(drift_window)]
+    if llm is not None:
+        command += llm.serve_options()
     return command
 
 
 class SubprocessReplica:
-    """A replica this process started (`subprocess.Popen`), its output read by a thread."""
+    """A replica this process started (`subprocess.Popen`), its output read by a thread and its exit reaped by
+    another with `os.wait4`, whose ``ru_maxrss`` gives its peak memory.
+
+    On Linux ``ru_maxrss`` also counts the memory the child held before its ``exec`` (this server's, at most its
+    ``VmHWM`` when the child starts: the floor): above the floor it is the replica's exact peak; otherwise the
+    ``VmHWM`` samples taken while it ran (`sample_peak`) are its peak."""
 
     def __init__(self, command: Sequence[str], env: Mapping[str, str]) -> None:
+        self._floor = vm_hwm()
         self._process = subprocess.Popen(list(command), env=dict(env), stdout=subprocess.PIPE,
                                          stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
                                          start_new_session=True)
         self._url: str | None = None
+        self._peak: int | None = None
+        self._code: int | None = None
+        self._ended = threading.Event()
         self._lines: collections.deque[str] = collections.deque(maxlen=OUTPUT_LINES)
         self._reader = threading.Thread(target=self._read, name=f"replica-{self._process.pid}-output", daemon=True)
         self._reader.start()
+        threading.Thread(target=self._reap, name=f"replica-{self._process.pid}-reap", daemon=True).start()
 
     def _read(self) -> None:
         stream = self._process.stdout
@@ -168,6 +197,18 @@ class SubprocessReplica:
             if self._url is None and (match := LISTENING.search(line)):
                 self._url = match.group(1).replace("[::1]", "127.0.0.1")
         stream.close()
+
+    def _reap(self) -> None:
+        try:
+            _pid, status, usage = os.wait4(self._process.pid, 0)
+        except ChildProcessError:  # reaped by Popen meanwhile: its status is there, its peak is the samples'
+            self._code = self._process.wait()
+        else:
+            self._code = self._process.returncode = os.waitstatus_to_exitcode(status)
+            maxrss = usage.ru_maxrss if sys.platform == "darwin" else usage.ru_maxrss * 1024
+            if self._floor is None or maxrss > self._floor:
+                self._peak = max(maxrss, self._peak or 0)
+        self._ended.set()
 
     @property
     def pid(self) -> int | None:
@@ -181,7 +222,7 @@ class SubprocessReplica:
 
     def exit_code(self) -> int | None:
         """Its exit status once ended."""
-        return self._process.poll()
+        return self._code if self._ended.is_set() else None
 
     def ready(self) -> bool:
         """Whether it listens and answers ready."""
@@ -193,29 +234,35 @@ class SubprocessReplica:
             self._reader.join(timeout=1.0)
         return "\n".join(self._lines)
 
+    def sample_peak(self) -> int | None:
+        """Its ``VmHWM`` now while it runs; the largest peak known (bytes), the exit's ``ru_maxrss`` included."""
+        if not self._ended.is_set():
+            seen = vm_hwm(self._process.pid)
+            if seen is not None and not self._ended.is_set():  # not read from a reused pid
+                self._peak = max(seen, self._peak or 0)
+        return self._peak
+
+    def _signal(self, signum: int) -> None:
+        if not self._ended.is_set():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self._process.pid, signum)
+
     def stop(self, grace_s: float = STOP_GRACE_S) -> None:
-        """SIGTERM now, SIGKILL after ``grace_s`` if it is still there; reaped on a thread."""
-        if self._process.poll() is not None:
+        """SIGTERM now, SIGKILL after ``grace_s`` if it is still there (on a thread)."""
+        if self._ended.is_set():
             return
-        with contextlib.suppress(ProcessLookupError):
-            self._process.terminate()
+        self._signal(signal.SIGTERM)
 
-        def reap() -> None:
-            try:
-                self._process.wait(timeout=grace_s)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    self._process.kill()
-                self._process.wait()
+        def finish() -> None:
+            if not self._ended.wait(grace_s):
+                self._signal(signal.SIGKILL)
 
-        threading.Thread(target=reap, name=f"replica-{self._process.pid}-stop", daemon=True).start()
+        threading.Thread(target=finish, name=f"replica-{self._process.pid}-stop", daemon=True).start()
 
     def wait(self, timeout_s: float) -> int | None:
         """Wait up to ``timeout_s`` for it to end; its exit status, or None."""
-        try:
-            return self._process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            return None
+        self._ended.wait(timeout_s)
+        return self.exit_code()
 
 
 class SubprocessLauncher:
@@ -226,7 +273,8 @@ class SubprocessLauncher:
 
     def launch(self, model_uri: str, name: str, *, project: str = "", max_batch_size: int | None = None,
                max_batch_delay_ms: float | None = None, payload_sample_rate: float = 0.0,
-               drift_window: int = DEFAULT_DRIFT_WINDOW, env: Mapping[str, str] | None = None) -> ReplicaProcess:
+               drift_window: int = DEFAULT_DRIFT_WINDOW, llm: LlmServing | None = None,
+               env: Mapping[str, str] | None = None) -> ReplicaProcess:
         """Start ``capstan serve`` for ``model_uri`` in a new session."""
         full = {k: v for k, v in os.environ.items() if not k.startswith("CAPSTAN_")}
         full.update(store_environment(self._settings))
@@ -235,7 +283,7 @@ class SubprocessLauncher:
         return SubprocessReplica(serve_command(model_uri, name, project=project, max_batch_size=max_batch_size,
                                                max_batch_delay_ms=max_batch_delay_ms,
                                                payload_sample_rate=payload_sample_rate,
-                                               drift_window=drift_window), full)
+                                               drift_window=drift_window, llm=llm), full)
 
 
 def pid_alive(pid: int) -> bool:
@@ -268,6 +316,7 @@ class AdoptedReplica:
         self._pid = pid
         self._url = url
         self._ended = False
+        self._peak: int | None = None
 
     @property
     def pid(self) -> int | None:
@@ -292,6 +341,13 @@ class AdoptedReplica:
     def output_tail(self) -> str:
         """Nothing: its output went to the server process that started it."""
         return ""
+
+    def sample_peak(self) -> int | None:
+        """Its ``VmHWM`` now while it runs (its exit status, and ``ru_maxrss``, go to the process that started it);
+        the largest seen (bytes)."""
+        if self.exit_code() is None and (seen := vm_hwm(self._pid)) is not None:
+            self._peak = max(seen, self._peak or 0)
+        return self._peak
 
     def stop(self, grace_s: float = STOP_GRACE_S) -> None:
         """SIGTERM, then SIGKILL after ``grace_s`` (on a thread), if it still runs ``capstan serve``."""

@@ -16,6 +16,7 @@ A `DeploymentSpec` is an immutable record that holds everything a renderer needs
     resources: {cpu: 500m, memory: 2Gi, gpus: 1, queue: serving}
     batching: {max_batch_size: 32, max_delay_ms: 5}
     payload_logging: {sample_rate: 0.1}
+    llm: {backend: transformers, device: auto, max_num_seqs: 8, max_waiting: 64}   # language models only
 
 Every error is an `InvalidParameterValue` whose message starts with the path of the offending field, e.g.
 ``spec.canary.traffic: must be between 0 and 100, got 120``; unknown keys are refused by name. `to_dict` gives
@@ -44,6 +45,12 @@ MAX_BATCH_DELAY_MS = 60_000.0
 DEFAULT_DRIFT_WINDOW = 1000
 """Rows per drift window of a replica unless the spec says otherwise (``drift.window``)."""
 MAX_DRIFT_WINDOW = 1_000_000
+LLM_BACKENDS = ("transformers", "vllm")
+"""The generation engines of ``capstan serve --backend``."""
+MAX_NUM_SEQS = 4096
+MAX_WAITING = 1_000_000
+"""The bounds ``capstan serve`` puts on ``--max-num-seqs`` and ``--max-waiting``."""
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _MODEL_NAME = r"[^/@\s]+"
@@ -186,6 +193,30 @@ class Batching:
 
 
 @dataclass(frozen=True)
+class LlmServing:
+    """How a language model's replicas generate (``capstan serve``'s language-model options; None: its default):
+    the engine, the device of the transformers engine, sequences in the continuous batch and requests that may
+    wait for a slot (beyond them 429 with ``Retry-After``)."""
+
+    backend: Literal["transformers", "vllm"] | None = None
+    device: str | None = None
+    max_num_seqs: int | None = None
+    max_waiting: int | None = None
+
+    def serve_options(self) -> list[str]:
+        """The ``capstan serve`` options that carry these settings."""
+        flags = (("--backend", self.backend), ("--device", self.device), ("--max-num-seqs", self.max_num_seqs),
+                 ("--max-waiting", self.max_waiting))
+        return [part for flag, value in flags if value is not None for part in (flag, str(value))]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``llm`` section of the normalised document (only what is set)."""
+        fields = {"backend": self.backend, "device": self.device, "max_num_seqs": self.max_num_seqs,
+                  "max_waiting": self.max_waiting}
+        return {key: value for key, value in fields.items() if value is not None}
+
+
+@dataclass(frozen=True)
 class DeploymentSpec:
     """One deployment, complete: exactly one of ``replicas`` and ``autoscaling`` is set."""
 
@@ -199,6 +230,7 @@ class DeploymentSpec:
     batching: Batching | None = None
     payload_sample_rate: float = 0.0
     drift_window: int = DEFAULT_DRIFT_WINDOW
+    llm: LlmServing | None = None
 
     def __post_init__(self) -> None:
         if (self.replicas is None) == (self.autoscaling is None):
@@ -244,13 +276,27 @@ class DeploymentSpec:
             out["payload_logging"] = {"sample_rate": self.payload_sample_rate}
         if self.drift_window != DEFAULT_DRIFT_WINDOW:
             out["drift"] = {"window": self.drift_window}
+        if self.llm is not None:
+            out["llm"] = self.llm.to_dict()
         return out
+
+    def classic_options(self) -> list[str]:
+        """The fields set that only a classic (not a language) model uses, as spec paths with what to use instead;
+        a language model's replica refuses them (`capstan.serving.manage` refuses such a spec at apply time)."""
+        found = []
+        if self.batching is not None:
+            found.append(f"{ROOT}.batching: a language model batches by sequence; use {ROOT}.llm.max_num_seqs")
+        if self.payload_sample_rate > 0:
+            found.append(f"{ROOT}.payload_logging: payload logging is not available for language models")
+        if self.drift_window != DEFAULT_DRIFT_WINDOW:
+            found.append(f"{ROOT}.drift: drift is not measured for language models")
+        return found
 
 
 # ---------------------------------------------------------------------------------------------------- parsing
 
 TOP_KEYS = frozenset({"name", "model", "replicas", "autoscaling", "canary", "shadow", "resources", "batching",
-                      "payload_logging", "drift"})
+                      "payload_logging", "drift", "llm"})
 TARGET_METRIC_KEYS = ("target_concurrency", "target_rps", "target_waiting", "target_tokens_per_second")
 """The autoscaling targets, of which a spec sets exactly one (see `ScalingMetric`)."""
 AUTOSCALING_KEYS = frozenset({"min_replicas", "max_replicas", *TARGET_METRIC_KEYS, "stabilization_window_seconds"})
@@ -259,6 +305,7 @@ RESOURCE_KEYS = frozenset({"cpu", "memory", "gpus", "queue"})
 BATCHING_KEYS = frozenset({"max_batch_size", "max_delay_ms"})
 PAYLOAD_LOGGING_KEYS = frozenset({"sample_rate"})
 DRIFT_KEYS = frozenset({"window"})
+LLM_KEYS = frozenset({"backend", "device", "max_num_seqs", "max_waiting"})
 
 
 def _fail(path: str, message: str) -> InvalidParameterValue:
@@ -429,6 +476,24 @@ def _drift_window(raw: object, path: str) -> int:
     return _int(obj.get("window", DEFAULT_DRIFT_WINDOW), f"{path}.window", minimum=2, maximum=MAX_DRIFT_WINDOW)
 
 
+def _llm(raw: object, path: str) -> LlmServing:
+    obj = _mapping(raw, path, LLM_KEYS)
+    backend = obj.get("backend")
+    if backend is not None and backend not in LLM_BACKENDS:
+        raise _fail(f"{path}.backend", f"must be one of {', '.join(LLM_BACKENDS)}, got {_short(backend)}")
+    device = obj.get("device")
+    if device is not None and (not isinstance(device, str) or not _DEVICE.fullmatch(device)):
+        raise _fail(f"{path}.device", f"must be auto, cpu, cuda, cuda:N or mps, got {_short(device)}")
+    if device is not None and device != "auto" and backend == "vllm":
+        raise _fail(f"{path}.device", "applies to the transformers backend (vLLM places the model itself)")
+    seqs = obj.get("max_num_seqs")
+    waiting = obj.get("max_waiting")
+    return LlmServing(
+        backend, device,
+        None if seqs is None else _int(seqs, f"{path}.max_num_seqs", minimum=1, maximum=MAX_NUM_SEQS),
+        None if waiting is None else _int(waiting, f"{path}.max_waiting", minimum=1, maximum=MAX_WAITING))
+
+
 def parse_spec(data: Mapping[str, Any]) -> DeploymentSpec:
     """Validate a parsed document and build the `DeploymentSpec`; every error names the offending path."""
     top = _mapping(data, ROOT, TOP_KEYS)
@@ -450,7 +515,11 @@ def parse_spec(data: Mapping[str, Any]) -> DeploymentSpec:
     if top.get("payload_logging") is not None:
         rate = _sample_rate(top["payload_logging"], f"{ROOT}.payload_logging")
     window = DEFAULT_DRIFT_WINDOW if top.get("drift") is None else _drift_window(top["drift"], f"{ROOT}.drift")
-    return DeploymentSpec(name, model, replicas, autoscaling, canary, shadow, resources, batching, rate, window)
+    llm = None if top.get("llm") is None else _llm(top["llm"], f"{ROOT}.llm")
+    spec = DeploymentSpec(name, model, replicas, autoscaling, canary, shadow, resources, batching, rate, window, llm)
+    if llm is not None and spec.classic_options():
+        raise InvalidParameterValue(spec.classic_options()[0])
+    return spec
 
 
 def load_spec_yaml(text: str, *, source: str = "deployment") -> DeploymentSpec:

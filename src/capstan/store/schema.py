@@ -363,6 +363,7 @@ deployment_replicas = Table(
     Column("started_ms", BigInteger, nullable=False),
     Column("updated_ms", BigInteger, nullable=False),
     Column("message", Text, nullable=False, default=""),
+    Column("peak_memory", BigInteger, nullable=True),  # the process's peak RSS in bytes (migration 0980)
     Index(None, "project", "deployment"),
 )
 

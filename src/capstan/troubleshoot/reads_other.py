@@ -4,7 +4,9 @@
   preempted, requeued, why it waits), the queue's explanation while it is pending, and what it belongs to (a
   pipeline step ``RUN/STEP``, a job ``job/ID``, a deployment replica ``deployment/PROJECT/NAME/REPLICA``).
 - A **deployment** (``deployment/NAME`` in the project): its events (applies, promotions, autoscaling, replica crashes
-  with the replica's last output), each replica's state and restarts, the queue's view of replicas still waiting.
+  with the replica's last output), each replica's state and restarts, the queue's view of replicas still waiting,
+  and the peak memory of its replica processes (ended ones from their exit events, running ones from their rows)
+  against the per-replica memory request.
 - A **tracking run** (``run/ID``): its start, end and status events; a run a training job logs to takes the job's
   diagnosis and log.
 """
@@ -123,15 +125,28 @@ def deployment_timeline(sources: Sources, scope: Scope, name: str) -> Timeline:
                                   "error" if replica.state == "failed" else "info", replica.state.capitalize()))
     state, phase, crash = _deployment_state(record, replicas, events)
     tail = tail_lines(str(crash.data.get("output") or ""), scope.tail) if crash is not None else ()
-    facts = _deployment_facts(record, replicas, phase, crash, tail, views)
-    merged, truncated = merge(items, limit=scope.limit)
     memory = record.spec.resources.memory_milli
-    peaks = (Peak("memory", None, memory // MILLI, "each replica (the request)"),) if memory else ()
+    limit = memory // MILLI if memory else None
+    facts = _deployment_facts(record, replicas, phase, crash, tail, views, limit)
+    merged, truncated = merge(items, limit=scope.limit)
+    peaks = _replica_peaks(replicas, events, limit)
     related = tuple(Related("workload", v.record.id, "replica workload") for v in views)
     return Timeline("deployment", name, record.project, state, crash.reason if crash is not None else "",
                     facts.message, classify(facts), merged, peaks, tail,
                     f"output of replica {crash.data.get('replica')}" if tail and crash is not None else "", related,
                     created_ms=record.created_ms, truncated=truncated)
+
+
+def _replica_peaks(replicas: tuple[ReplicaRecord, ...], events: list[Event], limit: int | None) -> tuple[Peak, ...]:
+    """The peak memory of the replica processes that ended (from their exit events) and of those running (from
+    their rows), the last five, against the per-replica request; the request alone when none was measured."""
+    peaks = [Peak("memory", used, limit, f"replica {e.data.get('replica')}, {e.reason}")
+             for e in events if e.reason in _CRASHES and isinstance(used := e.data.get("peak_memory"), int)]
+    peaks += [Peak("memory", r.peak_memory, limit, f"replica {r.id} ({r.state})") for r in replicas
+              if r.peak_memory is not None]
+    if not peaks and limit:
+        return (Peak("memory", None, limit, "each replica (the request)"),)
+    return tuple(peaks[-5:])
 
 
 def _replica_workload(record: DeploymentRecord, replica: ReplicaRecord) -> str:
@@ -154,13 +169,16 @@ def _deployment_state(record: DeploymentRecord, replicas: tuple[ReplicaRecord, .
 
 
 def _deployment_facts(record: DeploymentRecord, replicas: tuple[ReplicaRecord, ...], phase: Phase,
-                      crash: Event | None, tail: tuple[str, ...], views: list[QueueView]) -> Facts:
+                      crash: Event | None, tail: tuple[str, ...], views: list[QueueView],
+                      memory_limit: int | None = None) -> Facts:
     restarts = sum(r.restarts for r in replicas)
     if phase == "failed" and crash is not None:
         code = crash.data.get("exit_code")
+        peak = crash.data.get("peak_memory")
         return Facts("deployment", "failed", crash.reason, crash.message,
                      exit_code=code if isinstance(code, int) and code >= 0 else None, log_tail=tail,
-                     earlier=(f"{restarts} replica restart(s)",) if restarts else ())
+                     earlier=(f"{restarts} replica restart(s)",) if restarts else (),
+                     peak_memory=peak if isinstance(peak, int) else None, memory_limit=memory_limit)
     if phase == "failed":
         failed = next((r for r in replicas if r.state == "failed"), None)
         return Facts("deployment", "failed", "ReplicaFailed", failed.message if failed else "its replicas fail")
