@@ -33,10 +33,18 @@ def build_processors(eos_token_ids: Sequence[int]) -> tuple[Any, Any]:
     eos = sorted({int(i) for i in eos_token_ids if int(i) >= 0})
 
     class MinTokens(ContinuousBatchingLogitsProcessor):
-        """Masks the end-of-sequence tokens of rows whose sequence is shorter than its ``min_tokens``."""
+        """Masks the end-of-sequence tokens of rows whose sequence is shorter than its ``min_tokens``.
+
+        The manager prepares a batch's arguments just before its forward pass (double buffering is off), so whether
+        any row needs masking is known in Python then, and a batch with none costs nothing in ``__call__``; the EOS
+        column mask is built once per vocabulary size and device."""
 
         supported_kwargs: dict[str, type] = {MIN_TOKENS_KW: int}
         ignored_kwargs: tuple[str, ...] = ()
+
+        def __init__(self) -> None:
+            self.active = True
+            self.columns: torch.Tensor | None = None
 
         def fill_defaults(self, int32_tensor: torch.Tensor) -> None:
             int32_tensor.fill_(0)
@@ -44,14 +52,18 @@ def build_processors(eos_token_ids: Sequence[int]) -> tuple[Any, Any]:
         def prepare_tensor_args(self, requests_with_new_token: list[Any]) -> torch.Tensor:
             flags = [int(len(r.state.generated_tokens) < r.state.logit_processor_kwargs.get(MIN_TOKENS_KW, 0))
                      for r in requests_with_new_token]
+            self.active = any(flags)
             return torch.tensor(flags, dtype=torch.int32, device="cpu")
 
         def __call__(self, scores: torch.Tensor, tensor_arg: torch.Tensor) -> torch.Tensor:
-            if not eos:
+            if not eos or not self.active:
                 return scores
+            columns = self.columns
+            if columns is None or columns.size(0) != scores.size(-1) or columns.device != scores.device:
+                columns = torch.zeros(scores.size(-1), dtype=torch.bool, device=scores.device)
+                columns[[i for i in eos if i < scores.size(-1)]] = True
+                self.columns = columns
             rows = tensor_arg[: scores.size(0)].to(torch.bool).unsqueeze(-1)
-            columns = torch.zeros(scores.size(-1), dtype=torch.bool, device=scores.device)
-            columns[eos] = True
             return scores.masked_fill(rows & columns, float("-inf"))
 
     class SeededSampling(ContinuousBatchingLogitsProcessor):
@@ -61,6 +73,9 @@ def build_processors(eos_token_ids: Sequence[int]) -> tuple[Any, Any]:
         supported_kwargs: dict[str, type] = {SEED_KW: int}
         ignored_kwargs: tuple[str, ...] = ()
 
+        def __init__(self) -> None:
+            self.active = True
+
         def fill_defaults(self, int32_tensor: torch.Tensor) -> None:
             int32_tensor.fill_(-1)
 
@@ -69,9 +84,12 @@ def build_processors(eos_token_ids: Sequence[int]) -> tuple[Any, Any]:
             for r in requests_with_new_token:
                 seed = r.state.logit_processor_kwargs.get(SEED_KW)
                 keys.append(-1 if seed is None else seed_key(seed, len(r.state.generated_tokens)))
+            self.active = any(k >= 0 for k in keys)
             return torch.tensor(keys, dtype=torch.int32, device="cpu")
 
         def __call__(self, scores: torch.Tensor, tensor_arg: torch.Tensor) -> torch.Tensor:
+            if not self.active:
+                return scores
             keys = tensor_arg[: scores.size(0)].tolist()
             if all(k < 0 for k in keys):
                 return scores
