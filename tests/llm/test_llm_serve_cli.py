@@ -229,6 +229,9 @@ def test_bad_input_is_one_error_line(home: Path, tiny_model_dir: Path, tmp_path:
     assert "--max-batch-size: a language model batches by sequence" in _fails(home, "models:/tiny/1",
                                                                                 "--max-batch-size", "4")
     assert "'--max-waiting'" in _fails(home, str(tiny_model_dir), "--max-waiting", "0")
+    assert "'--gpu-memory-utilization'" in _fails(home, str(tiny_model_dir), "--gpu-memory-utilization", "1.5")
+    assert "gpu_memory_utilization: only the vllm backend" in _fails(home, str(tiny_model_dir),
+                                                                       "--gpu-memory-utilization", "0.5")
     broken = tmp_path / "no-weights"
     shutil.copytree(tiny_model_dir, broken)
     (broken / "model.safetensors").unlink()

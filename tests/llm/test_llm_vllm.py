@@ -139,7 +139,9 @@ def vllm_server(tiny_model_dir: Path) -> Iterator[str]:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen(
         [sys.executable, "-m", "capstan", "serve", str(tiny_model_dir), "--backend", "vllm", "--name", "tiny",
-         "--host", "127.0.0.1", "--port", "0"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+         "--host", "127.0.0.1", "--port", "0",
+         # vLLM reserves this share of the device's memory (of the machine's on its CPU build): keep it small
+         "--gpu-memory-utilization", "0.1"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     assert process.stdout is not None
     url = None
     lines = []

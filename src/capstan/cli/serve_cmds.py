@@ -89,12 +89,15 @@ def load_model(model_uri: str, name: str | None) -> tuple[ServedModel, ModelRefe
 @click.option("--max-waiting", default=None, type=click.IntRange(1, 1_000_000),
               help="Language models: requests that may wait for a slot; beyond it 429 with Retry-After "
                    "[default: 64].")
+@click.option("--gpu-memory-utilization", default=None, type=click.FloatRange(0, 1, min_open=True),
+              help="Language models, vllm backend: the share of the GPU's memory vLLM reserves for weights and KV "
+                   "cache (on vLLM's CPU build, of the machine's memory) [default: vLLM's 0.9].")
 @tls_click_options
 def serve_cmd(model_uri: str, name: str | None, host: str, port: int, workers: int, max_batch_size: int,
               max_batch_delay_ms: float, grpc_port: int | None, payload_sample_rate: float, drift_window: int,
               access_log: bool, deployment: str | None, project: str, backend: str | None, device: str | None,
-              max_num_seqs: int | None, max_waiting: int | None, tls_cert: str | None, tls_key: str | None,
-              tls_client_ca: str | None) -> None:
+              max_num_seqs: int | None, max_waiting: int | None, gpu_memory_utilization: float | None,
+              tls_cert: str | None, tls_key: str | None, tls_client_ca: str | None) -> None:
     """Serve one model in the foreground until Ctrl-C: scikit-learn, ONNX, TorchScript, a Python class
     (capstan_python), an MLflow pyfunc model, or a language model.
 
@@ -122,7 +125,7 @@ def serve_cmd(model_uri: str, name: str | None, host: str, port: int, workers: i
             raise click.BadParameter(f"{value!r} must be a non-empty name without '/'", param_hint=option)
     tls = TlsOptions.from_cli(tls_cert, tls_key, tls_client_ca)
     settings = cli_settings()
-    llm = serve_llm.LlmOptions(backend, device, max_num_seqs, max_waiting)
+    llm = serve_llm.LlmOptions(backend, device, max_num_seqs, max_waiting, gpu_memory_utilization)
     if device is not None:
         from capstan.llm.loading import check_device
 

@@ -40,11 +40,12 @@ class LlmOptions:
     device: str | None = None
     max_num_seqs: int | None = None
     max_waiting: int | None = None
+    gpu_memory_utilization: float | None = None
 
     def given(self) -> list[str]:
         """The options given, as their flags (refused for a model that is not a language model)."""
         flags = {"--backend": self.backend, "--device": self.device, "--max-num-seqs": self.max_num_seqs,
-                 "--max-waiting": self.max_waiting}
+                 "--max-waiting": self.max_waiting, "--gpu-memory-utilization": self.gpu_memory_utilization}
         return [flag for flag, value in flags.items() if value is not None]
 
 
@@ -103,7 +104,8 @@ def load(model_uri: str, name: str | None, options: LlmOptions, settings: Settin
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # no progress bars between the server's log lines
     started = time.monotonic()
     kwargs: dict[str, Any] = {"backend": options.backend or "transformers", "device": options.device or "auto",
-                              "max_batch_size": options.max_num_seqs or DEFAULT_MAX_NUM_SEQS, "started": started}
+                              "max_batch_size": options.max_num_seqs or DEFAULT_MAX_NUM_SEQS, "started": started,
+                              "gpu_memory_utilization": options.gpu_memory_utilization}
     if not model_uri.startswith(("models:/", "runs:/")):
         folder = Path(model_uri.removeprefix("file://")).resolve()
         adapters = _local_adapters(folder, settings)

@@ -18,6 +18,7 @@ checked first, so a missing weights, config or tokenizer file is one line naming
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -192,7 +193,8 @@ def load_language_model(folder: str | Path, *, name: str, version: str = "1", ba
                         device: str = "auto", max_batch_size: int = 8, adapters: AdapterSource | None = None,
                         max_adapters: int = 4, started: float | None = None,
                         clock: Callable[[], float] = time.monotonic, wall_clock: Callable[[], float] = time.time,
-                        details: Mapping[str, str] | None = None) -> LanguageModel:
+                        details: Mapping[str, str] | None = None,
+                        gpu_memory_utilization: float | None = None) -> LanguageModel:
     """The language model in ``folder`` served as ``name``/``version`` (see the module docstring).
 
     ``backend``: ``transformers`` or ``vllm``; ``device``: ``auto``, ``cpu``, ``cuda[:N]`` or ``mps`` (the
@@ -200,9 +202,14 @@ def load_language_model(folder: str | Path, *, name: str, version: str = "1", ba
     sequences generated at once. ``adapters``: the LoRA adapters this base model serves by name (at most
     ``max_adapters`` loaded at once). ``started``: the ``clock`` time fetching began, so ``load_seconds`` is the
     whole cold start (default: now); ``wall_clock`` gives ``created``. ``details`` are added to the model's (e.g.
-    where the cache found it)."""
+    where the cache found it). ``gpu_memory_utilization`` (vLLM only): the share of the device's memory vLLM reserves
+    for weights and KV cache, on a CPU build the share of the machine's memory (vLLM's default 0.9 when None)."""
     begun = clock() if started is None else started
     found = _checked(folder, backend, device, max_batch_size)
+    if gpu_memory_utilization is not None and backend != "vllm":
+        raise InvalidParameterValue("gpu_memory_utilization: only the vllm backend reserves memory up front")
+    if gpu_memory_utilization is not None and not 0.0 < gpu_memory_utilization <= 1.0:
+        raise InvalidParameterValue(f"gpu_memory_utilization: must be in (0, 1], got {gpu_memory_utilization}")
     set_offline()
     info = {"backend": backend, "task": found.task, **dict(details or {})}
     if found.is_embedding:
@@ -214,7 +221,7 @@ def load_language_model(folder: str | Path, *, name: str, version: str = "1", ba
         return LanguageModel(name, version, None, embedder=embedder, created=int(wall_clock()),
                              load_seconds=clock() - begun, details={**info, "device": resolved})
     if backend == "vllm":
-        tokenizer, engine, resolved = _vllm(found, max_batch_size)
+        tokenizer, engine, resolved = _vllm(found, max_batch_size, gpu_memory_utilization)
     else:
         tokenizer, engine, resolved = _transformers(found, device, max_batch_size)
     model = LanguageModel(name, version, tokenizer, engine=engine, created=int(wall_clock()),
@@ -273,7 +280,8 @@ def _transformers(found: ModelFolder, device: str, max_batch_size: int) -> tuple
     return tokenizer, engine, resolved
 
 
-def _vllm(found: ModelFolder, max_batch_size: int) -> tuple[Any, GenerationEngine, str]:
+def _vllm(found: ModelFolder, max_batch_size: int,
+          gpu_memory_utilization: float | None) -> tuple[Any, GenerationEngine, str]:
     import importlib.util
 
     if importlib.util.find_spec("vllm") is None:
@@ -283,6 +291,8 @@ def _vllm(found: ModelFolder, max_batch_size: int) -> tuple[Any, GenerationEngin
     from capstan.llm.vllm_engine import VllmEngine, VllmOptions
 
     options = VllmOptions(max_model_len=found.context_length, max_num_seqs=max_batch_size)
+    if gpu_memory_utilization is not None:
+        options = dataclasses.replace(options, gpu_memory_utilization=gpu_memory_utilization)
     return HfTokenizer.from_pretrained(found.weights), VllmEngine(str(found.weights), options), "vllm"
 
 

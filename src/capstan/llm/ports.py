@@ -20,10 +20,10 @@ from typing import Any, Literal, Protocol
 __all__ = [
     "AdapterRef",
     "AdapterSource",
-    "EngineCapabilities",
-    "EngineStats",
     "Embedder",
     "Embedding",
+    "EngineCapabilities",
+    "EngineStats",
     "FinishReason",
     "GenerationEngine",
     "GenerationEvent",
