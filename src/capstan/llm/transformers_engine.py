@@ -7,7 +7,8 @@ results arrive on the serving event loop through ``register_result_handler`` (``
 text is detokenized incrementally (`capstan.llm.detok`) and cut at stop strings (`capstan.llm.stops`).
 
 Sampling (decision 0610): one manager samples every row (``do_sample``); a greedy request asks for top-k 1, so its
-tokens are the argmax. ``min_tokens`` and ``seed`` are per-request processors of our own (`capstan.llm.cb_processors`).
+tokens are the argmax (a batch of greedy rows only skips the warpers and takes the argmax directly). ``min_tokens`` and
+``seed`` are per-request processors of our own (`capstan.llm.cb_processors`).
 Penalties and guided decoding are not supported (`capabilities`); the route answers 400.
 """
 
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from capstan.errors import InvalidParameterValue, InvalidState
-from capstan.llm.cb_processors import MIN_TOKENS_KW, SEED_KW, build_processors
+from capstan.llm.cb_processors import GREEDY_TOP_K, MIN_TOKENS_KW, SEED_KW, install_processors
 from capstan.llm.detok import IncrementalDetokenizer
 from capstan.llm.hf_tokenizer import require_transformers
 from capstan.llm.ports import (
@@ -214,7 +215,7 @@ class TransformersEngine:
         )
         manager = self._model.init_continuous_batching(generation_config=generation,
                                                        continuous_batching_config=config)
-        _add_processors(manager.logit_processor, build_processors(self._eos))
+        install_processors(manager.logit_processor, self._eos)
         return manager
 
     def _sampling_kwargs(self, request: GenerationRequest, index: int) -> dict[str, Any]:
@@ -223,7 +224,7 @@ class TransformersEngine:
         greedy = p.temperature == 0
         kwargs: dict[str, Any] = {
             "temperature": 1.0 if greedy else float(p.temperature),
-            "top_k": 1 if greedy else self._vocab,
+            "top_k": GREEDY_TOP_K if greedy else self._vocab,
             "top_p": 1.0 if greedy else float(p.top_p),
             MIN_TOKENS_KW: int(p.min_tokens),
         }
@@ -342,19 +343,6 @@ def _pad_id(model: Any, eos: Sequence[int]) -> int | None:
     if isinstance(pad, int):
         return pad
     return eos[0] if eos else None
-
-
-def _add_processors(processors: Any, ours: tuple[Any, Any]) -> None:
-    """Put min-tokens first (EOS masked before temperature and top-k, as ``generate`` does) and seeded sampling last
-    (it draws from the final distribution). The manager sizes its per-row argument tensor from ``tensors_required``
-    when its generation thread starts, so this runs before `start`."""
-    min_tokens, seeded = ours
-    processors.logits_processor.insert(0, min_tokens)
-    processors.logits_processor.append(seeded)
-    processors.tensors_required += 2
-    processors.supported_keys.update(min_tokens.supported_kwargs)
-    processors.supported_keys.update(seeded.supported_kwargs)
-    processors.do_processing = True
 
 
 def _forget_handler(manager: Any, manager_id: str) -> None:
