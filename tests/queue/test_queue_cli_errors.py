@@ -113,12 +113,16 @@ def test_plot_extra_exists_and_every_extra_is_used() -> None:
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     assert any(d.startswith("matplotlib") for d in extras["plot"])
     assert any(d.startswith("matplotlib") for d in extras["test"])
-    modules = {"s3": "fsspec", "plot": "matplotlib", "grpc": "grpc", "onnx": "onnxruntime", "torch": "torch",
-               "skops": "skops", "parquet": "pyarrow"}
-    assert set(extras) - {"test", "bench"} == set(modules), "a new extra needs its module named here"
+    modules = {"s3": ("fsspec",), "plot": ("matplotlib",), "grpc": ("grpc",), "onnx": ("onnxruntime",),
+               "torch": ("torch",), "skops": ("skops",), "parquet": ("pyarrow",),
+               "llm": ("torch", "transformers", "peft", "sentence_transformers"), "vllm": ("vllm",)}
+    assert set(extras) - {"test", "bench"} == set(modules), "a new extra needs its modules named here"
+    assert len(extras["llm"]) == len(modules["llm"]), "each package of the llm extra needs its module named here"
     source = "\n".join(p.read_text() for p in (ROOT / "src").rglob("*.py"))
-    for extra, module in modules.items():
-        assert re.search(rf"^\s*(import|from) {module}\b", source, re.M), f"extra {extra!r}: nothing imports {module}"
+    for extra, names in modules.items():
+        for module in names:
+            used = rf"^\s*(import|from) {module}\b|import_module\(\"{module}\"\)"
+            assert re.search(used, source, re.M), f"extra {extra!r}: nothing imports {module}"
 
 
 def test_simulate_help_lists_every_policy_of_the_registry() -> None:

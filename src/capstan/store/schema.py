@@ -121,7 +121,8 @@ metrics = Table(
 # Write-time summaries of the metric points (decision 0526): one row per run, key and block of `METRIC_BLOCK`
 # consecutive steps (``block = step >> 6``), recomputed from ``metrics`` whenever a write touches the block. A chart
 # over a million points reads the summaries of the blocks that lie inside each bucket and only the points at the
-# bucket's two edges. Sums of steps are floats (no integer overflow); ``nans`` counts NaN points.
+# bucket's two edges. Sums of steps are floats (no integer overflow); ``nans`` counts NaN points. A block holding
+# both infinities sums to NaN, which SQLite stores as NULL; its min and max already send the read to the points.
 metric_blocks = Table(
     "metric_blocks", metadata,
     Column("run_id", Integer, nullable=False),
@@ -129,7 +130,7 @@ metric_blocks = Table(
     Column("block", BigInteger, nullable=False),
     Column("points", Integer, nullable=False),
     Column("step_sum", Float, nullable=False),
-    Column("value_sum", Float, nullable=False),
+    Column("value_sum", Float, nullable=True),  # NULL on SQLite when infinities of both signs make it NaN
     Column("value_min", Float, nullable=False),
     Column("value_max", Float, nullable=False),
     Column("nans", Integer, nullable=False),

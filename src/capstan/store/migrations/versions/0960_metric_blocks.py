@@ -28,7 +28,7 @@ def upgrade() -> None:
         sa.Column("block", sa.BigInteger(), nullable=False),
         sa.Column("points", sa.Integer(), nullable=False),
         sa.Column("step_sum", sa.Float(), nullable=False),
-        sa.Column("value_sum", sa.Float(), nullable=False),
+        sa.Column("value_sum", sa.Float(), nullable=True),
         sa.Column("value_min", sa.Float(), nullable=False),
         sa.Column("value_max", sa.Float(), nullable=False),
         sa.Column("nans", sa.Integer(), nullable=False),
