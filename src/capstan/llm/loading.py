@@ -220,13 +220,16 @@ def load_language_model(folder: str | Path, *, name: str, version: str = "1", ba
         embedder = SentenceEmbedder.from_folder(found.weights, device=resolved)
         return LanguageModel(name, version, None, embedder=embedder, created=int(wall_clock()),
                              load_seconds=clock() - begun, details={**info, "device": resolved})
+    with_lora = False
     if backend == "vllm":
-        tokenizer, engine, resolved = _vllm(found, max_batch_size, gpu_memory_utilization)
+        # vLLM fixes LoRA support when it starts, and some architectures (GPT-2) have none: only with adapters
+        with_lora = adapters is not None and bool(adapters.names())
+        tokenizer, engine, resolved = _vllm(found, max_batch_size, gpu_memory_utilization, with_lora)
     else:
         tokenizer, engine, resolved = _transformers(found, device, max_batch_size)
     model = LanguageModel(name, version, tokenizer, engine=engine, created=int(wall_clock()),
                           details={**info, "device": resolved, "max_batch_size": str(max_batch_size)})
-    if adapters is not None:
+    if adapters is not None and (backend != "vllm" or with_lora):
         model = _with_adapters(model, found, adapters, backend, resolved, max_batch_size, max_adapters)
     from dataclasses import replace
 
@@ -280,8 +283,8 @@ def _transformers(found: ModelFolder, device: str, max_batch_size: int) -> tuple
     return tokenizer, engine, resolved
 
 
-def _vllm(found: ModelFolder, max_batch_size: int,
-          gpu_memory_utilization: float | None) -> tuple[Any, GenerationEngine, str]:
+def _vllm(found: ModelFolder, max_batch_size: int, gpu_memory_utilization: float | None,
+          with_lora: bool) -> tuple[Any, GenerationEngine, str]:
     import importlib.util
 
     if importlib.util.find_spec("vllm") is None:
@@ -290,7 +293,7 @@ def _vllm(found: ModelFolder, max_batch_size: int,
     from capstan.llm.hf_tokenizer import HfTokenizer
     from capstan.llm.vllm_engine import VllmEngine, VllmOptions
 
-    options = VllmOptions(max_model_len=found.context_length, max_num_seqs=max_batch_size)
+    options = VllmOptions(max_model_len=found.context_length, max_num_seqs=max_batch_size, enable_lora=with_lora)
     if gpu_memory_utilization is not None:
         options = dataclasses.replace(options, gpu_memory_utilization=gpu_memory_utilization)
     return HfTokenizer.from_pretrained(found.weights), VllmEngine(str(found.weights), options), "vllm"
