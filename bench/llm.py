@@ -14,11 +14,12 @@ Models: ``tiny`` (the tests' seeded 2-layer, 64-wide GPT-2, where per-step Pytho
 model), or ``--model DIR`` for any local folder (a real model on a GPU machine).
 
 Each request is a streamed ``/v1/completions`` of exactly ``--tokens`` tokens (greedy, ``min_tokens`` =
-``max_tokens``), sent with httpx at concurrency 1, 8 and 32 (each client sends its requests back to back), after a
-warm-up. All servers of a model run at once, and each level is split into rounds that alternate between them, so
-that every server meets the same background load (the benchmark machine is usually shared). Measured per server and
-concurrency: generated tokens per second over the wall time, time to first token (p50, p99) and inter-token latency
-(mean and p99 of the gaps between streamed tokens), with the lowest and highest 1-minute load average seen around its
+``max_tokens``), sent at concurrency 1, 8 and 32 (each client sends its requests back to back on its own keep-alive
+connection; ``--client raw``, a light asyncio HTTP/1.1 client, or ``--client httpx``), after a warm-up. All
+servers of a model run at once, and each level is split into rounds that alternate between them, so that every server
+meets the same background load (the benchmark machine is usually shared). Measured per server and concurrency:
+generated tokens per second over the wall time, time to first token chunk (p50, p99) and inter-token latency (mean
+and p99 of the gaps between token chunks), with the lowest and highest 1-minute load average seen around its
 rounds. The report ends with the goals: at c=8 Capstan's tokens/s at least 4x the plain loop's; at c=1 its TTFT p50
 within 10% of the plain loop's; with vLLM, capstan-vllm within 10% of vllm.
 
@@ -67,7 +68,7 @@ CONCURRENCY = (1, 8, 32)
 def build_model(kind: str, folder: Path) -> Path:
     """The ``tiny`` model of the tests, or the ``small`` 6-layer/256-wide GPT-2 with the same tokenizer."""
     sys.path.insert(0, str(ROOT / "tests" / "llm"))
-    from llm_tiny_model import build_tiny_model
+    from llm_tiny_model import build_tiny_model  # type: ignore[import-not-found]  # tests/llm goes on the path above
 
     build_tiny_model(folder)
     if kind == "tiny":
@@ -80,7 +81,8 @@ def build_model(kind: str, folder: Path) -> Path:
     config = GPT2Config(vocab_size=len(tokenizer), n_positions=512, n_embd=256, n_layer=6, n_head=8,
                         bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
                         pad_token_id=tokenizer.pad_token_id)
-    model = GPT2LMHeadModel(config).eval()
+    model: Any = GPT2LMHeadModel(config)  # transformers leaves Module.eval untyped
+    model.eval()
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(folder)
     tokenizer.model_max_length = 512
