@@ -18,10 +18,11 @@ import pytest
 from sklearn.datasets import load_iris
 from sklearn.linear_model import LogisticRegression
 
+from capstan.resources.memory import vm_hwm
 from capstan.sdk.client import Client
 from capstan.services import Services
 from capstan.serving.controller import DeploymentController
-from capstan.serving.replicas import SubprocessLauncher, SubprocessReplica, vm_hwm
+from capstan.serving.replicas import SubprocessLauncher, SubprocessReplica
 from capstan.serving.spec import parse_spec
 from capstan.settings import Settings
 from capstan.troubleshoot.sources import Scope

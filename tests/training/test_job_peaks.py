@@ -10,7 +10,7 @@ import subprocess
 import httpx
 from training_helpers import Env, events_of
 
-from capstan.training.launcher import vm_hwm
+from capstan.resources.memory import vm_hwm
 from capstan.troubleshoot.classify import Cause
 from capstan.troubleshoot.sources import Scope
 from helpers.server import capstan_command, clean_env, start_server
@@ -19,7 +19,9 @@ MI = 2**20
 
 
 def cli(env: Env, *args: str) -> str:
-    result = subprocess.run([*capstan_command(), *args], env=clean_env(env.settings.home), text=True,
+    # wide enough that the peak column is not folded (folding is tested with the tables)
+    result = subprocess.run([*capstan_command(), *args], env={**clean_env(env.settings.home), "COLUMNS": "200"},
+                            text=True,
                             capture_output=True, timeout=120)
     assert result.returncode == 0, result.stderr
     return result.stdout

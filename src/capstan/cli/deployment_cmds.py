@@ -216,11 +216,11 @@ def _print_status(status: dict[str, Any]) -> None:
 
 def _peak_text(peak: int | None, limit: str | None) -> str:
     """``312Mi`` or ``312Mi of 2Gi (15%)`` against the per-replica memory request; ``-`` before it is measured."""
-    from capstan.resources.quantity import MILLI, format_quantity, parse_quantity
+    from capstan.resources.quantity import MILLI, format_bytes, parse_quantity
 
     if peak is None:
         return "-"
-    text = format_quantity(peak * MILLI, "memory")
+    text = format_bytes(peak)
     if not limit:
         return text
     limit_bytes = parse_quantity(limit) // MILLI

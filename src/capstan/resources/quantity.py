@@ -103,6 +103,15 @@ def format_quantity(milli: int, resource: str = "") -> str:
     return _trim(milli / MILLI)
 
 
+def format_bytes(size: int) -> str:
+    """A measured byte count for people, to three significant digits: ``209Mi``, ``1.5Gi``, ``98.5Mi``, ``512``
+    (a peak is a measurement: ``208.703Mi`` claims a precision it does not have)."""
+    for suffix, factor in (("Ti", 2**40), ("Gi", 2**30), ("Mi", 2**20), ("Ki", 2**10)):
+        if size >= factor:
+            return f"{float(f'{size / factor:.3g}'):g}{suffix}"
+    return str(size)
+
+
 def _trim(number: float) -> str:
     text = f"{number:.3f}".rstrip("0").rstrip(".")
     return text or "0"

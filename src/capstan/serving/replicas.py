@@ -28,6 +28,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+from capstan.resources.memory import vm_hwm
 from capstan.serving.spec import DEFAULT_DRIFT_WINDOW, LlmServing
 from capstan.settings import Settings
 
@@ -127,17 +128,6 @@ def fetch_llm_stats(url: str, timeout_s: float = PROBE_TIMEOUT_S) -> object | No
         response = httpx.get(f"{url}/llm/stats", timeout=timeout_s)
         return response.json() if response.status_code == 200 else None
     except (httpx.HTTPError, ValueError):
-        return None
-
-
-def vm_hwm(pid: int | str = "self") -> int | None:
-    """The peak resident memory (bytes) of process ``pid``'s current program (``VmHWM`` of ``/proc/PID/status``);
-    None where it cannot be read (no such process, an exited one, no ``/proc``)."""
-    try:
-        data = Path(f"/proc/{pid}/status").read_bytes()
-        start = data.index(b"VmHWM:")
-        return int(data[start:data.index(b"\n", start)].split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
         return None
 
 

@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from capstan.resources.quantity import MILLI, format_quantity
+from capstan.resources.quantity import format_bytes
 from capstan.training.ports import JobAttempt, JobRecord
 
 __all__ = ["attempt_json", "attempt_summary", "explain_job", "format_memory", "format_ms", "job_json", "peak_text",
@@ -40,8 +40,8 @@ def attempt_json(attempt: JobAttempt) -> dict[str, Any]:
 
 
 def format_memory(size: int) -> str:
-    """``212Mi``: bytes as a memory quantity."""
-    return format_quantity(size * MILLI, "memory")
+    """``212Mi``: a measured byte count (`capstan.resources.quantity.format_bytes`)."""
+    return format_bytes(size)
 
 
 def worker_peak(rank_peaks: Sequence[int | None], nproc_per_worker: int) -> tuple[int, int] | None:

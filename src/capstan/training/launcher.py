@@ -38,6 +38,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from capstan.resources.memory import vm_hwm
 from capstan.training.env import JOB_ID_VARIABLE, WorkerPlace, worker_env, worker_places
 from capstan.training.ports import AttemptReason
 from capstan.training.spec import TrainingJobSpec
@@ -131,17 +132,6 @@ class GangExit:
 def peak_rss_bytes(maxrss: int) -> int:
     """``ru_maxrss`` of `os.wait4` in bytes: Linux reports KiB, macOS bytes."""
     return maxrss if sys.platform == "darwin" else maxrss * 1024
-
-
-def vm_hwm(pid: int | str = "self") -> int | None:
-    """The peak resident memory (bytes) of process ``pid``'s current program (``VmHWM`` of ``/proc/PID/status``);
-    None where it cannot be read (no such process, an exited one, no ``/proc``)."""
-    try:
-        data = Path(f"/proc/{pid}/status").read_bytes()
-        start = data.index(b"VmHWM:")
-        return int(data[start:data.index(b"\n", start)].split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        return None
 
 
 @dataclass(slots=True)

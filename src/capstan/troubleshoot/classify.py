@@ -30,7 +30,7 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any, Literal
 
-from capstan.resources.quantity import MILLI, format_quantity
+from capstan.resources.quantity import format_bytes
 from capstan.tuning.outcomes import reason_line
 
 __all__ = ["Cause", "Diagnosis", "Facts", "Phase", "classify", "cuda_oom_line", "error_line", "format_bytes",
@@ -181,11 +181,6 @@ def _memory_error_line(texts: Iterable[str]) -> str | None:
 
 
 # -- formatting ----------------------------------------------------------------------------------------------------
-def format_bytes(size: int) -> str:
-    """``98.5Mi``: a byte count as a memory quantity."""
-    return format_quantity(size * MILLI, "memory")
-
-
 def format_duration(ms: int) -> str:
     """``850 ms``, ``12.3s``, ``4m05s``, ``2h03m``: a duration."""
     if ms < 1000:
