@@ -122,8 +122,12 @@ def _start(name: str, command: list[str], env: dict[str, str], port: int, health
     return Server(name, process, url, model, time.perf_counter() - started)
 
 
-def start_server(name: str, model_dir: Path, threads: int, logs: Path, max_num_seqs: int = 32) -> Server:
-    """Start one server on a free port; `RuntimeError` (with its output's last lines) when it cannot."""
+def start_server(name: str, model_dir: Path, threads: int, logs: Path, max_num_seqs: int = 32,
+                 gpu_memory_utilization: float | None = None) -> Server:
+    """Start one server on a free port; `RuntimeError` (with its output's last lines) when it cannot.
+    ``gpu_memory_utilization`` goes to both vLLM servers alike (on vLLM's CPU build: the share of the machine's
+    memory it reserves, whose default 0.9 cannot be met beside the other servers)."""
+    reserve = [] if gpu_memory_utilization is None else ["--gpu-memory-utilization", str(gpu_memory_utilization)]
     port = free_port()
     env = _env(threads)
     log = logs / f"{name}.log"
@@ -132,7 +136,7 @@ def start_server(name: str, model_dir: Path, threads: int, logs: Path, max_num_s
                    "127.0.0.1", "--port", str(port), "--max-num-seqs", str(max_num_seqs), "--max-waiting", "256",
                    "--no-access-log"]
         if name == "capstan-vllm":
-            command += ["--backend", "vllm"]
+            command += ["--backend", "vllm", *reserve]
         return _start(name, command, env, port, "/v2/health/ready", "bench", log)
     if name == "peer":
         env["BENCH_MODEL_DIR"] = str(model_dir)
@@ -142,7 +146,7 @@ def start_server(name: str, model_dir: Path, threads: int, logs: Path, max_num_s
     if name == "vllm":
         command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
                    "--served-model-name", "bench", "--host", "127.0.0.1", "--port", str(port),
-                   "--max-num-seqs", str(max_num_seqs)]
+                   "--max-num-seqs", str(max_num_seqs), *reserve]
         return _start(name, command, env, port, "/health", "bench", log)
     raise ValueError(f"unknown server {name!r}")
 
@@ -439,7 +443,8 @@ async def bench_model(report: Report, model: str, model_dir: Path, servers: list
                 report.skipped[name] = why
                 continue
             try:
-                server = start_server(name, model_dir, args.threads, logs, args.max_num_seqs)
+                server = start_server(name, model_dir, args.threads, logs, args.max_num_seqs,
+                                      args.gpu_memory_utilization)
             except RuntimeError as exc:
                 report.skipped[f"{name} ({model})"] = str(exc)
                 continue
@@ -477,6 +482,8 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=32, help="generated tokens per request")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of each server")
     parser.add_argument("--max-num-seqs", type=int, default=32, help="sequences batched at once (capstan, vllm)")
+    parser.add_argument("--gpu-memory-utilization", type=float, default=None,
+                        help="both vLLM servers: the share of memory vLLM reserves (e.g. 0.1 on vLLM's CPU build)")
     parser.add_argument("--client", choices=("raw", "httpx"), default="raw",
                         help="load generator: raw asyncio HTTP/1.1 (light on CPU) or httpx")
     parser.add_argument("--json", type=Path, help="also write the figures here")
