@@ -14,11 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import celpy
+import click
 import jsonschema  # type: ignore[import-untyped, unused-ignore]  # no stubs unless types-jsonschema is in
 import pytest
 import yaml
 from celpy.adapter import json_to_cel
+from click.testing import CliRunner
 
+from capstan.cli import k8s_render
 from capstan.errors import InvalidParameterValue
 from capstan.k8s.labels import PRIORITY_CLASS_LABEL, QUEUE_NAME_LABEL, workload_labels
 from capstan.k8s.render_queues import (
@@ -381,3 +384,48 @@ def test_workload_labels() -> None:
         workload_labels(config, "nope")
     with pytest.raises(InvalidParameterValue, match="priority class 'top' does not exist"):
         workload_labels(config, "nlp", "top")
+
+
+# --- capstan k8s render queues -----------------------------------------------------------------------------------
+
+def _k8s_group() -> click.Group:
+    """The ``capstan k8s`` group with only the render part, as `capstan.cli.k8s_cmds` assembles it."""
+    group = click.Group("k8s")
+    k8s_render.register(group)
+    return group
+
+
+def test_render_queues_cli_writes_one_valid_file_per_object(tmp_path: Path) -> None:
+    out = tmp_path / "manifests"
+    result = CliRunner().invoke(_k8s_group(), [
+        "render", "queues", str(ROOT / "examples" / "queues" / "teams.yaml"), "-o", str(out),
+        "--mig", "a100-shared=1g.10gb:7", "--provisioning", "team-a"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    files = sorted(p.name for p in out.iterdir())
+    assert "clusterqueue-team-a.yaml" in files and "localqueue-nlp-nlp.yaml" in files
+    assert "admissioncheck-team-a-provisioning.yaml" in files
+    docs = [yaml.safe_load(p.read_text(encoding="utf-8")) for p in sorted(out.iterdir())]
+    assert result.output.strip() == f"wrote {len(docs)} Kueue object(s) to {out}"
+    _assert_valid(docs)
+    team_a = next(d for d in docs if d["kind"] == "ClusterQueue" and d["metadata"]["name"] == "team-a")
+    assert team_a["spec"]["resourceGroups"][1]["coveredResources"] == ["nvidia.com/gpu", "nvidia.com/mig-1g.10gb"]
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--mig", "a100"], "--mig: 'a100' is not FLAVOR=PROFILE:PER_GPU"),
+    (["--provisioning", "nobody"], "provisioning[nobody]: ClusterQueue 'nobody' does not exist"),
+])
+def test_render_queues_cli_bad_options_are_one_line(tmp_path: Path, args: list[str], message: str) -> None:
+    with pytest.raises(InvalidParameterValue) as info:  # `capstan.cli.main` prints it as one `error:` line
+        CliRunner().invoke(_k8s_group(), ["render", "queues", str(ROOT / "examples" / "queues" / "teams.yaml"),
+                                          "-o", str(tmp_path), *args], catch_exceptions=False)
+    assert str(info.value).startswith(message) and "\n" not in str(info.value)
+
+
+def test_render_queues_cli_bad_config_is_one_line(tmp_path: Path) -> None:
+    bad = tmp_path / "queues.yaml"
+    bad.write_text("clusterQueues: [{name: a, cohort: nowhere, resourceGroups: []}]\n", encoding="utf-8")
+    with pytest.raises(InvalidParameterValue, match=r"^clusterQueues\[0\]\.cohort: cohort 'nowhere' does not exist"):
+        CliRunner().invoke(_k8s_group(), ["render", "queues", str(bad), "-o", str(tmp_path / "out")],
+                           catch_exceptions=False)
+    assert not (tmp_path / "out").exists()
