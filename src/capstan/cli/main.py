@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "capstan.cli.finetune_cmds",
     "capstan.cli.tuning_cmds",
     "capstan.cli.describe_cmds",
+    "capstan.cli.k8s_cmds",
 )
 
 

@@ -1,0 +1,22 @@
+"""``capstan k8s``: render Capstan's specs to Kubernetes manifests and validate manifests strictly. Each part of the
+group lives in its own module, named in `PARTS`, which exposes ``register(group: click.Group) -> None``."""
+
+from __future__ import annotations
+
+import importlib
+
+import click
+
+PARTS: tuple[str, ...] = ("capstan.cli.k8s_validate",)
+"""Modules that add ``capstan k8s`` subcommands."""
+
+
+def register(cli: click.Group) -> None:
+    """Add the ``k8s`` group and its subcommands."""
+
+    @cli.group("k8s")
+    def k8s() -> None:
+        """Kubernetes: render specs to manifests and validate manifests against the official schemas and CRDs."""
+
+    for name in PARTS:
+        importlib.import_module(name).register(k8s)
