@@ -304,3 +304,18 @@ def test_cli_without_kubernetes_validate_names_the_extra(tmp_path: Path) -> None
     assert proc.returncode == 1
     assert proc.stderr.strip() == ("error: k8s validate needs kubernetes-validate, which is not installed: "
                                    "pip install 'capstan[k8s]'")
+
+
+def test_rendered_queues_with_a_provisioning_check_pass_the_shared_validator(k8s_crds_dir: Path) -> None:
+    """The AdmissionCheck CRD's name pattern uses RE2's mid-pattern ``(?i)``, which Python's ``re`` refuses as
+    written: the validator translates it (`capstan.k8s.crds.python_pattern`) instead of crashing."""
+    from capstan.k8s.crds import load_crds, python_pattern
+    from capstan.k8s.render_queues import KueueOptions, ProvisioningCheck, render_queues
+    from capstan.queue.config import load_config
+
+    assert python_pattern("^(?i)[a-z]+$") == "^(?i:[a-z]+$)"
+    config = load_config(Path(__file__).resolve().parents[2] / "examples" / "queues" / "teams.yaml")
+    check = ProvisioningCheck(managed_resources=("nvidia.com/gpu",), on_flavors=("a100",))
+    docs = render_queues(config, KueueOptions(provisioning={"team-a": check}))
+    assert any(d["kind"] == "AdmissionCheck" for d in docs)
+    assert validate_documents(docs, crds=load_crds([k8s_crds_dir / "kueue"])) == []

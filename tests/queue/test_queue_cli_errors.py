@@ -115,13 +115,15 @@ def test_plot_extra_exists_and_every_extra_is_used() -> None:
     assert any(d.startswith("matplotlib") for d in extras["test"])
     modules = {"s3": ("fsspec",), "plot": ("matplotlib",), "grpc": ("grpc",), "onnx": ("onnxruntime",),
                "torch": ("torch",), "skops": ("skops",), "parquet": ("pyarrow",),
-               "llm": ("torch", "transformers", "peft", "sentence_transformers"), "vllm": ("vllm",)}
+               "llm": ("torch", "transformers", "peft", "sentence_transformers"), "vllm": ("vllm",),
+               "k8s": ("kubernetes_validate", "jsonschema", "celpy")}
     assert set(extras) - {"test", "bench"} == set(modules), "a new extra needs its modules named here"
     assert len(extras["llm"]) == len(modules["llm"]), "each package of the llm extra needs its module named here"
     source = "\n".join(p.read_text() for p in (ROOT / "src").rglob("*.py"))
     for extra, names in modules.items():
         for module in names:
-            used = rf"^\s*(import|from) {module}\b|import_module\(\"{module}\"\)"
+            # imported, or its package data read (kubernetes-validate's schemas)
+            used = rf"^\s*(import|from) {module}\b|(import_module|files)\(\"{module}\"\)"
             assert re.search(used, source, re.M), f"extra {extra!r}: nothing imports {module}"
 
 

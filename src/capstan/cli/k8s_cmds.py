@@ -7,7 +7,7 @@ import importlib
 
 import click
 
-PARTS: tuple[str, ...] = ("capstan.cli.k8s_validate",)
+PARTS: tuple[str, ...] = ("capstan.cli.k8s_validate", "capstan.cli.k8s_render")
 """Modules that add ``capstan k8s`` subcommands."""
 
 

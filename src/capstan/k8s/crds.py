@@ -7,6 +7,7 @@ unless the object carries ``x-kubernetes-preserve-unknown-fields`` or declares `
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -103,6 +104,8 @@ def strict_json_schema(node: Mapping[str, Any], *, root: bool = False) -> Schema
     structural schema node: unknown fields rejected, ``nullable`` and ``x-kubernetes-int-or-string`` honoured.
     CEL rules are not part of it (see `capstan.k8s.cel`)."""
     out: Schema = {key: node[key] for key in _PASSED_THROUGH if key in node}
+    if isinstance(out.get("pattern"), str):
+        out["pattern"] = python_pattern(out["pattern"])
     types = _types(node)
     if types is not None:
         out["type"] = types
@@ -131,10 +134,28 @@ def _types(node: Mapping[str, Any]) -> list[str] | None:
     return types
 
 
+def python_pattern(pattern: str) -> str:
+    """A CRD's regular expression (Go's RE2 syntax) in Python's: RE2 lets an inline flag such as ``(?i)`` stand
+    mid-pattern, where it applies to the rest; Python wants a scoped group, ``^(?i:[a-z]...)``. Pure."""
+    for flag in ("(?i)", "(?s)", "(?m)"):
+        at = pattern.find(flag)
+        if at <= 0:
+            continue
+        scoped = f"{pattern[:at]}(?{flag[2]}:{pattern[at + len(flag):]})"
+        try:
+            re.compile(scoped)
+        except re.error:  # the flag sat inside a group: make it global instead (broader, never stricter)
+            scoped = flag + pattern[:at] + pattern[at + len(flag):]
+        pattern = scoped
+    return pattern
+
+
 def _combinator_branch(node: Mapping[str, Any]) -> Schema:
     # Branches of allOf/anyOf/oneOf in a structural schema only constrain values; they never declare fields,
     # so closing them would reject fields declared beside them.
     out = {key: node[key] for key in _PASSED_THROUGH if key in node}
+    if isinstance(out.get("pattern"), str):
+        out["pattern"] = python_pattern(out["pattern"])
     if "properties" in node:
         out["properties"] = {name: _combinator_branch(sub) for name, sub in node["properties"].items()}
     if "items" in node and isinstance(node["items"], Mapping):
