@@ -123,7 +123,7 @@ def _ctx(spec: dict[str, Any]) -> dict[str, Any]:
     return ctx
 
 
-Mutation = Callable[[dict[str, Any]], None]
+Mutation = Callable[[dict[str, Any]], object]
 RULES: list[tuple[str, Mutation, str]] = [
     ("hostNetwork", lambda s: s.update(hostNetwork=True), "spec.hostNetwork: must not be true"),
     ("hostPID", lambda s: s.update(hostPID=True), "spec.hostPID: must not be true"),
