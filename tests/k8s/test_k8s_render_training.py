@@ -10,9 +10,12 @@ import copy
 from pathlib import Path
 from typing import Any
 
+import click
 import pytest
 import yaml
+from click.testing import CliRunner
 
+from capstan.cli import k8s_render, k8s_render_job
 from capstan.errors import InvalidParameterValue
 from capstan.k8s.crds import CrdSet, load_crds
 from capstan.k8s.labels import PRIORITY_CLASS_LABEL, QUEUE_NAME_LABEL
@@ -193,3 +196,44 @@ def test_validation_catches_a_broken_rendering(crds: CrdSet) -> None:
     (pt,) = render_training(_spec(), TrainingRenderOptions(format="pytorchjob"))
     pt["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["imagePullPolicy"] = 3
     assert validate_documents([pt], crds=crds) != []
+
+
+# --- capstan k8s render job ----------------------------------------------------------------------------------------
+
+def _k8s_group() -> click.Group:
+    """The ``capstan k8s`` group with the render parts, as `capstan.cli.k8s_cmds` assembles it."""
+    group = click.Group("k8s")
+    k8s_render.register(group)
+    k8s_render_job.register(group)
+    return group
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_render_job_cli_writes_valid_manifests(fmt: str, tmp_path: Path, crds: CrdSet) -> None:
+    out = tmp_path / "manifests"
+    result = CliRunner().invoke(_k8s_group(), [
+        "render", "job", "train.py", "-o", str(out), "--format", fmt, "--image", "ghcr.io/acme/train:1",
+        "--namespace", "vision", "--workers", "2", "--nproc-per-worker", "2", "--gpus", "1", "--gpu-flavor", "a100",
+        "--gpu-product", "a100=NVIDIA-A100-SXM4-80GB", "--queue", "team-a", "--shm-size", "1Gi",
+        "--env", "SEED=7", "--", "--epochs", "3"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    docs = [yaml.safe_load(p.read_text(encoding="utf-8")) for p in sorted(out.iterdir())]
+    assert result.output.strip() == f"wrote {len(docs)} object(s) to {out}"
+    assert validate_documents(docs, crds=crds) == []
+    workload = next(d for d in docs if d["kind"] != "Service")
+    assert workload["metadata"]["name"] == "train" and workload["metadata"]["namespace"] == "vision"
+    assert workload["metadata"]["labels"][QUEUE_NAME_LABEL] == "team-a"
+    text = yaml.safe_dump(workload)
+    assert "NVIDIA-A100-SXM4-80GB" in text and "--epochs" in text and "SEED" in text
+
+
+def test_render_job_cli_bad_options_are_one_line(tmp_path: Path) -> None:
+    with pytest.raises(InvalidParameterValue) as info:  # `capstan.cli.main` prints it as one `error:` line
+        CliRunner().invoke(_k8s_group(), ["render", "job", "train.py", "-o", str(tmp_path), "--image", "i",
+                                          "--workers", "0"], catch_exceptions=False)
+    assert str(info.value).startswith("--workers: must be between 1") and "\n" not in str(info.value)
+    with pytest.raises(InvalidParameterValue, match=r"^--gpu-product: 'a100' is not FLAVOR=PRODUCT"):
+        CliRunner().invoke(_k8s_group(), ["render", "job", "train.py", "-o", str(tmp_path), "--image", "i",
+                                          "--gpu-product", "a100"], catch_exceptions=False)
+    result = CliRunner().invoke(_k8s_group(), ["render", "job", "train.py", "-o", str(tmp_path)])
+    assert result.exit_code == 2 and "--image" in result.output
