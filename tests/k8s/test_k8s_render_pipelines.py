@@ -7,9 +7,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import click
 import pytest
+import yaml
+from click.testing import CliRunner
 
 import capstan.pipelines as cp
+from capstan.cli import k8s_render, k8s_render_pipeline
 from capstan.errors import InvalidParameterValue
 from capstan.k8s.crds import load_crds
 from capstan.k8s.labels import PRIORITY_CLASS_LABEL, QUEUE_NAME_LABEL
@@ -177,3 +181,44 @@ def test_schedule_becomes_cron_job(k8s_crds_dir: Path) -> None:
     assert restricted_violations(pod) == []
     with pytest.raises(InvalidParameterValue, match=r"schedules\[bad\].cron"):
         render_cron_job(CronSchedule("bad", "etl.py:etl", "* * *"))
+
+
+# --- capstan k8s render pipeline ---------------------------------------------------------------------------------
+
+def _k8s_group() -> click.Group:
+    """The ``capstan k8s`` group with the render parts, as `capstan.cli.k8s_cmds` assembles it."""
+    group = click.Group("k8s")
+    k8s_render.register(group)
+    k8s_render_pipeline.register(group)
+    return group
+
+
+def test_render_pipeline_cli_writes_valid_jobs(tmp_path: Path, k8s_crds_dir: Path) -> None:
+    out = tmp_path / "manifests"
+    etl = str(ROOT / "examples" / "pipelines" / "etl.py")
+    result = CliRunner().invoke(_k8s_group(), [
+        "render", "pipeline", etl, "-o", str(out), "--param", "shards=3", "--project", "team-a",
+        "--image", "acme/etl:2", "--env-from-secret", "capstan-store", "--ttl", "600"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    docs = [yaml.safe_load(p.read_text(encoding="utf-8")) for p in sorted(out.iterdir())]
+    assert result.output.strip() == f"wrote {len(docs)} Job(s) to {out}" and len(docs) == 7
+    assert validate_documents(docs, crds=load_crds([k8s_crds_dir])) == []
+    clean = yaml.safe_load((out / "job-team-a-etl-clean.yaml").read_text(encoding="utf-8"))
+    assert clean["spec"]["completions"] == 3 and clean["spec"]["ttlSecondsAfterFinished"] == 600
+    container = clean["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"] == "acme/etl:2" and container["envFrom"] == [{"secretRef": {"name": "capstan-store"}}]
+    assert container["command"][-4:] == ["--node", "clean", "--param", "shards=3"]
+    assert container["command"][4] == f"{etl}:etl"
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--count", "x"], "--count: 'x' is not STEP=N"),
+    (["--param", "shards"], "--param: expected KEY=VALUE"),
+    (["--project", "Team_A"], "project: 'Team_A' is not a valid Kubernetes namespace name"),
+])
+def test_render_pipeline_cli_bad_input_is_one_line(tmp_path: Path, args: list[str], message: str) -> None:
+    with pytest.raises(InvalidParameterValue) as info:  # `capstan.cli.main` prints it as one `error:` line
+        CliRunner().invoke(_k8s_group(), ["render", "pipeline", str(ROOT / "examples" / "pipelines" / "etl.py"),
+                                          "-o", str(tmp_path / "out"), *args], catch_exceptions=False)
+    assert str(info.value).startswith(message) and "\n" not in str(info.value)
+    assert not (tmp_path / "out").exists()

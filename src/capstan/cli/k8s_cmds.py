@@ -7,8 +7,8 @@ import importlib
 
 import click
 
-PARTS: tuple[str, ...] = ("capstan.cli.k8s_validate", "capstan.cli.k8s_render", "capstan.cli.k8s_render_job",
-                         "capstan.cli.k8s_render_project")
+PARTS: tuple[str, ...] = ("capstan.cli.k8s_validate", "capstan.cli.k8s_render", "capstan.cli.k8s_render_pipeline",
+                         "capstan.cli.k8s_render_job", "capstan.cli.k8s_render_project")
 """Modules that add ``capstan k8s`` subcommands."""
 
 

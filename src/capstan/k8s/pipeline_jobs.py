@@ -37,8 +37,10 @@ def _resources(node: Node) -> Resources:
     return Resources(cpu=round(res.cpu_for("process") * MILLI), memory=res.memory, gpu=round(res.gpu * MILLI))
 
 
-def step_jobs(graph: Graph, pipeline_ref: str, counts: Mapping[str, int] | None = None) -> list[StepJob]:
-    """A `StepJob` per static node of ``graph`` in DAG order; ``counts`` gives the item count of maps over another
+def step_jobs(graph: Graph, pipeline_ref: str, counts: Mapping[str, int] | None = None,
+              params: Mapping[str, str] | None = None) -> list[StepJob]:
+    """A `StepJob` per static node of ``graph`` in DAG order; ``params`` are the run's parameters as given
+    (``KEY=VALUE`` text, passed on to the worker); ``counts`` gives the item count of maps over another
     step's output (by node id). Raises `InvalidParameterValue` naming a map with no known count."""
     known = dict(counts or {})
     out = []
@@ -51,7 +53,8 @@ def step_jobs(graph: Graph, pipeline_ref: str, counts: Mapping[str, int] | None 
             extra["completions"] = _count(node, known)
             extra["parallelism"] = node.map.max_parallel
         out.append(StepJob(pipeline=graph.pipeline.name, pipeline_ref=pipeline_ref, node=node.id,
-                           step=node.step.name, image=opts.image, depends_on=tuple(dict.fromkeys(node.deps)),
+                           step=node.step.name, params=dict(params or {}), image=opts.image,
+                           depends_on=tuple(dict.fromkeys(node.deps)),
                            retries=opts.retries, timeout_s=opts.timeout, resources=_resources(node),
                            gpu_flavor=opts.resources.gpu_flavor, env=dict(opts.env), queue=opts.queue,
                            priority_class=opts.priority_class, **extra))

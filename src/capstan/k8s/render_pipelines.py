@@ -51,14 +51,16 @@ _NAME_CHARS: Final = re.compile(r"[^a-z0-9-]+")
 class StepJob:
     """One step of a pipeline as a Job.
 
-    ``node`` is the step's DAG node id, ``depends_on`` the node ids it waits for; ``completions`` (None: a single
-    pod) makes an indexed Job, with ``parallelism`` pods at once (None: all). ``timeout_s`` is the step's timeout.
+    ``node`` is the step's DAG node id, ``params`` the run's parameters as given (``KEY=VALUE`` text),
+    ``depends_on`` the node ids it waits for; ``completions`` (None: a single pod) makes an indexed Job, with
+    ``parallelism`` pods at once (None: all). ``timeout_s`` is the step's timeout.
     """
 
     pipeline: str
     pipeline_ref: str
     node: str
     step: str
+    params: Mapping[str, str] = field(default_factory=dict)
     image: str | None = None
     depends_on: tuple[str, ...] = ()
     retries: int = 0
@@ -121,7 +123,10 @@ def job_name(pipeline: str, node: str) -> str:
 
 def worker_command(step: StepJob) -> tuple[str, ...]:
     """The command the step's pod runs: the Capstan worker fetching the step's code and inputs."""
-    return ("capstan", "worker", "run-step", "--pipeline", step.pipeline_ref, "--node", step.node)
+    args = ["capstan", "worker", "run-step", "--pipeline", step.pipeline_ref, "--node", step.node]
+    for key, value in step.params.items():
+        args += ["--param", f"{key}={value}"]
+    return tuple(args)
 
 
 def _labels(step: StepJob, opts: JobOptions, path: str) -> dict[str, str]:
