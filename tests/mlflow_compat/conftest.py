@@ -51,9 +51,11 @@ def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield server.url
 
 
-@pytest.fixture(scope="package")
+@pytest.fixture(scope="module")
 def mlflow_env(server_url: str) -> Iterator[Any]:
-    """The ``mlflow`` module pointed at the server, with short retries and no telemetry."""
+    """The ``mlflow`` module pointed at the server, with short retries and no telemetry. Per module: under
+    pytest-xdist a worker runs other packages' modules between this package's, and the mlflow module's URIs are
+    process-wide state that is reset after each module."""
     settings = {
         "MLFLOW_TRACKING_URI": server_url,
         "MLFLOW_REGISTRY_URI": server_url,

@@ -24,16 +24,16 @@ from helpers.server import ServerProcess
 CHROMIUM = Path("/usr/bin/chromium")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def chromium() -> Iterator[Any]:
-    """One headless Chromium for the whole session."""
+    """One headless Chromium per test module. Playwright's sync API keeps an asyncio loop running in the main thread
+    while it is open; under pytest-xdist a worker runs other packages' modules after this one, whose
+    ``asyncio.run`` must find no loop running."""
     if not CHROMIUM.exists():
         pytest.skip(f"{CHROMIUM} is missing: install Debian's chromium package (.ci/run does)")
     from playwright.sync_api import sync_playwright
 
     SCREENSHOTS.mkdir(exist_ok=True)
-    for old in SCREENSHOTS.glob("*.png"):  # screenshots of an earlier session
-        old.unlink()
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True,
                                              args=["--no-sandbox", "--disable-dev-shm-usage"])
