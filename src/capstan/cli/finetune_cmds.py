@@ -19,6 +19,7 @@ from typing import Any
 
 import click
 
+from capstan.cli.training_cmds import gang_options
 from capstan.errors import InvalidParameterValue
 
 JOB_ENTRY = "capstan.cli.finetune_job"
@@ -90,19 +91,9 @@ def _require_libraries(method: str) -> None:
 @click.option("--register-as", help="Registered model of the result (default: BASE-lora or BASE-ft).")
 @click.option("--checkpoint-every", default=50, show_default=True, type=int, help="Steps between checkpoints.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the weights' init and row order.")
-@click.option("--name", help="Job name (default: finetune-REGISTERED-NAME).")
-@click.option("--workers", default=1, show_default=True, type=int, help="Workers (pods) in the gang.")
-@click.option("--nproc-per-worker", default=1, show_default=True, type=int, help="Processes per worker.")
-@click.option("--cpu", default=1.0, show_default=True, type=float, help="CPU cores per worker.")
-@click.option("--memory", help="Memory per worker (Kubernetes quantity, e.g. 16Gi).")
-@click.option("--gpus", default=0.0, show_default=True, type=float, help="GPUs per worker.")
-@click.option("--gpu-flavor", help="GPU model, e.g. a100.")
-@click.option("--max-restarts", default=0, show_default=True, type=int,
-              help="Restarts of the gang after a failure; each resumes from the latest checkpoint.")
-@click.option("--experiment", help="Tracking experiment of the job's run.")
-@click.option("--queue", help="LocalQueue to submit to.")
-@click.option("--priority", help="WorkloadPriorityClass name.")
-@click.option("--env", "env", multiple=True, metavar="KEY=VALUE", help="Environment for every worker; repeatable.")
+@gang_options(name_help="Job name (default: finetune-REGISTERED-NAME).", memory_example="16Gi",
+              gpus_help="GPUs per worker.",
+              restarts_help="Restarts of the gang after a failure; each resumes from the latest checkpoint.")
 def finetune_cmd(base_model: str, data: str, method: str, epochs: int, lr: float | None, batch_size: int,
                  lora_rank: int, lora_alpha: int, lora_dropout: float, max_length: int, register_as: str | None,
                  checkpoint_every: int, seed: int, name: str | None, workers: int, nproc_per_worker: int,

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from capstan.cli.training_cmds import gang_options
 from capstan.errors import InvalidParameterValue
 
 
@@ -46,19 +47,8 @@ def register(group: click.Group) -> None:
                   help="nvidia.com/gpu.product value of a GPU flavor, e.g. a100=NVIDIA-A100-SXM4-80GB; repeatable.")
     @click.option("--queue-config", type=click.Path(path_type=Path), metavar="FILE",
                   help="Queue configuration: its flavors place the pods; --queue and --priority are checked.")
-    @click.option("--name", help="Job name (default: from the script or module).")
-    @click.option("--workers", default=1, show_default=True, type=int, help="Workers (pods) in the gang.")
-    @click.option("--nproc-per-worker", default=1, show_default=True, type=int, help="Processes per worker.")
-    @click.option("--cpu", default=1.0, show_default=True, type=float, help="CPU cores per worker.")
-    @click.option("--memory", help="Memory per worker (Kubernetes quantity, e.g. 4Gi).")
-    @click.option("--gpus", default=0.0, show_default=True, type=float, help="GPUs per worker (a fraction below 1).")
-    @click.option("--gpu-flavor", help="GPU model, e.g. a100.")
-    @click.option("--max-restarts", default=0, show_default=True, type=int,
-                  help="Restarts after a failure (the Job's backoffLimit; disruptions do not count).")
-    @click.option("--experiment", help="Tracking experiment of the job's run.")
-    @click.option("--queue", help="LocalQueue (Kueue's queue-name label).")
-    @click.option("--priority", help="WorkloadPriorityClass name.")
-    @click.option("--env", "env", multiple=True, metavar="KEY=VALUE", help="Environment for every worker; repeatable.")
+    @gang_options(restarts_help="Restarts after a failure (the Job's backoffLimit; disruptions do not count).",
+                  queue_help="LocalQueue (Kueue's queue-name label).")
     @click.option("--log-all-ranks", is_flag=True, help="Keep every rank's capstan.log_metric calls (default: rank 0).")
     def job(entry: str, args: tuple[str, ...], out: Path, fmt: str, image: str, namespace: str | None,
             master_port: int, shm_size: str, runtime: str, gpu_products: tuple[str, ...], queue_config: Path | None,

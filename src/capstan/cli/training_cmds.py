@@ -132,6 +132,38 @@ def parse_env(values: Sequence[str]) -> dict[str, str]:
     return out
 
 
+
+def gang_options(*, name_help: str = "Job name (default: from the script or module).",
+                 memory_example: str = "4Gi", gpus_help: str = "GPUs per worker (a fraction below 1).",
+                 restarts_help: str = "Restarts of the whole gang after a failure (preemption does not count).",
+                 queue_help: str = "LocalQueue to submit to.") -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """The options every command that describes a gang shares (``train``, ``finetune``, ``k8s render job``):
+    --name, --workers, --nproc-per-worker, --cpu, --memory, --gpus, --gpu-flavor, --max-restarts, --experiment,
+    --queue, --priority and --env, in that order; the help texts that differ between them are parameters."""
+    options = [
+        click.option("--name", help=name_help),
+        click.option("--workers", default=1, show_default=True, type=int, help="Workers (pods) in the gang."),
+        click.option("--nproc-per-worker", default=1, show_default=True, type=int, help="Processes per worker."),
+        click.option("--cpu", default=1.0, show_default=True, type=float, help="CPU cores per worker."),
+        click.option("--memory", help=f"Memory per worker (Kubernetes quantity, e.g. {memory_example})."),
+        click.option("--gpus", default=0.0, show_default=True, type=float, help=gpus_help),
+        click.option("--gpu-flavor", help="GPU model, e.g. a100."),
+        click.option("--max-restarts", default=0, show_default=True, type=int, help=restarts_help),
+        click.option("--experiment", help="Tracking experiment of the job's run."),
+        click.option("--queue", help=queue_help),
+        click.option("--priority", help="WorkloadPriorityClass name."),
+        click.option("--env", "env", multiple=True, metavar="KEY=VALUE",
+                     help="Environment for every worker; repeatable."),
+    ]
+
+    def apply(command: Callable[..., Any]) -> Callable[..., Any]:
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return apply
+
+
 def build_spec(entry: str, args: Sequence[str], *, name: str | None = None, workers: int = 1,
                nproc_per_worker: int = 1, cpu: float = 1.0, memory: str | None = None, gpus: float = 0.0,
                gpu_flavor: str | None = None, max_restarts: int = 0, experiment: str | None = None,
@@ -508,19 +540,7 @@ def _outcome(job: Mapping[str, Any]) -> None:
 @click.command("train", context_settings={"ignore_unknown_options": False})
 @click.argument("entry", metavar="SCRIPT_OR_MODULE")
 @click.argument("args", nargs=-1, type=click.UNPROCESSED, metavar="[-- ARGS...]")
-@click.option("--name", help="Job name (default: from the script or module).")
-@click.option("--workers", default=1, show_default=True, type=int, help="Workers (pods) in the gang.")
-@click.option("--nproc-per-worker", default=1, show_default=True, type=int, help="Processes per worker.")
-@click.option("--cpu", default=1.0, show_default=True, type=float, help="CPU cores per worker.")
-@click.option("--memory", help="Memory per worker (Kubernetes quantity, e.g. 4Gi).")
-@click.option("--gpus", default=0.0, show_default=True, type=float, help="GPUs per worker (a fraction below 1).")
-@click.option("--gpu-flavor", help="GPU model, e.g. a100.")
-@click.option("--max-restarts", default=0, show_default=True, type=int,
-              help="Restarts of the whole gang after a failure (preemption does not count).")
-@click.option("--experiment", help="Tracking experiment of the job's run.")
-@click.option("--queue", help="LocalQueue to submit to.")
-@click.option("--priority", help="WorkloadPriorityClass name.")
-@click.option("--env", "env", multiple=True, metavar="KEY=VALUE", help="Environment for every worker; repeatable.")
+@gang_options()
 @click.option("--log-all-ranks", is_flag=True, help="Keep every rank's capstan.log_metric calls (default: rank 0).")
 def train_cmd(entry: str, args: tuple[str, ...], name: str | None, workers: int, nproc_per_worker: int, cpu: float,
               memory: str | None, gpus: float, gpu_flavor: str | None, max_restarts: int, experiment: str | None,
