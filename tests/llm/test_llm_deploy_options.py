@@ -9,52 +9,26 @@ import importlib.util
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from llm_deploy_helpers import API, server_with_tiny_model, status, wait_for
 
-from capstan.sdk.client import Client
-from capstan.settings import Settings
-from helpers.server import ServerProcess, start_server
+from helpers.server import ServerProcess
 
 pytestmark = pytest.mark.slow
-API = "/api/v1/deployments"
 LONG = 100
 """Tokens of a generation long enough to be interrupted (the tiny model's context is 128)."""
 
 
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 180) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Iterator[ServerProcess]:
-    home = tmp_path_factory.mktemp("llm-deploy-options") / "home"
-    with Client(Settings.for_home(home)) as client:
-        run = client.create_run(client.create_experiment("llm"))
-        client.log_model(run.info.run_id, str(tiny_model_dir), "tiny", registered_model_name="tiny")
-        client.set_terminated(run.info.run_id)
-    with start_server(home, env={"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
-                                 "TOKENIZERS_PARALLELISM": "false"}) as server:
+    with server_with_tiny_model(tmp_path_factory.mktemp("llm-deploy-options") / "home", tiny_model_dir) as server:
         yield server
-
-
-def status(server: ServerProcess, name: str) -> dict[str, Any]:
-    response = httpx.get(f"{server.url}{API}/{name}", timeout=30)
-    assert response.status_code == 200, response.text
-    body: dict[str, Any] = response.json()
-    return body
 
 
 def ready_url(server: ServerProcess, name: str) -> str:
