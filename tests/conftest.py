@@ -11,6 +11,7 @@ import pytest
 
 from capstan.settings import Settings
 
+
 def pytest_configure(config: pytest.Config) -> None:
     """pytest-xdist's workers get ``COLUMNS=80``/``LINES=24``; without a terminal the CLI prints unfolded tables,
     and its commands run by the tests must see the same environment whether the suite runs in parallel or not."""

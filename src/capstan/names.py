@@ -38,3 +38,8 @@ def check_characters(name: str, field_name: str) -> str:
             f"{field_name}: {name[:60]!r} contains the character {bad}; names must not contain control characters "
             "(U+0000-U+001F, U+007F-U+009F) or bidirectional-override characters (U+202A-U+202E, U+2066-U+2069)")
     return name
+
+
+RUN_ID: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+"""A pipeline run id as a command line or an object store path carries it: a letter or digit, then at most 127
+letters, digits, '.', '_' or '-' (``capstan worker run-step --run``, ``capstan k8s render pipeline --run-id``)."""

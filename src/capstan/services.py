@@ -1,8 +1,9 @@
 """The composition root: every adapter Capstan uses, built once from one `Settings` object and passed down.
 
 `Services.open` is the one function that chooses adapters: the SQL stores over one engine, the artifact store, the
-workload queue as the admission every workload asks, the executors that run pipeline steps (local threads and
-processes), and the pipeline runner over them. The CLI, the server, the SDK's local backend and the quickstart all
+workload queue as the admission every workload asks (and the lock its sessions hold across processes: a file for
+SQLite, an advisory lock for PostgreSQL), the executors that run pipeline steps (local threads and processes), and
+the pipeline runner over them. The CLI, the server, the SDK's local backend and the quickstart all
 get theirs from it; nothing below this module picks an adapter of another package.
 
 Parts that only some commands need (the queue, the admission, the executors, the pipeline runner) are built on first
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
     from capstan.pipelines.dsl import Pipeline
     from capstan.pipelines.executor_port import ExecutorFactory
     from capstan.pipelines.runner import PipelineRunner, RunResult
+    from capstan.queue.locking import QueueLock
     from capstan.queue.store import QueueStore
     from capstan.registry.ports import RegistryStore
     from capstan.resources.admission import Admission
@@ -82,8 +84,10 @@ class Services:
     outcomes: OutcomeStore
     jobs: JobStore
     studies: StudyStore
+    queue_lock: QueueLock
     queue: Deferred[QueueStore]
     admission: Deferred[Admission]
+    workload_admission: Deferred[Admission]
     executors: Deferred[ExecutorFactory]
     pipelines: Deferred[PipelineRunner]
 
@@ -93,8 +97,12 @@ class Services:
         """Connect to the stores named by ``settings`` (applying pending migrations first) and wire every adapter.
 
         ``admission`` replaces the workload queue as what pipeline steps ask before they start (tests and embedded
-        use pass a `capstan.resources.local.LocalAdmission`)."""
+        use pass a `capstan.resources.local.LocalAdmission`). With the ``kubernetes`` backend in Kueue mode
+        (``settings.kube_admission == "kueue"``) pipeline steps and training jobs ask a
+        `capstan.k8s.kueue_admission.KueueAdmission` instead (``workload_admission``), which leaves admission to
+        Kueue; serving deployments still ask ``admission``."""
         from capstan.artifacts.store import ArtifactStore
+        from capstan.queue.locking import queue_lock_for
         from capstan.serving.deployments_sql import SqlDeploymentStore
         from capstan.store.artifact_index_sql import SqlArtifactIndex
         from capstan.store.auth_sql import SqlAuthStore
@@ -110,6 +118,7 @@ class Services:
         engine = create_store_engine(settings, migrate=migrate)
         events = SqlEventLog(engine, clock=clock)
         artifacts = ArtifactStore(settings, SqlArtifactIndex(engine, clock=clock))
+        queue_lock = queue_lock_for(settings, engine)  # a file for SQLite, an advisory lock for PostgreSQL
 
         def open_queue() -> QueueStore:
             from capstan.queue.sql import SqlQueueStore
@@ -121,11 +130,28 @@ class Services:
                 return admission
             from capstan.queue.admission import QueueAdmission
 
-            return QueueAdmission.open(settings, engine, clock=clock, events=events)
+            return QueueAdmission.open(settings, engine, clock=clock, events=events, lock=queue_lock)
 
         admissions = Deferred(open_admission)
 
+        def open_workload_admission() -> Admission:
+            if settings.backend == "kubernetes" and settings.kube_admission == "kueue":
+                from capstan.k8s.kueue_admission import KueueAdmission
+
+                return KueueAdmission()  # Kueue alone admits the cluster's Jobs (decision 0726)
+            return admissions.get()
+
+        workload_admissions = Deferred(open_workload_admission)
+
         def open_executors() -> ExecutorFactory:
+            if settings.backend == "kubernetes":
+                from capstan.k8s.executor import kube_executor_factory
+
+                def run_info(run_id: str) -> tuple[str, dict[str, Any]]:
+                    run = pipeline_parts.get().store.get_run(run_id)
+                    return run.pipeline_ref, dict(run.params)
+
+                return kube_executor_factory(settings=settings, store=artifacts, events=events, run_info=run_info)
             from capstan.pipelines.executors import local_executor_factory
 
             return local_executor_factory(settings=settings, store=artifacts, clock=clock)
@@ -136,7 +162,9 @@ class Services:
             from capstan.pipelines.runner import PipelineRunner
 
             return PipelineRunner(settings=settings, engine=engine, artifacts=artifacts, events=events,
-                                  clock=clock, admission=admissions.get, executors=executor_parts.get())
+                                  clock=clock, admission=workload_admissions.get, executors=executor_parts.get())
+
+        pipeline_parts = Deferred(open_pipelines)
 
         return cls(
             settings=settings,
@@ -151,10 +179,12 @@ class Services:
             outcomes=SqlOutcomeStore(engine),
             jobs=SqlJobStore(engine, clock=clock),
             studies=SqlStudyStore(engine),
+            queue_lock=queue_lock,
             queue=Deferred(open_queue),
             admission=admissions,
+            workload_admission=workload_admissions,
             executors=executor_parts,
-            pipelines=Deferred(open_pipelines),
+            pipelines=pipeline_parts,
         )
 
     def deployment_manager(self, language_model: Callable[[str], bool] | None = None) -> DeploymentManager:
@@ -169,11 +199,22 @@ class Services:
 
     def job_runner(self) -> JobRunner:
         """What submits and runs training jobs: the job store, runs in this tracking store, events in this log,
-        gangs admitted by this admission."""
-        from capstan.training.runner import JobRunner
+        gangs admitted by ``workload_admission`` (the queue, or Kueue in Kueue mode) and started by the launcher of
+        ``settings.backend`` (processes on this machine, or an indexed Job per attempt on the cluster of the
+        ``kubernetes`` backend)."""
+        from capstan.training.launcher import GangLauncher
+        from capstan.training.runner import JobRunner, local_launcher
 
-        return JobRunner(self.jobs, tracking=self.tracking, events=self.events, admission=self.admission.get,
-                         settings=self.settings, clock=self.clock)
+        launcher: GangLauncher
+        if self.settings.backend == "kubernetes":
+            from capstan.k8s.training_launcher import kube_gang_launcher
+
+            launcher = kube_gang_launcher(settings=self.settings, events=self.events, artifacts=self.artifacts)
+        else:
+            launcher = local_launcher(self.settings)
+        return JobRunner(self.jobs, tracking=self.tracking, events=self.events,
+                         admission=self.workload_admission.get, settings=self.settings, clock=self.clock,
+                         launcher=launcher)
 
     def timelines(self) -> TimelineReader:
         """What `capstan describe` and ``/api/v1/timeline`` read a workload's timeline through: these stores, this

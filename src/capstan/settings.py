@@ -199,6 +199,37 @@ def _step_overrides(env: Mapping[str, str]) -> dict[str, object]:
     return out
 
 
+BACKENDS = ("local", "kubernetes")
+"""Where pipeline steps and training jobs run (``CAPSTAN_BACKEND``): local threads and processes, or Jobs on a
+Kubernetes cluster."""
+KUBE_ADMISSIONS = ("capstan", "kueue")
+"""Who admits the Jobs of the ``kubernetes`` backend (``CAPSTAN_KUBE_ADMISSION``): Capstan's own queue, or Kueue."""
+
+
+def _kube_overrides(env: Mapping[str, str]) -> dict[str, object]:
+    """The Kubernetes executor's backend, kubeconfig context and namespace."""
+    out: dict[str, object] = {}
+    if env.get("CAPSTAN_BACKEND"):
+        backend = env["CAPSTAN_BACKEND"].strip().lower()
+        if backend not in BACKENDS:
+            raise InvalidParameterValue(f"CAPSTAN_BACKEND: {env['CAPSTAN_BACKEND']!r} is not one of "
+                                        f"{', '.join(BACKENDS)}")
+        out["backend"] = backend
+    if env.get("CAPSTAN_KUBE_CONTEXT"):
+        out["kube_context"] = env["CAPSTAN_KUBE_CONTEXT"]
+    if env.get("CAPSTAN_KUBE_NAMESPACE"):
+        out["kube_namespace"] = env["CAPSTAN_KUBE_NAMESPACE"]
+    if env.get("CAPSTAN_KUBE_ADMISSION"):
+        admission = env["CAPSTAN_KUBE_ADMISSION"].strip().lower()
+        if admission not in KUBE_ADMISSIONS:
+            raise InvalidParameterValue(f"CAPSTAN_KUBE_ADMISSION: {env['CAPSTAN_KUBE_ADMISSION']!r} is not one of "
+                                        f"{', '.join(KUBE_ADMISSIONS)}")
+        out["kube_admission"] = admission
+    if env.get("CAPSTAN_KUBE_ENV_FROM"):
+        out["kube_env_from"] = tuple(n.strip() for n in env["CAPSTAN_KUBE_ENV_FROM"].split(",") if n.strip())
+    return out
+
+
 ENV_VARIABLES: Mapping[str, str] = {
     "home": "CAPSTAN_HOME",
     "db_url": "CAPSTAN_DB_URL",
@@ -226,6 +257,11 @@ ENV_VARIABLES: Mapping[str, str] = {
     "trial_number": "CAPSTAN_TRIAL_NUMBER",
     "pipeline_run_id": "CAPSTAN_RUN_ID",
     "pipeline_step": "CAPSTAN_STEP",
+    "backend": "CAPSTAN_BACKEND",
+    "kube_context": "CAPSTAN_KUBE_CONTEXT",
+    "kube_namespace": "CAPSTAN_KUBE_NAMESPACE",
+    "kube_env_from": "CAPSTAN_KUBE_ENV_FROM",
+    "kube_admission": "CAPSTAN_KUBE_ADMISSION",
 }
 """The environment variable of each `Settings` field that has one (``CAPSTAN_GPUS`` sets two fields)."""
 
@@ -274,6 +310,16 @@ class Settings:
         pipeline_run_id, pipeline_step: the pipeline run and step whose attempt this process runs
             (``CAPSTAN_RUN_ID``, ``CAPSTAN_STEP``, set by the orchestrator); tracking runs started here are tagged
             with them (``capstan.pipeline.run_id``, ``capstan.pipeline.step``), the lineage the web UI shows.
+        backend: where pipeline steps and training jobs run (``CAPSTAN_BACKEND``): ``local`` (threads and worker
+            processes) or ``kubernetes`` (a Job per attempt, `capstan.k8s.executor`, `capstan.k8s.training_launcher`).
+        kube_context: the kubeconfig context of the ``kubernetes`` backend (``CAPSTAN_KUBE_CONTEXT``); ``None``
+            means the current context, or the pod's service account inside a cluster.
+        kube_namespace: the namespace its Jobs go to (``CAPSTAN_KUBE_NAMESPACE``); ``None`` means the context's.
+        kube_env_from: Secrets whose keys the training pods of the ``kubernetes`` backend see as environment
+            variables (``CAPSTAN_KUBE_ENV_FROM``, comma-separated; ``envFrom``): how they reach the stores.
+        kube_admission: who admits the ``kubernetes`` backend's Jobs (``CAPSTAN_KUBE_ADMISSION``): ``capstan``
+            (Capstan's queue; Jobs created suspended and unsuspended on admission) or ``kueue`` (Kueue alone, seen
+            through its Workloads; Capstan's queue is not asked). Decision 0726.
         env_set: the ``CAPSTAN_*`` variables of `ENV_VARIABLES` that were set (even empty) when these settings
             were read by `from_env`, so that an error about a value can name the variable the user set (see
             `source_of`).
@@ -306,6 +352,11 @@ class Settings:
     trial_number: int | None = None
     pipeline_run_id: str | None = None
     pipeline_step: str | None = None
+    backend: str = "local"
+    kube_context: str | None = None
+    kube_namespace: str | None = None
+    kube_env_from: tuple[str, ...] = ()
+    kube_admission: str = "capstan"
     env_set: frozenset[str] = frozenset()
 
     @classmethod
@@ -355,6 +406,7 @@ class Settings:
         overrides.update(_job_overrides(env))
         overrides.update(_trial_overrides(env))
         overrides.update(_step_overrides(env))
+        overrides.update(_kube_overrides(env))
         env_set = frozenset(name for name in ENV_VARIABLES.values() if name in env)
         return replace(settings, env_set=env_set, **overrides)  # type: ignore[arg-type]  # keys are field names
 

@@ -6,9 +6,11 @@ Training Operator and Trainer, KServe, KubeRay); tests that need them skip, sayi
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from emulator import Cluster, open_cluster
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CRDS_DIR = REPO_ROOT.parent / "shared" / "k8s" / "crds"
@@ -20,3 +22,10 @@ def k8s_crds_dir() -> Path:
     if not CRDS_DIR.is_dir():
         pytest.skip(f"the CRDs are not there: {CRDS_DIR} is missing (the shared folder beside the checkout)")
     return CRDS_DIR
+
+
+@pytest.fixture(params=["emulator", "real-cluster"])
+def cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Cluster]:
+    """The in-memory API emulator, or the real cluster of CAPSTAN_TEST_KUBECONFIG (skipped, saying so, without it):
+    the executor and apply tests run against both."""
+    yield from open_cluster(request.param, tmp_path)

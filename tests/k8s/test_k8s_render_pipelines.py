@@ -207,14 +207,40 @@ def test_render_pipeline_cli_writes_valid_jobs(tmp_path: Path, k8s_crds_dir: Pat
     assert clean["spec"]["completions"] == 3 and clean["spec"]["ttlSecondsAfterFinished"] == 600
     container = clean["spec"]["template"]["spec"]["containers"][0]
     assert container["image"] == "acme/etl:2" and container["envFrom"] == [{"secretRef": {"name": "capstan-store"}}]
-    assert container["command"][-4:] == ["--node", "clean", "--param", "shards=3"]
+    assert container["command"][-6:-2] == ["--node", "clean", "--param", "shards=3"]
     assert container["command"][4] == f"{etl}:etl"
+    # every step of one rendering reports to one new run; another rendering gets another
+    runs = {d["spec"]["template"]["spec"]["containers"][0]["command"][-1] for d in docs}
+    assert len(runs) == 1 and container["command"][-2] == "--run" and runs.pop().startswith("etl-")
+
+
+def test_render_pipeline_run_id_and_shipped_code(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CAPSTAN_HOME", str(tmp_path / "home"))
+    for name in ("CAPSTAN_URL", "CAPSTAN_DB_URL", "CAPSTAN_ARTIFACTS"):
+        monkeypatch.delenv(name, raising=False)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(_k8s_group(), [
+        "render", "pipeline", str(ROOT / "examples" / "pipelines" / "etl.py"), "-o", str(out), "--run-id", "nightly.1",
+        "--ship-code"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    command = yaml.safe_load((out / "job-default-etl-clean.yaml").read_text(encoding="utf-8"))[
+        "spec"]["template"]["spec"]["containers"][0]["command"]
+    assert command[4] == "etl.py:etl"  # the reference inside the package, not the local path
+    assert command[command.index("--run") + 1] == "nightly.1"
+    code = command[command.index("--code") + 1]
+    assert code.startswith("sha256:") and len(code) == 7 + 64
+    argo = tmp_path / "argo"
+    result = CliRunner().invoke(_k8s_group(), [
+        "render", "pipeline", str(ROOT / "examples" / "pipelines" / "etl.py"), "-o", str(argo), "--format", "argo"],
+        catch_exceptions=False)
+    assert result.exit_code == 0 and "'{{workflow.uid}}'" in (argo / "workflow-default-etl.yaml").read_text("utf-8")
 
 
 @pytest.mark.parametrize(("args", "message"), [
     (["--count", "x"], "--count: 'x' is not STEP=N"),
     (["--param", "shards"], "--param: expected KEY=VALUE"),
     (["--project", "Team_A"], "project: 'Team_A' is not a valid Kubernetes namespace name"),
+    (["--run-id", "a b"], "--run-id: 'a b' is not a run id"),
 ])
 def test_render_pipeline_cli_bad_input_is_one_line(tmp_path: Path, args: list[str], message: str) -> None:
     with pytest.raises(InvalidParameterValue) as info:  # `capstan.cli.main` prints it as one `error:` line

@@ -113,10 +113,7 @@ def home(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settin
 
 def _reset_cli() -> None:
     """A new CLI invocation: settings read again and the composition root's adapters opened again."""
-    if context.cli_services.cache_info().currsize:
-        context.cli_services().close()
-    context.cli_services.cache_clear()
-    context.cli_settings.cache_clear()
+    context.reset()
 
 
 def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
@@ -296,3 +293,17 @@ def test_cancel_stops_a_run_in_another_process(home: Settings, tmp_path: Path) -
         runner.close()
     again = capstan(home, "pipelines", "cancel", run.id)
     assert again.returncode == 1 and "has already cancelled" in again.stderr
+
+
+def test_run_backend_options_bad_input_is_one_line_and_stores_nothing(
+        home: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    file = write_pipeline(tmp_path, "etl", ETL)
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "no-such-kubeconfig"))
+    code, _, err = cli(capsys, "run", f"{file}:etl", "--backend", "kubernetes", "--context", "prod")
+    assert code == 1 and err.startswith("error: no usable Kubernetes configuration") and err.count("\n") == 1, err
+    code, _, err = cli(capsys, "run", f"{file}:etl", "--namespace", "team-a")
+    assert code == 1 and err == "error: --context and --namespace apply to --backend kubernetes\n"
+    assert stored_runs(home) == 0
+    # the options last one command: the next runs locally as the environment says
+    code, _, err = cli(capsys, "run", f"{file}:etl", "--param", "rows=3")
+    assert code == 0, err

@@ -323,7 +323,7 @@ def test_backoff_loop_and_gauges_in_process(tmp_path: Path) -> None:
 
             # A queue session excludes other calls of this process and other workers (a file lock) until it ends.
             answers: list[int] = []
-            other_worker = ServerQueue(services, lock_path=settings.home / "queue.lock")
+            other_worker = ServerQueue(services)
             entered: list[bool] = []
 
             def other() -> None:

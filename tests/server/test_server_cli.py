@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from capstan.artifacts.paths import path_from_uri
-from capstan.cli.context import cli_services, cli_settings
+from capstan.cli import context
 from capstan.cli.main import main
 from capstan.errors import ResourceDoesNotExist
 from capstan.services import Services
@@ -50,10 +50,7 @@ class Cli:
         return out, err
 
     def _reset(self) -> None:
-        if cli_services.cache_info().currsize:
-            cli_services().close()
-        cli_services.cache_clear()
-        cli_settings.cache_clear()
+        context.reset()
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import pytest
 from capstan.errors import ResourceAlreadyExists, ResourceDoesNotExist
 from capstan.settings import Settings
 from capstan.store.engine import create_store_engine
-from capstan.training.jobs_sql import SqlJobStore, owner_alive, owner_id
+from capstan.training.jobs_sql import OWNER_LEASE_MS, SqlJobStore, owner_id, pid_exists
 from capstan.training.ports import JobAttempt, JobRecord, JobStore
 from capstan.training.spec import parse_job_spec
 from helpers.clock import T0, FakeClock
@@ -136,18 +136,25 @@ def test_claim_is_exclusive_while_the_owner_lives(store: JobStore) -> None:
 
 
 def test_a_dead_owner_on_this_host_may_be_taken_over(store: JobStore) -> None:
-    dead = owner_id(_dead_pid())
-    assert owner_alive(dead) is False
+    dead_pid = _dead_pid()
+    assert pid_exists(dead_pid) is False
+    dead = owner_id(dead_pid)
     store.create(_job(owner=dead))
     assert store.claim("mnist-0a1b2c", owner_id()) is True
     job = store.get("mnist-0a1b2c")
     assert job is not None and job.owner == owner_id()
 
 
-def test_an_owner_on_another_host_counts_as_alive(store: JobStore) -> None:
-    store.create(_job(owner="elsewhere.example:1"))
-    assert owner_alive("elsewhere.example:1") is True
+def test_an_owner_on_another_host_is_alive_while_its_heartbeat_is_fresh(store: JobStore, clock: FakeClock) -> None:
+    store.create(_job(owner="elsewhere.example:1"))  # held from its creation: heartbeat now
+    clock.advance(OWNER_LEASE_MS - 1)
     assert store.claim("mnist-0a1b2c", owner_id()) is False
+    assert store.heartbeat("mnist-0a1b2c", "elsewhere.example:1") is True
+    clock.advance(OWNER_LEASE_MS - 1)
+    assert store.claim("mnist-0a1b2c", owner_id()) is False  # renewed: still alive
+    clock.advance(1)
+    assert store.claim("mnist-0a1b2c", owner_id()) is True  # a lease without renewal: dead
+    assert store.heartbeat("mnist-0a1b2c", "elsewhere.example:1") is False  # it has lost the job
 
 
 def test_an_ended_job_is_never_claimed(store: JobStore) -> None:

@@ -13,7 +13,7 @@ from training_helpers import SCRIPTS, Env, events_of, pid_gone
 
 from capstan.resources.local import LocalAdmission
 from capstan.training.controller import JobController
-from capstan.training.jobs_sql import owner_alive
+from capstan.training.jobs_sql import pid_exists
 
 
 def test_the_controller_runs_submitted_jobs_and_leaves_held_ones_alone(env: Env) -> None:
@@ -41,7 +41,8 @@ def test_a_job_whose_runner_died_is_adopted_and_resumes(env: Env) -> None:
     runner.wait()
     stale = [int((env.out / f"pid-attempt-1-rank-{r}").read_text()) for r in (0, 1)]
     orphaned = env.job(record.id)
-    assert orphaned.state == "Running" and orphaned.owner is not None and not owner_alive(orphaned.owner)
+    assert orphaned.state == "Running" and orphaned.owner is not None
+    assert not pid_exists(int(orphaned.owner.rpartition(":")[2]))
     controller = JobController(env.runner, interval_s=0.05)
     controller.start()
     try:

@@ -70,13 +70,16 @@ def _manager() -> DeploymentManager:
 
 
 def _note_without_server() -> None:
-    """Say on stderr when no ``capstan server`` runs on this home (nothing would start the replicas)."""
-    from capstan.server.leader import LeaderLock
+    """Say on stderr when no ``capstan server`` runs on this metadata store (nothing would start the replicas)."""
+    from capstan.cli.context import cli_services
+    from capstan.server.leader import leadership_for
 
-    lock = LeaderLock(cli_settings().home / "server-leader.lock")
+    settings = cli_settings()
+    lock = leadership_for(settings, cli_services().engine)  # free: no server leads on this store
     if lock.try_acquire():
         lock.release()
-        click.echo(f"note: no capstan server is running on {cli_settings().home}; the deployment is stored and its "
+        where = settings.home if settings.is_sqlite else "this metadata store"
+        click.echo(f"note: no capstan server is running on {where}; the deployment is stored and its "
                    "replicas start when one runs (`capstan server`)", err=True)
 
 

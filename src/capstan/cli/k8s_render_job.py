@@ -47,11 +47,18 @@ def register(group: click.Group) -> None:
                   help="nvidia.com/gpu.product value of a GPU flavor, e.g. a100=NVIDIA-A100-SXM4-80GB; repeatable.")
     @click.option("--queue-config", type=click.Path(path_type=Path), metavar="FILE",
                   help="Queue configuration: its flavors place the pods; --queue and --priority are checked.")
+    @click.option("--dataset", "datasets", multiple=True, metavar="NAME:/PATH[:ro|rw]",
+                  help="Mount dataset NAME (its PersistentVolumeClaim) in every worker at PATH, read-only unless "
+                       ":rw; repeatable.")
+    @click.option("--env-from-secret", "env_from", multiple=True, metavar="SECRET",
+                  help="Secret whose keys every worker sees as environment variables (envFrom: the stores' URLs "
+                       "and credentials); repeatable. Not for --format trainjob.")
     @gang_options(restarts_help="Restarts after a failure (the Job's backoffLimit; disruptions do not count).",
                   queue_help="LocalQueue (Kueue's queue-name label).")
     @click.option("--log-all-ranks", is_flag=True, help="Keep every rank's capstan.log_metric calls (default: rank 0).")
     def job(entry: str, args: tuple[str, ...], out: Path, fmt: str, image: str, namespace: str | None,
             master_port: int, shm_size: str, runtime: str, gpu_products: tuple[str, ...], queue_config: Path | None,
+            datasets: tuple[str, ...], env_from: tuple[str, ...],
             name: str | None, workers: int, nproc_per_worker: int, cpu: float, memory: str | None, gpus: float,
             gpu_flavor: str | None, max_restarts: int, experiment: str | None, queue: str | None,
             priority: str | None, env: tuple[str, ...], log_all_ranks: bool) -> None:
@@ -59,10 +66,12 @@ def register(group: click.Group) -> None:
         go to the script."""
         from capstan.cli.k8s_render import write_manifests
         from capstan.cli.training_cmds import build_spec
+        from capstan.k8s.render_datasets import check_mounts, parse_mount
         from capstan.k8s.render_training import TrainingRenderOptions, render_training
         from capstan.queue.config import load_config
         from capstan.resources.quantity import MILLI, parse_quantity
 
+        claims = check_mounts([parse_mount(text) for text in datasets])
         spec = build_spec(entry, args, name=name, workers=workers, nproc_per_worker=nproc_per_worker, cpu=cpu,
                           memory=memory, gpus=gpus, gpu_flavor=gpu_flavor, max_restarts=max_restarts,
                           experiment=experiment, queue=queue, priority=priority, env=env,
@@ -73,6 +82,14 @@ def register(group: click.Group) -> None:
             namespace=namespace, image=image, master_port=master_port,
             shm_bytes=parse_quantity(shm_size, path="--shm-size") // MILLI,
             flavors={f.name: f for f in config.flavors} if config is not None else {},
-            gpu_products=_products(gpu_products), queue_config=config, runtime=runtime)
-        written = write_manifests(render_training(spec, options), out)
+            gpu_products=_products(gpu_products), queue_config=config, runtime=runtime, claims=claims,
+            env_from_secrets=env_from)
+        try:
+            docs = render_training(spec, options)
+        except InvalidParameterValue as exc:
+            field, sep, rest = exc.message.partition(": ")
+            if sep and field == "env_from_secrets":
+                raise InvalidParameterValue(f"--env-from-secret: {rest}") from None
+            raise
+        written = write_manifests(docs, out)
         click.echo(f"wrote {len(written)} object(s) to {out}")

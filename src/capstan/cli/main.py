@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "capstan.cli.tuning_cmds",
     "capstan.cli.describe_cmds",
     "capstan.cli.k8s_cmds",
+    "capstan.cli.worker_cmds",
 )
 
 

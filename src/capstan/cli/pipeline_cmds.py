@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from capstan.cli.context import cli_settings
+from capstan.errors import InvalidParameterValue
 
 if TYPE_CHECKING:
     from capstan.pipelines.runner import PipelineRunner, RunResult
@@ -192,6 +193,31 @@ def _report(runner: PipelineRunner, result: RunResult, as_json: bool) -> None:
     raise click.ClickException(f"pipeline {run.name!r} {run.status}: {run.message} [run {run.id}]")
 
 
+def _use_backend(backend: str | None, kube_context: str | None, kube_namespace: str | None) -> None:
+    """Let ``capstan run``'s options stand in for CAPSTAN_BACKEND, CAPSTAN_KUBE_CONTEXT and CAPSTAN_KUBE_NAMESPACE."""
+    from capstan.cli.context import override_settings
+
+    changes = {key: value for key, value in (("backend", backend), ("kube_context", kube_context),
+                                             ("kube_namespace", kube_namespace)) if value is not None}
+    if changes:
+        override_settings(**changes)
+    settings = cli_settings()
+    if settings.backend != "kubernetes" and (kube_context or kube_namespace):
+        raise InvalidParameterValue("--context and --namespace apply to --backend kubernetes")
+    if settings.backend == "kubernetes" and settings.url:
+        raise InvalidParameterValue("--backend: with CAPSTAN_URL the server runs the pipeline with its own backend; "
+                                    "unset CAPSTAN_URL to run the steps from here")
+    if settings.backend == "kubernetes":
+        from capstan.k8s.client import JOB, connect
+
+        # a missing context or an unreachable cluster is refused before the run is recorded
+        api = connect(context=settings.kube_context, namespace=settings.kube_namespace)
+        try:
+            api.list(JOB)
+        finally:
+            api.close()
+
+
 def register(cli: click.Group) -> None:
     """Add ``run``, ``pipelines``, ``logs`` and ``schedules``."""
 
@@ -201,11 +227,21 @@ def register(cli: click.Group) -> None:
                   help="Set a pipeline parameter (converted by its annotation); repeatable.")
     @click.option("--no-cache", is_flag=True, help="Run every step even when its cache key is unchanged.")
     @click.option("--json", "as_json", is_flag=True, help="Print the finished run as JSON instead of a live view.")
-    def run_cmd(target: str, params: tuple[str, ...], no_cache: bool, as_json: bool) -> None:
+    @click.option("--backend", type=click.Choice(["local", "kubernetes"]), default=None,
+                  help="Where the steps run: local threads and processes, or Jobs on a cluster [default: "
+                       "CAPSTAN_BACKEND, else local].")
+    @click.option("--context", "kube_context", default=None, metavar="NAME",
+                  help="kubeconfig context of --backend kubernetes [default: CAPSTAN_KUBE_CONTEXT, else the "
+                       "current one, or in-cluster].")
+    @click.option("--namespace", "kube_namespace", default=None, metavar="NS",
+                  help="Namespace of the step Jobs [default: CAPSTAN_KUBE_NAMESPACE, else the context's].")
+    def run_cmd(target: str, params: tuple[str, ...], no_cache: bool, as_json: bool, backend: str | None,
+                kube_context: str | None, kube_namespace: str | None) -> None:
         """Run a pipeline: FILE.py (its only @pipeline) or FILE.py:FUNC, with a live view of its steps."""
         from capstan.pipelines.loader import load_pipeline
         from capstan.pipelines.params import parse_assignments
 
+        _use_backend(backend, kube_context, kube_namespace)
         given = parse_assignments(params)
         pipe, ref = load_pipeline(target)
         if cli_settings().url:

@@ -168,7 +168,8 @@ def build_spec(entry: str, args: Sequence[str], *, name: str | None = None, work
                nproc_per_worker: int = 1, cpu: float = 1.0, memory: str | None = None, gpus: float = 0.0,
                gpu_flavor: str | None = None, max_restarts: int = 0, experiment: str | None = None,
                queue: str | None = None, priority: str | None = None, env: Sequence[str] = (),
-               log_all_ranks: bool = False, working_dir: str | None = None) -> TrainingJobSpec:
+               log_all_ranks: bool = False, working_dir: str | None = None,
+               image: str | None = None) -> TrainingJobSpec:
     """The checked spec of ``capstan train``; `InvalidParameterValue` names the option (``--workers: ...``)."""
     from capstan.training.spec import parse_job_spec
 
@@ -176,7 +177,8 @@ def build_spec(entry: str, args: Sequence[str], *, name: str | None = None, work
         "name": name or default_name(entry), "entry": entry, "args": list(args), "workers": workers,
         "nproc_per_worker": nproc_per_worker, "cpu": cpu, "memory": memory, "gpus": gpus, "gpu_flavor": gpu_flavor,
         "max_restarts": max_restarts, "experiment": experiment, "queue": queue, "priority": priority,
-        "env": parse_env(env), "log_all_ranks": log_all_ranks, "working_dir": working_dir or os.getcwd()}
+        "env": parse_env(env), "log_all_ranks": log_all_ranks, "working_dir": working_dir or os.getcwd(),
+        "image": image}
     try:
         return parse_job_spec(data)
     except InvalidParameterValue as exc:
@@ -542,18 +544,43 @@ def _outcome(job: Mapping[str, Any]) -> None:
 @click.argument("args", nargs=-1, type=click.UNPROCESSED, metavar="[-- ARGS...]")
 @gang_options()
 @click.option("--log-all-ranks", is_flag=True, help="Keep every rank's capstan.log_metric calls (default: rank 0).")
+@click.option("--image", help="Container image with the code, for the kubernetes backend (CAPSTAN_BACKEND).")
+@click.option("--env-from-secret", "env_from", multiple=True, metavar="SECRET",
+              help="Secret whose keys every pod sees as environment variables (the stores' URLs and credentials), "
+                   "for the kubernetes backend; repeatable (default: CAPSTAN_KUBE_ENV_FROM).")
 def train_cmd(entry: str, args: tuple[str, ...], name: str | None, workers: int, nproc_per_worker: int, cpu: float,
               memory: str | None, gpus: float, gpu_flavor: str | None, max_restarts: int, experiment: str | None,
-              queue: str | None, priority: str | None, env: tuple[str, ...], log_all_ranks: bool) -> None:
+              queue: str | None, priority: str | None, env: tuple[str, ...], log_all_ranks: bool,
+              image: str | None, env_from: tuple[str, ...]) -> None:
     """Run SCRIPT_OR_MODULE as a distributed training job (torchrun's variables in every worker).
 
     Arguments after `--` go to the script. Locally the job runs in the foreground; with CAPSTAN_URL the server runs
-    it and this command follows it. Ctrl-C cancels it. Exit status 0 when it succeeded.
+    it and this command follows it. With CAPSTAN_BACKEND=kubernetes each attempt is an indexed Job in --image
+    (docs/kubernetes-training.md). Ctrl-C cancels it. Exit status 0 when it succeeded.
     """
     spec = build_spec(entry, args, name=name, workers=workers, nproc_per_worker=nproc_per_worker, cpu=cpu,
                       memory=memory, gpus=gpus, gpu_flavor=gpu_flavor, max_restarts=max_restarts,
-                      experiment=experiment, queue=queue, priority=priority, env=env, log_all_ranks=log_all_ranks)
+                      experiment=experiment, queue=queue, priority=priority, env=env, log_all_ranks=log_all_ranks,
+                      image=image)
+    if env_from:
+        _env_from_secrets(env_from)
     _outcome(_run_remote(spec) if _remote() else _run_local(spec))
+
+
+def _env_from_secrets(names: tuple[str, ...]) -> None:
+    """``--env-from-secret``: the Secrets of this invocation's training pods, in place of CAPSTAN_KUBE_ENV_FROM;
+    refused where no pod of this process would see them."""
+    from capstan.cli.context import override_settings
+    from capstan.k8s.render_training import check_secret_names
+
+    settings = cli_settings()
+    if settings.url:
+        raise InvalidParameterValue("--env-from-secret: with CAPSTAN_URL the server runs the job; its "
+                                    "CAPSTAN_KUBE_ENV_FROM names the Secrets its pods see")
+    if settings.backend != "kubernetes":
+        raise InvalidParameterValue("--env-from-secret: only the kubernetes backend runs pods "
+                                    "(CAPSTAN_BACKEND=kubernetes)")
+    override_settings(kube_env_from=check_secret_names(names, "--env-from-secret"))
 
 
 @click.group("jobs")

@@ -70,6 +70,14 @@ class ClaimMount:
 
 
 @dataclass(frozen=True, slots=True)
+class ConfigMapMount:
+    """A ConfigMap mounted read-only at ``mount_path`` (each key a file)."""
+
+    config_map: str
+    mount_path: str
+
+
+@dataclass(frozen=True, slots=True)
 class Container:
     """The one container of a pod.
 
@@ -98,6 +106,7 @@ class PodOptions:
     ``flavor`` gives node affinity, tolerations and the GPU resource (with ``kueue``'s resource names); without
     one a GPU request is whole ``nvidia.com/gpu``. ``shm_bytes`` adds a memory-backed ``emptyDir`` on
     ``/dev/shm`` of that size (0: none); ``tmp_bytes`` caps the ``/tmp`` ``emptyDir`` (0: no cap).
+    ``claims`` and ``config_maps`` add PersistentVolumeClaim and (read-only) ConfigMap volumes.
     ``service_account`` and ``automount_token`` control the API token; ``restart_policy`` is the pod's.
     """
 
@@ -110,6 +119,7 @@ class PodOptions:
     shm_bytes: int = 0
     tmp_bytes: int = 0
     claims: tuple[ClaimMount, ...] = ()
+    config_maps: tuple[ConfigMapMount, ...] = ()
     service_account: str | None = None
     automount_token: bool = False
     restart_policy: str = "Never"
@@ -205,6 +215,8 @@ def _container(container: Container, options: PodOptions) -> dict[str, Any]:
         mounts.append({"name": SHM_VOLUME, "mountPath": "/dev/shm"})
     mounts += [{"name": f"claim-{i}", "mountPath": c.mount_path, "readOnly": c.read_only}
                for i, c in enumerate(options.claims)]
+    mounts += [{"name": f"config-{i}", "mountPath": c.mount_path, "readOnly": True}
+               for i, c in enumerate(options.config_maps)]
     out["volumeMounts"] = mounts
     return out
 
@@ -219,6 +231,8 @@ def _volumes(options: PodOptions) -> list[dict[str, Any]]:
                         "emptyDir": {"medium": "Memory", "sizeLimit": quantity(options.shm_bytes * MILLI, "memory")}})
     volumes += [{"name": f"claim-{i}", "persistentVolumeClaim": {"claimName": c.claim, "readOnly": c.read_only}}
                 for i, c in enumerate(options.claims)]
+    volumes += [{"name": f"config-{i}", "configMap": {"name": c.config_map}}
+                for i, c in enumerate(options.config_maps)]
     return volumes
 
 

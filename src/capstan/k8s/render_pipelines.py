@@ -28,7 +28,7 @@ from typing import Any, Final
 
 from capstan.errors import InvalidParameterValue
 from capstan.k8s.labels import PRIORITY_CLASS_LABEL, QUEUE_NAME_LABEL, workload_labels
-from capstan.k8s.pods import Container, PodOptions, Resources, SecretEnv, pod_template
+from capstan.k8s.pods import ClaimMount, Container, PodOptions, Resources, SecretEnv, pod_template
 from capstan.k8s.render_queues import KueueOptions, namespace_for
 from capstan.queue.model import QueueConfig
 
@@ -53,7 +53,9 @@ class StepJob:
 
     ``node`` is the step's DAG node id, ``params`` the run's parameters as given (``KEY=VALUE`` text),
     ``depends_on`` the node ids it waits for; ``completions`` (None: a single pod) makes an indexed Job, with
-    ``parallelism`` pods at once (None: all). ``timeout_s`` is the step's timeout.
+    ``parallelism`` pods at once (None: all). ``timeout_s`` is the step's timeout. ``run_id`` (the pipeline run
+    the pods report to) and ``code`` (a shipped code package, `capstan.pipelines.code_package`) become the worker's
+    ``--run`` and ``--code``; the Kubernetes executor adds both itself, per attempt.
     """
 
     pipeline: str
@@ -72,6 +74,8 @@ class StepJob:
     parallelism: int | None = None
     queue: str | None = None
     priority_class: str | None = None
+    run_id: str | None = None
+    code: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +95,8 @@ class JobOptions:
 
     ``queue_config`` checks the queue and priority class of a step and gives the flavors its ``gpu_flavor``
     names (node affinity, tolerations, GPU resource); ``secret_env``/``env_from_secrets`` reach every pod by
-    reference (artifact-store credentials); ``shm_bytes`` adds a ``/dev/shm`` of that size.
+    reference (artifact-store credentials); ``shm_bytes`` adds a ``/dev/shm`` of that size; ``claims`` mounts
+    PersistentVolumeClaims (datasets, `capstan.k8s.render_datasets`) in every pod.
     """
 
     project: str = "default"
@@ -104,6 +109,7 @@ class JobOptions:
     shm_bytes: int = 0
     service_account: str | None = None
     run_as_user: int = 1000
+    claims: tuple[ClaimMount, ...] = ()
 
 
 def _fail(path: str, message: str) -> InvalidParameterValue:
@@ -113,7 +119,13 @@ def _fail(path: str, message: str) -> InvalidParameterValue:
 def job_name(pipeline: str, node: str) -> str:
     """A valid Job name (a DNS label of at most 63 characters) for ``node`` of ``pipeline``; names that had to be
     changed or cut carry a short hash, so two nodes never share one."""
-    raw = f"{pipeline}-{node}".lower()
+    return dns_label(f"{pipeline}-{node}")
+
+
+def dns_label(text: str) -> str:
+    """``text`` as a DNS label (at most 63 lowercase letters, digits and '-'); a name that had to be changed or cut
+    ends in a short hash of ``text``, so two different texts never share one."""
+    raw = text.lower()
     name = _NAME_CHARS.sub("-", raw).strip("-")
     if name == raw and len(name) <= 63:
         return name
@@ -126,6 +138,10 @@ def worker_command(step: StepJob) -> tuple[str, ...]:
     args = ["capstan", "worker", "run-step", "--pipeline", step.pipeline_ref, "--node", step.node]
     for key, value in step.params.items():
         args += ["--param", f"{key}={value}"]
+    if step.run_id is not None:
+        args += ["--run", step.run_id]
+    if step.code is not None:
+        args += ["--code", step.code]
     return tuple(args)
 
 
@@ -157,7 +173,7 @@ def _pod_options(step: StepJob, opts: JobOptions, labels: Mapping[str, str], pat
             raise _fail(f"{path}.gpu_flavor", f"flavor {step.gpu_flavor!r} is not in the queue configuration")
     return PodOptions(flavor=flavor, kueue=opts.kueue, labels=labels, shm_bytes=opts.shm_bytes,
                       service_account=opts.service_account, run_as_user=opts.run_as_user,
-                      run_as_group=opts.run_as_user)
+                      run_as_group=opts.run_as_user, claims=opts.claims)
 
 
 def _failure_policy() -> dict[str, Any]:
@@ -263,7 +279,8 @@ def render_cron_job(schedule: CronSchedule, options: JobOptions | None = None) -
                           env_from_secrets=opts.env_from_secrets, resources=Resources(cpu=100, memory=256 * 2**20))
     try:
         template = pod_template(container, PodOptions(labels=labels, service_account=opts.service_account,
-                                                      run_as_user=opts.run_as_user, run_as_group=opts.run_as_user))
+                                                      run_as_user=opts.run_as_user, run_as_group=opts.run_as_user,
+                                                      claims=opts.claims))
     except InvalidParameterValue as exc:
         raise _fail(path, exc.message) from None
     job_spec = {"backoffLimit": 0, "ttlSecondsAfterFinished": opts.ttl_seconds, "template": template}

@@ -17,13 +17,14 @@ Every pod template comes from `capstan.k8s.pods.pod_template`, so it passes the 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
 from capstan.errors import InvalidParameterValue
 from capstan.k8s.labels import PRIORITY_CLASS_LABEL, QUEUE_NAME_LABEL, workload_labels
-from capstan.k8s.pods import Container, PodOptions, Resources, pod_template
+from capstan.k8s.pods import ClaimMount, Container, PodOptions, Resources, pod_template
 from capstan.k8s.render_queues import KueueOptions, namespace_for
 from capstan.queue.model import QueueConfig, ResourceFlavor, Taint
 from capstan.resources.quantity import MILLI
@@ -48,6 +49,7 @@ PYTORCH_CONTAINER: Final = "pytorch"
 TRAINER_NODE: Final = "node"
 """The replicated job and container name of the trainer nodes in Kubeflow Trainer's torch runtimes."""
 PATCH_MANAGER: Final = "capstan.dev/renderer"
+_SECRET_NAME: Final = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +65,11 @@ class TrainingRenderOptions:
     - ``queue_config``: when given, the spec's queue and priority class are checked against it.
     - ``runtime``: the ``ClusterTrainingRuntime`` a TrainJob references.
     - ``working_dir``: where the code lives in the image (none: the image's ``WORKDIR``).
+    - ``claims``: PersistentVolumeClaims (datasets, `capstan.k8s.render_datasets`) mounted in every pod.
+    - ``env_from_secrets``: Secrets whose keys every pod sees as environment variables (``envFrom``): the stores
+      of rank 0's tracking run and of `capstan.checkpoint` (``CAPSTAN_DB_URL`` or ``CAPSTAN_URL`` and
+      ``CAPSTAN_TOKEN``, ``CAPSTAN_ARTIFACTS``, object-store credentials), referenced by name, never inlined. Not
+      for ``trainjob``, whose trainer has no ``envFrom`` (the runtime's pod template can carry it).
     """
 
     format: TrainingFormat = "native"
@@ -77,6 +84,8 @@ class TrainingRenderOptions:
     queue_config: QueueConfig | None = None
     runtime: str = "torch-distributed"
     working_dir: str | None = None
+    claims: tuple[ClaimMount, ...] = ()
+    env_from_secrets: tuple[str, ...] = ()
 
 
 def _fail(path: str, message: str) -> InvalidParameterValue:
@@ -170,7 +179,7 @@ def _pod(spec: TrainingJobSpec, options: TrainingRenderOptions, container: Conta
          labels: Mapping[str, str] | None = None) -> dict[str, Any]:
     template = pod_template(container, PodOptions(
         flavor=resolve_flavor(spec, options), kueue=options.kueue, labels=dict(labels or {}),
-        shm_bytes=options.shm_bytes, restart_policy=restart_policy, subdomain=subdomain))
+        shm_bytes=options.shm_bytes, restart_policy=restart_policy, subdomain=subdomain, claims=options.claims))
     template["spec"]["terminationGracePeriodSeconds"] = math.ceil(spec.grace_s)
     return template
 
@@ -190,7 +199,8 @@ def _native(spec: TrainingJobSpec, options: TrainingRenderOptions, labels: Mappi
     container = Container(name="trainer", image=_image(spec, options),
                           command=launch_command(spec, torchrun_flags=flags), env=_native_env(spec, options),
                           field_env=_native_field_env(spec), resources=_resources(spec),
-                          ports={"rendezvous": options.master_port}, working_dir=options.working_dir)
+                          ports={"rendezvous": options.master_port}, working_dir=options.working_dir,
+                          env_from_secrets=options.env_from_secrets)
     template = _pod(spec, options, container, subdomain=spec.name, labels={"capstan.dev/job": spec.name})
     service = {"apiVersion": "v1", "kind": "Service", "metadata": _metadata(spec, options, {}),
                "spec": {"clusterIP": "None", "publishNotReadyAddresses": True,
@@ -213,7 +223,8 @@ def _pytorchjob(spec: TrainingJobSpec, options: TrainingRenderOptions,
     # The training operator sets MASTER_ADDR, MASTER_PORT, WORLD_SIZE and RANK, plus PET_* for torchrun.
     container = Container(name=PYTORCH_CONTAINER, image=_image(spec, options), command=launch_command(spec),
                           env=_job_env(spec), resources=_resources(spec),
-                          ports={"pytorchjob-port": options.master_port}, working_dir=options.working_dir)
+                          ports={"pytorchjob-port": options.master_port}, working_dir=options.working_dir,
+                          env_from_secrets=options.env_from_secrets)
     policy = "OnFailure" if spec.max_restarts else "Never"
     template = _pod(spec, options, container, restart_policy=policy, labels={"capstan.dev/job": spec.name})
     replicas: dict[str, Any] = {"Master": {"replicas": 1, "restartPolicy": policy, "template": template}}
@@ -236,6 +247,9 @@ def trainjob_pod(spec: TrainingJobSpec, options: TrainingRenderOptions) -> dict[
 
 def _trainjob(spec: TrainingJobSpec, options: TrainingRenderOptions,
               labels: Mapping[str, str]) -> list[dict[str, Any]]:
+    if options.env_from_secrets:
+        raise _fail("env_from_secrets", "a TrainJob's trainer has no envFrom; give the ClusterTrainingRuntime's "
+                                        "pod template the Secrets, or render --format native or pytorchjob")
     pod = trainjob_pod(spec, options)["spec"]
     node = pod["containers"][0]
     pod_patch = {k: v for k, v in pod.items()
@@ -256,15 +270,27 @@ def _trainjob(spec: TrainingJobSpec, options: TrainingRenderOptions,
              "spec": body}]
 
 
+def check_secret_names(names: tuple[str, ...], path: str = "env_from_secrets") -> tuple[str, ...]:
+    """``names`` once each is a valid Secret name (a DNS-1123 subdomain); `InvalidParameterValue` at ``path``."""
+    for name in names:
+        if len(name) > 253 or not _SECRET_NAME.match(name):
+            raise _fail(path, f"{name!r} is not a valid Secret name (lowercase letters, digits, '-' and '.')")
+    if len(set(names)) != len(names):
+        raise _fail(path, "a Secret is named twice")
+    return names
+
+
 def render_training(spec: TrainingJobSpec, options: TrainingRenderOptions | None = None) -> list[dict[str, Any]]:
     """The manifests of ``spec`` in ``options.format``, in the order they can be applied.
 
-    Raises `InvalidParameterValue` naming the field: no image, an unknown format, a bad namespace, a GPU fraction
-    with no shareable flavor, or a queue or priority class the queue configuration lacks.
+    Raises `InvalidParameterValue` naming the field: no image, an unknown format, a bad namespace or Secret name,
+    ``env_from_secrets`` on a TrainJob, a GPU fraction with no shareable flavor, or a queue or priority class the
+    queue configuration lacks.
     """
     opts = options if options is not None else TrainingRenderOptions()
     if not 1 <= opts.master_port <= 65535:
         raise _fail("master_port", f"must be between 1 and 65535, got {opts.master_port}")
+    check_secret_names(opts.env_from_secrets)
     labels = queue_labels(spec, opts.queue_config)
     if opts.format == "native":
         return _native(spec, opts, labels)

@@ -1,8 +1,9 @@
 """The pipelines part of ``capstan server``: orchestrates submitted and scheduled runs on background threads,
-runs the schedule loop, and resumes its unfinished runs when the server starts again.
+runs the schedule loop, and resumes unfinished runs whose orchestrator is gone (in the leader process).
 
-The server core creates one `PipelineService` for the app, calls `start` in its lifespan start-up and `stop` at
-shutdown, and exposes it as ``app.state.pipelines`` for `capstan.server.pipelines_api`.
+The server core creates one `PipelineService` for the app, calls `start` in its lifespan start-up, `lead` and
+`follow` as the process becomes the leader or stops being it, and `stop` at shutdown, and exposes it as
+``app.state.pipelines`` for `capstan.server.pipelines_api`.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ class PipelineService:
     def __init__(self, runner: PipelineRunner, *, max_runs: int = 4, scheduler_interval_s: float = 1.0) -> None:
         self.runner = runner
         self.scheduler = Scheduler(runner, self.submit, clock=runner.clock, interval_s=scheduler_interval_s,
-                                   on_tick=self.adopt_pending)
+                                   on_tick=self._adopt)
         self._max_runs = max_runs
         self._pool: ThreadPoolExecutor | None = None
         self._active: dict[str, Orchestrator] = {}
@@ -53,19 +54,48 @@ class PipelineService:
 
     def start(self, *, schedules: bool = True, resume: bool = True) -> list[str]:
         """Start orchestrating submitted runs; with ``resume`` pick up this server's unfinished runs, with
-        ``schedules`` start the schedule loop. Returns the resumed run ids. Of several server workers, one resumes
-        and schedules (see `capstan.server.app`); the others only run what is submitted to them."""
+        ``schedules`` start the schedule loop. Returns the resumed run ids. Of the processes of the servers on one
+        store, the leader resumes and schedules (`lead`, see `capstan.server.leader`); the others only run what is
+        submitted to them."""
         self._pool = ThreadPoolExecutor(max_workers=self._max_runs, thread_name_prefix="capstan-run")
-        resumed: list[str] = []
         if not resume:
-            return resumed
-        for run in self.runner.store.unfinished_runs(SERVER_SOURCES):
-            if not self.runner.orchestrator_alive(run):
-                self.submit(run.id)
-                resumed.append(run.id)
+            return []
+        resumed = self.resume_orphans()
         if schedules:
             self.scheduler.start()
         return resumed
+
+    def lead(self) -> list[str]:
+        """Take up the leader's part (this process was elected, `capstan.server.leader`): resume the server's runs
+        whose orchestrator is gone and start the schedule loop, which also adopts runs orphaned later. Returns the
+        resumed run ids."""
+        self.scheduler.start()  # first: should resuming fail now, the loop's ticks retry it
+        return self.resume_orphans()
+
+    def follow(self) -> None:
+        """Give the leader's part up (this process lost the leader lock): stop the schedule loop. The runs this
+        process orchestrates go on; each is claimed by its orchestrator, not by the leader."""
+        self.scheduler.stop()
+
+    def resume_orphans(self) -> list[str]:
+        """Submit the server's unfinished runs that no live process orchestrates: never claimed, or claimed by a
+        process that is gone (at once on this machine; on another, once its heartbeat is stale). Returns their
+        ids."""
+        resumed = []
+        for run in self.runner.store.unfinished_runs(SERVER_SOURCES):
+            with self._lock:
+                known = run.id in self._futures and not self._futures[run.id].done()
+            if not known and not self.runner.orchestrator_alive(run):
+                self.submit(run.id)
+                resumed.append(run.id)
+        return resumed
+
+    def _adopt(self) -> None:
+        """The schedule loop's tick: runs recorded for the server that nobody orchestrates (never claimed, or
+        claimed by a process that died since)."""
+        self.adopt_pending()
+        for run_id in self.resume_orphans():
+            log.info("adopted pipeline run %s: no live process orchestrates it", run_id)
 
     def adopt_pending(self) -> list[str]:
         """Submit runs recorded for the server while it was running (``schedules backfill --submit-only``, another

@@ -22,9 +22,10 @@ when the machine's capacity changes; applying a configuration replaces it for go
 
 The metadata store is the source of truth: every call works on the manager as the store holds it (rebuilt, or the
 previous call's when nobody changed the queue since), while holding a lock shared by this process's threads and,
-through ``$CAPSTAN_HOME/queue.lock``, by every process on this machine (the CLI, the server and its workers), so
-two orchestrators never admit against the same free quota. With the SQL store a call is one transaction: its
-workload records, usage records and events commit together.
+through the `capstan.queue.locking.QueueLock` the composition root picks, by every process sharing the store (a
+file lock in ``$CAPSTAN_HOME`` for SQLite, an advisory lock in the database for PostgreSQL, whose servers may run
+on several machines), so two orchestrators never admit against the same free quota. With the SQL store a call is
+one transaction: its workload records, usage records and events commit together.
 """
 
 from __future__ import annotations
@@ -32,15 +33,14 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from contextlib import AbstractContextManager, contextmanager
+from typing import TYPE_CHECKING
 
 from capstan.clock import Clock, system_clock
 from capstan.errors import CapstanError, InvalidState, ResourceDoesNotExist
 from capstan.events.records import Event
 from capstan.queue.executor import local_queue_yaml
-from capstan.queue.locking import FileLock
+from capstan.queue.locking import ProcessLocalLock, QueueLock, queue_lock_for
 from capstan.queue.manager import Backoff, EventSink, QueueManager
 from capstan.queue.model import PodSet, QueueConfig, Workload
 from capstan.queue.records import ACTIVE_STATES, ADMITTED, EVICTING, PENDING, UsageRecord, WorkloadRecord
@@ -63,7 +63,6 @@ GPU_LABEL = "gpu"
 """Node label a step's ``gpu_flavor`` selects: ``gpu_flavor="a100"`` excludes flavors labelled ``gpu: <other>``."""
 SHARE_SLOTS = 100
 """Slots each GPU of the default (shareable) flavor is split into: fractions are placed to the percent."""
-LOCK_FILE = "queue.lock"
 
 
 def machine_capacity(settings: Settings) -> Capacity:
@@ -208,7 +207,7 @@ class QueueAdmission:
         clock: milliseconds since the epoch.
         events: the event log the queue writes its decisions to; with a store that has transactions (the SQL store)
             each session's events are appended inside that transaction (`EventLog.append_within`).
-        lock_path: a file locked around every call, shared with the other processes of this machine (None: only
+        lock: held around every call, shared with the other processes of the store (`queue_lock_for`; None: only
             this process's threads are serialised, for an in-memory store).
         backoff: requeue delay after a preemption (default: 10 s, doubling, at most 10 min).
         default: the configuration used while none was applied; ``None`` generates it from ``capacity``, ``""``
@@ -216,7 +215,7 @@ class QueueAdmission:
     """
 
     def __init__(self, store: QueueStore, *, capacity: Capacity, clock: Clock = system_clock,
-                 events: EventLog | None = None, lock_path: Path | None = None, backoff: Backoff | None = None,
+                 events: EventLog | None = None, lock: QueueLock | None = None, backoff: Backoff | None = None,
                  default: str | None = None) -> None:
         self.store = store
         self.capacity = capacity
@@ -225,22 +224,24 @@ class QueueAdmission:
         self.backoff = backoff or Backoff()
         self.default = default_config(capacity) if default is None else default
         self._lock = threading.Lock()
-        self._file_lock = FileLock(lock_path) if lock_path is not None else None
+        self._queue_lock: QueueLock = lock or ProcessLocalLock()
         self._cached: tuple[QueueManager, str, dict[str, WorkloadRecord]] | None = None
         self._waiting: dict[str, str] = {}  # request key -> workload id, for requests answered `Waiting`
         self._devices = [index for index, _model in capacity.gpus]
 
     @classmethod
     def open(cls, settings: Settings, engine: Engine, *, clock: Clock = system_clock,
-             events: EventLog | None = None, backoff: Backoff | None = None) -> QueueAdmission:
+             events: EventLog | None = None, backoff: Backoff | None = None,
+             lock: QueueLock | None = None) -> QueueAdmission:
         """The queue of the metadata store behind ``engine``, on this machine as ``settings`` describe it (its
-        decisions go to ``events``, by default the event log of the same store)."""
+        decisions go to ``events``, by default the event log of the same store; its sessions hold ``lock``, by
+        default the one `queue_lock_for` picks for the store)."""
         from capstan.queue.sql import SqlQueueStore
         from capstan.store.events_sql import SqlEventLog
 
         return cls(SqlQueueStore(engine), capacity=machine_capacity(settings), clock=clock,
                    events=events or SqlEventLog(engine, clock=clock),
-                   lock_path=Path(settings.home) / LOCK_FILE, backoff=backoff)
+                   lock=lock or queue_lock_for(settings, engine), backoff=backoff)
 
     # -- the manager ------------------------------------------------------------------------------------------------
     @contextmanager
@@ -249,15 +250,15 @@ class QueueAdmission:
 
         With the SQL store the whole session is one transaction: its reads, every record it writes and its events
         commit together (or not at all, when the block raises)."""
-        lock: AbstractContextManager[Any] = self._file_lock if self._file_lock is not None else nullcontext()
         begin: Callable[[], AbstractContextManager[Connection]] | None = getattr(self.store, "transaction", None)
-        with self._lock, lock:
+        with self._lock:
             if begin is None:
-                yield self._manager(self.store, self.events)
+                with self._queue_lock.hold(None):
+                    yield self._manager(self.store, self.events)
                 return
             sink = _HeldEvents(self.clock)
             cached, self._cached = self._cached, None
-            with begin() as conn:
+            with self._queue_lock.hold(begin), begin() as conn:  # a lock bound to the transaction opens it first
                 pending = _WriteBehind(self.store)
                 mgr = self._reuse(cached, pending, sink) or self._manager(pending, sink)
                 yield mgr

@@ -29,6 +29,7 @@ from capstan.settings import Settings
 if TYPE_CHECKING:
     from fastapi import APIRouter, FastAPI
 
+    from capstan.server.leader_duties import LeaderDuties
     from capstan.server.metrics import ServerMetrics
     from capstan.services import Services
     from capstan.serving.controller import DeploymentController
@@ -74,7 +75,8 @@ def create_app(settings: Settings, *, services: Services | None = None, bind_hos
         timeline_api,
     )
     from capstan.server.errors import CatchAllMiddleware, install_error_handlers
-    from capstan.server.leader import LeaderLock
+    from capstan.server.leader import LeaderElection, leadership_for
+    from capstan.server.leader_duties import LeaderDuties
     from capstan.server.metrics import MetricsMiddleware, RouteTemplates, ServerMetrics
     from capstan.server.security import (
         Authenticator,
@@ -96,32 +98,29 @@ def create_app(settings: Settings, *, services: Services | None = None, bind_hos
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         from starlette.concurrency import run_in_threadpool
 
-        leader = LeaderLock(settings.home / "server-leader.lock")
-        is_leader = leader.try_acquire()
+        # The leader's work (resuming and scheduling runs, deployments, training jobs, requeues after backoff) runs
+        # in the one process that holds the leader lock; a follower takes over within seconds when the leader dies.
+        duties = LeaderDuties(app, deployments=lambda: _deployment_controller(settings, svc, metrics),
+                              jobs=lambda: _job_controller(svc))
+        election = LeaderElection(leadership_for(settings, svc.engine), on_elected=duties.elected,
+                                  on_deposed=duties.deposed)
         # The pipeline service (a large import, and resuming runs) starts beside the server rather than before it,
         # so /health answers at once; pipeline requests wait for `pipelines_ready`.
-        boot = threading.Thread(target=_start_pipelines, args=(app, svc, is_leader), name="capstan-pipelines-start",
+        boot = threading.Thread(target=_start_pipelines, args=(app, svc, duties), name="capstan-pipelines-start",
                                 daemon=True)
         boot.start()
-        app.state.queue.start(cycles=is_leader)  # workload queue: the leader requeues workloads after backoff
-        if is_leader and app.state.deployments is None:
-            app.state.deployments = _deployment_controller(settings, svc, metrics)
-            app.state.deployments.start()  # adopts replicas left running, then reconciles on its own thread
-        if is_leader and app.state.jobs is None:
-            app.state.jobs = _job_controller(svc)
-            app.state.jobs.start()  # runs submitted training jobs; adopts those whose runner died
+        await run_in_threadpool(election.start)  # the first attempt: a lone server leads from its start
         try:
             yield
         finally:
-            if app.state.deployments is not None:  # clean shutdown stops the replicas; the next start restarts them
-                await run_in_threadpool(app.state.deployments.stop)
-            if app.state.jobs is not None:  # stops the gangs and hands the jobs back for the next leader
-                await run_in_threadpool(app.state.jobs.stop)
+            await run_in_threadpool(election.stop)  # no more rounds; the lock is held until the work has stopped
+            # Clean shutdown stops the replicas (the next leader restarts them) and hands training jobs back.
+            await run_in_threadpool(duties.stop_controllers)
             await run_in_threadpool(boot.join)
             if app.state.pipelines is not None:
                 await run_in_threadpool(app.state.pipelines.stop)
             await run_in_threadpool(app.state.queue.stop)  # workload queue
-            leader.release()
+            election.release()
             audit.close()
             uninstrument()
             if own_services:
@@ -136,11 +135,11 @@ def create_app(settings: Settings, *, services: Services | None = None, bind_hos
     app.state.audit_writer = audit
     app.state.pipelines = None  # started with the app (see `_start_pipelines`); tests may set their own first
     app.state.pipelines_ready = threading.Event()
-    app.state.deployments = None  # the deployment controller, in the leader process only (see `lifespan`)
-    app.state.jobs = None  # the training job controller, in the leader process only (see `lifespan`)
+    app.state.deployments = None  # the deployment controller, in the leader process only (`LeaderDuties`)
+    app.state.jobs = None  # the training job controller, in the leader process only (`LeaderDuties`)
     app.state.authenticator = Authenticator(svc.auth, bind_host=bind_host, clock=svc.clock)
     # -- workload queue: one locked manager per call, per-queue metrics on this app's registry --
-    app.state.queue = queue_api.ServerQueue(svc, lock_path=settings.home / "queue.lock")
+    app.state.queue = queue_api.ServerQueue(svc)
     app.state.queue.register_metrics(metrics.registry)
     # -- end workload queue --
     install_error_handlers(app)
@@ -202,21 +201,24 @@ def _deployment_router(services: Services) -> DeploymentRouter:
     return DeploymentRouter(services.deployments, services.outcomes, clock=services.clock)
 
 
-def _start_pipelines(app: FastAPI, services: Services, is_leader: bool) -> None:
-    """Create (unless a test already set one) and start the pipeline service; the leader resumes and schedules."""
+def _start_pipelines(app: FastAPI, services: Services, duties: LeaderDuties) -> None:
+    """Create (unless a test already set one) and start the pipeline service; while this process is the leader
+    it also resumes and schedules (`LeaderDuties`)."""
     try:
         if app.state.pipelines is None:
             from capstan.pipelines.service import PipelineService
 
             app.state.pipelines = PipelineService(services.pipelines.get())
-        resumed = app.state.pipelines.start(schedules=is_leader, resume=is_leader)
-        if resumed:
-            log.info("resumed %d unfinished pipeline run(s): %s", len(resumed), ", ".join(resumed))
+        app.state.pipelines.start(schedules=False, resume=False)
     except Exception:  # a broken pipeline store must not take the tracking server down with it
         log.exception("the pipeline service did not start; /api/v1/pipelines answers 503")
         app.state.pipelines = None
     finally:
         app.state.pipelines_ready.set()
+    try:
+        duties.pipelines_started()
+    except Exception:  # resuming failed; the schedule loop's ticks adopt the orphaned runs later
+        log.exception("resuming unfinished pipeline runs failed")
 
 
 def app_from_env() -> FastAPI:
@@ -237,22 +239,10 @@ def _health(request: Request) -> Response:
     """``{"status": "ok"}`` when the metadata store answers; 503 otherwise."""
     from starlette.responses import JSONResponse
 
-    services: Services = request.app.state.services
-    try:
-        # A raw DBAPI round trip: no SQLAlchemy transaction, so no SQLite write lock is taken for a probe.
-        raw = services.engine.raw_connection()
-        try:
-            cursor = raw.cursor()
-            cursor.execute("SELECT 1")
-            cursor.fetchall()
-            cursor.close()
-        finally:
-            raw.close()
-    except Exception as exc:  # noqa: BLE001  # any store failure means "unhealthy", reported in the body
-        log.warning("health check failed: %s", exc)
-        return JSONResponse({"status": "unavailable", "error_code": "TEMPORARILY_UNAVAILABLE",
-                             "message": f"metadata store unreachable: {type(exc).__name__}"}, status_code=503)
-    return JSONResponse({"status": "ok"})
+    from capstan.server.staged import store_probe
+
+    status, body = store_probe(request.app.state.services)
+    return JSONResponse(body, status_code=status)
 
 
 def _metrics(request: Request) -> Response:

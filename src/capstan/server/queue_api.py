@@ -5,10 +5,11 @@ showback. Workload ids may contain ``/`` (pipeline steps are ``<run>/<step>``), 
 converter; a new id may not end in one of the action segments (``/why``, ``/finish``...).
 
 The metadata store is the queue's source of truth. Every call works on a `QueueManager` rebuilt from it inside
-`ServerQueue.session`, which holds a lock shared by this process's threads and, through a file lock in
-``CAPSTAN_HOME``, by every worker of the server, so two calls never admit against the same free quota. The same
-object feeds the per-queue Prometheus metrics of the server's ``/metrics`` and, in the leader process, runs
-admission when a preempted workload's requeue backoff has ended.
+`ServerQueue.session`, which holds a lock shared by this process's threads and, through the composition root's
+`capstan.queue.locking.QueueLock` (a file lock in ``CAPSTAN_HOME`` for SQLite, an advisory lock in the database for
+PostgreSQL), by every process of every server on the store, so two calls never admit against the same free
+quota. The same object feeds the per-queue Prometheus metrics of the server's ``/metrics`` and, in the leader
+process, runs admission when a preempted workload's requeue backoff has ended.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import logging
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import orjson
@@ -27,7 +27,6 @@ from starlette.responses import Response
 
 from capstan.auth.policy import Principal, allows
 from capstan.errors import CapstanError, InvalidParameterValue, PermissionDenied, StoreUnavailable
-from capstan.queue.locking import FileLock
 from capstan.queue.manager import CycleReport, QueueManager
 from capstan.queue.metrics import QueueMetrics
 from capstan.queue.model import PodSet, QueueConfig, Toleration
@@ -57,18 +56,16 @@ class ServerQueue:
     """The queue as one server process serves it: a locked manager per call, metrics, and a backoff loop.
 
     Args:
-        services: the server's open stores (engine, event log, clock).
-        lock_path: the file every worker of this server locks around a queue session.
+        services: the server's open stores (engine, event log, clock) and the queue lock every process on the
+            store holds around a queue session (`Services.queue_lock`).
         interval_s: how often the leader checks for workloads whose requeue backoff has ended.
     """
 
-    def __init__(self, services: Services, *, lock_path: Path,
-                 interval_s: float = BACKOFF_CHECK_INTERVAL_S) -> None:
+    def __init__(self, services: Services, *, interval_s: float = BACKOFF_CHECK_INTERVAL_S) -> None:
         from prometheus_client import CollectorRegistry
 
         self._services = services
         self._lock = threading.Lock()
-        self._file_lock = FileLock(lock_path)
         self.interval_s = interval_s
         # Counters and the wait histogram live for the process; the gauges are re-read from the store per scrape.
         self.registry = CollectorRegistry(auto_describe=True)
@@ -89,7 +86,7 @@ class ServerQueue:
     def session(self) -> Iterator[QueueManager]:
         """A manager loaded from the store, used exclusively (across threads and workers) until the block ends."""
         store = self.store()
-        with self._lock, self._file_lock:
+        with self._lock, self._services.queue_lock.hold(getattr(store, "transaction", None)):
             yield QueueManager(store, clock=self._services.clock, events=self._services.events,
                                metrics=self.metrics)
 

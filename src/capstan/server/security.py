@@ -43,7 +43,8 @@ from capstan.auth.records import AuditEntry, Credential
 from capstan.auth.tokens import display_prefix, hash_secret
 from capstan.clock import Clock
 from capstan.errors import CapstanError, PermissionDenied, Unauthenticated
-from capstan.server.metrics import ASGIApp, Message, Receive, Scope, Send, StatusRecorder
+from capstan.server.asgi import ASGIApp, Message, Receive, Scope, Send
+from capstan.server.metrics import StatusRecorder
 from capstan.store.auth_sql import TOUCH_INTERVAL_MS
 from capstan.ui import session as ui_session
 

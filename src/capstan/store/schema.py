@@ -401,6 +401,7 @@ jobs = Table(
     Column("ended_ms", BigInteger, nullable=True),
     Column("cancel_requested", Boolean, nullable=False, default=False),
     Column("owner", String(300), nullable=True),  # the runner holding the job: "host:pid"
+    Column("heartbeat_ms", BigInteger, nullable=True),  # when that runner last renewed its hold (migration 0990)
     Index(None, "project", "created_ms"),
     Index(None, "state"),
 )

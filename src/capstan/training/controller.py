@@ -1,10 +1,13 @@
 """`JobController`: runs the training jobs submitted to ``capstan server`` (``POST /api/v1/jobs``).
 
 One controller runs in the server's leader process. Every `SCAN_INTERVAL_S` (at once after `wake`) it lists the
-active jobs and claims each one no live runner holds: a new submission (no owner), or a job whose runner died (its
-``host:pid`` is gone). Each claimed job runs in a thread of its own with `JobRunner.run`; a job its dead runner
-left running is adopted there (its open attempt ends ``NodeLost`` and the gang restarts). Jobs held by another live
-process (a ``capstan train`` or SDK run in the foreground) are left alone.
+active jobs and claims each one no live runner holds (`JobStore.claim`): a new submission (no owner), or a job whose
+runner died: on this machine, its ``host:pid`` is gone; on another machine (a leader that died with its machine),
+its heartbeat is older than `capstan.training.jobs_sql.OWNER_LEASE_MS`. The claim is conditional on the owner and
+heartbeat it found, so two leaders (an old one and a new one) never both adopt a job. Each claimed job runs in a
+thread of its own with `JobRunner.run`; a job its dead runner left running is adopted there (its open attempt ends
+``NodeLost``, an event says so, and the gang restarts from its last checkpoint). Jobs held by another live process
+(a ``capstan train`` or SDK run in the foreground) are left alone.
 
 `stop` (a clean server shutdown) stops every gang, ends its attempt ``NodeLost`` and hands the job back ``Pending``
 without an owner, so the next leader starts it again.
@@ -15,7 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 
-from capstan.training.jobs_sql import owner_alive
+from capstan.errors import InvalidState
 from capstan.training.ports import ACTIVE_STATES, JobStore
 from capstan.training.runner import JobRunner
 
@@ -85,8 +88,6 @@ class JobController:
                 thread = self._threads.get(record.id)
                 if thread is not None and thread.is_alive():
                     continue
-            if record.owner is not None and record.owner != owner and owner_alive(record.owner):
-                continue
             if self._stopping.is_set() or not self._store.claim(record.id, owner):
                 continue
             thread = threading.Thread(target=self._run, args=(record.id,), name=f"capstan-job-{record.id}",
@@ -100,6 +101,8 @@ class JobController:
     def _run(self, job_id: str) -> None:
         try:
             self._runner.run(job_id, stop=self._stopping)
+        except InvalidState as exc:  # another runner holds the job (took it over): it is theirs to finish
+            log.warning("training job %s: %s", job_id, exc)
         except Exception:  # the runner has recorded the failure on the job
             log.exception("training job %s failed in its runner", job_id)
         finally:

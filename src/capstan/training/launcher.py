@@ -21,6 +21,11 @@ then `Gang.stop`\\ s the rest: SIGTERM to every process group, ``grace_s``, SIGK
 `Gang.peaks` gives each rank's peak resident memory once it has been reaped: the kernel's ``ru_maxrss`` from
 `os.wait4` when it exceeds what the child inherited from the runner before its ``exec``, else the largest ``VmHWM``
 sampled while it ran (see `_Member`).
+
+The runner (`capstan.training.runner`) reaches a gang only through the port below: a `GangLauncher` starts an
+attempt from a `GangStart` and answers a `RunningGang`, which it polls, stops or reaps. `LocalGangLauncher` is the
+adapter of this module (processes on this machine); `capstan.k8s.training_launcher.KubeGangLauncher` runs the
+gang as an indexed Job on a cluster. The composition root (`capstan.services.Services.job_runner`) picks one.
 """
 
 from __future__ import annotations
@@ -37,14 +42,15 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from capstan.resources.memory import vm_hwm
 from capstan.training.env import JOB_ID_VARIABLE, WorkerPlace, worker_env, worker_places
 from capstan.training.ports import AttemptReason
 from capstan.training.spec import TrainingJobSpec
 
-__all__ = ["Gang", "GangExit", "attempt_dir", "classify_exit", "free_port", "launch", "oom_kill_count",
-           "stop_stale"]
+__all__ = ["Gang", "GangExit", "GangLauncher", "GangStart", "LocalGangLauncher", "RunningGang", "attempt_dir",
+           "classify_exit", "free_port", "launch", "oom_kill_count", "stop_stale"]
 
 JOBS_DIR = "jobs"
 PIDS_FILE = "pids.json"
@@ -129,6 +135,79 @@ class GangExit:
     message: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class GangStart:
+    """What one attempt of a job's gang needs: the spec, the job and its ``project``, its tracking run, the attempt
+    number (from 1) and how often the gang was restarted before it; ``pod_devices`` gives each pod's GPU indices
+    from the lease (None without GPUs), ``lease_env`` the lease's placement variables, ``avoid_ports`` the
+    rendezvous ports not to reuse (the previous attempt's)."""
+
+    spec: TrainingJobSpec
+    job_id: str
+    project: str
+    run_id: str | None
+    attempt: int
+    restart_count: int
+    pod_devices: Callable[[int], tuple[str, ...]] | None = None
+    lease_env: Mapping[str, str] = field(default_factory=dict)
+    avoid_ports: tuple[int, ...] = ()
+
+
+class RunningGang(Protocol):
+    """One started attempt as the runner sees it. ``folder`` holds its rank logs (the layout `rank_log` names, so
+    ``capstan logs`` reads every backend alike); ``master_port``/``rendezvous`` where rank 0 listens; ``pids`` the
+    local process ids by rank (empty where the processes are not on this machine)."""
+
+    folder: Path
+    master_port: int
+
+    @property
+    def rendezvous(self) -> str:
+        """``host:port`` of rank 0's rendezvous, as the job's message shows it."""
+        ...
+
+    @property
+    def pids(self) -> dict[int, int]:
+        """Each rank's local process id (empty for a gang running elsewhere)."""
+        ...
+
+    def poll(self) -> GangExit | None:
+        """The attempt's outcome once decided (all succeeded, or the first failing rank), else None."""
+        ...
+
+    def stop(self, grace_s: float) -> None:
+        """Stop whatever still runs (SIGTERM or a delete, ``grace_s``, then a kill); returns once it has stopped
+        and its logs are kept."""
+        ...
+
+    def reap(self) -> None:
+        """After a decided attempt: clean up what the gang left (processes, cluster objects); logs are kept."""
+        ...
+
+    def peaks(self) -> tuple[int | None, ...]:
+        """Each rank's peak resident memory in bytes (index = rank); empty when the backend cannot tell."""
+        ...
+
+
+class GangLauncher(Protocol):
+    """Starts the attempts of training jobs' gangs: the port between the runner's restart, back-off and
+    preemption logic and where the processes run."""
+
+    def check(self, spec: TrainingJobSpec) -> None:
+        """`InvalidParameterValue` naming the field when this backend cannot run ``spec`` (checked at submit)."""
+        ...
+
+    def launch(self, start: GangStart) -> RunningGang:
+        """Start every worker of one attempt; the gang. An attempt that cannot start raises (`OSError`, a
+        `capstan.errors.CapstanError`), having stopped what it had started."""
+        ...
+
+    def stop_stale(self, job_id: str, attempt: int) -> int:
+        """Stop what an earlier runner started for ``attempt`` of ``job_id`` and left running; how many workers
+        (processes or pods) that was."""
+        ...
+
+
 def peak_rss_bytes(maxrss: int) -> int:
     """``ru_maxrss`` of `os.wait4` in bytes: Linux reports KiB, macOS bytes."""
     return maxrss if sys.platform == "darwin" else maxrss * 1024
@@ -196,6 +275,11 @@ class Gang:
         self.master_port = master_port
         self._oom_baseline = oom_baseline
         self._exit: GangExit | None = None
+
+    @property
+    def rendezvous(self) -> str:
+        """Rank 0's rendezvous on this machine."""
+        return f"127.0.0.1:{self.master_port}"
 
     @property
     def pids(self) -> dict[int, int]:
@@ -325,3 +409,26 @@ def stop_stale(home: Path, job_id: str, attempt: int) -> int:
             _signal_group(int(pid), signal.SIGKILL)
             stopped += 1
     return stopped
+
+
+class LocalGangLauncher:
+    """The `GangLauncher` of this machine: every rank a process group (`launch`), logs under ``home``.
+    ``base_env`` is called at each start for the environment every worker inherits (the runner's, with the store
+    settings: `capstan.training.runner.worker_base_env`)."""
+
+    def __init__(self, home: Path, base_env: Callable[[], Mapping[str, str]]) -> None:
+        self.home = home
+        self.base_env = base_env
+
+    def check(self, spec: TrainingJobSpec) -> None:
+        """Nothing beyond what the runner checks: the entry point exists on this machine, where it runs."""
+
+    def launch(self, start: GangStart) -> Gang:
+        """Start the attempt's processes (`launch`)."""
+        return launch(start.spec, job_id=start.job_id, run_id=start.run_id, attempt=start.attempt,
+                      restart_count=start.restart_count, home=self.home, base_env=self.base_env(),
+                      pod_devices=start.pod_devices, lease_env=start.lease_env, avoid_ports=start.avoid_ports)
+
+    def stop_stale(self, job_id: str, attempt: int) -> int:
+        """SIGKILL the processes a dead runner left (`stop_stale`)."""
+        return stop_stale(self.home, job_id, attempt)

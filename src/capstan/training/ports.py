@@ -111,9 +111,10 @@ class JobStore(Protocol):
         """Jobs, newest first, optionally of one project and in some states; ``offset`` skips that many first."""
         ...
 
-    def update(self, record: JobRecord, *, expected_state: str | None = None) -> bool:
+    def update(self, record: JobRecord, *, expected_state: str | None = None, holder: str | None = None) -> bool:
         """Replace the stored job with ``record`` (same id). With ``expected_state`` only when the stored state is
-        still that one (compare-and-set); returns whether it was written."""
+        still that one (compare-and-set), with ``holder`` only while that runner holds the job; returns whether it
+        was written."""
         ...
 
     def request_cancel(self, job_id: str) -> JobRecord | None:
@@ -122,6 +123,10 @@ class JobStore(Protocol):
 
     def claim(self, job_id: str, owner: str) -> bool:
         """Make ``owner`` the job's runner when no live runner holds it; whether this owner now holds it."""
+        ...
+
+    def heartbeat(self, job_id: str, owner: str) -> bool:
+        """Renew ``owner``'s hold on the job; False when ``owner`` no longer holds it."""
         ...
 
     def add_attempt(self, attempt: JobAttempt) -> None:

@@ -9,7 +9,8 @@ then creates the job's tracking run (in ``spec.experiment``) and stores the job 
 
 1. admission: ask for the gang's lease until granted (the job shows the queue's ``Waiting`` reason meanwhile; a
    ``Rejected`` verdict fails it);
-2. an attempt: `capstan.training.launcher.launch` starts every process, then the runner watches it: the gang's
+2. an attempt: the runner's `capstan.training.launcher.GangLauncher` starts every worker (processes on this
+   machine by default, an indexed Job with the ``kubernetes`` backend), then the runner watches it: the gang's
    outcome, ``cancel_requested`` in the store, and whether the queue revoked the lease (preemption);
 3. the decision of `capstan.training.policy.next_step`: end the job, restart the gang after a back-off (keeping the
    lease), or release the lease for requeueing and go back to step 1 (preemption).
@@ -19,6 +20,11 @@ Every restart and its reason (``WorkerFailed`` with rank and exit code, ``OOMKil
 ends ``FINISHED``, ``FAILED`` or ``KILLED``. A runner that finds an attempt a dead runner left open stops its
 processes, ends it ``NodeLost`` and restarts the gang.
 
+While it drives a job, the runner renews its hold on it every `HEARTBEAT_INTERVAL_MS` from a thread of its own, so
+that a runner on another machine can tell it is alive (`capstan.training.jobs_sql.owner_alive`). A runner that finds
+another runner holding the job (it was taken over), or cannot renew for `FENCE_S` (beyond which another machine may
+take it over), stops its gang and gives up the job without writing anything more: `InvalidState`.
+
 `JobController` (in ``capstan.training.controller``) runs submitted jobs in the leader of ``capstan server``.
 """
 
@@ -27,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import importlib.machinery
+import logging
 import os
 import secrets
 import sys
@@ -46,8 +53,8 @@ from capstan.errors import (
 from capstan.events.records import WARNING
 from capstan.resources.admission import Lease, Rejected, ResourceRequest
 from capstan.tracking.records import DELETED, RunTag
-from capstan.training.jobs_sql import owner_id
-from capstan.training.launcher import Gang, launch, stop_stale
+from capstan.training.jobs_sql import HEARTBEAT_INTERVAL_MS, OWNER_LEASE_MS, owner_id
+from capstan.training.launcher import GangLauncher, GangStart, LocalGangLauncher, RunningGang
 from capstan.training.policy import AttemptEnd, next_step
 from capstan.training.ports import JobAttempt, JobRecord, JobStore
 from capstan.training.spec import TrainingJobSpec
@@ -58,7 +65,7 @@ if TYPE_CHECKING:
     from capstan.settings import Settings
     from capstan.tracking.ports import TrackingStore
 
-__all__ = ["EVENT_KIND", "JobRunner", "gang_request", "worker_base_env"]
+__all__ = ["EVENT_KIND", "JobRunner", "gang_request", "local_launcher", "worker_base_env"]
 
 EVENT_KIND = "job"
 """Kind of the job events in the event log (``capstan events job/<id>``)."""
@@ -67,6 +74,11 @@ RUN_STATUS = {"Succeeded": "FINISHED", "Failed": "FAILED", "Cancelled": "KILLED"
 _REMOTE_VARIABLES = ("CAPSTAN_URL", "CAPSTAN_TOKEN")
 """Inherited variables a worker must not see: it works on the runner's stores directly, as the runner does."""
 GANG_TICK_S = 0.05
+FENCE_S = (OWNER_LEASE_MS - 2 * HEARTBEAT_INTERVAL_MS) / 1000
+"""How long a runner goes on without renewing its hold on a job before it stops the gang itself: two renewals
+before the lease runs out, so the gang has stopped before a runner on another machine may take the job over."""
+
+log = logging.getLogger("capstan.training.runner")
 
 
 def gang_request(spec: TrainingJobSpec, *, key: str, project: str) -> ResourceRequest:
@@ -89,6 +101,11 @@ def worker_base_env(settings: Settings, environ: Mapping[str, str] | None = None
         env.pop(name, None)
     env.update(settings.store_environment())
     return env
+
+
+def local_launcher(settings: Settings) -> LocalGangLauncher:
+    """The gang launcher of this machine: processes under ``settings.home`` with `worker_base_env`."""
+    return LocalGangLauncher(settings.home, lambda: worker_base_env(settings))
 
 
 def _find_module(name: str, search: list[str]) -> bool:
@@ -147,12 +164,14 @@ class JobRunner:
     """Submits jobs and drives them (see the module docstring). Thread-safe: each `run` keeps its own state.
 
     ``poll_s`` is how often a running job reads its record (cancel) and asks whether its lease was revoked, and how
-    often a pending one asks the admission again.
+    often a pending one asks the admission again; ``heartbeat_s`` how often the runner renews its hold on the job;
+    ``launcher`` starts the gangs (`local_launcher` of ``settings`` when None).
     """
 
     def __init__(self, store: JobStore, *, tracking: TrackingStore, events: EventLog,
                  admission: Callable[[], Admission], settings: Settings, clock: Clock = system_clock,
-                 poll_s: float = 0.5, owner: str | None = None) -> None:
+                 poll_s: float = 0.5, owner: str | None = None,
+                 heartbeat_s: float = HEARTBEAT_INTERVAL_MS / 1000, launcher: GangLauncher | None = None) -> None:
         self.store = store
         self.tracking = tracking
         self.events = events
@@ -161,12 +180,15 @@ class JobRunner:
         self.clock = clock
         self.poll_s = poll_s
         self.owner = owner or owner_id()
+        self.heartbeat_s = heartbeat_s
+        self.launcher = launcher if launcher is not None else local_launcher(settings)
 
     # -- submit -----------------------------------------------------------------------------------------------------
     def check(self, spec: TrainingJobSpec, *, project: str) -> TrainingJobSpec:
         """The spec as it will run (absolute ``working_dir``), once its entry point exists and its gang could ever
         be admitted; `InvalidParameterValue` naming the field otherwise. Starts nothing."""
         checked = check_entry(spec)
+        self.launcher.check(checked)
         request = gang_request(checked, key=f"job/{checked.name}", project=project)
         admission = self.admission()
         why = admission.check(request)
@@ -218,7 +240,8 @@ class JobRunner:
             stop: threading.Event | None = None) -> JobRecord:
         """Drive the job to its end and return it (see the module docstring). ``progress`` is called with the job
         after each change; setting ``stop`` (a server shutting down) stops the gang and hands the job back
-        ``Pending`` for the next runner. `InvalidState` when another live runner holds the job."""
+        ``Pending`` for the next runner. `InvalidState` when another live runner holds the job, or took it over
+        while this one ran it (see the module docstring)."""
         record = self.store.get(job_id)
         if record is None:
             raise ResourceDoesNotExist(f"job {job_id!r} does not exist")
@@ -253,22 +276,30 @@ class _Drive:
         self.lease: Lease | None = None
         self.last_port: int | None = None
         self.ended: JobAttempt | None = None
+        self.hold = _Hold(self.store, job_id, runner.owner, runner.heartbeat_s, self.monotonic)
 
     # -- the record -------------------------------------------------------------------------------------------------
     def fresh(self) -> JobRecord:
+        if self.hold.lost.is_set():
+            raise _TakenOver(f"job {self.job_id!r}: this runner no longer holds it ({self.hold.why})")
         found = self.store.get(self.job_id)
         if found is None:
             raise ResourceDoesNotExist(f"job {self.job_id!r} was deleted while it ran")
+        if found.owner != self.runner.owner:
+            raise _TakenOver(f"job {self.job_id!r}: another runner holds it now ({found.owner})")
         return found
 
     def save(self, *, release_owner: bool = False, **changes: Any) -> JobRecord:
         """Write the job with ``changes``, keeping a cancel request that arrived meanwhile; this runner stays its
         owner unless ``release_owner``."""
         stored = self.fresh()
+        if release_owner:
+            self.hold.stop()  # the renewals end with the hold
         record = dataclasses.replace(self.record, **changes)
         record = dataclasses.replace(record, owner=None if release_owner else self.runner.owner,
                                      cancel_requested=record.cancel_requested or stored.cancel_requested)
-        self.store.update(record)
+        if not self.store.update(record, holder=self.runner.owner):
+            raise _TakenOver(f"job {self.job_id!r}: another runner holds it now")
         self.record = record
         if self.progress is not None:
             self.progress(record)
@@ -278,6 +309,7 @@ class _Drive:
         self.runner.event(self.record, reason, message, warning=warning, data=data or None)
 
     def finish(self, state: str, reason: str, message: str, **data: object) -> JobRecord:
+        self.fresh()  # still ours: the lease is not released under a runner that took the job over
         self.release()
         record = self.save(state=state, reason=reason, message=message, ended_ms=self.runner.clock(),
                            release_owner=True)
@@ -291,19 +323,26 @@ class _Drive:
 
     # -- the loop ---------------------------------------------------------------------------------------------------
     def run(self) -> JobRecord:
-        gang: list[Gang] = []
+        gang: list[RunningGang] = []
+        self.hold.start()
         try:
             self.adopt_stale()
             return self.loop(gang)
+        except _TakenOver:  # the job, its lease and its attempts are the new runner's now: only the gang is ours
+            for g in gang:
+                g.stop(self.record.spec.grace_s)
+            raise
         except BaseException as exc:
             for g in gang:
                 g.stop(self.record.spec.grace_s)
-            if not self.record.done:
+            if not self.record.done and not self.hold.lost.is_set():
                 interrupted = isinstance(exc, KeyboardInterrupt)
                 with contextlib.suppress(Exception):  # the first error is the one to report
                     self.finish("Cancelled" if interrupted else "Failed", "Cancelled" if interrupted else "RunnerError",
                                 "interrupted" if interrupted else f"the job runner failed: {exc}")
             raise
+        finally:
+            self.hold.stop()
 
     def adopt_stale(self) -> None:
         """End an attempt a dead runner left open (``NodeLost``), stopping its processes if any still run."""
@@ -311,15 +350,15 @@ class _Drive:
         if not attempts or attempts[-1].ended_ms is not None:
             return
         last = attempts[-1]
-        stopped = stop_stale(self.runner.settings.home, self.job_id, last.number)
+        stopped = self.runner.launcher.stop_stale(self.job_id, last.number)
         message = (f"attempt {last.number} was left by a runner that is gone"
-                   + (f"; stopped its {stopped} remaining process(es)" if stopped else ""))
+                   + (f"; stopped its {stopped} remaining worker(s)" if stopped else ""))
         self.store.end_attempt(dataclasses.replace(last, ended_ms=self.runner.clock(), reason="NodeLost",
                                                    message=message))
         self.event("NodeLost", message + "; restarting the gang", warning=True, attempt=last.number)
         self.save(state="Restarting", reason="NodeLost", message=message)
 
-    def loop(self, gang: list[Gang]) -> JobRecord:
+    def loop(self, gang: list[RunningGang]) -> JobRecord:
         while True:
             if self.fresh().cancel_requested:
                 return self.finish("Cancelled", "Cancelled", "cancelled before the gang started")
@@ -353,6 +392,7 @@ class _Drive:
 
     def hand_back(self, message: str) -> JobRecord:
         """Give the job back (``Pending``, no owner) for the next runner; its workload leaves the queue."""
+        self.fresh()
         self.release()
         self.runner.admission().withdraw(self.request.key)
         record = self.save(state="Pending", reason="NodeLost", message=message, release_owner=True)
@@ -405,24 +445,23 @@ class _Drive:
             self.stop.wait(self.runner.poll_s)
 
     # -- one attempt ------------------------------------------------------------------------------------------------
-    def attempt(self, lease: Lease, gangs: list[Gang]) -> AttemptEnd:
+    def attempt(self, lease: Lease, gangs: list[RunningGang]) -> AttemptEnd:
         """Start the gang, watch it until it ends (or is stopped: cancel, preemption, runner stop) and record the
         attempt."""
         runner, record = self.runner, self.record
         spec = record.spec
         number = record.attempt + 1
-        gang = launch(spec, job_id=self.job_id, run_id=record.run_id, attempt=number, restart_count=number - 1,
-                      home=runner.settings.home, base_env=worker_base_env(runner.settings),
-                      pod_devices=lease.devices_of if spec.gpus > 0 else None, lease_env=dict(lease.env),
-                      avoid_ports=[self.last_port] if self.last_port else [])
+        gang = runner.launcher.launch(GangStart(
+            spec, self.job_id, record.project, record.run_id, number, number - 1,
+            pod_devices=lease.devices_of if spec.gpus > 0 else None, lease_env=dict(lease.env),
+            avoid_ports=(self.last_port,) if self.last_port else ()))
         gangs.append(gang)
         self.last_port = gang.master_port
         started = runner.clock()
         attempt = JobAttempt(self.job_id, number, started, gang.master_port, str(gang.folder))
         self.store.add_attempt(attempt)
         self.save(state="Running", attempt=number, reason="", started_ms=record.started_ms or started,
-                  message=f"attempt {number}: {spec.world_size} process(es), rendezvous on 127.0.0.1:"
-                          f"{gang.master_port}")
+                  message=f"attempt {number}: {spec.world_size} process(es), rendezvous on {gang.rendezvous}")
         self.event("Started", self.record.message, attempt=number, master_port=gang.master_port,
                    pids=[gang.pids[r] for r in sorted(gang.pids)])
         end = self.watch(gang, lease)
@@ -445,7 +484,7 @@ class _Drive:
         return {"peak_memory": ended.peak_memory, "peak_rank": ended.peak_rank,
                 "rank_peak_memory": list(ended.rank_peak_memory)}
 
-    def watch(self, gang: Gang, lease: Lease) -> AttemptEnd:
+    def watch(self, gang: RunningGang, lease: Lease) -> AttemptEnd:
         next_check = self.monotonic() + self.runner.poll_s
         while True:
             outcome = gang.poll()
@@ -461,3 +500,55 @@ class _Drive:
             revoked = self.runner.admission().revoked([lease])
             if revoked:
                 return AttemptEnd("Preempted", message=f"preempted by the queue: {revoked[0][1]}")
+
+
+class _TakenOver(InvalidState):
+    """The runner lost its hold on the job it drives (see the module docstring)."""
+
+
+class _Hold:
+    """Renews a runner's hold on one job every ``interval_s`` on a thread of its own (not in the drive's loops, which
+    block while a gang starts or stops). ``lost`` is set, and ``why`` says why, once another runner holds the job or
+    no renewal has succeeded for `FENCE_S`."""
+
+    def __init__(self, store: JobStore, job_id: str, owner: str, interval_s: float,
+                 monotonic: Callable[[], float]) -> None:
+        self.lost = threading.Event()
+        self.why = ""
+        self._store, self._job_id, self._owner = store, job_id, owner
+        self._interval_s = interval_s
+        self._monotonic = monotonic
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=f"capstan-job-hold-{job_id}", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._done.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def _loop(self) -> None:
+        renewed = self._monotonic()  # the claim has just written a heartbeat
+        while not self._done.wait(self._interval_s):
+            tried = self._monotonic()
+            try:
+                held = self._store.heartbeat(self._job_id, self._owner)
+            except Exception as exc:  # noqa: BLE001  # an unreachable store: retried until the fence
+                silent = self._monotonic() - renewed
+                if silent < FENCE_S:
+                    log.warning("job %s: renewing the hold failed (%s); retrying", self._job_id, exc)
+                    continue
+                self._give_up(f"its hold could not be renewed for {silent:.1f} s: {exc}")
+                return
+            if not held:
+                if not self._done.is_set():  # not the drive handing the job back or ending it
+                    self._give_up("another runner holds it now")
+                return
+            renewed = tried
+
+    def _give_up(self, why: str) -> None:
+        self.why = why
+        self.lost.set()
+        log.warning("job %s: %s; stopping its gang", self._job_id, why)

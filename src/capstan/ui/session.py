@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import MutableMapping
 from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
+
+from capstan.server.asgi import Message, Receive, Send
 
 SESSION_COOKIE = "capstan_session"
 SESSION_TOKEN_NAME = "web-ui-session"
@@ -33,10 +35,6 @@ ASSETS_PREFIX = "/ui/assets/"
 PUBLIC_PREFIXES = (STATIC_PREFIX, ASSETS_PREFIX)
 FORM_BODY_LIMIT = 1024 * 1024
 _CSRF_CONTEXT = b"capstan-ui-csrf\x00"
-
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
 
 
 def is_page(path: str) -> bool:
