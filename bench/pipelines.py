@@ -15,7 +15,11 @@ Systems:
 
 Overhead per step = (system time - thread-pool floor time) / steps. Airflow's CLI start-up (a one-task DAG) is
 subtracted before dividing. Usage: ``python bench/pipelines.py [--reps 5] [--peers prefect,dagster,airflow]
-[--json results.json]``.
+[--modes thread,process] [--shapes wide,chain] [--json results.json]``.
+
+``--compare-src DIR`` measures Capstan from this checkout and from another source tree (say, the previous commit's
+``src``) in child processes, alternating ``--rounds`` times so that both see the same load, and prints the overhead
+of each with their ratio: ``python bench/pipelines.py --peers "" --modes thread --shapes chain --compare-src DIR``.
 """
 
 from __future__ import annotations
@@ -219,8 +223,9 @@ print("RESULT " + json.dumps(out))
 
 
 # -- Capstan -------------------------------------------------------------------------------------------------------
-def capstan_runs(reps: int, workdir: Path) -> dict[str, dict[str, Any]]:
-    """Warm medians and cold first runs of the four Capstan pipelines."""
+def capstan_runs(reps: int, workdir: Path, modes: list[str] | None = None,
+                 shapes: list[str] | None = None) -> dict[str, dict[str, Any]]:
+    """Warm medians and cold first runs of the Capstan pipelines (both modes and shapes unless narrowed)."""
     from capstan.pipelines.executors import close_pools
     from capstan.pipelines.loader import load_pipeline
     from capstan.services import Services
@@ -229,8 +234,8 @@ def capstan_runs(reps: int, workdir: Path) -> dict[str, dict[str, Any]]:
     code = workdir / "capstan_dags.py"
     code.write_text(textwrap.dedent(CAPSTAN_DAGS))
     out: dict[str, dict[str, Any]] = {}
-    for mode in ("thread", "process"):
-        for shape in ("wide", "chain"):
+    for mode in modes or ["thread", "process"]:
+        for shape in shapes or ["wide", "chain"]:
             name = f"{shape}_{mode}"
             pipe, ref = load_pipeline(f"{code}:{name}")
             home = workdir / f"home-{name}"
@@ -314,11 +319,27 @@ def main() -> int:
     parser.add_argument("--peers", default="prefect,dagster,airflow")
     parser.add_argument("--peer-reps", type=int, default=2)
     parser.add_argument("--json", dest="json_path")
+    parser.add_argument("--modes", default="thread,process", help="Capstan modes to measure (thread, process)")
+    parser.add_argument("--shapes", default="wide,chain", help="DAG shapes to measure (wide, chain)")
+    parser.add_argument("--compare-src", default=None, help="also measure Capstan from this source tree")
+    parser.add_argument("--rounds", type=int, default=3, help="alternations with --compare-src")
+    parser.add_argument("--child-json", default=None, help=argparse.SUPPRESS)  # a --compare-src child's output
     args = parser.parse_args()
+    modes, shapes = args.modes.split(","), args.shapes.split(",")
     peers = [p for p in args.peers.split(",") if p]
     workdir = Path(tempfile.mkdtemp(prefix="capstan-bench-"))
+    if args.child_json:
+        got = {"capstan": capstan_runs(args.reps, workdir, modes, shapes), "floor": floors(args.reps * 4)}
+        Path(args.child_json).write_text(json.dumps(got))
+        shutil.rmtree(workdir, ignore_errors=True)
+        return 0
     print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start", flush=True)
-    results: dict[str, Any] = {"capstan": capstan_runs(args.reps, workdir), "floor": floors(args.reps * 4)}
+    if args.compare_src:
+        compare(args, workdir)
+        shutil.rmtree(workdir, ignore_errors=True)
+        return 0
+    results: dict[str, Any] = {"capstan": capstan_runs(args.reps, workdir, modes, shapes),
+                               "floor": floors(args.reps * 4)}
     specs = {"prefect": ("/tmp/bench-venv/bin/python", PREFECT, 1800, None),
              "dagster": ("/tmp/dagster-venv/bin/python", DAGSTER, 1800, None),
              "airflow": ("/tmp/airflow-venv/bin/python", AIRFLOW, 3600, [textwrap.dedent(AIRFLOW_DAGS)])}
@@ -336,9 +357,36 @@ def main() -> int:
     return 0
 
 
+def compare(args: argparse.Namespace, workdir: Path) -> None:
+    """Warm overhead per step of this checkout and of ``--compare-src``, in alternating child processes."""
+    here = str(Path(__file__).resolve().parents[1] / "src")
+    trees = {"this checkout": here, args.compare_src: args.compare_src}
+    overheads: dict[str, dict[str, list[float]]] = {name: {} for name in trees}
+    for rnd in range(args.rounds):
+        for name, src in trees.items():
+            out = workdir / f"child-{rnd}-{len(overheads[name])}.json"
+            env = {**os.environ, "CAPSTAN_BENCH_SRC": src}
+            subprocess.run([sys.executable, "-P", __file__, "--reps", str(args.reps), "--modes", args.modes,
+                            "--shapes", args.shapes, "--child-json", str(out)], env=env, check=True)
+            got = json.loads(out.read_text())
+            for key, run in got["capstan"].items():
+                floor_s = got["floor"][f"{key.split('_')[0]}_thread"]["warm"]
+                per_step = (run["warm"] - floor_s) / STEPS[key.split("_")[0]] * 1000
+                overheads[name].setdefault(key, []).append(per_step)
+                print(f"  round {rnd + 1} {name}: {key} {per_step:.3f} ms/step overhead "
+                      f"(load {os.getloadavg()[0]:.2f})", flush=True)
+    print(f"\n{'pipeline':16s} {'this checkout':>14s} {args.compare_src:>30s} {'ratio':>7s}  (median ms/step overhead)")
+    for key in overheads["this checkout"]:
+        mine = statistics.median(overheads["this checkout"][key])
+        other = statistics.median(overheads[args.compare_src][key])
+        print(f"{key:16s} {mine:14.3f} {other:30.3f} {mine / other:7.2f}")
+
+
 def report(results: dict[str, Any]) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for shape in ("wide", "chain"):
+        if f"{shape}_thread" not in results["capstan"]:
+            continue
         steps = STEPS[shape]
         base = results["floor"][f"{shape}_thread"]["warm"]
         thread = results["capstan"][f"{shape}_thread"]["warm"]
@@ -347,7 +395,9 @@ def report(results: dict[str, Any]) -> list[dict[str, Any]]:
             ("concurrent.futures processes", results["floor"][f"{shape}_process"]["warm"], None),
         ]
         for mode in ("thread", "process"):
-            r = results["capstan"][f"{shape}_{mode}"]
+            r = results["capstan"].get(f"{shape}_{mode}")
+            if r is None:
+                continue
             entries.append((f"capstan {mode} (warm)", r["warm"], r["cpu"]))
             entries.append((f"capstan {mode} (cold)", r["cold"], None))
         for name, label in (("prefect", "prefect 3"), ("dagster", "dagster execute_in_process"),
@@ -372,5 +422,5 @@ def report(results: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+    sys.path.insert(0, os.environ.get("CAPSTAN_BENCH_SRC") or str(Path(__file__).resolve().parents[1] / "src"))
     sys.exit(main())

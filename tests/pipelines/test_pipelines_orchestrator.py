@@ -108,3 +108,104 @@ def test_step_timeout_follows_the_injected_clock(runner: PipelineRunner) -> None
     assert (step.state, step.reason) == ("failed", "Timeout")
     (attempt,) = runner.store.attempts(orch.run_id, "stuck")
     assert attempt.state == "failed" and attempt.reason == "Timeout" and attempt.finished_at == fake.now
+
+
+@cp.step(isolation="thread")
+def link(i: int, *after: int) -> int:
+    return i
+
+
+@cp.pipeline
+def chain_of_ten():
+    x = link(0)
+    for i in range(1, 10):
+        x = link(i, x)
+    return x
+
+
+NAPPING = threading.Event()
+
+
+@cp.step(isolation="thread")
+def nap(seconds: float) -> float:
+    NAPPING.set()
+    time.sleep(seconds)
+    return seconds
+
+
+@cp.pipeline
+def one_nap(seconds: float = 1.0):
+    return nap(seconds)
+
+
+def count_commits(monkeypatch: Any) -> list[int]:
+    from capstan.pipelines.storage import RoundWriter
+
+    commits: list[int] = []
+    real = RoundWriter.commit
+
+    def counted(self: RoundWriter, batch: Batch) -> None:
+        commits.append(len(batch.events))
+        real(self, batch)
+
+    monkeypatch.setattr(RoundWriter, "commit", counted)
+    return commits
+
+
+def test_thread_steps_share_commits_and_every_change_is_written(runner: PipelineRunner, monkeypatch: Any) -> None:
+    commits = count_commits(monkeypatch)
+    orch = orchestrator(runner, chain_of_ten)
+    assert orch.run() == "succeeded"
+    # 10 steps take 11 rounds (start, then one per finished step); grouped, they take far fewer commits.
+    assert 1 <= len(commits) < 11
+    steps = runner.store.steps(orch.run_id, orch.project)
+    assert {s.state for s in steps} == {"succeeded"} and len(steps) == 10
+    for step in steps:
+        (attempt,) = runner.store.attempts(orch.run_id, step.step_id)
+        assert attempt.state == "succeeded"
+    from capstan.store.events_sql import SqlEventLog
+
+    events = SqlEventLog(runner.engine).list(limit=1000)
+    mine = [e.reason for e in events if e.object_id.startswith(f"{orch.run_id}/")]
+    assert sorted(set(mine)) == ["StepQueued", "StepStarted", "StepSucceeded"]
+    assert all(mine.count(reason) == 10 for reason in set(mine)), "no round's events are lost in a group"
+
+
+def test_a_waiting_group_is_committed_within_the_window(runner: PipelineRunner) -> None:
+    from capstan.pipelines.orchestrator import GROUP_COMMIT_S
+
+    NAPPING.clear()
+    orch = orchestrator(runner, one_nap)
+    thread = threading.Thread(target=orch.run, daemon=True)
+    thread.start()
+    try:
+        assert NAPPING.wait(30)
+        deadline = time.monotonic() + GROUP_COMMIT_S + 0.5  # the orchestrator's thread commits the started step
+        while time.monotonic() < deadline:
+            (step,) = runner.store.steps(orch.run_id, orch.project)
+            if step.state == "running":
+                break
+            time.sleep(0.01)
+        assert step.state == "running", "a running thread step must reach the database while it runs"
+    finally:
+        thread.join(30)
+    (step,) = runner.store.steps(orch.run_id, orch.project)
+    assert step.state == "succeeded"
+
+
+def test_rounds_that_start_worker_processes_commit_before_they_act(runner: PipelineRunner,
+                                                                   monkeypatch: Any) -> None:
+    commits = count_commits(monkeypatch)
+    orch = orchestrator(runner, two_process_steps)
+    assert orch.run() == "succeeded"
+    assert len(commits) == 3  # start + first launch, second launch, the end: no round waits for a later one
+
+
+@cp.step
+def add_two(x: int) -> int:
+    return x + 2
+
+
+@cp.pipeline
+def two_process_steps(x: int = 1):
+    return add_two(add_two(x))

@@ -79,8 +79,8 @@ def test_cli_simulate_on_a_slice_of_the_real_trace(tmp_path: Path) -> None:
                     "jain_fairness", "preemptions", "oracle"):
             assert key in r
         assert 0 <= r["gpu_utilization"] <= 1 and 0 <= r["jain_fairness"] <= 1
-    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["jct_cdf.png", "queue_length.png",
-                                                                      "utilization.png"]
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["jct_cdf.png", "measures.png",
+                                                                      "queue_length.png", "utilization.png"]
 
 
 def test_cli_simulate_errors_are_one_line(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ set, ``why``, ``queue status`` and ``usage`` ask that server's ``/api/v1/queue``
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +19,7 @@ from capstan.errors import CapstanError
 if TYPE_CHECKING:
     from capstan.cli.tables import TextTable
     from capstan.queue.manager import QueueManager
+    from capstan.queue.simulate import SimResult
     from capstan.queue.status import QueueStatus
 
 
@@ -379,9 +381,10 @@ class _PolicyOption(click.Option):
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Replay only the first N jobs.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array with one object per policy.")
 @click.option("--plot", "plot_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Write utilisation, JCT CDF and queue-length PNGs here.")
+              help="Write utilisation, JCT CDF, queue-length and measures PNGs here.")
+@click.option("--per-queue", is_flag=True, help="Also print each policy's measures per ClusterQueue (text output).")
 def simulate_cmd(trace_path: Path, cluster_path: Path, policies: tuple[str, ...], limit: int | None, as_json: bool,
-                 plot_dir: Path | None) -> None:
+                 plot_dir: Path | None, per_queue: bool) -> None:
     """Replay a job trace in virtual time through the admission engine and compare policies."""
     from capstan.queue.config import load_config, load_yaml
     from capstan.queue.simulate import POLICIES, replay, sim_settings
@@ -427,14 +430,16 @@ def simulate_cmd(trace_path: Path, cluster_path: Path, policies: tuple[str, ...]
     if as_json:
         _json([r.summary() for r in results])
         return
-    table = _table("POLICY", "ORACLE", "JOBS", "AVG JCT", "P50 JCT", "P99 JCT", "AVG WAIT", "MAKESPAN", "GPU UTIL",
-                   "JAIN", "PREEMPT", "WASTED GPU-H", "WALL",
-                   right=("JOBS", "AVG JCT", "P50 JCT", "P99 JCT", "AVG WAIT", "MAKESPAN", "GPU UTIL", "JAIN",
-                          "PREEMPT", "WASTED GPU-H", "WALL"))
+    table = _table("POLICY", "ORACLE", "JOBS", "AVG JCT", "P50 JCT", "P99 JCT", "AVG WAIT", "P99 WAIT", "MAX WAIT",
+                   "SLOWDOWN", "MAKESPAN", "GPU UTIL", "JAIN", "PREEMPT", "WASTED GPU-H", "WASTED", "WALL",
+                   right=("JOBS", "AVG JCT", "P50 JCT", "P99 JCT", "AVG WAIT", "P99 WAIT", "MAX WAIT", "SLOWDOWN",
+                          "MAKESPAN", "GPU UTIL", "JAIN", "PREEMPT", "WASTED GPU-H", "WASTED", "WALL"))
     for r in results:
         table.add_row(r.policy, "yes" if r.oracle else "no", str(r.jobs), _dur(r.avg_jct_s), _dur(r.p50_jct_s),
-                      _dur(r.p99_jct_s), _dur(r.avg_wait_s), _dur(r.makespan_s), f"{r.gpu_utilization:.1%}",
-                      f"{r.jain_fairness:.3f}", str(r.preemptions), f"{r.wasted_gpu_hours:.0f}", f"{r.wall_s:.1f}s")
+                      _dur(r.p99_jct_s), _dur(r.avg_wait_s), _dur(r.p99_wait_s), _dur(r.max_wait_s),
+                      f"{r.avg_slowdown:.2f}", _dur(r.makespan_s), f"{r.gpu_utilization:.1%}",
+                      f"{r.jain_fairness:.3f}", str(r.preemptions), f"{r.wasted_gpu_hours:.0f}",
+                      f"{r.wasted_fraction:.2%}", f"{r.wall_s:.1f}s")
     _echo_table(table)
     by_name = {r.policy: r for r in results}
     for base in ("strict-fifo", "best-effort-fifo"):
@@ -443,8 +448,22 @@ def simulate_cmd(trace_path: Path, cluster_path: Path, policies: tuple[str, ...]
                                for r in results if r.policy != base)
             if ratios:
                 click.echo(f"avg JCT vs {base}: {ratios}")
+    if per_queue:
+        _echo_per_queue(results)
     if plot_dir is not None:
         click.echo(f"plots: {', '.join(str(p) for p in written)}")
+
+
+def _echo_per_queue(results: Sequence[SimResult]) -> None:
+    table = _table("POLICY", "CLUSTER QUEUE", "JOBS", "AVG JCT", "AVG WAIT", "P99 WAIT", "MAX WAIT", "SLOWDOWN",
+                   "WASTED", "SHARE/ENT",
+                   right=("JOBS", "AVG JCT", "AVG WAIT", "P99 WAIT", "MAX WAIT", "SLOWDOWN", "WASTED", "SHARE/ENT"))
+    for r in results:
+        for name, q in r.per_queue.items():
+            table.add_row(r.policy, name, f"{q['jobs']:.0f}", _dur(q["avg_jct_s"]), _dur(q["avg_wait_s"]),
+                          _dur(q["p99_wait_s"]), _dur(q["max_wait_s"]), f"{q['avg_slowdown']:.2f}",
+                          f"{q['wasted_fraction']:.2%}", f"{q['share_over_entitlement']:.2f}")
+    _echo_table(table)
 
 
 def _dur(seconds: float) -> str:

@@ -5,6 +5,12 @@ It works in *rounds*. A round takes the attempts that finished since the last on
 fan-out, admission of queued steps, timeouts, cancellation), writes all of it in one transaction, and only after
 the commit *acts*: sends tasks to executors, kills timed-out or cancelled attempts. A crash at any instant leaves
 the database describing what was decided; `capstan pipelines resume` continues from there.
+
+Group commit (decision 0753): a round whose only effects start attempts in this process (thread steps) that hold
+no queue workload need not commit before it acts, because a crash ends those attempts with the orchestrator and
+nothing outside the run holds them. Its batch waits, and later rounds add to it, until a round must commit (it
+starts a worker process or a remote attempt, stops one, or ends the run), or `GROUP_COMMIT_S` has passed since the
+first waiting round. A crash loses at most that window of thread-step progress, which resume runs again.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import os
 import queue
 import random
 import threading
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -58,6 +65,8 @@ if TYPE_CHECKING:
 
 S = StepState
 _ABSENT = object()
+GROUP_COMMIT_S = 0.05
+"""The longest a round's changes wait for the commit of a later round (thread steps only)."""
 
 
 class Observer(Protocol):
@@ -95,6 +104,8 @@ class Orchestrator:
         self._poll = poll_s
         self._heartbeat = heartbeat_s
         self._writer = RoundWriter(engine)
+        self._pending: Batch | None = None  # rounds whose commit waits (group commit)
+        self._pending_since = 0.0
         self._out: queue.SimpleQueue[Outcome | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._error: BaseException | None = None
@@ -205,8 +216,11 @@ class Orchestrator:
         try:
             outcomes = [outcome]
             self._drain(outcomes)
+            waiting = self._pending is not None
             self._round(outcomes)
-            wake = self._done or bool(self._retrying) or self._supervisor.has_deadlines()
+            # A group that starts waiting here needs the orchestrator's thread to commit it when it is due.
+            wake = self._done or bool(self._retrying) or self._supervisor.has_deadlines() or \
+                (self._pending is not None and not waiting)
         except BaseException as exc:  # noqa: BLE001  # handed to the orchestrator's thread, which re-raises it
             self._error = exc
             wake = True
@@ -250,6 +264,7 @@ class Orchestrator:
                 if self._error is not None:
                     raise self._error
                 if self._done or self._detached:
+                    self._flush()
                     self._writer.checkpoint()
                     return
                 if self._mono() - last_checkpoint > 1.0:
@@ -306,6 +321,8 @@ class Orchestrator:
 
     def _wait_s(self) -> float:
         wait = self._poll
+        if self._pending is not None:
+            wait = min(wait, self._pending_since + GROUP_COMMIT_S - time.monotonic())
         deadline = self._supervisor.next_deadline()
         if deadline is not None:
             wait = min(wait, deadline - self._mono())
@@ -319,6 +336,7 @@ class Orchestrator:
         now = self._now = self._clock()
         batch = batch or Batch.new()
         effects: list[Effect] = []
+        light = self._supervisor.light_launches
         mono = self._mono()
         if mono - self._last_poll >= self._poll:
             self._last_poll = mono
@@ -347,8 +365,9 @@ class Orchestrator:
             self._start_queued(batch, now, effects)
         self._supervisor.give_back()  # before the commit: a crash never leaves a finished step holding quota
         self._check_done(batch, now)
-        if batch:
-            self._commit(batch)
+        if batch or self._pending is not None:
+            light = self._supervisor.light_launches - light
+            self._group(batch, defer=not self._done and len(effects) == light)
         for effect in effects:
             effect()
         if self._observer is not None:
@@ -364,6 +383,26 @@ class Orchestrator:
 
     def _touch(self, rec: StepRec, batch: Batch) -> None:
         batch.touched[rec.node.id] = rec
+
+    def _group(self, batch: Batch, *, defer: bool) -> None:
+        """Commit ``batch`` with the waiting rounds, or (``defer``) let it wait with them while the group is young.
+
+        The group's age is real time (not the injected clock): it bounds what a crash can lose."""
+        mono = time.monotonic()
+        if self._pending is None:
+            if not batch:
+                return
+            self._pending, self._pending_since = batch, mono
+        elif batch:
+            self._pending.absorb(batch)
+        if not defer or mono - self._pending_since >= GROUP_COMMIT_S:
+            self._flush()
+
+    def _flush(self) -> None:
+        """Commit the waiting rounds, if any (they keep waiting when the commit fails)."""
+        if self._pending is not None:
+            self._commit(self._pending)
+            self._pending = None
 
     def _commit(self, batch: Batch) -> None:
         batch.render(self.run_id)

@@ -3,7 +3,8 @@
 The orchestrator's writes go through `RoundWriter`: every change decided in one scheduling round (step states,
 attempt rows, lineage, cache entries, events) is written with pre-compiled statements in *one* transaction, which
 commits before any of those changes takes effect. That keeps "persisted before it takes effect" while costing one
-commit per round instead of several per step.
+commit per round instead of several per step. Rounds that only start thread steps share one transaction with the
+rounds after them (group commit: `capstan.pipelines.orchestrator`, decision 0753).
 """
 
 from __future__ import annotations
@@ -397,6 +398,20 @@ class Batch:
         """Add ``update`` to the run's changes (a later update's fields win; the others stay)."""
         self.run = update if self.run is None else self.run.then(update)
 
+    def absorb(self, later: Batch) -> None:
+        """Append the changes of ``later``, a later round's batch, to this one (group commit: both are written in
+        one transaction; a step's row is rendered from its latest state, the run's later fields win)."""
+        self.steps.update(later.steps)
+        self.touched.update(later.touched)
+        self.new_steps += later.new_steps
+        self.attempts_new += later.attempts_new
+        self.attempts_done += later.attempts_done
+        self.inputs += later.inputs
+        self.cache += later.cache
+        self.events += later.events
+        if later.run is not None:
+            self.update_run(later.run)
+
     def render(self, run_id: str) -> None:
         """Render the rows of the touched steps (once per round, however often a step changed in it)."""
         for step_id, source in self.touched.items():
@@ -445,7 +460,8 @@ _STATEMENTS: dict[tuple[str, str, str], _Statements] = {}
 
 
 class RoundWriter:
-    """Writes `Batch` es over one held connection, one transaction per round.
+    """Writes `Batch` es over one held connection, one transaction per batch (a round, or a group of rounds whose
+    effects need not wait for the commit: see `capstan.pipelines.orchestrator`).
 
     The transaction is driven at the DB-API level (SQLite: ``BEGIN IMMEDIATE`` ... ``COMMIT`` on a connection in
     autocommit mode; PostgreSQL: the driver's implicit transaction and ``commit``): a round is a handful of
@@ -565,12 +581,13 @@ class RoundWriter:
             self._in_tx = False
 
     def checkpoint(self) -> None:
-        """Move committed WAL pages into the SQLite database file without waiting for readers (PASSIVE)."""
-        if self._sqlite and self._dbapi is not None:
-            import contextlib
+        """Have committed WAL pages moved into the SQLite database file (PASSIVE: without waiting for readers), on
+        the checkpoint thread of `capstan.pipelines.wal`, off the rounds' path."""
+        path = self._engine.url.database if self._sqlite else None
+        if path and path != ":memory:" and not path.startswith("file:"):
+            from capstan.pipelines.wal import request_checkpoint
 
-            with contextlib.suppress(Exception):
-                self._dbapi.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            request_checkpoint(path)
 
     def rollback(self) -> None:
         """Abandon an open transaction."""

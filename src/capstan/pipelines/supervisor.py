@@ -96,6 +96,9 @@ class AttemptSupervisor:
         self._preempting: dict[str, str] = {}  # attempt key -> why its lease was revoked
         self._releases: list[tuple[Lease, bool]] = []  # given back to the admission once per round
         self._stale_files: set[str] = set()
+        self.light_launches = 0
+        """Attempts launched in this process (a thread) without a queue workload, so far: a crash ends them with the
+        orchestrator and nothing outside the run holds them, so their rows need not be committed before they start."""
         self.values: dict[str, Any] = {}
         """Return values of finished steps kept in memory (step id -> value): produced by in-process attempts and
         handed to in-process successors. The orchestrator reads them for look-ups and map results and drops those
@@ -173,6 +176,8 @@ class AttemptSupervisor:
         placement = executor.place(lease)  # a warm worker set aside: its pid goes into the attempt's row
         task = make_task(self._run_id, self._project, self._run_dir, rec, self._recs, lease, attempt=rec.attempt,
                          log=placement.log_path, results=placement.results_path)
+        if executor.in_process and lease.workload is None:
+            self.light_launches += 1  # dies with this process and holds no quota: its rows may be written later
         if executor.in_process:
             values = {d: self.values[d] for d in rec.node.deps if d in self.values}
             effects.append(lambda: executor.start(task, placement, lease=lease, step=step, values=values))

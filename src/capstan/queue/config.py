@@ -12,6 +12,7 @@ The YAML reads like Kueue's objects, gathered into one document::
     priorityClasses:  [{name, value, description}]
     fairSharing:      {enable: true}
     defaultPriorityClass: name
+    aging:            {afterSeconds: 302400, holdAfterSeconds: 3456000}   # or {enable: false}
 
 Every error names the path of the offending field, e.g.
 ``clusterQueues[2].resourceGroups[0].flavors[1]: borrowingLimit needs a cohort``.
@@ -47,7 +48,13 @@ from capstan.queue.model import (
 from capstan.resources.quantity import parse_quantity
 
 TOP_KEYS = {"flavors", "cohorts", "clusterQueues", "localQueues", "priorityClasses", "fairSharing",
-            "defaultPriorityClass", "simulation"}
+            "defaultPriorityClass", "aging", "simulation"}
+
+DEFAULT_AGING_SECONDS = 302_400.0  # 3.5 days
+"""How long a workload may wait before the aging rule tries it before every other workload."""
+
+DEFAULT_HOLD_SECONDS = 3_456_000.0  # 40 days
+"""How long a workload may wait before, if it does not fit, it holds its cohort tree until it is admitted."""
 
 
 def _fail(path: str, message: str) -> InvalidParameterValue:
@@ -348,7 +355,31 @@ def parse_config(data: object) -> QueueConfig:
     if default_pc is not None and not any(p.name == default_pc for p in pcs):
         raise _fail("defaultPriorityClass", f"priority class {default_pc!r} does not exist")
     return QueueConfig(tuple(flavors.values()), tuple(cqs), tuple(cohorts), tuple(lqs), tuple(pcs), fair,
-                       default_pc)
+                       default_pc, *_aging(top.get("aging")))
+
+
+def _aging(raw: object) -> tuple[float | None, float | None]:
+    """The ``aging`` block: ``{afterSeconds, holdAfterSeconds}`` (defaults `DEFAULT_AGING_SECONDS`,
+    `DEFAULT_HOLD_SECONDS`) or ``{enable: false}``."""
+    if raw is None:
+        return DEFAULT_AGING_SECONDS, DEFAULT_HOLD_SECONDS
+    obj = _mapping(raw, "aging", {"enable", "afterSeconds", "holdAfterSeconds"})
+    enable = obj.get("enable", True)
+    if not isinstance(enable, bool):
+        raise _fail("aging.enable", f"expected true or false, got {enable!r}")
+    if not enable:
+        if "afterSeconds" in obj or "holdAfterSeconds" in obj:
+            raise _fail("aging", "afterSeconds and holdAfterSeconds have no effect with enable: false")
+        return None, None
+    out = []
+    for key, default in (("afterSeconds", DEFAULT_AGING_SECONDS), ("holdAfterSeconds", DEFAULT_HOLD_SECONDS)):
+        value = obj.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+            raise _fail(f"aging.{key}", f"expected a number of seconds > 0, got {value!r}")
+        out.append(float(value))
+    if out[1] < out[0]:
+        raise _fail("aging.holdAfterSeconds", "must be at least afterSeconds")
+    return out[0], out[1]
 
 
 def load_yaml(text: str, *, source: str = "config") -> Any:

@@ -12,8 +12,8 @@ reserved, so no other head takes it; the preemptor is admitted in a later cycle 
 from __future__ import annotations
 
 import heapq
-from collections.abc import Hashable, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Hashable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
 
 from capstan.queue.assign import BORROW, FIT, NOFIT, PREEMPT, Attempt, assign
 from capstan.queue.model import (
@@ -48,6 +48,10 @@ class Scratch:
     devices: dict[str, list[int]]
     removed: set[str]
     owned: set[str] = field(default_factory=set)
+    # The cycle's time (for lost work and minimum run times), and the ClusterQueues whose victim search passed
+    # over candidates that had not run their minimum time yet.
+    now: float = 0.0
+    protected: set[str] = field(default_factory=set)
 
     def own(self, topology: Topology, node: Node) -> None:
         """Make the usage tables of ``node``'s cohort tree private to this scratch state."""
@@ -59,9 +63,9 @@ class Scratch:
             self.owned.add(root)
 
 
-def scratch_of(state: ClusterState) -> Scratch:
+def scratch_of(state: ClusterState, now: float = 0.0) -> Scratch:
     """Fresh scratch state over a state's usage and device tables (usage is copied on write, see `Scratch`)."""
-    return Scratch(list(state.usage), {k: list(v) for k, v in state.devices.items()}, set())
+    return Scratch(list(state.usage), {k: list(v) for k, v in state.devices.items()}, set(), now=now)
 
 
 def try_workload(state: ClusterState, scratch: Scratch, wl: Workload, *,
@@ -95,8 +99,12 @@ def try_workload(state: ClusterState, scratch: Scratch, wl: Workload, *,
         if attempt.mode != PREEMPT:
             break
         first.searched = attempt.searched = True
+        protected: set[str] = set()
         found = find_victims(topo, state, cq, node, wl, attempt.usage, attempt.pod_sets, scratch.usage,
-                             scratch.devices, scratch.removed, topo.config.fair_sharing, report=report)
+                             scratch.devices, scratch.removed, topo.config.fair_sharing, report=report,
+                             now=scratch.now, protected=protected)
+        if protected:
+            scratch.protected.add(cq.name)
         if found is not None:
             victims, usage_after, devices_after = found
             decisions: list[Decision] = [Preempt(v.admission.id, v.admission.cluster_queue, wl.id, v.reason)
@@ -122,7 +130,49 @@ def try_workload(state: ClusterState, scratch: Scratch, wl: Workload, *,
             report = None
         excluded = excluded | {f for ps in attempt.pod_sets for f in ps.flavors.values()}
     first.mode = NOFIT
+    if any(ps.least < ps.count for ps in wl.pod_sets):
+        partial = _partial(state, scratch, wl)
+        if partial is not None:
+            return partial
     return first, []
+
+
+def partial_workload(wl: Workload, removed: int) -> Workload:
+    """``wl`` with ``removed`` pods fewer, taken from the pod sets that have a ``min_count`` in proportion to
+    how many each may lose (rounded up, never below its minimum); the result is all or nothing."""
+    reducible = [ps.count - ps.least for ps in wl.pod_sets]
+    total = sum(reducible)
+    sets = []
+    for ps, can in zip(wl.pod_sets, reducible, strict=True):
+        cut = min(can, -(-removed * can // total)) if total else 0
+        sets.append(replace(ps, count=ps.count - cut, min_count=None))
+    return replace(wl, pod_sets=tuple(sets))
+
+
+def _partial(state: ClusterState, scratch: Scratch, wl: Workload) -> tuple[Attempt, list[Decision]] | None:
+    """Partial admission (Kueue's ``minCount``): the most pods that fit without preemption, found by bisection
+    on the number of pods removed (fewer pods never fit worse); None when even the minimum does not fit."""
+    topo = state.topology
+    cq = topo.cluster_queues[wl.cluster_queue]
+    node = topo.cq_nodes[cq.name]
+    groups = topo.group_of[cq.name]
+
+    def fits(removed: int) -> bool:
+        attempt = assign(cq, node, groups, topo.flavors, partial_workload(wl, removed), scratch.usage,
+                         dict(scratch.devices), can_preempt=False)
+        return attempt.mode <= BORROW
+
+    most = sum(ps.count - ps.least for ps in wl.pod_sets)
+    if not fits(most):
+        return None
+    low, high = 1, most  # removing nothing is the full count, which did not fit
+    while low < high:
+        mid = (low + high) // 2
+        if fits(mid):
+            high = mid
+        else:
+            low = mid + 1
+    return try_workload(state, scratch, partial_workload(wl, low), allow_preemption=False)
 
 
 # A victim search known to be refused (cycles without explanations only; never changed).
@@ -253,14 +303,14 @@ def schedule(state: ClusterState, pending: PendingQueues, now: float, *, explain
 
     With ``explain`` false (the simulator), pending verdicts are not produced, which saves their formatting.
     """
-    del now  # decisions are time-free; the caller stamps admission times
     topo = state.topology
     fair = topo.config.fair_sharing
-    scratch = scratch_of(state)
+    scratch = scratch_of(state, now)
     decisions: list[Decision] = []
-    # Entries: (borrows, -priority, created, counter, walk); the counter is unique, so walks are never compared
-    # and the pop order is fully determined.
-    heap: list[tuple[float, int, float, int, _Walk]] = []
+    # Entries: (borrows, -priority, created, submission sequence, counter, walk). The sequence orders heads of
+    # different queues created in the same instant by submission, not by the order queues are visited; the
+    # counter is unique, so walks are never compared and the pop order is fully determined.
+    heap: list[tuple[float, int, float, int, int, _Walk]] = []
     walks: dict[str, _Walk] = {}
     progress: dict[str, bool] = {}
     counter = 0
@@ -284,7 +334,7 @@ def schedule(state: ClusterState, pending: PendingQueues, now: float, *, explain
     freed = dict.fromkeys(epochs, 0)
     candidates: list[tuple[_Walk, Workload, SearchReport]] = []
 
-    def entry(walk: _Walk) -> tuple[float, int, float, int, _Walk] | None:
+    def entry(walk: _Walk) -> tuple[float, int, float, int, int, _Walk] | None:
         nonlocal counter
         if not walk.heads:
             return None
@@ -311,7 +361,7 @@ def schedule(state: ClusterState, pending: PendingQueues, now: float, *, explain
                 if q and q > room.get(r, 0):
                     first = 1.0
                     break
-        return (first, top[0], top[1], counter, walk)
+        return (first, top[0], top[1], top[2], counter, walk)
 
     def refresh_roomy(walk: _Walk, epoch: int) -> None:
         walk.roomy = state.max_headroom(walk.name) if epoch == 0 else max_available(topo, walk.name, scratch.usage)
@@ -328,9 +378,33 @@ def schedule(state: ClusterState, pending: PendingQueues, now: float, *, explain
 
     tree_versions = state.versions
     admit_versions = state.admit_versions
+    aged = _Aged()
+    if topo.config.aging_seconds is not None:
+        hold = topo.config.hold_seconds
+        aged = _aged_first(state, pending, scratch, now - topo.config.aging_seconds,
+                           now - (hold if hold is not None else float("inf")), explain, searched)
+        decisions.extend(aged.decisions)
+        for root, admits in aged.admits.items():
+            tree_admits[root].extend(admits)
+            epochs[root] += len(admits)
+        for root in aged.preempted:
+            tree_preempted.add(root)
+            freed[root] += 1
+            epochs[root] += 1
+    taken = aged.taken
     for name in pending.cluster_queues():
         cq = topo.cluster_queues.get(name)
         if cq is None:
+            continue
+        holder = aged.held.get(cq_nodes[name].root.name)
+        if holder is not None:
+            # The aging rule: nothing overtakes a workload that has waited too long.
+            held_queue = pending.queue(name)
+            top_wl = None if held_queue is None else held_queue.head()
+            if explain and top_wl is not None and top_wl.id != holder.id:
+                decisions.append(Pending(top_wl.id, name, Reason.BLOCKED_BY_HEAD_OF_QUEUE,
+                                         f"the cohort tree is held for {holder.id}, pending for longer than "
+                                         f"the aging hold limit of {topo.config.hold_seconds:g}s"))
             continue
         # `ClusterState.version`, inlined: this loop runs for every queue in every cycle.
         node = cq_nodes[name]
@@ -345,6 +419,8 @@ def schedule(state: ClusterState, pending: PendingQueues, now: float, *, explain
             continue
         progress[name] = False
         walk = walks[name] = _Walk(name, cq, node, queue.cursor(), version, preempting[name], name in tracked)
+        if root in aged.touched:
+            walk.changes = 1  # the aging pass changed this tree's scratch usage: no cached headroom
         if cq.stopped:
             head = walk.cursor.peek()
             if explain and head is not None:
@@ -355,11 +431,15 @@ def schedule(state: ClusterState, pending: PendingQueues, now: float, *, explain
             heapq.heappush(heap, first_entry)
 
     while heap:
-        walk = heap[0][4]
+        walk = heap[0][5]
         name = walk.name
         cursor = walk.cursor
         top = walk.heads[0]
         wl = walk.workloads[walk.lists[top[3]][top[4]][1]]
+        if taken and wl.id in taken:
+            cursor.advance()  # already decided by the aging pass
+            requeue(walk)
+            continue
         if not wl.active or wl.queue in stopped_local_queues:
             if explain:
                 why = "the workload is deactivated" if not wl.active else f"LocalQueue {wl.queue} is stopped"
@@ -450,7 +530,10 @@ def schedule(state: ClusterState, pending: PendingQueues, now: float, *, explain
         cursor.skip_bucket()
         requeue(walk)
 
-    blocked = {name: walks[name].version for name, moved in progress.items() if not moved}
+    # A queue whose search passed over workloads still within their minimum run time may succeed later at the
+    # same version (time alone lifts the protection): it is not marked blocked.
+    blocked = {name: walks[name].version for name, moved in progress.items()
+               if not moved and name not in scratch.protected}
     # A queue walked to the end whose admissions only get harder with more usage (`Topology.monotone`): every
     # workload left was refused against no more usage than it will face once these admissions are applied.
     monotone = topo.monotone
@@ -479,6 +562,95 @@ def schedule(state: ClusterState, pending: PendingQueues, now: float, *, explain
                     if later is not None:
                         futile[name] = (version + len(admitted), known[1], later)
     return CycleResult(tuple(decisions), blocked, settled, futile)
+
+
+AGED_PRIORITY = 1 << 30
+"""The priority an aged workload searches for victims with (and, in the simulator, keeps once admitted)."""
+
+
+@dataclass(slots=True)
+class _Aged:
+    """What the aging pass of a cycle decided (see `_aged_first`)."""
+
+    decisions: list[Decision] = field(default_factory=list)
+    # Cohort tree root -> the aged workload that did not fit and holds the tree.
+    held: dict[str, Workload] = field(default_factory=dict)
+    # Workloads the pass admitted or found victims for; the queue walk passes over them.
+    taken: set[str] = field(default_factory=set)
+    admits: dict[str, list[tuple[str, int, Mapping[FR, int]]]] = field(default_factory=dict)
+    preempted: set[str] = field(default_factory=set)
+    touched: set[str] = field(default_factory=set)
+
+
+def _aged_first(state: ClusterState, pending: PendingQueues, scratch: Scratch, cutoff: float, hold_cutoff: float,
+                explain: bool, searched: set[str]) -> _Aged:
+    """The aging rule: workloads created at or before ``cutoff`` go first, oldest first, across all queues.
+
+    Each is tried until one of its queue does not fit; past ``hold_cutoff`` the oldest of each cohort tree is
+    tried at priority `AGED_PRIORITY` (so it may preempt where its queue's policies allow preempting lower
+    priorities). The first
+    that does not fit and was created at or before ``hold_cutoff`` holds its cohort tree: no other workload of
+    the tree is admitted in this cycle, so its wait is bounded by the hold limit plus the time running work takes
+    to free its request. Blocked-queue marks are ignored here: a queue's workload may have aged since it was
+    marked.
+    """
+    topo = state.topology
+    out = _Aged()
+    # (created, sequence, ClusterQueue, workload, the queue's later aged workloads): sequences are unique, so
+    # the workloads and iterators are never compared.
+    heads: list[tuple[float, int, str, Workload, Iterator[Workload]]] = []
+    for name in pending.cluster_queues():
+        cq = topo.cluster_queues.get(name)
+        queue = pending.queue(name)
+        if cq is None or cq.stopped or queue is None:
+            continue
+        it = queue.aged(cutoff)
+        first = next(it, None)
+        if first is not None:
+            heads.append((first.created, pending.sequence(first.id), name, first, it))
+    heapq.heapify(heads)
+    stopped_local_queues = topo.stopped_local_queues
+    boosted: set[str] = set()
+    while heads:
+        _created, _seq, name, wl, it = heapq.heappop(heads)
+        root = topo.cq_nodes[name].root.name
+        if root in out.held:
+            continue  # the tree is held by an older workload; this queue's later ones wait too
+        made: list[Decision] = []
+        if wl.active and wl.queue not in stopped_local_queues:
+            # Past the hold limit, the oldest workload of each cohort tree may preempt as the top priority allows
+            # (other aged workloads, at the same level, are safe): evictions for aging stay one at a time per
+            # tree. Before it, aged workloads are promoted only.
+            boost = wl.created <= hold_cutoff and root not in boosted
+            if boost:
+                boosted.add(root)
+            trial = replace(wl, priority=max(wl.priority, AGED_PRIORITY)) if boost else wl
+            attempt, made = try_workload(state, scratch, trial, allow_preemption=name not in searched)
+            if attempt.searched:
+                searched.add(name)
+            if not made:
+                if wl.created <= hold_cutoff:
+                    out.held[root] = wl
+                    if explain:
+                        verdict = pending_verdict(state, scratch.usage, topo.cluster_queues[name], attempt, wl)
+                        out.decisions.append(replace(verdict, message=f"{verdict.message} (aged: holds the "
+                                                                      "cohort tree until admitted)"))
+                # The queue's younger aged workloads are left to the queue walk: one failed try per queue keeps
+                # the pass O(ClusterQueues) however many workloads have aged.
+                continue
+        if made:
+            out.decisions.extend(made)
+            out.taken.add(wl.id)
+            out.touched.add(root)
+            first_made = made[0]
+            if isinstance(first_made, Admit):
+                out.admits.setdefault(root, []).append((name, wl.priority, first_made.usage))
+            else:
+                out.preempted.add(root)
+        nxt = next(it, None)
+        if nxt is not None:
+            heapq.heappush(heads, (nxt.created, pending.sequence(nxt.id), name, nxt, it))
+    return out
 
 
 def shape_failure_key(shape: Hashable, per_pod_gpus: bool) -> Hashable:
@@ -525,7 +697,8 @@ def never_fits(state: ClusterState, wl: Workload) -> str | None:
     empty: list[dict[FR, int]] = [{} for _ in topo.nodes]
     devices = {f.name: [f.sharing.slots_per_gpu if f.sharing else 1] * f.gpus
                for f in topo.flavors.values() if f.gpus is not None}
-    attempt = assign(cq, node, topo.group_of[cq.name], topo.flavors, wl, empty, devices, can_preempt=False)
+    least = replace(wl, pod_sets=tuple(replace(ps, count=ps.least) for ps in wl.pod_sets))
+    attempt = assign(cq, node, topo.group_of[cq.name], topo.flavors, least, empty, devices, can_preempt=False)
     if attempt.mode in (FIT, BORROW):
         return None
     return attempt.message or "no flavor of the ClusterQueue can ever hold it"

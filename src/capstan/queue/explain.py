@@ -72,8 +72,8 @@ class Explanation:
         return "\n".join(lines)
 
 
-def explain(state: ClusterState, pending: PendingQueues, record: WorkloadRecord) -> Explanation:
-    """Explain one workload from the live state and queues."""
+def explain(state: ClusterState, pending: PendingQueues, record: WorkloadRecord, now: float = 0.0) -> Explanation:
+    """Explain one workload from the live state and queues; ``now`` (seconds) is the engine's clock."""
     wl = record.workload
 
     def mk(position: int | None, length: int, reason: Reason, message: str, *, blocking: tuple[Blocking, ...] = (),
@@ -112,7 +112,7 @@ def explain(state: ClusterState, pending: PendingQueues, record: WorkloadRecord)
             f"ClusterQueue {cq.name} is stopped" if cq.stopped else f"LocalQueue {lq.name} is stopped")
         return mk(position, length, Reason.INACTIVE, what)
     head = queue.head() if queue is not None else None
-    scratch = scratch_of(state)
+    scratch = scratch_of(state, now)
     attempt, made = try_workload(state, scratch, wl)
     if cq.queueing_strategy is QueueingStrategy.STRICT_FIFO and head is not None and head.id != wl.id:
         own = "it would fit now" if made else describe_failure(state, scratch.usage, cq, attempt, wl)
@@ -129,7 +129,7 @@ def explain(state: ClusterState, pending: PendingQueues, record: WorkloadRecord)
     reason = failure_reason(attempt)
     return mk(position, length, reason, describe_failure(state, scratch.usage, cq, attempt, wl),
               blocking=blocking_numbers(state, scratch.usage, cq, attempt, wl),
-              holders_=holders(state, cq, attempt.blocking), hint_=hint(state, cq, wl, reason))
+              holders_=holders(state, cq, attempt.blocking), hint_=hint(state, cq, wl, reason, now))
 
 
 def _evictions(state: ClusterState, cq: ClusterQueue, made: Sequence[object],
@@ -149,14 +149,14 @@ def _evictions(state: ClusterState, cq: ClusterQueue, made: Sequence[object],
     return evicting, f"waiting for {', '.join(evicting)} to be evicted (preempted; not stopped yet)"
 
 
-def hint(state: ClusterState, cq: ClusterQueue, wl: Workload, reason: Reason) -> str | None:
+def hint(state: ClusterState, cq: ClusterQueue, wl: Workload, reason: Reason, now: float = 0.0) -> str | None:
     """A concrete way out: a fractional flavor that fits now, or the priority that would get it admitted."""
     fractional = _fractional_hint(state, cq, wl)
     if fractional is not None:
         return fractional
     if reason is Reason.NO_FITTING_FLAVOR:
         return "no flavor of this ClusterQueue can hold the request as it is; change the request or the queue"
-    needed = _priority_needed(state, cq, wl)
+    needed = _priority_needed(state, cq, wl, now)
     if needed is not None:
         return f"would be admitted if priority >= {needed}"
     if not cq.preemption.enabled:
@@ -200,7 +200,7 @@ def _fractional_hint(state: ClusterState, cq: ClusterQueue, wl: Workload) -> str
     return None
 
 
-def _priority_needed(state: ClusterState, cq: ClusterQueue, wl: Workload) -> int | None:
+def _priority_needed(state: ClusterState, cq: ClusterQueue, wl: Workload, now: float) -> int | None:
     if not cq.preemption.enabled:
         return None
     topo = state.topology
@@ -209,7 +209,7 @@ def _priority_needed(state: ClusterState, cq: ClusterQueue, wl: Workload) -> int
     levels = sorted({a.workload.priority + 1 for n in names for a in state.by_cq[n].values()
                      if a.workload.priority >= wl.priority})
     for level in levels[:32]:
-        _attempt, made = try_workload(state, scratch_of(state), replace(wl, priority=level))
+        _attempt, made = try_workload(state, scratch_of(state, now), replace(wl, priority=level))
         if made:
             return level
     return None

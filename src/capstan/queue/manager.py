@@ -122,6 +122,8 @@ class QueueManager:
             self._records[r.id] = r
             if r.state in (ADMITTED, EVICTING) and r.admission is not None:
                 self.state.admit(r.admission)
+                if r.checkpointed_at is not None:
+                    self.state.record_checkpoint(r.id, r.checkpointed_at / 1000)
                 if r.state == EVICTING:
                     self.state.mark_evicting(r.id)
             elif r.state == PENDING and r.requeue_at is None and r.workload.cluster_queue in self.topology.cq_nodes:
@@ -191,8 +193,14 @@ class QueueManager:
 
     # ------------------------------------------------------------------------------------------ workloads
     def submit(self, workload_id: str, local_queue: str, pod_sets: Iterable[PodSet], *, priority_class: str | None
-               = None, project: str | None = None, user: str = "", active: bool = True) -> WorkloadRecord:
-        """Queue a new workload; rejected at once when it could never fit any queue it may use."""
+               = None, project: str | None = None, user: str = "", active: bool = True,
+               min_run_seconds: float = 0.0, checkpoint_interval_seconds: float = 0.0) -> WorkloadRecord:
+        """Queue a new workload; rejected at once when it could never fit any queue it may use.
+
+        ``min_run_seconds``: once admitted it is not preempted before it has run this long.
+        ``checkpoint_interval_seconds``: how often it saves (the queue's estimate of its last save until it
+        reports one with `record_checkpoint`).
+        """
         if not workload_id:
             raise InvalidParameterValue("workload id must not be empty")
         existing = self._records.get(workload_id) or self.store.get_workload(workload_id)
@@ -210,10 +218,18 @@ class QueueManager:
         sets = tuple(pod_sets)
         if not sets or any(ps.count < 1 for ps in sets):
             raise InvalidParameterValue("a workload needs at least one pod set with count >= 1")
+        for ps in sets:
+            if ps.min_count is not None and not 1 <= ps.min_count <= ps.count:
+                raise InvalidParameterValue(f"pod set {ps.name!r}: min_count must be 1..{ps.count}, "
+                                            f"got {ps.min_count}")
+        for value, what in ((min_run_seconds, "min_run_seconds"),
+                            (checkpoint_interval_seconds, "checkpoint_interval_seconds")):
+            if not 0 <= value < float("inf"):
+                raise InvalidParameterValue(f"{what} must be a number of seconds >= 0, got {value!r}")
         now = self.clock()
         workload = Workload(workload_id, local_queue, lq.cluster_queue, sets, priority, now / 1000,
                             project or lq.project, user, priority_class or self.config.default_priority_class,
-                            active)
+                            active, min_run_seconds, checkpoint_interval_seconds)
         why = never_fits(self.state, workload)
         if why is not None:
             raise InvalidParameterValue(f"workload {workload_id!r} can never be admitted by ClusterQueue "
@@ -263,6 +279,18 @@ class QueueManager:
         self._event(done, reason, message)
         return done
 
+    def record_checkpoint(self, workload_id: str, at: int | None = None) -> WorkloadRecord:
+        """A running workload saved a checkpoint (at ``at`` ms, default now): work before it is not lost to a
+        preemption, and victim searches prefer workloads that saved recently."""
+        record = self.get(workload_id)
+        if record.state != ADMITTED:
+            raise InvalidState(f"workload {workload_id!r} is {record.state}, not running")
+        when = self.clock() if at is None else at
+        self.state.record_checkpoint(record.id, when / 1000)
+        new = replace(record, checkpointed_at=max(when, record.checkpointed_at or when))
+        self._save(new)
+        return new
+
     def evictions(self) -> list[WorkloadRecord]:
         """Admitted workloads that must be stopped (preempted); the executor calls `evicted` once they are."""
         return [r for r in self._records.values() if r.state == EVICTING]
@@ -276,8 +304,9 @@ class QueueManager:
         self.state.release(record.id)
         self.store.close_usage(record.id, now)
         delay = self.backoff.delay_ms(record.preemptions)
-        requeued = replace(record, state=PENDING, reason=Reason.PREEMPTED, admission=None,
-                           requeue_at=now + delay, message=f"preempted; requeued after {delay / 1000:g}s backoff")
+        requeued = replace(record, state=PENDING, reason=Reason.PREEMPTED, admission=None, checkpointed_at=None,
+                           requeue_at=now + delay, message=f"preempted ({_lost(record)}); requeued after "
+                                                           f"{delay / 1000:g}s backoff")
         self._save(requeued)
         self._event(requeued, "Requeued", requeued.message)
         return requeued
@@ -310,7 +339,7 @@ class QueueManager:
                 flavors = sorted({f for ps in d.pod_sets for f in ps.flavors.values()})
                 new = replace(record, state=ADMITTED, reason=Reason.ADMITTED, admission=admission, admitted_at=now,
                               message=f"admitted by ClusterQueue {d.cluster_queue} on {', '.join(flavors)}"
-                                      + (" (borrowing)" if d.borrowing else ""))
+                                      + (" (borrowing)" if d.borrowing else "") + _partial_note(record, d))
                 self.store.open_usage(UsageRecord(record.id, record.workload.project, record.workload.user,
                                                   record.workload.queue, d.cluster_queue, d.usage, now))
                 admitted.append(new)
@@ -320,9 +349,11 @@ class QueueManager:
                     self.metrics.admitted(d.cluster_queue, (now - record.submitted_at) / 1000)
             elif isinstance(d, Preempt):
                 record = self._records[d.victim]
+                lost = self.state.lost_work(self.state.admissions[record.id], now / 1000)
                 self.state.mark_evicting(record.id)
                 new = replace(record, state=EVICTING, reason=Reason.PREEMPTED, preemptions=record.preemptions + 1,
-                              message=f"preempted by {d.preemptor} ({d.reason})")
+                              lost_gpu_seconds=lost)
+                new = replace(new, message=f"preempted by {d.preemptor} ({d.reason}); {_lost(new)}")
                 preempting.append(new)
                 changed.append(new)
                 self._event(new, "Preempted", new.message, warning=True, data={"preemptor": d.preemptor})
@@ -342,7 +373,7 @@ class QueueManager:
         """The one-screen explanation of a workload's state (see `capstan.queue.explain`)."""
         from capstan.queue.explain import explain
 
-        return explain(self.state, self.pending, self.get(workload_id))
+        return explain(self.state, self.pending, self.get(workload_id), self.clock() / 1000)
 
     def status(self) -> list[QueueStatus]:
         """Per-ClusterQueue quota and counts."""
@@ -363,3 +394,16 @@ class QueueManager:
             if not report.admitted and not report.preempting:
                 break
         return reports
+
+
+def _lost(record: WorkloadRecord) -> str:
+    """How much work a preemption cost ``record``, for its message and ``capstan why``."""
+    since = "its last checkpoint" if record.checkpointed_at is not None else "its admission (no checkpoint recorded)"
+    return f"lost {record.lost_gpu_seconds / 3600:.2f} GPU-hours of work done since {since}"
+
+
+def _partial_note(record: WorkloadRecord, admit: Admit) -> str:
+    """What a partial admission (``min_count``) gave, for the admitted workload's message."""
+    parts = [f"{got.count} of {asked.count} pods in pod set {asked.name} (minCount {asked.min_count})"
+             for asked, got in zip(record.workload.pod_sets, admit.pod_sets, strict=True) if got.count < asked.count]
+    return f"; partial admission: {', '.join(parts)}" if parts else ""

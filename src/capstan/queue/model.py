@@ -203,7 +203,12 @@ class PriorityClass:
 
 @dataclass(frozen=True, slots=True)
 class QueueConfig:
-    """Everything ``capstan queue apply`` reads, validated and cross-checked."""
+    """Everything ``capstan queue apply`` reads, validated and cross-checked.
+
+    ``aging_seconds`` and ``hold_seconds`` are the aging rule: a workload pending at least ``aging_seconds`` is
+    tried before every other workload (oldest first); one pending at least ``hold_seconds`` that does not fit
+    also holds its cohort tree, so nothing else is admitted there until it is (None: no aging, no hold).
+    """
 
     flavors: tuple[ResourceFlavor, ...] = ()
     cluster_queues: tuple[ClusterQueue, ...] = ()
@@ -212,6 +217,8 @@ class QueueConfig:
     priority_classes: tuple[PriorityClass, ...] = ()
     fair_sharing: bool = False
     default_priority_class: str | None = None
+    aging_seconds: float | None = None
+    hold_seconds: float | None = None
 
     def local_queue(self, name: str) -> LocalQueue | None:
         """The local queue called ``name``, or None."""
@@ -229,13 +236,23 @@ class QueueConfig:
 
 @dataclass(frozen=True, slots=True)
 class PodSet:
-    """``count`` identical pods, each requesting ``requests`` (resource -> milli-units)."""
+    """``count`` identical pods, each requesting ``requests`` (resource -> milli-units).
+
+    ``min_count`` (Kueue's ``minCount``): when the full count does not fit, the pod set may be admitted with
+    fewer pods, down to this many (None: all or nothing).
+    """
 
     name: str
     count: int
     requests: Mapping[str, int]
     node_selector: Mapping[str, str] = field(default_factory=dict)
     tolerations: tuple[Toleration, ...] = ()
+    min_count: int | None = None
+
+    @property
+    def least(self) -> int:
+        """The fewest pods the pod set may be admitted with."""
+        return self.count if self.min_count is None else self.min_count
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,6 +261,9 @@ class Workload:
 
     ``created`` orders workloads of equal priority (seconds, any epoch the caller uses consistently).
     ``cluster_queue`` is resolved from ``queue`` (the local queue) at submission.
+    ``min_run_seconds``: once admitted, the workload is not chosen as a preemption victim before it has run
+    this long. ``checkpoint_interval_seconds`` (0: unknown): how often it saves a checkpoint, so that the
+    engine can estimate its last save when none was recorded (see `ClusterState.checkpoints`).
     """
 
     id: str
@@ -256,6 +276,8 @@ class Workload:
     user: str = ""
     priority_class: str | None = None
     active: bool = True
+    min_run_seconds: float = 0.0
+    checkpoint_interval_seconds: float = 0.0
 
     def total(self, resource: str) -> int:
         """Total request of ``resource`` over every pod (milli-units)."""

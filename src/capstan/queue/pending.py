@@ -26,7 +26,8 @@ SortKey = tuple[int, float, int]
 def shape_key(workload: Workload) -> Hashable:
     """Workloads with equal keys request exactly the same resources in the same way."""
     return tuple(
-        (ps.count, tuple(sorted(ps.requests.items())), tuple(sorted(ps.node_selector.items())), ps.tolerations)
+        (ps.count if ps.min_count is None else (ps.count, ps.min_count), tuple(sorted(ps.requests.items())),
+         tuple(sorted(ps.node_selector.items())), ps.tolerations)
         for ps in workload.pod_sets)
 
 
@@ -37,7 +38,8 @@ class ClusterQueuePending:
     that a cursor starts from a copy of that list instead of visiting every bucket.
     """
 
-    __slots__ = ("_next_id", "buckets", "heads", "ids", "keys", "lists", "shapes", "vecs", "vectors", "workloads")
+    __slots__ = ("_next_id", "buckets", "by_age", "heads", "ids", "keys", "lists", "shapes", "vecs", "vectors",
+                 "workloads")
 
     def __init__(self) -> None:
         self.buckets: dict[Hashable, list[tuple[SortKey, str]]] = {}
@@ -52,6 +54,8 @@ class ClusterQueuePending:
         self.shapes: dict[int, Hashable] = {}
         # (-priority, created, sequence, bucket id, 0) of every bucket's head, sorted: a ready-made heap.
         self.heads: list[tuple[int, float, int, int, int]] = []
+        # (created, sequence, id) of every workload, sorted: the oldest first, for the aging rule.
+        self.by_age: list[tuple[float, int, str]] = []
         self._next_id = 0
 
     def __len__(self) -> int:
@@ -73,6 +77,13 @@ class ClusterQueuePending:
         top = self.heads[0]
         return self.workloads[self.lists[top[3]][0][1]]
 
+    def aged(self, cutoff: float) -> Iterator[Workload]:
+        """Workloads created at or before ``cutoff``, oldest first (creation time, then submission)."""
+        for created, _seq, wid in self.by_age:
+            if created > cutoff:
+                return
+            yield self.workloads[wid]
+
     def add(self, workload: Workload, key: SortKey) -> None:
         """Insert a workload under its sort key (`PendingQueues.push` checks it is not already pending)."""
         shape = shape_key(workload)
@@ -85,13 +96,16 @@ class ClusterQueuePending:
             bucket: list[tuple[SortKey, str]] = []
             self.buckets[shape] = self.lists[bid] = bucket
             vector: dict[str, int] = {}
+            # The least the workload may be admitted with (its full request unless a pod set has a minCount):
+            # the engine refuses a bucket cheaply only when even that is more than it could get.
             for ps in workload.pod_sets:
                 for r, v in ps.requests.items():
-                    vector[r] = vector.get(r, 0) + ps.count * v
+                    vector[r] = vector.get(r, 0) + ps.least * v
             self.vectors[shape] = self.vecs[bid] = vector
             self.shapes[bid] = shape
         else:
             bucket = self.lists[bid]
+        insort(self.by_age, (key[1], key[2], workload.id))
         entry = (key, workload.id)
         index = bisect_right(bucket, entry)
         bucket.insert(index, entry)
@@ -104,6 +118,7 @@ class ClusterQueuePending:
     def drop(self, workload_id: str) -> Workload:
         """Take out a pending workload of this queue and return it."""
         shape, key = self.keys.pop(workload_id)
+        del self.by_age[bisect_left(self.by_age, (key[1], key[2], workload_id))]
         bid = self.ids[shape]
         bucket = self.lists[bid]
         index = bisect_left(bucket, (key, workload_id))

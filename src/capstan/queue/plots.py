@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from capstan.errors import InvalidParameterValue, InvalidState
 from capstan.queue.simulate import SimResult
@@ -26,7 +27,7 @@ def require_matplotlib() -> None:
 
 
 def write_plots(results: Sequence[SimResult], directory: Path | str) -> list[Path]:
-    """Write ``utilization.png``, ``jct_cdf.png`` and ``queue_length.png``; returns their paths."""
+    """Write ``utilization.png``, ``jct_cdf.png``, ``queue_length.png`` and ``measures.png``; returns their paths."""
     require_matplotlib()
     import matplotlib
 
@@ -70,4 +71,28 @@ def write_plots(results: Sequence[SimResult], directory: Path | str) -> list[Pat
         fig.savefig(path, dpi=110)
         plt.close(fig)
         paths.append(path)
+    paths.append(_measures_plot(plt, results, out / "measures.png"))
     return paths
+
+
+MEASURE_PANELS = (("avg_slowdown", "average bounded slowdown", 1.0),
+                  ("p99_wait_s", "p99 wait (hours)", 1 / 3600),
+                  ("max_wait_s", "max wait (hours)", 1 / 3600),
+                  ("wasted_fraction", "GPU-hours lost to preemption (%)", 100.0))
+"""The panels of ``measures.png``: the summary key, the axis title and the factor applied to the value."""
+
+
+def _measures_plot(plt: Any, results: Sequence[SimResult], path: Path) -> Path:
+    """One bar per policy in each of the `MEASURE_PANELS`."""
+    fig, axes = plt.subplots(2, 2, figsize=(10, 6.5))
+    labels = [r.policy + (" (oracle)" if r.oracle else "") for r in results]
+    for ax, (key, title, factor) in zip(axes.flat, MEASURE_PANELS, strict=True):
+        values = [float(r.summary()[key]) * factor for r in results]
+        ax.bar(range(len(values)), values, color="tab:blue")
+        ax.set_xticks(range(len(values)), labels, rotation=30, ha="right", fontsize=8)
+        ax.set_title(title, fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

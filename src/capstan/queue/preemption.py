@@ -10,8 +10,10 @@ Candidates are admitted workloads that share a flavor-resource with the preempto
   that queue's share before it. That rules out oscillation: to win the workload back, the victim's queue would
   need share_B_before <= share_A_before <= share_A_after < share_B_before, a contradiction.
 
-Victims are taken greedily (other queues first, then lowest priority, then most recently admitted) until the
-preemptor fits, then any victim whose eviction turns out unnecessary is put back.
+Victims are taken greedily (lowest priority first; within a priority level, those that lose least work first:
+GPUs times the time since their last checkpoint, see `ClusterState.lost_work`; ties go to other queues first,
+then the most recently admitted) until the preemptor fits, then any victim whose eviction turns out unnecessary
+is put back. A workload that has run less than its ``min_run_seconds`` is never a victim.
 """
 
 from __future__ import annotations
@@ -119,13 +121,15 @@ def _with(table: Mapping[FR, int], delta: Mapping[FR, int], sign: int) -> dict[F
 def find_victims(topology: Topology, state: ClusterState, cq: ClusterQueue, node: Node, wl: Workload,
                  needed: Mapping[FR, int], pod_sets: Sequence[PodSetAssignment], usage: list[dict[FR, int]],
                  devices: Mapping[str, list[int]], skip: set[str], fair_sharing: bool, *,
-                 report: list[SearchReport] | None = None,
+                 report: list[SearchReport] | None = None, now: float = 0.0, protected: set[str] | None = None,
                  ) -> tuple[list[Victim], list[dict[FR, int]], dict[str, list[int]]] | None:
     """Victims that let ``wl`` fit with ``needed`` usage, with the usage and devices after their eviction.
 
     ``skip`` holds admissions already evicted in this cycle; ``state.evicting`` those whose eviction is under
     way (counted as gone, never chosen again). Returns None when no allowed set of victims suffices; then, when
     the refusal is one that `still_futile` can reason about, a `SearchReport` is appended to ``report``.
+    ``now`` is the cycle's time, for lost work and minimum run times; candidates passed over because they have
+    not yet run their minimum time are added to ``protected``.
     """
     pol = cq.preemption
     flavors = topology.flavors
@@ -277,9 +281,9 @@ def find_victims(topology: Topology, state: ClusterState, cq: ClusterQueue, node
             continue
         if own is None:
             own = Group(state, [cq.name], lambda p: _priority_allowed(within, p, wp), within, wl, gone,
-                        "InClusterQueue", None, stopped)
+                        "InClusterQueue", None, stopped, now, protected)
         groups = [own] if level_ok is None else \
-            [Group(state, other_names, level_ok, policy, wl, gone, reason, caps, stopped), own]
+            [Group(state, other_names, level_ok, policy, wl, gone, reason, caps, stopped, now, protected), own]
         stopped.clear()
         result = _greedy(topology, node, needed, missing, over_nominal, groups, work, dev, allow_borrow,
                          fair_sharing, fits_now)
@@ -331,11 +335,13 @@ def _priority_allowed(policy: PreemptWithin, victim_priority: int, preemptor_pri
 
 
 class Group:
-    """Candidates from some ClusterQueues, walked lazily: lowest priority first, newest first within a level."""
+    """Candidates from some ClusterQueues, walked lazily per priority level: lowest priority first and, within a
+    level, least lost work first (then in the queues' order, most recently admitted first)."""
 
     def __init__(self, state: ClusterState, names: list[str], level_ok: Callable[[int], bool],
                  policy: PreemptWithin, wl: Workload, gone: set[str], reason: str,
-                 caps: Mapping[str, Mapping[FR, int]] | None, stopped: set[str]) -> None:
+                 caps: Mapping[str, Mapping[FR, int]] | None, stopped: set[str], now: float = 0.0,
+                 protected: set[str] | None = None) -> None:
         self.state = state
         self.names = names
         self.level_ok = level_ok
@@ -345,20 +351,36 @@ class Group:
         self.reason = reason
         self.caps = caps
         self.stopped = stopped
+        self.now = now
+        self.protected = protected
 
     def __iter__(self) -> Iterator[tuple[Admission, str]]:
-        levels = sorted({p for name in self.names for p in self.state.by_priority[name] if self.level_ok(p)})
+        state = self.state
+        now = self.now
+        levels = sorted({p for name in self.names for p in state.by_priority[name] if self.level_ok(p)})
         for prio in levels:
-            for name in self.names:
-                table = self.state.by_priority[name].get(prio)
+            found: list[tuple[float, int, int, Admission]] = []
+            for rank, name in enumerate(self.names):
+                table = state.by_priority[name].get(prio)
                 if not table or name in self.stopped:
                     continue
-                for adm in reversed(table.values()):
-                    if name in self.stopped:
-                        break
+                for order, adm in enumerate(table.values()):
                     if adm.id in self.gone or not _allowed(self.policy, adm.workload, self.wl):
                         continue
-                    yield adm, self.reason
+                    if adm.workload.min_run_seconds and now - adm.admitted_at < adm.workload.min_run_seconds:
+                        if self.protected is not None:
+                            self.protected.add(adm.id)
+                        continue
+                    found.append((state.lost_work(adm, now), rank, -order, adm))
+            found.sort(key=_victim_order)
+            for _lost, _rank, _order, adm in found:
+                if adm.cluster_queue in self.stopped:
+                    continue
+                yield adm, self.reason
+
+
+def _victim_order(entry: tuple[float, int, int, Admission]) -> tuple[float, int, int]:
+    return entry[0], entry[1], entry[2]
 
 
 def _greedy(topology: Topology, node: Node, needed: Mapping[FR, int], missing: Mapping[FR, int],

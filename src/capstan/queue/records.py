@@ -40,6 +40,8 @@ class WorkloadRecord:
     requeue_at: int | None = None
     preemptions: int = 0
     seq: int = 0
+    checkpointed_at: int | None = None  # the last checkpoint the running workload reported (ms)
+    lost_gpu_seconds: float = 0.0  # work lost by its last preemption (GPU-seconds since its last checkpoint)
 
     @property
     def id(self) -> str:
@@ -65,8 +67,9 @@ def workload_to_json(w: Workload) -> dict[str, Any]:
     """A workload as plain JSON data."""
     return {"id": w.id, "queue": w.queue, "cluster_queue": w.cluster_queue, "priority": w.priority,
             "created": w.created, "project": w.project, "user": w.user, "priority_class": w.priority_class,
-            "active": w.active,
-            "pod_sets": [{"name": ps.name, "count": ps.count, "requests": dict(ps.requests),
+            "active": w.active, "min_run_seconds": w.min_run_seconds,
+            "checkpoint_interval_seconds": w.checkpoint_interval_seconds,
+            "pod_sets": [{"name": ps.name, "count": ps.count, "min_count": ps.min_count, "requests": dict(ps.requests),
                           "node_selector": dict(ps.node_selector),
                           "tolerations": [[t.key, t.operator, t.value, t.effect] for t in ps.tolerations]}
                          for ps in w.pod_sets]}
@@ -77,10 +80,12 @@ def workload_from_json(d: Mapping[str, Any]) -> Workload:
     return Workload(
         d["id"], d["queue"], d["cluster_queue"],
         tuple(PodSet(p["name"], int(p["count"]), {k: int(v) for k, v in p["requests"].items()},
-                     dict(p.get("node_selector", {})), tuple(Toleration(*t) for t in p.get("tolerations", [])))
+                     dict(p.get("node_selector", {})), tuple(Toleration(*t) for t in p.get("tolerations", [])),
+                     p.get("min_count"))
               for p in d["pod_sets"]),
         int(d["priority"]), float(d["created"]), d.get("project", "default"), d.get("user", ""),
-        d.get("priority_class"), bool(d.get("active", True)))
+        d.get("priority_class"), bool(d.get("active", True)), float(d.get("min_run_seconds", 0.0)),
+        float(d.get("checkpoint_interval_seconds", 0.0)))
 
 
 def usage_to_json(usage: Mapping[FR, int]) -> list[list[Any]]:
@@ -118,7 +123,8 @@ def record_to_json(r: WorkloadRecord) -> dict[str, Any]:
             "message": r.message, "submitted_at": r.submitted_at,
             "admission": None if r.admission is None else admission_to_json(r.admission),
             "admitted_at": r.admitted_at, "finished_at": r.finished_at, "requeue_at": r.requeue_at,
-            "preemptions": r.preemptions, "seq": r.seq}
+            "preemptions": r.preemptions, "seq": r.seq, "checkpointed_at": r.checkpointed_at,
+            "lost_gpu_seconds": r.lost_gpu_seconds}
 
 
 def record_from_json(d: Mapping[str, Any]) -> WorkloadRecord:
@@ -127,4 +133,5 @@ def record_from_json(d: Mapping[str, Any]) -> WorkloadRecord:
     admission = None if d.get("admission") is None else admission_from_json(workload, d["admission"])
     return WorkloadRecord(workload, d["state"], Reason(d["reason"]), d.get("message", ""), int(d["submitted_at"]),
                           admission, d.get("admitted_at"), d.get("finished_at"), d.get("requeue_at"),
-                          int(d.get("preemptions", 0)), int(d.get("seq", 0)))
+                          int(d.get("preemptions", 0)), int(d.get("seq", 0)), d.get("checkpointed_at"),
+                          float(d.get("lost_gpu_seconds", 0.0)))

@@ -12,19 +12,31 @@ Policies (a policy never reads a job's true duration unless it is labelled ``ora
   drops as the GPU-hours it has received cross thresholds), ``BestEffortFIFO`` backfill, cohort borrowing, and
   preemption (lower priority within a queue, reclaim of borrowed quota, preemption while borrowing). Preempted
   jobs resume from their last checkpoint after a restart overhead; the lost work is reported as wasted.
+* ``capstan-small-first``: fewest GPUs first, ``BestEffortFIFO`` backfill, cohort borrowing, no preemption.
+* ``capstan-small-first-reclaim``: the same order, and a job that fits its queue's nominal quota may reclaim lent
+  GPUs by preempting borrowers' jobs that ask more GPUs than it does (``reclaimWithinCohort: LowerPriority``);
+  victims are those that lose least work since their last checkpoint (``checkpointIntervalSeconds``), and only
+  after ``minRunSeconds`` of running.
 * ``sjf-oracle`` (oracle): shortest job first by true duration, best-effort FIFO with borrowing, no preemption.
+
+Policies named ``capstan-*`` follow the configuration's aging rule (``aging``; the FIFO baselines and the oracle
+do not): a job pending longer than ``afterSeconds`` is tried first, one pending longer than ``holdAfterSeconds``
+holds its cohort tree, and a job admitted by the rule keeps the top priority (no LAS demotion, no preemption by
+younger jobs).
+
+The measures (JCT, wait, bounded slowdown, wasted work; per policy and per ClusterQueue) come from
+`capstan.queue.sim_measures`.
 """
 
 from __future__ import annotations
 
 import heapq
-import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from capstan.errors import InvalidParameterValue
-from capstan.queue.engine import schedule
+from capstan.queue.engine import AGED_PRIORITY, schedule
 from capstan.queue.model import (
     Admission,
     Admit,
@@ -40,6 +52,8 @@ from capstan.queue.model import (
     Workload,
 )
 from capstan.queue.pending import PendingQueues
+from capstan.queue.sim_measures import SLOWDOWN_FLOOR_S, JobOutcome, jain, measures
+from capstan.queue.sim_measures import percentile as percentile
 from capstan.queue.state import ClusterState, Topology
 from capstan.queue.trace import TraceJob
 from capstan.resources.quantity import GPU_RESOURCES, MILLI
@@ -56,6 +70,7 @@ class Policy:
     priority: str  # "fifo", "las" or "sjf"
     oracle: bool = False
     description: str = ""
+    aging: bool = False  # whether the configuration's aging rule applies (Kueue's FIFO baselines: no)
 
 
 _PREEMPT_ALL = Preemption(PreemptWithin.LOWER_PRIORITY, PreemptWithin.ANY, PreemptWithin.LOWER_PRIORITY)
@@ -66,9 +81,16 @@ POLICIES: dict[str, Policy] = {
     "best-effort-fifo": Policy("best-effort-fifo", QueueingStrategy.BEST_EFFORT_FIFO, True, Preemption(), "fifo",
                                description="Kueue default: BestEffortFIFO with cohort borrowing"),
     "capstan-las": Policy("capstan-las", QueueingStrategy.BEST_EFFORT_FIFO, True, _PREEMPT_ALL, "las",
-                          description="least attained service + preemption + backfill + borrowing"),
+                          description="least attained service + preemption + backfill + borrowing + aging",
+                          aging=True),
     "capstan-small-first": Policy("capstan-small-first", QueueingStrategy.BEST_EFFORT_FIFO, True, Preemption(),
-                                  "small", description="fewest GPUs first, backfill, borrowing"),
+                                  "small", description="fewest GPUs first, backfill, borrowing, aging",
+                                  aging=True),
+    "capstan-small-first-reclaim": Policy(
+        "capstan-small-first-reclaim", QueueingStrategy.BEST_EFFORT_FIFO, True,
+        Preemption(reclaim_within_cohort=PreemptWithin.LOWER_PRIORITY), "small",
+        description="fewest GPUs first, backfill, borrowing, checkpoint-aware reclaim of lent quota, aging",
+        aging=True),
     "sjf-oracle": Policy("sjf-oracle", QueueingStrategy.BEST_EFFORT_FIFO, True, Preemption(), "sjf", oracle=True,
                          description="shortest job first by true duration (oracle reference)"),
 }
@@ -83,6 +105,8 @@ class SimSettings:
     restart_overhead_s: float = 60.0
     requeue_backoff_s: float = 10.0
     gpu_resource: str = "gpu"
+    slowdown_floor_s: float = SLOWDOWN_FLOOR_S
+    min_run_s: float = 3600.0
 
 
 def sim_settings(raw: object) -> SimSettings:
@@ -92,7 +116,7 @@ def sim_settings(raw: object) -> SimSettings:
     if not isinstance(raw, Mapping):
         raise InvalidParameterValue("simulation: expected a mapping")
     allowed = {"lasThresholdsGpuHours", "checkpointIntervalSeconds", "restartOverheadSeconds", "gpuResource",
-               "requeueBackoffSeconds"}
+               "requeueBackoffSeconds", "slowdownFloorSeconds", "minRunSeconds"}
     unknown = sorted(set(raw) - allowed)
     if unknown:
         raise InvalidParameterValue(f"simulation: unknown field {unknown[0]!r}")
@@ -114,7 +138,9 @@ def sim_settings(raw: object) -> SimSettings:
     return SimSettings(tuple(float(t) for t in thresholds),
                        number("checkpointIntervalSeconds", base.checkpoint_interval_s),
                        number("restartOverheadSeconds", base.restart_overhead_s),
-                       number("requeueBackoffSeconds", base.requeue_backoff_s), str(resource))
+                       number("requeueBackoffSeconds", base.requeue_backoff_s), str(resource),
+                       number("slowdownFloorSeconds", base.slowdown_floor_s),
+                       number("minRunSeconds", base.min_run_s))
 
 
 def policy_config(config: QueueConfig, policy: Policy) -> QueueConfig:
@@ -128,7 +154,9 @@ def policy_config(config: QueueConfig, policy: Policy) -> QueueConfig:
                 for fq in g.flavors)) for g in groups)
         cqs.append(replace(cq, resource_groups=groups, queueing_strategy=policy.strategy,
                            preemption=policy.preemption))
-    return replace(config, cluster_queues=tuple(cqs), fair_sharing=False)
+    return replace(config, cluster_queues=tuple(cqs), fair_sharing=False,
+                   aging_seconds=config.aging_seconds if policy.aging else None,
+                   hold_seconds=config.hold_seconds if policy.aging else None)
 
 
 @dataclass(slots=True)
@@ -144,6 +172,8 @@ class _Job:
     seq: int = 0
     preemptions: int = 0
     restart: bool = False
+    wasted: float = 0.0  # GPU-seconds of work lost to preemptions
+    aged: bool = False  # admitted by the aging rule: top priority, no more LAS demotion
 
 
 @dataclass(slots=True)
@@ -159,45 +189,35 @@ class SimResult:
     avg_wait_s: float
     p50_wait_s: float
     p99_wait_s: float
+    max_wait_s: float
+    avg_slowdown: float
     makespan_s: float
     gpu_utilization: float
     jain_fairness: float
     preemptions: int
     wasted_gpu_hours: float
+    wasted_fraction: float
     capacity_gpus: int
     wall_s: float = 0.0
     per_queue: dict[str, dict[str, float]] = field(default_factory=dict)
     series: dict[str, list[float]] = field(default_factory=dict)
     jcts: list[float] = field(default_factory=list)
+    admission_order: list[str] = field(default_factory=list)
+    jct_by_job: dict[str, float] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         """The JSON object ``capstan simulate --json`` prints for this policy."""
         return {"policy": self.policy, "oracle": self.oracle, "jobs": self.jobs, "avg_jct_s": self.avg_jct_s,
                 "p50_jct_s": self.p50_jct_s, "p99_jct_s": self.p99_jct_s, "avg_wait_s": self.avg_wait_s,
-                "p50_wait_s": self.p50_wait_s, "p99_wait_s": self.p99_wait_s, "makespan_s": self.makespan_s,
+                "p50_wait_s": self.p50_wait_s, "p99_wait_s": self.p99_wait_s, "max_wait_s": self.max_wait_s,
+                "avg_slowdown": self.avg_slowdown, "makespan_s": self.makespan_s,
                 "gpu_utilization": self.gpu_utilization, "jain_fairness": self.jain_fairness,
                 "preemptions": self.preemptions, "wasted_gpu_hours": self.wasted_gpu_hours,
-                "capacity_gpus": self.capacity_gpus, "wall_s": self.wall_s, "per_queue": self.per_queue}
+                "wasted_fraction": self.wasted_fraction, "capacity_gpus": self.capacity_gpus, "wall_s": self.wall_s,
+                "per_queue": self.per_queue}
 
 
-def percentile(sorted_values: Sequence[float], q: float) -> float:
-    """Nearest-rank percentile of an ascending sequence (0 for an empty one)."""
-    if not sorted_values:
-        return 0.0
-    rank = max(0, min(len(sorted_values) - 1, math.ceil(q / 100 * len(sorted_values)) - 1))
-    return float(sorted_values[rank])
-
-
-def jain(values: Sequence[float]) -> float:
-    """Jain's fairness index of non-negative values (1 = perfectly even)."""
-    if not values:
-        return 1.0
-    total = sum(values)
-    squares = sum(v * v for v in values)
-    return 1.0 if squares == 0 else total * total / (len(values) * squares)
-
-
-_FINISH, _DEMOTE, _ARRIVE, _REQUEUE = 0, 1, 2, 3
+_FINISH, _DEMOTE, _ARRIVE, _REQUEUE, _WAKE = 0, 1, 2, 3, 4
 
 
 def replay(config: QueueConfig, jobs: Sequence[TraceJob], policy: Policy, settings: SimSettings | None = None,
@@ -234,7 +254,13 @@ def replay(config: QueueConfig, jobs: Sequence[TraceJob], policy: Policy, settin
     arrivals.sort()
     arrived = 0
 
+    aging = cfg.aging_seconds
+    # Whether jobs may be preempted, so that the end of their minimum run time is an instant to look again.
+    protects = settings.min_run_s > 0 and policy.preemption.enabled
+
     def priority(j: _Job) -> int:
+        if j.aged:
+            return AGED_PRIORITY
         if policy.priority == "las":
             return 100 * (levels - j.level)
         if policy.priority == "sjf":
@@ -245,12 +271,14 @@ def replay(config: QueueConfig, jobs: Sequence[TraceJob], policy: Policy, settin
 
     def workload(j: _Job) -> Workload:
         cq = lq_to_cq[j.job.queue]
+        # Every job declares the checkpoint interval the replay models and the minimum run time, so the engine
+        # picks victims by the work they would lose, as it does with checkpoints recorded by real workloads.
         return Workload(j.job.id, j.job.queue, cq, (PodSet("main", 1, {gpu: j.job.gpus * MILLI}),),
-                        priority(j), j.job.submit)
+                        priority(j), j.job.submit, min_run_seconds=settings.min_run_s,
+                        checkpoint_interval_seconds=settings.checkpoint_interval_s)
 
     busy = 0
     busy_gpu_seconds = 0.0
-    wasted = 0.0
     preemptions = 0
     last_t = jobs[0].submit if jobs else 0.0
     per_queue_gpu_s: dict[str, float] = {cq.name: 0.0 for cq in cfg.cluster_queues}
@@ -263,9 +291,10 @@ def replay(config: QueueConfig, jobs: Sequence[TraceJob], policy: Policy, settin
     series_pending: list[float] = []
     done = 0
     zero_jobs: list[_Job] = []
+    order: list[str] = []
 
     def stop(j: _Job, now: float) -> None:
-        nonlocal busy, wasted
+        nonlocal busy
         ran = now - j.start
         j.attained += ran * j.job.gpus
         busy -= j.job.gpus
@@ -300,6 +329,10 @@ def replay(config: QueueConfig, jobs: Sequence[TraceJob], policy: Policy, settin
             else:
                 break
             j = state_jobs[wid]
+            if kind == _WAKE:
+                # A pending job reaches an aging limit, or a running one its minimum run time: nothing changes
+                # but the time, which the cycle below reads.
+                continue
             if kind == _REQUEUE:
                 if gen == j.gen:
                     pending.push(workload(j), seq=j.seq)
@@ -310,10 +343,15 @@ def replay(config: QueueConfig, jobs: Sequence[TraceJob], policy: Policy, settin
                     j.first_start = j.start = now
                     j.finish = now + j.job.duration
                     zero_jobs.append(j)
+                    order.append(wid)
                     done += 1
                     continue
                 pending.push(workload(j), seq=j.seq)
                 pending_by_cq[lq_to_cq[j.job.queue]] += j.job.gpus
+                if aging is not None:
+                    heapq.heappush(events, (now + aging, _WAKE, j.seq, wid, 0))
+                    if cfg.hold_seconds is not None and cfg.hold_seconds > aging:
+                        heapq.heappush(events, (now + cfg.hold_seconds, _WAKE, j.seq, wid, 0))
             elif gen != j.gen:
                 continue
             elif kind == _FINISH:
@@ -346,7 +384,7 @@ def replay(config: QueueConfig, jobs: Sequence[TraceJob], policy: Policy, settin
                     saved = (ran // ckpt) * ckpt if ckpt > 0 else ran
                     saved = max(0.0, saved - (settings.restart_overhead_s if victim.restart else 0.0))
                     victim.remaining = max(0.0, victim.remaining - saved)
-                    wasted += (ran - saved) * victim.job.gpus
+                    victim.wasted += (ran - saved) * victim.job.gpus
                     victim.gen += 1
                     victim.preemptions += 1
                     victim.restart = True
@@ -365,8 +403,12 @@ def replay(config: QueueConfig, jobs: Sequence[TraceJob], policy: Policy, settin
                     pending_by_cq[d.cluster_queue] -= j.job.gpus
                     state.admit(Admission(wl, d.cluster_queue, d.pod_sets, d.usage, now))
                     j.start = now
+                    if aging is not None and not j.aged and now - j.job.submit >= aging:
+                        j.aged = True
+                        state.set_priority(wl.id, priority(j))
                     if j.first_start < 0:
                         j.first_start = now
+                        order.append(wl.id)
                     busy += j.job.gpus
                     running_by_cq[d.cluster_queue] += j.job.gpus
                     run_for = j.remaining + (settings.restart_overhead_s if j.restart else 0.0)
@@ -374,7 +416,9 @@ def replay(config: QueueConfig, jobs: Sequence[TraceJob], policy: Policy, settin
                         j.remaining += settings.restart_overhead_s
                     j.restart = False
                     heapq.heappush(events, (now + run_for, _FINISH, j.seq, wl.id, j.gen))
-                    if policy.priority == "las":
+                    if protects and settings.min_run_s < run_for:
+                        heapq.heappush(events, (now + settings.min_run_s, _WAKE, j.seq, wl.id, j.gen))
+                    if policy.priority == "las" and not j.aged:
                         _schedule_demotion(events, j, now, thresholds)
                     moved = True
             if not moved:
@@ -386,8 +430,11 @@ def replay(config: QueueConfig, jobs: Sequence[TraceJob], policy: Policy, settin
         series_pending.append(float(len(pending)))
     if len(pending):
         raise InvalidParameterValue(f"{len(pending)} workloads could never be admitted (do they fit the cluster?)")
-    return _result(policy, jobs, state_jobs, lq_to_cq, capacity, busy_gpu_seconds, wasted, preemptions, per_queue_gpu_s,
-                   nominal_gpu, windows, series_t, series_busy, series_pending, _time.perf_counter() - started_wall)
+    measured = _result(policy, jobs, state_jobs, lq_to_cq, capacity, busy_gpu_seconds, preemptions, per_queue_gpu_s,
+                       nominal_gpu, windows, series_t, series_busy, series_pending,
+                       _time.perf_counter() - started_wall, settings.slowdown_floor_s)
+    measured.admission_order = order
+    return measured
 
 
 def _nominal(cq: ClusterQueue, gpu: str) -> int:
@@ -437,34 +484,38 @@ def _windowed_jain(windows: Mapping[int, tuple[dict[str, float], dict[str, float
 
 
 def _result(policy: Policy, jobs: Sequence[TraceJob], state_jobs: Mapping[str, _Job], lq_to_cq: Mapping[str, str],
-            capacity: int, busy_gpu_seconds: float, wasted: float, preemptions: int,
+            capacity: int, busy_gpu_seconds: float, preemptions: int,
             per_queue_gpu_s: Mapping[str, float], nominal_gpu: Mapping[str, int],
             windows: Mapping[int, tuple[dict[str, float], dict[str, float], list[float]]], series_t: list[float],
-            series_busy: list[float], series_pending: list[float], wall: float) -> SimResult:
+            series_busy: list[float], series_pending: list[float], wall: float, slowdown_floor_s: float) -> SimResult:
+    outcomes: dict[str, list[JobOutcome]] = {cq: [] for cq in per_queue_gpu_s}
+    for j in state_jobs.values():
+        outcomes.setdefault(lq_to_cq[j.job.queue], []).append(
+            JobOutcome(j.job.submit, j.job.duration, j.finish, j.job.gpus, j.wasted))
+    overall = measures((o for rows in outcomes.values() for o in rows), slowdown_floor_s=slowdown_floor_s)
     jcts = sorted(j.finish - j.job.submit for j in state_jobs.values())
-    waits = sorted(max(0.0, j.finish - j.job.submit - j.job.duration) for j in state_jobs.values())
     first = min((j.submit for j in jobs), default=0.0)
     last = max((j.finish for j in state_jobs.values()), default=0.0)
     makespan = max(0.0, last - first)
-    n = len(jcts)
     total_received = sum(per_queue_gpu_s.values())
     total_nominal = sum(nominal_gpu.values())
     per_queue: dict[str, dict[str, float]] = {}
     for name, received in sorted(per_queue_gpu_s.items()):
         entitlement = nominal_gpu.get(name, 0) / total_nominal if total_nominal else 0.0
         share = received / total_received if total_received else 0.0
-        queue_jobs = [j for j in state_jobs.values() if lq_to_cq[j.job.queue] == name]
-        per_queue[name] = {"gpu_hours": received / 3600, "share": share, "entitlement": entitlement,
-                           "share_over_entitlement": share / entitlement if entitlement else 0.0,
-                           "jobs": float(len(queue_jobs))}
+        queue = measures(outcomes[name], slowdown_floor_s=slowdown_floor_s).as_dict()
+        per_queue[name] = {**queue, "gpu_hours": received / 3600, "requested_gpu_hours": queue["gpu_hours"],
+                           "share": share, "entitlement": entitlement,
+                           "share_over_entitlement": share / entitlement if entitlement else 0.0}
     thin = max(1, len(series_t) // 2000)
     return SimResult(
-        policy=policy.name, oracle=policy.oracle, jobs=n, avg_jct_s=sum(jcts) / n if n else 0.0,
-        p50_jct_s=percentile(jcts, 50), p99_jct_s=percentile(jcts, 99), avg_wait_s=sum(waits) / n if n else 0.0,
-        p50_wait_s=percentile(waits, 50), p99_wait_s=percentile(waits, 99), makespan_s=makespan,
+        policy=policy.name, oracle=policy.oracle, jobs=overall.jobs, avg_jct_s=overall.avg_jct_s,
+        p50_jct_s=overall.p50_jct_s, p99_jct_s=overall.p99_jct_s, avg_wait_s=overall.avg_wait_s,
+        p50_wait_s=overall.p50_wait_s, p99_wait_s=overall.p99_wait_s, max_wait_s=overall.max_wait_s,
+        avg_slowdown=overall.avg_slowdown, makespan_s=makespan,
         gpu_utilization=busy_gpu_seconds / (capacity * makespan) if capacity and makespan else 0.0,
         jain_fairness=_windowed_jain(windows, nominal_gpu, capacity), preemptions=preemptions,
-        wasted_gpu_hours=wasted / 3600,
+        wasted_gpu_hours=overall.wasted_gpu_hours, wasted_fraction=overall.wasted_fraction,
         capacity_gpus=capacity, wall_s=wall, per_queue=per_queue,
         series={"t": series_t[::thin], "busy_gpus": series_busy[::thin], "pending": series_pending[::thin]},
-        jcts=jcts)
+        jcts=jcts, jct_by_job={j.job.id: j.finish - j.job.submit for j in state_jobs.values()})

@@ -207,6 +207,8 @@ class ClusterState:
         self._tree_counts: dict[str, dict[int, int]] = {root: {} for root in self.tree_priority_usage}
         # Admitted workloads whose eviction is under way: still charged, never chosen as victims again.
         self.evicting: set[str] = set()
+        # When each admitted workload last saved a checkpoint (seconds, the engine's clock), as recorded.
+        self.checkpoints: dict[str, float] = {}
         # Per ClusterQueue: the two halves of `headroom` and the tree version each was computed at.
         self._nominal_headroom: dict[str, tuple[int, dict[str, int]]] = {}
         self._max_headroom: dict[str, tuple[int, dict[str, int]]] = {}
@@ -282,6 +284,7 @@ class ClusterState:
         del self.by_cq[admission.cluster_queue][workload_id]
         self._index(admission, -1)
         self.evicting.discard(workload_id)
+        self.checkpoints.pop(workload_id, None)
         node = self.topology.cq_nodes[admission.cluster_queue]
         add_usage(node, self.usage, admission.usage, -1)
         occupy_devices(self.devices, self.topology.flavors, admission, 1)
@@ -327,6 +330,26 @@ class ClusterState:
         table = totals[prio]
         for fr, q in admission.usage.items():
             table[fr] -= q
+
+    def record_checkpoint(self, workload_id: str, at: float) -> None:
+        """An admitted workload saved a checkpoint at ``at`` (seconds): work before it survives a preemption."""
+        if workload_id not in self.admissions:
+            raise ResourceDoesNotExist(f"workload {workload_id!r} is not admitted")
+        self.checkpoints[workload_id] = max(at, self.checkpoints.get(workload_id, at))
+
+    def last_checkpoint(self, admission: Admission, now: float) -> float:
+        """When ``admission`` last saved its work, as of ``now``: the recorded save, or the last multiple of its
+        declared checkpoint interval since admission, or its admission (nothing saved yet)."""
+        last = admission.admitted_at
+        interval = admission.workload.checkpoint_interval_seconds
+        if interval > 0 and now > last:
+            last += (now - last) // interval * interval
+        return max(last, self.checkpoints.get(admission.id, last))
+
+    def lost_work(self, admission: Admission, now: float) -> float:
+        """GPU-seconds (or, without GPUs, seconds) of work ``admission`` would lose if preempted at ``now``."""
+        gpus = sum(q for (_f, r), q in admission.usage.items() if r in GPU_RESOURCES) / MILLI
+        return max(0.0, now - self.last_checkpoint(admission, now)) * max(gpus, 1.0)
 
     def mark_evicting(self, workload_id: str) -> None:
         """Note that an admitted workload is being stopped (after a `Preempt` decision)."""

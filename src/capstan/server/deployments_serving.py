@@ -41,12 +41,12 @@ from capstan.server.security import (
     current_principal,
     require,
 )
-from capstan.serving.abtest import deployment_quality
-from capstan.serving.router import DeploymentRouter
 
 if TYPE_CHECKING:
+    # The data plane is imported when first used (by `make_router`), not while the app is built (decision 0750).
     from capstan.serving.grpc_router import Authorize
     from capstan.serving.grpc_server import GrpcOptions
+    from capstan.serving.router import DeploymentRouter
 
 __all__ = ["DEPLOYMENTS_PREFIX", "deployment_project", "deployments_router", "grpc_authorizer"]
 
@@ -156,6 +156,8 @@ class _Routes:
                 return JSONResponse({"error": "this server records no request outcomes"}, status_code=503)
             await router.flush()
             outcomes = router.outcomes
+            from capstan.serving.abtest import deployment_quality
+
             report = await asyncio.to_thread(deployment_quality, outcomes, project, name)
             return JSONResponse(report.to_dict())
         except CapstanError as exc:

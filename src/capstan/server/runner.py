@@ -268,10 +268,19 @@ def run_uvicorn(config: Any, sock: socket.socket) -> int:
     (its lifespan) failed. This is what each worker process runs."""
     import uvicorn
 
+    from capstan.server.staged import StagedApp
+
     server = uvicorn.Server(config)
+    staged = config.app if isinstance(config.app, StagedApp) else None
+    if staged is not None:  # an application that fails to build or start stops the server
+        staged.on_failure = lambda: setattr(server, "should_exit", True)
     with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises the Ctrl-C it handled, once shut down
         server.run(sockets=[sock])
-    return 0 if server.started else 3
+    return 0 if server.started and not (staged is not None and staged.failed) else 3
+
+
+def _unbuilt() -> None:  # pragma: no cover - never called: the Config that binds the socket serves nothing
+    raise RuntimeError("not an application")
 
 
 def serve_workers(sock: socket.socket, workers: int, worker_main: Callable[[], int], *, name: str) -> None:
@@ -299,7 +308,7 @@ def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8080, workers
     import uvicorn
 
     from capstan.auth.policy import auth_required
-    from capstan.server.app import create_app
+    from capstan.server.staged import StagedApp, store_probe
     from capstan.server.tls import plaintext_warning
     from capstan.services import Services
 
@@ -311,7 +320,7 @@ def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8080, workers
     if workers > 1:
         services.close()  # each worker opens its own connections: a pooled one must not cross a fork
     # Used here only to bind the socket (and set up logging); each worker makes its own Config with its app.
-    sock = bind_socket(uvicorn.Config(create_app, **options), host, port)
+    sock = bind_socket(uvicorn.Config(_unbuilt, **options), host, port)
     bound_port = sock.getsockname()[1]
     required = auth_required(bind_host=host, users_exist=users_exist)
     for line in describe(settings, host, bound_port, workers, auth_required=required, users_exist=users_exist,
@@ -325,10 +334,23 @@ def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8080, workers
     sys.stdout.flush()
 
     def worker_main() -> int:
-        own = services if workers == 1 else None
-        app = create_app(settings, services=own, bind_host=host, grpc=grpc)
-        freeze_startup_objects()
-        return run_uvicorn(uvicorn.Config(app, **options), sock)
+        # /health answers as soon as the socket is served; the application is built and started beside it
+        # (decision 0750), and every other request waits for it.
+        worker_services = services if workers == 1 else Services.open(settings, migrate=False)
+
+        def build() -> Any:
+            from capstan.server.app import create_app
+
+            app = create_app(settings, services=worker_services, bind_host=host, grpc=grpc)
+            freeze_startup_objects()
+            return app
+
+        staged = StagedApp(build, lambda: store_probe(worker_services))
+        try:
+            return run_uvicorn(uvicorn.Config(staged, **options), sock)
+        finally:
+            if workers > 1:
+                worker_services.close()
 
     try:
         serve_workers(sock, workers, worker_main, name="capstan server")

@@ -174,15 +174,40 @@ def current_revisions(engine: Engine) -> set[str]:
         raise StoreUnavailable(f"cannot open the metadata store {engine.url!r}: {reason}") from None
 
 
-def upgrade(engine: Engine, settings: Settings, *, only_if_needed: bool = False) -> bool:
-    """Apply every pending migration; returns True when anything was applied."""
+def upgrade(engine: Engine, settings: Settings, *, only_if_needed: bool = False, from_scratch: bool = True) -> bool:
+    """Apply every pending migration; returns True when anything was applied.
+
+    A database with no tables at all is instead created from the declared schema in one transaction and stamped
+    with the heads (decision 0751), unless ``from_scratch`` is False (the test that replays every migration)."""
     heads = script_heads()
     if only_if_needed and current_revisions(engine) == heads:
         return False
-    from alembic import command
-
     with _migration_lock(engine, settings):
         if current_revisions(engine) == heads:
             return False
+        if from_scratch and _create_from_scratch(engine, heads):
+            return True
+        from alembic import command
+
         command.upgrade(_alembic_config(engine), "heads")
+    return True
+
+
+def _create_from_scratch(engine: Engine, heads: frozenset[str]) -> bool:
+    """On a database without any table: create every declared table and Alembic's version table holding
+    ``heads``, as Alembic's cookbook does it ("Building an Up to Date Database from Scratch"), in one transaction
+    and without importing Alembic. Returns False (nothing done) when the database has a table already."""
+    from sqlalchemy import Column, MetaData, PrimaryKeyConstraint, String, Table
+
+    from capstan.store.tables import all_metadata
+
+    # Alembic's own definition of its version table (alembic.runtime.migration), so that later upgrades read it.
+    version = Table("alembic_version", MetaData(), Column("version_num", String(32), nullable=False),
+                    PrimaryKeyConstraint("version_num", name="alembic_version_pkc"))
+    with engine.begin() as conn:
+        if inspect(conn).get_table_names():
+            return False
+        all_metadata().create_all(conn)
+        version.create(conn)
+        conn.execute(version.insert(), [{"version_num": head} for head in sorted(heads)])
     return True

@@ -21,12 +21,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
-
-import numpy as np
-import numpy.typing as npt
+from typing import TYPE_CHECKING, NamedTuple
 
 from capstan.errors import InvalidParameterValue
+
+if TYPE_CHECKING:
+    import numpy.typing as npt
 
 X_AXES = ("step", "time", "relative")
 DEFAULT_MAX_POINTS = 1000
@@ -135,6 +135,8 @@ def _finite_or_none(value: float) -> float | None:
 def downsample(xs: npt.ArrayLike, ys: npt.ArrayLike, max_points: int) -> tuple[Bucket, ...]:
     """Buckets of the points ``(xs[i], ys[i])``, sorted by x (integers): point by point when there are no more than
     ``max_points``, otherwise on `Grid.over` the points' x range."""
+    import numpy as np  # not at import: the server's start-up path imports this module, and numpy costs ~0.1 s
+
     x = np.asarray(xs, dtype=np.int64)
     y = np.asarray(ys, dtype=np.float64)
     if x.shape != y.shape or x.ndim != 1:
