@@ -401,7 +401,8 @@ class KubernetesExecutor:
                                                                                  **status.to_dict()})
         if self._given_up(attempt, status):
             return
-        if status.state == "running" and not attempt.running:
+        # A pod that ran and ended between two watch events is seen succeeded, never running: it still started.
+        if status.state in ("running", "succeeded") and not attempt.running:
             attempt.running = True
             if self._on_started is not None:
                 started, began = self._on_started, attempt.task.key
