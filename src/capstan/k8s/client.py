@@ -256,7 +256,7 @@ class LightkubeApi:
                 version = ""
             return Listing(items, version)
 
-        return self._call(ref.plural, run)  # type: ignore[no-any-return]
+        return self._call(ref.plural, run)  # type: ignore[no-any-return]  # _call returns what run returns: a Listing
 
     def watch(self, ref: Ref, resource_version: str, *, namespace: str | None = None,
               labels: Mapping[str, str] | None = None, timeout_s: int = 60) -> Iterator[WatchEvent]:
