@@ -206,25 +206,25 @@ KUBE_ADMISSIONS = ("capstan", "kueue")
 """Who admits the Jobs of the ``kubernetes`` backend (``CAPSTAN_KUBE_ADMISSION``): Capstan's own queue, or Kueue."""
 
 
+def _choice(env: Mapping[str, str], variable: str, allowed: tuple[str, ...]) -> str:
+    """The value of ``variable`` (trimmed, lower-cased) when it is one of ``allowed``."""
+    value = env[variable].strip().lower()
+    if value not in allowed:
+        raise InvalidParameterValue(f"{variable}: {env[variable]!r} is not one of {', '.join(allowed)}")
+    return value
+
+
 def _kube_overrides(env: Mapping[str, str]) -> dict[str, object]:
-    """The Kubernetes executor's backend, kubeconfig context and namespace."""
+    """The Kubernetes executor's backend, kubeconfig context, namespace, admission and pod secrets."""
     out: dict[str, object] = {}
     if env.get("CAPSTAN_BACKEND"):
-        backend = env["CAPSTAN_BACKEND"].strip().lower()
-        if backend not in BACKENDS:
-            raise InvalidParameterValue(f"CAPSTAN_BACKEND: {env['CAPSTAN_BACKEND']!r} is not one of "
-                                        f"{', '.join(BACKENDS)}")
-        out["backend"] = backend
+        out["backend"] = _choice(env, "CAPSTAN_BACKEND", BACKENDS)
     if env.get("CAPSTAN_KUBE_CONTEXT"):
         out["kube_context"] = env["CAPSTAN_KUBE_CONTEXT"]
     if env.get("CAPSTAN_KUBE_NAMESPACE"):
         out["kube_namespace"] = env["CAPSTAN_KUBE_NAMESPACE"]
     if env.get("CAPSTAN_KUBE_ADMISSION"):
-        admission = env["CAPSTAN_KUBE_ADMISSION"].strip().lower()
-        if admission not in KUBE_ADMISSIONS:
-            raise InvalidParameterValue(f"CAPSTAN_KUBE_ADMISSION: {env['CAPSTAN_KUBE_ADMISSION']!r} is not one of "
-                                        f"{', '.join(KUBE_ADMISSIONS)}")
-        out["kube_admission"] = admission
+        out["kube_admission"] = _choice(env, "CAPSTAN_KUBE_ADMISSION", KUBE_ADMISSIONS)
     if env.get("CAPSTAN_KUBE_ENV_FROM"):
         out["kube_env_from"] = tuple(n.strip() for n in env["CAPSTAN_KUBE_ENV_FROM"].split(",") if n.strip())
     return out
