@@ -36,12 +36,19 @@ every metric of the steps before it (nothing is lost when the gang is stopped ri
 
 Ranks: by default only rank 0 writes (``save`` on other ranks returns False without writing) and every rank
 loads the same checkpoint. ``per_rank=True`` makes each rank save and load its own series (sharded state).
+
+The queue: in a process that runs inside a queue workload (``CAPSTAN_WORKLOAD_ID``, set from the queue's lease for
+a training job's workers, a pipeline step's attempt and a study's script trials), rank 0 reports each completed
+save to the queue (`capstan.sdk.workloads.record_checkpoint`: through the local store, or the server of
+``CAPSTAN_URL``), so that the queue knows how much work a preemption would lose and ``capstan why`` says how much
+a preempted workload lost. A report that fails is logged once per process and never fails the save.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import pickle
 import sys
 import tempfile
@@ -87,6 +94,8 @@ class _Series:
 
 
 _WRITE_LOCK = threading.Lock()
+_REPORT_WARNED = threading.Event()
+_log = logging.getLogger("capstan.checkpoint")
 
 
 def _check_step(step: object) -> int:
@@ -206,7 +215,29 @@ def save(state: Any, step: int, *, per_rank: bool = False, keep: int | None = No
         manifest.write_text(json.dumps({"version": FORMAT_VERSION,
                                         "checkpoints": [asdict(e) for e in [entry, *kept]]}, indent=1))
         _upload(series, MANIFEST, manifest)
+    if (settings.rank or 0) == 0:
+        _report_to_queue(step)
     return True
+
+
+def _report_to_queue(step: int) -> None:
+    """Tell the queue workload this process runs in (``CAPSTAN_WORKLOAD_ID``, read afresh: a pipeline worker
+    process runs many steps' attempts) that it saved the checkpoint of ``step``. Never raises: the checkpoint is
+    stored whatever the queue answers; the first failure of the process is logged as a warning."""
+    from capstan.settings import Settings
+
+    try:
+        workload = Settings.from_env().workload_id
+        if workload is None:
+            return
+        from capstan.sdk.workloads import record_checkpoint
+
+        record_checkpoint(workload, step=step)
+    except Exception as exc:  # noqa: BLE001  # the report is advisory: nothing it raises may fail the save
+        if not _REPORT_WARNED.is_set():
+            _REPORT_WARNED.set()
+            _log.warning("the checkpoint of step %d is saved, but the queue was not told (%s); the queue estimates "
+                         "this workload's last save until a report reaches it", step, exc)
 
 
 def list_checkpoints(*, per_rank: bool = False) -> list[Checkpoint]:

@@ -100,7 +100,8 @@ class Services:
         use pass a `capstan.resources.local.LocalAdmission`). With the ``kubernetes`` backend in Kueue mode
         (``settings.kube_admission == "kueue"``) pipeline steps and training jobs ask a
         `capstan.k8s.kueue_admission.KueueAdmission` instead (``workload_admission``), which leaves admission to
-        Kueue; serving deployments still ask ``admission``."""
+        Kueue; serving deployments still ask ``admission``. ``kube_admission == "none"`` gives them the same
+        pass-through (nobody admits; the scheduler places the pods: a study controller pod, decision 0745)."""
         from capstan.artifacts.store import ArtifactStore
         from capstan.queue.locking import queue_lock_for
         from capstan.serving.deployments_sql import SqlDeploymentStore
@@ -135,10 +136,11 @@ class Services:
         admissions = Deferred(open_admission)
 
         def open_workload_admission() -> Admission:
-            if settings.backend == "kubernetes" and settings.kube_admission == "kueue":
+            if settings.backend == "kubernetes" and settings.kube_admission in ("kueue", "none"):
                 from capstan.k8s.kueue_admission import KueueAdmission
 
-                return KueueAdmission()  # Kueue alone admits the cluster's Jobs (decision 0726)
+                # Kueue alone admits the cluster's Jobs (decision 0726), or nobody does (0745): grant at once
+                return KueueAdmission()
             return admissions.get()
 
         workload_admissions = Deferred(open_workload_admission)

@@ -187,7 +187,18 @@ def _trial_overrides(env: Mapping[str, str]) -> dict[str, object]:
         out["trial_key"] = env["CAPSTAN_TRIAL_KEY"]
     if env.get("CAPSTAN_TRIAL_NUMBER"):
         out["trial_number"] = _whole(env, "CAPSTAN_TRIAL_NUMBER", minimum=0)
+    if env.get("CAPSTAN_TRIAL_LISTEN"):
+        out["trial_listen"] = check_trial_listen(env["CAPSTAN_TRIAL_LISTEN"])
     return out
+
+
+def check_trial_listen(value: str, variable: str = "CAPSTAN_TRIAL_LISTEN") -> str:
+    """``HOST:PORT`` (port 0 to 65535; 0 picks a free one), trimmed; `InvalidParameterValue` naming ``variable``."""
+    text = value.strip()
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535 or any(c.isspace() for c in host):
+        raise InvalidParameterValue(f"{variable}: {value!r} is not HOST:PORT (e.g. study-controller.team-a.svc:7077)")
+    return text
 
 
 def _step_overrides(env: Mapping[str, str]) -> dict[str, object]:
@@ -202,8 +213,9 @@ def _step_overrides(env: Mapping[str, str]) -> dict[str, object]:
 BACKENDS = ("local", "kubernetes")
 """Where pipeline steps and training jobs run (``CAPSTAN_BACKEND``): local threads and processes, or Jobs on a
 Kubernetes cluster."""
-KUBE_ADMISSIONS = ("capstan", "kueue")
-"""Who admits the Jobs of the ``kubernetes`` backend (``CAPSTAN_KUBE_ADMISSION``): Capstan's own queue, or Kueue."""
+KUBE_ADMISSIONS = ("capstan", "kueue", "none")
+"""Who admits the Jobs of the ``kubernetes`` backend (``CAPSTAN_KUBE_ADMISSION``): Capstan's own queue, Kueue, or
+nobody (the Jobs are created at once, with no Kueue label, and the scheduler places their pods)."""
 
 
 def _choice(env: Mapping[str, str], variable: str, allowed: tuple[str, ...]) -> str:
@@ -255,8 +267,10 @@ ENV_VARIABLES: Mapping[str, str] = {
     "trial_address": "CAPSTAN_TRIAL_ADDRESS",
     "trial_key": "CAPSTAN_TRIAL_KEY",
     "trial_number": "CAPSTAN_TRIAL_NUMBER",
+    "trial_listen": "CAPSTAN_TRIAL_LISTEN",
     "pipeline_run_id": "CAPSTAN_RUN_ID",
     "pipeline_step": "CAPSTAN_STEP",
+    "workload_id": "CAPSTAN_WORKLOAD_ID",
     "backend": "CAPSTAN_BACKEND",
     "kube_context": "CAPSTAN_KUBE_CONTEXT",
     "kube_namespace": "CAPSTAN_KUBE_NAMESPACE",
@@ -307,9 +321,16 @@ class Settings:
             a trial, where `capstan.report` does nothing.
         trial_key: the secret the trial authenticates to that controller with (``CAPSTAN_TRIAL_KEY``, hex).
         trial_number: which trial of its study this process runs (``CAPSTAN_TRIAL_NUMBER``).
+        trial_listen: for a study's controller, ``HOST:PORT`` (``CAPSTAN_TRIAL_LISTEN``): it listens for its
+            trials' reports on TCP port PORT of every interface, tells the trials ``tcp://HOST:PORT``, and takes
+            the key from ``trial_key`` (a Secret's, never generated into the trials' environment); the study
+            controller pod of `capstan.k8s.render_studies` (decision 0745). ``None``: a local socket and a fresh key.
         pipeline_run_id, pipeline_step: the pipeline run and step whose attempt this process runs
             (``CAPSTAN_RUN_ID``, ``CAPSTAN_STEP``, set by the orchestrator); tracking runs started here are tagged
             with them (``capstan.pipeline.run_id``, ``capstan.pipeline.step``), the lineage the web UI shows.
+        workload_id: the queue workload this process runs in (``CAPSTAN_WORKLOAD_ID``, set from the queue's lease
+            for a pipeline step's attempt, a training job's workers and a study's script trials, and by
+            `capstan.queue.executor.LocalExecutor`); `capstan.checkpoint.save` reports each save to it.
         backend: where pipeline steps and training jobs run (``CAPSTAN_BACKEND``): ``local`` (threads and worker
             processes) or ``kubernetes`` (a Job per attempt, `capstan.k8s.executor`, `capstan.k8s.training_launcher`).
         kube_context: the kubeconfig context of the ``kubernetes`` backend (``CAPSTAN_KUBE_CONTEXT``); ``None``
@@ -319,7 +340,9 @@ class Settings:
             variables (``CAPSTAN_KUBE_ENV_FROM``, comma-separated; ``envFrom``): how they reach the stores.
         kube_admission: who admits the ``kubernetes`` backend's Jobs (``CAPSTAN_KUBE_ADMISSION``): ``capstan``
             (Capstan's queue; Jobs created suspended and unsuspended on admission) or ``kueue`` (Kueue alone, seen
-            through its Workloads; Capstan's queue is not asked). Decision 0726.
+            through its Workloads; Capstan's queue is not asked; decision 0726) or ``none`` (nobody: the Jobs are
+            created at once without Kueue labels and the scheduler places the pods; the study controller pod of a
+            study without a queue, decision 0745).
         env_set: the ``CAPSTAN_*`` variables of `ENV_VARIABLES` that were set (even empty) when these settings
             were read by `from_env`, so that an error about a value can name the variable the user set (see
             `source_of`).
@@ -350,8 +373,10 @@ class Settings:
     trial_address: str | None = None
     trial_key: str | None = None
     trial_number: int | None = None
+    trial_listen: str | None = None
     pipeline_run_id: str | None = None
     pipeline_step: str | None = None
+    workload_id: str | None = None
     backend: str = "local"
     kube_context: str | None = None
     kube_namespace: str | None = None
@@ -406,6 +431,8 @@ class Settings:
         overrides.update(_job_overrides(env))
         overrides.update(_trial_overrides(env))
         overrides.update(_step_overrides(env))
+        if env.get("CAPSTAN_WORKLOAD_ID"):
+            overrides["workload_id"] = env["CAPSTAN_WORKLOAD_ID"]
         overrides.update(_kube_overrides(env))
         env_set = frozenset(name for name in ENV_VARIABLES.values() if name in env)
         return replace(settings, env_set=env_set, **overrides)  # type: ignore[arg-type]  # keys are field names

@@ -238,6 +238,81 @@ def test_a_training_gang_in_kueue_mode_waits_suspended_until_kueue_admits_it(
         services.close()
 
 
+def test_kueue_admits_a_gang_with_min_workers_with_fewer_pods_and_the_job_runs_those(
+        kueue_cluster: Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Partial admission in Kueue mode (decision 0744), against the API EMULATOR (skipped on a real cluster: the test
+    plays Kueue): the Job asks for 4 pods, at least 2; the test plays Kueue admitting 3 (it lowers parallelism and
+    completions while unsuspending, and the Workload's admission says 3). The runner records 3 of 4 as it does for
+    its own queue, and the gang ends once those 3 pods have succeeded."""
+    from capstan.k8s.render_training import COMPLETIONS_EQUAL_PARALLELISM_ANNOTATION, MIN_PARALLELISM_ANNOTATION
+    from capstan.training.logs import read_logs
+    from capstan.training.runner import WORKERS_ADMITTED_TAG
+    from capstan.training.spec import parse_job_spec
+
+    emu = kueue_cluster.kubelet()
+    monkeypatch.setenv("KUBECONFIG", str(kueue_cluster.kubeconfig))
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "train.py").write_text("print('trained')\n")
+    services = Services.open(_kueue_settings(tmp_path), admission=_no_room())
+    try:
+        runner = services.job_runner()
+        runner.poll_s = 0.05
+        spec = parse_job_spec({"name": "mnist", "entry": "train.py", "workers": 4, "min_workers": 2,
+                               "working_dir": str(code), "image": IMAGE, "cpu": 1, "grace_s": 1.0})
+        record = runner.submit(spec, project="default", user="tester", hold=True)
+        done: list[JobRecord] = []
+        thread = threading.Thread(target=lambda: done.append(runner.run(record.id)), daemon=True)
+        thread.start()
+        job = _wait(lambda: next(iter(emu.objects("jobs")), None))
+        name = job["metadata"]["name"]
+        assert job["spec"]["suspend"] is True
+        assert (job["spec"]["parallelism"], job["spec"]["completions"]) == (4, 4)
+        notes = job["metadata"]["annotations"]
+        assert (notes[MIN_PARALLELISM_ANNOTATION], notes[COMPLETIONS_EQUAL_PARALLELISM_ANNOTATION]) == ("2", "true")
+        container = job["spec"]["template"]["spec"]["containers"][0]
+        assert container["command"][:2] == ["torchrun", "--nnodes=2:4"]  # the renderer's elastic rendezvous
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert "WORLD_SIZE" not in env and "GROUP_RANK" not in env and env["CAPSTAN_JOB_WORKERS_REQUESTED"] == "4"
+        created = _wait(lambda: [e for e in services.events.list("job", record.id) if e.reason == "JobCreated"])
+        assert "4 pod(s) (Kueue may admit as few as 2: min_workers)" in created[0].message
+        workload = _play_kueue(emu, job, "default", PENDING, count=4)
+        _wait(lambda: [e for e in services.events.list("job", record.id) if e.reason == KUEUE_PENDING])
+        # Kueue admits 3 pods: the Workload's assignment says so, and the Job is unsuspended with 3 of each.
+        emu.set_status("workloads", workload, {"conditions": ADMITTED, "admission": {
+            "clusterQueue": "team-a-cq",
+            "podSetAssignments": [{"name": "main", "count": 3, "flavors": {"cpu": "default-flavor"}}]}})
+        fresh = emu.get("jobs", name)
+        assert fresh is not None
+        emu.put({**fresh, "spec": {**fresh["spec"], "suspend": False, "parallelism": 3, "completions": 3}}, "jobs",
+                validate=False)
+        started = _wait(lambda: [e for e in services.events.list("job", record.id) if e.reason == "Started"])[0]
+        assert started.message.startswith("attempt 1: 3 of 4 workers (partial admission, min_workers 2), "
+                                          "3 process(es)"), started.message
+        assert (started.data["workers"], started.data["workers_requested"]) == (3, 4)
+        for i in range(3):
+            emu.add_pod(name, f"{name}-{i}-abcde", running_pod("trainer"))
+            emu.append_log(f"{name}-{i}-abcde", f"worker {i} of 3\n")
+        for i in range(3):  # no fourth pod, and no Job condition: the 3 admitted pods decide the attempt
+            emu.set_status("pods", f"{name}-{i}-abcde", ended_pod("trainer"))
+        thread.join(60)
+        assert done and done[0].state == "Succeeded", done
+        assert "all 3 pod(s)" in services.jobs.attempts(record.id)[0].message
+        assert record.run_id is not None
+        tags = services.tracking.get_run(record.run_id).data.tags
+        assert (tags[WORKERS_ADMITTED_TAG], tags["capstan.job.min_workers"]) == ("3", "2")
+        home = services.settings.home
+        logs = {i: [line.text for line in read_logs(home, record.id, worker=i)] for i in range(3)}
+        assert logs == {i: [f"worker {i} of 3"] for i in range(3)}
+        folder = home / "jobs" / record.id / "attempt-1"
+        assert sorted(p.name for p in folder.iterdir() if p.name.startswith("worker-")) == [
+            "worker-0", "worker-1", "worker-2"]
+        stored = services.jobs.get(record.id)
+        assert stored is not None and stored.spec.workers == 4  # the job keeps what it asked for
+    finally:
+        services.close()
+
+
 def test_capstan_train_refuses_a_gang_the_quota_can_never_hold(cluster: Cluster, tmp_path: Path) -> None:
     api = connect(kubeconfig=str(cluster.kubeconfig))
     quota = {"apiVersion": "v1", "kind": "ResourceQuota",
@@ -342,3 +417,21 @@ def test_the_admission_mode_is_a_setting(tmp_path: Path) -> None:
     finally:
         capstan.close()
         local.close()
+
+
+def test_the_admitted_count_and_when_kueue_may_admit_fewer() -> None:
+    from capstan.k8s.kueue_status import admitted_count
+    from capstan.k8s.training_launcher import KubeTrainingOptions, kueue_min_workers
+    from capstan.training.launcher import GangStart
+    from capstan.training.spec import parse_job_spec
+
+    assert admitted_count({"status": {"conditions": PENDING}}) is None  # no quota reserved yet
+    assert admitted_count({"status": {"admission": {"podSetAssignments": [{"name": "main"}]}}}) is None
+    assert admitted_count({"status": {"admission": {"podSetAssignments": [
+        {"name": "main", "count": 3}, {"name": "extra", "count": True}]}}}) == 3
+    spec = parse_job_spec({"name": "j", "entry": "train.py", "workers": 4, "image": IMAGE})
+    kueue, capstan = KubeTrainingOptions(kueue=True), KubeTrainingOptions()
+    assert kueue_min_workers(kueue, GangStart(spec, "j", "default", None, 1, 0, min_workers=2)) == 2
+    assert kueue_min_workers(capstan, GangStart(spec, "j", "default", None, 1, 0, min_workers=2)) is None
+    assert kueue_min_workers(kueue, GangStart(spec, "j", "default", None, 1, 0)) is None
+    assert kueue_min_workers(kueue, GangStart(spec, "j", "default", None, 1, 0, min_workers=4)) is None

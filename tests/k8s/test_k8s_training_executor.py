@@ -30,6 +30,7 @@ from capstan.k8s.client import JOB, KubeApi, KubeNotFound, Ref, connect
 from capstan.k8s.pods import restricted_violations
 from capstan.k8s.training_launcher import SERVICE, KubeGangLauncher, KubeTrainingOptions, attempt_job_name
 from capstan.k8s.validate import check_documents
+from capstan.resources.admission import Lease, ResourceRequest
 from capstan.resources.local import LocalAdmission
 from capstan.resources.machine import Capacity
 from capstan.services import Services
@@ -184,6 +185,34 @@ def test_a_two_worker_job_runs_as_an_indexed_job_and_a_headless_service(harness:
         assert expected in reasons, reasons
     started = next(e for e in h.events(record.id) if e.reason == "Started")
     assert f"rendezvous on {name}-0.{name}:29500" in started.message
+
+
+def test_a_partial_admission_by_capstans_queue_creates_the_job_with_the_workers_granted(harness: Harness) -> None:
+    """Capstan mode (EMULATOR, decision 0744): the queue grants 2 of the 4 workers (7 CPUs left, 3 each), so the
+    Job has 2 pods with the static rendezvous of 2 (no Kueue annotations); each pod knows the 4 asked for."""
+    h = harness
+    emu = h.cluster.kubelet()
+    admission = h.services.admission.get()
+    other = admission.acquire_many([ResourceRequest("other", cpu=1, memory=0)])[0]
+    assert isinstance(other, Lease)
+    record, thread = h.start(h.spec(workers=4, min_workers=2, cpu=3))
+    name = _created(emu, record.id, 1)
+    job = emu.get("jobs", name)
+    assert job is not None
+    assert (job["spec"]["parallelism"], job["spec"]["completions"], job["spec"].get("suspend")) == (2, 2, None)
+    assert "kueue.x-k8s.io/job-min-parallelism" not in job["metadata"].get("annotations", {})
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert (env["WORLD_SIZE"], env["GROUP_WORLD_SIZE"], env["CAPSTAN_JOB_WORKERS_REQUESTED"]) == ("2", "2", "4")
+    assert container["command"] == ["python", "train.py"]
+    assert [_run_pod(emu, job, i, h.services.settings, h.code) for i in range(2)] == [0, 0]
+    final = h.finish(thread)
+    assert final.state == "Succeeded", (final.reason, final.message)
+    one = [line.text for line in read_logs(h.services.settings.home, record.id, worker=1)]
+    assert one[0].startswith("RANK=1 WORLD_SIZE=2 GROUP_RANK=1 ")
+    started = next(e for e in h.events(record.id) if e.reason == "Started")
+    assert started.message.startswith("attempt 1: 2 of 4 workers (partial admission, min_workers 2), 2 process(es)")
+    admission.release(other)
 
 
 def _oom_then_success(h: Harness, emu: ApiEmulator, job_id: str) -> tuple[str, str]:

@@ -7,20 +7,18 @@ import json
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from fastapi.testclient import TestClient
+from queue_api_helpers import Api, Q, error, serve_queue
 
 from capstan.server.app import create_app
 from capstan.server.queue_api import ServerQueue
 from capstan.services import Services
 from capstan.settings import Settings
 from helpers.clock import FakeClock
-from helpers.server import ServerProcess, start_server
 
 CONFIG = """
 flavors:
@@ -53,58 +51,15 @@ clusterQueues:
         flavors: [{name: f, resources: [{name: gpu, nominalQuota: 1, borrowingLimit: 1}]}]
 """
 
-Q = "/api/v1/queue"
 
 
 def workload(wid: str, queue: str = "ml", gpu: object = 1, **extra: Any) -> dict[str, Any]:
     return {"id": wid, "queue": queue, "pod_sets": [{"count": 1, "requests": {"gpu": gpu}}], **extra}
 
 
-@dataclass
-class Api:
-    server: ServerProcess
-    tokens: dict[str, str]
-
-    def call(self, method: str, path: str, *, who: str | None, project: str = "p1",
-             **kwargs: Any) -> httpx.Response:
-        headers = {"X-Capstan-Project": project, **kwargs.pop("headers", {})}
-        if who is not None:
-            headers["Authorization"] = f"Bearer {self.tokens[who]}"
-        return httpx.request(method, f"{self.server.url}{path}", headers=headers, timeout=30, **kwargs)
-
-    def ok(self, method: str, path: str, *, who: str, status: int = 200, **kwargs: Any) -> dict[str, Any]:
-        response = self.call(method, path, who=who, **kwargs)
-        assert response.status_code == status, response.text
-        body: dict[str, Any] = response.json()
-        return body
-
-    def cli(self, *args: str, who: str, project: str = "p1", check: bool = True) -> Any:
-        env = {"CAPSTAN_URL": self.server.url, "CAPSTAN_TOKEN": self.tokens[who], "CAPSTAN_PROJECT": project}
-        return self.server.cli(*args, env=env, check=check)
-
-
-def error(response: httpx.Response, status: int, code: str) -> str:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert body["error_code"] == code, body
-    return str(body["message"])
-
-
 @pytest.fixture(scope="module")
 def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
-    home = tmp_path_factory.mktemp("queue-api") / "home"
-    services = Services.open(Settings.for_home(home))
-    auth = services.auth
-    auth.create_user("root", admin=True)
-    for name, project, role in (("ed", "p1", "editor"), ("vera", "p1", "viewer"), ("olga", "p2", "editor")):
-        auth.create_user(name)
-        auth.grant(name, project, role)
-    tokens = {name: auth.create_token(name).secret for name in ("root", "ed", "vera", "olga")}
-    services.close()
-    with start_server(home) as server:
-        a = Api(server, tokens)
-        a.ok("POST", f"{Q}/config", who="root", content=CONFIG, headers={"Content-Type": "application/yaml"})
-        yield a
+    yield from serve_queue(tmp_path_factory, "queue-api", CONFIG)
 
 
 def test_status_and_config_are_readable(api: Api) -> None:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from queue_helpers import Cluster, gpu_queues, wl
 from test_queue_manager import gpus, make
 
 from capstan.errors import InvalidParameterValue, InvalidState
+from capstan.queue.manager import QueueManager
 from capstan.queue.model import Admission, Workload
 from capstan.queue.records import ADMITTED, EVICTING, PENDING, record_from_json, record_to_json
 from capstan.queue.store import MemoryQueueStore
@@ -89,8 +92,11 @@ def test_manager_reports_the_lost_work_of_a_preemption() -> None:
     mgr.cycle()
     assert mgr.get("b-big").state == ADMITTED
     clock.now += 1_800_000  # 30 minutes
-    mgr.record_checkpoint("b-big")
+    mgr.record_checkpoint("b-big", step=300)
     clock.now += 600_000  # 10 more minutes
+    work = mgr.why("b-big").work
+    assert work == ("10 min since its last checkpoint at step 300 on 8 GPUs; a preemption now would lose "
+                    "1.33 GPU-hours")
     mgr.submit("a-need", "a-ml", gpus(8))  # reclaims team-a's lent quota
     report = mgr.cycle()
     assert [r.id for r in report.preempting] == ["b-big"]
@@ -98,11 +104,13 @@ def test_manager_reports_the_lost_work_of_a_preemption() -> None:
     assert victim.state == EVICTING
     # 10 minutes x 8 GPUs since its checkpoint = 1.33 GPU-hours.
     assert victim.lost_gpu_seconds == pytest.approx(600 * 8)
-    assert "lost 1.33 GPU-hours of work done since its last checkpoint" in mgr.why("b-big").render()
+    lost = "lost 1.33 GPU-hours: 10 min since its last checkpoint at step 300 on 8 GPUs"
+    assert f"preempted by a-need (InCohortReclamation); {lost}" in mgr.why("b-big").render()
     mgr.evicted("b-big")
     requeued = mgr.get("b-big")
-    assert requeued.state == PENDING and "lost 1.33 GPU-hours" in requeued.message
-    assert "lost 1.33 GPU-hours" in mgr.why("b-big").render()
+    assert requeued.state == PENDING and lost in requeued.message and "requeued after" in requeued.message
+    assert requeued.checkpointed_at is None and requeued.checkpoint_step is None
+    assert lost in mgr.why("b-big").render()
     assert record_from_json(record_to_json(requeued)) == requeued
 
 
@@ -117,3 +125,68 @@ def test_manager_checkpoint_validation() -> None:
     assert saved.workload.min_run_seconds == 30.0 and saved.workload.checkpoint_interval_seconds == 60.0
     with pytest.raises(InvalidParameterValue, match="min_run_seconds"):
         mgr.submit("b2", "b-vision", gpus(1), min_run_seconds=-1.0)
+
+
+def test_the_lost_work_says_where_the_last_save_came_from() -> None:
+    mgr, clock, _ = make(MemoryQueueStore())
+    mgr.submit("b-declared", "b-vision", gpus(4), checkpoint_interval_seconds=1200.0)
+    mgr.submit("b-unsaved", "b-vision", gpus(4))
+    mgr.cycle()
+    clock.now += 1_500_000  # 25 minutes: b-declared is assumed to have saved 5 minutes ago
+    assert mgr.why("b-declared").work == ("5 min since its last checkpoint as estimated from its declared interval "
+                                          "(20 min) on 4 GPUs; a preemption now would lose 0.33 GPU-hours")
+    assert mgr.why("b-unsaved").work == ("25 min since its admission (no checkpoint recorded) on 4 GPUs; a "
+                                         "preemption now would lose 1.67 GPU-hours")
+    mgr.submit("a-need", "a-ml", gpus(8))  # reclaims team-a's 2 lent GPUs: the cheaper victim goes
+    report = mgr.cycle()
+    assert [r.id for r in report.preempting] == ["b-declared"]
+    assert mgr.get("b-declared").message.endswith(
+        "lost 0.33 GPU-hours: 5 min since its last checkpoint as estimated from its declared interval (20 min) "
+        "on 4 GPUs")
+    mgr.evicted("b-declared")
+    clock.now += 3_600_000  # past the backoff: it waits again as any pending workload, its loss still shown
+    mgr.cycle()
+    explanation = mgr.why("b-declared")
+    assert explanation.state == PENDING and "lost" not in explanation.message
+    assert explanation.work == "preempted once; the last preemption lost 0.33 GPU-hours"
+    assert "Work:      preempted once" in explanation.render()
+
+
+def test_record_checkpoint_keeps_the_newest_save_and_checks_the_step() -> None:
+    mgr, clock, _ = make(MemoryQueueStore())
+    mgr.submit("b1", "b-vision", gpus(1))
+    mgr.cycle()
+    newest = mgr.record_checkpoint("b1", step=20)
+    assert newest.checkpointed_at is not None
+    assert mgr.record_checkpoint("b1", at=newest.checkpointed_at - 1_000, step=10) == newest  # late, older save
+    assert mgr.get("b1").checkpoint_step == 20
+    for bad in (-1, True, 1.5, "3"):
+        with pytest.raises(InvalidParameterValue, match="step"):
+            mgr.record_checkpoint("b1", step=bad)  # type: ignore[arg-type]  # what an untyped caller may pass
+    clock.now += 1000
+    assert mgr.record_checkpoint("b1").checkpoint_step is None  # a newer save without a step forgets the old one
+
+
+def test_the_cli_records_a_checkpoint_in_the_local_store(tmp_path: Path) -> None:
+    from test_queue_cli import ROOT, capstan
+
+    from capstan.services import Services
+    from capstan.settings import Settings
+
+    home = tmp_path / "home"
+    services = Services.open(Settings.for_home(home))
+    try:
+        mgr = QueueManager(services.queue.get(), clock=services.clock)
+        mgr.apply_config((ROOT / "examples" / "queues" / "teams.yaml").read_text())
+        mgr.submit("train", "vision", gpus(2))
+        mgr.cycle()
+        mgr.submit("wait", "vision", gpus(1))  # no cycle: stays pending
+    finally:
+        services.close()
+    r = capstan(home, "queue", "checkpoint", "train", "--step", "5")
+    assert r.returncode == 0 and r.stdout.strip() == "train: checkpoint at step 5 recorded", r.stderr
+    why = capstan(home, "why", "train").stdout
+    assert re.search(r"Work: +\d+ s since its last checkpoint at step 5 on 2 GPUs; a preemption now would lose "
+                     r"0\.00 GPU-hours", why), why
+    r = capstan(home, "queue", "checkpoint", "wait")
+    assert r.returncode == 1 and r.stderr.strip() == "error: workload 'wait' is Pending, not running", r.stderr

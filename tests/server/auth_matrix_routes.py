@@ -438,13 +438,17 @@ _NATIVE: dict[str, Rule] = {
         "id": uniq("w"), "queue": "ml", "pod_sets": [{"count": 1, "requests": {"gpu": 1}}]})),
     "GET /api/v1/queue/workloads": Rule("read", lambda w: Req(f"{V1}/queue/workloads")),
     "GET /api/v1/queue/workloads/{workload_id:path}/why": Rule("read", lambda w: Req(
-        f"{V1}/queue/workloads/{w.workload()}/why")),
+        f"{V1}/queue/workloads/{w.workload()}/why"), note="in Kueue mode a pipeline step's RUN/STEP answers from "
+        "the step's recorded Kueue status, checked against the step's project"),
     "POST /api/v1/queue/workloads/{workload_id:path}/finish": Rule("write", lambda w: Req(
         f"{V1}/queue/workloads/{w.workload(True)}/finish"), ok=(400,), note="a workload not admitted answers 400"),
     "POST /api/v1/queue/workloads/{workload_id:path}/cancel": Rule("write", lambda w: Req(
         f"{V1}/queue/workloads/{w.workload(True)}/cancel")),
     "POST /api/v1/queue/workloads/{workload_id:path}/evicted": Rule("write", lambda w: Req(
         f"{V1}/queue/workloads/{w.workload(True)}/evicted"), ok=(400,), note="a workload not admitted answers 400"),
+    "POST /api/v1/queue/workloads/{workload_id:path}/checkpoint": Rule("write", lambda w: Req(
+        f"{V1}/queue/workloads/{w.workload()}/checkpoint", {"step": 1}), ok=(400,),
+        note="a workload not admitted answers 400"),
     "GET /api/v1/queue/workloads/{workload_id:path}": Rule("read", lambda w: Req(
         f"{V1}/queue/workloads/{w.workload()}")),
     "GET /api/v1/queue/usage": Rule("read", lambda w: Req(f"{V1}/queue/usage")),

@@ -57,6 +57,8 @@ def test_a_preempted_job_waits_and_resumes_from_its_checkpoint(queued: Env) -> N
         return bool(leases)
 
     env.wait_for(urgent_admitted)
+    # the runner gives the quota back while it records the preemption: wait for the record, not only the quota
+    env.wait_for(lambda: env.job(record.id).state == "Pending")
     waiting = env.job(record.id)
     assert (waiting.state, waiting.preemptions, waiting.restarts) == ("Pending", 1, 0)
     assert [a.reason for a in env.services.jobs.attempts(record.id)] == ["Preempted"]

@@ -55,13 +55,16 @@ def register(group: click.Group) -> None:
                        "and credentials); repeatable. Not for --format trainjob.")
     @gang_options(restarts_help="Restarts after a failure (the Job's backoffLimit; disruptions do not count).",
                   queue_help="LocalQueue (Kueue's queue-name label).")
+    @click.option("--min-workers", type=int, default=None,
+                  help="Partial admission (--format native): Kueue may start as few as this many workers when all "
+                       "--workers do not fit; torchrun's elastic rendezvous sets WORLD_SIZE.")
     @click.option("--log-all-ranks", is_flag=True, help="Keep every rank's capstan.log_metric calls (default: rank 0).")
     def job(entry: str, args: tuple[str, ...], out: Path, fmt: str, image: str, namespace: str | None,
             master_port: int, shm_size: str, runtime: str, gpu_products: tuple[str, ...], queue_config: Path | None,
             datasets: tuple[str, ...], env_from: tuple[str, ...],
             name: str | None, workers: int, nproc_per_worker: int, cpu: float, memory: str | None, gpus: float,
             gpu_flavor: str | None, max_restarts: int, experiment: str | None, queue: str | None,
-            priority: str | None, env: tuple[str, ...], log_all_ranks: bool) -> None:
+            priority: str | None, env: tuple[str, ...], min_workers: int | None, log_all_ranks: bool) -> None:
         """Render SCRIPT_OR_MODULE as a distributed training job, one YAML file per object. Arguments after `--`
         go to the script."""
         from capstan.cli.k8s_render import write_manifests
@@ -75,7 +78,7 @@ def register(group: click.Group) -> None:
         spec = build_spec(entry, args, name=name, workers=workers, nproc_per_worker=nproc_per_worker, cpu=cpu,
                           memory=memory, gpus=gpus, gpu_flavor=gpu_flavor, max_restarts=max_restarts,
                           experiment=experiment, queue=queue, priority=priority, env=env,
-                          log_all_ranks=log_all_ranks)
+                          log_all_ranks=log_all_ranks, min_workers=min_workers)
         config = load_config(queue_config) if queue_config is not None else None
         options = TrainingRenderOptions(
             format="pytorchjob" if fmt == "pytorchjob" else "trainjob" if fmt == "trainjob" else "native",
@@ -90,6 +93,8 @@ def register(group: click.Group) -> None:
             field, sep, rest = exc.message.partition(": ")
             if sep and field == "env_from_secrets":
                 raise InvalidParameterValue(f"--env-from-secret: {rest}") from None
+            if sep and field == "job.min_workers":
+                raise InvalidParameterValue(f"--min-workers: {rest}") from None
             raise
         written = write_manifests(docs, out)
         click.echo(f"wrote {len(written)} object(s) to {out}")

@@ -2,7 +2,8 @@
 
 Commands open the local metadata store through `capstan.cli.context`; tables are aligned (Rich), ``--json``
 prints machine-readable output and errors are one ``error: ...`` line with a non-zero exit. With ``CAPSTAN_URL``
-set, ``why``, ``queue status`` and ``usage`` ask that server's ``/api/v1/queue`` instead (``CAPSTAN_TOKEN``).
+set, ``why``, ``queue status``, ``queue checkpoint`` and ``usage`` ask that server's ``/api/v1/queue`` instead
+(``CAPSTAN_TOKEN``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from capstan.errors import CapstanError
 if TYPE_CHECKING:
     from capstan.cli.tables import TextTable
     from capstan.queue.manager import QueueManager
+    from capstan.queue.records import WorkloadRecord
     from capstan.queue.simulate import SimResult
     from capstan.queue.status import QueueStatus
 
@@ -206,12 +208,15 @@ def status_cmd(as_json: bool) -> None:
 @click.option("--cpu", default=None, help="CPU per pod, e.g. 500m or 2.")
 @click.option("--memory", default=None, help="Memory per pod, e.g. 16Gi.")
 @click.option("--count", default=1, show_default=True, type=click.IntRange(min=1), help="Pods in the gang.")
+@click.option("--min-count", default=None, type=int,
+              help="Partial admission (Kueue's minCount): admit as few as this many pods when all COUNT do not fit.")
 @click.option("--priority-class", default=None, help="WorkloadPriorityClass name.")
 @click.option("--user", default="", help="User to charge in usage reports.")
 @click.option("--no-cycle", is_flag=True, help="Only queue it; do not run an admission cycle.")
 @click.option("--json", "as_json", is_flag=True, help="Print the workload record as JSON.")
 def submit_cmd(workload_id: str, local_queue: str, gpu: str | None, cpu: str | None, memory: str | None,
-               count: int, priority_class: str | None, user: str, no_cycle: bool, as_json: bool) -> None:
+               count: int, min_count: int | None, priority_class: str | None, user: str, no_cycle: bool,
+               as_json: bool) -> None:
     """Queue a workload of COUNT identical pods and run an admission cycle (for tests and demos)."""
     from capstan.queue.model import PodSet
     from capstan.resources.quantity import parse_quantity
@@ -223,18 +228,18 @@ def submit_cmd(workload_id: str, local_queue: str, gpu: str | None, cpu: str | N
                 requests[name] = parse_quantity(raw, path=f"--{name}")
         if not any(requests.values()):
             raise click.UsageError("give at least one of --gpu, --cpu, --memory")
+        if min_count is not None and not 1 <= min_count <= count:
+            raise click.ClickException(f"--min-count: must be between 1 and --count ({count}), got {min_count}")
         mgr = _manager()
-        mgr.submit(workload_id, local_queue, [PodSet("main", count, requests)], priority_class=priority_class,
-                   user=user)
+        mgr.submit(workload_id, local_queue, [PodSet("main", count, requests, min_count=min_count)],
+                   priority_class=priority_class, user=user)
         if not no_cycle:
             mgr.run_until_stable()
         record = mgr.get(workload_id)
     except CapstanError as exc:
         raise _fail(exc) from None
     if as_json:
-        from capstan.queue.records import record_to_json
-
-        _json(record_to_json(record))
+        _json(_record_json(record))
         return
     click.echo(f"{workload_id}: {record.state} ({record.reason.value}) {record.message}")
 
@@ -250,15 +255,37 @@ def list_cmd(state: str | None, as_json: bool) -> None:
     except CapstanError as exc:
         raise _fail(exc) from None
     if as_json:
-        from capstan.queue.records import record_to_json
-
-        _json([record_to_json(r) for r in records])
+        _json([_record_json(r) for r in records])
         return
-    table = _table("WORKLOAD", "LOCAL QUEUE", "CLUSTER QUEUE", "PRIORITY", "STATE", "REASON", right=("PRIORITY",))
+    table = _table("WORKLOAD", "LOCAL QUEUE", "CLUSTER QUEUE", "PRIORITY", "PODS", "STATE", "REASON",
+                   right=("PRIORITY", "PODS"))
     for r in records:
-        table.add_row(r.id, r.workload.queue, r.workload.cluster_queue, str(r.workload.priority), r.state,
+        table.add_row(r.id, r.workload.queue, r.workload.cluster_queue, str(r.workload.priority), _pods(r), r.state,
                       r.reason.value)
     _echo_table(table)
+
+
+def _record_json(record: WorkloadRecord) -> dict[str, Any]:
+    """A workload record as ``--json`` prints it: the stored record plus each pod set's admitted count."""
+    from capstan.queue.records import pod_set_counts, record_to_json
+
+    return {**record_to_json(record), "pod_sets": pod_set_counts(record)}
+
+
+def _pods(record: WorkloadRecord) -> str:
+    """The PODS cell: each pod set's count, ``admitted/count`` once admitted, ``count (min N)`` while a pod set that
+    may be admitted partially waits."""
+    from capstan.queue.records import pod_set_counts
+
+    cells = []
+    for ps in pod_set_counts(record):
+        if ps["admitted_count"] is not None:
+            cells.append(f"{ps['admitted_count']}/{ps['count']}")
+        elif ps["min_count"] is not None:
+            cells.append(f"{ps['count']} (min {ps['min_count']})")
+        else:
+            cells.append(str(ps["count"]))
+    return ", ".join(cells)
 
 
 def _end(action: str, workload_id: str) -> None:
@@ -283,6 +310,39 @@ def finish_cmd(workload_id: str) -> None:
 def cancel_cmd(workload_id: str) -> None:
     """Withdraw a pending or admitted workload (then run admission)."""
     _end("cancel", workload_id)
+
+
+@queue_group.command("checkpoint")
+@click.argument("workload_id")
+@click.option("--step", type=click.IntRange(min=0), default=None, help="The training step the checkpoint holds.")
+@click.option("--json", "as_json", is_flag=True, help="Print the workload record as JSON.")
+def checkpoint_cmd(workload_id: str, step: int | None, as_json: bool) -> None:
+    """Record that a running workload saved a checkpoint now (what `capstan.checkpoint.save` does inside one):
+    a preemption then loses only the work done since. With CAPSTAN_URL, asks that server."""
+    from capstan.cli.context import cli_services, cli_settings
+    from capstan.sdk.backends_http import HttpBackend
+    from capstan.sdk.workloads import record_checkpoint, record_checkpoint_in_store
+
+    try:
+        settings = cli_settings()
+        if settings.url:
+            backend = HttpBackend(settings)
+            try:
+                data = record_checkpoint(workload_id, step=step, backend=backend)
+            finally:
+                backend.close()
+        else:
+            from capstan.queue.records import record_to_json
+
+            record = record_checkpoint_in_store(cli_services(), workload_id, step=step)
+            data = {"id": record.id, **record_to_json(record)}
+    except CapstanError as exc:
+        raise _fail(exc) from None
+    if as_json:
+        _json(data)
+        return
+    at = f" at step {data['checkpoint_step']}" if data.get("checkpoint_step") is not None else ""
+    click.echo(f"{workload_id}: checkpoint{at} recorded")
 
 
 @click.command("why")
@@ -314,11 +374,26 @@ def why_cmd(workload_id: str, as_json: bool) -> None:
             return
         explanation = _manager().why(workload_id)
     except CapstanError as exc:
-        raise _fail(exc) from None
+        kueue = _kueue_why(workload_id) if exc.http_status == 404 and not _remote() else None
+        if kueue is None:
+            raise _fail(exc) from None
+        if as_json:
+            _json(kueue)
+        else:
+            click.echo(kueue["text"])
+        return
     if as_json:
         _json(explanation.to_dict())
         return
     click.echo(explanation.render())
+
+
+def _kueue_why(workload_id: str) -> dict[str, Any] | None:
+    """In Kueue mode a pipeline step's attempt is no workload of Capstan's queue: what Kueue said about it."""
+    from capstan.cli.context import cli_services
+    from capstan.troubleshoot.sources import step_kueue_why
+
+    return step_kueue_why(cli_services().events, workload_id)
 
 
 @click.command("usage")
@@ -441,6 +516,8 @@ def simulate_cmd(trace_path: Path, cluster_path: Path, policies: tuple[str, ...]
                       f"{r.jain_fairness:.3f}", str(r.preemptions), f"{r.wasted_gpu_hours:.0f}",
                       f"{r.wasted_fraction:.2%}", f"{r.wall_s:.1f}s")
     _echo_table(table)
+    if any(r.partial_admissions for r in results):
+        click.echo("partial admissions: " + ", ".join(f"{r.policy} {r.partial_admissions}" for r in results))
     by_name = {r.policy: r for r in results}
     for base in ("strict-fifo", "best-effort-fifo"):
         if base in by_name and by_name[base].avg_jct_s:

@@ -169,7 +169,7 @@ def build_spec(entry: str, args: Sequence[str], *, name: str | None = None, work
                gpu_flavor: str | None = None, max_restarts: int = 0, experiment: str | None = None,
                queue: str | None = None, priority: str | None = None, env: Sequence[str] = (),
                log_all_ranks: bool = False, working_dir: str | None = None,
-               image: str | None = None) -> TrainingJobSpec:
+               image: str | None = None, min_workers: int | None = None) -> TrainingJobSpec:
     """The checked spec of ``capstan train``; `InvalidParameterValue` names the option (``--workers: ...``)."""
     from capstan.training.spec import parse_job_spec
 
@@ -179,6 +179,8 @@ def build_spec(entry: str, args: Sequence[str], *, name: str | None = None, work
         "max_restarts": max_restarts, "experiment": experiment, "queue": queue, "priority": priority,
         "env": parse_env(env), "log_all_ranks": log_all_ranks, "working_dir": working_dir or os.getcwd(),
         "image": image}
+    if min_workers is not None:
+        data["min_workers"] = min_workers
     try:
         return parse_job_spec(data)
     except InvalidParameterValue as exc:
@@ -252,8 +254,13 @@ def job_why(job_id: str) -> dict[str, Any] | None:
             queue, queue_text = explanation.to_dict(), explanation.render()
         except CapstanError:  # the workload has left the queue: explain the job alone
             pass
+    kueue = None
+    if record.state == "Pending":  # Kueue mode: why Kueue keeps its Job suspended
+        from capstan.troubleshoot.sources import recorded_kueue
+
+        kueue = recorded_kueue(services.events, "job", record.id)
     return explain_job(job_json(record), [attempt_json(a) for a in services.jobs.attempts(record.id)],
-                       queue=queue, queue_text=queue_text)
+                       queue=queue, queue_text=queue_text, kueue=kueue.to_dict() if kueue is not None else None)
 
 
 def is_job(job_id: str) -> bool:
@@ -353,7 +360,8 @@ def _print(table: Any) -> None:
 def _spec_summary(spec: Mapping[str, Any]) -> str:
     kind = "python -m " if spec.get("entry_kind") == "module" else "python "
     line = f"{kind}{spec['entry']} {' '.join(spec.get('args') or [])}".rstrip()
-    res = [f"{spec['workers']} worker(s) x {spec['nproc_per_worker']} process(es)", f"cpu {spec['cpu']:g}"]
+    least = f" (at least {spec['min_workers']})" if spec.get("min_workers") else ""
+    res = [f"{spec['workers']} worker(s){least} x {spec['nproc_per_worker']} process(es)", f"cpu {spec['cpu']:g}"]
     if spec.get("memory"):
         res.append(f"memory {int(spec['memory']) // (1024 * 1024)}Mi")
     if spec.get("gpus"):
@@ -543,6 +551,9 @@ def _outcome(job: Mapping[str, Any]) -> None:
 @click.argument("entry", metavar="SCRIPT_OR_MODULE")
 @click.argument("args", nargs=-1, type=click.UNPROCESSED, metavar="[-- ARGS...]")
 @gang_options()
+@click.option("--min-workers", type=int, default=None,
+              help="Partial admission: start with as few as this many workers when all --workers do not fit "
+                   "(WORLD_SIZE follows; default: all or nothing).")
 @click.option("--log-all-ranks", is_flag=True, help="Keep every rank's capstan.log_metric calls (default: rank 0).")
 @click.option("--image", help="Container image with the code, for the kubernetes backend (CAPSTAN_BACKEND).")
 @click.option("--env-from-secret", "env_from", multiple=True, metavar="SECRET",
@@ -550,8 +561,8 @@ def _outcome(job: Mapping[str, Any]) -> None:
                    "for the kubernetes backend; repeatable (default: CAPSTAN_KUBE_ENV_FROM).")
 def train_cmd(entry: str, args: tuple[str, ...], name: str | None, workers: int, nproc_per_worker: int, cpu: float,
               memory: str | None, gpus: float, gpu_flavor: str | None, max_restarts: int, experiment: str | None,
-              queue: str | None, priority: str | None, env: tuple[str, ...], log_all_ranks: bool,
-              image: str | None, env_from: tuple[str, ...]) -> None:
+              queue: str | None, priority: str | None, env: tuple[str, ...], min_workers: int | None,
+              log_all_ranks: bool, image: str | None, env_from: tuple[str, ...]) -> None:
     """Run SCRIPT_OR_MODULE as a distributed training job (torchrun's variables in every worker).
 
     Arguments after `--` go to the script. Locally the job runs in the foreground; with CAPSTAN_URL the server runs
@@ -561,7 +572,7 @@ def train_cmd(entry: str, args: tuple[str, ...], name: str | None, workers: int,
     spec = build_spec(entry, args, name=name, workers=workers, nproc_per_worker=nproc_per_worker, cpu=cpu,
                       memory=memory, gpus=gpus, gpu_flavor=gpu_flavor, max_restarts=max_restarts,
                       experiment=experiment, queue=queue, priority=priority, env=env, log_all_ranks=log_all_ranks,
-                      image=image)
+                      image=image, min_workers=min_workers)
     if env_from:
         _env_from_secrets(env_from)
     _outcome(_run_remote(spec) if _remote() else _run_local(spec))

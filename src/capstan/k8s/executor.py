@@ -11,7 +11,9 @@ hold. Admission has two modes:
   not asked): the Job carries the queue label and is created suspended; Kueue alone admits it. The executor
   follows every ``Workload`` of the namespace (matched to its Job by owner) and records its conditions as events:
   ``KueuePending`` with Kueue's message (``couldn't assign flavors ... insufficient quota``) while it waits, then
-  ``KueueQuotaReserved``, ``KueueAdmitted``, ``KueueEvicted``...
+  ``KueueQuotaReserved``, ``KueueAdmitted``, ``KueueEvicted``..., each with the Workload mapped by
+  `capstan.k8s.kueue_status` in its ``kueue`` field (the flavor, resource and how much more; who preempted it),
+  which ``capstan why RUN/STEP`` and the step's timeline read back (decision 0741).
 - **Capstan's queue**: the orchestrator asked Capstan's queue before `start` (the lease); the Job is created with
   ``spec.suspend: true`` and unsuspended with a merge patch, which is the admission.
 
@@ -43,6 +45,7 @@ from capstan.events.records import NORMAL, WARNING
 from capstan.k8s.client import JOB, POD, WORKLOAD, KubeApi, KubeNotFound, KubeRejected, Propagation
 from capstan.k8s.kube_watch import Watcher, name_of
 from capstan.k8s.kueue_admission import KUEUE_WARNINGS, workload_condition, workload_job
+from capstan.k8s.kueue_status import kueue_status
 from capstan.k8s.preflight import Snapshot, refusals, snapshot_from
 from capstan.k8s.reasons import STUCK, Reason, WorkloadStatus, job_status
 from capstan.k8s.render_pipelines import USAGE_EXIT_CODE
@@ -465,8 +468,10 @@ class KubernetesExecutor:
                 return
             attempt.kueue_last = (reason, message)
         kind = WARNING if reason in KUEUE_WARNINGS and latest.get("reason") not in ("Succeeded", None) else NORMAL
+        kueue = kueue_status(doc)  # what `capstan why` and the step's timeline read back
         self._event(attempt.task, kind, reason, f"workload {name_of(doc)}: {message}".strip(),
-                    data={"job": job, "workload": name_of(doc), "condition": dict(latest)})
+                    data={"job": job, "workload": name_of(doc), "condition": dict(latest),
+                          "kueue": kueue.to_dict() if kueue is not None else None})
 
     # -- finishing --------------------------------------------------------------------------------------------
     def _finish(self, attempt: _Attempt, status: WorkloadStatus | None, pods: Sequence[Mapping[str, Any]]) -> None:

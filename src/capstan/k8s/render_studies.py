@@ -25,12 +25,24 @@ trial's ``resources``, or a training-job trial's ``workers`` times its per-worke
 workers run as local processes in the pod, as ``capstan tune`` starts them on one machine). GPUs are whole devices
 (a total fraction is rounded up; the trials share them through the pod's queue). The pod passes the restricted
 profile (`capstan.k8s.pods`).
+
+**Training-job trials run as their own Jobs** (decision 0745), unless ``trials_in_pod`` keeps the mode above: the
+controller pod is small (CPU only) and runs ``capstan tune`` with the ``kubernetes`` backend, so each trial's job
+is an indexed Job and a headless Service of its own (`capstan.k8s.training_launcher`), labelled with the study and
+trial number (`trial_labels`) and, with a queue, created suspended for Kueue (``CAPSTAN_KUBE_ADMISSION=kueue``;
+without one ``none``: the scheduler alone). Trials report to the controller over TCP (``CAPSTAN_TRIAL_LISTEN``)
+at the Service ``<study>-controller``, proving a key that both sides read from the Secret ``trial_key_secret``
+(key ``CAPSTAN_TRIAL_KEY``; never rendered, `TRIAL_KEY`). Rendered beside the ConfigMap and claim: a
+ServiceAccount with a Role and RoleBinding of exactly the verbs the controller uses (`controller_rules`), that
+Service, and NetworkPolicies letting the trials reach the controller's port and the controller reach the API server.
 """
+
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -55,6 +67,16 @@ STUDY_LABEL: Final = "capstan.dev/study"
 CONTROLLER_CPU: Final = 500
 """Milli-CPU the controller itself gets beside its trials."""
 CONTROLLER_MEMORY: Final = 512 * 2**20
+TRIAL_LABEL: Final = "capstan.dev/trial"
+"""The label a trial's Job, pods and Service carry beside `STUDY_LABEL`: the trial's number."""
+CONTROLLER_LABEL: Final = "capstan.dev/study-controller"
+"""The label of the controller pod of a study whose trials are Jobs (its Service and NetworkPolicy select it)."""
+TRIAL_KEY: Final = "CAPSTAN_TRIAL_KEY"
+"""The key of the trial-key Secret (hex, e.g. ``openssl rand -hex 32``), read by the controller and the trials."""
+TRIALS_CONTROLLER_MEMORY: Final = 2**30
+"""Memory of a controller whose trials are Jobs (it follows their Jobs, pods and logs)."""
+_TRIAL_ENV: Final = ("CAPSTAN_STUDY", "CAPSTAN_TRIAL_NUMBER")
+_LABEL_VALUE: Final = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +92,10 @@ class StudyRenderOptions:
     - ``env_from_secrets``: Secrets whose keys the controller sees (``CAPSTAN_DB_URL``, artifact-store
       credentials); ``datasets``: claims mounted in the pod (trial data); ``restarts``: the Job's
       ``backoffLimit``; ``ttl_seconds``: ``ttlSecondsAfterFinished``; ``shm_bytes``: ``/dev/shm`` size.
+    - Training-job trials (see the module docstring): ``trials_in_pod`` runs them inside the controller pod
+      instead of as Jobs; ``trial_key_secret`` names the Secret holding `TRIAL_KEY` (default
+      ``<study>-trial-key``); ``trial_port`` is the controller's report port; ``api_server_ports`` the ports the
+      controller's NetworkPolicy lets it reach the Kubernetes API server on.
     """
 
     image: str | None = None
@@ -86,6 +112,10 @@ class StudyRenderOptions:
     ttl_seconds: int = 86400
     shm_bytes: int = 2**30
     run_as_user: int = 1000
+    trials_in_pod: bool = False
+    trial_key_secret: str | None = None
+    trial_port: int = 7077
+    api_server_ports: tuple[int, ...] = (443, 6443)
 
 
 def _fail(path: str, message: str) -> InvalidParameterValue:
@@ -170,14 +200,20 @@ def _image(spec: StudySpec, opts: StudyRenderOptions) -> str:
 
 def render_study(spec: StudySpec, options: StudyRenderOptions | None = None) -> list[dict[str, Any]]:
     """The ConfigMap, the state claim (unless ``state_claim`` names one) and the controller Job of ``spec``, in
-    the order they can be applied. Raises `InvalidParameterValue` naming the field: no image, a relative
-    ``working_dir``, a bad namespace, a queue or priority class or GPU flavor the configuration lacks, a GPU
-    request with no whole-GPU rendering, or clashing mount points."""
+    the order they can be applied; for training-job trials (unless ``trials_in_pod``) also the controller's
+    ServiceAccount, Role, RoleBinding, Service and NetworkPolicies (`render_trial_jobs_study`). Raises
+    `InvalidParameterValue` naming the field: no image, a relative ``working_dir``, a bad namespace, a queue or
+    priority class or GPU flavor the configuration lacks, a GPU request with no whole-GPU rendering, or clashing
+    mount points."""
     opts = options if options is not None else StudyRenderOptions()
     if not opts.working_dir.startswith("/"):
         raise _fail("working_dir", f"{opts.working_dir!r} is not an absolute path in the image")
     if opts.restarts < 0:
         raise _fail("restarts", "must not be negative")
+    if isinstance(spec.trial, JobTrial) and not opts.trials_in_pod:
+        from capstan.k8s.render_study_trials import render_trial_jobs_study
+
+        return render_trial_jobs_study(spec, opts)
     namespace = namespace_for(opts.project)
     labels = _labels(spec, opts)
     objects: list[dict[str, Any]] = [{
@@ -201,14 +237,33 @@ def render_study(spec: StudySpec, options: StudyRenderOptions | None = None) -> 
         template = pod_template(container, pod_options)
     except InvalidParameterValue as exc:
         raise _fail("study", exc.message) from None
+    job_spec = controller_job_spec(opts, template, suspend=QUEUE_NAME_LABEL in labels)
+    objects.append({"apiVersion": "batch/v1", "kind": "Job",
+                    "metadata": {"name": spec.name, "namespace": namespace, "labels": labels}, "spec": job_spec})
+    return objects
+
+
+def controller_job_spec(opts: StudyRenderOptions, template: dict[str, Any], *, suspend: bool = False
+                        ) -> dict[str, Any]:
+    """The spec of a study controller's Job: one indexed completion (its pod is ``<study>-0`` every time, so a
+    replacement resumes the study), ``restarts`` as the back-off limit, disruptions not counted; ``suspend`` for
+    Kueue to admit it."""
     job_spec: dict[str, Any] = {
         "completionMode": "Indexed", "completions": 1, "parallelism": 1, "backoffLimit": opts.restarts,
         "ttlSecondsAfterFinished": opts.ttl_seconds,
         "podFailurePolicy": {"rules": [
             {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}]}}
-    if QUEUE_NAME_LABEL in labels:
+    if suspend:
         job_spec["suspend"] = True
     job_spec["template"] = template
-    objects.append({"apiVersion": "batch/v1", "kind": "Job",
-                    "metadata": {"name": spec.name, "namespace": namespace, "labels": labels}, "spec": job_spec})
-    return objects
+    return job_spec
+
+
+def trial_labels(env: Mapping[str, str]) -> dict[str, str]:
+    """The labels of a study trial's cluster objects, from its job's environment (``CAPSTAN_STUDY`` and
+    ``CAPSTAN_TRIAL_NUMBER``, which the study's controller sets): `STUDY_LABEL` and `TRIAL_LABEL`; none for a job
+    that is not a trial (or whose values are not label values)."""
+    study, number = (env.get(name, "") for name in _TRIAL_ENV)
+    if not number.isdigit() or len(study) > 63 or not _LABEL_VALUE.match(study):
+        return {}
+    return {STUDY_LABEL: study, TRIAL_LABEL: str(int(number))}

@@ -5,7 +5,11 @@
 
 - ``native``: a headless `Service` for the rendezvous and an indexed ``batch/v1`` `Job` (``completions`` =
   ``parallelism`` = ``workers``). Pod ``i`` is ``<job>-i.<job>`` in DNS (the pod template's ``subdomain`` is the
-  Service), so ``MASTER_ADDR`` is ``<job>-0.<job>``; ``GROUP_RANK`` comes from the completion index.
+  Service), so ``MASTER_ADDR`` is ``<job>-0.<job>``; ``GROUP_RANK`` comes from the completion index. With
+  ``min_workers`` (partial admission) the Job carries Kueue's ``job-min-parallelism`` annotation (and
+  ``job-completions-equal-parallelism``, so that Kueue lowers ``completions`` with ``parallelism``), and every pod
+  runs ``torchrun --nnodes=MIN:MAX`` with a ``c10d`` rendezvous on index 0: the pods Kueue admitted find each
+  other, and torchrun sets ``WORLD_SIZE`` and the ranks from how many came.
 - ``pytorchjob``: a Kubeflow ``PyTorchJob`` (``kubeflow.org/v1``): one Master and ``workers - 1`` Workers; the
   training operator sets the rank variables.
 - ``trainjob``: a Kubeflow Trainer ``TrainJob`` (``trainer.kubeflow.org/v1alpha1``) on a named runtime, with the
@@ -49,6 +53,10 @@ PYTORCH_CONTAINER: Final = "pytorch"
 TRAINER_NODE: Final = "node"
 """The replicated job and container name of the trainer nodes in Kubeflow Trainer's torch runtimes."""
 PATCH_MANAGER: Final = "capstan.dev/renderer"
+MIN_PARALLELISM_ANNOTATION: Final = "kueue.x-k8s.io/job-min-parallelism"
+"""Kueue's partial admission of a batch/v1 Job: the fewest pods (``parallelism``) it may be admitted with."""
+COMPLETIONS_EQUAL_PARALLELISM_ANNOTATION: Final = "kueue.x-k8s.io/job-completions-equal-parallelism"
+"""Asks Kueue to set ``completions`` to the admitted ``parallelism`` too (an indexed Job of N workers)."""
 _SECRET_NAME: Final = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 
 
@@ -150,6 +158,10 @@ def rendezvous_host(spec: TrainingJobSpec) -> str:
 
 def _native_env(spec: TrainingJobSpec, options: TrainingRenderOptions) -> dict[str, str]:
     env = _job_env(spec)
+    if spec.min_workers is not None:  # torchrun's elastic rendezvous sets the sizes and ranks
+        env.update({"MASTER_ADDR": rendezvous_host(spec), "MASTER_PORT": str(options.master_port),
+                    "TORCHELASTIC_RUN_ID": spec.name, "CAPSTAN_JOB_WORKERS_REQUESTED": str(spec.workers)})
+        return env
     env.update({"MASTER_ADDR": rendezvous_host(spec), "MASTER_PORT": str(options.master_port),
                 "WORLD_SIZE": str(spec.world_size), "LOCAL_WORLD_SIZE": str(spec.nproc_per_worker),
                 "GROUP_WORLD_SIZE": str(spec.workers), "TORCHELASTIC_RUN_ID": spec.name})
@@ -159,6 +171,8 @@ def _native_env(spec: TrainingJobSpec, options: TrainingRenderOptions) -> dict[s
 
 
 def _native_field_env(spec: TrainingJobSpec) -> dict[str, str]:
+    if spec.min_workers is not None:
+        return {}
     names = ("GROUP_RANK", "RANK", "ROLE_RANK") if spec.nproc_per_worker == 1 else ("GROUP_RANK",)
     return {name: COMPLETION_INDEX_FIELD for name in names}
 
@@ -193,11 +207,21 @@ def _metadata(spec: TrainingJobSpec, options: TrainingRenderOptions, labels: Map
     return meta
 
 
+def elastic_command(spec: TrainingJobSpec) -> tuple[str, ...]:
+    """The pod's command of a job with ``min_workers``: ``torchrun`` with ``--nnodes=MIN:MAX`` and a ``c10d``
+    rendezvous hosted by index 0 (it resolves ``MASTER_ADDR`` to its own address), so the pods Kueue admitted
+    agree on ``WORLD_SIZE`` and the ranks."""
+    return ("torchrun", f"--nnodes={spec.min_workers}:{spec.workers}", f"--nproc-per-node={spec.nproc_per_worker}",
+            "--rdzv-backend=c10d", "--rdzv-endpoint=$(MASTER_ADDR):$(MASTER_PORT)", "--rdzv-id=$(TORCHELASTIC_RUN_ID)",
+            *_torchrun_entry(spec))
+
+
 def _native(spec: TrainingJobSpec, options: TrainingRenderOptions, labels: Mapping[str, str]) -> list[dict[str, Any]]:
     flags = ("--nnodes=$(GROUP_WORLD_SIZE)", "--node-rank=$(GROUP_RANK)", "--master-addr=$(MASTER_ADDR)",
              "--master-port=$(MASTER_PORT)")
+    command = elastic_command(spec) if spec.min_workers is not None else launch_command(spec, torchrun_flags=flags)
     container = Container(name="trainer", image=_image(spec, options),
-                          command=launch_command(spec, torchrun_flags=flags), env=_native_env(spec, options),
+                          command=command, env=_native_env(spec, options),
                           field_env=_native_field_env(spec), resources=_resources(spec),
                           ports={"rendezvous": options.master_port}, working_dir=options.working_dir,
                           env_from_secrets=options.env_from_secrets)
@@ -207,7 +231,11 @@ def _native(spec: TrainingJobSpec, options: TrainingRenderOptions, labels: Mappi
                         "selector": {JOB_NAME_LABEL: spec.name},
                         "ports": [{"name": "rendezvous", "port": options.master_port,
                                    "targetPort": options.master_port, "protocol": "TCP"}]}}
-    job = {"apiVersion": "batch/v1", "kind": "Job", "metadata": _metadata(spec, options, labels),
+    meta = _metadata(spec, options, labels)
+    if spec.min_workers is not None:  # Kueue may admit fewer pods, and then lowers completions with parallelism
+        meta["annotations"] = {MIN_PARALLELISM_ANNOTATION: str(spec.min_workers),
+                               COMPLETIONS_EQUAL_PARALLELISM_ANNOTATION: "true"}
+    job = {"apiVersion": "batch/v1", "kind": "Job", "metadata": meta,
            "spec": {"completionMode": "Indexed", "completions": spec.workers, "parallelism": spec.workers,
                     "backoffLimit": spec.max_restarts, "podReplacementPolicy": "Failed",
                     # Preemption and node drains do not use up restarts, as in Capstan's local runner.
@@ -284,14 +312,17 @@ def render_training(spec: TrainingJobSpec, options: TrainingRenderOptions | None
     """The manifests of ``spec`` in ``options.format``, in the order they can be applied.
 
     Raises `InvalidParameterValue` naming the field: no image, an unknown format, a bad namespace or Secret name,
-    ``env_from_secrets`` on a TrainJob, a GPU fraction with no shareable flavor, or a queue or priority class the
-    queue configuration lacks.
+    ``env_from_secrets`` on a TrainJob, ``min_workers`` in a format other than ``native``, a GPU fraction with no
+    shareable flavor, or a queue or priority class the queue configuration lacks.
     """
     opts = options if options is not None else TrainingRenderOptions()
     if not 1 <= opts.master_port <= 65535:
         raise _fail("master_port", f"must be between 1 and 65535, got {opts.master_port}")
     check_secret_names(opts.env_from_secrets)
     labels = queue_labels(spec, opts.queue_config)
+    if spec.min_workers is not None and opts.format != "native":
+        raise _fail("job.min_workers", f"partial admission is rendered for the native format only (Kueue admits "
+                                       f"a batch/v1 Job with fewer pods); {opts.format} takes every worker or none")
     if opts.format == "native":
         return _native(spec, opts, labels)
     if opts.format == "pytorchjob":

@@ -21,8 +21,17 @@ propagation (and its Service); a finished attempt's Job is deleted once its logs
 Before anything is created (`KubeGangLauncher.check` at submit, and `launch`), the gang is checked against the
 namespace's ResourceQuotas and the nodes (`capstan.k8s.preflight.gang_refusals`: one pod, and all the workers' pods
 at once). In Kueue mode (``KubeTrainingOptions.kueue``, ``CAPSTAN_KUBE_ADMISSION=kueue``, decision 0726) the Job is
-created suspended with Kueue's queue label and Kueue unsuspends it: a suspended Job is pending, and the Workload's
-conditions (``KueuePending`` with Kueue's reason, ``KueueAdmitted``...) become events of the job.
+created suspended with Kueue's queue label and Kueue unsuspends it: a suspended Job is pending (`KubeGang.held`
+gives Kueue's reason, read by `capstan.k8s.kueue_status`, and the runner keeps the job ``Pending`` meanwhile,
+decision 0742), and the Workload's conditions (``KueuePending`` with Kueue's reason, ``KueueAdmitted``...) become
+events of the job with the mapped status in their ``kueue`` field. A Job Kueue suspends again after it ran (its
+Workload evicted: preempted, ``PodsReadyTimeout``...) ends the attempt as ``Preempted``, not ``WorkerFailed``: the
+pods the Job controller then ends are not the workers' failures (decision 0743). A job with ``min_workers`` whose
+whole gang the runner handed over (``GangStart.min_workers``) is rendered for Kueue's partial admission in Kueue
+mode (the renderer's ``job-min-parallelism`` annotations and ``torchrun --nnodes=MIN:MAX``); once Kueue unsuspends
+the Job with a lower ``parallelism``, `KubeGang.admitted_workers` says how many pods run, the gang waits for those
+only, and the runner records that count (decision 0744). In Capstan mode the queue's lease decided the count
+before the Job was created: ``parallelism`` = ``completions`` = the workers granted, ``WORLD_SIZE`` their product.
 
 The code reaches the pods one of two ways (``KubeTrainingOptions.ship_code``, docs/kubernetes-training.md,
 decision 0725). Shipped: each attempt uploads the spec's ``working_dir`` as a content-addressed code package
@@ -54,12 +63,14 @@ from capstan.events.records import NORMAL, WARNING
 from capstan.k8s.client import JOB, POD, WORKLOAD, KubeApi, KubeNotFound, KubeRejected, Ref
 from capstan.k8s.kube_watch import Watcher, name_of
 from capstan.k8s.kueue_admission import KUEUE_WARNINGS, workload_condition, workload_job
+from capstan.k8s.kueue_status import KueueStatus, admitted_count, kueue_status
 from capstan.k8s.labels import PRIORITY_CLASS_LABEL, QUEUE_NAME_LABEL
 from capstan.k8s.preflight import gang_refusals, snapshot_from
 from capstan.k8s.reasons import STUCK, Reason, WorkloadStatus, job_status, pod_status
+from capstan.k8s.render_studies import trial_labels
 from capstan.k8s.render_training import TrainingRenderOptions, render_training, rendezvous_host
 from capstan.training.env import WorkerPlace, capstan_env
-from capstan.training.launcher import GangExit, GangStart, attempt_dir, rank_log
+from capstan.training.launcher import GangExit, GangHold, GangStart, attempt_dir, rank_log
 from capstan.training.spec import TrainingJobSpec
 
 if TYPE_CHECKING:
@@ -69,7 +80,7 @@ if TYPE_CHECKING:
     from capstan.training.ports import AttemptReason
 
 __all__ = ["JOB_LABEL", "SERVICE", "KubeGang", "KubeGangLauncher", "KubeTrainingOptions", "attempt_job_name",
-           "kube_gang_launcher"]
+           "kube_gang_launcher", "kueue_min_workers"]
 
 SERVICE: Final = Ref("v1", "Service", "services")
 JOB_LABEL: Final = "capstan.dev/job"
@@ -149,8 +160,8 @@ class KubeGangLauncher:
         code is shipped, a script the package of ``working_dir`` would not hold. With ``options.preflight``, also
         when the cluster can never hold the gang (see `preflight`)."""
         docs = self.render(spec, job_id=spec.name, attempt=1)
-        if self.options.preflight:
-            self.preflight(docs, spec.workers)
+        if self.options.preflight:  # with min_workers, the fewest workers it may run with must fit
+            self.preflight(docs, spec.min_workers or spec.workers)
 
     def preflight(self, docs: Sequence[Mapping[str, Any]], workers: int) -> None:
         """`InvalidParameterValue` in one line naming the quota or the nodes when the namespace's ResourceQuotas
@@ -207,19 +218,23 @@ class KubeGangLauncher:
             container["command"] = [*run_code_command(code), *container["command"]]
         job["metadata"].setdefault("annotations", {}).update({JOB_ID_ANNOTATION: job_id,
                                                                ATTEMPT_ANNOTATION: str(attempt)})
+        extra = trial_labels(dict(spec.env))  # a study's trial: its study and number (decision 0745)
+        for doc in (*docs, job["spec"]["template"]):
+            doc.setdefault("metadata", {}).setdefault("labels", {}).update(extra)
         return docs
 
     def launch(self, start: GangStart) -> KubeGang:
         """Create the attempt's Service and Job and start following them."""
         api = self._api()
-        spec = start.spec
+        least = kueue_min_workers(self.options, start)
+        spec = start.spec if least is None else dataclasses.replace(start.spec, min_workers=least)
         code = self._upload(spec)
         docs = self.render(spec, job_id=start.job_id, attempt=start.attempt, code=code)
         if self.options.preflight:
-            self.preflight(docs, spec.workers)  # the quota may have shrunk since the job was submitted
+            self.preflight(docs, least or spec.workers)  # the quota may have shrunk since the job was submitted
         job = next(d for d in docs if d["kind"] == "Job")
         container = job["spec"]["template"]["spec"]["containers"][0]
-        _set_env(container, _job_variables(start))
+        _set_env(container, _job_variables(start, elastic=least is not None))
         name = name_of(job)
         created: list[Ref] = []
         try:
@@ -237,8 +252,9 @@ class KubeGangLauncher:
         shipped = f"; code package {code}" if code is not None else ""
         kueue = f"; suspended until Kueue admits it (queue {job['metadata']['labels'][QUEUE_NAME_LABEL]})" \
             if self.options.kueue else ""
-        gang.event(NORMAL, "JobCreated", f"job {name} created in namespace {api.namespace}: {spec.workers} pod(s), "
-                   f"rendezvous on {gang.rendezvous}{shipped}{kueue}")
+        fewer = f" (Kueue may admit as few as {least}: min_workers)" if least is not None else ""
+        gang.event(NORMAL, "JobCreated", f"job {name} created in namespace {api.namespace}: {spec.workers} pod(s)"
+                   f"{fewer}, rendezvous on {gang.rendezvous}{shipped}{kueue}")
         gang.start()
         return gang
 
@@ -264,6 +280,16 @@ class KubeGangLauncher:
             api.delete(JOB, name, propagation="Foreground")
             api.delete(SERVICE, name, propagation="Foreground")
         return stopped
+
+
+def kueue_min_workers(options: KubeTrainingOptions, start: GangStart) -> int | None:
+    """The ``min_workers`` an attempt's Job is rendered with for Kueue's partial admission: ``start.min_workers`` in
+    Kueue mode when it is below the workers; None otherwise (Capstan mode, where the queue's lease decided the
+    workers already, or no fewer workers allowed). Pure."""
+    least = start.min_workers
+    if not options.kueue or least is None or least >= start.spec.workers:
+        return None
+    return least
 
 
 def run_code_command(code: str) -> tuple[str, ...]:
@@ -293,14 +319,21 @@ def shipped_entry(spec: TrainingJobSpec) -> TrainingJobSpec:
     return dataclasses.replace(spec, entry=script.relative_to(root).as_posix())
 
 
-def _job_variables(start: GangStart) -> dict[str, str]:
+def _job_variables(start: GangStart, *, elastic: bool = False) -> dict[str, str]:
     """What every pod of the attempt is told beyond the rendering: the job, its tracking run, the attempt and the
-    restart count (torchrun's ``TORCHELASTIC_RESTART_COUNT``). Not the lease's devices or placement variables:
-    on a cluster the device plugin gives each pod its GPUs."""
+    restart count (torchrun's ``TORCHELASTIC_RESTART_COUNT``), and after a partial admission by Capstan's queue
+    the workers the job asked for (``CAPSTAN_JOB_WORKERS_REQUESTED``). Not the lease's devices or placement
+    variables: on a cluster the device plugin gives each pod its GPUs. ``elastic``: the pods run torchrun's
+    elastic rendezvous, which sets its agent-store variable itself."""
+    from capstan.training.runner import WORKERS_REQUESTED_VARIABLE
+
     env = capstan_env(start.spec, job_id=start.job_id, run_id=start.run_id, attempt=start.attempt)
     env.update({"CAPSTAN_PROJECT": start.project, "TORCHELASTIC_RESTART_COUNT": str(start.restart_count),
                 "TORCHELASTIC_MAX_RESTARTS": str(start.spec.max_restarts)})
-    if start.spec.nproc_per_worker == 1:  # torchrun sets it for the processes it starts
+    requested = start.lease_env.get(WORKERS_REQUESTED_VARIABLE)
+    if requested is not None:
+        env[WORKERS_REQUESTED_VARIABLE] = requested
+    if start.spec.nproc_per_worker == 1 and not elastic:  # torchrun sets it for the processes it starts
         env["TORCHELASTIC_USE_AGENT_STORE"] = "False"
     return env
 
@@ -338,6 +371,8 @@ class KubeGang:
         self._workloads = Watcher(api, (WORKLOAD,), namespace=api.namespace, labels={}, on_change=self._changed,
                                   timeout_s=options.watch_timeout_s) if options.kueue else None
         self._kueue_last: tuple[str, str] = ("", "")
+        self._ran = False  # Kueue mode: the Job was seen unsuspended (admitted) at least once
+        self._least = kueue_min_workers(options, start)  # Kueue may admit fewer pods (min_workers)
         self._dirty = threading.Event()
         self._exit: GangExit | None = None
         self._seen_job = False
@@ -384,8 +419,35 @@ class KubeGang:
         status = job_status(job, pods)
         self._report(status)
         self._report_workload()
-        self._exit = self._failed(pods) or self._stuck(pods) or self._decided(status, pods)
+        self._exit = (self._evicted(job) or self._failed(pods) or self._stuck(pods)
+                      or self._decided(status, pods, self._workers(job)))
         return self._exit
+
+    def held(self) -> GangHold | None:
+        """In Kueue mode, while the Job is suspended (Kueue has not admitted it yet): Kueue's reason and message
+        (`capstan.k8s.kueue_status`: ``KueuePending`` with the flavor, resource and how much more is needed), or
+        ``Suspended`` before Kueue has said anything. None once the Job runs, and in Capstan mode."""
+        if not self._opts.kueue or self._exit is not None:
+            return None
+        job = self._watcher.get(JOB, self.name)
+        if job is None or not _suspended(job):
+            return None
+        kueue = self._kueue_now()
+        if kueue is not None and kueue.holds_it:
+            return GangHold(kueue.reason, kueue.summary)
+        queue = _labels(job).get(QUEUE_NAME_LABEL, "?")
+        return GangHold(Reason.SUSPENDED, f"job {self.name} is suspended until Kueue admits it (LocalQueue {queue})")
+
+    def admitted_workers(self) -> int | None:
+        """In Kueue mode, for a Job rendered with ``min_workers``, once Kueue has unsuspended it: how many pods it
+        runs, the ``parallelism`` Kueue set when it admitted it (else the Workload's admitted count,
+        `capstan.k8s.kueue_status.admitted_count`). None before, and for every other Job."""
+        if self._least is None:
+            return None
+        job = self._watcher.get(JOB, self.name)
+        if job is None or _suspended(job):
+            return None
+        return self._workers(job)
 
     def stop(self, grace_s: float) -> None:
         """Delete the Job (Foreground: its pods first, each with its grace period) and the Service; wait until
@@ -415,6 +477,43 @@ class KubeGang:
         return ()
 
     # -- deciding -------------------------------------------------------------------------------------------------
+    def _evicted(self, job: Mapping[str, Any]) -> GangExit | None:
+        """In Kueue mode, a Job Kueue suspended again after admitting it (its Workload evicted: preempted, pods not
+        ready in time...): ``Preempted``, which uses no restart; the runner requeues the job and its next attempt
+        waits for Kueue again. Checked before the pods: the Job controller deletes the pods of a suspended Job,
+        and their ends are not the workers' failures."""
+        if not self._opts.kueue:
+            return None
+        if not _suspended(job):
+            self._ran = True
+            return None
+        if not self._ran:
+            return None
+        return self._preempted()
+
+    def _preempted(self) -> GangExit:
+        kueue = self._kueue_now()
+        if kueue is not None and kueue.state == "evicted":
+            return GangExit("Preempted", message=kueue.summary)
+        return GangExit("Preempted", message=f"Kueue suspended job {self.name} again after admitting it (its "
+                                             "Workload was evicted)")
+
+    def _kueue_now(self) -> KueueStatus | None:
+        """What the attempt's Workload says now (None without one, or outside Kueue mode)."""
+        if self._workloads is None:
+            return None
+        for doc in self._workloads.objects(WORKLOAD):
+            if workload_job(doc) == self.name:
+                return kueue_status(doc)
+        return None
+
+    def _suspended_now(self) -> bool:
+        """Whether the Job is suspended, read from the API server (the Pod watch may be ahead of the Job watch)."""
+        try:
+            return _suspended(self._api.get(JOB, self.name))
+        except CapstanError:
+            return False
+
     def _failed(self, pods: Sequence[Mapping[str, Any]]) -> GangExit | None:
         """The first pod that failed (its container's end time, then the order they were seen), if any."""
         found: list[tuple[str, int, str, WorkloadStatus, Mapping[str, Any]]] = []
@@ -427,6 +526,8 @@ class KubeGang:
             found.append((_finished_at(pod) or "~", seen, name, status, pod))
         if not found:
             return None
+        if self._opts.kueue and self._ran and self._suspended_now():  # pods ended by Kueue's suspension
+            return self._preempted()
         _at, _seen, _name, status, pod = min(found, key=lambda f: (f[0], f[1]))
         rank = self._rank_of(pod)
         reason = _ATTEMPT_REASONS.get(status.reason, "WorkerFailed")
@@ -449,9 +550,30 @@ class KubeGang:
         self._stuck_since = current
         return None
 
-    def _decided(self, status: WorkloadStatus, pods: Sequence[Mapping[str, Any]]) -> GangExit | None:
-        """Success once the Job completed (or every index has a succeeded pod); a Job failure no pod explains."""
+    def _workers(self, job: Mapping[str, Any]) -> int:
+        """The pods the attempt runs: the spec's workers, or for a Job Kueue may admit partially and has admitted,
+        its ``parallelism`` (Kueue lowers it, with ``completions``, when it unsuspends the Job), else the count in
+        its Workload's admission."""
         workers = self._start.spec.workers
+        if self._least is None or _suspended(job):
+            return workers
+        parallelism = (job.get("spec") or {}).get("parallelism")
+        if isinstance(parallelism, int) and not isinstance(parallelism, bool) and 0 < parallelism <= workers:
+            return parallelism
+        counted = self._admitted_count()
+        return counted if counted is not None and 0 < counted <= workers else workers
+
+    def _admitted_count(self) -> int | None:
+        if self._workloads is None:
+            return None
+        for doc in self._workloads.objects(WORKLOAD):
+            if workload_job(doc) == self.name:
+                return admitted_count(doc)
+        return None
+
+    def _decided(self, status: WorkloadStatus, pods: Sequence[Mapping[str, Any]], workers: int) -> GangExit | None:
+        """Success once the Job completed (or every index of the ``workers`` it runs has a succeeded pod); a Job
+        failure no pod explains."""
         done = {self._index(p) for p in pods if pod_status(p).state == "succeeded"}
         if status.state == "succeeded" or len(done - {None}) == workers:
             return GangExit("Succeeded", message=f"all {workers} pod(s) of job {self.name} succeeded")
@@ -483,8 +605,10 @@ class KubeGang:
             reason, message, condition = found
             self._kueue_last = (reason, message)
             warn = reason in KUEUE_WARNINGS and condition.get("reason") not in ("Succeeded", None)
+            kueue = kueue_status(doc)
             self.event(WARNING if warn else NORMAL, reason, f"workload {name_of(doc)}: {message}".strip(),
-                       {"workload": name_of(doc), "condition": dict(condition)})
+                       {"workload": name_of(doc), "condition": dict(condition),
+                        "kueue": kueue.to_dict() if kueue is not None else None})
 
     def _index(self, pod: Mapping[str, Any]) -> int | None:
         """The pod's completion index: its label or annotation, else from its name (``<job>-<index>-<suffix>``)."""
@@ -575,6 +699,10 @@ class KubeGang:
 
 def _labels(doc: Mapping[str, Any]) -> Mapping[str, Any]:
     return (doc.get("metadata") or {}).get("labels") or {}
+
+
+def _suspended(job: Mapping[str, Any]) -> bool:
+    return (job.get("spec") or {}).get("suspend") is True
 
 
 def _finished_at(pod: Mapping[str, Any]) -> str:

@@ -350,6 +350,11 @@ class ExecContext:
         self.on_child = on_child
         self.step = step
 
+    @property
+    def settings(self) -> Settings | None:
+        """The settings of the run's stores (None where an attempt runs without them)."""
+        return self._settings
+
     def store(self) -> ArtifactStore:
         """The artifact store."""
         if self._store is None:
@@ -519,6 +524,8 @@ def _run_command(task: Task, ctx: ExecContext, values: Mapping[str, Any], starte
     label = f"step {task.step_name!r} ({task.location})"
     argv = command_argv(task.command, values)
     env = dict(os.environ)
+    if ctx.settings is not None:  # a command that calls the SDK uses the run's stores, not ~/.capstan
+        env.update(ctx.settings.store_environment())
     env.update(task.env)
     env["CAPSTAN_OUTPUT"] = task.output_file
     with contextlib.suppress(OSError):

@@ -288,10 +288,13 @@ class WorkerPool:
     def _spawn(self, preload: list[tuple[str, str | None]]) -> Worker:
         parent, child = socket.socketpair()
         try:
+            # the step's own SDK calls (capstan.log_metric, capstan.checkpoint.save) read CAPSTAN_* in the worker:
+            # they must reach this pool's stores even when the settings were built in code, not from the environment
             proc = subprocess.Popen(
                 [sys.executable, "-m", "capstan.pipelines.worker", str(child.fileno())],
                 pass_fds=(child.fileno(),), start_new_session=True, stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                env={**os.environ, **self._settings.store_environment()})
         finally:
             child.close()
         from multiprocessing.connection import Connection

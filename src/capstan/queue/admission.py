@@ -5,7 +5,8 @@ store. A step attempt's `ResourceRequest` becomes a workload of one pod set ``ma
 for a step; a gang of N workers for a distributed training job), each with the request's CPU, memory and GPU
 (fractions allowed on shareable flavors), in the LocalQueue of the run's project (or the step's ``queue=``), with
 the step's ``priority_class=``. Each orchestration round submits what is new and runs one admission cycle; a
-`Lease` comes back only for admitted workloads (a gang all at once, never some of its pods), carrying the GPU
+`Lease` comes back only for admitted workloads (a gang all at once, never some of its pods, unless the request's
+``min_count`` allows a partial admission: then ``Lease.granted`` says how many pods it got), carrying the GPU
 placement (``CUDA_VISIBLE_DEVICES`` of each pod and, on MPS flavors, ``CUDA_MPS_ACTIVE_THREAD_PERCENTAGE``).
 Releasing a lease finishes the workload (quota returned, usage recorded for ``capstan usage``); a preempted
 workload is requeued by the queue, with backoff, for the step's next attempt.
@@ -330,7 +331,8 @@ class QueueAdmission:
         if request.memory > 0:
             requests["memory"] = request.memory * MILLI
         selector = {GPU_LABEL: request.gpu_flavor.lower()} if request.gpu_flavor and request.gpu > 0 else {}
-        pod_set = PodSet("main", request.count, requests, selector)
+        least = request.min_count if request.min_count is not None and request.min_count < request.count else None
+        pod_set = PodSet("main", request.count, requests, selector, min_count=least)
         workload = Workload(workload_id, lq.name, lq.cluster_queue, (pod_set,), priority, mgr.clock() / 1000,
                             request.project, "", priority_class)
         why = never_fits(mgr.state, workload)
@@ -364,8 +366,12 @@ class QueueAdmission:
 
     def _lease(self, request: ResourceRequest, record: WorkloadRecord) -> Lease:
         """The lease of an admitted workload: each pod's GPUs (flavor device indices mapped onto this machine's
-        devices in order), pod 0's as ``devices``; a gang's ``pod_devices`` has one entry per pod."""
-        pods: list[tuple[str, ...]] = [() for _ in range(max(1, request.count))]
+        devices in order), pod 0's as ``devices``; a gang's ``pod_devices`` has one entry per admitted pod, and
+        ``granted`` the number of pods of a partial admission."""
+        granted = max(1, request.count)
+        if record.admission is not None and record.admission.pod_sets:
+            granted = min(granted, record.admission.pod_sets[0].count)
+        pods: list[tuple[str, ...]] = [() for _ in range(granted)]
         env = [("CAPSTAN_WORKLOAD_ID", record.id), ("CAPSTAN_RESTART_COUNT", str(record.preemptions))]
         if record.admission is not None:
             for ps in record.admission.pod_sets:
@@ -380,7 +386,8 @@ class QueueAdmission:
                     env.append(("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE", str(first.mps_thread_percentage)))
                 break
         pod_devices = tuple(pods) if request.count > 1 else ()
-        return Lease(request.key, request, pods[0], tuple(env), record.id, pod_devices)
+        return Lease(request.key, request, pods[0], tuple(env), record.id, pod_devices,
+                     granted if granted < max(1, request.count) else None)
 
     # -- the port ---------------------------------------------------------------------------------------------------
     def check(self, request: ResourceRequest) -> str | None:

@@ -231,7 +231,10 @@ def describe_failure(state: ClusterState, usage: list[dict[FR, int]], cq: Cluste
                 text += f" ({', '.join(others[:4])}{', ...' if len(others) > 4 else ''})"
         parts.append(text)
     if attempt.pods_wanted > 1 and 0 < attempt.pods_fitting < attempt.pods_wanted:
-        parts.append(f"only {attempt.pods_fitting} of {attempt.pods_wanted} pods fit; the gang is admitted whole")
+        least = sum(ps.least for ps in wl.pod_sets)
+        rule = "the gang is admitted whole" if least >= attempt.pods_wanted else \
+            f"it may be admitted with {least} at least (minCount)"
+        parts.append(f"only {attempt.pods_fitting} of {attempt.pods_wanted} pods fit; {rule}")
     return " | ".join(parts)
 
 

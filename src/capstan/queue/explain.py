@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from capstan.queue.assign import BORROW, FIT, assign
 from capstan.queue.engine import blocking_numbers, describe_failure, failure_reason, holders, scratch_of, try_workload
+from capstan.queue.lost import at_risk_text
 from capstan.queue.model import (
     Blocking,
     ClusterQueue,
@@ -19,7 +20,7 @@ from capstan.queue.model import (
     Workload,
 )
 from capstan.queue.pending import PendingQueues
-from capstan.queue.records import ADMITTED, EVICTING, PENDING, WorkloadRecord
+from capstan.queue.records import ADMITTED, EVICTING, PENDING, WorkloadRecord, pod_set_counts
 from capstan.queue.state import ClusterState
 from capstan.resources.quantity import GPU_RESOURCES, MILLI, format_quantity
 
@@ -41,6 +42,8 @@ class Explanation:
     holders: tuple[str, ...] = ()
     hint: str | None = None
     placement: tuple[str, ...] = ()
+    pod_sets: tuple[Mapping[str, object], ...] = ()
+    work: str | None = None  # running: its last save and what a preemption would lose; preempted: what it lost
 
     def to_dict(self) -> dict[str, object]:
         """JSON form."""
@@ -50,7 +53,8 @@ class Explanation:
                 "blocking": [{"flavor": b.flavor, "resource": b.resource, "requested": b.requested / MILLI,
                               "cluster_queue_used": b.cq_used / MILLI, "cluster_queue_nominal": b.cq_nominal / MILLI,
                               "available": b.available / MILLI, "cohort": b.cohort} for b in self.blocking],
-                "holders": list(self.holders), "hint": self.hint, "placement": list(self.placement)}
+                "holders": list(self.holders), "hint": self.hint, "placement": list(self.placement),
+                "pod_sets": [dict(p) for p in self.pod_sets], "work": self.work}
 
     def render(self) -> str:
         """The one-screen text."""
@@ -64,6 +68,8 @@ class Explanation:
             lines.append(f"Detail:    {self.message}")
         for p in self.placement:
             lines.append(f"Placement: {p}")
+        if self.work:
+            lines.append(f"Work:      {self.work}")
         if self.holders:
             lines.append("Held by:   " + self.holders[0])
             lines.extend(f"           {h}" for h in self.holders[1:])
@@ -74,17 +80,34 @@ class Explanation:
 
 def explain(state: ClusterState, pending: PendingQueues, record: WorkloadRecord, now: float = 0.0) -> Explanation:
     """Explain one workload from the live state and queues; ``now`` (seconds) is the engine's clock."""
+    explanation = _explain(state, pending, record, now)
+    admission = state.admissions.get(record.id)
+    if record.state == ADMITTED and admission is not None:
+        return replace(explanation, work=at_risk_text(record, state.last_checkpoint(admission, now), now))
+    if record.preemptions and "lost " not in explanation.message:
+        times = "once" if record.preemptions == 1 else f"{record.preemptions} times"
+        return replace(explanation, work=f"preempted {times}; the last preemption lost "
+                                         f"{record.lost_gpu_seconds / 3600:.2f} GPU-hours")
+    return explanation
+
+
+def _explain(state: ClusterState, pending: PendingQueues, record: WorkloadRecord, now: float) -> Explanation:
     wl = record.workload
 
     def mk(position: int | None, length: int, reason: Reason, message: str, *, blocking: tuple[Blocking, ...] = (),
            holders_: tuple[str, ...] = (), hint_: str | None = None, placement: tuple[str, ...] = ()) -> Explanation:
         return Explanation(wl.id, record.state, wl.queue, wl.cluster_queue, wl.priority, position, length, reason,
-                           message, blocking, holders_, hint_, placement)
+                           message, blocking, holders_, hint_, placement, tuple(pod_set_counts(record)))
     if record.state in (ADMITTED, EVICTING) and record.admission is not None:
         placement = []
+        asked = {ps.name: ps for ps in wl.pod_sets}
         for ps in record.admission.pod_sets:
             flavors = ", ".join(f"{r}={f}" for r, f in sorted(ps.flavors.items()))
-            pods = "1 pod" if ps.count == 1 else f"{ps.count} pods (a gang, admitted together)"
+            want = asked.get(ps.name)
+            if want is not None and ps.count < want.count:
+                pods = f"{ps.count} pods of {want.count} asked (partial admission, minCount {want.min_count})"
+            else:
+                pods = "1 pod" if ps.count == 1 else f"{ps.count} pods (a gang, admitted together)"
             placement.append(f"{ps.name}, {pods}: {flavors}")
             for g in ps.gpus:
                 extra = f", CUDA_MPS_ACTIVE_THREAD_PERCENTAGE={g.mps_thread_percentage}" \

@@ -16,6 +16,7 @@ from capstan.clock import Clock, system_clock
 from capstan.errors import InvalidParameterValue, InvalidState, ResourceDoesNotExist
 from capstan.queue.config import load_yaml, parse_config
 from capstan.queue.engine import never_fits, schedule
+from capstan.queue.lost import lost_work_text
 from capstan.queue.model import Admission, Admit, Pending, PodSet, Preempt, QueueConfig, Reason, Workload
 from capstan.queue.pending import PendingQueues
 from capstan.queue.records import (
@@ -279,15 +280,23 @@ class QueueManager:
         self._event(done, reason, message)
         return done
 
-    def record_checkpoint(self, workload_id: str, at: int | None = None) -> WorkloadRecord:
-        """A running workload saved a checkpoint (at ``at`` ms, default now): work before it is not lost to a
-        preemption, and victim searches prefer workloads that saved recently."""
+    def record_checkpoint(self, workload_id: str, at: int | None = None, *, step: int | None = None
+                          ) -> WorkloadRecord:
+        """A running workload saved a checkpoint (at ``at`` ms, default now; of training step ``step`` when given):
+        work before it is not lost to a preemption, and victim searches prefer workloads that saved recently.
+
+        A save older than the one already recorded changes nothing. `InvalidState` unless the workload is
+        admitted (a pending, evicting or ended workload has no running work to save)."""
+        if step is not None and (isinstance(step, bool) or not isinstance(step, int) or step < 0):
+            raise InvalidParameterValue(f"step: {step!r} must be a whole number >= 0")
         record = self.get(workload_id)
         if record.state != ADMITTED:
             raise InvalidState(f"workload {workload_id!r} is {record.state}, not running")
         when = self.clock() if at is None else at
+        if record.checkpointed_at is not None and when < record.checkpointed_at:
+            return record
         self.state.record_checkpoint(record.id, when / 1000)
-        new = replace(record, checkpointed_at=max(when, record.checkpointed_at or when))
+        new = replace(record, checkpointed_at=when, checkpoint_step=step)
         self._save(new)
         return new
 
@@ -305,8 +314,8 @@ class QueueManager:
         self.store.close_usage(record.id, now)
         delay = self.backoff.delay_ms(record.preemptions)
         requeued = replace(record, state=PENDING, reason=Reason.PREEMPTED, admission=None, checkpointed_at=None,
-                           requeue_at=now + delay, message=f"preempted ({_lost(record)}); requeued after "
-                                                           f"{delay / 1000:g}s backoff")
+                           checkpoint_step=None, requeue_at=now + delay,
+                           message=f"{record.message}; requeued after {delay / 1000:g}s backoff")
         self._save(requeued)
         self._event(requeued, "Requeued", requeued.message)
         return requeued
@@ -353,7 +362,9 @@ class QueueManager:
                 self.state.mark_evicting(record.id)
                 new = replace(record, state=EVICTING, reason=Reason.PREEMPTED, preemptions=record.preemptions + 1,
                               lost_gpu_seconds=lost)
-                new = replace(new, message=f"preempted by {d.preemptor} ({d.reason}); {_lost(new)}")
+                saved = self.state.last_checkpoint(self.state.admissions[record.id], now / 1000)
+                new = replace(new, message=f"preempted by {d.preemptor} ({d.reason}); "
+                                           f"{lost_work_text(new, saved, now / 1000)}")
                 preempting.append(new)
                 changed.append(new)
                 self._event(new, "Preempted", new.message, warning=True, data={"preemptor": d.preemptor})
@@ -396,10 +407,6 @@ class QueueManager:
         return reports
 
 
-def _lost(record: WorkloadRecord) -> str:
-    """How much work a preemption cost ``record``, for its message and ``capstan why``."""
-    since = "its last checkpoint" if record.checkpointed_at is not None else "its admission (no checkpoint recorded)"
-    return f"lost {record.lost_gpu_seconds / 3600:.2f} GPU-hours of work done since {since}"
 
 
 def _partial_note(record: WorkloadRecord, admit: Admit) -> str:

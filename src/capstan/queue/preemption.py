@@ -357,19 +357,28 @@ class Group:
     def __iter__(self) -> Iterator[tuple[Admission, str]]:
         state = self.state
         now = self.now
-        levels = sorted({p for name in self.names for p in state.by_priority[name] if self.level_ok(p)})
+        by_priority = state.by_priority
+        gone = self.gone
+        stopped = self.stopped
+        policy = self.policy
+        wl = self.wl
+        levels = sorted({p for name in self.names for p in by_priority[name] if self.level_ok(p)})
         for prio in levels:
+            # The level test has already decided `_allowed` for every workload of the level unless equal
+            # priorities are compared by creation time.
+            check = not (policy is PreemptWithin.ANY or (policy is PreemptWithin.LOWER_PRIORITY and prio < wl.priority))
             found: list[tuple[float, int, int, Admission]] = []
             for rank, name in enumerate(self.names):
-                table = state.by_priority[name].get(prio)
-                if not table or name in self.stopped:
+                table = by_priority[name].get(prio)
+                if not table or name in stopped:
                     continue
                 for order, adm in enumerate(table.values()):
-                    if adm.id in self.gone or not _allowed(self.policy, adm.workload, self.wl):
+                    victim = adm.workload
+                    if victim.id in gone or (check and not _allowed(policy, victim, wl)):
                         continue
-                    if adm.workload.min_run_seconds and now - adm.admitted_at < adm.workload.min_run_seconds:
+                    if victim.min_run_seconds and now - adm.admitted_at < victim.min_run_seconds:
                         if self.protected is not None:
-                            self.protected.add(adm.id)
+                            self.protected.add(victim.id)
                         continue
                     found.append((state.lost_work(adm, now), rank, -order, adm))
             found.sort(key=_victim_order)

@@ -41,6 +41,7 @@ class WorkloadRecord:
     preemptions: int = 0
     seq: int = 0
     checkpointed_at: int | None = None  # the last checkpoint the running workload reported (ms)
+    checkpoint_step: int | None = None  # the training step of that checkpoint, when it said
     lost_gpu_seconds: float = 0.0  # work lost by its last preemption (GPU-seconds since its last checkpoint)
 
     @property
@@ -88,6 +89,14 @@ def workload_from_json(d: Mapping[str, Any]) -> Workload:
         float(d.get("checkpoint_interval_seconds", 0.0)))
 
 
+def pod_set_counts(r: WorkloadRecord) -> list[dict[str, Any]]:
+    """Each pod set's requested ``count``, its ``min_count`` and the ``admitted_count`` it was admitted with (None
+    while not admitted; below ``count`` after a partial admission): what the API and ``--json`` show."""
+    admitted = {} if r.admission is None else {ps.name: ps.count for ps in r.admission.pod_sets}
+    return [{"name": ps.name, "count": ps.count, "min_count": ps.min_count, "admitted_count": admitted.get(ps.name)}
+            for ps in r.workload.pod_sets]
+
+
 def usage_to_json(usage: Mapping[FR, int]) -> list[list[Any]]:
     """Flavor-resource usage as JSON: ``[[flavor, resource, milli], ...]``."""
     return [[f, r, q] for (f, r), q in sorted(usage.items())]
@@ -124,7 +133,7 @@ def record_to_json(r: WorkloadRecord) -> dict[str, Any]:
             "admission": None if r.admission is None else admission_to_json(r.admission),
             "admitted_at": r.admitted_at, "finished_at": r.finished_at, "requeue_at": r.requeue_at,
             "preemptions": r.preemptions, "seq": r.seq, "checkpointed_at": r.checkpointed_at,
-            "lost_gpu_seconds": r.lost_gpu_seconds}
+            "checkpoint_step": r.checkpoint_step, "lost_gpu_seconds": r.lost_gpu_seconds}
 
 
 def record_from_json(d: Mapping[str, Any]) -> WorkloadRecord:
@@ -134,4 +143,4 @@ def record_from_json(d: Mapping[str, Any]) -> WorkloadRecord:
     return WorkloadRecord(workload, d["state"], Reason(d["reason"]), d.get("message", ""), int(d["submitted_at"]),
                           admission, d.get("admitted_at"), d.get("finished_at"), d.get("requeue_at"),
                           int(d.get("preemptions", 0)), int(d.get("seq", 0)), d.get("checkpointed_at"),
-                          float(d.get("lost_gpu_seconds", 0.0)))
+                          d.get("checkpoint_step"), float(d.get("lost_gpu_seconds", 0.0)))

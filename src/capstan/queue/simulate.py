@@ -26,11 +26,17 @@ younger jobs).
 
 The measures (JCT, wait, bounded slowdown, wasted work; per policy and per ClusterQueue) come from
 `capstan.queue.sim_measures`.
+
+Partial admission (``simulation.partialAdmission: {minFraction: F, gpusPerPod: P}``, off by default): a job of
+more than ``P`` GPUs, a multiple of ``P``, becomes ``num_gpus / P`` pods of ``P`` GPUs that declare ``min_count =
+ceil(F x pods)``; admitted with fewer pods, it runs longer in proportion (its work is conserved: the remaining
+duration scales by pods asked over pods got). `SimResult.partial_admissions` counts such admissions.
 """
 
 from __future__ import annotations
 
 import heapq
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -96,6 +102,10 @@ POLICIES: dict[str, Policy] = {
 }
 
 
+GPUS_PER_POD = 8
+"""``simulation.partialAdmission.gpusPerPod`` by default: one node of 8 GPUs per pod."""
+
+
 @dataclass(frozen=True, slots=True)
 class SimSettings:
     """Knobs of the replay, read from the cluster file's ``simulation`` block."""
@@ -107,6 +117,38 @@ class SimSettings:
     gpu_resource: str = "gpu"
     slowdown_floor_s: float = SLOWDOWN_FLOOR_S
     min_run_s: float = 3600.0
+    partial_min_fraction: float | None = None  # partialAdmission.minFraction (None: every job is one pod)
+    gpus_per_pod: int = 8  # partialAdmission.gpusPerPod (`GPUS_PER_POD` when not given)
+
+
+def pod_shape(gpus: int, settings: SimSettings) -> tuple[int, int, int | None]:
+    """A trace job's pods: ``(count, GPUs per pod, min_count)``. One pod of all its GPUs unless partial admission
+    is on and the job asks more than ``gpus_per_pod``, in a multiple of it (see the module docstring)."""
+    per_pod, fraction = settings.gpus_per_pod, settings.partial_min_fraction
+    if fraction is None or gpus <= per_pod or gpus % per_pod:
+        return 1, gpus, None
+    count = gpus // per_pod
+    least = max(1, math.ceil(fraction * count - 1e-9))
+    return count, per_pod, (least if least < count else None)
+
+
+def _partial_settings(raw: object) -> tuple[float | None, int]:
+    """``simulation.partialAdmission``: ``{minFraction: 0 < F <= 1, gpusPerPod: P >= 1 (default 8)}``."""
+    if raw is None:
+        return None, GPUS_PER_POD
+    where = "simulation.partialAdmission"
+    if not isinstance(raw, Mapping):
+        raise InvalidParameterValue(f"{where}: expected a mapping like {{minFraction: 0.5, gpusPerPod: 8}}")
+    unknown = sorted(set(raw) - {"minFraction", "gpusPerPod"})
+    if unknown:
+        raise InvalidParameterValue(f"{where}: unknown field {unknown[0]!r}")
+    fraction = raw.get("minFraction")
+    if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not 0 < fraction <= 1:
+        raise InvalidParameterValue(f"{where}.minFraction: expected a number above 0 and at most 1, got {fraction!r}")
+    per_pod = raw.get("gpusPerPod", GPUS_PER_POD)
+    if isinstance(per_pod, bool) or not isinstance(per_pod, int) or per_pod < 1:
+        raise InvalidParameterValue(f"{where}.gpusPerPod: expected a whole number >= 1, got {per_pod!r}")
+    return float(fraction), per_pod
 
 
 def sim_settings(raw: object) -> SimSettings:
@@ -116,7 +158,7 @@ def sim_settings(raw: object) -> SimSettings:
     if not isinstance(raw, Mapping):
         raise InvalidParameterValue("simulation: expected a mapping")
     allowed = {"lasThresholdsGpuHours", "checkpointIntervalSeconds", "restartOverheadSeconds", "gpuResource",
-               "requeueBackoffSeconds", "slowdownFloorSeconds", "minRunSeconds"}
+               "requeueBackoffSeconds", "slowdownFloorSeconds", "minRunSeconds", "partialAdmission"}
     unknown = sorted(set(raw) - allowed)
     if unknown:
         raise InvalidParameterValue(f"simulation: unknown field {unknown[0]!r}")
@@ -140,7 +182,7 @@ def sim_settings(raw: object) -> SimSettings:
                        number("restartOverheadSeconds", base.restart_overhead_s),
                        number("requeueBackoffSeconds", base.requeue_backoff_s), str(resource),
                        number("slowdownFloorSeconds", base.slowdown_floor_s),
-                       number("minRunSeconds", base.min_run_s))
+                       number("minRunSeconds", base.min_run_s), *_partial_settings(raw.get("partialAdmission")))
 
 
 def policy_config(config: QueueConfig, policy: Policy) -> QueueConfig:
@@ -174,6 +216,8 @@ class _Job:
     restart: bool = False
     wasted: float = 0.0  # GPU-seconds of work lost to preemptions
     aged: bool = False  # admitted by the aging rule: top priority, no more LAS demotion
+    gpus: int = 0  # GPUs it runs with (fewer than asked after a partial admission)
+    scale: float = 1.0  # wall seconds per second of full-size work (pods asked over pods got)
 
 
 @dataclass(slots=True)
@@ -204,6 +248,7 @@ class SimResult:
     jcts: list[float] = field(default_factory=list)
     admission_order: list[str] = field(default_factory=list)
     jct_by_job: dict[str, float] = field(default_factory=dict)
+    partial_admissions: int = 0
 
     def summary(self) -> dict[str, Any]:
         """The JSON object ``capstan simulate --json`` prints for this policy."""
@@ -214,7 +259,7 @@ class SimResult:
                 "gpu_utilization": self.gpu_utilization, "jain_fairness": self.jain_fairness,
                 "preemptions": self.preemptions, "wasted_gpu_hours": self.wasted_gpu_hours,
                 "wasted_fraction": self.wasted_fraction, "capacity_gpus": self.capacity_gpus, "wall_s": self.wall_s,
-                "per_queue": self.per_queue}
+                "partial_admissions": self.partial_admissions, "per_queue": self.per_queue}
 
 
 _FINISH, _DEMOTE, _ARRIVE, _REQUEUE, _WAKE = 0, 1, 2, 3, 4
@@ -250,7 +295,7 @@ def replay(config: QueueConfig, jobs: Sequence[TraceJob], policy: Policy, settin
     arrivals: list[tuple[float, int, int, str, int]] = []
     for seq, job in enumerate(jobs, start=1):
         arrivals.append((job.submit, _ARRIVE, seq, job.id, 0))
-        state_jobs[job.id] = _Job(job, job.duration, seq=seq)
+        state_jobs[job.id] = _Job(job, job.duration, seq=seq, gpus=job.gpus)
     arrivals.sort()
     arrived = 0
 
@@ -273,13 +318,15 @@ def replay(config: QueueConfig, jobs: Sequence[TraceJob], policy: Policy, settin
         cq = lq_to_cq[j.job.queue]
         # Every job declares the checkpoint interval the replay models and the minimum run time, so the engine
         # picks victims by the work they would lose, as it does with checkpoints recorded by real workloads.
-        return Workload(j.job.id, j.job.queue, cq, (PodSet("main", 1, {gpu: j.job.gpus * MILLI}),),
+        count, per_pod, least = pod_shape(j.job.gpus, settings)
+        return Workload(j.job.id, j.job.queue, cq, (PodSet("main", count, {gpu: per_pod * MILLI}, min_count=least),),
                         priority(j), j.job.submit, min_run_seconds=settings.min_run_s,
                         checkpoint_interval_seconds=settings.checkpoint_interval_s)
 
     busy = 0
     busy_gpu_seconds = 0.0
     preemptions = 0
+    partial = 0
     last_t = jobs[0].submit if jobs else 0.0
     per_queue_gpu_s: dict[str, float] = {cq.name: 0.0 for cq in cfg.cluster_queues}
     running_by_cq: dict[str, int] = {cq.name: 0 for cq in cfg.cluster_queues}
@@ -296,9 +343,9 @@ def replay(config: QueueConfig, jobs: Sequence[TraceJob], policy: Policy, settin
     def stop(j: _Job, now: float) -> None:
         nonlocal busy
         ran = now - j.start
-        j.attained += ran * j.job.gpus
-        busy -= j.job.gpus
-        running_by_cq[lq_to_cq[j.job.queue]] -= j.job.gpus
+        j.attained += ran * j.gpus
+        busy -= j.gpus
+        running_by_cq[lq_to_cq[j.job.queue]] -= j.gpus
 
     while events or arrived < len(arrivals):
         if arrived < len(arrivals) and (not events or arrivals[arrived] < events[0]):
@@ -363,7 +410,7 @@ def replay(config: QueueConfig, jobs: Sequence[TraceJob], policy: Policy, settin
                 if progress is not None:
                     progress(done)
             else:  # demotion: attained service crossed a threshold while running
-                j.attained += (now - j.start) * j.job.gpus
+                j.attained += (now - j.start) * j.gpus
                 j.start = now
                 j.level += 1
                 state.set_priority(wid, priority(j))
@@ -383,8 +430,8 @@ def replay(config: QueueConfig, jobs: Sequence[TraceJob], policy: Policy, settin
                     ckpt = settings.checkpoint_interval_s
                     saved = (ran // ckpt) * ckpt if ckpt > 0 else ran
                     saved = max(0.0, saved - (settings.restart_overhead_s if victim.restart else 0.0))
-                    victim.remaining = max(0.0, victim.remaining - saved)
-                    victim.wasted += (ran - saved) * victim.job.gpus
+                    victim.remaining = max(0.0, victim.remaining - saved / victim.scale)
+                    victim.wasted += (ran - saved) * victim.gpus
                     victim.gen += 1
                     victim.preemptions += 1
                     victim.restart = True
@@ -409,11 +456,15 @@ def replay(config: QueueConfig, jobs: Sequence[TraceJob], policy: Policy, settin
                     if j.first_start < 0:
                         j.first_start = now
                         order.append(wl.id)
-                    busy += j.job.gpus
-                    running_by_cq[d.cluster_queue] += j.job.gpus
-                    run_for = j.remaining + (settings.restart_overhead_s if j.restart else 0.0)
+                    asked, per_pod, _least = pod_shape(j.job.gpus, settings)
+                    got = sum(ps.count for ps in d.pod_sets)
+                    j.gpus, j.scale = (got * per_pod, asked / got) if got < asked else (j.job.gpus, 1.0)
+                    partial += got < asked
+                    busy += j.gpus
+                    running_by_cq[d.cluster_queue] += j.gpus
+                    run_for = j.remaining * j.scale + (settings.restart_overhead_s if j.restart else 0.0)
                     if j.restart:
-                        j.remaining += settings.restart_overhead_s
+                        j.remaining += settings.restart_overhead_s / j.scale
                     j.restart = False
                     heapq.heappush(events, (now + run_for, _FINISH, j.seq, wl.id, j.gen))
                     if protects and settings.min_run_s < run_for:
@@ -434,6 +485,7 @@ def replay(config: QueueConfig, jobs: Sequence[TraceJob], policy: Policy, settin
                        nominal_gpu, windows, series_t, series_busy, series_pending,
                        _time.perf_counter() - started_wall, settings.slowdown_floor_s)
     measured.admission_order = order
+    measured.partial_admissions = partial
     return measured
 
 
@@ -451,8 +503,8 @@ def _schedule_demotion(events: list[tuple[float, int, int, str, int]], j: _Job, 
     if j.level >= len(thresholds):
         return
     need = thresholds[j.level] - j.attained
-    when = now + max(0.0, need) / j.job.gpus
-    if when < now + j.remaining:
+    when = now + max(0.0, need) / j.gpus
+    if when < now + j.remaining * j.scale:
         heapq.heappush(events, (when, _DEMOTE, j.seq, j.job.id, j.gen))
 
 

@@ -348,8 +348,20 @@ class ClusterState:
 
     def lost_work(self, admission: Admission, now: float) -> float:
         """GPU-seconds (or, without GPUs, seconds) of work ``admission`` would lose if preempted at ``now``."""
-        gpus = sum(q for (_f, r), q in admission.usage.items() if r in GPU_RESOURCES) / MILLI
-        return max(0.0, now - self.last_checkpoint(admission, now)) * max(gpus, 1.0)
+        gpus = 0
+        for (_f, r), q in admission.usage.items():
+            if r in GPU_RESOURCES:
+                gpus += q
+        # `last_checkpoint`, inlined: the victim search calls this for every candidate.
+        last = admission.admitted_at
+        interval = admission.workload.checkpoint_interval_seconds
+        if interval > 0 and now > last:
+            last += (now - last) // interval * interval
+        if self.checkpoints:
+            recorded = self.checkpoints.get(admission.workload.id)
+            if recorded is not None and recorded > last:
+                last = recorded
+        return max(0.0, now - last) * max(gpus / MILLI, 1.0)
 
     def mark_evicting(self, workload_id: str) -> None:
         """Note that an admitted workload is being stopped (after a `Preempt` decision)."""

@@ -26,7 +26,9 @@ class ResourceRequest:
     LocalQueue of the workload queue) and ``priority_class``.
 
     ``count`` makes a gang: ``count`` identical pods, each asking ``cpu``, ``memory`` and ``gpu``, admitted all
-    together or not at all (a distributed training job's workers). One lease covers the whole gang.
+    together or not at all (a distributed training job's workers). One lease covers the whole gang. With
+    ``min_count`` (partial admission, the queue's ``min_count``) the gang may be granted with fewer pods, down to
+    that many, when all of them do not fit; the lease's `Lease.pods` says how many it got.
     """
 
     key: str
@@ -37,6 +39,12 @@ class ResourceRequest:
     project: str = "default"
     labels: tuple[tuple[str, str], ...] = ()
     count: int = 1
+    min_count: int | None = None
+
+    @property
+    def least(self) -> int:
+        """The fewest pods the request may be granted with (``count`` unless it allows a partial admission)."""
+        return self.count if self.min_count is None else min(self.count, max(1, self.min_count))
 
     def label(self, name: str) -> str | None:
         """The value of label ``name``, or None."""
@@ -56,6 +64,7 @@ class Lease:
     environment for the attempt (e.g. ``CUDA_MPS_ACTIVE_THREAD_PERCENTAGE``); ``workload`` names the queue workload
     that holds the quota, when a queue granted it. For a gang (``request.count > 1``) ``pod_devices`` holds each
     pod's GPU indices in pod order (``devices`` is pod 0's); for one pod it is empty or ``(devices,)``.
+    ``granted`` is the number of pods of a partial admission (None: the whole ``request.count``); see `pods`.
     """
 
     key: str
@@ -64,6 +73,12 @@ class Lease:
     env: tuple[tuple[str, str], ...] = ()
     workload: str | None = None
     pod_devices: tuple[tuple[str, ...], ...] = ()
+    granted: int | None = None
+
+    @property
+    def pods(self) -> int:
+        """How many pods of the gang were granted: ``request.count``, or fewer after a partial admission."""
+        return max(1, self.request.count) if self.granted is None else self.granted
 
     def devices_of(self, pod: int) -> tuple[str, ...]:
         """The GPU indices of pod ``pod`` (0-based) of the gang."""

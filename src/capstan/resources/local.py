@@ -18,7 +18,8 @@ class LocalAdmission:
     """`Admission` over one machine's `Capacity` in memory: first come, first served, GPUs packed per device.
 
     A gang (``request.count`` pods) is granted whole or not at all: every pod's CPU, memory and GPUs, each pod its
-    own devices when it asks for whole GPUs; the lease's ``pod_devices`` lists them in pod order.
+    own devices when it asks for whole GPUs; the lease's ``pod_devices`` lists them in pod order. A gang with a
+    ``min_count`` gets the most pods that fit now, down to that many (``Lease.granted``).
 
     It never revokes a lease. Runs that share a `LocalAdmission` object share the machine; separate processes do
     not see each other (the workload queue does).
@@ -40,9 +41,10 @@ class LocalAdmission:
                 if not request.gpu_flavor or not model or request.gpu_flavor.lower() in model.lower()]
 
     def check(self, request: ResourceRequest) -> str | None:
-        """Why the request exceeds the whole machine, if it does (a gang: all its pods together)."""
+        """Why the request exceeds the whole machine, if it does (a gang: all its pods together, or its
+        ``min_count`` pods when it allows a partial admission)."""
         cap = self.capacity
-        n = request.count
+        n = request.least
         if n < 1:
             return f"asks for {n} pods; a workload needs at least 1"
         pods, each = (f"{n} pods of ", " each") if n > 1 else ("", "")
@@ -99,12 +101,19 @@ class LocalAdmission:
         return self.try_acquire(request)
 
     def _acquire(self, request: ResourceRequest) -> Lease | None:
-        """Grant every pod of the request or none: CPU and memory for all of them, then GPUs pod by pod on a trial
-        copy of the free shares, committed only when the last pod is placed."""
+        """Grant every pod of the request or none; with a ``min_count``, the most pods that fit, down to it."""
         if request.key in self.leases:
             return self.leases[request.key]
+        for n in range(max(1, request.count), request.least - 1, -1):
+            lease = self._acquire_pods(request, n)
+            if lease is not None:
+                return lease
+        return None
+
+    def _acquire_pods(self, request: ResourceRequest, n: int) -> Lease | None:
+        """Grant ``n`` pods of the request or none: CPU and memory for all of them, then GPUs pod by pod on a trial
+        copy of the free shares, committed only when the last pod is placed."""
         cap = self.capacity
-        n = max(1, request.count)
         if self.used_cpu + n * request.cpu > cap.cpu + _EPS and self.used_cpu > 0:
             return None
         if cap.memory and self.used_memory + n * request.memory > cap.memory and self.used_memory > 0:
@@ -119,7 +128,8 @@ class LocalAdmission:
         self.gpu_free = free
         self.used_cpu += n * request.cpu
         self.used_memory += n * request.memory
-        lease = Lease(request.key, request, pods[0], pod_devices=tuple(pods) if n > 1 else ())
+        lease = Lease(request.key, request, pods[0], pod_devices=tuple(pods) if n > 1 else (),
+                      granted=n if n < max(1, request.count) else None)
         self.leases[request.key] = lease
         return lease
 
@@ -154,7 +164,7 @@ class LocalAdmission:
         if self.leases.pop(lease.key, None) is None:
             return
         request = lease.request
-        n = max(1, request.count)
+        n = lease.pods
         self.used_cpu = max(0.0, self.used_cpu - n * request.cpu)
         self.used_memory = max(0, self.used_memory - n * request.memory)
         share = request.gpu if request.gpu < 1 else 1.0

@@ -54,7 +54,7 @@ class TrainingJob:
                  queue: str | None = None, priority: str | None = None, args: Sequence[str] = (),
                  env: Mapping[str, str] | None = None, name: str | None = None, working_dir: str | None = None,
                  log_all_ranks: bool = False, checkpoint_keep: int = 3, grace_s: float = 10.0,
-                 entry_kind: str | None = None) -> None:
+                 entry_kind: str | None = None, min_workers: int | None = None) -> None:
         from capstan.training.spec import parse_job_spec
 
         fields: dict[str, Any] = {
@@ -66,6 +66,8 @@ class TrainingJob:
             "checkpoint_keep": checkpoint_keep, "grace_s": grace_s}
         if entry_kind is not None:
             fields["entry_kind"] = entry_kind
+        if min_workers is not None:
+            fields["min_workers"] = min_workers
         self.spec: TrainingJobSpec = parse_job_spec(fields)
 
     def __repr__(self) -> str:

@@ -149,13 +149,20 @@ def job_logs(request: Request, job_id: str,
 def why_job(request: Request, job_id: str) -> Response:
     """What ``capstan why JOB`` prints, as JSON: state, reason, message, restarts, every attempt with how it ended
     (``WorkerFailed`` with rank and exit code, ``OOMKilled``, ``Preempted``, ``NodeLost``) and, while the job is
-    pending, the queue's explanation of its workload. ``text`` is the same rendered for one screen."""
+    pending, the queue's explanation of its workload, or in Kueue mode what Kueue said (``kueue``). ``text`` is the
+    same rendered for one screen."""
     from capstan.training.job_views import attempt_json, explain_job, job_json
 
     record = _job(request, job_id, "read")
     queue, queue_text = _queue_why(request, record)
+    kueue = None
+    if record.state == "Pending":  # Kueue mode: why Kueue keeps its Job suspended
+        from capstan.troubleshoot.sources import recorded_kueue
+
+        kueue = recorded_kueue(_services(request).events, "job", record.id)
     return _render(explain_job(job_json(record), [attempt_json(a) for a in _attempts(request, record)],
-                               queue=queue, queue_text=queue_text))
+                               queue=queue, queue_text=queue_text,
+                               kueue=kueue.to_dict() if kueue is not None else None))
 
 
 def _queue_why(request: Request, record: JobRecord) -> tuple[dict[str, Any] | None, str | None]:

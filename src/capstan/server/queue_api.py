@@ -26,12 +26,19 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
 from capstan.auth.policy import Principal, allows
-from capstan.errors import CapstanError, InvalidParameterValue, PermissionDenied, StoreUnavailable
+from capstan.errors import (
+    CapstanError,
+    InvalidParameterValue,
+    PermissionDenied,
+    ResourceDoesNotExist,
+    StoreUnavailable,
+)
 from capstan.queue.manager import CycleReport, QueueManager
 from capstan.queue.metrics import QueueMetrics
 from capstan.queue.model import PodSet, QueueConfig, Toleration
-from capstan.queue.records import PENDING, WorkloadRecord, record_to_json
-from capstan.server.api_v1_schemas import INTEGRAL
+from capstan.queue.records import PENDING, WorkloadRecord, pod_set_counts, record_to_json
+from capstan.server.api_v1_common import services
+from capstan.server.api_v1_schemas import INT64_END, INTEGRAL
 from capstan.server.errors import NAMES_AN_OBJECT
 from capstan.server.security import request_project, require
 
@@ -47,7 +54,7 @@ log = logging.getLogger("capstan.server.queue")
 router = APIRouter(prefix="/queue", tags=["queue"])
 
 MAX_CONFIG_BYTES = 1024 * 1024
-ACTION_SEGMENTS = frozenset({"why", "finish", "cancel", "evicted"})
+ACTION_SEGMENTS = frozenset({"why", "finish", "cancel", "evicted", "checkpoint"})
 BACKOFF_CHECK_INTERVAL_S = 5.0
 
 
@@ -173,12 +180,16 @@ class TolerationBody(BaseModel):
 
 
 class PodSetBody(BaseModel):
-    """``count`` identical pods; ``requests`` maps a resource to a quantity (``2``, ``0.25``, ``500m``, ``16Gi``)."""
+    """``count`` identical pods; ``requests`` maps a resource to a quantity (``2``, ``0.25``, ``500m``, ``16Gi``);
+    ``min_count`` allows a partial admission down to that many pods."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
     name: str = Field(default="main", min_length=1, max_length=256)
     count: Annotated[int, Field(ge=1, le=100_000), INTEGRAL] = 1
+    min_count: Annotated[int | None, Field(ge=1, le=100_000, description="partial admission (Kueue's minCount): "
+                                           "the fewest pods the pod set may be admitted with when the full count "
+                                           "does not fit (1..count; null: all or nothing)"), INTEGRAL] = None
     requests: dict[str, int | float | str] = Field(min_length=1)
     node_selector: dict[str, str] = Field(default_factory=dict)
     tolerations: list[TolerationBody] = Field(default_factory=list)
@@ -198,6 +209,15 @@ class WorkloadSubmit(BaseModel):
     active: bool = True
 
 
+class CheckpointReport(BaseModel):
+    """A running workload saved a checkpoint now; ``step`` is the training step it holds, when known."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    step: Annotated[int | None, Field(ge=0, lt=INT64_END, description="the training step of the checkpoint"),
+                    INTEGRAL] = None
+
+
 # -- helpers -------------------------------------------------------------------------------------------------------
 def _render(payload: Any, status_code: int = 200) -> Response:
     return Response(orjson.dumps(payload), status_code=status_code, media_type="application/json")
@@ -211,7 +231,7 @@ def _queue(request: Request) -> ServerQueue:
 
 
 def _record(record: WorkloadRecord) -> dict[str, Any]:
-    return {"id": record.id, **record_to_json(record)}
+    return {"id": record.id, **record_to_json(record), "pod_sets": pod_set_counts(record)}
 
 
 def _changes(reports: Sequence[CycleReport]) -> dict[str, list[str]]:
@@ -243,7 +263,10 @@ def _pod_sets(bodies: Sequence[PodSetBody]) -> list[PodSet]:
         requests = {name: parse_quantity(raw, path=f"pod_sets[{i}].requests.{name}")
                     for name, raw in ps.requests.items()}
         tolerations = tuple(Toleration(t.key, t.operator, t.value, t.effect) for t in ps.tolerations)
-        sets.append(PodSet(ps.name, ps.count, requests, dict(ps.node_selector), tolerations))
+        if ps.min_count is not None and ps.min_count > ps.count:
+            raise InvalidParameterValue(f"pod_sets[{i}].min_count: must be between 1 and the pod set's count "
+                                        f"({ps.count}), got {ps.min_count}")
+        sets.append(PodSet(ps.name, ps.count, requests, dict(ps.node_selector), tolerations, ps.min_count))
     names = [ps.name for ps in sets]
     if len(set(names)) != len(names):
         raise InvalidParameterValue("pod_sets: names must be unique")
@@ -359,11 +382,28 @@ def why_workload(request: Request, workload_id: str) -> Response:
 
     ``text`` is the same explanation rendered for one screen.
     """
-    with _queue(request).session() as mgr:
-        record = mgr.get(workload_id)
-        require(request, "read", record.workload.project, target=f"workload/{workload_id}")
-        explanation = mgr.why(workload_id)
+    try:
+        with _queue(request).session() as mgr:
+            record = mgr.get(workload_id)
+            require(request, "read", record.workload.project, target=f"workload/{workload_id}")
+            explanation = mgr.why(workload_id)
+    except ResourceDoesNotExist:
+        kueue = _kueue_step_why(request, workload_id)
+        if kueue is None:
+            raise
+        return _render(kueue)
     return _render({**explanation.to_dict(), "text": explanation.render()})
+
+
+def _kueue_step_why(request: Request, workload_id: str) -> dict[str, object] | None:
+    """A pipeline step's attempt that Kueue admits (Kueue mode) is no workload of Capstan's queue: what Kueue said
+    about it, for whoever may read the step's project (None when nothing was recorded)."""
+    from capstan.troubleshoot.sources import step_kueue_why
+
+    found = step_kueue_why(services(request).events, workload_id)
+    if found is not None:
+        require(request, "read", str(found["project"]), target=f"step/{workload_id.partition('#')[0]}")
+    return found
 
 
 def _end(request: Request, workload_id: str, action: Literal["finish", "cancel", "evicted"]) -> Response:
@@ -397,6 +437,22 @@ def evicted_workload(request: Request, workload_id: str) -> Response:
     """The executor stopped a workload the queue preempted (state ``Evicting``): its quota is returned and it is
     requeued after a backoff; admission then runs for whoever preempted it."""
     return _end(request, workload_id, "evicted")
+
+
+@router.post("/workloads/{workload_id:path}/checkpoint", responses=NAMES_AN_OBJECT,
+             summary="A running workload saved a checkpoint")
+def checkpoint_workload(request: Request, workload_id: str, body: CheckpointReport | None = None) -> Response:
+    """Record that an admitted workload saved a checkpoint now (server clock), of ``step`` when given: a preemption
+    no longer loses the work before it, victim searches prefer workloads that saved recently, and ``capstan why``
+    shows what a preemption lost. Write permission in the workload's project (what `capstan.checkpoint.save` in the
+    workload's processes uses, with their ``CAPSTAN_TOKEN``). A workload that is not running (pending, being
+    evicted, ended) answers 400 ``INVALID_STATE``."""
+    step = None if body is None else body.step
+    with _queue(request).session() as mgr:
+        record = mgr.get(workload_id)
+        require(request, "write", record.workload.project, target=f"workload/{workload_id}")
+        saved = mgr.record_checkpoint(workload_id, step=step)
+    return _render({"workload": _record(saved)})
 
 
 @router.get("/workloads/{workload_id:path}", summary="Show a workload")

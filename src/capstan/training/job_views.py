@@ -131,10 +131,13 @@ def _next_step(job: Mapping[str, Any], queue: Mapping[str, Any] | None) -> str |
 
 
 def explain_job(job: Mapping[str, Any], attempts: Sequence[Mapping[str, Any]], *,
-                queue: Mapping[str, Any] | None = None, queue_text: str | None = None) -> dict[str, Any]:
+                queue: Mapping[str, Any] | None = None, queue_text: str | None = None,
+                kueue: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """``capstan why JOB``: the job's state and reason, its restarts, each attempt with how it ended and, while it is
-    pending, the queue's explanation of its workload (``queue`` as JSON, ``queue_text`` as the queue renders it).
-    Returns the JSON form with ``text``, the one-screen rendering."""
+    pending, the queue's explanation of its workload (``queue`` as JSON, ``queue_text`` as the queue renders it) or,
+    in Kueue mode, what Kueue last said about its Job's Workload (``kueue``, a `capstan.k8s.kueue_status.KueueStatus`
+    in its JSON form: why Kueue keeps it pending, or who preempted it). Returns the JSON form with ``text``, the
+    one-screen rendering."""
     spec = job.get("spec") or {}
     workers, nproc = int(spec.get("workers") or 1), int(spec.get("nproc_per_worker") or 1)
     note = _next_step(job, queue)
@@ -160,9 +163,14 @@ def explain_job(job: Mapping[str, Any], attempts: Sequence[Mapping[str, Any]], *
     if queue_text:
         lines.append("Queue:")
         lines.extend(f"  {line}" for line in queue_text.splitlines())
+    if kueue is not None:
+        lines.append(f"Kueue:     {kueue.get('summary') or kueue.get('message')}")
+        if kueue.get("hint"):
+            lines.append(f"Hint:      {kueue['hint']}")
     return {"job": job["id"], "project": job.get("project"), "state": job["state"], "reason": job.get("reason", ""),
             "message": job.get("message", ""), "restarts": int(job.get("restarts") or 0),
             "max_restarts": int(spec.get("max_restarts") or 0), "preemptions": int(job.get("preemptions") or 0),
             "cancel_requested": bool(job.get("cancel_requested")), "run_id": job.get("run_id"),
             "workload": job.get("workload"), "attempts": [dict(a) for a in attempts], "queue": queue,
+            "kueue": dict(kueue) if kueue is not None else None,
             "note": note, "text": "\n".join(lines)}

@@ -49,8 +49,8 @@ from capstan.training.env import JOB_ID_VARIABLE, WorkerPlace, worker_env, worke
 from capstan.training.ports import AttemptReason
 from capstan.training.spec import TrainingJobSpec
 
-__all__ = ["Gang", "GangExit", "GangLauncher", "GangStart", "LocalGangLauncher", "RunningGang", "attempt_dir",
-           "classify_exit", "free_port", "launch", "oom_kill_count", "stop_stale"]
+__all__ = ["Gang", "GangExit", "GangHold", "GangLauncher", "GangStart", "LocalGangLauncher", "RunningGang",
+           "attempt_dir", "classify_exit", "free_port", "launch", "oom_kill_count", "stop_stale"]
 
 JOBS_DIR = "jobs"
 PIDS_FILE = "pids.json"
@@ -136,11 +136,24 @@ class GangExit:
 
 
 @dataclass(frozen=True, slots=True)
+class GangHold:
+    """Why a started gang does not run yet: the cluster's admission holds it (Kueue has not admitted its Job, or
+    evicted it). ``reason`` is an event reason (``KueuePending``, ``KueueEvicted``, ``Suspended``...), ``message``
+    one line with the admitter's own words."""
+
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
 class GangStart:
     """What one attempt of a job's gang needs: the spec, the job and its ``project``, its tracking run, the attempt
     number (from 1) and how often the gang was restarted before it; ``pod_devices`` gives each pod's GPU indices
     from the lease (None without GPUs), ``lease_env`` the lease's placement variables, ``avoid_ports`` the
-    rendezvous ports not to reuse (the previous attempt's)."""
+    rendezvous ports not to reuse (the previous attempt's). ``min_workers`` is the job's ``min_workers`` when the
+    queue granted every worker of ``spec`` and a cluster's own admission may still start fewer (Kueue's partial
+    admission, `capstan.k8s.training_launcher`); None when ``spec.workers`` is what starts. A launcher whose
+    admission decided already (this machine, Capstan's queue) ignores it."""
 
     spec: TrainingJobSpec
     job_id: str
@@ -151,6 +164,7 @@ class GangStart:
     pod_devices: Callable[[int], tuple[str, ...]] | None = None
     lease_env: Mapping[str, str] = field(default_factory=dict)
     avoid_ports: tuple[int, ...] = ()
+    min_workers: int | None = None
 
 
 class RunningGang(Protocol):
@@ -173,6 +187,17 @@ class RunningGang(Protocol):
 
     def poll(self) -> GangExit | None:
         """The attempt's outcome once decided (all succeeded, or the first failing rank), else None."""
+        ...
+
+    def held(self) -> GangHold | None:
+        """Why the gang is started but held back by the cluster's admission (its pods do not run yet), else None;
+        a held gang is pending, not running, and the runner's job says so."""
+        ...
+
+    def admitted_workers(self) -> int | None:
+        """Once the gang is no longer held: how many workers the cluster's admission let it run with, where that
+        admission may start fewer than ``spec.workers`` (Kueue admitting a Job with ``min_workers`` with fewer
+        pods); None where the launched spec's ``workers`` is what runs."""
         ...
 
     def stop(self, grace_s: float) -> None:
@@ -285,6 +310,14 @@ class Gang:
     def pids(self) -> dict[int, int]:
         """Each rank's process id."""
         return {m.place.rank: m.process.pid for m in self._members}
+
+    def held(self) -> GangHold | None:
+        """Never: local processes run as soon as they are started."""
+        return None
+
+    def admitted_workers(self) -> int | None:
+        """None: the queue's lease decided the workers before the processes started."""
+        return None
 
     def poll(self) -> GangExit | None:
         """The attempt's outcome once decided (every process exited 0, or one failed), else None."""

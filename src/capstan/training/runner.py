@@ -10,8 +10,12 @@ then creates the job's tracking run (in ``spec.experiment``) and stores the job 
 1. admission: ask for the gang's lease until granted (the job shows the queue's ``Waiting`` reason meanwhile; a
    ``Rejected`` verdict fails it);
 2. an attempt: the runner's `capstan.training.launcher.GangLauncher` starts every worker (processes on this
-   machine by default, an indexed Job with the ``kubernetes`` backend), then the runner watches it: the gang's
-   outcome, ``cancel_requested`` in the store, and whether the queue revoked the lease (preemption);
+   machine by default, an indexed Job with the ``kubernetes`` backend); while the cluster's admission holds the
+   started gang back (`RunningGang.held`: Kueue has not admitted its Job) the job stays ``Pending`` with that
+   reason; then the runner watches it: the gang's outcome, ``cancel_requested`` in the store, and whether the queue
+   revoked the lease (preemption). A job with ``min_workers`` runs the workers its admission granted: the lease's
+   pods (Capstan's queue), or the pods Kueue admitted its Job with (`RunningGang.admitted_workers`), recorded alike
+   (the message, the ``Started`` event, `WORKERS_ADMITTED_TAG`);
 3. the decision of `capstan.training.policy.next_step`: end the job, restart the gang after a back-off (keeping the
    lease), or release the lease for requeueing and go back to step 1 (preemption).
 
@@ -65,10 +69,17 @@ if TYPE_CHECKING:
     from capstan.settings import Settings
     from capstan.tracking.ports import TrackingStore
 
-__all__ = ["EVENT_KIND", "JobRunner", "gang_request", "local_launcher", "worker_base_env"]
+__all__ = ["EVENT_KIND", "WORKERS_ADMITTED_TAG", "WORKERS_REQUESTED_VARIABLE", "JobRunner", "admitted_spec",
+           "gang_request", "launched_spec", "local_launcher", "worker_base_env"]
 
 EVENT_KIND = "job"
 """Kind of the job events in the event log (``capstan events job/<id>``)."""
+WORKERS_ADMITTED_TAG = "capstan.job.workers_admitted"
+"""Run tag of a job with ``min_workers``: the workers its latest attempt started with (its ``WORLD_SIZE`` is this
+times ``nproc_per_worker``)."""
+WORKERS_REQUESTED_VARIABLE = "CAPSTAN_JOB_WORKERS_REQUESTED"
+"""Set in every worker of a job with ``min_workers``: the ``workers`` it asked for (``GROUP_WORLD_SIZE`` is what
+it got)."""
 DEFAULT_EXPERIMENT = "Default"
 RUN_STATUS = {"Succeeded": "FINISHED", "Failed": "FAILED", "Cancelled": "KILLED"}
 _REMOTE_VARIABLES = ("CAPSTAN_URL", "CAPSTAN_TOKEN")
@@ -83,14 +94,34 @@ log = logging.getLogger("capstan.training.runner")
 
 def gang_request(spec: TrainingJobSpec, *, key: str, project: str) -> ResourceRequest:
     """The admission request of the job's gang: ``workers`` identical pods asking for ``cpu``, ``memory`` and
-    ``gpus`` each, in ``spec.queue`` with ``spec.priority``."""
+    ``gpus`` each, in ``spec.queue`` with ``spec.priority``; ``min_workers`` allows a partial admission."""
     labels = [("kind", "training-job")]
     if spec.queue:
         labels.append(("queue", spec.queue))
     if spec.priority:
         labels.append(("priority_class", spec.priority))
     return ResourceRequest(key, spec.cpu, spec.memory, spec.gpus, spec.gpu_flavor if spec.gpus > 0 else None,
-                           project, tuple(labels), count=spec.workers)
+                           project, tuple(labels), count=spec.workers, min_count=spec.min_workers)
+
+
+def launched_spec(spec: TrainingJobSpec, lease: Lease) -> tuple[TrainingJobSpec, str]:
+    """The spec one attempt runs with under ``lease``, and the words its message starts with: the job's spec, or,
+    after a partial admission (``min_workers``), that spec with ``workers`` = the pods granted (so ``WORLD_SIZE``,
+    ``GROUP_WORLD_SIZE`` and the ranks follow) and ``"3 of 4 workers (partial admission, min_workers 2), "``.
+    The launched spec has no ``min_workers``: what the queue granted is what starts."""
+    if spec.min_workers is None:
+        return spec, ""
+    return admitted_spec(spec, lease.pods)
+
+
+def admitted_spec(spec: TrainingJobSpec, granted: int) -> tuple[TrainingJobSpec, str]:
+    """``spec`` (a job with ``min_workers``) run by the ``granted`` workers an admission let start (Capstan's queue
+    through the lease, or Kueue on the cluster: `capstan.training.launcher.RunningGang.admitted_workers`), and the
+    words of its message (empty when every worker was granted). Pure."""
+    granted = min(spec.workers, granted)
+    words = (f"{granted} of {spec.workers} workers (partial admission, min_workers {spec.min_workers}), "
+             if granted < spec.workers else "")
+    return dataclasses.replace(spec, workers=granted, min_workers=None), words
 
 
 def worker_base_env(settings: Settings, environ: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -208,8 +239,9 @@ class JobRunner:
         record = JobRecord(id=job_id, project=project, spec=checked, state="Pending", created_ms=self.clock(),
                            user=user, run_id=run_id, owner=self.owner if hold else None)
         self.store.create(record)
-        self.event(record, "Submitted", f"{checked.workers} worker(s) x {checked.nproc_per_worker} process(es) "
-                                        f"of {checked.entry}; tracking run {run_id}")
+        least = f" (at least {checked.min_workers})" if checked.min_workers is not None else ""
+        self.event(record, "Submitted", f"{checked.workers} worker(s){least} x {checked.nproc_per_worker} "
+                                        f"process(es) of {checked.entry}; tracking run {run_id}")
         return record
 
     def _create_run(self, spec: TrainingJobSpec, job_id: str, project: str, user: str) -> str:
@@ -231,6 +263,8 @@ class JobRunner:
         tags = [RunTag("capstan.job.id", job_id), RunTag("mlflow.source.type", "JOB"),
                 RunTag("mlflow.source.name", spec.entry), RunTag("capstan.job.workers", str(spec.workers)),
                 RunTag("capstan.job.nproc_per_worker", str(spec.nproc_per_worker))]
+        if spec.min_workers is not None:
+            tags.append(RunTag("capstan.job.min_workers", str(spec.min_workers)))
         info = self.tracking.create_run(experiment_id, user_id=user, start_time=self.clock(), run_name=job_id,
                                         tags=tags, source=spec.entry)
         return info.run_id
@@ -449,21 +483,35 @@ class _Drive:
         """Start the gang, watch it until it ends (or is stopped: cancel, preemption, runner stop) and record the
         attempt."""
         runner, record = self.runner, self.record
-        spec = record.spec
+        spec, admitted = launched_spec(record.spec, lease)
         number = record.attempt + 1
+        lease_env = dict(lease.env)
+        if record.spec.min_workers is not None:
+            lease_env[WORKERS_REQUESTED_VARIABLE] = str(record.spec.workers)
+        # A whole lease leaves the count to the cluster's admission, if it has one (Kueue's partial admission).
+        whole = record.spec.min_workers if spec.workers == record.spec.workers else None
         gang = runner.launcher.launch(GangStart(
             spec, self.job_id, record.project, record.run_id, number, number - 1,
-            pod_devices=lease.devices_of if spec.gpus > 0 else None, lease_env=dict(lease.env),
-            avoid_ports=(self.last_port,) if self.last_port else ()))
+            pod_devices=lease.devices_of if spec.gpus > 0 else None, lease_env=lease_env,
+            avoid_ports=(self.last_port,) if self.last_port else (), min_workers=whole))
         gangs.append(gang)
         self.last_port = gang.master_port
         started = runner.clock()
         attempt = JobAttempt(self.job_id, number, started, gang.master_port, str(gang.folder))
         self.store.add_attempt(attempt)
+        held = self.wait_held(gang, number)
+        if held is not None:  # ended (cancelled, stopped) before the cluster's admission let it run
+            return self.end_attempt(gang, gangs, attempt, held, spec.grace_s)
+        got = gang.admitted_workers()  # Kueue may have admitted the Job with fewer pods
+        if got is not None and record.spec.min_workers is not None and got != spec.workers:
+            spec, admitted = admitted_spec(record.spec, got)
         self.save(state="Running", attempt=number, reason="", started_ms=record.started_ms or started,
-                  message=f"attempt {number}: {spec.world_size} process(es), rendezvous on {gang.rendezvous}")
+                  message=f"attempt {number}: {admitted}{spec.world_size} process(es), rendezvous on "
+                          f"{gang.rendezvous}")
         self.event("Started", self.record.message, attempt=number, master_port=gang.master_port,
-                   pids=[gang.pids[r] for r in sorted(gang.pids)])
+                   pids=[gang.pids[r] for r in sorted(gang.pids)], workers=spec.workers,
+                   workers_requested=record.spec.workers)
+        self.tag_workers(spec.workers)
         end = self.watch(gang, lease)
         if end.reason in ("Succeeded",):
             gang.reap()
@@ -474,6 +522,56 @@ class _Drive:
                                          exit_code=end.exit_code, message=end.message, rank_peak_memory=gang.peaks())
         self.store.end_attempt(self.ended)
         return end
+
+    def wait_held(self, gang: RunningGang, number: int) -> AttemptEnd | None:
+        """While the cluster's admission holds the started gang back (`RunningGang.held`: Kueue has not admitted
+        its Job), keep the job ``Pending`` with the admitter's reason and message (``Preempted`` kept after a
+        preemption, which uses no restart); None once the gang may run, or how it ended meanwhile (cancelled, the
+        runner stopped, an outcome)."""
+        while True:
+            if gang.held() is None:
+                return None
+            outcome = gang.poll()  # also records what the cluster says meanwhile (Kueue's reason) as events
+            if outcome is not None:
+                return AttemptEnd(outcome.reason, outcome.rank, outcome.exit_code, outcome.message)
+            hold = gang.held()
+            if hold is None:
+                return None
+            record = self.fresh()
+            if record.cancel_requested:
+                return AttemptEnd("Cancelled", message=f"cancelled while waiting to be admitted ({hold.reason})")
+            reason, message = hold.reason, hold.message
+            if self.record.state == "Pending" and self.record.reason == "Preempted":
+                reason = "Preempted"
+                message = f"preempted {self.record.preemptions} time(s); waiting to be admitted again: {hold.message}"
+            if (self.record.state, self.record.attempt, self.record.reason, self.record.message) != \
+                    ("Pending", number, reason, message):
+                self.save(state="Pending", attempt=number, reason=reason, message=message)
+            if self.stop.wait(self.runner.poll_s):
+                return AttemptEnd("NodeLost", message="the runner stopped while the gang waited to be admitted")
+
+    def end_attempt(self, gang: RunningGang, gangs: list[RunningGang], attempt: JobAttempt, end: AttemptEnd,
+                    grace_s: float) -> AttemptEnd:
+        """Stop a gang that never ran and record its attempt's end."""
+        if self.record.attempt != attempt.number:  # the next attempt is numbered after this one
+            self.save(attempt=attempt.number)
+        gang.stop(grace_s)
+        gangs.remove(gang)
+        self.ended = dataclasses.replace(attempt, ended_ms=self.runner.clock(), reason=end.reason, rank=end.rank,
+                                         exit_code=end.exit_code, message=end.message)
+        self.store.end_attempt(self.ended)
+        return end
+
+    def tag_workers(self, workers: int) -> None:
+        """Record the workers this attempt got on the job's run (`WORKERS_ADMITTED_TAG`), when it may get fewer than
+        it asked for."""
+        run_id = self.record.run_id
+        if run_id is None or self.record.spec.min_workers is None:
+            return
+        try:
+            self.runner.tracking.log_batch(run_id, tags=[RunTag(WORKERS_ADMITTED_TAG, str(workers))])
+        except CapstanError as exc:  # the run was deleted: the job's message and events still say it
+            self.event("RunNotUpdated", f"tracking run {run_id}: {WORKERS_ADMITTED_TAG} not set: {exc}", warning=True)
 
     def peak_data(self) -> dict[str, object]:
         """The event fields of the last ended attempt's peak memory: ``peak_memory`` (bytes, the largest rank's),

@@ -26,7 +26,8 @@ EntryKind = Literal["script", "module"]
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _MODULE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
-_FIELDS = frozenset({"name", "entry", "entry_kind", "args", "workers", "nproc_per_worker", "cpu", "memory", "gpus",
+_FIELDS = frozenset({"name", "entry", "entry_kind", "args", "workers", "min_workers", "nproc_per_worker", "cpu",
+                     "memory", "gpus",
                      "gpu_flavor", "max_restarts", "restart_backoff_s", "experiment", "queue", "priority", "env",
                      "working_dir", "image", "log_all_ranks", "checkpoint_keep", "grace_s"})
 # Variables the runner sets for every worker; a spec may not override them.
@@ -42,6 +43,8 @@ class TrainingJobSpec:
     - ``entry``: a script path (``train.py``) or a module (``pkg.train``), as ``torchrun`` takes it; ``entry_kind``
       says which (`entry_kind_of` guesses it: a path ending in ``.py`` or containing ``/`` is a script).
     - ``workers``: pods in the gang; ``nproc_per_worker``: processes per pod (``LOCAL_WORLD_SIZE``).
+    - ``min_workers``: partial admission (the queue's ``min_count``): when all ``workers`` do not fit, the gang may
+      start with fewer, down to this many (None: all or nothing); the attempt's ``WORLD_SIZE`` follows.
     - ``cpu`` (cores), ``memory`` (bytes, 0 = unspecified), ``gpus`` (per worker, fractional below 1),
       ``gpu_flavor`` (a GPU model such as ``a100``).
     - ``max_restarts``: how often the whole gang is restarted after a failure (preemption does not count);
@@ -75,6 +78,7 @@ class TrainingJobSpec:
     log_all_ranks: bool = False
     checkpoint_keep: int = 3
     grace_s: float = 10.0
+    min_workers: int | None = None
 
     @property
     def world_size(self) -> int:
@@ -84,7 +88,8 @@ class TrainingJobSpec:
     def to_dict(self) -> dict[str, Any]:
         """The spec as plain JSON-able data (what `parse_job_spec` reads back)."""
         return {"name": self.name, "entry": self.entry, "entry_kind": self.entry_kind, "args": list(self.args),
-                "workers": self.workers, "nproc_per_worker": self.nproc_per_worker, "cpu": self.cpu,
+                "workers": self.workers, "min_workers": self.min_workers,
+                "nproc_per_worker": self.nproc_per_worker, "cpu": self.cpu,
                 "memory": self.memory, "gpus": self.gpus, "gpu_flavor": self.gpu_flavor,
                 "max_restarts": self.max_restarts, "restart_backoff_s": self.restart_backoff_s,
                 "experiment": self.experiment, "queue": self.queue, "priority": self.priority,
@@ -189,9 +194,12 @@ def parse_job_spec(data: Mapping[str, Any]) -> TrainingJobSpec:
     memory_raw = data.get("memory")
     memory = 0 if memory_raw in (None, "", 0) else parse_quantity(memory_raw, path=f"{ROOT}.memory") // 1000
     keep = _int(data.get("checkpoint_keep", 3), f"{ROOT}.checkpoint_keep", minimum=1, maximum=1000)
+    workers = _int(data.get("workers", 1), f"{ROOT}.workers", minimum=1, maximum=1024)
+    least = data.get("min_workers")
+    min_workers = None if least is None else _int(least, f"{ROOT}.min_workers", minimum=1, maximum=workers)
     return TrainingJobSpec(
         name=name, entry=entry, entry_kind=kind, args=_args(data.get("args"), f"{ROOT}.args"),
-        workers=_int(data.get("workers", 1), f"{ROOT}.workers", minimum=1, maximum=1024),
+        workers=workers, min_workers=min_workers,
         nproc_per_worker=_int(data.get("nproc_per_worker", 1), f"{ROOT}.nproc_per_worker", minimum=1, maximum=256),
         cpu=_number(data.get("cpu", 1.0), f"{ROOT}.cpu", minimum=0.001, maximum=4096),
         memory=memory,

@@ -20,10 +20,20 @@ from typing import TYPE_CHECKING
 
 from capstan.errors import CapstanError, InvalidParameterValue, ResourceDoesNotExist
 from capstan.troubleshoot.classify import Facts, Phase, classify, error_line, format_duration
-from capstan.troubleshoot.sources import QueueView, Scope, Sources, object_events, queue_items, queue_view, tail_lines
+from capstan.troubleshoot.sources import (
+    QueueView,
+    Scope,
+    Sources,
+    kueue_of,
+    object_events,
+    queue_items,
+    queue_view,
+    tail_lines,
+)
 from capstan.troubleshoot.timeline import Peak, Related, Timeline, TimelineItem, event_items, merge
 
 if TYPE_CHECKING:
+    from capstan.k8s.kueue_status import KueueStatus
     from capstan.training.ports import JobAttempt, JobRecord
     from capstan.training.spec import TrainingJobSpec
     from capstan.tuning.ports import StudyRecord, TrialRecord
@@ -53,15 +63,17 @@ def job_timeline(sources: Sources, scope: Scope, job_id: str) -> Timeline:
     if last is not None and last.number not in logs:
         logs[last.number] = _rank_log(sources.home, job_id, last, max(scope.tail, 200))
     phase = _JOB_PHASES.get(record.state, "pending")
+    events = object_events(sources.events, "job", job_id)
+    kueue = kueue_of(events) if phase == "pending" else None  # Kueue mode: why Kueue keeps its Job suspended
     items = [TimelineItem(record.created_ms, "state", source, f"job submitted by {record.user or 'unknown'}: "
                           f"{record.spec.workers} worker(s) x {record.spec.nproc_per_worker} process(es) of "
                           f"{record.spec.entry}", "info", "Submitted"),
              *_attempt_items(attempts, logs, source, record.spec),
-             *event_items(object_events(sources.events, "job", job_id), source=source),
+             *event_items(events, source=source),
              *queue_items(view)]
     merged, truncated = merge(items, limit=scope.limit)
     tail, log_source = logs.get(last.number, ((), "")) if last is not None else ((), "")
-    facts = _job_facts(record, attempts, phase, view, tail)
+    facts = _job_facts(record, attempts, phase, view, tail, kueue if kueue is not None and kueue.holds_it else None)
     peaks = tuple(p for p in (_attempt_peak(a, record.spec) for a in attempts) if p is not None)[-5:]
     if not peaks and record.spec.memory:
         peaks = (Peak("memory", None, record.spec.memory, "each worker (no attempt has ended yet)"),)
@@ -113,7 +125,7 @@ def _rank_log(home: Path, job_id: str, attempt: JobAttempt, count: int) -> tuple
 
 
 def _job_facts(record: JobRecord, attempts: list[JobAttempt], phase: Phase, view: QueueView | None,
-               tail: tuple[str, ...]) -> Facts:
+               tail: tuple[str, ...], kueue: KueueStatus | None = None) -> Facts:
     from capstan.training.job_views import attempt_json
 
     failed = next((a for a in reversed(attempts) if a.reason in _FAILURES), None)
@@ -123,8 +135,11 @@ def _job_facts(record: JobRecord, attempts: list[JobAttempt], phase: Phase, view
     lost = None
     if preempted and preempted[-1].ended_ms is not None:
         lost = preempted[-1].ended_ms - preempted[-1].started_ms
-    queue_reason = queue_message = queue_hint = ""
-    if phase == "pending" and view is not None:
+    queue_reason = queue_message = queue_hint = preempted_by = ""
+    if phase == "pending" and kueue is not None:  # Kueue admits it: Kueue's reason, not Capstan's queue's
+        queue_reason, queue_message, queue_hint = kueue.reason, kueue.summary, kueue.hint
+        preempted_by = kueue.preemptor.text() if kueue.preemptor is not None else ""
+    elif phase == "pending" and view is not None:
         queue_reason, queue_message, queue_hint = view.queue_text()
     elif phase == "pending" and record.reason not in ("", "Preempted", "NodeLost"):
         queue_reason, queue_message = record.reason, record.message
@@ -140,7 +155,8 @@ def _job_facts(record: JobRecord, attempts: list[JobAttempt], phase: Phase, view
                  peak_memory=peak.used if peak is not None else None, memory_limit=record.spec.memory or None,
                  queue_reason=queue_reason, queue_message=queue_message,
                  queue_hint=queue_hint, preemptions=record.preemptions,
-                 preempted_by=view.preempted_by if view is not None else "", lost_ms=lost, earlier=earlier)
+                 preempted_by=preempted_by or (view.preempted_by if view is not None else ""), lost_ms=lost,
+                 earlier=earlier)
 
 
 def _attempt_items(attempts: list[JobAttempt], logs: dict[int, tuple[tuple[str, ...], str]],

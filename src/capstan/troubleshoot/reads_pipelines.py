@@ -19,14 +19,17 @@ from capstan.troubleshoot.sources import (
     QueueView,
     Scope,
     Sources,
+    kueue_of,
     object_events,
     queue_items,
     queue_view,
+    recorded_kueue,
     tail_lines,
 )
 from capstan.troubleshoot.timeline import Level, Peak, Related, Timeline, TimelineItem, event_items, merge
 
 if TYPE_CHECKING:
+    from capstan.k8s.kueue_status import KueueStatus
     from capstan.pipelines.runner import PipelineRunner
     from capstan.pipelines.storage import AttemptRecord, RunRecord, StepRecord
 
@@ -84,7 +87,12 @@ def _step(sources: Sources, scope: Scope, runner: PipelineRunner, run: RunRecord
                 logs[attempt.attempt] = ()
     last = attempts[-1] if attempts else None
     phase = _PHASES.get(step.state, "pending")
-    facts = _step_facts(step, attempts, phase, current, limit, logs.get(last.attempt, ()) if last else ())
+    kueue = kueue_of(events)  # Kueue mode: a started attempt whose Job Kueue keeps suspended is pending
+    if kueue is not None and kueue.holds_it and step.state in ("queued", "running"):
+        phase = "pending"
+    else:
+        kueue = None
+    facts = _step_facts(step, attempts, phase, current, limit, logs.get(last.attempt, ()) if last else (), kueue)
     items = [*_step_state_items(step, f"step/{base}"), *_attempt_items(attempts, logs, f"step/{base}"),
              *event_items(events, source=f"step/{base}")]
     for view in views:
@@ -117,7 +125,7 @@ def _views(sources: Sources, candidates: list[str]) -> list[QueueView]:
 
 
 def _step_facts(step: StepRecord, attempts: list[AttemptRecord], phase: Phase, view: QueueView | None,
-                limit: int | None, tail: tuple[str, ...]) -> Facts:
+                limit: int | None, tail: tuple[str, ...], kueue: KueueStatus | None = None) -> Facts:
     last = attempts[-1] if attempts else None
     earlier = tuple(f"attempt {a.attempt}: {a.reason}: {a.message}" for a in attempts[:-1]
                     if a.state == "failed" or a.reason)
@@ -127,8 +135,13 @@ def _step_facts(step: StepRecord, attempts: list[AttemptRecord], phase: Phase, v
         reason, message = last.reason, last.message
     if step.state == "skipped":
         reason = "UpstreamFailed"
-    queue_reason = queue_message = queue_hint = ""
-    if phase == "pending" and view is not None and view.why is not None:
+    queue_reason = queue_message = queue_hint = preempted_by = ""
+    if kueue is not None:  # Kueue admits it (CAPSTAN_KUBE_ADMISSION=kueue): Kueue's reason
+        queue_reason, queue_message, queue_hint = kueue.reason, kueue.summary, kueue.hint
+        preempted_by = kueue.preemptor.text() if kueue.preemptor is not None else ""
+        if kueue.preemptor is not None:
+            reason = "Preempted"
+    elif phase == "pending" and view is not None and view.why is not None:
         queue_reason, queue_message, queue_hint = view.queue_text()
     elif phase == "pending" and step.state == "queued" and step.reason:
         queue_reason, queue_message = step.reason, step.message
@@ -139,7 +152,8 @@ def _step_facts(step: StepRecord, attempts: list[AttemptRecord], phase: Phase, v
                  exit_code=last.exit_code if last is not None and last.state == "failed" else None,
                  log_tail=tail, peak_memory=last.peak_memory if last is not None else None, memory_limit=limit,
                  queue_reason=queue_reason, queue_message=queue_message, queue_hint=queue_hint,
-                 preemptions=len(preempted), preempted_by=view.preempted_by if view is not None else "",
+                 preemptions=len(preempted),
+                 preempted_by=preempted_by or (view.preempted_by if view is not None else ""),
                  lost_ms=lost, earlier=earlier)
 
 
@@ -200,7 +214,7 @@ def pipeline_run_timeline(sources: Sources, scope: Scope, ident: str) -> Timelin
         if step.parent is None or step.state in ("failed", "retrying"):
             items.extend(_step_state_items(step, f"step/{run.id}/{step.step_id}"))
     phase = _RUN_PHASES.get(run.status, "pending")
-    culprit = _culprit(run, steps, phase)
+    culprit = _culprit(run, steps, phase) or _held_by_kueue(sources, run, steps, phase)
     related: list[Related] = []
     peaks = _top_peaks(attempts)
     tail: tuple[str, ...] = ()
@@ -232,6 +246,16 @@ def _culprit(run: RunRecord, steps: list[StepRecord], phase: Phase) -> StepRecor
     if phase in ("pending", "running") and not any(s.state == "running" for s in steps):
         return next((s for s in steps if s.state == "queued" and s.reason), None)
     return None
+
+
+def _held_by_kueue(sources: Sources, run: RunRecord, steps: list[StepRecord], phase: Phase) -> StepRecord | None:
+    """In Kueue mode, while every running step's Job is one Kueue keeps suspended: the first of them (the run waits
+    for Kueue, though its steps' attempts have started)."""
+    if phase not in ("pending", "running"):
+        return None
+    running = [s for s in steps if s.state == "running" and s.parent is None]
+    held = [s for s in running if recorded_kueue(sources.events, "step", f"{run.id}/{s.step_id}") is not None]
+    return held[0] if held and len(held) == len(running) else None
 
 
 def _run_facts(run: RunRecord, steps: list[StepRecord], phase: Phase) -> Facts:

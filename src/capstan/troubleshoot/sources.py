@@ -9,7 +9,7 @@ server read the same stores the workloads were recorded in.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,6 +21,7 @@ from capstan.troubleshoot.timeline import MAX_ITEMS, TimelineItem, event_items
 
 if TYPE_CHECKING:
     from capstan.events.ports import EventLog
+    from capstan.k8s.kueue_status import KueueStatus
     from capstan.pipelines.runner import PipelineRunner
     from capstan.queue.explain import Explanation
     from capstan.queue.records import WorkloadRecord
@@ -30,7 +31,8 @@ if TYPE_CHECKING:
     from capstan.training.ports import JobStore
     from capstan.tuning.ports import StudyStore
 
-__all__ = ["QueueView", "Scope", "Sources", "object_events", "queue_items", "queue_view", "tail_lines"]
+__all__ = ["QueueView", "Scope", "Sources", "kueue_of", "object_events", "queue_items", "queue_view",
+           "recorded_kueue", "step_kueue_why", "tail_lines"]
 
 EVENT_PAGE = 1000
 DEFAULT_TAIL = 40
@@ -81,6 +83,45 @@ def object_events(events: EventLog, kind: str, object_id: str) -> list[Event]:
         if len(page) < EVENT_PAGE:
             return found
         since = page[-1].id
+
+
+def step_kueue_why(events: EventLog, workload_id: str) -> dict[str, object] | None:
+    """``capstan why`` for a pipeline step's attempt (``RUN/STEP``, ``RUN/STEP#N``) that Kueue admits: it is no
+    workload of Capstan's queue, so what Kueue last said about its Job's Workload, as the Kubernetes executor recorded
+    it (None for an id that names no step, or when Kueue said nothing about it). ``project`` is the step's project,
+    for the caller's permission check."""
+    from capstan.k8s.kueue_status import explain_text
+
+    step = workload_id.partition("#")[0]
+    if "/" not in step:
+        return None
+    recorded = object_events(events, "step", step)
+    found = kueue_of(recorded)
+    if found is None:
+        return None
+    return {"workload": workload_id, "project": recorded[-1].project, "kueue": found.to_dict(),
+            "text": explain_text(f"step {step}", found)}
+
+
+def kueue_of(events: Sequence[Event]) -> KueueStatus | None:
+    """What Kueue last said about the object of ``events`` (oldest first), as the Kubernetes executors recorded it
+    in their ``Kueue*`` events' ``kueue`` field (`capstan.k8s.kueue_status`); None when Kueue never said anything
+    (Capstan's queue admits, or the local backend)."""
+    from capstan.k8s.kueue_status import latest
+
+    found: list[Mapping[str, object]] = []
+    for event in events:
+        data = event.data.get("kueue")
+        if isinstance(data, Mapping):
+            found.append(data)
+    return latest(found)
+
+
+def recorded_kueue(events: EventLog, kind: str, object_id: str) -> KueueStatus | None:
+    """What Kueue last said about one object (``job``/ID, ``step``/RUN/STEP) while it keeps it from running
+    (pending, quota reserved, evicted); None when it does not, or never said anything."""
+    found = kueue_of(object_events(events, kind, object_id))
+    return found if found is not None and found.holds_it else None
 
 
 def tail_lines(text: str | bytes, count: int) -> tuple[str, ...]:

@@ -36,7 +36,15 @@ from capstan.errors import CapstanError, InvalidParameterValue, InvalidState
 from capstan.resources.admission import Lease, Rejected, ResourceRequest, Waiting
 from capstan.tracking.records import Metric, Param, RunTag
 from capstan.tuning import sampling
-from capstan.tuning.launch import ScriptProcess, TrialEnd, TrialListener, WorkerPool, kill_group
+from capstan.tuning.launch import (
+    STUDY_VARIABLE,
+    ScriptProcess,
+    TrialEnd,
+    TrialListener,
+    WorkerPool,
+    kill_group,
+    shared_key,
+)
 from capstan.tuning.outcomes import best_trial, judge, metric_lines, progress_line
 from capstan.tuning.ports import StudyRecord, StudyResult, StudyStore, TrialRecord
 from capstan.tuning.preflight import check_study, script_path, trial_request, working_dir_of
@@ -139,6 +147,8 @@ class StudyController:
         """Run (or resume) the study to its end and return it. Ctrl-C stops it (``Stopped``; running it again
         resumes it). `InvalidParameterValue` for a spec that cannot run, before anything starts."""
         check_study(self.spec, project=self.project, admission=self._admission_factory, function=self.function)
+        if self.settings.trial_listen and not isinstance(self.spec.trial, FunctionTrial):
+            shared_key(self.settings.trial_key)  # refused before the study starts, not when its trials do
         self._check_job()
         record = self._open()
         if record.state != "Running":
@@ -254,6 +264,8 @@ class StudyController:
         """A trial left RUNNING by a controller that died: its processes are stopped; it is re-run once."""
         if trial.pid and isinstance(self.spec.trial, ScriptTrial):
             _stop_stale(trial.pid, trial.started_ms)
+        if isinstance(self.spec.trial, JobTrial) and trial.workload and trial.workload.startswith("job/"):
+            self._stop_stale_job(trial.workload[len("job/"):])
         if trial.attempts >= 2:
             self._failed_interrupted(trial)
             return
@@ -263,6 +275,18 @@ class StudyController:
         self._trials[trial.number] = again
         self._reruns[trial.number] = again
         self._waiting[trial.number] = self._request(trial.number)
+
+    def _stop_stale_job(self, job_id: str) -> None:
+        """Stop the open attempt of a training-job trial whose controller died (its processes, or its Job and
+        Service on a cluster), so that it does not run, and report, beside its re-run."""
+        if self.jobs is None:
+            return
+        with contextlib.suppress(Exception):  # nothing left to stop, or the cluster is unreachable: re-run anyway
+            runner = self.jobs()
+            attempts = runner.store.attempts(job_id)
+            # the open attempt; else the next one, whose gang may be up before its attempt was recorded
+            number = attempts[-1].number + (attempts[-1].ended_ms is not None) if attempts else 1
+            runner.launcher.stop_stale(job_id, number)
 
     def _failed_interrupted(self, trial: TrialRecord) -> None:
         ended = dataclasses.replace(trial, state="FAILED", ended_ms=self.clock(), pid=None,
@@ -288,7 +312,9 @@ class StudyController:
                                     on_end=self._events.put)
             self._pool.start()
         else:
-            self._listener = TrialListener(self._on_report)
+            listen = self.settings.trial_listen  # TCP with a Secret's key: trials in other pods (decision 0745)
+            self._listener = TrialListener(self._on_report, listen=listen,
+                                           key=self.settings.trial_key if listen else None)
         self._logs.mkdir(parents=True, exist_ok=True)
 
     def _close_launchers(self) -> None:
@@ -503,6 +529,8 @@ class StudyController:
         command = [sys.executable, str(path)] if path.suffix == ".py" else [str(path)]
         command += list(substitute(trial.args, record.params))
         env = substitute_env(trial.env, record.params)
+        if running.lease.workload is not None:  # the trial's saves are reported to its queue workload
+            env["CAPSTAN_WORKLOAD_ID"] = running.lease.workload
         return ScriptProcess(record.number, command, env=self._trial_env(record.number, record.run_id, env),
                              cwd=str(working_dir_of(self.spec)), log_path=self._log_path(record.number),
                              on_end=self._events.put)
@@ -516,6 +544,7 @@ class StudyController:
         env = substitute_env(job.env, record.params)
         assert self._listener is not None
         env.update(self._listener.environment(record.number))
+        env[STUDY_VARIABLE] = self.spec.name  # with CAPSTAN_TRIAL_NUMBER: the labels of the trial's cluster objects
         name = f"{self.spec.name[:50].rstrip('-')}-t{record.number}"
         spec = dataclasses.replace(job, name=name, args=substitute(job.args, record.params),
                                    env=tuple(sorted(env.items())), experiment=self.spec.experiment_name,

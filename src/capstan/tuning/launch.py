@@ -13,6 +13,7 @@ import os
 import pickle
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -20,11 +21,20 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, Listener
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
+from capstan.errors import InvalidParameterValue
 from capstan.settings import Settings
 
-__all__ = ["ScriptProcess", "TrialEnd", "TrialListener", "WorkerPool", "start_method_for"]
+__all__ = ["STUDY_VARIABLE", "TCP_SCHEME", "ScriptProcess", "TrialEnd", "TrialListener", "WorkerPool", "shared_key",
+           "start_method_for"]
+
+TCP_SCHEME: Final = "tcp://"
+"""How a TCP listener's address starts (``tcp://HOST:PORT``); anything else is a local socket's path."""
+STUDY_VARIABLE: Final = "CAPSTAN_STUDY"
+"""Set, beside ``CAPSTAN_TRIAL_NUMBER``, in a training-job trial's environment: its study's name. Nothing reads it
+from a process's environment; the Kubernetes gang launcher reads it from the job's spec to label the trial's Job,
+pods and Service (`capstan.k8s.render_studies.trial_labels`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,17 +203,38 @@ class WorkerPool:
 
 
 class TrialListener:
-    """Where script and training-job trials connect to report (``CAPSTAN_TRIAL_ADDRESS``, with a random key)."""
+    """Where script and training-job trials connect to report (``CAPSTAN_TRIAL_ADDRESS``).
 
-    def __init__(self, on_report: ReportSink) -> None:
-        self.key = secrets.token_hex(16)
-        self._listener = Listener(authkey=bytes.fromhex(self.key))
-        self.address = str(self._listener.address)
+    By default a local socket with a fresh random key, both given to each trial in its environment. With
+    ``listen`` (``HOST:PORT``, `capstan.settings.Settings.trial_listen`) it listens on TCP port PORT of every
+    interface and tells the trials ``tcp://HOST:PORT`` (PORT 0: a free port, the one chosen); the key is then
+    ``key``, which the trials get from where the controller got it (a Kubernetes Secret), so `environment` leaves
+    it out. Every connection proves the key (both ways, `multiprocessing.connection`'s challenge) on its own thread
+    before anything it sends is read: a peer that never answers holds only its thread.
+    """
+
+    def __init__(self, on_report: ReportSink, *, listen: str | None = None, key: str | None = None) -> None:
         self._on_report = on_report
         self._closed = False
-        threading.Thread(target=self._accept, daemon=True, name="capstan-trial-listener").start()
+        self._socket: socket.socket | None = None
+        self._listener: Listener | None = None
+        if listen is None:
+            self.key = secrets.token_hex(16)
+            self.shared_key = False
+            self._listener = Listener(authkey=bytes.fromhex(self.key))
+            self.address = str(self._listener.address)
+            target: Callable[[], None] = self._accept
+        else:
+            self.key = shared_key(key)
+            self.shared_key = True
+            host, _, port = listen.rpartition(":")
+            self._socket = socket.create_server(("", int(port)), family=socket.AF_INET, backlog=64)
+            self.address = f"{TCP_SCHEME}{host}:{self._socket.getsockname()[1]}"
+            target = self._accept_tcp
+        threading.Thread(target=target, daemon=True, name="capstan-trial-listener").start()
 
     def _accept(self) -> None:
+        assert self._listener is not None
         while not self._closed:
             try:
                 connection = self._listener.accept()
@@ -212,16 +243,64 @@ class TrialListener:
             threading.Thread(target=_serve, args=(connection, self._on_report, lambda m: m[0] == "hello"),
                              daemon=True, name="capstan-trial-reader").start()
 
+    def _accept_tcp(self) -> None:
+        assert self._socket is not None
+        while not self._closed:
+            try:
+                peer, _ = self._socket.accept()
+            except OSError:
+                if self._closed:
+                    return
+                continue
+            threading.Thread(target=self._greet, args=(peer,), daemon=True, name="capstan-trial-reader").start()
+
+    def _greet(self, peer: socket.socket) -> None:
+        """Check the peer's key (as `multiprocessing.connection.Listener` does), then serve its reports."""
+        from multiprocessing import connection as mpc
+
+        conn = Connection(peer.detach())
+        key = bytes.fromhex(self.key)
+        try:
+            mpc.deliver_challenge(conn, key)
+            mpc.answer_challenge(conn, key)
+        except Exception:  # noqa: BLE001  # a wrong key, a peer that went away, garbage: drop it
+            with contextlib.suppress(OSError):
+                conn.close()
+            return
+        _serve(conn, self._on_report, lambda m: m[0] == "hello")
+
     def environment(self, number: int) -> dict[str, str]:
-        """The variables a trial process needs to reach this listener."""
-        return {"CAPSTAN_TRIAL_ADDRESS": self.address, "CAPSTAN_TRIAL_KEY": self.key,
-                "CAPSTAN_TRIAL_NUMBER": str(number)}
+        """The variables a trial process needs to reach this listener (without the key when it is shared: the
+        trial has it from the same Secret as the controller)."""
+        env = {"CAPSTAN_TRIAL_ADDRESS": self.address, "CAPSTAN_TRIAL_NUMBER": str(number)}
+        if not self.shared_key:
+            env["CAPSTAN_TRIAL_KEY"] = self.key
+        return env
 
     def close(self) -> None:
         """Stop listening."""
         self._closed = True
         with contextlib.suppress(OSError):
-            self._listener.close()
+            if self._listener is not None:
+                self._listener.close()
+            if self._socket is not None:
+                with contextlib.suppress(OSError):
+                    self._socket.shutdown(socket.SHUT_RDWR)  # wakes the thread blocked in accept
+                self._socket.close()
+
+
+def shared_key(key: str | None) -> str:
+    """The shared key of a TCP listener: required, hex, at least 16 bytes; `InvalidParameterValue` otherwise."""
+    if not key:
+        raise InvalidParameterValue("CAPSTAN_TRIAL_KEY: a controller listening on TCP (CAPSTAN_TRIAL_LISTEN) needs "
+                                    "the trials' key from its environment (a Secret's key); none is set")
+    try:
+        raw = bytes.fromhex(key.strip())
+    except ValueError:
+        raise InvalidParameterValue("CAPSTAN_TRIAL_KEY: not a hex string (e.g. openssl rand -hex 32)") from None
+    if len(raw) < 16:
+        raise InvalidParameterValue(f"CAPSTAN_TRIAL_KEY: {len(raw)} bytes; at least 16 are needed (32 hex digits)")
+    return key.strip()
 
 
 class ScriptProcess:

@@ -4,8 +4,9 @@ A trial talks to the controller of its study over one `multiprocessing.connectio
 through the pipe of the worker process that runs it, a script or training-job trial through a connection it opens
 to the controller's listener, at the address and with the key the controller put in its environment
 (``CAPSTAN_TRIAL_ADDRESS``, ``CAPSTAN_TRIAL_KEY``, ``CAPSTAN_TRIAL_NUMBER``; `capstan.settings.Settings` reads
-them). Outside a trial `report` does nothing and `should_prune` is False, so a training function runs unchanged
-on its own.
+them). The address is a local socket's path, or ``tcp://HOST:PORT`` for a controller in another pod, whose key
+the trial's pod gets from the same Secret as the controller (decision 0745). Outside a trial `report` does
+nothing and `should_prune` is False, so a training function runs unchanged on its own.
 
 Messages (tuples, first item the kind):
 
@@ -69,7 +70,7 @@ def current() -> TrialContext | None:
     from multiprocessing.connection import Client
 
     try:
-        connection = Client(settings.trial_address, authkey=bytes.fromhex(settings.trial_key))
+        connection = Client(address_of(settings.trial_address), authkey=bytes.fromhex(settings.trial_key.strip()))
         connection.send(("hello", settings.trial_number))
     except (OSError, ValueError, AuthenticationError):
         return None  # the controller is gone (the trial runs on, unreported) or the variables are not its
@@ -77,6 +78,17 @@ def current() -> TrialContext | None:
     context = TrialContext(settings.trial_number, connection)
     _CURRENT[0] = context
     return context
+
+
+def address_of(text: str) -> str | tuple[str, int]:
+    """The `multiprocessing.connection.Client` address of ``CAPSTAN_TRIAL_ADDRESS``: ``(host, port)`` for
+    ``tcp://HOST:PORT`` (a controller on another machine or pod), else the local socket's path as it is."""
+    if not text.startswith("tcp://"):
+        return text
+    host, _, port = text[len("tcp://"):].rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"CAPSTAN_TRIAL_ADDRESS: {text!r} is not tcp://HOST:PORT")
+    return host, int(port)
 
 
 def _number(value: Any, what: str) -> float:

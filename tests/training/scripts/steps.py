@@ -21,4 +21,6 @@ for step in range(start, steps):
     time.sleep(sleep_s)
     capstan.log_metric("step", step, step=step)
     capstan.checkpoint.save({"step": step, "total": (found[0]["total"] if found else 0) + step}, step)
-    (out / f"progress-rank-{rank}").write_text(str(step))
+    # replaced in one step, so a test reading it never sees an empty file between truncate and write
+    (out / f"progress-rank-{rank}.tmp").write_text(str(step))
+    os.replace(out / f"progress-rank-{rank}.tmp", out / f"progress-rank-{rank}")
