@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from training_helpers import GIB, Env, make_env
+from training_helpers import CPU_QUEUE, GIB, Env, make_env
 
 import capstan
 import capstan.checkpoint as ckpt
@@ -26,18 +26,6 @@ from capstan.sdk.workloads import record_checkpoint
 from capstan.services import Services
 from capstan.settings import Settings
 
-QUEUE = """
-flavors:
-  - {name: cpu}
-clusterQueues:
-  - name: main
-    resourceGroups:
-      - coveredResources: [cpu]
-        flavors: [{name: cpu, resources: [{name: cpu, nominalQuota: 4}]}]
-localQueues:
-  - {name: main, clusterQueue: main, project: default}
-"""
-
 
 @pytest.fixture
 def local(tmp_path: Path) -> Iterator[tuple[Settings, Services]]:
@@ -47,7 +35,7 @@ def local(tmp_path: Path) -> Iterator[tuple[Settings, Services]]:
     store = services.queue.get()
     with services.queue_lock.hold(getattr(store, "transaction", None)):
         mgr = QueueManager(store, clock=services.clock)
-        mgr.apply_config(QUEUE)
+        mgr.apply_config(CPU_QUEUE)
         mgr.submit("w/train", "main", [PodSet("main", 1, {"cpu": 4000})])
         mgr.submit("w/wait", "main", [PodSet("main", 1, {"cpu": 4000})])
         mgr.cycle()
@@ -115,7 +103,7 @@ def queued(tmp_path: Path) -> Iterator[Env]:
     queue = QueueAdmission(SqlQueueStore(base.engine), capacity=Capacity(cpu=4, memory=8 * GIB), clock=base.clock,
                            events=base.events, lock=base.queue_lock, backoff=Backoff(base_s=0), default="")
     with queue.session() as mgr:
-        mgr.apply_config(QUEUE)
+        mgr.apply_config(CPU_QUEUE)
     try:
         yield from make_env(tmp_path, queue)
     finally:

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from training_helpers import GIB, Env, events_of, make_env
+from training_helpers import CPU_QUEUE, GIB, Env, events_of, make_env
 
 from capstan.cli.training_cmds import build_spec
 from capstan.errors import InvalidParameterValue
@@ -21,24 +21,12 @@ from capstan.resources.machine import Capacity
 from capstan.training.runner import WORKERS_ADMITTED_TAG, gang_request, launched_spec
 from capstan.training.spec import parse_job_spec
 
-QUEUE = """
-flavors:
-  - {name: cpu}
-clusterQueues:
-  - name: main
-    resourceGroups:
-      - coveredResources: [cpu]
-        flavors: [{name: cpu, resources: [{name: cpu, nominalQuota: 4}]}]
-localQueues:
-  - {name: main, clusterQueue: main, project: default}
-"""
-
 
 @pytest.fixture
 def queued(tmp_path: Path) -> Iterator[Env]:
     queue = QueueAdmission(MemoryQueueStore(), capacity=Capacity(cpu=4, memory=8 * GIB), backoff=Backoff(base_s=0))
     with queue.session() as mgr:
-        mgr.apply_config(QUEUE)
+        mgr.apply_config(CPU_QUEUE)
     yield from make_env(tmp_path, queue)
 
 
@@ -67,7 +55,7 @@ def test_a_job_admitted_with_fewer_workers_runs_them_with_that_world_size(queued
 def test_below_min_workers_the_gang_waits() -> None:
     queue = QueueAdmission(MemoryQueueStore(), capacity=Capacity(cpu=4, memory=8 * GIB))
     with queue.session() as mgr:
-        mgr.apply_config(QUEUE)
+        mgr.apply_config(CPU_QUEUE)
     assert isinstance(queue.acquire_many([ResourceRequest("other", cpu=3, memory=0)])[0], Lease)
     spec = parse_job_spec({"name": "j", "entry": "train.py", "workers": 4, "min_workers": 2, "cpu": 1})
     verdict = queue.acquire_many([gang_request(spec, key="job/j", project="default")])[0]

@@ -19,6 +19,19 @@ from capstan.training.spec import TrainingJobSpec, parse_job_spec
 
 SCRIPTS = Path(__file__).parent / "scripts"
 GIB = 2**30
+# One ClusterQueue of 4 CPUs serving project default: the queue of the tests that fill it to force a partial
+# admission or a preemption.
+CPU_QUEUE = """
+flavors:
+  - {name: cpu}
+clusterQueues:
+  - name: main
+    resourceGroups:
+      - coveredResources: [cpu]
+        flavors: [{name: cpu, resources: [{name: cpu, nominalQuota: 4}]}]
+localQueues:
+  - {name: main, clusterQueue: main, project: default}
+"""
 
 
 @dataclass
