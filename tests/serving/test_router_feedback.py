@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Iterator, Sequence
 
 import httpx
 import pytest
 from test_router_support import INFER, NAME, PROJECT, ROW, FakeStore, deployment, replica, router_server
 
 from capstan.serving.abtest import deployment_quality, two_proportion_z_test
-from capstan.serving.outcomes import MemoryOutcomeStore
+from capstan.serving.outcomes import MemoryOutcomeStore, Outcome
 from capstan.serving.router import DeploymentRouter, RouterOptions
 
 FEEDBACK = f"/deployments/{NAME}/feedback"
@@ -79,3 +81,29 @@ def test_feedback_errors_name_the_problem(served: tuple[str, MemoryOutcomeStore]
         other = client.post("/deployments/other/feedback", json={"request_id": "known", "truth": 1})
         assert other.status_code == 404 and "other" in other.json()["error"]
         assert client.get("/deployments/other/quality").status_code == 404
+
+
+class _SlowOutcomeStore(MemoryOutcomeStore):
+    """Writes each batch slowly and says when a write has begun."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writing = threading.Event()
+
+    def add(self, outcomes: Sequence[Outcome]) -> None:
+        self.writing.set()
+        time.sleep(0.5)
+        super().add(outcomes)
+
+
+def test_feedback_waits_for_a_batch_the_background_flush_is_still_writing() -> None:
+    store, outcomes = FakeStore(), _SlowOutcomeStore()
+    with replica("a", 6, 0.0) as a:
+        store.put(deployment())
+        store.put_replica(a.record())
+        router = DeploymentRouter(store, outcomes, options=RouterOptions(flush_interval_s=0.05))
+        with router_server(router) as url, httpx.Client(base_url=url) as client:
+            client.post(INFER, json=ROW, headers={"x-request-id": "in-flight"})
+            assert outcomes.writing.wait(10)  # the background flush took the outcome and is writing it
+            answer = client.post(FEEDBACK, json={"request_id": "in-flight", "truth": 0})
+            assert answer.status_code == 200 and answer.json() == {"recorded": 1, "unknown": []}, answer.text

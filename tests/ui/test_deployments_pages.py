@@ -194,8 +194,9 @@ def test_deployment_page_refreshes_in_place_and_marks_drift(ui: UiPage, ui_serve
     picks = rng.integers(0, len(x), 16)
     for i, pick in enumerate(picks):  # one-row requests to either version, with ground truth sent afterwards
         _infer(ui_server, seeded, x[pick:pick + 1], pin="canary" if i % 4 == 0 else None, request_id=f"r{i}")
-    api(ui_server, "POST", f"/deployments/{NAME}/feedback", headers=_headers(seeded),
-        json=[{"request_id": f"r{i}", "truth": int(y[pick])} for i, pick in enumerate(picks)])
+    recorded = api(ui_server, "POST", f"/deployments/{NAME}/feedback", headers=_headers(seeded),
+                   json=[{"request_id": f"r{i}", "truth": int(y[pick])} for i, pick in enumerate(picks)])
+    assert recorded == {"recorded": 16, "unknown": []}
 
     drifted = page.locator("#drift-table tr.drifted")
     drifted.first.wait_for(timeout=LIVE_S * 1000)  # shown by a refresh, not a reload

@@ -526,11 +526,14 @@ class DeploymentRouter:
     # ------------------------------------------------------------------------------------------ outcomes
 
     async def flush(self) -> None:
-        """Write the buffered outcomes in one batch; every few flushes, trim each deployment to the retention."""
-        if self.outcomes is None or not self._buffer:
+        """Write the buffered outcomes in one batch; every few flushes, trim each deployment to the retention.
+
+        Returns only after every outcome buffered before the call is in the store, including a batch that another
+        flush took and is still writing (feedback and the quality report read the store right after)."""
+        if self.outcomes is None:
             return
         lock = self._flush_lock or asyncio.Lock()
-        async with lock:
+        async with lock:  # taken even with an empty buffer: it waits for a batch still being written
             batch = list(self._buffer)
             self._buffer.clear()
             if not batch:
