@@ -64,8 +64,7 @@ def test_stopping_the_controller_hands_its_jobs_back(env: Env) -> None:
     record = env.runner.submit(env.spec("sleeper.py", str(env.out), workers=2), project="default")
     controller = JobController(env.runner, interval_s=0.05)
     controller.start()
-    env.wait_for(lambda: (env.out / "pid-1").exists() and env.job(record.id).state == "Running")
-    pids = [int((env.out / f"pid-{r}").read_text()) for r in (0, 1)]
+    pids = env.running_gang(record.id)
     controller.stop()
     handed = env.job(record.id)
     assert (handed.state, handed.owner, handed.reason) == ("Pending", None, "NodeLost")

@@ -228,16 +228,11 @@ def _drive(runner: JobRunner, job_id: str) -> tuple[threading.Thread, list[BaseE
     return thread, failures
 
 
-def _running_gang(env: Env, job_id: str) -> list[int]:
-    env.wait_for(lambda: (env.out / "pid-1").exists() and env.job(job_id).state == "Running")
-    return [int((env.out / f"pid-{rank}").read_text()) for rank in (0, 1)]
-
-
 def test_a_running_job_renews_its_heartbeat(env: Env) -> None:
     runner = _runner(env)
     record = runner.submit(env.spec("sleeper.py", str(env.out), workers=2), project="default", hold=True)
     thread, _failures = _drive(runner, record.id)
-    _running_gang(env, record.id)
+    env.running_gang(record.id)
     store = env.services.jobs
     assert isinstance(store, SqlJobStore)
     first = _beat(store, record.id)
@@ -257,7 +252,7 @@ def test_a_runner_whose_job_was_taken_over_stops_its_gang_and_writes_nothing_mor
     runner = _runner(env)
     record = runner.submit(env.spec("sleeper.py", str(env.out), workers=2), project="default", hold=True)
     thread, failures = _drive(runner, record.id)
-    pids = _running_gang(env, record.id)
+    pids = env.running_gang(record.id)
     # What another machine's claim does once it found this runner's heartbeat stale.
     assert env.services.jobs.update(dataclasses.replace(env.job(record.id), owner="machine-b:9"),
                                     holder=runner.owner)
@@ -293,7 +288,7 @@ def test_a_runner_that_cannot_renew_its_hold_stops_its_gang_before_the_lease_run
     runner = _runner(env, cast("JobStore", store))
     record = runner.submit(env.spec("sleeper.py", str(env.out), workers=2), project="default", hold=True)
     thread, failures = _drive(runner, record.id)
-    pids = _running_gang(env, record.id)
+    pids = env.running_gang(record.id)
     store.down.set()
     thread.join(30)
     assert not thread.is_alive() and len(failures) == 1, failures

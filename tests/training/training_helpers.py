@@ -72,6 +72,13 @@ class Env:
                 raise AssertionError("condition not reached in time")
             time.sleep(0.05)
 
+    def running_gang(self, job_id: str, ranks: int = 2) -> list[int]:
+        """Wait until job ``job_id`` is Running and every rank of its ``sleeper.py`` gang wrote its pid (the ranks
+        start in either order); their pids."""
+        files = [self.out / f"pid-{rank}" for rank in range(ranks)]
+        self.wait_for(lambda: all(f.exists() for f in files) and self.job(job_id).state == "Running")
+        return [int(f.read_text()) for f in files]
+
     def job(self, job_id: str) -> JobRecord:
         found = self.services.jobs.get(job_id)
         assert found is not None
