@@ -98,7 +98,9 @@ def test_a_job_of_a_leader_lost_with_its_machine_is_adopted_once_its_heartbeat_i
     assert lost["message"].startswith("attempt 1 was left by a runner that is gone"), lost
     assert resumed["log_dir"].startswith(str(tmp_path / "b")), "the gang restarted on the other machine"
     start = int((out / "start-attempt-2-rank-0").read_text())
-    assert 0 < start <= at_kill + 1, f"resumed from step {start}; the lost gang had reached {at_kill}"
+    # The worker saves step N's checkpoint before it writes N to its progress file, and the kill can fall between
+    # the two: the resumed gang starts at most two steps past the progress file, never at 0.
+    assert 0 < start <= at_kill + 2, f"resumed from step {start}; the lost gang had reached {at_kill}"
     assert progress(out) == STEPS - 1
     assert "NodeLost" in why["text"], why["text"]
 
