@@ -4,6 +4,8 @@ alone."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from queue_helpers import Cluster, config, gpu_queues, wl
@@ -50,14 +52,15 @@ arrivals = st.lists(st.tuples(st.sampled_from(["a", "b", "c"]), st.integers(1, 4
 
 
 def _replay(preempt: bool, jobs: list[tuple[str, int, int]], churn: list[tuple[bool, bool]],
-            use_marks: bool) -> list[list[tuple[str, str]]]:
-    """Drive cycles like the simulator (every decision applied) and record the decisions of each cycle."""
+            use_marks: bool, min_run: float = 0.0) -> list[list[tuple[str, str]]]:
+    """Drive cycles like the simulator (every decision applied) and record the decisions of each cycle; one
+    arrival per second, each workload protected from preemption for ``min_run`` seconds of running."""
     cfg = gpu_queues(("a", 4), ("b", 2), ("c", 3), preemption=POLICY if preempt else "")
     state = ClusterState(Topology(cfg))
     pending = PendingQueues()
     log: list[list[tuple[str, str]]] = []
     for step, (cq, gpus, prio) in enumerate(jobs):
-        w = wl(f"w{step}", cq, gpu=gpus, priority=prio, created=step)
+        w = replace(wl(f"w{step}", cq, gpu=gpus, priority=prio, created=step), min_run_seconds=min_run)
         if never_fits(state, w) is None:
             pending.push(w)
         release, demote = churn[step % len(churn)] if churn else (False, False)
@@ -92,6 +95,16 @@ def _replay(preempt: bool, jobs: list[tuple[str, int, int]], churn: list[tuple[b
 def test_settled_and_futile_marks_change_no_decision(preempt: bool, jobs: list[tuple[str, int, int]],
                                                      churn: list[tuple[bool, bool]]) -> None:
     assert _replay(preempt, jobs, churn, use_marks=True) == _replay(preempt, jobs, churn, use_marks=False)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(jobs=arrivals, churn=st.lists(st.tuples(st.booleans(), st.booleans()), max_size=6),
+       min_run=st.sampled_from([1.5, 3.0]))
+def test_futile_marks_change_no_decision_with_minimum_run_times(jobs: list[tuple[str, int, int]],
+                                                                churn: list[tuple[bool, bool]],
+                                                                min_run: float) -> None:
+    # A search refused on its whole candidate set is remembered only until a protection it met ends (0790).
+    assert _replay(True, jobs, churn, True, min_run) == _replay(True, jobs, churn, False, min_run)
 
 
 def test_a_queue_that_cannot_preempt_is_settled_after_admitting() -> None:

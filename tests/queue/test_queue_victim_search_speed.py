@@ -32,7 +32,7 @@ def reference_iter(self: preemption.Group) -> Iterator[tuple[Admission, str]]:
                     continue
                 if adm.workload.min_run_seconds and now - adm.admitted_at < adm.workload.min_run_seconds:
                     if self.protected is not None:
-                        self.protected.add(adm.id)
+                        self.protected[adm.id] = adm.admitted_at + adm.workload.min_run_seconds
                     continue
                 gpus = sum(q for (_f, r), q in adm.usage.items() if r == "gpu") / 1000
                 lost = max(0.0, now - state.last_checkpoint(adm, now)) * max(gpus, 1.0)
@@ -85,14 +85,14 @@ def test_group_yields_what_the_plain_order_yields(policy: PreemptWithin) -> None
         state.admit(Admission(w, "a", (), {("a100", "gpu"): w.total("gpu")}, float(rng.randrange(100))))
     state.record_checkpoint("w3", 120.0)
     preemptor = wl("p", "a", gpu=4, priority=5, created=50.0)
-    seen_protected: set[str] = set()
+    seen_protected: dict[str, float] = {}
     for now in (100.0, 140.0, 171.5):
-        def group(now: float, protected: set[str]) -> preemption.Group:
+        def group(now: float, protected: dict[str, float]) -> preemption.Group:
             return preemption.Group(state, ["a"], lambda p: preemption._priority_allowed(policy, p, 5), policy,
                                     preemptor, {"w7"}, "InClusterQueue", None, set(), now, protected)
 
-        fast_protected: set[str] = set()
-        plain_protected: set[str] = set()
+        fast_protected: dict[str, float] = {}
+        plain_protected: dict[str, float] = {}
         fast = list(group(now, fast_protected))
         plain = list(reference_iter(group(now, plain_protected)))
         assert fast

@@ -12,6 +12,7 @@ reserved, so no other head takes it; the preemptor is admitted in a later cycle 
 from __future__ import annotations
 
 import heapq
+import math
 from collections.abc import Hashable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 
@@ -48,10 +49,11 @@ class Scratch:
     devices: dict[str, list[int]]
     removed: set[str]
     owned: set[str] = field(default_factory=set)
-    # The cycle's time (for lost work and minimum run times), and the ClusterQueues whose victim search passed
-    # over candidates that had not run their minimum time yet.
+    # The cycle's time (for lost work and minimum run times), the ClusterQueues whose victim search passed over
+    # candidates that had not run their minimum time yet, and the first end of those minimum run times.
     now: float = 0.0
     protected: set[str] = field(default_factory=set)
+    wake: float = math.inf
 
     def own(self, topology: Topology, node: Node) -> None:
         """Make the usage tables of ``node``'s cohort tree private to this scratch state."""
@@ -99,12 +101,15 @@ def try_workload(state: ClusterState, scratch: Scratch, wl: Workload, *,
         if attempt.mode != PREEMPT:
             break
         first.searched = attempt.searched = True
-        protected: set[str] = set()
+        protected: dict[str, float] = {}
         found = find_victims(topo, state, cq, node, wl, attempt.usage, attempt.pod_sets, scratch.usage,
                              scratch.devices, scratch.removed, topo.config.fair_sharing, report=report,
                              now=scratch.now, protected=protected)
+        until = math.inf
         if protected:
             scratch.protected.add(cq.name)
+            until = min(protected.values())
+            scratch.wake = min(scratch.wake, until)
         if found is not None:
             victims, usage_after, devices_after = found
             decisions: list[Decision] = [Preempt(v.admission.id, v.admission.cluster_queue, wl.id, v.reason)
@@ -121,6 +126,9 @@ def try_workload(state: ClusterState, scratch: Scratch, wl: Workload, *,
             decisions.append(Pending(wl.id, cq.name, Reason.WAITING_FOR_PREEMPTION,
                                      f"waiting for {names} to be evicted"))
             return attempt, decisions
+        if report is not None and not report and all(ps.least >= ps.count for ps in wl.pod_sets):
+            # Refused on the whole candidate set: at the same state it is refused again until `until`.
+            report.append(SearchReport(until=until))
         # No victims on these flavors: try the next flavors that could be freed by preemption. With one pod set
         # and groups of a single flavor there is none: the next assignment would skip the same flavors.
         if len(wl.pod_sets) == 1 and all(len(groups[r].flavors) == 1 for r in attempt.pod_sets[0].flavors):
@@ -335,7 +343,7 @@ def schedule(state: ClusterState, pending: PendingQueues, now: float, *, explain
     tree_preempted: set[str] = set()
     # Per tree, how many times this cycle quota was freed (by a preemption) in the scratch usage.
     freed = dict.fromkeys(epochs, 0)
-    candidates: list[tuple[_Walk, Workload, SearchReport]] = []
+    candidates: list[tuple[str, int, Workload, SearchReport]] = []
 
     def entry(walk: _Walk) -> tuple[float, int, float, int, int, _Walk] | None:
         nonlocal counter
@@ -385,7 +393,8 @@ def schedule(state: ClusterState, pending: PendingQueues, now: float, *, explain
     if topo.config.aging_seconds is not None:
         hold = topo.config.hold_seconds
         aged = _aged_first(state, pending, scratch, now - topo.config.aging_seconds,
-                           now - (hold if hold is not None else float("inf")), explain, searched)
+                           now - (hold if hold is not None else float("inf")), explain, searched,
+                           searches=candidates if memo else None)
         decisions.extend(aged.decisions)
         for root, admits in aged.admits.items():
             tree_admits[root].extend(admits)
@@ -485,16 +494,8 @@ def schedule(state: ClusterState, pending: PendingQueues, now: float, *, explain
             continue
         made: list[Decision]
         if memo and walk.preempting and not walk.tracked and name not in searched:
-            known = pending.futile_at(name)
-            if known is not None and known[1] is wl and known[0] == walk.version and walk.root not in tree_preempted:
-                # The same search was refused at this version, and this cycle has since only added usage.
-                attempt, made = FUTILE, []
-                candidates.append((walk, wl, known[2]))
-            else:
-                reports: list[SearchReport] = []
-                attempt, made = try_workload(state, scratch, wl, report=reports)
-                if reports and not made:
-                    candidates.append((walk, wl, reports[0]))
+            attempt, made = _search_once(state, pending, scratch, wl, walk.version, walk.root in tree_preempted,
+                                         not epochs[walk.root], candidates)
         else:
             attempt, made = try_workload(state, scratch, wl, allow_preemption=name not in searched)
         if attempt.searched:
@@ -542,13 +543,14 @@ def schedule(state: ClusterState, pending: PendingQueues, now: float, *, explain
     monotone = topo.monotone
     settled = {name: walks[name].version for name, moved in progress.items() if moved and name in monotone}
     futile: dict[str, tuple[int, Workload, SearchReport]] = {}
-    for walk, wl, report in candidates:
-        admitted = tree_admits[walk.root]
-        if walk.root not in tree_preempted:
-            later = still_futile(report, walk.name, admitted)
+    for name, version, wl, report in candidates:
+        root = cq_nodes[name].root.name
+        admitted = tree_admits[root]
+        if root not in tree_preempted:
+            later = still_futile(report, name, admitted)
             if later is not None:
                 # The version the queue will have once this cycle's admissions are applied.
-                futile[walk.name] = (walk.version + len(admitted), wl, later)
+                futile[name] = (version + len(admitted), wl, later)
     if memo:
         # Searches remembered for the other queues of a tree that only admitted stay refused through these
         # admissions too (when `still_futile` says so); carry them to the version the queues will have.
@@ -564,7 +566,31 @@ def schedule(state: ClusterState, pending: PendingQueues, now: float, *, explain
                     later = still_futile(known[2], name, admitted)
                     if later is not None:
                         futile[name] = (version + len(admitted), known[1], later)
-    return CycleResult(tuple(decisions), blocked, settled, futile)
+    return CycleResult(tuple(decisions), blocked, settled, futile, scratch.wake if scratch.wake < math.inf else None)
+
+
+def _search_once(state: ClusterState, pending: PendingQueues, scratch: Scratch, wl: Workload, version: int,
+                 preempted: bool, unchanged: bool, found: list[tuple[str, int, Workload, SearchReport]],
+                 ) -> tuple[Attempt, list[Decision]]:
+    """`try_workload` for the head of a preempting queue, unless the same search was refused at this version
+    (`CycleResult.futile`) and still stands: ``preempted`` when something was preempted in the cohort tree this
+    cycle, ``unchanged`` when nothing at all changed there. A refusal with a report is added to ``found``."""
+    name = wl.cluster_queue
+    known = pending.futile_at(name)
+    if known is not None and known[1] is wl and known[0] == version and not preempted \
+            and (known[2].robust or (unchanged and scratch.now < known[2].until)):
+        # Refused at this version, and this cycle has since only added usage (or, for a refusal on the whole
+        # candidate set, changed nothing, and no protection it met has ended).
+        if known[2].until < math.inf:
+            scratch.protected.add(name)
+            scratch.wake = min(scratch.wake, known[2].until)
+        found.append((name, version, wl, known[2]))
+        return FUTILE, []
+    reports: list[SearchReport] = []
+    attempt, made = try_workload(state, scratch, wl, report=reports)
+    if reports and not made:
+        found.append((name, version, wl, reports[0]))
+    return attempt, made
 
 
 AGED_PRIORITY = 1 << 30
@@ -586,7 +612,8 @@ class _Aged:
 
 
 def _aged_first(state: ClusterState, pending: PendingQueues, scratch: Scratch, cutoff: float, hold_cutoff: float,
-                explain: bool, searched: set[str]) -> _Aged:
+                explain: bool, searched: set[str], *,
+                searches: list[tuple[str, int, Workload, SearchReport]] | None = None) -> _Aged:
     """The aging rule: workloads created at or before ``cutoff`` go first, oldest first, across all queues.
 
     Each is tried until one of its queue does not fit; past ``hold_cutoff`` the oldest of each cohort tree is
@@ -594,7 +621,8 @@ def _aged_first(state: ClusterState, pending: PendingQueues, scratch: Scratch, c
     priorities). The first
     that does not fit and was created at or before ``hold_cutoff`` holds its cohort tree: no other workload of
     the tree is admitted in this cycle, so its wait is bounded by the hold limit plus the time running work takes
-    to free its request. Blocked-queue marks are ignored here: a queue's workload may have aged since it was
+    to free its request. With ``searches``, refused victim searches are remembered as in the queue walk
+    (`_search_once`). Blocked-queue marks are ignored here: a queue's workload may have aged since it was
     marked.
     """
     topo = state.topology
@@ -628,7 +656,13 @@ def _aged_first(state: ClusterState, pending: PendingQueues, scratch: Scratch, c
             if boost:
                 boosted.add(root)
             trial = replace(wl, priority=max(wl.priority, AGED_PRIORITY)) if boost else wl
-            attempt, made = try_workload(state, scratch, trial, allow_preemption=name not in searched)
+            if searches is not None and not boost and topo.preempting[name] and name not in topo.tracked \
+                    and name not in searched:
+                version = (state.versions[root] << 32) + state.admit_versions[root]
+                attempt, made = _search_once(state, pending, scratch, wl, version, root in out.preempted,
+                                             root not in out.touched, searches)
+            else:
+                attempt, made = try_workload(state, scratch, trial, allow_preemption=name not in searched)
             if attempt.searched:
                 searched.add(name)
             if not made:

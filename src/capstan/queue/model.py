@@ -396,12 +396,18 @@ class CycleResult:
     this cycle's admissions cannot undo, to the version the queue will have once every decision is applied and
     the workload searched for; such a caller hands it to `PendingQueues.mark_futile`, and the next cycle at that
     version does not repeat the search.
+    ``wake_at`` is the first instant at which time alone may change what this cycle decided, besides the aging
+    limits of pending workloads: the end of the minimum run time of a workload a victim search passed over (a
+    search's success depends on time only through those, see `capstan.queue.preemption`); None when nothing
+    but a change of state can; at or before the cycle's ``now``: any later instant may. A caller that applies
+    every decision (the simulator) need not run another cycle before then unless something changes.
     """
 
     decisions: tuple[Decision, ...]
     blocked: Mapping[str, int] = field(default_factory=dict)
     settled: Mapping[str, int] = field(default_factory=dict)
     futile: Mapping[str, tuple[int, Workload, SearchReport]] = field(default_factory=dict)
+    wake_at: float | None = None
 
     @property
     def admitted(self) -> tuple[Admit, ...]:

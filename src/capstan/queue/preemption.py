@@ -10,15 +10,22 @@ Candidates are admitted workloads that share a flavor-resource with the preempto
   that queue's share before it. That rules out oscillation: to win the workload back, the victim's queue would
   need share_B_before <= share_A_before <= share_A_after < share_B_before, a contradiction.
 
-Victims are taken greedily (lowest priority first; within a priority level, those that lose least work first:
-GPUs times the time since their last checkpoint, see `ClusterState.lost_work`; ties go to other queues first,
-then the most recently admitted) until the preemptor fits, then any victim whose eviction turns out unnecessary
-is put back. A workload that has run less than its ``min_run_seconds`` is never a victim.
+Whether victims exist is decided first, over the whole set of candidates (decision 0790): every allowed
+candidate is taken out at once, another queue's only while that queue still borrows when they are taken in
+Kueue's own order (lowest priority first, then the newest at its level), an order that time does not change; if
+the preemptor does not fit then, the search is refused. Otherwise victims are taken greedily (lowest priority
+first; within a priority level, those that lose least work first: GPUs times the time since their last
+checkpoint, see `ClusterState.lost_work`; ties go to other queues first, then the most recently admitted) until
+the preemptor fits, then any victim whose eviction turns out unnecessary is put back. Should that order stop
+taking from a lender too early, the whole set is taken and put back, most lost work first, to what is needed.
+So whether a search succeeds depends on time only through minimum run times: a workload that has run less than
+its ``min_run_seconds`` is never a victim.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -53,12 +60,16 @@ class SearchReport:
     evicted. ``refusals`` holds one entry per attempt: its level test (None for the own queue only), whether it
     was the own-queue bound, the flavor-resource that fell short and by how much. ``within_ok`` tests the levels
     the own queue may lose. ``grown`` is how much each bound has grown through admissions since.
+
+    A search refused otherwise (not ``robust``: the whole candidate set did not make room) stands, with nothing
+    changed in the cohort tree, until ``until``: the first end of a minimum run time that it passed over.
     """
 
     robust: bool = False
     refusals: tuple[tuple[Callable[[int], bool] | None, bool, FR, int], ...] = ()
     within_ok: Callable[[int], bool] | None = None
     grown: tuple[int, ...] = ()
+    until: float = math.inf
 
 
 def still_futile(report: SearchReport, cq: str,
@@ -67,10 +78,11 @@ def still_futile(report: SearchReport, cq: str,
     have joined its cohort tree with nothing else changed; None when the search might now succeed.
 
     Admissions only add usage, so what is missing never shrinks; each bound grows by at most the usage of the new
-    workloads it may take: at the levels its attempt allows anywhere, or the own queue's levels in ``cq``.
+    workloads it may take: at the levels its attempt allows anywhere, or the own queue's levels in ``cq``. A
+    refusal that is not ``robust`` stands only with no admission at all (one may make a lender borrow).
     """
     if not report.robust:
-        return None
+        return None if admitted else report
     within_ok = report.within_ok
     grown = list(report.grown) or [0] * len(report.refusals)
     for i, (level_ok, own_only, fr, short) in enumerate(report.refusals):
@@ -81,6 +93,15 @@ def still_futile(report: SearchReport, cq: str,
         if grown[i] >= short:
             return None
     return SearchReport(True, report.refusals, within_ok, tuple(grown))
+
+
+def protection_end(adm: Admission) -> float:
+    """The first instant at which ``adm`` has run its ``min_run_seconds`` (as the victim search tests it)."""
+    least = adm.workload.min_run_seconds
+    end = adm.admitted_at + least
+    while end - adm.admitted_at < least:  # rounding: the sum may fall a little short
+        end = math.nextafter(end, math.inf)
+    return end
 
 
 def _allowed(policy: PreemptWithin, victim: Workload, preemptor: Workload) -> bool:
@@ -121,7 +142,8 @@ def _with(table: Mapping[FR, int], delta: Mapping[FR, int], sign: int) -> dict[F
 def find_victims(topology: Topology, state: ClusterState, cq: ClusterQueue, node: Node, wl: Workload,
                  needed: Mapping[FR, int], pod_sets: Sequence[PodSetAssignment], usage: list[dict[FR, int]],
                  devices: Mapping[str, list[int]], skip: set[str], fair_sharing: bool, *,
-                 report: list[SearchReport] | None = None, now: float = 0.0, protected: set[str] | None = None,
+                 report: list[SearchReport] | None = None, now: float = 0.0,
+                 protected: dict[str, float] | None = None,
                  ) -> tuple[list[Victim], list[dict[FR, int]], dict[str, list[int]]] | None:
     """Victims that let ``wl`` fit with ``needed`` usage, with the usage and devices after their eviction.
 
@@ -129,7 +151,7 @@ def find_victims(topology: Topology, state: ClusterState, cq: ClusterQueue, node
     way (counted as gone, never chosen again). Returns None when no allowed set of victims suffices; then, when
     the refusal is one that `still_futile` can reason about, a `SearchReport` is appended to ``report``.
     ``now`` is the cycle's time, for lost work and minimum run times; candidates passed over because they have
-    not yet run their minimum time are added to ``protected``.
+    not yet run their minimum time are added to ``protected``, with the first instant they may be victims.
     """
     pol = cq.preemption
     flavors = topology.flavors
@@ -268,15 +290,19 @@ def find_victims(topology: Topology, state: ClusterState, cq: ClusterQueue, node
         if not allow_borrow and any(own_free[fr] < q for fr, q in over_nominal.items()):
             continue
         bound = dict(own_free)
+        bounds = {cq.name: own_free}
         if level_ok is not None:
             for name in other_names:
                 cap = caps[name]
                 tables = [t for p, t in levels_of[name].items() if level_ok(p)]
+                theirs: dict[FR, int] = {}
                 for fr in needed:
                     total = 0
                     for t in tables:
                         total += t.get(fr, 0)
-                    bound[fr] += min(total, cap[fr])
+                    theirs[fr] = least = min(total, cap[fr])
+                    bound[fr] += least
+                bounds[name] = theirs
         if any(bound[fr] < q for fr, q in missing.items()):
             continue
         if own is None:
@@ -284,11 +310,17 @@ def find_victims(topology: Topology, state: ClusterState, cq: ClusterQueue, node
                         "InClusterQueue", None, stopped, now, protected)
         groups = [own] if level_ok is None else \
             [Group(state, other_names, level_ok, policy, wl, gone, reason, caps, stopped, now, protected), own]
+        whole = _whole(topology, node, needed, missing, over_nominal, groups, bound, bounds, work, dev,
+                       allow_borrow, fair_sharing, fits_now)
+        if whole is None:
+            continue
         stopped.clear()
         result = _greedy(topology, node, needed, missing, over_nominal, groups, work, dev, allow_borrow,
                          fair_sharing, fits_now)
-        if result is not None:
-            return result
+        if result is None:
+            # The least-lost-work order stopped taking from a lender before the whole set's order did.
+            result = _trimmed(topology, node, needed, groups, whole, work, dev, allow_borrow, fits_now)
+        return result
     return None
 
 
@@ -341,7 +373,7 @@ class Group:
     def __init__(self, state: ClusterState, names: list[str], level_ok: Callable[[int], bool],
                  policy: PreemptWithin, wl: Workload, gone: set[str], reason: str,
                  caps: Mapping[str, Mapping[FR, int]] | None, stopped: set[str], now: float = 0.0,
-                 protected: set[str] | None = None) -> None:
+                 protected: dict[str, float] | None = None) -> None:
         self.state = state
         self.names = names
         self.level_ok = level_ok
@@ -378,7 +410,7 @@ class Group:
                         continue
                     if victim.min_run_seconds and now - adm.admitted_at < victim.min_run_seconds:
                         if self.protected is not None:
-                            self.protected.add(victim.id)
+                            self.protected[victim.id] = protection_end(adm)
                         continue
                     found.append((state.lost_work(adm, now), rank, -order, adm))
             found.sort(key=_victim_order)
@@ -387,9 +419,128 @@ class Group:
                     continue
                 yield adm, self.reason
 
+    def canonical(self, name: str) -> Iterator[Admission]:
+        """The candidates of ClusterQueue ``name`` in an order that time does not change (Kueue's): lowest priority
+        first, then the newest at its level first. Those within their minimum run time are recorded as they are
+        met, not yielded."""
+        now = self.now
+        gone = self.gone
+        policy = self.policy
+        wl = self.wl
+        protected = self.protected
+        levels = self.state.by_priority[name]
+        for prio in sorted(p for p in levels if self.level_ok(p)):
+            check = not (policy is PreemptWithin.ANY or (policy is PreemptWithin.LOWER_PRIORITY and prio < wl.priority))
+            for adm in reversed(levels[prio].values()):
+                victim = adm.workload
+                if victim.id in gone or (check and not _allowed(policy, victim, wl)):
+                    continue
+                if victim.min_run_seconds and now - adm.admitted_at < victim.min_run_seconds:
+                    if protected is not None:
+                        protected[victim.id] = protection_end(adm)
+                    continue
+                yield adm
+
 
 def _victim_order(entry: tuple[float, int, int, Admission]) -> tuple[float, int, int]:
     return entry[0], entry[1], entry[2]
+
+
+_TAKE, _SKIP, _STOP = 0, 1, 2
+
+
+def _rule(topology: Topology, node: Node, needed: Mapping[FR, int], usage: list[dict[FR, int]], adm: Admission,
+          victim_node: Node, mine_freed: Mapping[FR, int], freed_own: Mapping[FR, int], fair_sharing: bool) -> int:
+    """Whether another queue's candidate may go, given what the search took from its queue (``mine_freed``) and
+    from the preemptor's (``freed_own``): `_TAKE`; `_STOP` once its queue no longer borrows a needed
+    flavor-resource the candidate uses (the queue loses nothing more); `_SKIP` when fair sharing spares it."""
+    base = usage[victim_node.idx]
+    borrowing = False
+    for fr in adm.usage:
+        if fr in needed and base.get(fr, 0) - mine_freed.get(fr, 0) > victim_node.subtree.get(fr, 0):
+            borrowing = True
+            break
+    if not borrowing:
+        return _STOP
+    if fair_sharing:
+        own_now = _with(usage[node.idx], freed_own, -1)
+        if not all(own_now.get(fr, 0) + q <= node.subtree.get(fr, 0) for fr, q in needed.items()):
+            mine_after = dominant_share(topology, node, _with(own_now, needed, 1))
+            theirs_now = _with(base, mine_freed, -1)
+            theirs_before = dominant_share(topology, victim_node, theirs_now)
+            theirs_after = dominant_share(topology, victim_node, _with(theirs_now, adm.usage, -1))
+            if not (mine_after <= theirs_after and mine_after < theirs_before):
+                return _SKIP
+    return _TAKE
+
+
+def _whole(topology: Topology, node: Node, needed: Mapping[FR, int], missing: Mapping[FR, int],
+           over_nominal: Mapping[FR, int], groups: list[Group], bound: Mapping[FR, int],
+           bounds: Mapping[str, Mapping[FR, int]], usage: list[dict[FR, int]], devices: dict[str, list[int]],
+           allow_borrow: bool, fair_sharing: bool,
+           fits_now: Callable[[list[dict[FR, int]], dict[str, list[int]], bool], bool],
+           ) -> list[tuple[Admission, str]] | None:
+    """Every candidate the rules let go when each queue's are taken in `Group.canonical` order, or None when the
+    preemptor does not fit even with all of them gone.
+
+    The rules judge each queue on its own (`_rule`: what was taken from it, and nothing from the preemptor's
+    queue, whose candidates come last in the greedy order), so the queues may be visited in any order: the
+    preemptor's first, then the others. ``bounds`` holds at most what each can lose (``bound`` their sum): as
+    each queue is visited its bound gives way to what it loses, and the search is refused as soon as that cannot
+    make room. Of the candidates within their minimum run time, only those met before a queue stops losing
+    workloads, in the queues visited, are recorded: no other could change the refusal."""
+    cq_nodes = topology.cq_nodes
+    taken: list[tuple[Admission, str]] = []
+    left = dict(bound)  # the freed amounts plus the bounds of the queues not visited yet
+    freed = dict.fromkeys(needed, 0)
+    freed_own = dict.fromkeys(needed, 0)
+    none = dict.fromkeys(needed, 0)
+    for group in reversed(groups):
+        reason = group.reason
+        for name in group.names:
+            victim_node = cq_nodes[name]
+            own = victim_node is node
+            mine_freed: dict[FR, int] = {}
+            for adm in group.canonical(name):
+                if not own:
+                    verdict = _rule(topology, node, needed, usage, adm, victim_node, mine_freed, none, fair_sharing)
+                    if verdict == _STOP:
+                        break
+                    if verdict == _SKIP:
+                        continue
+                taken.append((adm, reason))
+                for fr, amount in adm.usage.items():
+                    mine_freed[fr] = mine_freed.get(fr, 0) + amount
+                    if fr in freed:
+                        freed[fr] += amount
+                        if own:
+                            freed_own[fr] += amount
+            most = bounds[name]
+            for fr in needed:
+                left[fr] += mine_freed.get(fr, 0) - most[fr]
+            if any(left[fr] < q for fr, q in missing.items()) or (
+                    own and not allow_borrow and any(freed_own[fr] < q for fr, q in over_nominal.items())):
+                return None
+    work = topology.copy_tree(node, usage)
+    dev = {k: list(v) for k, v in devices.items()} if devices else {}
+    _apply(topology, work, dev, taken, -1)
+    return taken if fits_now(work, dev, allow_borrow) else None
+
+
+def _trimmed(topology: Topology, node: Node, needed: Mapping[FR, int], groups: list[Group],
+             whole: list[tuple[Admission, str]], usage: list[dict[FR, int]], devices: dict[str, list[int]],
+             allow_borrow: bool, fits_now: Callable[[list[dict[FR, int]], dict[str, list[int]], bool], bool],
+             ) -> tuple[list[Victim], list[dict[FR, int]], dict[str, list[int]]]:
+    """The whole set (which fits) less every victim not needed, put back in the greedy order reversed: the
+    highest priority and most lost work first. A subset of the whole set keeps to the borrowing rules."""
+    state, now = groups[0].state, groups[0].now
+    own = node.name
+    ordered = sorted(whole, key=lambda e: (e[0].cluster_queue == own, e[0].workload.priority,
+                                           state.lost_work(e[0], now)))
+    work = topology.copy_tree(node, usage)
+    dev = {k: list(v) for k, v in devices.items()} if devices else {}
+    _apply(topology, work, dev, ordered, -1)
+    return _put_back(topology, node, needed, usage, work, dev, ordered, [], allow_borrow, fits_now)
 
 
 def _greedy(topology: Topology, node: Node, needed: Mapping[FR, int], missing: Mapping[FR, int],
@@ -402,7 +553,6 @@ def _greedy(topology: Topology, node: Node, needed: Mapping[FR, int], missing: M
     # on the order changes arrive in, so evictions are applied to the copy one queue at a time.
     work = topology.copy_tree(node, usage)
     dev = {k: list(v) for k, v in devices.items()} if devices else {}
-    flavors = topology.flavors
     cq_nodes = topology.cq_nodes
     removed: list[tuple[Admission, str]] = []
     freed = dict.fromkeys(needed, 0)
@@ -415,25 +565,11 @@ def _greedy(topology: Topology, node: Node, needed: Mapping[FR, int], missing: M
         victim_node = cq_nodes[adm.cluster_queue]
         mine_freed = freed_by_cq.setdefault(adm.cluster_queue, {})
         if victim_node is not node:
-            base = usage[victim_node.idx]
-            borrowing = False
-            for fr in adm.usage:
-                if fr in needed and base.get(fr, 0) - mine_freed.get(fr, 0) > victim_node.subtree.get(fr, 0):
-                    borrowing = True
-                    break
-            if not borrowing:
-                stopped.add(adm.cluster_queue)
+            verdict = _rule(topology, node, needed, usage, adm, victim_node, mine_freed, freed_own, fair_sharing)
+            if verdict != _TAKE:
+                if verdict == _STOP:
+                    stopped.add(adm.cluster_queue)
                 continue
-            if fair_sharing:
-                own_now = _with(usage[node.idx], freed_own, -1)
-                within = all(own_now.get(fr, 0) + q <= node.subtree.get(fr, 0) for fr, q in needed.items())
-                if not within:
-                    mine_after = dominant_share(topology, node, _with(own_now, needed, 1))
-                    theirs_now = _with(base, mine_freed, -1)
-                    theirs_before = dominant_share(topology, victim_node, theirs_now)
-                    theirs_after = dominant_share(topology, victim_node, _with(theirs_now, adm.usage, -1))
-                    if not (mine_after <= theirs_after and mine_after < theirs_before):
-                        continue
         removed.append((adm, reason))
         for fr, amount in adm.usage.items():
             mine_freed[fr] = mine_freed.get(fr, 0) + amount
@@ -455,7 +591,18 @@ def _greedy(topology: Topology, node: Node, needed: Mapping[FR, int], missing: M
     if not fitted:
         return None
     # Put back every victim that turns out not to be needed, newest choice first.
-    kept: list[tuple[Admission, str]] = [removed[-1]]
+    return _put_back(topology, node, needed, usage, work, dev, removed[:-1], [removed[-1]], allow_borrow, fits_now)
+
+
+def _put_back(topology: Topology, node: Node, needed: Mapping[FR, int], usage: list[dict[FR, int]],
+              work: list[dict[FR, int]], dev: dict[str, list[int]], removed: list[tuple[Admission, str]],
+              kept: list[tuple[Admission, str]], allow_borrow: bool,
+              fits_now: Callable[[list[dict[FR, int]], dict[str, list[int]], bool], bool],
+              ) -> tuple[list[Victim], list[dict[FR, int]], dict[str, list[int]]]:
+    """Victims ``kept`` (newest first) plus those of ``removed`` that cannot go back, trying the last first;
+    ``work`` and ``dev`` (copies with every one of them taken out, where the preemptor fits) are updated."""
+    flavors = topology.flavors
+    cq_nodes = topology.cq_nodes
     # Without tracked devices the fit test is quota only, and putting back a workload lowers what the preemptor
     # has available by at most the workload's own usage (each node passes up at most what it was given, and
     # `available` moves by at most what its inputs move). So while every needed amount of a victim is within the
@@ -474,7 +621,7 @@ def _greedy(topology: Topology, node: Node, needed: Mapping[FR, int], missing: M
 
     if quick:
         measure()
-    for adm, reason in reversed(removed[:-1]):
+    for adm, reason in reversed(removed):
         victim_node = cq_nodes[adm.cluster_queue]
         if quick:
             own_victim = victim_node is node

@@ -1,7 +1,10 @@
 """Trace replay in virtual time through the admission engine (`capstan simulate`).
 
-The replay is event-driven: arrivals, completions and attained-service demotions are the only instants at which
-anything changes, and at each one the same `schedule` the queue manager uses runs until it decides nothing new.
+The replay is event-driven: arrivals, completions, requeues after preemption and attained-service demotions are
+the only instants at which the state changes, and at each one the same `schedule` the queue manager uses runs
+until it decides nothing new. Time alone changes a cycle's outcome only where a pending job reaches an aging limit
+or a protection that a victim search passed over ends (`CycleResult.wake_at`), so cycles run at those instants
+too, and at no other (an instant holding only outdated events is skipped).
 Each trace job becomes a one-pod workload asking ``num_gpus`` GPUs from the LocalQueue named by its ``cluster``.
 
 Policies (a policy never reads a job's true duration unless it is labelled ``oracle``):
@@ -264,6 +267,9 @@ class SimResult:
 
 _FINISH, _DEMOTE, _ARRIVE, _REQUEUE, _WAKE = 0, 1, 2, 3, 4
 
+_SKIP_UNCHANGED = True
+"""Run no cycle at an instant whose events change nothing a cycle reads (tests turn it off to compare)."""
+
 
 def replay(config: QueueConfig, jobs: Sequence[TraceJob], policy: Policy, settings: SimSettings | None = None,
            *, progress: Callable[[int], None] | None = None) -> SimResult:
@@ -300,8 +306,9 @@ def replay(config: QueueConfig, jobs: Sequence[TraceJob], policy: Policy, settin
     arrived = 0
 
     aging = cfg.aging_seconds
-    # Whether jobs may be preempted, so that the end of their minimum run time is an instant to look again.
-    protects = settings.min_run_s > 0 and policy.preemption.enabled
+    # Instants a cycle asked to be looked at again (`CycleResult.wake_at`), already in `events`.
+    wakes: set[float] = set()
+    look_next = False
 
     def priority(j: _Job) -> int:
         if j.aged:
@@ -365,6 +372,10 @@ def replay(config: QueueConfig, jobs: Sequence[TraceJob], policy: Policy, settin
                 if want:
                     wanted[name] = wanted.get(name, 0.0) + want * dt
             last_t = now
+        # Whether this instant's events change anything a cycle reads. A cycle's outcome depends on time only
+        # through aging limits and the minimum run times of the workloads its victim searches passed over
+        # (`CycleResult.wake_at`), so an instant holding nothing else is skipped.
+        changed = look_next or not _SKIP_UNCHANGED
         while True:
             if arrived < len(arrivals) and (not events or arrivals[arrived] < events[0]):
                 if arrivals[arrived][0] != now:
@@ -375,15 +386,19 @@ def replay(config: QueueConfig, jobs: Sequence[TraceJob], policy: Policy, settin
                 _t, kind, _s, wid, gen = heapq.heappop(events)
             else:
                 break
-            j = state_jobs[wid]
             if kind == _WAKE:
-                # A pending job reaches an aging limit, or a running one its minimum run time: nothing changes
-                # but the time, which the cycle below reads.
+                # A pending job reaches an aging limit (it matters only while the job waits), or an instant a
+                # cycle asked for (no job): nothing changes but the time, which the cycle below reads.
+                if not wid:
+                    wakes.discard(now)
+                changed = changed or not wid or wid in pending
                 continue
+            j = state_jobs[wid]
             if kind == _REQUEUE:
                 if gen == j.gen:
                     pending.push(workload(j), seq=j.seq)
                     pending_by_cq[lq_to_cq[j.job.queue]] += j.job.gpus
+                    changed = True
                 continue
             if kind == _ARRIVE:
                 if j.job.gpus == 0:
@@ -395,6 +410,7 @@ def replay(config: QueueConfig, jobs: Sequence[TraceJob], policy: Policy, settin
                     continue
                 pending.push(workload(j), seq=j.seq)
                 pending_by_cq[lq_to_cq[j.job.queue]] += j.job.gpus
+                changed = True
                 if aging is not None:
                     heapq.heappush(events, (now + aging, _WAKE, j.seq, wid, 0))
                     if cfg.hold_seconds is not None and cfg.hold_seconds > aging:
@@ -402,6 +418,7 @@ def replay(config: QueueConfig, jobs: Sequence[TraceJob], policy: Policy, settin
             elif gen != j.gen:
                 continue
             elif kind == _FINISH:
+                changed = True
                 state.release(wid)
                 stop(j, now)
                 j.finish = now
@@ -410,11 +427,18 @@ def replay(config: QueueConfig, jobs: Sequence[TraceJob], policy: Policy, settin
                 if progress is not None:
                     progress(done)
             else:  # demotion: attained service crossed a threshold while running
+                changed = True
                 j.attained += (now - j.start) * j.gpus
                 j.start = now
                 j.level += 1
                 state.set_priority(wid, priority(j))
                 _schedule_demotion(events, j, now, thresholds)
+        if not changed:
+            series_t.append(now)
+            series_busy.append(float(busy))
+            series_pending.append(float(len(pending)))
+            continue
+        look_next = False
         for _round in range(10_000):
             result = schedule(state, pending, now, explain=False)
             pending.mark_blocked(result.blocked)
@@ -467,12 +491,17 @@ def replay(config: QueueConfig, jobs: Sequence[TraceJob], policy: Policy, settin
                         j.remaining += settings.restart_overhead_s / j.scale
                     j.restart = False
                     heapq.heappush(events, (now + run_for, _FINISH, j.seq, wl.id, j.gen))
-                    if protects and settings.min_run_s < run_for:
-                        heapq.heappush(events, (now + settings.min_run_s, _WAKE, j.seq, wl.id, j.gen))
                     if policy.priority == "las" and not j.aged:
                         _schedule_demotion(events, j, now, thresholds)
                     moved = True
             if not moved:
+                # The settled cycle's searches are those a later cycle at this state would make.
+                wake = result.wake_at
+                if wake is not None and wake <= now:
+                    look_next = True
+                elif wake is not None and wake not in wakes:
+                    wakes.add(wake)
+                    heapq.heappush(events, (wake, _WAKE, 0, "", 0))
                 break
         else:
             raise InvalidParameterValue(f"admission did not settle at t={now:g}s (preemption loop)")
