@@ -105,6 +105,28 @@ ADMITTED = [{"type": "QuotaReserved", "status": "True", "reason": "QuotaReserved
              "message": "The workload is admitted", "observedGeneration": 1}]
 
 
+def _train_code(tmp_path: Path) -> Path:
+    """A folder holding the one-line ``train.py`` the training jobs of these tests run."""
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "train.py").write_text("print('trained')\n")
+    return code
+
+
+def _run_held(services: Services, doc: dict[str, Any]) -> tuple[JobRecord, list[JobRecord], threading.Thread]:
+    """Submit the training job ``doc`` (held) and run it on a thread: its record, the list its final record is
+    appended to, and the thread."""
+    from capstan.training.spec import parse_job_spec
+
+    runner = services.job_runner()
+    runner.poll_s = 0.05
+    record = runner.submit(parse_job_spec(doc), project="default", user="tester", hold=True)
+    done: list[JobRecord] = []
+    thread = threading.Thread(target=lambda: done.append(runner.run(record.id)), daemon=True)
+    thread.start()
+    return record, done, thread
+
+
 def _unsuspend(emu: ApiEmulator, name: str) -> None:
     """What Kueue does once it admits the workload."""
     job = emu.get("jobs", name)
@@ -194,22 +216,13 @@ def test_a_training_gang_in_kueue_mode_waits_suspended_until_kueue_admits_it(
         kueue_cluster: Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     emu = kueue_cluster.kubelet()
     monkeypatch.setenv("KUBECONFIG", str(kueue_cluster.kubeconfig))
-    code = tmp_path / "code"
-    code.mkdir()
-    (code / "train.py").write_text("print('trained')\n")
+    code = _train_code(tmp_path)
     capstan_queue = _no_room()
     services = Services.open(_kueue_settings(tmp_path), admission=capstan_queue)
     try:
-        runner = services.job_runner()
-        runner.poll_s = 0.05
-        from capstan.training.spec import parse_job_spec
-
-        spec = parse_job_spec({"name": "mnist", "entry": "train.py", "workers": 2, "working_dir": str(code),
-                               "image": IMAGE, "cpu": 1, "restart_backoff_s": 0.05, "grace_s": 1.0})
-        record = runner.submit(spec, project="default", user="tester", hold=True)
-        done: list[JobRecord] = []
-        thread = threading.Thread(target=lambda: done.append(runner.run(record.id)), daemon=True)
-        thread.start()
+        record, done, thread = _run_held(services, {
+            "name": "mnist", "entry": "train.py", "workers": 2, "working_dir": str(code), "image": IMAGE, "cpu": 1,
+            "restart_backoff_s": 0.05, "grace_s": 1.0})
         job = _wait(lambda: next(iter(emu.objects("jobs")), None))
         name = job["metadata"]["name"]
         assert job["spec"]["suspend"] is True
@@ -247,23 +260,15 @@ def test_kueue_admits_a_gang_with_min_workers_with_fewer_pods_and_the_job_runs_t
     from capstan.k8s.render_training import COMPLETIONS_EQUAL_PARALLELISM_ANNOTATION, MIN_PARALLELISM_ANNOTATION
     from capstan.training.logs import read_logs
     from capstan.training.runner import WORKERS_ADMITTED_TAG
-    from capstan.training.spec import parse_job_spec
 
     emu = kueue_cluster.kubelet()
     monkeypatch.setenv("KUBECONFIG", str(kueue_cluster.kubeconfig))
-    code = tmp_path / "code"
-    code.mkdir()
-    (code / "train.py").write_text("print('trained')\n")
+    code = _train_code(tmp_path)
     services = Services.open(_kueue_settings(tmp_path), admission=_no_room())
     try:
-        runner = services.job_runner()
-        runner.poll_s = 0.05
-        spec = parse_job_spec({"name": "mnist", "entry": "train.py", "workers": 4, "min_workers": 2,
-                               "working_dir": str(code), "image": IMAGE, "cpu": 1, "grace_s": 1.0})
-        record = runner.submit(spec, project="default", user="tester", hold=True)
-        done: list[JobRecord] = []
-        thread = threading.Thread(target=lambda: done.append(runner.run(record.id)), daemon=True)
-        thread.start()
+        record, done, thread = _run_held(services, {
+            "name": "mnist", "entry": "train.py", "workers": 4, "min_workers": 2, "working_dir": str(code),
+            "image": IMAGE, "cpu": 1, "grace_s": 1.0})
         job = _wait(lambda: next(iter(emu.objects("jobs")), None))
         name = job["metadata"]["name"]
         assert job["spec"]["suspend"] is True

@@ -24,6 +24,8 @@ from test_k8s_kueue_mode import (  # the shared Kueue-mode fixtures and helpers
     _kueue_settings,
     _no_room,
     _play_kueue,
+    _run_held,
+    _train_code,
     _unsuspend,
     _wait,
     kueue_cluster,
@@ -77,23 +79,15 @@ def test_a_preempted_gang_goes_back_to_pending_uses_no_restart_and_resumes(
         kueue_cluster: Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     emu = kueue_cluster.kubelet()
     monkeypatch.setenv("KUBECONFIG", str(kueue_cluster.kubeconfig))
-    code = tmp_path / "code"
-    code.mkdir()
-    (code / "train.py").write_text("print('trained')\n")
+    code = _train_code(tmp_path)
     services = Services.open(_kueue_settings(tmp_path), admission=_no_room())
     try:
-        runner = services.job_runner()
-        runner.poll_s = 0.05
         from capstan.cli.training_cmds import job_why
-        from capstan.training.spec import parse_job_spec
 
         # max_restarts 0: a worker failure would fail the job at once, so only a preemption lets it finish.
-        spec = parse_job_spec({"name": "llama", "entry": "train.py", "workers": 2, "working_dir": str(code),
-                               "image": IMAGE, "cpu": 1, "max_restarts": 0, "grace_s": 1.0})
-        record = runner.submit(spec, project="default", user="tester", hold=True)
-        done: list[JobRecord] = []
-        thread = threading.Thread(target=lambda: done.append(runner.run(record.id)), daemon=True)
-        thread.start()
+        record, done, thread = _run_held(services, {
+            "name": "llama", "entry": "train.py", "workers": 2, "working_dir": str(code), "image": IMAGE, "cpu": 1,
+            "max_restarts": 0, "grace_s": 1.0})
 
         def stored() -> JobRecord:
             found = services.jobs.get(record.id)
