@@ -492,7 +492,6 @@ def _whole(topology: Topology, node: Node, needed: Mapping[FR, int], missing: Ma
     cq_nodes = topology.cq_nodes
     taken: list[tuple[Admission, str]] = []
     left = dict(bound)  # the freed amounts plus the bounds of the queues not visited yet
-    freed = dict.fromkeys(needed, 0)
     freed_own = dict.fromkeys(needed, 0)
     none = dict.fromkeys(needed, 0)
     for group in reversed(groups):
@@ -511,20 +510,25 @@ def _whole(topology: Topology, node: Node, needed: Mapping[FR, int], missing: Ma
                 taken.append((adm, reason))
                 for fr, amount in adm.usage.items():
                     mine_freed[fr] = mine_freed.get(fr, 0) + amount
-                    if fr in freed:
-                        freed[fr] += amount
-                        if own:
-                            freed_own[fr] += amount
+                    if own and fr in freed_own:
+                        freed_own[fr] += amount
             most = bounds[name]
             for fr in needed:
                 left[fr] += mine_freed.get(fr, 0) - most[fr]
             if any(left[fr] < q for fr, q in missing.items()) or (
                     own and not allow_borrow and any(freed_own[fr] < q for fr, q in over_nominal.items())):
                 return None
+    work, dev = _without(topology, node, usage, devices, taken)
+    return taken if fits_now(work, dev, allow_borrow) else None
+
+
+def _without(topology: Topology, node: Node, usage: list[dict[FR, int]], devices: Mapping[str, list[int]],
+             victims: Sequence[tuple[Admission, str]]) -> tuple[list[dict[FR, int]], dict[str, list[int]]]:
+    """Copies of ``node``'s cohort tree usage and of the devices with ``victims`` evicted."""
     work = topology.copy_tree(node, usage)
     dev = {k: list(v) for k, v in devices.items()} if devices else {}
-    _apply(topology, work, dev, taken, -1)
-    return taken if fits_now(work, dev, allow_borrow) else None
+    _apply(topology, work, dev, victims, -1)
+    return work, dev
 
 
 def _trimmed(topology: Topology, node: Node, needed: Mapping[FR, int], groups: list[Group],
@@ -537,9 +541,7 @@ def _trimmed(topology: Topology, node: Node, needed: Mapping[FR, int], groups: l
     own = node.name
     ordered = sorted(whole, key=lambda e: (e[0].cluster_queue == own, e[0].workload.priority,
                                            state.lost_work(e[0], now)))
-    work = topology.copy_tree(node, usage)
-    dev = {k: list(v) for k, v in devices.items()} if devices else {}
-    _apply(topology, work, dev, ordered, -1)
+    work, dev = _without(topology, node, usage, devices, ordered)
     return _put_back(topology, node, needed, usage, work, dev, ordered, [], allow_borrow, fits_now)
 
 
