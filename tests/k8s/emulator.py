@@ -388,10 +388,12 @@ class ApiEmulator:
         seen = start
         while True:
             with self._cond:
+                if self._epoch != epoch:  # checked before the fresh events: events after the expiry never reach
+                    return  # an open watch, so every watch open at `expire_history` ends there and resumes
                 fresh = [h for h in self._history if h[0] > seen]
                 if not fresh:
                     left = deadline - time.monotonic()
-                    if left <= 0 or self._epoch != epoch:
+                    if left <= 0:
                         return
                     self._cond.wait(min(left, 0.5))
                     continue
