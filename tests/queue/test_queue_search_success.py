@@ -7,7 +7,7 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
-from queue_helpers import gpu_queues, wl
+from queue_helpers import config, gpu_queues, wl
 from test_queue_victim_search_speed import busy_trace
 
 from capstan.queue import simulate
@@ -120,3 +120,29 @@ def test_a_refusal_is_remembered_until_a_protection_it_met_ends() -> None:
         assert pending.futile_at("a") is not None
     result = schedule(state, pending, 3.0, explain=False)
     assert [p.victim for p in result.preempted] == ["young"]
+
+
+def test_a_lender_borrowing_one_resource_may_free_more_of_another_than_its_largest_workload() -> None:
+    # b borrows GPUs only (4 over a nominal 0) and uses its whole CPU quota; c borrows the 4 CPUs a lacks, at a
+    # priority a may not preempt. a's job fits its nominal quota and lacks 4 CPUs. b loses workloads while it
+    # still borrows a resource both need (GPUs), and each frees 2 CPUs: two of them must go. A bound capping
+    # b's CPUs at its CPU excess (none) plus its largest workload's (2) refused this search.
+    def cq(name: str, extra: str, cpu: int, gpu: int) -> str:
+        return (f"  - {{name: {name}, cohort: research, {extra}resourceGroups: [{{coveredResources: [cpu, gpu], "
+                f"flavors: [{{name: f, resources: [{{name: cpu, nominalQuota: {cpu}}}, "
+                f"{{name: gpu, nominalQuota: {gpu}}}]}}]}}]}}")
+
+    cfg = config("\n".join([
+        "flavors: [{name: f}]", "cohorts: [{name: research}]", "clusterQueues:",
+        cq("a", "preemption: {reclaimWithinCohort: LowerPriority}, ", 8, 6), cq("b", "", 8, 0), cq("c", "", 0, 0),
+        "localQueues: [{name: a, clusterQueue: a}, {name: b, clusterQueue: b}, {name: c, clusterQueue: c}]", ""]))
+    state = ClusterState(Topology(cfg))
+    for at, name in enumerate(("b-1", "b-2", "b-3", "b-4")):
+        state.admit(Admission(wl(name, "b", gpu=1, cpu="2", priority=-1), "b", (),
+                              {("f", "gpu"): 1000, ("f", "cpu"): 2000}, float(at)))
+    state.admit(Admission(wl("c-1", "c", gpu=0, cpu="4", priority=10), "c", (), {("f", "cpu"): 4000}, 5.0))
+    pending = PendingQueues()
+    pending.push(wl("owner", "a", gpu=2, cpu="8", created=100.0))
+    result = schedule(state, pending, 100.0, explain=False)
+    victims = sorted(p.victim for p in result.preempted)
+    assert len(victims) == 2 and all(v.startswith("b-") for v in victims)

@@ -89,7 +89,7 @@ def test_group_yields_what_the_plain_order_yields(policy: PreemptWithin) -> None
     for now in (100.0, 140.0, 171.5):
         def group(now: float, protected: dict[str, float]) -> preemption.Group:
             return preemption.Group(state, ["a"], lambda p: preemption._priority_allowed(policy, p, 5), policy,
-                                    preemptor, {"w7"}, "InClusterQueue", None, set(), now, protected)
+                                    preemptor, {"w7"}, "InClusterQueue", set(), now, protected)
 
         fast_protected: dict[str, float] = {}
         plain_protected: dict[str, float] = {}

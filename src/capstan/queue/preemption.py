@@ -139,6 +139,10 @@ def _with(table: Mapping[FR, int], delta: Mapping[FR, int], sign: int) -> dict[F
     return out
 
 
+_NO_CAP = 1 << 62
+"""A cap that never binds (`find_victims` takes the smaller of it and what the queue holds)."""
+
+
 def find_victims(topology: Topology, state: ClusterState, cq: ClusterQueue, node: Node, wl: Workload,
                  needed: Mapping[FR, int], pod_sets: Sequence[PodSetAssignment], usage: list[dict[FR, int]],
                  devices: Mapping[str, list[int]], skip: set[str], fair_sharing: bool, *,
@@ -259,7 +263,9 @@ def find_victims(topology: Topology, state: ClusterState, cq: ClusterQueue, node
 
     # Queues above quota on a needed flavor-resource, most borrowed first: only they can lose workloads to
     # another queue, and an eviction never pushes a queue above quota, so the list holds for the whole search.
-    # A queue keeps losing workloads while it is above quota, so it frees at most its excess plus one workload.
+    # A queue loses workloads while it borrows a needed flavor-resource they use (`_rule`). When it borrows only
+    # one, every workload it loses uses that one, so of it the queue frees at most its excess plus one workload;
+    # of any other resource (and of every resource when it borrows several) it may free all it holds.
     borrowers: list[tuple[int, str]] = []
     caps: dict[str, dict[FR, int]] = {}
     if any(level_ok is not None for level_ok, _p, _r, _b in specs):
@@ -270,14 +276,19 @@ def find_victims(topology: Topology, state: ClusterState, cq: ClusterQueue, node
             other = cq_nodes[name]
             table = work[other.idx]
             over = 0
+            borrowed: list[FR] = []
             for fr in needed:
                 above = table.get(fr, 0) - other.subtree.get(fr, 0)
                 if above > 0:
                     over += above
+                    borrowed.append(fr)
             if over > 0:
                 borrowers.append((-over, name))
-                caps[name] = {fr: max(0, table.get(fr, 0) - other.subtree.get(fr, 0)) + state.largest(name, fr)
-                              for fr in needed}
+                cap = dict.fromkeys(needed, _NO_CAP)
+                if len(borrowed) == 1:
+                    only = borrowed[0]
+                    cap[only] = over + state.largest(name, only)
+                caps[name] = cap
         if not borrowers:
             specs = [spec for spec in specs if spec[0] is None]
     borrowers.sort()
@@ -307,9 +318,9 @@ def find_victims(topology: Topology, state: ClusterState, cq: ClusterQueue, node
             continue
         if own is None:
             own = Group(state, [cq.name], lambda p: _priority_allowed(within, p, wp), within, wl, gone,
-                        "InClusterQueue", None, stopped, now, protected)
+                        "InClusterQueue", stopped, now, protected)
         groups = [own] if level_ok is None else \
-            [Group(state, other_names, level_ok, policy, wl, gone, reason, caps, stopped, now, protected), own]
+            [Group(state, other_names, level_ok, policy, wl, gone, reason, stopped, now, protected), own]
         whole = _whole(topology, node, needed, missing, over_nominal, groups, bound, bounds, work, dev,
                        allow_borrow, fair_sharing, fits_now)
         if whole is None:
@@ -371,8 +382,7 @@ class Group:
     level, least lost work first (then in the queues' order, most recently admitted first)."""
 
     def __init__(self, state: ClusterState, names: list[str], level_ok: Callable[[int], bool],
-                 policy: PreemptWithin, wl: Workload, gone: set[str], reason: str,
-                 caps: Mapping[str, Mapping[FR, int]] | None, stopped: set[str], now: float = 0.0,
+                 policy: PreemptWithin, wl: Workload, gone: set[str], reason: str, stopped: set[str], now: float = 0.0,
                  protected: dict[str, float] | None = None) -> None:
         self.state = state
         self.names = names
@@ -381,7 +391,6 @@ class Group:
         self.wl = wl
         self.gone = gone
         self.reason = reason
-        self.caps = caps
         self.stopped = stopped
         self.now = now
         self.protected = protected
