@@ -82,7 +82,8 @@ def test_replay_reports_wasted_work_per_queue() -> None:
     assert r.admission_order == ["a0", "a1", "b0"]
     assert r.max_wait_s == r.per_queue["a"]["max_wait_s"] > 0
     summary = r.summary()
-    for key in ("avg_slowdown", "p99_wait_s", "max_wait_s", "wasted_gpu_hours", "wasted_fraction"):
+    for key in ("avg_slowdown", "p99_wait_s", "max_wait_s", "wasted_gpu_hours", "wasted_fraction",
+                "requested_gpu_hours"):
         assert key in summary and key in summary["per_queue"]["a"]
 
 
@@ -151,7 +152,8 @@ def test_cli_json_and_text_show_the_new_measures(tmp_path: Path) -> None:
         assert row["max_wait_s"] >= row["p99_wait_s"] >= 0 and row["avg_slowdown"] >= 1
         assert 0 <= row["wasted_fraction"] < 1
         for queue in row["per_queue"].values():
-            for key in ("avg_slowdown", "p99_wait_s", "max_wait_s", "wasted_gpu_hours", "wasted_fraction"):
+            for key in ("avg_slowdown", "p99_wait_s", "max_wait_s", "wasted_gpu_hours", "wasted_fraction",
+                "requested_gpu_hours"):
                 assert key in queue
     text = CliRunner().invoke(cli, [*args, "--per-queue"])
     assert text.exit_code == 0, text.output

@@ -41,7 +41,7 @@ from __future__ import annotations
 import heapq
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from capstan.errors import InvalidParameterValue
@@ -61,7 +61,7 @@ from capstan.queue.model import (
     Workload,
 )
 from capstan.queue.pending import PendingQueues
-from capstan.queue.sim_measures import SLOWDOWN_FLOOR_S, JobOutcome, jain, measures
+from capstan.queue.sim_measures import SLOWDOWN_FLOOR_S, JobOutcome, Measures, jain, measures
 from capstan.queue.sim_measures import percentile as percentile
 from capstan.queue.state import ClusterState, Topology
 from capstan.queue.trace import TraceJob
@@ -223,27 +223,16 @@ class _Job:
     scale: float = 1.0  # wall seconds per second of full-size work (pods asked over pods got)
 
 
-@dataclass(slots=True)
-class SimResult:
-    """Figures of one policy's replay."""
+@dataclass(frozen=True, slots=True)
+class SimResult(Measures):
+    """Figures of one policy's replay: the `Measures` of all its jobs, and what only a whole replay has."""
 
     policy: str
     oracle: bool
-    jobs: int
-    avg_jct_s: float
-    p50_jct_s: float
-    p99_jct_s: float
-    avg_wait_s: float
-    p50_wait_s: float
-    p99_wait_s: float
-    max_wait_s: float
-    avg_slowdown: float
     makespan_s: float
     gpu_utilization: float
     jain_fairness: float
     preemptions: int
-    wasted_gpu_hours: float
-    wasted_fraction: float
     capacity_gpus: int
     wall_s: float = 0.0
     per_queue: dict[str, dict[str, float]] = field(default_factory=dict)
@@ -255,13 +244,12 @@ class SimResult:
 
     def summary(self) -> dict[str, Any]:
         """The JSON object ``capstan simulate --json`` prints for this policy."""
-        return {"policy": self.policy, "oracle": self.oracle, "jobs": self.jobs, "avg_jct_s": self.avg_jct_s,
-                "p50_jct_s": self.p50_jct_s, "p99_jct_s": self.p99_jct_s, "avg_wait_s": self.avg_wait_s,
-                "p50_wait_s": self.p50_wait_s, "p99_wait_s": self.p99_wait_s, "max_wait_s": self.max_wait_s,
-                "avg_slowdown": self.avg_slowdown, "makespan_s": self.makespan_s,
+        # Named as in `per_queue`, where ``gpu_hours`` is what a queue received.
+        overall = {"requested_gpu_hours" if f.name == "gpu_hours" else f.name: getattr(self, f.name)
+                   for f in fields(Measures)}
+        return {"policy": self.policy, "oracle": self.oracle, **overall, "makespan_s": self.makespan_s,
                 "gpu_utilization": self.gpu_utilization, "jain_fairness": self.jain_fairness,
-                "preemptions": self.preemptions, "wasted_gpu_hours": self.wasted_gpu_hours,
-                "wasted_fraction": self.wasted_fraction, "capacity_gpus": self.capacity_gpus, "wall_s": self.wall_s,
+                "preemptions": self.preemptions, "capacity_gpus": self.capacity_gpus, "wall_s": self.wall_s,
                 "partial_admissions": self.partial_admissions, "per_queue": self.per_queue}
 
 
@@ -510,12 +498,9 @@ def replay(config: QueueConfig, jobs: Sequence[TraceJob], policy: Policy, settin
         series_pending.append(float(len(pending)))
     if len(pending):
         raise InvalidParameterValue(f"{len(pending)} workloads could never be admitted (do they fit the cluster?)")
-    measured = _result(policy, jobs, state_jobs, lq_to_cq, capacity, busy_gpu_seconds, preemptions, per_queue_gpu_s,
-                       nominal_gpu, windows, series_t, series_busy, series_pending,
-                       _time.perf_counter() - started_wall, settings.slowdown_floor_s)
-    measured.admission_order = order
-    measured.partial_admissions = partial
-    return measured
+    return _result(policy, jobs, state_jobs, lq_to_cq, capacity, busy_gpu_seconds, preemptions, per_queue_gpu_s,
+                   nominal_gpu, windows, (series_t, series_busy, series_pending), order, partial,
+                   _time.perf_counter() - started_wall, settings.slowdown_floor_s)
 
 
 def _nominal(cq: ClusterQueue, gpu: str) -> int:
@@ -567,8 +552,10 @@ def _windowed_jain(windows: Mapping[int, tuple[dict[str, float], dict[str, float
 def _result(policy: Policy, jobs: Sequence[TraceJob], state_jobs: Mapping[str, _Job], lq_to_cq: Mapping[str, str],
             capacity: int, busy_gpu_seconds: float, preemptions: int,
             per_queue_gpu_s: Mapping[str, float], nominal_gpu: Mapping[str, int],
-            windows: Mapping[int, tuple[dict[str, float], dict[str, float], list[float]]], series_t: list[float],
-            series_busy: list[float], series_pending: list[float], wall: float, slowdown_floor_s: float) -> SimResult:
+            windows: Mapping[int, tuple[dict[str, float], dict[str, float], list[float]]],
+            series: tuple[list[float], list[float], list[float]], order: list[str], partial: int, wall: float,
+            slowdown_floor_s: float) -> SimResult:
+    series_t, series_busy, series_pending = series
     outcomes: dict[str, list[JobOutcome]] = {cq: [] for cq in per_queue_gpu_s}
     for j in state_jobs.values():
         outcomes.setdefault(lq_to_cq[j.job.queue], []).append(
@@ -590,13 +577,10 @@ def _result(policy: Policy, jobs: Sequence[TraceJob], state_jobs: Mapping[str, _
                            "share_over_entitlement": share / entitlement if entitlement else 0.0}
     thin = max(1, len(series_t) // 2000)
     return SimResult(
-        policy=policy.name, oracle=policy.oracle, jobs=overall.jobs, avg_jct_s=overall.avg_jct_s,
-        p50_jct_s=overall.p50_jct_s, p99_jct_s=overall.p99_jct_s, avg_wait_s=overall.avg_wait_s,
-        p50_wait_s=overall.p50_wait_s, p99_wait_s=overall.p99_wait_s, max_wait_s=overall.max_wait_s,
-        avg_slowdown=overall.avg_slowdown, makespan_s=makespan,
+        **asdict(overall),
+        policy=policy.name, oracle=policy.oracle, makespan_s=makespan,
         gpu_utilization=busy_gpu_seconds / (capacity * makespan) if capacity and makespan else 0.0,
         jain_fairness=_windowed_jain(windows, nominal_gpu, capacity), preemptions=preemptions,
-        wasted_gpu_hours=overall.wasted_gpu_hours, wasted_fraction=overall.wasted_fraction,
-        capacity_gpus=capacity, wall_s=wall, per_queue=per_queue,
+        capacity_gpus=capacity, wall_s=wall, per_queue=per_queue, admission_order=order, partial_admissions=partial,
         series={"t": series_t[::thin], "busy_gpus": series_busy[::thin], "pending": series_pending[::thin]},
         jcts=jcts, jct_by_job={j.job.id: j.finish - j.job.submit for j in state_jobs.values()})
