@@ -66,4 +66,4 @@ def test_small_first_starves_a_large_job_without_aging_and_aging_bounds_its_wait
 
 def test_min_run_seconds_is_read_from_the_simulation_block() -> None:
     assert sim_settings({"minRunSeconds": 600}).min_run_s == 600.0
-    assert sim_settings(None).min_run_s == 3600.0
+    assert sim_settings(None).min_run_s == 2700.0

@@ -12,7 +12,7 @@ The YAML reads like Kueue's objects, gathered into one document::
     priorityClasses:  [{name, value, description}]
     fairSharing:      {enable: true}
     defaultPriorityClass: name
-    aging:            {afterSeconds: 302400, holdAfterSeconds: 3456000}   # or {enable: false}
+    aging:            {afterSeconds: 345600, holdAfterSeconds: 3456000}   # or {enable: false}
 
 Every error names the path of the offending field, e.g.
 ``clusterQueues[2].resourceGroups[0].flavors[1]: borrowingLimit needs a cohort``.
@@ -50,7 +50,7 @@ from capstan.resources.quantity import parse_quantity
 TOP_KEYS = {"flavors", "cohorts", "clusterQueues", "localQueues", "priorityClasses", "fairSharing",
             "defaultPriorityClass", "aging", "simulation"}
 
-DEFAULT_AGING_SECONDS = 302_400.0  # 3.5 days
+DEFAULT_AGING_SECONDS = 345_600.0  # 4 days
 """How long a workload may wait before the aging rule tries it before every other workload."""
 
 DEFAULT_HOLD_SECONDS = 3_456_000.0  # 40 days

@@ -119,7 +119,7 @@ class SimSettings:
     requeue_backoff_s: float = 10.0
     gpu_resource: str = "gpu"
     slowdown_floor_s: float = SLOWDOWN_FLOOR_S
-    min_run_s: float = 3600.0
+    min_run_s: float = 2700.0
     partial_min_fraction: float | None = None  # partialAdmission.minFraction (None: every job is one pod)
     gpus_per_pod: int = 8  # partialAdmission.gpusPerPod (`GPUS_PER_POD` when not given)
 
