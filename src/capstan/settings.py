@@ -239,6 +239,8 @@ def _kube_overrides(env: Mapping[str, str]) -> dict[str, object]:
         out["kube_admission"] = _choice(env, "CAPSTAN_KUBE_ADMISSION", KUBE_ADMISSIONS)
     if env.get("CAPSTAN_KUBE_ENV_FROM"):
         out["kube_env_from"] = tuple(n.strip() for n in env["CAPSTAN_KUBE_ENV_FROM"].split(",") if n.strip())
+    if env.get("CAPSTAN_KUBE_DATASETS"):
+        out["kube_datasets"] = tuple(n.strip() for n in env["CAPSTAN_KUBE_DATASETS"].split(",") if n.strip())
     return out
 
 
@@ -275,6 +277,7 @@ ENV_VARIABLES: Mapping[str, str] = {
     "kube_context": "CAPSTAN_KUBE_CONTEXT",
     "kube_namespace": "CAPSTAN_KUBE_NAMESPACE",
     "kube_env_from": "CAPSTAN_KUBE_ENV_FROM",
+    "kube_datasets": "CAPSTAN_KUBE_DATASETS",
     "kube_admission": "CAPSTAN_KUBE_ADMISSION",
 }
 """The environment variable of each `Settings` field that has one (``CAPSTAN_GPUS`` sets two fields)."""
@@ -338,6 +341,9 @@ class Settings:
         kube_namespace: the namespace its Jobs go to (``CAPSTAN_KUBE_NAMESPACE``); ``None`` means the context's.
         kube_env_from: Secrets whose keys the training pods of the ``kubernetes`` backend see as environment
             variables (``CAPSTAN_KUBE_ENV_FROM``, comma-separated; ``envFrom``): how they reach the stores.
+        kube_datasets: PersistentVolumeClaims mounted in every pod of the ``kubernetes`` backend's training Jobs
+            (``CAPSTAN_KUBE_DATASETS``, comma-separated ``NAME:/PATH[:ro|rw]``, read-only unless ``rw``; checked
+            when the backend is built, `capstan.k8s.training_launcher.kube_gang_launcher`).
         kube_admission: who admits the ``kubernetes`` backend's Jobs (``CAPSTAN_KUBE_ADMISSION``): ``capstan``
             (Capstan's queue; Jobs created suspended and unsuspended on admission) or ``kueue`` (Kueue alone, seen
             through its Workloads; Capstan's queue is not asked; decision 0726) or ``none`` (nobody: the Jobs are
@@ -381,6 +387,7 @@ class Settings:
     kube_context: str | None = None
     kube_namespace: str | None = None
     kube_env_from: tuple[str, ...] = ()
+    kube_datasets: tuple[str, ...] = ()
     kube_admission: str = "capstan"
     env_set: frozenset[str] = frozenset()
 

@@ -322,6 +322,18 @@ def test_trial_jobs_study_file_keeps_the_queue_for_the_trials(tmp_path: Path) ->
         ("team", "high", None, None, "acme/train:1")
 
 
+def test_trial_jobs_get_the_datasets_and_the_controller_does_not() -> None:
+    options = StudyRenderOptions(queue_config=QUEUES, datasets=(ClaimMount("digits", "/data"),
+                                                                ClaimMount("out", "/results", read_only=False)))
+    objects = render_study(_study(trial=_job_trial(), resources=None), options)
+    assert validate_documents(objects) == []
+    pod = objects[-1]["spec"]["template"]["spec"]
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+    assert env["CAPSTAN_KUBE_DATASETS"] == "digits:/data:ro,out:/results:rw"  # the trial Jobs mount these
+    claims = {v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"] if "persistentVolumeClaim" in v}
+    assert claims == {"digits-state"}  # the controller mounts its state claim only
+
+
 def test_job_trials_without_a_queue_are_created_at_once() -> None:
     trial = _job_trial()
     trial["job"].pop("queue")
@@ -340,8 +352,8 @@ def test_job_trials_without_a_queue_are_created_at_once() -> None:
 @pytest.mark.parametrize(("fields", "options", "message"), [
     ({"queue": None, "priority": None}, StudyRenderOptions(),
      "study.trial.job.gpu_flavor: trials that run as their own Jobs are placed by Kueue's flavors"),
-    ({}, StudyRenderOptions(queue_config=QUEUES, datasets=(ClaimMount("d", "/data"),)),
-     "datasets: trials that run as their own Jobs mount no dataset claims"),
+    ({}, StudyRenderOptions(queue_config=QUEUES, datasets=(ClaimMount("d", "/data"), ClaimMount("e", "/data/x"))),
+     "datasets: e at /data/x clashes with the mount at /data"),
     ({"name": "d" * 53}, StudyRenderOptions(queue_config=QUEUES), "study.name: .* at most 52 characters"),
     ({}, StudyRenderOptions(queue_config=QUEUES, trial_key_secret="Bad_Key"), "trial_key_secret: 'Bad_Key'"),
     ({}, StudyRenderOptions(queue_config=QUEUES, env_from_secrets=("digits-trial-key",)),

@@ -204,7 +204,7 @@ def test_each_trial_is_a_job_of_its_own_and_reports_over_tcp(cluster: Cluster, t
     key = secrets.token_hex(32)
     settings = dataclasses.replace(Settings.for_home(tmp_path / "home"), backend="kubernetes",
                                    kube_admission="none", kube_env_from=(SECRET,), trial_listen="127.0.0.1:0",
-                                   trial_key=key)
+                                   trial_key=key, kube_datasets=("digits-data:/data",))
     services = Services.open(settings)
     assert isinstance(services.workload_admission.get(), KueueAdmission)  # "none": granted at once, no Kueue
     api = RecordingApi(connect(kubeconfig=str(cluster.kubeconfig)))
@@ -256,6 +256,11 @@ def test_each_trial_is_a_job_of_its_own_and_reports_over_tcp(cluster: Cluster, t
             assert env["CAPSTAN_TRIAL_ADDRESS"].startswith("tcp://127.0.0.1:")
             assert "CAPSTAN_TRIAL_KEY" not in env and key not in str(job)
             assert container["envFrom"] == [{"secretRef": {"name": SECRET}}]
+            # the study's datasets (CAPSTAN_KUBE_DATASETS in the controller pod), read-only
+            data = [v["name"] for v in pod["volumes"]
+                    if v.get("persistentVolumeClaim", {}).get("claimName") == "digits-data"]
+            assert len(data) == 1 and {"name": data[0], "mountPath": "/data", "readOnly": True} in \
+                container["volumeMounts"]
         assert numbers == {0, 1, 2, 3}
         # Every call the controller made is granted by the rendered Role (the nodes are cluster-wide: the
         # preflight skips them when a namespaced Role refuses).

@@ -34,7 +34,7 @@ from capstan.cli import k8s_render, k8s_render_job
 from capstan.errors import InvalidParameterValue
 from capstan.k8s.client import connect
 from capstan.k8s.crds import CrdSet, load_crds
-from capstan.k8s.pods import restricted_violations
+from capstan.k8s.pods import ClaimMount, restricted_violations
 from capstan.k8s.render_training import FORMATS, TrainingRenderOptions, render_training
 from capstan.k8s.training_launcher import KubeGangLauncher, KubeTrainingOptions, attempt_job_name, kube_gang_launcher
 from capstan.k8s.validate import check_documents, validate_documents
@@ -203,6 +203,27 @@ def test_the_composition_root_ships_only_to_a_remote_artifact_store(tmp_path: Pa
     read = Settings.from_env({"CAPSTAN_HOME": str(tmp_path), "CAPSTAN_KUBE_ENV_FROM": " stores, s3-keys ,"})
     assert read.kube_env_from == ("stores", "s3-keys")
     assert Settings.from_env({"CAPSTAN_HOME": str(tmp_path)}).kube_env_from == ()
+
+
+def test_the_pods_mount_the_claims_of_capstan_kube_datasets(tmp_path: Path) -> None:
+    services = Services.open(Settings.for_home(tmp_path / "home"))
+    try:
+        kwargs: dict[str, Any] = {"events": services.events, "artifacts": services.artifacts}
+        base = Settings.for_home(tmp_path / "home", backend="kubernetes")
+        mounted = kube_gang_launcher(settings=dataclasses.replace(
+            base, kube_datasets=("digits:/data", "out:/results:rw")), **kwargs)
+        assert mounted.options.render.claims == (ClaimMount("digits", "/data"),
+                                                 ClaimMount("out", "/results", read_only=False))
+        assert kube_gang_launcher(settings=base, **kwargs).options.render.claims == ()
+        for bad, message in ((("digits",), "is not NAME:/mount/path"), (("a:/data", "b:/data/x"), "clashes"),
+                             (("d:/tmp",), "clashes with the mount at /tmp")):
+            with pytest.raises(InvalidParameterValue, match=f"^CAPSTAN_KUBE_DATASETS: .*{message}"):
+                kube_gang_launcher(settings=dataclasses.replace(base, kube_datasets=bad), **kwargs)
+    finally:
+        services.close()
+    read = Settings.from_env({"CAPSTAN_HOME": str(tmp_path), "CAPSTAN_KUBE_DATASETS": " digits:/data, out:/o:rw ,"})
+    assert read.kube_datasets == ("digits:/data", "out:/o:rw")
+    assert Settings.from_env({"CAPSTAN_HOME": str(tmp_path)}).kube_datasets == ()
 
 
 # --- capstan worker run-code -----------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ in its arguments and environment as locally. The objects, in apply order:
   bounds how many trial Jobs exist at once. The key is ``CAPSTAN_TRIAL_KEY`` of the Secret ``trial_key_secret``,
   referenced by the controller (``secretKeyRef``) and by every trial pod (``envFrom``, through
   ``CAPSTAN_KUBE_ENV_FROM``, with the ``env_from_secrets`` the trials need to reach the stores); its value is
-  never rendered.
+  never rendered. The ``datasets`` go to ``CAPSTAN_KUBE_DATASETS``: every trial pod mounts them.
 """
 
 from __future__ import annotations
@@ -164,13 +164,12 @@ def _network(spec: StudySpec, opts: StudyRenderOptions, name: str, namespace: st
 def render_trial_jobs_study(spec: StudySpec, opts: StudyRenderOptions) -> list[dict[str, Any]]:
     """Every object of a study whose training-job trials run as Jobs, in apply order (see the module docstring).
     `InvalidParameterValue` naming the field, as `capstan.k8s.render_studies.render_study`, and for a name too
-    long for the controller's Service, a bad Secret name or port, a ``gpu_flavor`` without a queue, or
-    ``datasets`` (the trial Jobs do not mount claims; ``trials_in_pod`` does)."""
+    long for the controller's Service, a bad Secret name or port, or a ``gpu_flavor`` without a queue. The
+    ``datasets`` are mounted by the trial Jobs (the controller passes them on as ``CAPSTAN_KUBE_DATASETS``), not
+    by the controller pod."""
     import yaml
 
-    if opts.datasets:
-        raise _fail("datasets", "trials that run as their own Jobs mount no dataset claims (read the data from the "
-                                "artifact store or the image), or run them in the controller pod (--trials-in-pod)")
+    datasets = check_mounts(opts.datasets, path="datasets")  # the trial Jobs mount them, not the controller
     namespace = namespace_for(opts.project)
     name, secret = _names(spec, opts)
     cluster = trial_jobs_study(spec, opts)
@@ -191,6 +190,9 @@ def render_trial_jobs_study(spec: StudySpec, opts: StudyRenderOptions) -> list[d
            "CAPSTAN_KUBE_ADMISSION": "kueue" if kueue else "none",
            "CAPSTAN_KUBE_ENV_FROM": ",".join((secret, *opts.env_from_secrets)),
            "CAPSTAN_TRIAL_LISTEN": f"{name}.{namespace}.svc:{opts.trial_port}"}
+    if datasets:
+        env["CAPSTAN_KUBE_DATASETS"] = ",".join(f"{m.claim}:{m.mount_path}:{'ro' if m.read_only else 'rw'}"
+                                                for m in datasets)
     container = Container(name=CONTAINER, image=str(cluster.trial.job.image),
                           command=("capstan", "tune", "-f", f"{STUDY_DIR}/{STUDY_FILE}"), env=env,
                           secret_env=(SecretEnv(TRIAL_KEY, secret, TRIAL_KEY),),

@@ -67,6 +67,7 @@ from capstan.k8s.kueue_status import KueueStatus, admitted_count, kueue_status
 from capstan.k8s.labels import PRIORITY_CLASS_LABEL, QUEUE_NAME_LABEL
 from capstan.k8s.preflight import gang_refusals, snapshot_from
 from capstan.k8s.reasons import STUCK, Reason, WorkloadStatus, job_status, pod_status
+from capstan.k8s.render_datasets import check_mounts, parse_mount
 from capstan.k8s.render_studies import trial_labels
 from capstan.k8s.render_training import TrainingRenderOptions, render_training, rendezvous_host
 from capstan.training.env import WorkerPlace, capstan_env
@@ -722,7 +723,8 @@ def kube_gang_launcher(*, settings: Settings, events: EventLog, api: KubeApi | N
     """What the composition root hands the job runner for ``backend = kubernetes``: the cluster of ``api``, else
     of the kubeconfig context and namespace of ``settings`` (connected once, on the first attempt). Unless
     ``options`` decide, the code is shipped through ``artifacts`` when ``settings.artifacts`` is remote (pods
-    cannot download from this machine's folder); the pods get ``settings.kube_env_from``'s Secrets."""
+    cannot download from this machine's folder); the pods get ``settings.kube_env_from``'s Secrets and mount
+    ``settings.kube_datasets``' claims (`InvalidParameterValue` naming ``CAPSTAN_KUBE_DATASETS`` for a bad one)."""
     from capstan.k8s.client import connect
 
     opts = options or KubeTrainingOptions(kueue=settings.kube_admission == "kueue")
@@ -733,6 +735,10 @@ def kube_gang_launcher(*, settings: Settings, events: EventLog, api: KubeApi | N
     if settings.kube_env_from and not opts.render.env_from_secrets:
         opts = dataclasses.replace(opts, render=dataclasses.replace(opts.render,
                                                                     env_from_secrets=settings.kube_env_from))
+    if settings.kube_datasets and not opts.render.claims:
+        where = "CAPSTAN_KUBE_DATASETS"
+        claims = check_mounts([parse_mount(text, where) for text in settings.kube_datasets], path=where)
+        opts = dataclasses.replace(opts, render=dataclasses.replace(opts.render, claims=claims))
 
     shared: list[KubeApi] = [api] if api is not None else []
     lock = threading.Lock()
