@@ -82,6 +82,7 @@ def test_a_preempted_gang_goes_back_to_pending_uses_no_restart_and_resumes(
     code = _train_code(tmp_path)
     services = Services.open(_kueue_settings(tmp_path), admission=_no_room())
     try:
+        from capstan.cli import context as cli_context
         from capstan.cli.training_cmds import job_why
 
         # max_restarts 0: a worker failure would fail the job at once, so only a preemption lets it finish.
@@ -101,7 +102,11 @@ def test_a_preempted_gang_goes_back_to_pending_uses_no_restart_and_resumes(
         waiting = _wait(lambda: stored() if stored().reason == "KueuePending" else None)
         assert waiting.state == "Pending" and "needs 2 more nvidia.com/gpu in flavor a100" in waiting.message
         monkeypatch.setenv("CAPSTAN_HOME", str(tmp_path / "home"))
-        why = job_why(record.id)
+        cli_context.reset()  # the CLI reads the environment once per process: an earlier test may have read it
+        try:
+            why = job_why(record.id)
+        finally:
+            cli_context.reset()
         assert why is not None and why["kueue"]["shortfalls"][0]["more"] == "2"
         assert "Kueue:     Kueue has not admitted workload" in why["text"] and "Hint:" in why["text"]
         timeline = services.timelines().describe(f"job/{record.id}", _scope())

@@ -37,9 +37,11 @@ def test_eight_processes_lose_nothing(mlflow_env: Any, client: Any, server_url: 
     mlflow = mlflow_env
     exp_id = mlflow.create_experiment(f"compat-concurrency-{unique}")
     run_id = client.create_run(exp_id).info.run_id
-    # fork: the children inherit the imported mlflow module (importing it again costs seconds per process);
-    # mlflow keys its HTTP sessions by process id, so no connection is shared with the parent.
-    ctx = multiprocessing.get_context("fork")
+    # forkserver, with mlflow imported once in the server (importing it in every child costs seconds each): a
+    # plain fork of this process, whose other threads (servers, flushers of earlier tests) may hold a lock at that
+    # moment, once left a child stuck for good.
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["mlflow"])
     start = ctx.Event()
     procs = [ctx.Process(target=_writer, args=(server_url, run_id, worker, start)) for worker in range(PROCESSES)]
     for proc in procs:
