@@ -116,6 +116,14 @@ def test_a_step_runs_as_a_job_watched_to_completion(harness: Harness) -> None:
 
     emu.add_pod(job["metadata"]["name"], "train-pod", running_pod())
     emu.append_log("train-pod", "epoch 1\n")
+    # The executor reads the latest documents: a pod that ended before it looked is never seen running (it
+    # still counts as started), so the pod ends only once the Running event is there.
+    import time
+
+    deadline = time.monotonic() + 10
+    while "Running" not in [e.reason for e in h.events(task)]:
+        assert time.monotonic() < deadline, [e.reason for e in h.events(task)]
+        time.sleep(0.05)
     h.record_success(task)
     emu.append_log("train-pod", "done\n")
     emu.set_status("pods", "train-pod", ended_pod())

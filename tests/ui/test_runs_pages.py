@@ -204,7 +204,7 @@ def test_select_runs_and_compare(ui: UiPage, ui_server: ServerProcess, seeded: S
     assert shown_params == {r["key"]: r["values"] for r in twin["params"]}
     # the overlaid chart: one line per run
     page.locator(".chart-panel .chart-key").select_option("acc")
-    page.wait_for_function("document.querySelectorAll('.chart-panel .scatterlayer .trace').length === 3")
+    page.wait_for_function("() => document.querySelectorAll('.chart-panel .scatterlayer .trace').length === 3")
     page.locator("#only-differences").check()
     assert page.locator('#params-table tr[data-key="model"]').is_hidden()
     ui.screenshot()
@@ -222,7 +222,7 @@ def test_run_page_shows_the_run_and_its_artifacts(ui: UiPage, ui_server: ServerP
     assert {row[0]: row[1] for row in ui.cells("#tags-table")} == data["tags"]
     assert ui.page.locator("button.edit").count() == 1  # single-user mode: the local user may edit
     # the chart of the selected metric
-    ui.page.wait_for_function("document.querySelectorAll('.chart-panel .scatterlayer .trace').length === 1")
+    ui.page.wait_for_function("() => document.querySelectorAll('.chart-panel .scatterlayer .trace').length === 1")
 
     browser = ui.page.locator(".artifact-browser")
     browser.locator('a[data-path="notes.txt"]').click()
@@ -231,7 +231,7 @@ def test_run_page_shows_the_run_and_its_artifacts(ui: UiPage, ui_server: ServerP
     browser.locator('a[data-path="plot.png"]').click()
     image = browser.locator(".preview-body img")
     image.wait_for()
-    ui.page.wait_for_function("document.querySelector('.preview-body img').naturalWidth === 4")
+    ui.page.wait_for_function("() => document.querySelector('.preview-body img')?.naturalWidth === 4")
     browser.locator('a[data-path="data"]').click()
     browser.locator('a[data-path="data/table.csv"]').click()
     ui.page.wait_for_selector("table.csv-preview")
