@@ -172,6 +172,35 @@ def test_a_training_job_trial_runs_as_a_gang_and_its_run_is_the_trial_run(settin
         services.close()
 
 
+SLOW_REPORTS = """
+import argparse, time, capstan
+parser = argparse.ArgumentParser()
+parser.add_argument("--x", type=float)
+args = parser.parse_args()
+capstan.report(args.x, 0)
+time.sleep(2.5)  # past the controller's flush interval: the next report writes the first two points to the run
+for step in (1, 2):
+    capstan.report(args.x * (step + 1), step)
+"""
+
+
+def test_a_training_job_trials_value_is_its_last_report_when_it_logs_none(settings: Settings,
+                                                                          tmp_path: Path) -> None:
+    # The run holds only the points the controller flushed (steps 0 and 1) when the trial ends: they are the
+    # controller's own copies of the reports, not a value the trial logged, so the last report (step 2) counts.
+    from capstan.tuning.spec import parse_study_spec
+
+    (tmp_path / "job.py").write_text(SLOW_REPORTS)
+    study = parse_study_spec({"name": "slow", "objective": {"metric": "score"}, "algorithm": "random", "seed": 1,
+                              "parameters": {"x": {"type": "float", "min": 0.1, "max": 1.0}}, "max_trials": 1,
+                              "working_dir": str(tmp_path),
+                              "trial": {"job": {"entry": "job.py", "workers": 1, "cpu": 0.5,
+                                                "args": ["--x", "${params.x}"]}}})
+    result = run(settings, study)
+    (trial,) = result.trials
+    assert trial.state == "COMPLETE" and trial.value == pytest.approx(trial.params["x"] * 3)
+
+
 def test_a_trial_the_queue_can_never_admit_is_refused_before_anything_starts(settings: Settings,
                                                                             tmp_path: Path) -> None:
     from capstan.errors import InvalidParameterValue

@@ -622,9 +622,15 @@ class StudyController:
                 return {}
             return metric_lines(text, names)
         if isinstance(self.spec.trial, JobTrial) and running.record.run_id:
+            # The controller writes the trial's reports to the same run as they come (every `FLUSH_S`): a latest
+            # value that is one of them is not the trial's own, and may be stale (the rest is written after this).
+            objective = self.spec.objective.metric
+            with running.lock:
+                reported = {(step, value) for step, value in running.reports}
             with contextlib.suppress(CapstanError):
                 run = self.tracking.get_run(running.record.run_id)
-                return {m.key: m.value for m in run.data.metrics if m.key in names}
+                return {m.key: m.value for m in run.data.metrics
+                        if m.key in names and not (m.key == objective and (m.step, m.value) in reported)}
         return {}
 
     def _end(self, end: TrialEnd) -> None:
