@@ -658,8 +658,7 @@ def _aged_first(state: ClusterState, pending: PendingQueues, scratch: Scratch, c
             trial = replace(wl, priority=max(wl.priority, AGED_PRIORITY)) if boost else wl
             if searches is not None and not boost and topo.preempting[name] and name not in topo.tracked \
                     and name not in searched:
-                version = (state.versions[root] << 32) + state.admit_versions[root]
-                attempt, made = _search_once(state, pending, scratch, wl, version, root in out.preempted,
+                attempt, made = _search_once(state, pending, scratch, wl, state.version(name), root in out.preempted,
                                              root not in out.touched, searches)
             else:
                 attempt, made = try_workload(state, scratch, trial, allow_preemption=name not in searched)
